@@ -1,0 +1,78 @@
+//! Idempotent appends by event id, enforced by the store itself (not a cache).
+
+use std::sync::Arc;
+
+use cairn_core::ExpectedVersion::{Any, Exact};
+use cairn_core::{AllFilter, AppendError, EventStore};
+use uuid::Uuid;
+
+use crate::fixtures::{append_n, append_of, event_with_id};
+
+/// Re-sending an append whose events are stored returns the original outcome and stores nothing.
+pub async fn retried_append_returns_original_outcome(store: Arc<dyn EventStore>) {
+    let ids = [Uuid::new_v4(), Uuid::new_v4()];
+    let request = || {
+        append_of("idem", Exact(0), ids.iter().map(|&id| event_with_id(id, "Tick", 1)).collect())
+    };
+    let first = store.append(request()).await.unwrap();
+    assert!(!first.deduplicated);
+    // Exact(0) would now fail as a fresh append; a retry must still succeed.
+    let again = store.append(request()).await.unwrap();
+    assert!(again.deduplicated);
+    assert_eq!(
+        (again.first_version, again.last_version, again.position),
+        (first.first_version, first.last_version, first.position)
+    );
+    assert_eq!(store.read_all(0, 100, &AllFilter::default()).await.unwrap().events.len(), 2);
+}
+
+/// The retry is recognised long after, with other writes in between.
+pub async fn retry_is_recognised_after_other_writes(store: Arc<dyn EventStore>) {
+    let id = Uuid::new_v4();
+    let first =
+        store.append(append_of("late", Any, vec![event_with_id(id, "Tick", 1)])).await.unwrap();
+    append_n(&store, "late", 5).await;
+    append_n(&store, "other", 5).await;
+    let again =
+        store.append(append_of("late", Any, vec![event_with_id(id, "Tick", 1)])).await.unwrap();
+    assert_eq!((again.last_version, again.position), (first.last_version, first.position));
+    assert_eq!(store.stream_version("late").await.unwrap(), 6);
+}
+
+/// An id stored in one stream cannot be appended to another.
+pub async fn reused_id_in_another_stream_is_refused(store: Arc<dyn EventStore>) {
+    let id = Uuid::new_v4();
+    store.append(append_of("one", Any, vec![event_with_id(id, "Tick", 1)])).await.unwrap();
+    let err =
+        store.append(append_of("two", Any, vec![event_with_id(id, "Tick", 1)])).await.unwrap_err();
+    assert_eq!(err, AppendError::DuplicateEventId { event_id: id });
+    assert_eq!(store.stream_version("two").await.unwrap(), 0);
+}
+
+/// A request that repeats some stored ids but not all stores nothing.
+pub async fn partial_overlap_is_refused_and_stores_nothing(store: Arc<dyn EventStore>) {
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    store.append(append_of("po", Any, vec![event_with_id(a, "Tick", 1)])).await.unwrap();
+    // Known id first: refused as not a faithful retry.
+    let err = store
+        .append(append_of(
+            "po",
+            Any,
+            vec![event_with_id(a, "Tick", 1), event_with_id(b, "Tick", 2)],
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppendError::DuplicateEventId { .. }), "{err:?}");
+    // Known id later in the batch: the whole batch is refused.
+    let err = store
+        .append(append_of(
+            "po",
+            Any,
+            vec![event_with_id(c, "Tick", 3), event_with_id(a, "Tick", 1)],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err, AppendError::DuplicateEventId { event_id: a });
+    assert_eq!(store.stream_version("po").await.unwrap(), 1);
+    assert_eq!(store.read_all(0, 100, &AllFilter::default()).await.unwrap().events.len(), 1);
+}

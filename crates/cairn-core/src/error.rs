@@ -1,0 +1,61 @@
+//! One error enum per store operation; every variant says what the caller can do about it.
+
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::expected_version::ExpectedVersion;
+
+/// Why an append stored nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// The stream was not at the version the writer expected; re-read and decide again.
+    #[error("wrong expected version: expected {expected:?}, stream is at {actual}")]
+    WrongExpectedVersion {
+        /// What the append asked for.
+        expected: ExpectedVersion,
+        /// The stream's current version (0 = it does not exist).
+        actual: u64,
+    },
+    /// The stream exists with another aggregate type; a stream's type is fixed for life.
+    #[error("stream has aggregate type {actual:?}, append says {requested:?}")]
+    AggregateTypeMismatch {
+        /// The stream's type.
+        actual: String,
+        /// The type the append carried.
+        requested: String,
+    },
+    /// An event id is already stored, but the request is not a retry of the append that stored it.
+    #[error("event id {event_id} is already stored by a different append")]
+    DuplicateEventId {
+        /// The first clashing id.
+        event_id: Uuid,
+    },
+    /// The append itself is malformed (empty, too large, repeated ids, bad names).
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    /// A write failed to reach the disk earlier; the store refuses all writes until restarted.
+    #[error("the store is poisoned by an earlier failed write and refuses appends; restart it")]
+    Poisoned,
+    /// The store is shutting down and takes no new appends.
+    #[error("the store is shutting down")]
+    ShuttingDown,
+    /// The backend failed (I/O, connection). Nothing was acknowledged.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why a read returned nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The stream has no events.
+    #[error("stream not found")]
+    StreamNotFound,
+    /// The request is malformed (e.g. a version of 0).
+    #[error("invalid read: {0}")]
+    Invalid(String),
+    /// The backend failed (I/O, connection).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}

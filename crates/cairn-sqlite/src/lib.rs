@@ -1,0 +1,15 @@
+//! The embedded default backend: one SQLite database file, WAL mode, durable by default.
+//!
+//! One writer thread owns the only write connection and commits concurrent appends in
+//! groups (one fsync for many appends); readers use their own connections and never block
+//! it. Positions are assigned by that single writer in commit order, which is what makes
+//! `$all` gap-free for readers. See `docs/design/storage.md`.
+
+mod codec;
+mod dir_lock;
+mod reader;
+pub mod schema;
+mod store;
+mod writer;
+
+pub use store::{OpenError, SqliteEventStore, SqliteOptions, Synchronous};

@@ -1,0 +1,47 @@
+//! The on-disk schema of the event log, versioned with `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Version 1: the event log and the stream table.
+///
+/// `position` is the rowid: the writer assigns it in commit order. `streams` mirrors each
+/// stream's type and version so the writer's expected-version check and the stats are one
+/// lookup, not an aggregate over the log.
+const V1: &str = "
+CREATE TABLE events (
+    position       INTEGER PRIMARY KEY,
+    event_id       BLOB    NOT NULL UNIQUE,
+    aggregate_id   TEXT    NOT NULL,
+    aggregate_type TEXT    NOT NULL,
+    event_type     TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    timestamp_us   INTEGER NOT NULL,
+    data           TEXT    NOT NULL,
+    metadata       TEXT    NOT NULL,
+    UNIQUE (aggregate_id, version)
+);
+CREATE TABLE streams (
+    aggregate_id   TEXT    PRIMARY KEY,
+    aggregate_type TEXT    NOT NULL,
+    version        INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Creates or upgrades the schema; refuses a file written by a newer Cairn.
+pub fn migrate(conn: &Connection) -> Result<(), String> {
+    let current: i64 =
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| e.to_string())?;
+    if current > SCHEMA_VERSION {
+        return Err(format!(
+            "the database has schema version {current}, this build knows up to {SCHEMA_VERSION}: use a newer cairn"
+        ));
+    }
+    if current < 1 {
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {V1} PRAGMA user_version = 1; COMMIT;"))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! `SqliteEventStore`: opening the data directory and serving the `EventStore` trait.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use cairn_core::store::READ_LIMIT_MAX;
+use cairn_core::{
+    AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, ReadError,
+    StreamRead, StreamSlice, StreamStats,
+};
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::codec::{EVENT_COLUMNS, event_from_row};
+use crate::dir_lock::{DirLock, LockError};
+use crate::reader::{ReadPool, read_failed};
+use crate::schema;
+use crate::writer::{self, Job, WriterConfig};
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// fsync on every commit: an acknowledged append survives power loss (default).
+    #[default]
+    Full,
+    /// fsync at WAL checkpoints only: survives a process crash, not power loss.
+    Normal,
+    /// No fsync at all (benchmarks of the CPU path only).
+    Off,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+            Self::Off => "OFF",
+        }
+    }
+}
+
+/// Tuning knobs; the defaults are what `cairn serve` uses.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Durability of a commit.
+    pub synchronous: Synchronous,
+    /// Appends waiting for the writer before callers are made to wait (back-pressure).
+    pub queue_appends_max: usize,
+    /// Most appends committed in one group.
+    pub batch_appends_max: usize,
+    /// Most events committed in one group (a group stops growing past this).
+    pub batch_events_max: usize,
+    /// Idle read connections kept open.
+    pub read_connections_idle_max: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            queue_appends_max: 4096,
+            batch_appends_max: 1024,
+            batch_events_max: 20_000,
+            read_connections_idle_max: 16,
+        }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Another process has this data directory open.
+    #[error("data directory {0} is in use by another cairn process (lock file {1} is held)")]
+    Locked(PathBuf, PathBuf),
+    /// The directory or its files could not be created or opened.
+    #[error("cannot open data directory {0}: {1}")]
+    Io(PathBuf, String),
+    /// The database could not be set up.
+    #[error("cannot open event log {0}: {1}")]
+    Database(PathBuf, String),
+}
+
+/// The embedded event store. Cheap to share behind an `Arc`.
+pub struct SqliteEventStore {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<ReadPool>,
+    head: Arc<watch::Sender<u64>>,
+    poisoned: Arc<AtomicBool>,
+    fail_next_commit: Arc<AtomicBool>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+/// The event log's file name inside the data directory.
+pub const EVENT_LOG_FILE: &str = "events.db";
+
+impl SqliteEventStore {
+    /// Opens (creating if needed) the store in `dir`, taking its lock.
+    pub fn open(dir: &Path, options: &SqliteOptions) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|e| OpenError::Io(dir.to_owned(), e.to_string()))?;
+        let lock = DirLock::acquire(dir).map_err(|e| match e {
+            LockError::Held(p) => OpenError::Locked(dir.to_owned(), p),
+            LockError::Io(p, e) => OpenError::Io(p, e.to_string()),
+        })?;
+        let path = dir.join(EVENT_LOG_FILE);
+        let db_err = |e: &dyn std::fmt::Display| OpenError::Database(path.clone(), e.to_string());
+        let conn = Connection::open(&path).map_err(|e| db_err(&e))?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+            options.synchronous.pragma()
+        ))
+        .map_err(|e| db_err(&e))?;
+        schema::migrate(&conn).map_err(|e| db_err(&e))?;
+        let head_position: i64 = conn
+            .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get(0))
+            .map_err(|e| db_err(&e))?;
+
+        let head = Arc::new(watch::Sender::new(head_position as u64));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let fail_next_commit = Arc::new(AtomicBool::new(false));
+        let (jobs, rx) = mpsc::channel(options.queue_appends_max.max(1));
+        let config = WriterConfig {
+            batch_appends_max: options.batch_appends_max.max(1),
+            batch_events_max: options.batch_events_max.max(1),
+            poisoned: Arc::clone(&poisoned),
+            fail_next_commit: Arc::clone(&fail_next_commit),
+        };
+        let writer_head = Arc::clone(&head);
+        let writer_thread = std::thread::Builder::new()
+            .name("cairn-sqlite-writer".into())
+            // The writer thread owns the directory lock: it is released only after the last
+            // queued append has been committed, never while a write can still happen.
+            .spawn(move || {
+                let _lock = lock;
+                writer::run(conn, rx, writer_head, config);
+            })
+            .map_err(|e| OpenError::Io(dir.to_owned(), e.to_string()))?;
+        Ok(Self {
+            jobs,
+            readers: Arc::new(ReadPool::new(path.clone(), options.read_connections_idle_max)),
+            head,
+            poisoned,
+            fail_next_commit,
+            writer_thread: Mutex::new(Some(writer_thread)),
+            path,
+        })
+    }
+
+    /// The event log's file path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether an earlier failed write has poisoned the store.
+    #[must_use]
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Fault injection for tests: the next group commit fails as a failed fsync would.
+    #[doc(hidden)]
+    pub fn inject_commit_failure(&self) {
+        self.fail_next_commit.store(true, Ordering::Release);
+    }
+}
+
+fn invalid_read(m: &str) -> ReadError {
+    ReadError::Invalid(m.to_owned())
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append(&self, append: Append) -> Result<AppendOutcome, AppendError> {
+        append.validate()?;
+        if self.is_poisoned() {
+            return Err(AppendError::Poisoned);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job::Append(append, reply)).await.map_err(|_| AppendError::ShuttingDown)?;
+        answer.await.map_err(|_| AppendError::ShuttingDown)?
+    }
+
+    async fn read_stream(
+        &self,
+        aggregate_id: &str,
+        read: StreamRead,
+    ) -> Result<StreamSlice, ReadError> {
+        if read.from_version == Some(0) && read.direction == Direction::Backward {
+            return Err(invalid_read("from_version must be at least 1"));
+        }
+        let id = aggregate_id.to_owned();
+        self.readers
+            .run(move |conn| {
+                let tx = conn.unchecked_transaction().map_err(read_failed)?;
+                let stream: Option<(String, i64)> = tx
+                    .prepare_cached("SELECT aggregate_type, version FROM streams WHERE aggregate_id = ?1")
+                    .and_then(|mut s| s.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                    .map_err(read_failed)?;
+                let Some((aggregate_type, version)) = stream else {
+                    return Err(ReadError::StreamNotFound);
+                };
+                let limit = read.limit.min(READ_LIMIT_MAX) as i64;
+                let (sql, from) = match read.direction {
+                    Direction::Forward => (
+                        format!("SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ?1 AND version >= ?2 ORDER BY version LIMIT ?3"),
+                        read.from_version.unwrap_or(1) as i64,
+                    ),
+                    Direction::Backward => (
+                        format!("SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ?1 AND version <= ?2 ORDER BY version DESC LIMIT ?3"),
+                        read.from_version.map_or(version, |v| v as i64),
+                    ),
+                };
+                let events = tx
+                    .prepare_cached(&sql)
+                    .and_then(|mut s| {
+                        s.query_map(rusqlite::params![id, from, limit], event_from_row)?.collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(read_failed)?;
+                Ok(StreamSlice { aggregate_type, stream_version: version as u64, events })
+            })
+            .await
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+        filter: &AllFilter,
+    ) -> Result<AllSlice, ReadError> {
+        let filter = filter.clone();
+        let limit = limit.min(READ_LIMIT_MAX);
+        self.readers
+            .run(move |conn| {
+                let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > ?");
+                let mut args: Vec<rusqlite::types::Value> =
+                    vec![(from_position.min(i64::MAX as u64) as i64).into()];
+                if !filter.event_types.is_empty() {
+                    sql.push_str(" AND event_type IN (");
+                    for (i, t) in filter.event_types.iter().enumerate() {
+                        sql.push_str(if i == 0 { "?" } else { ", ?" });
+                        args.push(t.clone().into());
+                    }
+                    sql.push(')');
+                }
+                if let Some(t) = &filter.aggregate_type {
+                    sql.push_str(" AND aggregate_type = ?");
+                    args.push(t.clone().into());
+                }
+                sql.push_str(" ORDER BY position LIMIT ?");
+                args.push((limit as i64).into());
+                let tx = conn.unchecked_transaction().map_err(read_failed)?;
+                let events = tx
+                    .prepare_cached(&sql)
+                    .and_then(|mut s| {
+                        s.query_map(params_from_iter(args), event_from_row)?
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(read_failed)?;
+                let scanned_to = if events.len() == limit && limit > 0 {
+                    events.last().map_or(from_position, |e| e.position)
+                } else {
+                    // Same snapshot as the page: nothing up to here was left out.
+                    let head: i64 = tx
+                        .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
+                            r.get(0)
+                        })
+                        .map_err(read_failed)?;
+                    (head as u64).max(from_position)
+                };
+                Ok(AllSlice { events, scanned_to })
+            })
+            .await
+    }
+
+    async fn stream_version(&self, aggregate_id: &str) -> Result<u64, ReadError> {
+        let id = aggregate_id.to_owned();
+        self.readers
+            .run(move |conn| {
+                conn.prepare_cached("SELECT version FROM streams WHERE aggregate_id = ?1")
+                    .and_then(|mut s| s.query_row([&id], |r| r.get::<_, i64>(0)).optional())
+                    .map(|v| v.unwrap_or(0) as u64)
+                    .map_err(read_failed)
+            })
+            .await
+    }
+
+    async fn stream_stats(&self, top: usize) -> Result<Vec<StreamStats>, ReadError> {
+        self.readers
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "SELECT aggregate_id, aggregate_type, version FROM streams ORDER BY version DESC, aggregate_id LIMIT ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_map([top as i64], |r| {
+                        let version = r.get::<_, i64>(2)? as u64;
+                        Ok(StreamStats {
+                            aggregate_id: r.get(0)?,
+                            aggregate_type: r.get(1)?,
+                            event_count: version,
+                            latest_version: version,
+                        })
+                    })?
+                    .collect()
+                })
+                .map_err(read_failed)
+            })
+            .await
+    }
+
+    fn head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    async fn check_health(&self) -> Result<(), AppendError> {
+        if self.is_poisoned() {
+            return Err(AppendError::Poisoned);
+        }
+        if self.jobs.is_closed() {
+            return Err(AppendError::ShuttingDown);
+        }
+        self.readers
+            .run(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(read_failed))
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))
+    }
+
+    async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.jobs.send(Job::Shutdown(done)).await.is_ok() {
+            let _ = finished.await;
+        }
+        let handle =
+            self.writer_thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

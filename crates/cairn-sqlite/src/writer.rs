@@ -1,0 +1,326 @@
+//! The group-commit writer: one thread, one write connection, one transaction per group.
+//!
+//! Protocol, per group:
+//! 1. block for one job, then drain whatever else is queued (bounded by
+//!    `batch_appends_max` appends and `batch_events_max` events);
+//! 2. `BEGIN IMMEDIATE`; each append runs inside its own savepoint, so one append's
+//!    rejection (wrong version, type mismatch, duplicate id) rolls back only itself;
+//! 3. `COMMIT` (the one fsync of the group);
+//! 4. only then answer every append and publish the new head position.
+//!
+//! Any unexpected SQLite error — above all a failed commit, i.e. a failed fsync — poisons
+//! the store: the group is answered with an error, nothing of it is acknowledged, and every
+//! later append is refused. Retrying an fsync is unsound (the kernel may have dropped the
+//! dirty pages), so we never do.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cairn_core::store::{StoredLocation, recognise_retry};
+use cairn_core::timestamp::Timestamp;
+use cairn_core::{Append, AppendError, AppendOutcome};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A unit of work for the writer thread.
+pub enum Job {
+    /// Append and answer.
+    Append(Append, oneshot::Sender<Result<AppendOutcome, AppendError>>),
+    /// Stop after everything queued before this; answer when done.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Limits and hooks of the writer loop.
+pub struct WriterConfig {
+    pub batch_appends_max: usize,
+    pub batch_events_max: usize,
+    pub poisoned: Arc<AtomicBool>,
+    /// Test hook: when set, the next commit fails as a failed fsync would.
+    pub fail_next_commit: Arc<AtomicBool>,
+}
+
+/// Cached (aggregate type, version) per stream. Bounded: cleared when it grows past this.
+const STREAM_CACHE_MAX: usize = 100_000;
+
+struct StreamState {
+    aggregate_type: String,
+    version: u64,
+}
+
+struct Writer {
+    conn: Connection,
+    head: Arc<watch::Sender<u64>>,
+    config: WriterConfig,
+    next_position: u64,
+    last_timestamp_us: i64,
+    streams: HashMap<String, StreamState>,
+}
+
+/// Why a group failed as a whole.
+struct Fatal(String);
+
+impl From<rusqlite::Error> for Fatal {
+    fn from(e: rusqlite::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Runs the writer loop until shutdown or until every sender is gone.
+pub fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    head: Arc<watch::Sender<u64>>,
+    config: WriterConfig,
+) {
+    let (last_position, last_ts): (i64, i64) = conn
+        .query_row(
+            "SELECT coalesce(max(position), 0), coalesce(max(timestamp_us), 0) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap_or((0, 0));
+    let mut w = Writer {
+        conn,
+        head,
+        config,
+        next_position: last_position as u64 + 1,
+        last_timestamp_us: last_ts,
+        streams: HashMap::new(),
+    };
+    let mut group: Vec<(Append, oneshot::Sender<Result<AppendOutcome, AppendError>>)> = Vec::new();
+    let mut shutdown: Option<oneshot::Sender<()>> = None;
+    while let Some(job) = rx.blocking_recv() {
+        let mut next = Some(job);
+        let mut events = 0;
+        while let Some(job) = next.take() {
+            match job {
+                Job::Append(a, reply) => {
+                    events += a.events.len();
+                    group.push((a, reply));
+                }
+                Job::Shutdown(done) => {
+                    shutdown = Some(done);
+                    break;
+                }
+            }
+            if group.len() < w.config.batch_appends_max && events < w.config.batch_events_max {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !group.is_empty() {
+            w.commit_group(&mut group);
+        }
+        if let Some(done) = shutdown.take() {
+            rx.close();
+            // Appends that raced the shutdown are refused, not dropped silently.
+            while let Ok(job) = rx.try_recv() {
+                if let Job::Append(_, reply) = job {
+                    let _ = reply.send(Err(AppendError::ShuttingDown));
+                }
+            }
+            let _ = done.send(());
+            break;
+        }
+    }
+    tracing::debug!("sqlite writer stopped");
+}
+
+impl Writer {
+    fn commit_group(
+        &mut self,
+        group: &mut Vec<(Append, oneshot::Sender<Result<AppendOutcome, AppendError>>)>,
+    ) {
+        if self.config.poisoned.load(Ordering::Acquire) {
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(AppendError::Poisoned));
+            }
+            return;
+        }
+        match self.try_commit_group(group) {
+            Ok(results) => {
+                self.head.send_replace(self.next_position - 1);
+                for ((_, reply), result) in group.drain(..).zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(Fatal(message)) => {
+                self.config.poisoned.store(true, Ordering::Release);
+                self.streams.clear();
+                tracing::error!(error = %message, "event store write failed; the store is poisoned and refuses all further appends until restarted");
+                for (_, reply) in group.drain(..) {
+                    let _ = reply.send(Err(AppendError::Unavailable(format!(
+                        "write failed, nothing of this append was stored: {message}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn try_commit_group(
+        &mut self,
+        group: &[(Append, oneshot::Sender<Result<AppendOutcome, AppendError>>)],
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, Fatal> {
+        let group_start_position = self.next_position;
+        let timestamp_us = Timestamp::now().as_micros().max(self.last_timestamp_us);
+        let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(group.len());
+        let mut touched: HashMap<String, StreamState> = HashMap::new();
+        for (append, _) in group {
+            let mut sp = tx.savepoint()?;
+            let start = self.next_position;
+            match apply(&sp, append, &self.streams, &touched, start, timestamp_us) {
+                Ok(Applied::Stored(outcome)) => {
+                    sp.commit()?;
+                    self.next_position = outcome.position + 1;
+                    touched.insert(
+                        append.aggregate_id.clone(),
+                        StreamState {
+                            aggregate_type: append.aggregate_type.clone(),
+                            version: outcome.last_version,
+                        },
+                    );
+                    results.push(Ok(outcome));
+                }
+                Ok(Applied::Retry(outcome)) => {
+                    drop(sp);
+                    results.push(Ok(outcome));
+                }
+                Ok(Applied::Rejected(e)) => {
+                    sp.rollback()?;
+                    drop(sp);
+                    results.push(Err(e));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if self.config.fail_next_commit.swap(false, Ordering::AcqRel) {
+            drop(tx);
+            self.next_position = group_start_position;
+            return Err(Fatal("injected commit failure".into()));
+        }
+        if let Err(e) = tx.commit() {
+            self.next_position = group_start_position;
+            return Err(e.into());
+        }
+        if self.next_position > group_start_position {
+            self.last_timestamp_us = timestamp_us;
+        }
+        if self.streams.len() > STREAM_CACHE_MAX {
+            self.streams.clear();
+        }
+        self.streams.extend(touched);
+        Ok(results)
+    }
+}
+
+enum Applied {
+    Stored(AppendOutcome),
+    Retry(AppendOutcome),
+    Rejected(AppendError),
+}
+
+/// Applies one append inside its savepoint. `Err` only for unexpected SQLite failures.
+fn apply(
+    conn: &Connection,
+    append: &Append,
+    cache: &HashMap<String, StreamState>,
+    touched: &HashMap<String, StreamState>,
+    first_position: u64,
+    timestamp_us: i64,
+) -> rusqlite::Result<Applied> {
+    let mut by_id = conn
+        .prepare_cached("SELECT aggregate_id, version, position FROM events WHERE event_id = ?1")?;
+    let locate = |id: &uuid::Uuid, stmt: &mut rusqlite::CachedStatement<'_>| {
+        stmt.query_row([id.as_bytes()], |r| {
+            Ok(StoredLocation {
+                aggregate_id: r.get(0)?,
+                version: r.get::<_, i64>(1)? as u64,
+                position: r.get::<_, i64>(2)? as u64,
+            })
+        })
+        .optional()
+    };
+    if locate(&append.events[0].event_id, &mut by_id)?.is_some() {
+        let mut found = Vec::with_capacity(append.events.len());
+        for e in &append.events {
+            found.push(locate(&e.event_id, &mut by_id)?);
+        }
+        return Ok(match recognise_retry(append, &found) {
+            Ok(outcome) => Applied::Retry(outcome),
+            Err(e) => Applied::Rejected(e),
+        });
+    }
+
+    // Later appends of this group see earlier ones through `touched`, then the cache, then disk.
+    let known = touched
+        .get(&append.aggregate_id)
+        .or_else(|| cache.get(&append.aggregate_id))
+        .map(|s| (s.aggregate_type.clone(), s.version));
+    let (stream_type, actual) = match known {
+        Some((t, v)) => (Some(t), v),
+        None => conn
+            .prepare_cached("SELECT aggregate_type, version FROM streams WHERE aggregate_id = ?1")?
+            .query_row([&append.aggregate_id], |r| {
+                Ok((Some(r.get::<_, String>(0)?), r.get::<_, i64>(1)? as u64))
+            })
+            .optional()?
+            .unwrap_or((None, 0)),
+    };
+    if !append.expected.is_satisfied_by(actual) {
+        return Ok(Applied::Rejected(AppendError::WrongExpectedVersion {
+            expected: append.expected,
+            actual,
+        }));
+    }
+    if let Some(t) = stream_type
+        && t != append.aggregate_type
+    {
+        return Ok(Applied::Rejected(AppendError::AggregateTypeMismatch {
+            actual: t,
+            requested: append.aggregate_type.clone(),
+        }));
+    }
+
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version, timestamp_us, data, metadata)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for (i, e) in append.events.iter().enumerate() {
+        let inserted = insert.execute(params![
+            (first_position + i as u64) as i64,
+            e.event_id.as_bytes(),
+            append.aggregate_id,
+            append.aggregate_type,
+            e.event_type,
+            (actual + i as u64 + 1) as i64,
+            timestamp_us,
+            e.data.get(),
+            e.metadata.get(),
+        ]);
+        match inserted {
+            Ok(_) => {}
+            // Only the event-id index can clash here: versions and positions are ours.
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == ErrorCode::ConstraintViolation =>
+            {
+                return Ok(Applied::Rejected(AppendError::DuplicateEventId {
+                    event_id: e.event_id,
+                }));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    let n = append.events.len() as u64;
+    conn.prepare_cached(
+        "INSERT INTO streams (aggregate_id, aggregate_type, version) VALUES (?1, ?2, ?3)
+         ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version",
+    )?
+    .execute(params![append.aggregate_id, append.aggregate_type, (actual + n) as i64])?;
+    Ok(Applied::Stored(AppendOutcome {
+        first_version: actual + 1,
+        last_version: actual + n,
+        position: first_position + n - 1,
+        deduplicated: false,
+    }))
+}
