@@ -1,0 +1,26 @@
+//! The `cairn` binary. Thin: it parses flags, opens a store, and hands it to the server.
+
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Cairn: an event store and CQRS toolkit.
+#[derive(Parser)]
+#[command(name = "cairn", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server on the embedded store.
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+    }
+}

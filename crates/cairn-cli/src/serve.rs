@@ -1,0 +1,121 @@
+//! `cairn serve`: open the store, serve HTTP, shut down gracefully on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cairn_core::EventStore;
+use cairn_server::HttpConfig;
+use cairn_sqlite::{SqliteEventStore, SqliteOptions, Synchronous};
+use clap::{Args, ValueEnum};
+use tokio::sync::watch;
+
+/// Flags of `cairn serve`; each can also come from the environment.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "CAIRN_DATA_DIR", default_value = "./cairn-data")]
+    data_dir: PathBuf,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "CAIRN_BODY_LIMIT_BYTES", default_value_t = cairn_server::BODY_LIMIT_BYTES_DEFAULT)]
+    body_limit_bytes: usize,
+    /// Commit durability: `full` fsyncs every commit (an acknowledged append survives power
+    /// loss); `normal` survives a process crash only.
+    #[arg(long, env = "CAIRN_SYNC", value_enum, default_value_t = SyncMode::Full)]
+    sync: SyncMode,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `cairn=debug`.
+    #[arg(long, env = "CAIRN_LOG", default_value = "info")]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SyncMode {
+    Full,
+    Normal,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid --log filter")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Runs the server until a shutdown signal, then drains in-flight work and closes the store.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(&args.log, args.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let options = SqliteOptions {
+        synchronous: match args.sync {
+            SyncMode::Full => Synchronous::Full,
+            SyncMode::Normal => Synchronous::Normal,
+        },
+        ..SqliteOptions::default()
+    };
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteEventStore::open(&args.data_dir, &options).with_context(|| {
+            format!("cannot open the embedded store in {}", args.data_dir.display())
+        })?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = cairn_server::app(
+        Arc::clone(&store),
+        HttpConfig { body_limit_bytes: args.body_limit_bytes, ..HttpConfig::default() },
+        stop_rx,
+    );
+    tracing::info!(listen = %listener.local_addr()?, data_dir = %args.data_dir.display(), "cairn serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stop_tx.send(true);
+        })
+        .await
+        .context("server failed")?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,121 @@
+//! The one error type of the HTTP edge and its mapping to the contract's status codes.
+//!
+//! Every error leaves as `{"error": "<code>", "message": "<text>", ...}`; internals (SQL
+//! text, file paths) are logged, not sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cairn_core::{AppendError, ReadError};
+use serde_json::{Map, Value};
+
+/// An error on its way to becoming a JSON response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Map<String, Value>,
+}
+
+impl ApiError {
+    /// An error with a status, a contract code and a human message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), extra: Map::new() }
+    }
+
+    /// `400 bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// `404 not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// `413 payload_too_large`.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// Adds a field next to `error` and `message`.
+    #[must_use]
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The HTTP status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("error".into(), self.code.into());
+        body.insert("message".into(), self.message.into());
+        body.extend(self.extra);
+        (self.status, axum::Json(Value::Object(body))).into_response()
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> Self {
+        let message = e.to_string();
+        match e {
+            AppendError::WrongExpectedVersion { expected, actual } => {
+                Self::new(StatusCode::CONFLICT, "wrong_expected_version", message)
+                    .with("expected", serde_json::to_value(expected).unwrap_or(Value::Null))
+                    .with("actual", actual)
+            }
+            AppendError::AggregateTypeMismatch { actual, requested } => {
+                Self::new(StatusCode::CONFLICT, "aggregate_type_mismatch", message)
+                    .with("stream_aggregate_type", actual)
+                    .with("requested_aggregate_type", requested)
+            }
+            AppendError::DuplicateEventId { event_id } => {
+                Self::new(StatusCode::CONFLICT, "duplicate_event_id", message)
+                    .with("event_id", event_id.to_string())
+            }
+            AppendError::Invalid(m) => Self::bad_request(m),
+            AppendError::Poisoned => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_poisoned", message)
+            }
+            AppendError::ShuttingDown => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
+            other => {
+                tracing::error!(error = %other, "append failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the event store is unavailable",
+                )
+            }
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::StreamNotFound => Self::not_found("stream not found"),
+            ReadError::Invalid(m) => Self::bad_request(m),
+            other => {
+                tracing::error!(error = %other, "read failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the event store is unavailable",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Cairn's HTTP API: the contract in `shared/spec/http-api.md`, served with axum.
+//!
+//! This is the only crate that knows HTTP. Handlers translate requests into calls on the
+//! core traits and map every error to the contract's JSON shape in one place
+//! ([`error::ApiError`]).
+
+pub mod error;
+mod extract;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use cairn_core::EventStore;
+use tokio::sync::watch;
+
+pub use routes::router;
+
+/// Default request body limit (contract §7).
+pub const BODY_LIMIT_BYTES_DEFAULT: usize = 1024 * 1024;
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest accepted request body; larger ones get `413 payload_too_large`.
+    pub body_limit_bytes: usize,
+    /// Interval of SSE keep-alive comments.
+    pub sse_keep_alive_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT, sse_keep_alive_secs: 15 }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The event store.
+    pub store: Arc<dyn EventStore>,
+    /// HTTP settings.
+    pub config: Arc<HttpConfig>,
+    /// Flips to `true` when the server starts shutting down; long-lived streams end then.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Builds the full application.
+pub fn app(
+    store: Arc<dyn EventStore>,
+    config: HttpConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Router {
+    router(AppState { store, config: Arc::new(config), shutdown })
+}

@@ -1,0 +1,245 @@
+//! The generic event store API (contract §2): append, read a stream, read `$all`, subscribe.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use cairn_core::store::{APPEND_EVENTS_MAX, READ_LIMIT_MAX};
+use cairn_core::{
+    AllFilter, Append, Direction, ExpectedVersion, NewEvent, RecordedEvent, StreamRead,
+};
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{AggregateIdPath, JsonBody, QueryMap};
+
+const STREAM_READ_LIMIT_DEFAULT: u64 = 100;
+const ALL_READ_LIMIT_DEFAULT: u64 = 1000;
+
+/// Body of `POST /streams/{aggregate_id}`. Unknown fields are refused: a misspelt
+/// `expected_version` must not silently turn into "any".
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendBody {
+    #[serde(default)]
+    expected_version: ExpectedVersion,
+    events: Vec<EventBody>,
+}
+
+/// One event of an append request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBody {
+    event_id: Option<Uuid>,
+    aggregate_type: String,
+    event_type: String,
+    data: Box<RawValue>,
+    metadata: Option<Box<RawValue>>,
+}
+
+#[derive(Serialize)]
+struct AppendResponse<'a> {
+    aggregate_id: &'a str,
+    first_version: u64,
+    last_version: u64,
+    position: u64,
+}
+
+fn is_json_object(raw: &RawValue) -> bool {
+    raw.get().trim_start().starts_with('{')
+}
+
+/// Turns a request body into a store append, checking what the store cannot.
+fn to_append(aggregate_id: String, body: AppendBody) -> Result<Append, ApiError> {
+    if body.events.is_empty() {
+        return Err(ApiError::bad_request("events must hold at least one event"));
+    }
+    if body.events.len() > APPEND_EVENTS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "an append carries at most {APPEND_EVENTS_MAX} events, got {}",
+            body.events.len()
+        )));
+    }
+    let aggregate_type = body.events[0].aggregate_type.clone();
+    let mut events = Vec::with_capacity(body.events.len());
+    for (i, e) in body.events.into_iter().enumerate() {
+        if e.aggregate_type != aggregate_type {
+            return Err(ApiError::bad_request(format!(
+                "events[{i}].aggregate_type is {:?} but events[0] says {aggregate_type:?}: one append is one stream of one type",
+                e.aggregate_type
+            )));
+        }
+        let metadata = match e.metadata {
+            Some(m) if is_json_object(&m) => m,
+            Some(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "events[{i}].metadata must be a JSON object"
+                )));
+            }
+            None => cairn_core::envelope::empty_object(),
+        };
+        events.push(NewEvent {
+            event_id: e.event_id.unwrap_or_else(cairn_core::store::new_event_id),
+            event_type: e.event_type,
+            data: e.data,
+            metadata,
+        });
+    }
+    Ok(Append { aggregate_id, aggregate_type, expected: body.expected_version, events })
+}
+
+/// `POST /streams/{aggregate_id}`.
+pub async fn append(
+    State(state): State<AppState>,
+    AggregateIdPath(aggregate_id): AggregateIdPath,
+    JsonBody(body): JsonBody<AppendBody>,
+) -> Result<Response, ApiError> {
+    let request = to_append(aggregate_id, body)?;
+    let aggregate_id = request.aggregate_id.clone();
+    let outcome = state.store.append(request).await?;
+    Ok(Json(AppendResponse {
+        aggregate_id: &aggregate_id,
+        first_version: outcome.first_version,
+        last_version: outcome.last_version,
+        position: outcome.position,
+    })
+    .into_response())
+}
+
+/// A page of one stream.
+#[derive(Serialize)]
+pub struct StreamPage {
+    events: Vec<RecordedEvent>,
+    next_version: Option<u64>,
+}
+
+fn limit_param(query: &QueryMap, default: u64) -> Result<usize, ApiError> {
+    let limit = query.u64("limit")?.unwrap_or(default);
+    Ok(limit.min(READ_LIMIT_MAX as u64) as usize)
+}
+
+/// `GET /streams/{aggregate_id}?from_version=&limit=&direction=`.
+pub async fn read_stream(
+    State(state): State<AppState>,
+    AggregateIdPath(aggregate_id): AggregateIdPath,
+    query: QueryMap,
+) -> Result<Json<StreamPage>, ApiError> {
+    let direction = match query.str("direction") {
+        None | Some("forward") => Direction::Forward,
+        Some("backward") => Direction::Backward,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "direction must be \"forward\" or \"backward\", got {other:?}"
+            )));
+        }
+    };
+    let limit = limit_param(&query, STREAM_READ_LIMIT_DEFAULT)?;
+    let mut from_version = query.u64("from_version")?;
+    if direction == Direction::Forward {
+        // Versions start at 1; from_version=0 reads from the start.
+        from_version = Some(from_version.unwrap_or(1).max(1));
+    } else if from_version == Some(0) {
+        return Err(ApiError::bad_request("from_version must be at least 1 when reading backward"));
+    }
+    let slice = state
+        .store
+        .read_stream(&aggregate_id, StreamRead { from_version, direction, limit })
+        .await?;
+    let next_version = if limit == 0 {
+        // An empty page moves nowhere: the next read starts where this one did.
+        from_version.filter(|&v| v <= slice.stream_version).or(Some(slice.stream_version))
+    } else {
+        slice.next_version(direction)
+    };
+    Ok(Json(StreamPage { events: slice.events, next_version }))
+}
+
+fn all_filter(query: &QueryMap) -> AllFilter {
+    AllFilter {
+        event_types: query
+            .str("event_type")
+            .map(|v| {
+                v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
+            })
+            .unwrap_or_default(),
+        aggregate_type: query.str("aggregate_type").map(str::to_owned),
+    }
+}
+
+/// A page of `$all`.
+#[derive(Serialize)]
+pub struct AllPage {
+    events: Vec<RecordedEvent>,
+    next_position: u64,
+}
+
+/// `GET /all?from_position=&limit=&event_type=&aggregate_type=`.
+pub async fn read_all(
+    State(state): State<AppState>,
+    query: QueryMap,
+) -> Result<Json<AllPage>, ApiError> {
+    let from_position = query.u64("from_position")?.unwrap_or(0);
+    let limit = limit_param(&query, ALL_READ_LIMIT_DEFAULT)?;
+    let slice = state.store.read_all(from_position, limit, &all_filter(&query)).await?;
+    let next_position = slice.events.last().map_or(from_position, |e| e.position);
+    Ok(Json(AllPage { events: slice.events, next_position }))
+}
+
+/// `GET /all/subscribe?from_position=` (Server-Sent Events), resumable with `Last-Event-ID`.
+pub async fn subscribe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: QueryMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
+            ApiError::bad_request("Last-Event-ID must be the position (a non-negative integer) of the last event seen")
+        })?),
+    };
+    let from_position = match resume {
+        Some(p) => p,
+        None => query.u64("from_position")?.unwrap_or(0),
+    };
+    let mut shutdown = state.shutdown.clone();
+    let stopped = async move {
+        // Ends the stream when shutdown starts, so graceful shutdown is not held open by SSE.
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let events = cairn_core::subscribe_all(state.store.clone(), from_position, all_filter(&query))
+        .map(|item| {
+            Ok(match item {
+                Ok(e) => match serde_json::to_string(&e) {
+                    Ok(json) => SseEvent::default()
+                        .id(e.position.to_string())
+                        .event(e.event_type)
+                        .data(json),
+                    Err(err) => error_event(&err.to_string()),
+                },
+                Err(err) => {
+                    tracing::error!(error = %err, "subscription read failed");
+                    error_event(
+                        "the event store is unavailable; reconnect with Last-Event-ID to resume",
+                    )
+                }
+            })
+        })
+        .take_until(stopped);
+    Ok(Sse::new(events).keep_alive(
+        KeepAlive::new().interval(Duration::from_secs(state.config.sse_keep_alive_secs)),
+    ))
+}
+
+fn error_event(message: &str) -> SseEvent {
+    SseEvent::default()
+        .event("error")
+        .data(serde_json::json!({"error": "store_unavailable", "message": message}).to_string())
+}
