@@ -34,6 +34,7 @@ impl ApiError {
     }
 
     /// `413 payload_too_large`.
+    #[must_use]
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -43,6 +43,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// A handler panic is a bug; the client still gets JSON and the server keeps serving.
+#[allow(clippy::needless_pass_by_value)] // the signature is what `CatchPanicLayer` calls
 fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
     let detail = payload
         .downcast_ref::<String>()

@@ -1,0 +1,122 @@
+//! Contract §7: every bad request gets a JSON error, and nothing stored is lost or changed.
+
+mod support;
+
+use cairn_server::HttpConfig;
+use serde_json::{Value, json};
+use support::{TestServer, ticks};
+
+async fn expect_error(s: &TestServer, status: u16, code: &str, resp: (u16, Value)) {
+    let _ = s;
+    assert_eq!(resp.0, status, "{}", resp.1);
+    assert_eq!(resp.1["error"], code, "{}", resp.1);
+    assert!(resp.1["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", resp.1);
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_and_lose_nothing() {
+    let s = TestServer::start().await;
+    let (_, before) = {
+        s.post("/streams/keep", &ticks(json!(0), 3)).await;
+        s.get("/all").await
+    };
+    let event = |extra: Value| {
+        let mut e = json!({"aggregate_type": "Order", "event_type": "Tick", "data": {}});
+        e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"events": [e]})
+    };
+    let cases: Vec<(&str, Value)> = vec![
+        ("no events", json!({"events": []})),
+        ("events not a list", json!({"events": {}})),
+        ("missing data", json!({"events": [{"aggregate_type": "Order", "event_type": "Tick"}]})),
+        ("missing event_type", json!({"events": [{"aggregate_type": "Order", "data": {}}]})),
+        (
+            "number as type",
+            json!({"events": [{"aggregate_type": "Order", "event_type": 5, "data": {}}]}),
+        ),
+        ("bad uuid", event(json!({"event_id": "not-a-uuid"}))),
+        ("metadata not an object", event(json!({"metadata": [1, 2]}))),
+        ("unknown field", event(json!({"evnt_type": "typo"}))),
+        (
+            "misspelt expected_version",
+            json!({"expected_verison": 3, "events": ticks(json!(0), 1)["events"]}),
+        ),
+        (
+            "negative expected_version",
+            json!({"expected_version": -1, "events": ticks(json!(0), 1)["events"]}),
+        ),
+        (
+            "unknown expected_version",
+            json!({"expected_version": "maybe", "events": ticks(json!(0), 1)["events"]}),
+        ),
+        ("bad event type name", event(json!({"event_type": "has space"}))),
+        ("empty aggregate type", event(json!({"aggregate_type": ""}))),
+        ("body is an array", json!([1, 2, 3])),
+        (
+            "mixed aggregate types",
+            json!({"events": [
+            {"aggregate_type": "Order", "event_type": "A", "data": {}},
+            {"aggregate_type": "Customer", "event_type": "B", "data": {}}]}),
+        ),
+        (
+            "repeated event id",
+            json!({"events": [
+            {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a01", "aggregate_type": "Order", "event_type": "A", "data": {}},
+            {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a01", "aggregate_type": "Order", "event_type": "B", "data": {}}]}),
+        ),
+    ];
+    for (name, body) in cases {
+        let resp = s.post("/streams/keep", &body).await;
+        assert_eq!(resp.0, 400, "{name}: {}", resp.1);
+        expect_error(&s, 400, "bad_request", resp).await;
+    }
+    for raw in ["", "{", "{\"events\": [}", "null", "\"text\"", "{\"events\": [{\"data\": {}, }]}"]
+    {
+        expect_error(&s, 400, "bad_request", s.post_raw("/streams/keep", raw).await).await;
+    }
+    expect_error(&s, 400, "bad_request", s.post("/streams/bad%20id", &ticks(json!(0), 1)).await)
+        .await;
+    expect_error(&s, 400, "bad_request", s.get(&format!("/streams/{}", "x".repeat(129))).await)
+        .await;
+    let too_many = ticks(json!("any"), 1001);
+    expect_error(&s, 400, "bad_request", s.post("/streams/keep", &too_many).await).await;
+    expect_error(&s, 404, "not_found", s.get("/no/such/route").await).await;
+    let r = s.client.delete(s.url("/streams/keep")).send().await.unwrap();
+    let status = r.status().as_u16();
+    expect_error(&s, 405, "method_not_allowed", (status, r.json().await.unwrap())).await;
+
+    // The server still serves, and the log is exactly what it was.
+    let (_, after) = s.get("/all").await;
+    assert_eq!(before, after);
+    assert_eq!(s.post("/streams/keep", &ticks(json!(3), 1)).await.0, 200);
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_before_or_while_reading() {
+    let s = TestServer::with_config(HttpConfig { body_limit_bytes: 4096, ..HttpConfig::default() })
+        .await;
+    let big = json!({"events": [{"aggregate_type": "Order", "event_type": "Big", "data": {"pad": "x".repeat(5000)}}]});
+    expect_error(&s, 413, "payload_too_large", s.post("/streams/big", &big).await).await;
+    // Chunked (no Content-Length): refused once the limit is crossed while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+        Ok(br#"{"events":[{"aggregate_type":"Order","event_type":"Big","data":{"pad":""#.to_vec()),
+        Ok(vec![b'x'; 8000]),
+        Ok(br#""}}]}"#.to_vec()),
+    ];
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    expect_error(&s, 413, "payload_too_large", s.post_raw("/streams/big", body).await).await;
+    let (status, _) = s.get("/streams/big").await;
+    assert_eq!(status, 404);
+    // Just under the limit is fine.
+    let ok = json!({"events": [{"aggregate_type": "Order", "event_type": "Small", "data": {"pad": "x".repeat(3000)}}]});
+    assert_eq!(s.post("/streams/big", &ok).await.0, 200);
+}
+
+#[tokio::test]
+async fn the_default_body_limit_is_one_mebibyte() {
+    let s = TestServer::start().await;
+    let big = json!({"events": [{"aggregate_type": "Order", "event_type": "Big", "data": {"pad": "x".repeat(1024 * 1024)}}]});
+    expect_error(&s, 413, "payload_too_large", s.post("/streams/big", &big).await).await;
+    let ok = json!({"events": [{"aggregate_type": "Order", "event_type": "Big", "data": {"pad": "x".repeat(1000 * 1000)}}]});
+    assert_eq!(s.post("/streams/big", &ok).await.0, 200);
+}

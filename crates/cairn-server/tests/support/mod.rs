@@ -1,0 +1,88 @@
+//! Starts the real router on a loopback port over a real embedded store.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use cairn_core::EventStore;
+use cairn_server::HttpConfig;
+use cairn_sqlite::{SqliteEventStore, SqliteOptions};
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub store: Arc<dyn EventStore>,
+    stop: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with_config(HttpConfig::default()).await
+    }
+
+    pub async fn with_config(config: HttpConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> =
+            Arc::new(SqliteEventStore::open(dir.path(), &SqliteOptions::default()).unwrap());
+        let (stop, stop_rx) = watch::channel(false);
+        let app = cairn_server::app(Arc::clone(&store), config, stop_rx.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let mut shutdown = stop_rx;
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                })
+                .await
+                .unwrap();
+        });
+        Self { base, client: reqwest::Client::new(), store, stop, _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.client.post(self.url(path)).json(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// An append body of `n` events of type `Tick` for aggregate type `Order`.
+pub fn ticks(expected: Value, n: usize) -> Value {
+    let events: Vec<Value> = (0..n)
+        .map(|i| serde_json::json!({"aggregate_type": "Order", "event_type": "Tick", "data": {"i": i}}))
+        .collect();
+    serde_json::json!({"expected_version": expected, "events": events})
+}
