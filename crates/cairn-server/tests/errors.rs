@@ -6,8 +6,8 @@ use cairn_server::HttpConfig;
 use serde_json::{Value, json};
 use support::{TestServer, ticks};
 
-async fn expect_error(s: &TestServer, status: u16, code: &str, resp: (u16, Value)) {
-    let _ = s;
+#[allow(clippy::needless_pass_by_value)] // takes the response straight from the call
+fn expect_error(status: u16, code: &str, resp: (u16, Value)) {
     assert_eq!(resp.0, status, "{}", resp.1);
     assert_eq!(resp.1["error"], code, "{}", resp.1);
     assert!(resp.1["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", resp.1);
@@ -68,22 +68,20 @@ async fn bad_requests_get_json_errors_and_lose_nothing() {
     for (name, body) in cases {
         let resp = s.post("/streams/keep", &body).await;
         assert_eq!(resp.0, 400, "{name}: {}", resp.1);
-        expect_error(&s, 400, "bad_request", resp).await;
+        expect_error(400, "bad_request", resp);
     }
     for raw in ["", "{", "{\"events\": [}", "null", "\"text\"", "{\"events\": [{\"data\": {}, }]}"]
     {
-        expect_error(&s, 400, "bad_request", s.post_raw("/streams/keep", raw).await).await;
+        expect_error(400, "bad_request", s.post_raw("/streams/keep", raw).await);
     }
-    expect_error(&s, 400, "bad_request", s.post("/streams/bad%20id", &ticks(json!(0), 1)).await)
-        .await;
-    expect_error(&s, 400, "bad_request", s.get(&format!("/streams/{}", "x".repeat(129))).await)
-        .await;
+    expect_error(400, "bad_request", s.post("/streams/bad%20id", &ticks(json!(0), 1)).await);
+    expect_error(400, "bad_request", s.get(&format!("/streams/{}", "x".repeat(129))).await);
     let too_many = ticks(json!("any"), 1001);
-    expect_error(&s, 400, "bad_request", s.post("/streams/keep", &too_many).await).await;
-    expect_error(&s, 404, "not_found", s.get("/no/such/route").await).await;
+    expect_error(400, "bad_request", s.post("/streams/keep", &too_many).await);
+    expect_error(404, "not_found", s.get("/no/such/route").await);
     let r = s.client.delete(s.url("/streams/keep")).send().await.unwrap();
     let status = r.status().as_u16();
-    expect_error(&s, 405, "method_not_allowed", (status, r.json().await.unwrap())).await;
+    expect_error(405, "method_not_allowed", (status, r.json().await.unwrap()));
 
     // The server still serves, and the log is exactly what it was.
     let (_, after) = s.get("/all").await;
@@ -96,7 +94,7 @@ async fn oversized_bodies_get_413_before_or_while_reading() {
     let s = TestServer::with_config(HttpConfig { body_limit_bytes: 4096, ..HttpConfig::default() })
         .await;
     let big = json!({"events": [{"aggregate_type": "Order", "event_type": "Big", "data": {"pad": "x".repeat(5000)}}]});
-    expect_error(&s, 413, "payload_too_large", s.post("/streams/big", &big).await).await;
+    expect_error(413, "payload_too_large", s.post("/streams/big", &big).await);
     // Chunked (no Content-Length): refused once the limit is crossed while reading.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
         Ok(br#"{"events":[{"aggregate_type":"Order","event_type":"Big","data":{"pad":""#.to_vec()),
@@ -104,7 +102,7 @@ async fn oversized_bodies_get_413_before_or_while_reading() {
         Ok(br#""}}]}"#.to_vec()),
     ];
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    expect_error(&s, 413, "payload_too_large", s.post_raw("/streams/big", body).await).await;
+    expect_error(413, "payload_too_large", s.post_raw("/streams/big", body).await);
     let (status, _) = s.get("/streams/big").await;
     assert_eq!(status, 404);
     // Just under the limit is fine.
@@ -116,7 +114,7 @@ async fn oversized_bodies_get_413_before_or_while_reading() {
 async fn the_default_body_limit_is_one_mebibyte() {
     let s = TestServer::start().await;
     let big = json!({"events": [{"aggregate_type": "Order", "event_type": "Big", "data": {"pad": "x".repeat(1024 * 1024)}}]});
-    expect_error(&s, 413, "payload_too_large", s.post("/streams/big", &big).await).await;
+    expect_error(413, "payload_too_large", s.post("/streams/big", &big).await);
     let ok = json!({"events": [{"aggregate_type": "Order", "event_type": "Big", "data": {"pad": "x".repeat(1000 * 1000)}}]});
     assert_eq!(s.post("/streams/big", &ok).await.0, 200);
 }

@@ -231,7 +231,7 @@ async fn sse_events(
                 if let Some(v) = line.strip_prefix("id:") {
                     id = Some(v.trim().parse::<u64>().unwrap());
                 } else if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_owned();
+                    v.trim().clone_into(&mut event);
                 } else if let Some(v) = line.strip_prefix("data:") {
                     data.push_str(v.trim_start());
                 }

@@ -80,6 +80,7 @@ impl Drop for TestServer {
 }
 
 /// An append body of `n` events of type `Tick` for aggregate type `Order`.
+#[allow(clippy::needless_pass_by_value)] // call sites read better with `json!(..)` inline
 pub fn ticks(expected: Value, n: usize) -> Value {
     let events: Vec<Value> = (0..n)
         .map(|i| serde_json::json!({"aggregate_type": "Order", "event_type": "Tick", "data": {"i": i}}))
