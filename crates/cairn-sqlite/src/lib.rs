@@ -12,4 +12,4 @@ pub mod schema;
 mod store;
 mod writer;
 
-pub use store::{OpenError, SqliteEventStore, SqliteOptions, Synchronous};
+pub use store::{CommitStats, OpenError, SqliteEventStore, SqliteOptions, Synchronous};

@@ -5,11 +5,12 @@ use rusqlite::Connection;
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 1;
 
-/// Version 1: the event log and the stream table.
+/// Version 1: the event log, and nothing else.
 ///
-/// `position` is the rowid: the writer assigns it in commit order. `streams` mirrors each
-/// stream's type and version so the writer's expected-version check and the stats are one
-/// lookup, not an aggregate over the log.
+/// `position` is the rowid: the writer assigns it in commit order. A stream's version and
+/// type are read from its last event through the `(aggregate_id, version)` index; there
+/// is deliberately no separate stream table, which would cost a random page write per
+/// append and could disagree with the log.
 const V1: &str = "
 CREATE TABLE events (
     position       INTEGER PRIMARY KEY,
@@ -23,12 +24,10 @@ CREATE TABLE events (
     metadata       TEXT    NOT NULL,
     UNIQUE (aggregate_id, version)
 );
-CREATE TABLE streams (
-    aggregate_id   TEXT    PRIMARY KEY,
-    aggregate_type TEXT    NOT NULL,
-    version        INTEGER NOT NULL
-) WITHOUT ROWID;
 ";
+
+/// A stream's type and version: one seek to its last event.
+pub const STREAM_HEAD_SQL: &str = "SELECT aggregate_type, version FROM events WHERE aggregate_id = ?1 ORDER BY version DESC LIMIT 1";
 
 /// Creates or upgrades the schema; refuses a file written by a newer Cairn.
 pub fn migrate(conn: &Connection) -> Result<(), String> {

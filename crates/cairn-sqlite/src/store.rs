@@ -17,7 +17,7 @@ use crate::codec::{EVENT_COLUMNS, event_from_row};
 use crate::dir_lock::{DirLock, LockError};
 use crate::reader::{ReadPool, read_failed};
 use crate::schema;
-use crate::writer::{self, Job, WriterConfig};
+use crate::writer::{self, Job, WriterConfig, WriterStats};
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,6 +54,9 @@ pub struct SqliteOptions {
     pub batch_events_max: usize,
     /// Idle read connections kept open.
     pub read_connections_idle_max: usize,
+    /// How long a group commit may wait for more appends when writers are concurrent
+    /// (zero disables; a lone writer never waits).
+    pub gather_wait_us: u64,
 }
 
 impl Default for SqliteOptions {
@@ -64,8 +67,20 @@ impl Default for SqliteOptions {
             batch_appends_max: 1024,
             batch_events_max: 20_000,
             read_connections_idle_max: 16,
+            gather_wait_us: 300,
         }
     }
+}
+
+/// Totals of the group-commit writer since the store was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitStats {
+    /// Group commits that reached the disk (one fsync each).
+    pub groups: u64,
+    /// Appends answered by them.
+    pub appends: u64,
+    /// Events they wrote.
+    pub events: u64,
 }
 
 /// Why the store could not be opened.
@@ -90,6 +105,7 @@ pub struct SqliteEventStore {
     head: Arc<watch::Sender<u64>>,
     poisoned: Arc<AtomicBool>,
     fail_next_commit: Arc<AtomicBool>,
+    stats: Arc<WriterStats>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     path: PathBuf,
 }
@@ -122,10 +138,13 @@ impl SqliteEventStore {
         let poisoned = Arc::new(AtomicBool::new(false));
         let fail_next_commit = Arc::new(AtomicBool::new(false));
         let (jobs, rx) = mpsc::channel(options.queue_appends_max.max(1));
+        let stats = Arc::new(WriterStats::default());
         let config = WriterConfig {
+            stats: Arc::clone(&stats),
             batch_appends_max: options.batch_appends_max.max(1),
             batch_events_max: options.batch_events_max.max(1),
             poisoned: Arc::clone(&poisoned),
+            gather_wait: std::time::Duration::from_micros(options.gather_wait_us),
             fail_next_commit: Arc::clone(&fail_next_commit),
         };
         let writer_head = Arc::clone(&head);
@@ -144,6 +163,7 @@ impl SqliteEventStore {
             head,
             poisoned,
             fail_next_commit,
+            stats,
             writer_thread: Mutex::new(Some(writer_thread)),
             path,
         })
@@ -159,6 +179,16 @@ impl SqliteEventStore {
     #[must_use]
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Totals of the group-commit writer: (groups, appends, events) committed so far.
+    #[must_use]
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            groups: self.stats.groups.load(Ordering::Relaxed),
+            appends: self.stats.appends.load(Ordering::Relaxed),
+            events: self.stats.events.load(Ordering::Relaxed),
+        }
     }
 
     /// Fault injection for tests: the next group commit fails as a failed fsync would.
@@ -197,7 +227,7 @@ impl EventStore for SqliteEventStore {
             .run(move |conn| {
                 let tx = conn.unchecked_transaction().map_err(read_failed)?;
                 let stream: Option<(String, i64)> = tx
-                    .prepare_cached("SELECT aggregate_type, version FROM streams WHERE aggregate_id = ?1")
+                    .prepare_cached(crate::schema::STREAM_HEAD_SQL)
                     .and_then(|mut s| s.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
                     .map_err(read_failed)?;
                 let Some((aggregate_type, version)) = stream else {
@@ -280,10 +310,12 @@ impl EventStore for SqliteEventStore {
         let id = aggregate_id.to_owned();
         self.readers
             .run(move |conn| {
-                conn.prepare_cached("SELECT version FROM streams WHERE aggregate_id = ?1")
-                    .and_then(|mut s| s.query_row([&id], |r| r.get::<_, i64>(0)).optional())
-                    .map(|v| v.unwrap_or(0) as u64)
-                    .map_err(read_failed)
+                conn.prepare_cached(
+                    "SELECT coalesce(max(version), 0) FROM events WHERE aggregate_id = ?1",
+                )
+                .and_then(|mut s| s.query_row([&id], |r| r.get::<_, i64>(0)))
+                .map(|v| v as u64)
+                .map_err(read_failed)
             })
             .await
     }
@@ -291,22 +323,28 @@ impl EventStore for SqliteEventStore {
     async fn stream_stats(&self, top: usize) -> Result<Vec<StreamStats>, ReadError> {
         self.readers
             .run(move |conn| {
-                conn.prepare_cached(
-                    "SELECT aggregate_id, aggregate_type, version FROM streams ORDER BY version DESC, aggregate_id LIMIT ?1",
-                )
-                .and_then(|mut s| {
-                    s.query_map([top as i64], |r| {
-                        let version = r.get::<_, i64>(2)? as u64;
+                // A scan of the (aggregate_id, version) index only; the type is looked up for
+                // the few rows returned. Versions are dense, so count = latest version.
+                let tx = conn.unchecked_transaction().map_err(read_failed)?;
+                let top: Vec<(String, i64)> = tx
+                    .prepare_cached(
+                        "SELECT aggregate_id, max(version) AS v FROM events GROUP BY aggregate_id ORDER BY v DESC, aggregate_id LIMIT ?1",
+                    )
+                    .and_then(|mut s| s.query_map([top as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                    .map_err(read_failed)?;
+                let mut head = tx.prepare_cached(crate::schema::STREAM_HEAD_SQL).map_err(read_failed)?;
+                top.into_iter()
+                    .map(|(aggregate_id, version)| {
+                        let aggregate_type: String =
+                            head.query_row([&aggregate_id], |r| r.get(0)).map_err(read_failed)?;
                         Ok(StreamStats {
-                            aggregate_id: r.get(0)?,
-                            aggregate_type: r.get(1)?,
-                            event_count: version,
-                            latest_version: version,
+                            aggregate_id,
+                            aggregate_type,
+                            event_count: version as u64,
+                            latest_version: version as u64,
                         })
-                    })?
+                    })
                     .collect()
-                })
-                .map_err(read_failed)
             })
             .await
     }

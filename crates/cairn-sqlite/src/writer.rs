@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cairn_core::store::{StoredLocation, recognise_retry};
 use cairn_core::timestamp::Timestamp;
@@ -38,6 +38,21 @@ pub struct WriterConfig {
     pub poisoned: Arc<AtomicBool>,
     /// Test hook: when set, the next commit fails as a failed fsync would.
     pub fail_next_commit: Arc<AtomicBool>,
+    /// How long a group may wait for more appends when writers are concurrent.
+    pub gather_wait: std::time::Duration,
+    /// Counters of what was committed.
+    pub stats: Arc<WriterStats>,
+}
+
+/// Running totals of the writer, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Group commits that reached the disk.
+    pub groups: AtomicU64,
+    /// Appends answered by those commits (including rejected ones).
+    pub appends: AtomicU64,
+    /// Events written by those commits.
+    pub events: AtomicU64,
 }
 
 /// Cached (aggregate type, version) per stream. Bounded: cleared when it grows past this.
@@ -90,6 +105,7 @@ pub fn run(
     };
     let mut group: Vec<(Append, oneshot::Sender<Result<AppendOutcome, AppendError>>)> = Vec::new();
     let mut shutdown: Option<oneshot::Sender<()>> = None;
+    let mut prev_group = 0;
     while let Some(job) = rx.blocking_recv() {
         let mut next = Some(job);
         let mut events = 0;
@@ -108,6 +124,10 @@ pub fn run(
                 next = rx.try_recv().ok();
             }
         }
+        if shutdown.is_none() && prev_group > 1 && !w.config.gather_wait.is_zero() {
+            shutdown = gather(&mut rx, &mut group, prev_group, &w.config);
+        }
+        prev_group = group.len();
         if !group.is_empty() {
             w.commit_group(&mut group);
         }
@@ -126,6 +146,40 @@ pub fn run(
     tracing::debug!("sqlite writer stopped");
 }
 
+/// Waits briefly for the writers answered by the previous group to send their next append.
+///
+/// Under concurrency the queue otherwise settles into two half-size groups that alternate
+/// (one arrives while the other commits). Waiting up to `gather_wait` for the previous
+/// group's writers joins the halves: one fsync instead of two. A single writer never waits
+/// (`prev_group > 1` is required by the caller).
+/// Returns the shutdown request if one arrived meanwhile.
+fn gather(
+    rx: &mut mpsc::Receiver<Job>,
+    group: &mut Vec<Pending>,
+    prev_group: usize,
+    config: &WriterConfig,
+) -> Option<oneshot::Sender<()>> {
+    let target = (group.len() + prev_group).min(config.batch_appends_max);
+    let deadline = std::time::Instant::now() + config.gather_wait;
+    let mut events: usize = group.iter().map(|(a, _)| a.events.len()).sum();
+    while group.len() < target
+        && events < config.batch_events_max
+        && std::time::Instant::now() < deadline
+    {
+        match rx.try_recv() {
+            Ok(Job::Append(a, reply)) => {
+                events += a.events.len();
+                group.push((a, reply));
+            }
+            Ok(Job::Shutdown(done)) => return Some(done),
+            Err(_) => std::thread::yield_now(),
+        }
+    }
+    None
+}
+
+type Pending = (Append, oneshot::Sender<Result<AppendOutcome, AppendError>>);
+
 impl Writer {
     fn commit_group(
         &mut self,
@@ -139,6 +193,13 @@ impl Writer {
         }
         match self.try_commit_group(group) {
             Ok(results) => {
+                let stats = &self.config.stats;
+                stats.groups.fetch_add(1, Ordering::Relaxed);
+                stats.appends.fetch_add(group.len() as u64, Ordering::Relaxed);
+                stats.events.fetch_add(
+                    self.next_position - 1 - self.head.borrow().to_owned(),
+                    Ordering::Relaxed,
+                );
                 self.head.send_replace(self.next_position - 1);
                 for ((_, reply), result) in group.drain(..).zip(results) {
                     let _ = reply.send(result);
@@ -163,15 +224,23 @@ impl Writer {
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, Fatal> {
         let group_start_position = self.next_position;
         let timestamp_us = Timestamp::now().as_micros().max(self.last_timestamp_us);
-        let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(group.len());
         let mut touched: HashMap<String, StreamState> = HashMap::new();
         for (append, _) in group {
-            let mut sp = tx.savepoint()?;
             let start = self.next_position;
-            match apply(&sp, append, &self.streams, &touched, start, timestamp_us) {
-                Ok(Applied::Stored(outcome)) => {
-                    sp.commit()?;
+            // A single-event append needs no savepoint: every rejection happens before its
+            // one INSERT, and a failing statement is undone by SQLite itself. A batch needs
+            // one, so that a clash on its third event also takes back the first two.
+            let savepoint = append.events.len() > 1;
+            if savepoint {
+                tx.prepare_cached("SAVEPOINT append")?.execute([])?;
+            }
+            match apply(&tx, append, &self.streams, &touched, start, timestamp_us)? {
+                Applied::Stored(outcome) => {
+                    if savepoint {
+                        tx.prepare_cached("RELEASE append")?.execute([])?;
+                    }
                     self.next_position = outcome.position + 1;
                     touched.insert(
                         append.aggregate_id.clone(),
@@ -182,16 +251,19 @@ impl Writer {
                     );
                     results.push(Ok(outcome));
                 }
-                Ok(Applied::Retry(outcome)) => {
-                    drop(sp);
+                Applied::Retry(outcome) => {
+                    if savepoint {
+                        tx.prepare_cached("RELEASE append")?.execute([])?;
+                    }
                     results.push(Ok(outcome));
                 }
-                Ok(Applied::Rejected(e)) => {
-                    sp.rollback()?;
-                    drop(sp);
+                Applied::Rejected(e) => {
+                    if savepoint {
+                        tx.prepare_cached("ROLLBACK TO append")?.execute([])?;
+                        tx.prepare_cached("RELEASE append")?.execute([])?;
+                    }
                     results.push(Err(e));
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         if self.config.fail_next_commit.swap(false, Ordering::AcqRel) {
@@ -220,7 +292,40 @@ enum Applied {
     Rejected(AppendError),
 }
 
+/// When the append's first event id is already stored: the retry's answer (its original
+/// outcome, or a duplicate-id rejection). `None` when the id is new.
+fn retry_of_stored(conn: &Connection, append: &Append) -> rusqlite::Result<Option<Applied>> {
+    let mut by_id = conn
+        .prepare_cached("SELECT aggregate_id, version, position FROM events WHERE event_id = ?1")?;
+    let mut locate = |id: &uuid::Uuid| {
+        by_id
+            .query_row([id.as_bytes()], |r| {
+                Ok(StoredLocation {
+                    aggregate_id: r.get(0)?,
+                    version: r.get::<_, i64>(1)? as u64,
+                    position: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .optional()
+    };
+    if locate(&append.events[0].event_id)?.is_none() {
+        return Ok(None);
+    }
+    let mut found = Vec::with_capacity(append.events.len());
+    for e in &append.events {
+        found.push(locate(&e.event_id)?);
+    }
+    Ok(Some(match recognise_retry(append, &found) {
+        Ok(outcome) => Applied::Retry(outcome),
+        Err(e) => Applied::Rejected(e),
+    }))
+}
+
 /// Applies one append inside its savepoint. `Err` only for unexpected SQLite failures.
+///
+/// Checks in the order `recognise_retry` documents, but keeps the common path to one
+/// index seek for the stream head (often cached) and the inserts: the event-id lookup
+/// happens only when something else already failed.
 fn apply(
     conn: &Connection,
     append: &Append,
@@ -229,29 +334,6 @@ fn apply(
     first_position: u64,
     timestamp_us: i64,
 ) -> rusqlite::Result<Applied> {
-    let mut by_id = conn
-        .prepare_cached("SELECT aggregate_id, version, position FROM events WHERE event_id = ?1")?;
-    let locate = |id: &uuid::Uuid, stmt: &mut rusqlite::CachedStatement<'_>| {
-        stmt.query_row([id.as_bytes()], |r| {
-            Ok(StoredLocation {
-                aggregate_id: r.get(0)?,
-                version: r.get::<_, i64>(1)? as u64,
-                position: r.get::<_, i64>(2)? as u64,
-            })
-        })
-        .optional()
-    };
-    if locate(&append.events[0].event_id, &mut by_id)?.is_some() {
-        let mut found = Vec::with_capacity(append.events.len());
-        for e in &append.events {
-            found.push(locate(&e.event_id, &mut by_id)?);
-        }
-        return Ok(match recognise_retry(append, &found) {
-            Ok(outcome) => Applied::Retry(outcome),
-            Err(e) => Applied::Rejected(e),
-        });
-    }
-
     // Later appends of this group see earlier ones through `touched`, then the cache, then disk.
     let known = touched
         .get(&append.aggregate_id)
@@ -260,7 +342,7 @@ fn apply(
     let (stream_type, actual) = match known {
         Some((t, v)) => (Some(t), v),
         None => conn
-            .prepare_cached("SELECT aggregate_type, version FROM streams WHERE aggregate_id = ?1")?
+            .prepare_cached(crate::schema::STREAM_HEAD_SQL)?
             .query_row([&append.aggregate_id], |r| {
                 Ok((Some(r.get::<_, String>(0)?), r.get::<_, i64>(1)? as u64))
             })
@@ -268,18 +350,21 @@ fn apply(
             .unwrap_or((None, 0)),
     };
     if !append.expected.is_satisfied_by(actual) {
-        return Ok(Applied::Rejected(AppendError::WrongExpectedVersion {
-            expected: append.expected,
-            actual,
-        }));
+        // A retry of an append that did succeed must be answered as such, even though the
+        // stream has moved on since: look for it only now, off the fast path.
+        return Ok(retry_of_stored(conn, append)?.unwrap_or(Applied::Rejected(
+            AppendError::WrongExpectedVersion { expected: append.expected, actual },
+        )));
     }
     if let Some(t) = stream_type
         && t != append.aggregate_type
     {
-        return Ok(Applied::Rejected(AppendError::AggregateTypeMismatch {
-            actual: t,
-            requested: append.aggregate_type.clone(),
-        }));
+        return Ok(retry_of_stored(conn, append)?.unwrap_or(Applied::Rejected(
+            AppendError::AggregateTypeMismatch {
+                actual: t,
+                requested: append.aggregate_type.clone(),
+            },
+        )));
     }
 
     let mut insert = conn.prepare_cached(
@@ -300,23 +385,21 @@ fn apply(
         ]);
         match inserted {
             Ok(_) => {}
-            // Only the event-id index can clash here: versions and positions are ours.
+            // Only the event-id index can clash here: versions and positions are ours. A
+            // clash on the first event may be a retry; a later one cannot be (the first
+            // id was new).
             Err(rusqlite::Error::SqliteFailure(f, _))
                 if f.code == ErrorCode::ConstraintViolation =>
             {
-                return Ok(Applied::Rejected(AppendError::DuplicateEventId {
+                let retry = if i == 0 { retry_of_stored(conn, append)? } else { None };
+                return Ok(retry.unwrap_or(Applied::Rejected(AppendError::DuplicateEventId {
                     event_id: e.event_id,
-                }));
+                })));
             }
             Err(other) => return Err(other),
         }
     }
     let n = append.events.len() as u64;
-    conn.prepare_cached(
-        "INSERT INTO streams (aggregate_id, aggregate_type, version) VALUES (?1, ?2, ?3)
-         ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version",
-    )?
-    .execute(params![append.aggregate_id, append.aggregate_type, (actual + n) as i64])?;
     Ok(Applied::Stored(AppendOutcome {
         first_version: actual + 1,
         last_version: actual + n,

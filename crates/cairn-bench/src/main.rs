@@ -1,0 +1,97 @@
+//! `cairn-bench`: measures the embedded store and, in the same run, the raw SQLite ceilings
+//! with the same schema and durability, so every figure is also a ratio.
+//!
+//! Run: `cargo run --release -p cairn-bench` (add `--quick` for a smoke run).
+
+mod raw;
+mod report;
+mod store;
+
+use clap::Parser;
+
+use crate::report::Table;
+
+/// Benchmark the embedded store against raw SQLite ceilings.
+#[derive(Parser, Debug)]
+#[command(name = "cairn-bench", about)]
+pub struct Args {
+    /// Runs per scenario (median and min–max are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Events in the `$all` read scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    all_events: u64,
+    /// Smaller workloads for a quick smoke run (numbers not comparable to the full run).
+    #[arg(long)]
+    quick: bool,
+    /// Run only these groups of scenarios (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["appends", "raw", "reads"])]
+    only: Vec<Group>,
+    /// Directory for the benchmark databases (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+/// Groups of scenarios that `--only` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Group {
+    /// Store appends.
+    Appends,
+    /// Raw SQLite inserts.
+    Raw,
+    /// Store and raw reads.
+    Reads,
+}
+
+/// Workload sizes, scaled down by `--quick`.
+#[derive(Clone, Copy)]
+pub struct Sizes {
+    /// Single-event appends per writer count: total appends.
+    pub single_appends: u64,
+    /// 100-event batches.
+    pub batches: u64,
+    /// Events in the one long stream.
+    pub stream_events: u64,
+    /// Events in `$all`.
+    pub all_events: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sizes = if args.quick {
+        Sizes { single_appends: 2_000, batches: 50, stream_events: 10_000, all_events: 100_000 }
+    } else {
+        Sizes {
+            single_appends: 20_000,
+            batches: 300,
+            stream_events: 10_000,
+            all_events: args.all_events,
+        }
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-bench")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut table = Table::default();
+    eprintln!("cairn-bench: {} runs per scenario, data in {}", args.runs, tmp.path().display());
+    runtime.block_on(async {
+        if args.only.contains(&Group::Appends) {
+            store::appends(&mut table, tmp.path(), sizes, args.runs).await?;
+        }
+        if args.only.contains(&Group::Raw) {
+            raw::inserts(&mut table, tmp.path(), sizes, args.runs)?;
+        }
+        if args.only.contains(&Group::Reads) {
+            store::reads(&mut table, tmp.path(), sizes, args.runs).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    table.ratio("append 1 event, 64 writers", "raw insert, 1 event/txn", "target >= 10x");
+    table.ratio("append 1 event, 64 writers", "raw insert, 64 events/txn", "target >= 0.70");
+    table.ratio("append 1 event, 16 writers", "raw insert, 1 event/txn", "");
+    table.ratio("append 100-event batches, 1 writer", "raw insert, 100 events/txn", "");
+    table.ratio("read $all (1M events)", "raw scan of events", "target >= 0.50");
+    table.ratio("read one 10k-event stream", "raw query of one 10k stream", "target >= 0.50");
+    table.print();
+    Ok(())
+}
