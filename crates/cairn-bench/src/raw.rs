@@ -70,8 +70,8 @@ fn insert(path: &Path, per_txn: u64, total: u64, keys: Keys) -> anyhow::Result<f
     Ok(r)
 }
 
-/// Raw insert ceilings at 1, 64, 100 and 1000 events per transaction.
-pub fn inserts(table: &mut Table, dir: &Path, sizes: Sizes, runs: usize) -> anyhow::Result<()> {
+/// One run of the raw insert ceilings at 1, 64, 100 and 1000 events per transaction.
+pub fn inserts(table: &mut Table, dir: &Path, sizes: Sizes) -> anyhow::Result<()> {
     let path = dir.join("raw.db");
     for (per_txn, total, keys) in [
         (1, sizes.single_appends / 4, Keys::LikeWriters),
@@ -79,12 +79,12 @@ pub fn inserts(table: &mut Table, dir: &Path, sizes: Sizes, runs: usize) -> anyh
         (100, sizes.batches * 100, Keys::OneStreamPerTxn),
         (1000, sizes.batches * 100, Keys::LikeWriters),
     ] {
-        let mut samples = Vec::new();
-        for _ in 0..runs {
-            samples.push(insert(&path, per_txn, total, keys)?);
-        }
         let plural = if per_txn == 1 { "event" } else { "events" };
-        table.add(&format!("raw insert, {per_txn} {plural}/txn"), "events/s", samples);
+        table.sample(
+            &format!("raw insert, {per_txn} {plural}/txn"),
+            "events/s",
+            insert(&path, per_txn, total, keys)?,
+        );
     }
     Ok(())
 }

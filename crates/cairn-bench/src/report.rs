@@ -31,11 +31,13 @@ pub fn rate(events: u64, elapsed: Duration) -> f64 {
 }
 
 impl Table {
-    /// Records the samples of one scenario (higher is better for "events/s").
-    pub fn add(&mut self, name: &str, unit: &'static str, samples: Vec<f64>) {
-        let row = Row { name: name.to_owned(), unit, samples };
-        eprintln!("  {:<44} {:>12.1} {}", row.name, row.median(), row.unit);
-        self.rows.push(row);
+    /// Records one sample of a scenario; rows keep the order they were first seen in.
+    pub fn sample(&mut self, name: &str, unit: &'static str, value: f64) {
+        eprintln!("  {name:<44} {value:>12.1} {unit}");
+        match self.rows.iter_mut().find(|r| r.name == name) {
+            Some(row) => row.samples.push(value),
+            None => self.rows.push(Row { name: name.to_owned(), unit, samples: vec![value] }),
+        }
     }
 
     fn median_of(&self, name: &str) -> Option<f64> {

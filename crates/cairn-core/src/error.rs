@@ -10,7 +10,7 @@ use crate::expected_version::ExpectedVersion;
 #[non_exhaustive]
 pub enum AppendError {
     /// The stream was not at the version the writer expected; re-read and decide again.
-    #[error("wrong expected version: expected {expected:?}, stream is at {actual}")]
+    #[error("wrong expected version: expected {expected}, the stream is at version {actual}")]
     WrongExpectedVersion {
         /// What the append asked for.
         expected: ExpectedVersion,

@@ -31,6 +31,17 @@ impl ExpectedVersion {
     }
 }
 
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any => f.write_str("any"),
+            Self::NoStream => f.write_str("no_stream"),
+            Self::StreamExists => f.write_str("exists"),
+            Self::Exact(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 impl Serialize for ExpectedVersion {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {

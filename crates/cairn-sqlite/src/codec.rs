@@ -18,16 +18,25 @@ fn conversion(
     rusqlite::Error::FromSqlConversionFailure(col, ty, Box::new(e))
 }
 
-/// Reads one event row selected with [`EVENT_COLUMNS`].
-pub fn event_from_row(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
+/// Reads one event row selected with [`EVENT_COLUMNS`]. When the stream is known
+/// (`Some((aggregate_id, aggregate_type))`), its id and type are cloned instead of read
+/// and validated again for every row of a long stream.
+pub fn event_of_stream(
+    row: &Row<'_>,
+    stream: Option<(&str, &str)>,
+) -> rusqlite::Result<RecordedEvent> {
     let id: [u8; 16] = row.get(1)?;
     let data: String = row.get(7)?;
     let metadata: String = row.get(8)?;
+    let (aggregate_id, aggregate_type) = match stream {
+        Some((id, t)) => (id.to_owned(), t.to_owned()),
+        None => (row.get(2)?, row.get(3)?),
+    };
     Ok(RecordedEvent {
         position: row.get::<_, i64>(0)? as u64,
         event_id: Uuid::from_bytes(id),
-        aggregate_id: row.get(2)?,
-        aggregate_type: row.get(3)?,
+        aggregate_id,
+        aggregate_type,
         event_type: row.get(4)?,
         version: row.get::<_, i64>(5)? as u64,
         timestamp: Timestamp::from_micros(row.get(6)?),

@@ -13,7 +13,7 @@ use cairn_core::{
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::codec::{EVENT_COLUMNS, event_from_row};
+use crate::codec::{EVENT_COLUMNS, event_of_stream};
 use crate::dir_lock::{DirLock, LockError};
 use crate::reader::{ReadPool, read_failed};
 use crate::schema;
@@ -198,6 +198,19 @@ impl SqliteEventStore {
     }
 }
 
+/// Reads event rows into a vector sized for the page up front (pages are often large).
+fn collect_events(
+    mut rows: rusqlite::Rows<'_>,
+    limit: usize,
+    stream: Option<(&str, &str)>,
+) -> rusqlite::Result<Vec<cairn_core::RecordedEvent>> {
+    let mut events = Vec::with_capacity(limit.min(READ_LIMIT_MAX));
+    while let Some(row) = rows.next()? {
+        events.push(event_of_stream(row, stream)?);
+    }
+    Ok(events)
+}
+
 fn invalid_read(m: &str) -> ReadError {
     ReadError::Invalid(m.to_owned())
 }
@@ -247,7 +260,8 @@ impl EventStore for SqliteEventStore {
                 let events = tx
                     .prepare_cached(&sql)
                     .and_then(|mut s| {
-                        s.query_map(rusqlite::params![id, from, limit], event_from_row)?.collect::<Result<Vec<_>, _>>()
+                        let stream = Some((id.as_str(), aggregate_type.as_str()));
+                        collect_events(s.query(rusqlite::params![id, from, limit])?, limit as usize, stream)
                     })
                     .map_err(read_failed)?;
                 Ok(StreamSlice { aggregate_type, stream_version: version as u64, events })
@@ -285,10 +299,7 @@ impl EventStore for SqliteEventStore {
                 let tx = conn.unchecked_transaction().map_err(read_failed)?;
                 let events = tx
                     .prepare_cached(&sql)
-                    .and_then(|mut s| {
-                        s.query_map(params_from_iter(args), event_from_row)?
-                            .collect::<Result<Vec<_>, _>>()
-                    })
+                    .and_then(|mut s| collect_events(s.query(params_from_iter(args))?, limit, None))
                     .map_err(read_failed)?;
                 let scanned_to = if events.len() == limit && limit > 0 {
                     events.last().map_or(from_position, |e| e.position)

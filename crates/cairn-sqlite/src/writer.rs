@@ -105,7 +105,9 @@ pub fn run(
     };
     let mut group: Vec<(Append, oneshot::Sender<Result<AppendOutcome, AppendError>>)> = Vec::new();
     let mut shutdown: Option<oneshot::Sender<()>> = None;
+    // Size of the last group, and how many appends were already queued when it was answered.
     let mut prev_group = 0;
+    let mut queued_at_reply = 0;
     while let Some(job) = rx.blocking_recv() {
         let mut next = Some(job);
         let mut events = 0;
@@ -125,12 +127,14 @@ pub fn run(
             }
         }
         if shutdown.is_none() && prev_group > 1 && !w.config.gather_wait.is_zero() {
-            shutdown = gather(&mut rx, &mut group, prev_group, &w.config);
+            let target = (queued_at_reply + prev_group).min(w.config.batch_appends_max);
+            shutdown = gather(&mut rx, &mut group, target, &w.config);
         }
         prev_group = group.len();
         if !group.is_empty() {
             w.commit_group(&mut group);
         }
+        queued_at_reply = rx.len();
         if let Some(done) = shutdown.take() {
             rx.close();
             // Appends that raced the shutdown are refused, not dropped silently.
@@ -146,7 +150,9 @@ pub fn run(
     tracing::debug!("sqlite writer stopped");
 }
 
-/// Waits briefly for the writers answered by the previous group to send their next append.
+/// Waits briefly for the writers answered by the previous group to send their next append,
+/// until the group holds `target` appends: those already queued when the previous group
+/// was answered plus the previous group's writers.
 ///
 /// Under concurrency the queue otherwise settles into two half-size groups that alternate
 /// (one arrives while the other commits). Waiting up to `gather_wait` for the previous
@@ -156,10 +162,9 @@ pub fn run(
 fn gather(
     rx: &mut mpsc::Receiver<Job>,
     group: &mut Vec<Pending>,
-    prev_group: usize,
+    target: usize,
     config: &WriterConfig,
 ) -> Option<oneshot::Sender<()>> {
-    let target = (group.len() + prev_group).min(config.batch_appends_max);
     let deadline = std::time::Instant::now() + config.gather_wait;
     let mut events: usize = group.iter().map(|(a, _)| a.events.len()).sum();
     while group.len() < target
