@@ -30,6 +30,7 @@ fn append(stream: String, n: usize) -> Append {
         aggregate_type: "Order".into(),
         expected: ExpectedVersion::Any,
         events: (0..n).map(|_| event()).collect(),
+        idempotency_key: None,
     }
 }
 

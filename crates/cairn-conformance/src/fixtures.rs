@@ -27,7 +27,13 @@ pub fn raw(json: &str) -> Box<RawValue> {
 /// An append to `stream` of aggregate type `Thing`.
 #[must_use]
 pub fn append_of(stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Append {
-    Append { aggregate_id: stream.to_owned(), aggregate_type: "Thing".to_owned(), expected, events }
+    Append {
+        aggregate_id: stream.to_owned(),
+        aggregate_type: "Thing".to_owned(),
+        expected,
+        events,
+        idempotency_key: None,
+    }
 }
 
 /// Appends `count` events of type `Tick` to `stream` with `Any`.

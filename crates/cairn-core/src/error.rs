@@ -31,6 +31,15 @@ pub enum AppendError {
         /// The first clashing id.
         event_id: Uuid,
     },
+    /// The idempotency key was used before: nothing was stored, here is what the first
+    /// append with that key stored.
+    #[error("idempotency key already used for stream {aggregate_id}")]
+    IdempotencyKeyUsed {
+        /// The stream the first append went to.
+        aggregate_id: String,
+        /// What it stored.
+        outcome: crate::store::AppendOutcome,
+    },
     /// The append itself is malformed (empty, too large, repeated ids, bad names).
     #[error("invalid append: {0}")]
     Invalid(String),

@@ -23,6 +23,7 @@ struct Inner {
     /// aggregate id -> (aggregate type, indexes into `log` in version order)
     streams: HashMap<String, (String, Vec<usize>)>,
     ids: HashMap<Uuid, usize>,
+    idempotency: HashMap<String, (String, AppendOutcome)>,
     last_timestamp: i64,
 }
 
@@ -57,6 +58,14 @@ impl EventStore for MemoryEventStore {
     async fn append(&self, append: Append) -> Result<AppendOutcome, AppendError> {
         append.validate()?;
         let mut inner = self.lock();
+        if let Some((aggregate_id, outcome)) =
+            append.idempotency_key.as_ref().and_then(|k| inner.idempotency.get(k))
+        {
+            return Err(AppendError::IdempotencyKeyUsed {
+                aggregate_id: aggregate_id.clone(),
+                outcome: *outcome,
+            });
+        }
         if inner.ids.contains_key(&append.events[0].event_id) {
             let found: Vec<_> = append
                 .events
@@ -95,7 +104,7 @@ impl EventStore for MemoryEventStore {
         let ts = Timestamp::now().as_micros().max(inner.last_timestamp);
         inner.last_timestamp = ts;
         let n = append.events.len() as u64;
-        let Append { aggregate_id, aggregate_type, events, .. } = append;
+        let Append { aggregate_id, aggregate_type, events, idempotency_key, .. } = append;
         for (i, e) in events.into_iter().enumerate() {
             let index = inner.log.len();
             inner.ids.insert(e.event_id, index);
@@ -118,14 +127,20 @@ impl EventStore for MemoryEventStore {
                 .push(index);
         }
         let position = inner.log.len() as u64;
-        drop(inner);
-        self.head.send_replace(position);
-        Ok(AppendOutcome {
+        let outcome = AppendOutcome {
             first_version: actual + 1,
             last_version: actual + n,
             position,
             deduplicated: false,
-        })
+        };
+        if let Some(key) = idempotency_key {
+            inner
+                .idempotency
+                .insert(key, (aggregate_id, AppendOutcome { deduplicated: true, ..outcome }));
+        }
+        drop(inner);
+        self.head.send_replace(position);
+        Ok(outcome)
     }
 
     async fn read_stream(
@@ -207,6 +222,13 @@ impl EventStore for MemoryEventStore {
         });
         stats.truncate(top);
         Ok(stats)
+    }
+
+    async fn idempotent_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(String, AppendOutcome)>, ReadError> {
+        Ok(self.lock().idempotency.get(key).cloned())
     }
 
     fn head(&self) -> watch::Receiver<u64> {

@@ -28,7 +28,14 @@ pub struct Append {
     pub expected: ExpectedVersion,
     /// 1 to [`APPEND_EVENTS_MAX`] events.
     pub events: Vec<NewEvent>,
+    /// A command's idempotency key, recorded with the events in the same transaction.
+    /// An append whose key is already recorded stores nothing and fails with
+    /// [`AppendError::IdempotencyKeyUsed`] carrying the first outcome.
+    pub idempotency_key: Option<String>,
 }
+
+/// Longest idempotency key accepted.
+pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 256;
 
 impl Append {
     /// Checks what can be checked without the store: names, size, distinct ids.
@@ -45,6 +52,11 @@ impl Append {
                 "an append carries at most {APPEND_EVENTS_MAX} events, got {}",
                 self.events.len()
             ));
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_LEN)
+        {
+            return invalid(format!("an idempotency key has 1 to {IDEMPOTENCY_KEY_MAX_LEN} bytes"));
         }
         let mut seen = HashSet::with_capacity(self.events.len());
         for e in &self.events {
@@ -84,7 +96,8 @@ pub struct StoredLocation {
 
 /// Decides what an append whose first event id is already stored means.
 ///
-/// The order of checks every backend follows: (1) first id stored → this rule;
+/// The order of checks every backend follows: (0) idempotency key recorded →
+/// [`AppendError::IdempotencyKeyUsed`]; (1) first id stored → this rule;
 /// (2) expected version; (3) aggregate type; (4) any other id stored →
 /// [`AppendError::DuplicateEventId`].
 ///
@@ -253,6 +266,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The largest streams by event count.
     async fn stream_stats(&self, top: usize) -> Result<Vec<StreamStats>, ReadError>;
+
+    /// The first outcome recorded under an idempotency key: the stream and what was stored.
+    async fn idempotent_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(String, AppendOutcome)>, ReadError>;
 
     /// Watches the last position visible in `$all`; changes after every commit.
     fn head(&self) -> watch::Receiver<u64>;

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Version 1: the event log, and nothing else.
 ///
@@ -26,6 +26,19 @@ CREATE TABLE events (
 );
 ";
 
+/// Version 2: command idempotency keys, written by the writer in the same transaction as
+/// the events they produced (so a crash can never keep one without the other).
+const V2: &str = "
+CREATE TABLE idempotency_keys (
+    key            TEXT    PRIMARY KEY,
+    aggregate_id   TEXT    NOT NULL,
+    first_version  INTEGER NOT NULL,
+    last_version   INTEGER NOT NULL,
+    position       INTEGER NOT NULL,
+    created_us     INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// A stream's type and version: one seek to its last event.
 pub const STREAM_HEAD_SQL: &str = "SELECT aggregate_type, version FROM events WHERE aggregate_id = ?1 ORDER BY version DESC LIMIT 1";
 
@@ -38,9 +51,13 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
             "the database has schema version {current}, this build knows up to {SCHEMA_VERSION}: use a newer cairn"
         ));
     }
-    if current < 1 {
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {V1} PRAGMA user_version = 1; COMMIT;"))
+    for (version, ddl) in [(1, V1), (2, V2)] {
+        if current < version {
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {ddl} PRAGMA user_version = {version}; COMMIT;"
+            ))
             .map_err(|e| e.to_string())?;
+        }
     }
     Ok(())
 }

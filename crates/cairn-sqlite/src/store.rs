@@ -360,6 +360,16 @@ impl EventStore for SqliteEventStore {
             .await
     }
 
+    async fn idempotent_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(String, AppendOutcome)>, ReadError> {
+        let key = key.to_owned();
+        self.readers
+            .run(move |conn| crate::writer::recorded_key(conn, &key).map_err(read_failed))
+            .await
+    }
+
     fn head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
     }

@@ -297,6 +297,28 @@ enum Applied {
     Rejected(AppendError),
 }
 
+/// The first outcome recorded under an idempotency key, if any.
+pub fn recorded_key(
+    conn: &Connection,
+    key: &str,
+) -> rusqlite::Result<Option<(String, AppendOutcome)>> {
+    conn.prepare_cached(
+        "SELECT aggregate_id, first_version, last_version, position FROM idempotency_keys WHERE key = ?1",
+    )?
+    .query_row([key], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            AppendOutcome {
+                first_version: r.get::<_, i64>(1)? as u64,
+                last_version: r.get::<_, i64>(2)? as u64,
+                position: r.get::<_, i64>(3)? as u64,
+                deduplicated: true,
+            },
+        ))
+    })
+    .optional()
+}
+
 /// When the append's first event id is already stored: the retry's answer (its original
 /// outcome, or a duplicate-id rejection). `None` when the id is new.
 fn retry_of_stored(conn: &Connection, append: &Append) -> rusqlite::Result<Option<Applied>> {
@@ -339,6 +361,11 @@ fn apply(
     first_position: u64,
     timestamp_us: i64,
 ) -> rusqlite::Result<Applied> {
+    if let Some(key) = &append.idempotency_key
+        && let Some((aggregate_id, outcome)) = recorded_key(conn, key)?
+    {
+        return Ok(Applied::Rejected(AppendError::IdempotencyKeyUsed { aggregate_id, outcome }));
+    }
     // Later appends of this group see earlier ones through `touched`, then the cache, then disk.
     let known = touched
         .get(&append.aggregate_id)
@@ -405,10 +432,25 @@ fn apply(
         }
     }
     let n = append.events.len() as u64;
-    Ok(Applied::Stored(AppendOutcome {
+    let outcome = AppendOutcome {
         first_version: actual + 1,
         last_version: actual + n,
         position: first_position + n - 1,
         deduplicated: false,
-    }))
+    };
+    if let Some(key) = &append.idempotency_key {
+        conn.prepare_cached(
+            "INSERT INTO idempotency_keys (key, aggregate_id, first_version, last_version, position, created_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            key,
+            append.aggregate_id,
+            outcome.first_version as i64,
+            outcome.last_version as i64,
+            outcome.position as i64,
+            timestamp_us
+        ])?;
+    }
+    Ok(Applied::Stored(outcome))
 }

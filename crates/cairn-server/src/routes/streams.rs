@@ -93,7 +93,13 @@ fn to_append(aggregate_id: String, body: AppendBody) -> Result<Append, ApiError>
             metadata,
         });
     }
-    Ok(Append { aggregate_id, aggregate_type, expected: body.expected_version, events })
+    Ok(Append {
+        aggregate_id,
+        aggregate_type,
+        expected: body.expected_version,
+        events,
+        idempotency_key: None,
+    })
 }
 
 /// `POST /streams/{aggregate_id}`.
