@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_core::EventStore;
+use cairn_core::readmodel::ReadModelStore;
 use cairn_server::HttpConfig;
-use cairn_sqlite::{SqliteEventStore, SqliteOptions, Synchronous};
+use cairn_sqlite::{SqliteEventStore, SqliteOptions, SqliteReadModels, Synchronous};
 use clap::{Args, ValueEnum};
 use tokio::sync::watch;
 
@@ -76,15 +77,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::new(SqliteEventStore::open(&args.data_dir, &options).with_context(|| {
             format!("cannot open the embedded store in {}", args.data_dir.display())
         })?);
+    // Read models live in their own file so projections never take the event log's write lock.
+    let readmodels: Arc<dyn ReadModelStore> =
+        Arc::new(SqliteReadModels::open(&args.data_dir).with_context(|| {
+            format!("cannot open the read models in {}", args.data_dir.display())
+        })?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = cairn_server::app(
         Arc::clone(&store),
+        readmodels,
         HttpConfig { body_limit_bytes: args.body_limit_bytes, ..HttpConfig::default() },
         stop_rx,
-    );
+    )
+    .context("cannot start the projections")?;
     tracing::info!(listen = %listener.local_addr()?, data_dir = %args.data_dir.display(), "cairn serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

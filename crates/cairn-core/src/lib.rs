@@ -8,6 +8,7 @@ pub mod error;
 pub mod expected_version;
 pub mod id;
 pub mod memory;
+pub mod readmodel;
 pub mod store;
 pub mod subscription;
 pub mod timestamp;

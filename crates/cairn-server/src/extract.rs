@@ -98,3 +98,64 @@ impl FromRequestParts<AppState> for AggregateIdPath {
         Ok(AggregateIdPath(id))
     }
 }
+
+/// The headers that shape a command (contract §3).
+pub struct CommandHeaders {
+    /// `If-Match: <version>` (quotes and a weak `W/` prefix are tolerated).
+    pub if_match: Option<u64>,
+    /// `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// `X-Correlation-Id`.
+    pub correlation_id: Option<String>,
+    /// `X-User-Id`.
+    pub user_id: Option<String>,
+}
+
+/// Longest accepted header value for ids and keys.
+const HEADER_ID_MAX_LEN: usize = 200;
+
+fn header_text(parts: &Parts, name: &str) -> Result<Option<String>, ApiError> {
+    match parts.headers.get(name) {
+        None => Ok(None),
+        Some(v) => {
+            let text = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request(format!("header {name} must be visible ASCII")))?
+                .trim();
+            if text.is_empty() || text.len() > HEADER_ID_MAX_LEN {
+                return Err(ApiError::bad_request(format!(
+                    "header {name} must have 1 to {HEADER_ID_MAX_LEN} characters"
+                )));
+            }
+            Ok(Some(text.to_owned()))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for CommandHeaders {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        let if_match = header_text(parts, "if-match")?
+            .map(|v| {
+                let bare = v.trim_start_matches("W/").trim_matches('"');
+                bare.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "If-Match must be the aggregate's version (an integer), got {v:?}"
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(CommandHeaders {
+            if_match,
+            idempotency_key: header_text(parts, "idempotency-key")?,
+            correlation_id: header_text(parts, "x-correlation-id")?,
+            user_id: header_text(parts, "x-user-id")?,
+        })
+    }
+}
+
+/// A path segment that names an aggregate id, by position (for routes with two ids).
+pub fn check_id(id: &str) -> Result<(), ApiError> {
+    cairn_core::id::validate_aggregate_id(id).map_err(|e| ApiError::bad_request(e.to_string()))
+}

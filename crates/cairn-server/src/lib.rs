@@ -4,6 +4,7 @@
 //! core traits and map every error to the contract's JSON shape in one place
 //! ([`error::ApiError`]).
 
+pub mod domain;
 pub mod error;
 mod extract;
 mod routes;
@@ -12,7 +13,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use cairn_core::EventStore;
+use cairn_core::readmodel::{ReadModelError, ReadModelStore};
 use tokio::sync::watch;
+
+use crate::domain::Domain;
 
 pub use routes::router;
 
@@ -43,13 +47,17 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     /// Flips to `true` when the server starts shutting down; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
+    /// The reference domain (commands, read models, process manager).
+    pub domain: Arc<Domain>,
 }
 
-/// Builds the full application.
+/// Starts the domain's background consumers and builds the full application.
 pub fn app(
     store: Arc<dyn EventStore>,
+    readmodels: Arc<dyn ReadModelStore>,
     config: HttpConfig,
     shutdown: watch::Receiver<bool>,
-) -> Router {
-    router(AppState { store, config: Arc::new(config), shutdown })
+) -> Result<Router, ReadModelError> {
+    let domain = Arc::new(Domain::start(Arc::clone(&store), readmodels, &shutdown)?);
+    Ok(router(AppState { store, config: Arc::new(config), shutdown, domain }))
 }

@@ -21,18 +21,18 @@ async fn bad_requests_get_json_errors_and_lose_nothing() {
         s.get("/all").await
     };
     let event = |extra: Value| {
-        let mut e = json!({"aggregate_type": "Order", "event_type": "Tick", "data": {}});
+        let mut e = json!({"aggregate_type": "Ledger", "event_type": "Tick", "data": {}});
         e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         json!({"events": [e]})
     };
     let cases: Vec<(&str, Value)> = vec![
         ("no events", json!({"events": []})),
         ("events not a list", json!({"events": {}})),
-        ("missing data", json!({"events": [{"aggregate_type": "Order", "event_type": "Tick"}]})),
-        ("missing event_type", json!({"events": [{"aggregate_type": "Order", "data": {}}]})),
+        ("missing data", json!({"events": [{"aggregate_type": "Ledger", "event_type": "Tick"}]})),
+        ("missing event_type", json!({"events": [{"aggregate_type": "Ledger", "data": {}}]})),
         (
             "number as type",
-            json!({"events": [{"aggregate_type": "Order", "event_type": 5, "data": {}}]}),
+            json!({"events": [{"aggregate_type": "Ledger", "event_type": 5, "data": {}}]}),
         ),
         ("bad uuid", event(json!({"event_id": "not-a-uuid"}))),
         ("metadata not an object", event(json!({"metadata": [1, 2]}))),
@@ -55,14 +55,14 @@ async fn bad_requests_get_json_errors_and_lose_nothing() {
         (
             "mixed aggregate types",
             json!({"events": [
-            {"aggregate_type": "Order", "event_type": "A", "data": {}},
-            {"aggregate_type": "Customer", "event_type": "B", "data": {}}]}),
+            {"aggregate_type": "Ledger", "event_type": "A", "data": {}},
+            {"aggregate_type": "Account", "event_type": "B", "data": {}}]}),
         ),
         (
             "repeated event id",
             json!({"events": [
-            {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a01", "aggregate_type": "Order", "event_type": "A", "data": {}},
-            {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a01", "aggregate_type": "Order", "event_type": "B", "data": {}}]}),
+            {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a01", "aggregate_type": "Ledger", "event_type": "A", "data": {}},
+            {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a01", "aggregate_type": "Ledger", "event_type": "B", "data": {}}]}),
         ),
     ];
     for (name, body) in cases {
@@ -93,11 +93,11 @@ async fn bad_requests_get_json_errors_and_lose_nothing() {
 async fn oversized_bodies_get_413_before_or_while_reading() {
     let s = TestServer::with_config(HttpConfig { body_limit_bytes: 4096, ..HttpConfig::default() })
         .await;
-    let big = json!({"events": [{"aggregate_type": "Order", "event_type": "Big", "data": {"pad": "x".repeat(5000)}}]});
+    let big = json!({"events": [{"aggregate_type": "Ledger", "event_type": "Big", "data": {"pad": "x".repeat(5000)}}]});
     expect_error(413, "payload_too_large", s.post("/streams/big", &big).await);
     // Chunked (no Content-Length): refused once the limit is crossed while reading.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
-        Ok(br#"{"events":[{"aggregate_type":"Order","event_type":"Big","data":{"pad":""#.to_vec()),
+        Ok(br#"{"events":[{"aggregate_type":"Ledger","event_type":"Big","data":{"pad":""#.to_vec()),
         Ok(vec![b'x'; 8000]),
         Ok(br#""}}]}"#.to_vec()),
     ];
@@ -106,15 +106,15 @@ async fn oversized_bodies_get_413_before_or_while_reading() {
     let (status, _) = s.get("/streams/big").await;
     assert_eq!(status, 404);
     // Just under the limit is fine.
-    let ok = json!({"events": [{"aggregate_type": "Order", "event_type": "Small", "data": {"pad": "x".repeat(3000)}}]});
+    let ok = json!({"events": [{"aggregate_type": "Ledger", "event_type": "Small", "data": {"pad": "x".repeat(3000)}}]});
     assert_eq!(s.post("/streams/big", &ok).await.0, 200);
 }
 
 #[tokio::test]
 async fn the_default_body_limit_is_one_mebibyte() {
     let s = TestServer::start().await;
-    let big = json!({"events": [{"aggregate_type": "Order", "event_type": "Big", "data": {"pad": "x".repeat(1024 * 1024)}}]});
+    let big = json!({"events": [{"aggregate_type": "Ledger", "event_type": "Big", "data": {"pad": "x".repeat(1024 * 1024)}}]});
     expect_error(413, "payload_too_large", s.post("/streams/big", &big).await);
-    let ok = json!({"events": [{"aggregate_type": "Order", "event_type": "Big", "data": {"pad": "x".repeat(1000 * 1000)}}]});
+    let ok = json!({"events": [{"aggregate_type": "Ledger", "event_type": "Big", "data": {"pad": "x".repeat(1000 * 1000)}}]});
     assert_eq!(s.post("/streams/big", &ok).await.0, 200);
 }

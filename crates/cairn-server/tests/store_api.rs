@@ -13,7 +13,7 @@ async fn append_then_read_returns_the_contract_envelope() {
         "expected_version": 0,
         "events": [{
             "event_id": "0193b3c4-0000-7000-8000-000000000001",
-            "aggregate_type": "Order",
+            "aggregate_type": "Ledger",
             "event_type": "OrderCreated",
             "data": {"customer_id": "cust-456", "total": 59.98},
             "metadata": {"correlation_id": "req-abc", "causation_id": null, "user_id": "user-001"}
@@ -32,7 +32,7 @@ async fn append_then_read_returns_the_contract_envelope() {
     let e = &page["events"][0];
     assert_eq!(e["event_id"], "0193b3c4-0000-7000-8000-000000000001");
     assert_eq!(e["aggregate_id"], "order-123");
-    assert_eq!(e["aggregate_type"], "Order");
+    assert_eq!(e["aggregate_type"], "Ledger");
     assert_eq!(e["event_type"], "OrderCreated");
     assert_eq!(e["version"], 1);
     assert_eq!(e["position"], 1);
@@ -47,7 +47,7 @@ async fn append_then_read_returns_the_contract_envelope() {
 #[tokio::test]
 async fn money_keeps_its_exact_digits() {
     let s = TestServer::start().await;
-    let raw = r#"{"events":[{"aggregate_type":"Order","event_type":"X","data":{"total":59.98,"p":0.1,"big":1234567890.12}}]}"#;
+    let raw = r#"{"events":[{"aggregate_type":"Ledger","event_type":"X","data":{"total":59.98,"p":0.1,"big":1234567890.12}}]}"#;
     assert_eq!(s.post_raw("/streams/o-1", raw).await.0, 200);
     let text = s.client.get(s.url("/streams/o-1")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(r#""data":{"total":59.98,"p":0.1,"big":1234567890.12}"#), "{text}");
@@ -99,7 +99,7 @@ async fn concurrent_http_appends_at_one_version_one_wins() {
 async fn a_stream_keeps_its_aggregate_type() {
     let s = TestServer::start().await;
     s.post("/streams/typed", &ticks(json!(0), 1)).await;
-    let other = json!({"events": [{"aggregate_type": "Customer", "event_type": "X", "data": {}}]});
+    let other = json!({"events": [{"aggregate_type": "Account", "event_type": "X", "data": {}}]});
     let (status, err) = s.post("/streams/typed", &other).await;
     assert_eq!((status, err["error"].clone()), (409, json!("aggregate_type_mismatch")));
 }
@@ -108,8 +108,8 @@ async fn a_stream_keeps_its_aggregate_type() {
 async fn resending_the_same_event_ids_is_idempotent() {
     let s = TestServer::start().await;
     let body = json!({"expected_version": "no_stream", "events": [
-        {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a01", "aggregate_type": "Order", "event_type": "A", "data": {}},
-        {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a02", "aggregate_type": "Order", "event_type": "B", "data": {}}
+        {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a01", "aggregate_type": "Ledger", "event_type": "A", "data": {}},
+        {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a02", "aggregate_type": "Ledger", "event_type": "B", "data": {}}
     ]});
     let (s1, first) = s.post("/streams/idem", &body).await;
     s.post("/streams/other", &ticks(json!("any"), 3)).await;
@@ -179,9 +179,9 @@ async fn stream_read_limit_defaults_to_100_and_caps_at_10000() {
 async fn read_all_pages_and_filters() {
     let s = TestServer::start().await;
     let mk = |agg: &str, types: &[&str]| json!({"events": types.iter().map(|t| json!({"aggregate_type": agg, "event_type": t, "data": {}})).collect::<Vec<_>>()});
-    s.post("/streams/o-1", &mk("Order", &["OrderCreated", "ItemAdded"])).await;
-    s.post("/streams/c-1", &mk("Customer", &["CustomerRegistered"])).await;
-    s.post("/streams/o-2", &mk("Order", &["OrderCreated", "OrderConfirmed"])).await;
+    s.post("/streams/o-1", &mk("Ledger", &["OrderCreated", "ItemAdded"])).await;
+    s.post("/streams/c-1", &mk("Account", &["CustomerRegistered"])).await;
+    s.post("/streams/o-2", &mk("Ledger", &["OrderCreated", "OrderConfirmed"])).await;
     let positions = |page: &Value| -> Vec<u64> {
         page["events"].as_array().unwrap().iter().map(|e| e["position"].as_u64().unwrap()).collect()
     };
@@ -193,9 +193,9 @@ async fn read_all_pages_and_filters() {
     assert_eq!((positions(&p), p["next_position"].clone()), (vec![], json!(5)));
     let (_, p) = s.get("/all?event_type=OrderCreated,CustomerRegistered").await;
     assert_eq!(positions(&p), vec![1, 3, 4]);
-    let (_, p) = s.get("/all?aggregate_type=Order&event_type=OrderConfirmed").await;
+    let (_, p) = s.get("/all?aggregate_type=Ledger&event_type=OrderConfirmed").await;
     assert_eq!(positions(&p), vec![5]);
-    let (_, p) = s.get("/all?aggregate_type=Customer").await;
+    let (_, p) = s.get("/all?aggregate_type=Account").await;
     assert_eq!(positions(&p), vec![3]);
     assert_eq!(s.get("/all?from_position=-1").await.0, 400);
     assert_eq!(s.get("/all?limit=x").await.0, 400);
@@ -265,8 +265,8 @@ async fn subscribe_catches_up_then_goes_live_and_resumes() {
     let resumed = sse_events(&s, "/all/subscribe?from_position=0", Some("4"), 2).await;
     assert_eq!(resumed.iter().map(|g| g.0).collect::<Vec<_>>(), vec![5, 6]);
     // Filters apply to subscriptions too.
-    s.post("/streams/c", &json!({"events": [{"aggregate_type": "Customer", "event_type": "CustomerRegistered", "data": {}}]})).await;
-    let filtered = sse_events(&s, "/all/subscribe?aggregate_type=Customer", None, 1).await;
+    s.post("/streams/c", &json!({"events": [{"aggregate_type": "Account", "event_type": "CustomerRegistered", "data": {}}]})).await;
+    let filtered = sse_events(&s, "/all/subscribe?aggregate_type=Account", None, 1).await;
     assert_eq!(filtered[0].0, 7);
     let r =
         s.client.get(s.url("/all/subscribe")).header("Last-Event-ID", "abc").send().await.unwrap();

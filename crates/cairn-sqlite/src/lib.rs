@@ -8,8 +8,10 @@
 mod codec;
 mod dir_lock;
 mod reader;
+pub mod readmodel;
 pub mod schema;
 mod store;
 mod writer;
 
+pub use readmodel::SqliteReadModels;
 pub use store::{CommitStats, OpenError, SqliteEventStore, SqliteOptions, Synchronous};

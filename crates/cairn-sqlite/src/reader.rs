@@ -51,6 +51,20 @@ impl ReadPool {
         }
     }
 
+    /// Runs `f` on a pooled connection on the calling (blocking) thread.
+    pub fn run_here<R, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, E>,
+        open_failed: impl FnOnce(String) -> E,
+    ) -> Result<R, E> {
+        let conn = self.take().map_err(|e| open_failed(e.to_string()))?;
+        let out = f(&conn);
+        if conn.is_autocommit() {
+            self.give_back(conn);
+        }
+        out
+    }
+
     /// Runs `f` on a pooled connection in a blocking task.
     pub async fn run<R, F>(self: &Arc<Self>, f: F) -> Result<R, ReadError>
     where

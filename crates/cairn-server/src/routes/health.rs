@@ -15,11 +15,15 @@ pub async fn live() -> Json<serde_json::Value> {
 
 /// `GET /health/ready`: the store can serve reads and take writes.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    match state.store.check_health().await {
+    let checked = match state.store.check_health().await {
+        Ok(()) => state.domain.ready(),
+        Err(e) => Err(e.to_string()),
+    };
+    match checked {
         Ok(()) => Json(json!({"status": "ok"})).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "error": "store_unavailable", "message": e.to_string()})),
+            Json(json!({"status": "unavailable", "error": "not_ready", "message": e})),
         )
             .into_response(),
     }

@@ -1,6 +1,9 @@
 //! The router: every route of the contract, the JSON fallback, and panic containment.
 
+mod admin;
+mod commands;
 mod health;
+mod queries;
 mod streams;
 
 use std::any::Any;
@@ -8,7 +11,7 @@ use std::any::Any;
 use axum::Router;
 use axum::http::{Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -21,6 +24,27 @@ pub fn router(state: AppState) -> Router {
         .route("/streams/{aggregate_id}", get(streams::read_stream).post(streams::append))
         .route("/all", get(streams::read_all))
         .route("/all/subscribe", get(streams::subscribe))
+        .route("/customers", post(commands::register_customer))
+        .route("/customers/{aggregate_id}", get(queries::get_customer))
+        .route("/customers/{aggregate_id}/email", post(commands::change_email))
+        .route("/inventory/{aggregate_id}", get(queries::get_inventory))
+        .route("/inventory/{aggregate_id}/restock", post(commands::restock))
+        .route("/orders", post(commands::create_order).get(queries::list_orders))
+        .route("/orders/{aggregate_id}", get(queries::get_order))
+        .route("/orders/{aggregate_id}/items", post(commands::add_item))
+        .route(
+            "/orders/{aggregate_id}/items/{product_id}",
+            axum::routing::delete(commands::remove_item),
+        )
+        .route("/orders/{aggregate_id}/confirm", post(commands::confirm))
+        .route("/orders/{aggregate_id}/ship", post(commands::ship))
+        .route("/orders/{aggregate_id}/cancel", post(commands::cancel))
+        .route("/orders/{aggregate_id}/correct-total", post(commands::correct_total))
+        .route("/orders/{aggregate_id}/events", get(queries::order_events))
+        .route("/orders/{aggregate_id}/state", get(queries::order_state))
+        .route("/shipped-orders/{aggregate_id}", get(queries::get_shipped_order))
+        .route("/admin/projections", get(admin::projections))
+        .route("/admin/process-managers/order-fulfillment", get(admin::fulfillment_instances))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .fallback(unknown_route)

@@ -77,6 +77,23 @@ fn to_append(aggregate_id: String, body: AppendBody) -> Result<Append, ApiError>
                 e.aggregate_type
             )));
         }
+        match cairn_orders::check_domain_event(&aggregate_type, &e.event_type, e.data.get()) {
+            Ok(_) => {}
+            Err(cairn_cqrs::DecodeError::UnknownType(t)) => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_event_type",
+                    format!("events[{i}]: aggregate {aggregate_type} has no event type {t:?}"),
+                ));
+            }
+            Err(invalid) => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation_failed",
+                    format!("events[{i}]: {invalid}"),
+                ));
+            }
+        }
         let metadata = match e.metadata {
             Some(m) if is_json_object(&m) => m,
             Some(_) => {

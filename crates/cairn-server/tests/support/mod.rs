@@ -28,7 +28,9 @@ impl TestServer {
         let store: Arc<dyn EventStore> =
             Arc::new(SqliteEventStore::open(dir.path(), &SqliteOptions::default()).unwrap());
         let (stop, stop_rx) = watch::channel(false);
-        let app = cairn_server::app(Arc::clone(&store), config, stop_rx.clone());
+        let readmodels = Arc::new(cairn_sqlite::SqliteReadModels::open(dir.path()).unwrap());
+        let app =
+            cairn_server::app(Arc::clone(&store), readmodels, config, stop_rx.clone()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut shutdown = stop_rx;
@@ -83,7 +85,7 @@ impl Drop for TestServer {
 #[allow(clippy::needless_pass_by_value)] // call sites read better with `json!(..)` inline
 pub fn ticks(expected: Value, n: usize) -> Value {
     let events: Vec<Value> = (0..n)
-        .map(|i| serde_json::json!({"aggregate_type": "Order", "event_type": "Tick", "data": {"i": i}}))
+        .map(|i| serde_json::json!({"aggregate_type": "Ledger", "event_type": "Tick", "data": {"i": i}}))
         .collect();
     serde_json::json!({"expected_version": expected, "events": events})
 }

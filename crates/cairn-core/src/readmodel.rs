@@ -1,0 +1,150 @@
+//! The interface projections and process managers use to keep their state: tables of
+//! JSON documents keyed by id, with a few declared indexed fields, changed only inside a
+//! transaction that also moves the consumer's checkpoint.
+//!
+//! Written once against this trait, a projection runs on every backend; the domain crate
+//! depends on no database driver. Documents are JSON *text*, so money keeps its digits.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+/// A table of documents and the fields it can be filtered by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    /// `[a-z0-9_]+`; the backend may prefix it.
+    pub name: &'static str,
+    /// Top-level document fields with an index, usable in [`ListQuery::filters`] and
+    /// [`DocTxn::find`].
+    pub indexed: &'static [&'static str],
+}
+
+/// Why a read-model operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ReadModelError {
+    /// The backend failed (I/O, connection).
+    #[error("read model storage failed: {0}")]
+    Storage(String),
+    /// A stored document does not match the type it is read as.
+    #[error("read model document is not valid: {0}")]
+    Decode(String),
+    /// A projection or process-manager handler refused the event.
+    #[error("handler failed: {0}")]
+    Handler(String),
+    /// A table or field that was never declared.
+    #[error("unknown table or field: {0}")]
+    Unknown(String),
+}
+
+/// Changes to documents inside one transaction.
+pub trait DocTxn {
+    /// The document stored under `key`, as JSON text.
+    fn get(&mut self, table: &str, key: &str) -> Result<Option<String>, ReadModelError>;
+    /// Stores (inserts or replaces) a document.
+    fn put(&mut self, table: &str, key: &str, json: &str) -> Result<(), ReadModelError>;
+    /// Removes a document (no error when absent).
+    fn delete(&mut self, table: &str, key: &str) -> Result<(), ReadModelError>;
+    /// Every document whose indexed `field` equals `value`, as `(key, json)`.
+    fn find(
+        &mut self,
+        table: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<Vec<(String, String)>, ReadModelError>;
+}
+
+/// Typed helpers over [`DocTxn`].
+pub trait DocTxnExt: DocTxn {
+    /// Loads and decodes a document.
+    fn load<T: DeserializeOwned>(
+        &mut self,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<T>, ReadModelError> {
+        self.get(table, key)?
+            .map(|json| {
+                serde_json::from_str(&json)
+                    .map_err(|e| ReadModelError::Decode(format!("{table}/{key}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Encodes and stores a document.
+    fn save<T: Serialize>(
+        &mut self,
+        table: &str,
+        key: &str,
+        doc: &T,
+    ) -> Result<(), ReadModelError> {
+        let json = serde_json::to_string(doc).map_err(|e| ReadModelError::Decode(e.to_string()))?;
+        self.put(table, key, &json)
+    }
+
+    /// Every document whose indexed field matches, decoded.
+    fn find_as<T: DeserializeOwned>(
+        &mut self,
+        table: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<Vec<(String, T)>, ReadModelError> {
+        self.find(table, field, value)?
+            .into_iter()
+            .map(|(k, json)| {
+                serde_json::from_str(&json)
+                    .map(|d| (k, d))
+                    .map_err(|e| ReadModelError::Decode(e.to_string()))
+            })
+            .collect()
+    }
+}
+
+impl<T: DocTxn + ?Sized> DocTxnExt for T {}
+
+/// A page request over one table: equality filters on indexed fields, keyset pagination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// The table.
+    pub table: String,
+    /// `(indexed field, value)` pairs, all of which must match.
+    pub filters: Vec<(String, String)>,
+    /// Only keys strictly greater than this (the previous page's last key).
+    pub after: Option<String>,
+    /// Most documents to return.
+    pub limit: usize,
+}
+
+/// The function a consumer runs inside one read-model transaction.
+pub type TxnFn<'a> = &'a mut dyn FnMut(&mut dyn DocTxn) -> Result<(), ReadModelError>;
+
+/// Where read models, checkpoints and process-manager state live.
+///
+/// Blocking by design: callers run it on blocking threads. A consumer's document changes
+/// and its checkpoint commit in one transaction, which is what makes an event's effect
+/// happen exactly once across crashes.
+pub trait ReadModelStore: Send + Sync + 'static {
+    /// Creates the tables and indexes if they do not exist.
+    fn ensure_tables(&self, tables: &[TableSpec]) -> Result<(), ReadModelError>;
+    /// The last `$all` position the consumer committed (0 when it never ran).
+    fn checkpoint(&self, consumer: &str) -> Result<u64, ReadModelError>;
+    /// Runs `f` in one transaction; when `checkpoint` is given, the consumer's checkpoint
+    /// is set to it in the same transaction. An error from `f` rolls everything back.
+    fn transact(
+        &self,
+        consumer: &str,
+        checkpoint: Option<u64>,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError>;
+    /// One document, outside any transaction (queries).
+    fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError>;
+    /// A page of documents ordered by key (queries).
+    fn list(&self, query: &ListQuery) -> Result<Vec<(String, String)>, ReadModelError>;
+}
+
+/// Checks a table or field name against `[a-z0-9_]{1,64}` (they become SQL identifiers).
+pub fn validate_identifier(name: &str) -> Result<(), ReadModelError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok { Ok(()) } else { Err(ReadModelError::Unknown(format!("invalid identifier {name:?}"))) }
+}

@@ -1,0 +1,117 @@
+//! What a user implements for each aggregate: its events, its state and its decisions.
+
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+/// A business rule refused the command (contract: `422 rule_violation`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct DomainError {
+    /// Human text naming the rule.
+    pub message: String,
+}
+
+impl DomainError {
+    /// A rule violation with this message.
+    pub fn rule(message: impl Into<String>) -> Self {
+        Self { message: message.into() }
+    }
+}
+
+/// Why stored event data could not become a domain event.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// The aggregate has no event of this type.
+    #[error("unknown event type {0:?} for this aggregate")]
+    UnknownType(String),
+    /// The data does not deserialize into the event.
+    #[error("event {event_type} does not match its schema: {message}")]
+    Invalid {
+        /// The event type.
+        event_type: String,
+        /// The deserializer's message (with the field path where it has one).
+        message: String,
+    },
+}
+
+/// The events of one aggregate type: usually an enum with one variant per event struct,
+/// written with [`domain_events!`](crate::domain_events).
+pub trait DomainEvent: Sized + Send + Sync + Clone + std::fmt::Debug + 'static {
+    /// Every event type name this aggregate knows.
+    const EVENT_TYPES: &'static [&'static str];
+    /// This event's type name (past tense, e.g. `OrderCreated`).
+    fn event_type(&self) -> &'static str;
+    /// The event's payload as JSON.
+    fn to_json(&self) -> Box<RawValue>;
+    /// Decodes stored data of the given type.
+    fn from_json(event_type: &str, data: &str) -> Result<Self, DecodeError>;
+}
+
+/// Whether a command needs its aggregate to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existence {
+    /// Creates the aggregate: refused when it exists (`409`).
+    MustNotExist,
+    /// Changes an existing aggregate: `404` when it does not exist.
+    MustExist,
+    /// Either (e.g. restocking a product for the first time).
+    Any,
+}
+
+/// A consistency boundary: state rebuilt from its events, and the decisions it makes.
+///
+/// `apply` is pure and total (it never fails: an event is a fact); `handle` decides and
+/// never does I/O.
+pub trait Aggregate: Default + Send + Sync + 'static {
+    /// The aggregate type name stored with every event (`Order`).
+    const TYPE: &'static str;
+    /// Its events.
+    type Event: DomainEvent;
+    /// Its commands.
+    type Command: Send + Sync;
+    /// Folds one event into the state.
+    fn apply(&mut self, event: &Self::Event);
+    /// Decides which events a command causes, or refuses it.
+    fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, DomainError>;
+    /// Whether `command` creates the aggregate, changes it, or either.
+    fn existence(command: &Self::Command) -> Existence;
+}
+
+/// Implements [`DomainEvent`] for an enum whose variants wrap structs of the same name:
+///
+/// ```ignore
+/// cairn_cqrs::domain_events!(OrderEvent { OrderCreated, ItemAdded });
+/// ```
+#[macro_export]
+macro_rules! domain_events {
+    ($enum:ident { $($variant:ident),+ $(,)? }) => {
+        impl $crate::aggregate::DomainEvent for $enum {
+            const EVENT_TYPES: &'static [&'static str] = &[$(stringify!($variant)),+];
+
+            fn event_type(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => stringify!($variant),)+
+                }
+            }
+
+            fn to_json(&self) -> Box<::serde_json::value::RawValue> {
+                let json = match self {
+                    $(Self::$variant(e) => ::serde_json::value::to_raw_value(e),)+
+                };
+                // Serializing plain structs of strings and numbers cannot fail.
+                json.unwrap_or_default()
+            }
+
+            fn from_json(event_type: &str, data: &str) -> Result<Self, $crate::aggregate::DecodeError> {
+                let invalid = |e: ::serde_json::Error| $crate::aggregate::DecodeError::Invalid {
+                    event_type: event_type.to_owned(),
+                    message: e.to_string(),
+                };
+                match event_type {
+                    $(stringify!($variant) => ::serde_json::from_str(data).map(Self::$variant).map_err(invalid),)+
+                    other => Err($crate::aggregate::DecodeError::UnknownType(other.to_owned())),
+                }
+            }
+        }
+    };
+}

@@ -1,0 +1,71 @@
+//! Projections: denormalized read models built from `$all`, each batch committed together
+//! with the projection's checkpoint (an event's effect happens exactly once).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cairn_core::readmodel::{DocTxn, ReadModelError, ReadModelStore, TableSpec};
+use cairn_core::{EventStore, RecordedEvent};
+use tokio::sync::watch;
+
+use crate::consumer::{self, BatchHandler, ConsumerHandle};
+
+/// A read model: its tables, the events it handles, and how one event changes it.
+pub trait Projection: Send + Sync + 'static {
+    /// Unique name; also its checkpoint key.
+    fn name(&self) -> &'static str;
+    /// Tables it writes.
+    fn tables(&self) -> Vec<TableSpec>;
+    /// Event types it handles; others are skipped without reaching it.
+    fn event_types(&self) -> Vec<&'static str>;
+    /// Applies one event inside the batch's transaction.
+    fn apply(&self, event: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError>;
+}
+
+struct ProjectionHandler {
+    projection: Arc<dyn Projection>,
+    readmodels: Arc<dyn ReadModelStore>,
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, ReadModelError> + Send + 'static,
+) -> Result<R, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}
+
+#[async_trait]
+impl BatchHandler for ProjectionHandler {
+    fn name(&self) -> &str {
+        self.projection.name()
+    }
+
+    fn event_types(&self) -> Vec<String> {
+        self.projection.event_types().into_iter().map(str::to_owned).collect()
+    }
+
+    async fn checkpoint(&self) -> Result<u64, String> {
+        let (rm, name) = (Arc::clone(&self.readmodels), self.projection.name());
+        blocking(move || rm.checkpoint(name)).await
+    }
+
+    async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), String> {
+        let (rm, projection) = (Arc::clone(&self.readmodels), Arc::clone(&self.projection));
+        blocking(move || {
+            rm.transact(projection.name(), Some(scanned_to), &mut |txn| {
+                events.iter().try_for_each(|e| projection.apply(e, txn))
+            })
+        })
+        .await
+    }
+}
+
+/// Creates the projection's tables and starts it from its checkpoint.
+pub fn spawn_projection(
+    store: Arc<dyn EventStore>,
+    readmodels: Arc<dyn ReadModelStore>,
+    projection: Arc<dyn Projection>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<ConsumerHandle, ReadModelError> {
+    readmodels.ensure_tables(&projection.tables())?;
+    Ok(consumer::spawn(store, Arc::new(ProjectionHandler { projection, readmodels }), shutdown))
+}

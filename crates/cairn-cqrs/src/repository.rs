@@ -1,0 +1,272 @@
+//! Command handling: load (events of the stream), decide, append with the loaded version.
+
+use std::sync::Arc;
+
+use cairn_core::timestamp::Timestamp;
+use cairn_core::{
+    Append, AppendError, EventStore, ExpectedVersion, NewEvent, ReadError, RecordedEvent,
+    StreamRead,
+};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::aggregate::{Aggregate, DecodeError, DomainError, DomainEvent, Existence};
+use crate::metadata::CommandMetadata;
+
+/// How many times a command is re-decided on fresh state after a concurrent write.
+pub const CONFLICT_RETRIES_MAX: usize = 10;
+/// Events read per page while loading an aggregate.
+const LOAD_PAGE_EVENTS: usize = 10_000;
+
+/// How a command is to be run.
+#[derive(Debug, Clone, Default)]
+pub struct CommandOptions {
+    /// `If-Match`: the version the caller saw; a different version is a conflict, never retried.
+    pub expected_version: Option<u64>,
+    /// `Idempotency-Key`: a repeated command returns the first outcome and appends nothing.
+    pub idempotency_key: Option<String>,
+    /// Metadata stamped on every event.
+    pub metadata: CommandMetadata,
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandOutcome {
+    /// The aggregate.
+    pub aggregate_id: String,
+    /// Its version after the command.
+    pub version: u64,
+    /// `$all` position of the last event the command appended.
+    pub position: u64,
+}
+
+/// Why a command did nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The aggregate does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A creating command found the aggregate already there.
+    #[error("already exists at version {actual}")]
+    AlreadyExists {
+        /// Its current version.
+        actual: u64,
+    },
+    /// The aggregate was at another version than `If-Match` said.
+    #[error("wrong expected version: expected {expected}, the aggregate is at version {actual}")]
+    WrongExpectedVersion {
+        /// What the caller expected.
+        expected: u64,
+        /// Where it is.
+        actual: u64,
+    },
+    /// A business rule refused it.
+    #[error(transparent)]
+    Rule(#[from] DomainError),
+    /// The stream holds an event this aggregate cannot read (never written by Cairn's
+    /// own paths, which validate appends to domain streams).
+    #[error("aggregate cannot be loaded: {0}")]
+    Corrupt(#[from] DecodeError),
+    /// Concurrent writers kept winning; retried [`CONFLICT_RETRIES_MAX`] times.
+    #[error("too much contention on this aggregate; try again")]
+    Contention,
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] AppendError),
+    /// Reading failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// An aggregate rebuilt from its stream.
+#[derive(Debug)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// Version of the last applied event (0 = no events).
+    pub version: u64,
+    /// Position of the last applied event.
+    pub position: u64,
+    /// Timestamp of the last applied event.
+    pub timestamp: Option<Timestamp>,
+}
+
+/// Up to where a temporal load goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Everything.
+    End,
+    /// Events with version ≤ this.
+    Version(u64),
+    /// Events whose timestamp is ≤ this (inclusive).
+    Time(Timestamp),
+}
+
+/// Loads aggregates and runs commands against one event store.
+#[derive(Clone)]
+pub struct Repository {
+    store: Arc<dyn EventStore>,
+}
+
+impl Repository {
+    /// A repository over `store`.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self { store }
+    }
+
+    /// The store behind it.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// Rebuilds the aggregate from its whole stream (a missing stream is the default state, version 0).
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, CommandError> {
+        self.load_until(id, Until::End).await
+    }
+
+    /// Rebuilds the aggregate from the events up to `until`.
+    pub async fn load_until<A: Aggregate>(
+        &self,
+        id: &str,
+        until: Until,
+    ) -> Result<Loaded<A>, CommandError> {
+        let mut loaded = Loaded { state: A::default(), version: 0, position: 0, timestamp: None };
+        let mut from = 1;
+        loop {
+            let slice = match self
+                .store
+                .read_stream(id, StreamRead::forward_from(from, LOAD_PAGE_EVENTS))
+                .await
+            {
+                Ok(slice) => slice,
+                Err(ReadError::StreamNotFound) => return Ok(loaded),
+                Err(e) => return Err(e.into()),
+            };
+            if slice.aggregate_type != A::TYPE {
+                return Err(CommandError::Store(AppendError::AggregateTypeMismatch {
+                    actual: slice.aggregate_type,
+                    requested: A::TYPE.to_owned(),
+                }));
+            }
+            let full = slice.events.len() == LOAD_PAGE_EVENTS;
+            for e in &slice.events {
+                let past = match until {
+                    Until::End => false,
+                    Until::Version(v) => e.version > v,
+                    Until::Time(t) => e.timestamp > t,
+                };
+                if past {
+                    return Ok(loaded);
+                }
+                apply_recorded(&mut loaded, e)?;
+            }
+            if !full {
+                return Ok(loaded);
+            }
+            from = loaded.version + 1;
+        }
+    }
+
+    /// Runs a command: decide on the current state and append with optimistic concurrency.
+    ///
+    /// With `expected_version` a conflict is returned; without it the command is re-decided
+    /// on fresh state (bounded). With an idempotency key, a repeat returns the first outcome.
+    pub async fn execute<A: Aggregate>(
+        &self,
+        id: &str,
+        command: &A::Command,
+        options: &CommandOptions,
+    ) -> Result<CommandOutcome, CommandError> {
+        if let Some(key) = &options.idempotency_key
+            && let Some((aggregate_id, outcome)) = self.store.idempotent_result(key).await?
+        {
+            return Ok(CommandOutcome {
+                aggregate_id,
+                version: outcome.last_version,
+                position: outcome.position,
+            });
+        }
+        for _ in 0..CONFLICT_RETRIES_MAX {
+            let loaded = self.load::<A>(id).await?;
+            if let Some(expected) = options.expected_version
+                && expected != loaded.version
+            {
+                return Err(CommandError::WrongExpectedVersion {
+                    expected,
+                    actual: loaded.version,
+                });
+            }
+            match (A::existence(command), loaded.version) {
+                (Existence::MustExist, 0) => return Err(CommandError::NotFound),
+                (Existence::MustNotExist, v) if v > 0 => {
+                    return Err(CommandError::AlreadyExists { actual: v });
+                }
+                _ => {}
+            }
+            let events = loaded.state.handle(command)?;
+            if events.is_empty() {
+                return Ok(CommandOutcome {
+                    aggregate_id: id.to_owned(),
+                    version: loaded.version,
+                    position: loaded.position,
+                });
+            }
+            let metadata = serde_json::value::to_raw_value(&options.metadata).unwrap_or_default();
+            let append = Append {
+                aggregate_id: id.to_owned(),
+                aggregate_type: A::TYPE.to_owned(),
+                expected: ExpectedVersion::Exact(loaded.version),
+                events: events
+                    .iter()
+                    .map(|e| NewEvent {
+                        metadata: metadata.clone(),
+                        ..NewEvent::new(e.event_type(), e.to_json())
+                    })
+                    .collect(),
+                idempotency_key: options.idempotency_key.clone(),
+            };
+            match self.store.append(append).await {
+                Ok(o) => {
+                    return Ok(CommandOutcome {
+                        aggregate_id: id.to_owned(),
+                        version: o.last_version,
+                        position: o.position,
+                    });
+                }
+                Err(AppendError::WrongExpectedVersion { actual, .. }) => {
+                    if options.expected_version.is_some() {
+                        return Err(CommandError::WrongExpectedVersion {
+                            expected: loaded.version,
+                            actual,
+                        });
+                    }
+                    // Someone else wrote first: decide again on what they wrote.
+                }
+                Err(AppendError::IdempotencyKeyUsed { aggregate_id, outcome }) => {
+                    return Ok(CommandOutcome {
+                        aggregate_id,
+                        version: outcome.last_version,
+                        position: outcome.position,
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CommandError::Contention)
+    }
+}
+
+/// Decodes and applies one stored event.
+pub fn apply_recorded<A: Aggregate>(
+    loaded: &mut Loaded<A>,
+    e: &RecordedEvent,
+) -> Result<(), DecodeError> {
+    let event = A::Event::from_json(&e.event_type, e.data.get())?;
+    loaded.state.apply(&event);
+    loaded.version = e.version;
+    loaded.position = e.position;
+    loaded.timestamp = Some(e.timestamp);
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! OrderFulfillment, the process manager of contract §5.
+//!
+//! On `OrderConfirmed` it reserves every line's stock, then marks the order ready to ship;
+//! if a reservation is refused it releases what it reserved and cancels the order
+//! (`out_of_stock`). On `OrderCancelled` it releases what it holds; on `OrderShipped` it
+//! ships the reserved stock. Every command's idempotency key is derived from the causing
+//! event, so a redelivered event re-issues the same commands and the store answers them
+//! with their first outcomes: nothing happens twice. The decision to compensate is saved
+//! before compensating, so a crash mid-way never turns a refusal into a partial success.
+
+use async_trait::async_trait;
+use cairn_core::RecordedEvent;
+use cairn_core::readmodel::TableSpec;
+use cairn_core::timestamp::Timestamp;
+use cairn_cqrs::CommandError;
+use cairn_cqrs::process::{ProcessContext, ProcessManager};
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::{Inventory, InventoryCommand};
+use crate::order::{Line, Order, OrderCommand, OrderEvent};
+use crate::projections::decode;
+
+/// Instance table (one document per order), filterable by status.
+pub const TABLE: &str = "order_fulfillment";
+/// The manager's name (its checkpoint key and admin path).
+pub const NAME: &str = "order-fulfillment";
+
+/// Where an order's fulfillment is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FulfillmentStatus {
+    /// Reserving stock.
+    Reserving,
+    /// A reservation was refused; giving back the others and cancelling.
+    Compensating,
+    /// Everything reserved; the order is ready to ship.
+    ReadyToShip,
+    /// Stock shipped.
+    Shipped,
+    /// Ended by a cancellation (its own or the customer's).
+    Cancelled,
+}
+
+/// One instance's durable state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FulfillmentInstance {
+    /// The order.
+    pub order_id: String,
+    /// Status.
+    pub status: FulfillmentStatus,
+    /// The order's lines at confirmation.
+    pub items: Vec<Line>,
+    /// Products reserved and not yet released or shipped.
+    pub reserved: Vec<String>,
+    /// Why it was cancelled, if it was.
+    pub reason: Option<String>,
+    /// The conversation it belongs to.
+    pub correlation_id: Option<String>,
+    /// Last change.
+    pub updated_at: Timestamp,
+}
+
+/// The OrderFulfillment process manager.
+pub struct OrderFulfillment;
+
+/// A refusal the manager reacts to (as opposed to a failure it retries).
+fn refused(e: &CommandError) -> bool {
+    matches!(e, CommandError::Rule(_) | CommandError::NotFound)
+}
+
+impl OrderFulfillment {
+    async fn save(
+        &self,
+        ctx: &ProcessContext,
+        mut instance: FulfillmentInstance,
+    ) -> Result<FulfillmentInstance, String> {
+        instance.updated_at = Timestamp::now();
+        ctx.save(TABLE, &instance.order_id.clone(), instance.clone()).await?;
+        Ok(instance)
+    }
+
+    async fn release_all(
+        &self,
+        ctx: &ProcessContext,
+        event: &RecordedEvent,
+        instance: &mut FulfillmentInstance,
+    ) -> Result<(), String> {
+        for product_id in std::mem::take(&mut instance.reserved) {
+            let command = InventoryCommand::Release { order_id: instance.order_id.clone() };
+            let options = ctx.options_for(event, &format!("release:{product_id}"));
+            match ctx.repository.execute::<Inventory>(&product_id, &command, &options).await {
+                // Nothing reserved any more is what we wanted.
+                Ok(_) => {}
+                Err(e) if refused(&e) => {}
+                Err(e) => {
+                    instance.reserved.push(product_id);
+                    return Err(e.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_confirmed(
+        &self,
+        ctx: &ProcessContext,
+        event: &RecordedEvent,
+        items: Vec<Line>,
+    ) -> Result<(), String> {
+        let order_id = event.aggregate_id.clone();
+        let mut instance = match ctx.load::<FulfillmentInstance>(TABLE, &order_id).await? {
+            Some(i)
+                if matches!(
+                    i.status,
+                    FulfillmentStatus::Reserving | FulfillmentStatus::Compensating
+                ) =>
+            {
+                i
+            }
+            Some(_) => return Ok(()), // already done: a redelivery
+            None => {
+                let instance = FulfillmentInstance {
+                    order_id: order_id.clone(),
+                    status: FulfillmentStatus::Reserving,
+                    items,
+                    reserved: Vec::new(),
+                    reason: None,
+                    correlation_id: cairn_cqrs::CommandMetadata::of_event(event.metadata.get())
+                        .correlation_id,
+                    updated_at: event.timestamp,
+                };
+                self.save(ctx, instance).await?
+            }
+        };
+        if instance.status == FulfillmentStatus::Reserving {
+            let mut refusal = None;
+            for line in instance.items.clone() {
+                let command = InventoryCommand::Reserve {
+                    order_id: order_id.clone(),
+                    quantity: line.quantity,
+                };
+                let options = ctx.options_for(event, &format!("reserve:{}", line.product_id));
+                match ctx
+                    .repository
+                    .execute::<Inventory>(&line.product_id, &command, &options)
+                    .await
+                {
+                    Ok(_) => {
+                        if !instance.reserved.contains(&line.product_id) {
+                            instance.reserved.push(line.product_id.clone());
+                        }
+                    }
+                    Err(e) if refused(&e) => {
+                        refusal = Some(format!("{}: {e}", line.product_id));
+                        break;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            if refusal.is_none() {
+                let options = ctx.options_for(event, "ready");
+                match ctx
+                    .repository
+                    .execute::<Order>(&order_id, &OrderCommand::MarkReadyToShip, &options)
+                    .await
+                {
+                    Ok(_) => {
+                        instance.status = FulfillmentStatus::ReadyToShip;
+                        self.save(ctx, instance).await?;
+                        return Ok(());
+                    }
+                    // The order was cancelled meanwhile: give the stock back, nothing to cancel.
+                    Err(e) if refused(&e) => {
+                        instance.status = FulfillmentStatus::Compensating;
+                        instance.reason = Some("order_cancelled".into());
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            } else {
+                instance.status = FulfillmentStatus::Compensating;
+                instance.reason = Some("out_of_stock".into());
+            }
+            // The decision is durable before any compensation runs.
+            instance = self.save(ctx, instance).await?;
+        }
+        self.release_all(ctx, event, &mut instance).await?;
+        if instance.reason.as_deref() == Some("out_of_stock") {
+            let command = OrderCommand::Cancel { reason: "out_of_stock".into() };
+            match ctx
+                .repository
+                .execute::<Order>(&order_id, &command, &ctx.options_for(event, "cancel"))
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if refused(&e) => {} // already cancelled (or shipped, which cannot happen here)
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        instance.status = FulfillmentStatus::Cancelled;
+        self.save(ctx, instance).await?;
+        Ok(())
+    }
+
+    async fn on_cancelled(
+        &self,
+        ctx: &ProcessContext,
+        event: &RecordedEvent,
+        reason: String,
+    ) -> Result<(), String> {
+        let Some(mut instance) =
+            ctx.load::<FulfillmentInstance>(TABLE, &event.aggregate_id).await?
+        else {
+            return Ok(()); // cancelled before confirmation: nothing reserved
+        };
+        if !matches!(instance.status, FulfillmentStatus::ReadyToShip | FulfillmentStatus::Reserving)
+        {
+            return Ok(());
+        }
+        self.release_all(ctx, event, &mut instance).await?;
+        instance.status = FulfillmentStatus::Cancelled;
+        instance.reason.get_or_insert(reason);
+        self.save(ctx, instance).await?;
+        Ok(())
+    }
+
+    async fn on_shipped(&self, ctx: &ProcessContext, event: &RecordedEvent) -> Result<(), String> {
+        let Some(mut instance) =
+            ctx.load::<FulfillmentInstance>(TABLE, &event.aggregate_id).await?
+        else {
+            return Ok(());
+        };
+        if instance.status != FulfillmentStatus::ReadyToShip {
+            return Ok(());
+        }
+        for product_id in instance.reserved.clone() {
+            let command = InventoryCommand::Ship { order_id: instance.order_id.clone() };
+            let options = ctx.options_for(event, &format!("ship:{product_id}"));
+            match ctx.repository.execute::<Inventory>(&product_id, &command, &options).await {
+                Ok(_) => {}
+                Err(e) if refused(&e) => {
+                    tracing::warn!(order = %instance.order_id, product = %product_id, error = %e, "no reservation to ship")
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        instance.reserved.clear();
+        instance.status = FulfillmentStatus::Shipped;
+        self.save(ctx, instance).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProcessManager for OrderFulfillment {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn tables(&self) -> Vec<TableSpec> {
+        vec![TableSpec { name: TABLE, indexed: &["status"] }]
+    }
+
+    fn event_types(&self) -> Vec<&'static str> {
+        vec!["OrderConfirmed", "OrderCancelled", "OrderShipped"]
+    }
+
+    async fn handle(&self, event: &RecordedEvent, ctx: &ProcessContext) -> Result<(), String> {
+        if event.aggregate_type != "Order" {
+            return Ok(());
+        }
+        match decode::<OrderEvent>(event).map_err(|e| e.to_string())? {
+            OrderEvent::OrderConfirmed(c) => self.on_confirmed(ctx, event, c.items).await,
+            OrderEvent::OrderCancelled(c) => self.on_cancelled(ctx, event, c.reason).await,
+            OrderEvent::OrderShipped(_) => self.on_shipped(ctx, event).await,
+            _ => Ok(()),
+        }
+    }
+}

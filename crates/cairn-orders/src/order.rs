@@ -1,0 +1,408 @@
+//! The Order aggregate: lines, status life-cycle, totals and corrections.
+
+use cairn_cqrs::{Aggregate, DomainError, Existence};
+use serde::{Deserialize, Serialize};
+
+use crate::money::Money;
+use crate::rules::{check_id, check_price, check_quantity, check_text};
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Not created yet.
+    #[default]
+    New,
+    /// Created; items may change.
+    Pending,
+    /// Confirmed by the customer; fulfillment reserves stock.
+    Confirmed,
+    /// Every item reserved.
+    ReadyToShip,
+    /// Handed to the carrier.
+    Shipped,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// The contract's name for it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Pending => "pending",
+            Self::Confirmed => "confirmed",
+            Self::ReadyToShip => "ready_to_ship",
+            Self::Shipped => "shipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One order line: one per product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// The product (an Inventory aggregate id).
+    pub product_id: String,
+    /// How many.
+    pub quantity: i64,
+    /// Unit price.
+    pub price: Money,
+}
+
+/// `OrderCreated`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    /// Who ordered.
+    pub customer_id: String,
+    /// Initial lines (one per product).
+    pub items: Vec<Line>,
+    /// Sum of the lines.
+    pub total: Money,
+}
+
+/// `ItemAdded`: adds a line, or adds to an existing line's quantity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemAdded {
+    /// The product.
+    pub product_id: String,
+    /// How many more.
+    pub quantity: i64,
+    /// Unit price (equal to the line's when the line exists).
+    pub price: Money,
+}
+
+/// `ItemRemoved`: the whole line goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRemoved {
+    /// The product.
+    pub product_id: String,
+    /// The line's quantity when removed.
+    pub quantity: i64,
+    /// Its unit price.
+    pub price: Money,
+}
+
+/// `OrderConfirmed`, with what fulfillment needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderConfirmed {
+    /// The lines at confirmation.
+    pub items: Vec<Line>,
+    /// The total at confirmation.
+    pub total: Money,
+}
+
+/// `OrderReadyToShip`: every item is reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct OrderReadyToShip {}
+
+/// `OrderShipped`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderShipped {
+    /// Carrier's tracking number.
+    pub tracking_number: String,
+    /// Carrier.
+    pub carrier: String,
+    /// The lines shipped.
+    pub items: Vec<Line>,
+    /// The total at shipping.
+    pub total: Money,
+}
+
+/// `OrderCancelled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    /// Why (`out_of_stock` when fulfillment could not reserve).
+    pub reason: String,
+    /// The status it was cancelled from.
+    pub previous_status: OrderStatus,
+}
+
+/// `OrderTotalCorrected`: a correction, never an edit of the past.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderTotalCorrected {
+    /// The total before.
+    pub previous_total: Money,
+    /// The total after.
+    pub corrected_total: Money,
+    /// Why.
+    pub reason: String,
+}
+
+/// Every event of an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderEvent {
+    /// See [`OrderCreated`].
+    OrderCreated(OrderCreated),
+    /// See [`ItemAdded`].
+    ItemAdded(ItemAdded),
+    /// See [`ItemRemoved`].
+    ItemRemoved(ItemRemoved),
+    /// See [`OrderConfirmed`].
+    OrderConfirmed(OrderConfirmed),
+    /// See [`OrderReadyToShip`].
+    OrderReadyToShip(OrderReadyToShip),
+    /// See [`OrderShipped`].
+    OrderShipped(OrderShipped),
+    /// See [`OrderCancelled`].
+    OrderCancelled(OrderCancelled),
+    /// See [`OrderTotalCorrected`].
+    OrderTotalCorrected(OrderTotalCorrected),
+}
+
+cairn_cqrs::domain_events!(OrderEvent {
+    OrderCreated,
+    ItemAdded,
+    ItemRemoved,
+    OrderConfirmed,
+    OrderReadyToShip,
+    OrderShipped,
+    OrderCancelled,
+    OrderTotalCorrected,
+});
+
+/// What can be asked of an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderCommand {
+    /// Create it.
+    Create {
+        /// Who orders.
+        customer_id: String,
+        /// Initial items (may be empty; repeated products are merged).
+        items: Vec<Line>,
+    },
+    /// Add an item (or more of one).
+    AddItem(Line),
+    /// Remove a product's line.
+    RemoveItem {
+        /// The product.
+        product_id: String,
+    },
+    /// Confirm.
+    Confirm,
+    /// Mark every item reserved (issued by fulfillment).
+    MarkReadyToShip,
+    /// Ship.
+    Ship {
+        /// Tracking number.
+        tracking_number: String,
+        /// Carrier.
+        carrier: String,
+    },
+    /// Cancel.
+    Cancel {
+        /// Why.
+        reason: String,
+    },
+    /// Correct the total.
+    CorrectTotal {
+        /// The right total.
+        corrected_total: Money,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The state of an order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// Life-cycle status.
+    pub status: OrderStatus,
+    /// Who ordered.
+    pub customer_id: String,
+    /// One line per product, in the order they were added.
+    pub items: Vec<Line>,
+    /// Sum of corrections (corrected minus previous totals).
+    pub corrections: Money,
+}
+
+impl Order {
+    /// Sum of the lines plus corrections.
+    #[must_use]
+    pub fn total(&self) -> Money {
+        self.items.iter().map(|l| l.price.times(l.quantity)).sum::<Money>() + self.corrections
+    }
+
+    fn line(&self, product_id: &str) -> Option<&Line> {
+        self.items.iter().find(|l| l.product_id == product_id)
+    }
+
+    fn require(&self, allowed: &[OrderStatus], what: &str) -> Result<(), DomainError> {
+        if allowed.contains(&self.status) {
+            Ok(())
+        } else {
+            Err(DomainError::rule(format!(
+                "{what} is not allowed while the order is {}",
+                self.status.as_str()
+            )))
+        }
+    }
+}
+
+fn check_line(line: &Line) -> Result<(), DomainError> {
+    check_id("product_id", &line.product_id)?;
+    check_quantity(line.quantity)?;
+    check_price("price", line.price)
+}
+
+/// Merges repeated products into one line each (prices must agree).
+fn merge_lines(items: &[Line]) -> Result<Vec<Line>, DomainError> {
+    let mut merged: Vec<Line> = Vec::with_capacity(items.len());
+    for item in items {
+        check_line(item)?;
+        match merged.iter_mut().find(|l| l.product_id == item.product_id) {
+            Some(l) if l.price != item.price => {
+                return Err(DomainError::rule(format!(
+                    "product {} appears with two prices ({} and {})",
+                    item.product_id, l.price, item.price
+                )));
+            }
+            Some(l) => {
+                l.quantity += item.quantity;
+                check_quantity(l.quantity)?;
+            }
+            None => merged.push(item.clone()),
+        }
+    }
+    Ok(merged)
+}
+
+impl Aggregate for Order {
+    const TYPE: &'static str = "Order";
+    type Event = OrderEvent;
+    type Command = OrderCommand;
+
+    fn apply(&mut self, event: &OrderEvent) {
+        match event {
+            OrderEvent::OrderCreated(e) => {
+                self.status = OrderStatus::Pending;
+                self.customer_id.clone_from(&e.customer_id);
+                self.items.clone_from(&e.items);
+            }
+            OrderEvent::ItemAdded(e) => {
+                match self.items.iter_mut().find(|l| l.product_id == e.product_id) {
+                    Some(l) => l.quantity += e.quantity,
+                    None => self.items.push(Line {
+                        product_id: e.product_id.clone(),
+                        quantity: e.quantity,
+                        price: e.price,
+                    }),
+                }
+            }
+            OrderEvent::ItemRemoved(e) => self.items.retain(|l| l.product_id != e.product_id),
+            OrderEvent::OrderConfirmed(_) => self.status = OrderStatus::Confirmed,
+            OrderEvent::OrderReadyToShip(_) => self.status = OrderStatus::ReadyToShip,
+            OrderEvent::OrderShipped(_) => self.status = OrderStatus::Shipped,
+            OrderEvent::OrderCancelled(_) => self.status = OrderStatus::Cancelled,
+            OrderEvent::OrderTotalCorrected(e) => {
+                self.corrections = self.corrections + (e.corrected_total - e.previous_total);
+            }
+        }
+    }
+
+    fn handle(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, DomainError> {
+        use OrderStatus::{Cancelled, Confirmed, Pending, ReadyToShip, Shipped};
+        let event = match command {
+            OrderCommand::Create { customer_id, items } => {
+                check_id("customer_id", customer_id)?;
+                let items = merge_lines(items)?;
+                let total = items.iter().map(|l| l.price.times(l.quantity)).sum();
+                OrderEvent::OrderCreated(OrderCreated {
+                    customer_id: customer_id.clone(),
+                    items,
+                    total,
+                })
+            }
+            OrderCommand::AddItem(line) => {
+                self.require(&[Pending], "changing items")?;
+                check_line(line)?;
+                if let Some(existing) = self.line(&line.product_id) {
+                    if existing.price != line.price {
+                        return Err(DomainError::rule(format!(
+                            "product {} is on the order at price {}; it cannot be added at {}",
+                            line.product_id, existing.price, line.price
+                        )));
+                    }
+                    check_quantity(existing.quantity + line.quantity)?;
+                }
+                OrderEvent::ItemAdded(ItemAdded {
+                    product_id: line.product_id.clone(),
+                    quantity: line.quantity,
+                    price: line.price,
+                })
+            }
+            OrderCommand::RemoveItem { product_id } => {
+                self.require(&[Pending], "changing items")?;
+                let line = self.line(product_id).ok_or_else(|| {
+                    DomainError::rule(format!("product {product_id} is not on the order"))
+                })?;
+                OrderEvent::ItemRemoved(ItemRemoved {
+                    product_id: line.product_id.clone(),
+                    quantity: line.quantity,
+                    price: line.price,
+                })
+            }
+            OrderCommand::Confirm => {
+                self.require(&[Pending], "confirming")?;
+                if self.items.is_empty() {
+                    return Err(DomainError::rule(
+                        "an order needs at least one item to be confirmed",
+                    ));
+                }
+                OrderEvent::OrderConfirmed(OrderConfirmed {
+                    items: self.items.clone(),
+                    total: self.total(),
+                })
+            }
+            OrderCommand::MarkReadyToShip => {
+                self.require(&[Confirmed], "marking ready to ship")?;
+                OrderEvent::OrderReadyToShip(OrderReadyToShip {})
+            }
+            OrderCommand::Ship { tracking_number, carrier } => {
+                self.require(&[ReadyToShip], "shipping")?;
+                check_text("tracking_number", tracking_number)?;
+                check_text("carrier", carrier)?;
+                OrderEvent::OrderShipped(OrderShipped {
+                    tracking_number: tracking_number.clone(),
+                    carrier: carrier.clone(),
+                    items: self.items.clone(),
+                    total: self.total(),
+                })
+            }
+            OrderCommand::Cancel { reason } => {
+                if self.status == Shipped {
+                    return Err(DomainError::rule("a shipped order cannot be cancelled"));
+                }
+                if self.status == Cancelled {
+                    return Err(DomainError::rule("the order is already cancelled"));
+                }
+                check_text("reason", reason)?;
+                OrderEvent::OrderCancelled(OrderCancelled {
+                    reason: reason.clone(),
+                    previous_status: self.status,
+                })
+            }
+            OrderCommand::CorrectTotal { corrected_total, reason } => {
+                if self.status == Cancelled {
+                    return Err(DomainError::rule("a cancelled order's total cannot be corrected"));
+                }
+                check_price("corrected_total", *corrected_total)?;
+                check_text("reason", reason)?;
+                OrderEvent::OrderTotalCorrected(OrderTotalCorrected {
+                    previous_total: self.total(),
+                    corrected_total: *corrected_total,
+                    reason: reason.clone(),
+                })
+            }
+        };
+        Ok(vec![event])
+    }
+
+    fn existence(command: &OrderCommand) -> Existence {
+        match command {
+            OrderCommand::Create { .. } => Existence::MustNotExist,
+            _ => Existence::MustExist,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! `order_summary`: one row per order, filterable by status and customer.
+
+use cairn_core::RecordedEvent;
+use cairn_core::readmodel::{DocTxn, DocTxnExt, ReadModelError, TableSpec};
+use cairn_core::timestamp::Timestamp;
+use cairn_cqrs::projection::Projection;
+use cairn_cqrs::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use super::decode;
+use crate::money::Money;
+use crate::order::{Order, OrderEvent};
+
+/// The query table.
+pub const TABLE: &str = "order_summary";
+/// The projection's private copy of each order's state (lines and corrections).
+const STATE: &str = "order_summary_state";
+
+/// A row of `order_summary` (contract §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSummary {
+    /// The order.
+    pub order_id: String,
+    /// Who ordered.
+    pub customer_id: String,
+    /// Status name.
+    pub status: String,
+    /// Number of order lines.
+    pub item_count: usize,
+    /// Current total.
+    pub total: Money,
+    /// Set when shipped.
+    pub tracking_number: Option<String>,
+    /// Set when shipped.
+    pub carrier: Option<String>,
+    /// When created.
+    pub created_at: Timestamp,
+    /// When confirmed.
+    pub confirmed_at: Option<Timestamp>,
+    /// When shipped.
+    pub shipped_at: Option<Timestamp>,
+    /// Time of the last event.
+    pub updated_at: Timestamp,
+    /// Version of the last event.
+    pub version: u64,
+}
+
+/// Builds `order_summary`.
+pub struct OrderSummaryProjection;
+
+impl Projection for OrderSummaryProjection {
+    fn name(&self) -> &'static str {
+        "order_summary"
+    }
+
+    fn tables(&self) -> Vec<TableSpec> {
+        vec![
+            TableSpec { name: TABLE, indexed: &["status", "customer_id"] },
+            TableSpec { name: STATE, indexed: &[] },
+        ]
+    }
+
+    fn event_types(&self) -> Vec<&'static str> {
+        OrderEvent::EVENT_TYPES.to_vec()
+    }
+
+    fn apply(&self, e: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError> {
+        let event: OrderEvent = decode(e)?;
+        let id = e.aggregate_id.as_str();
+        // The order's state is the aggregate's own fold: the summary can never disagree
+        // with the write side about totals or lines.
+        let mut order: Order = txn.load(STATE, id)?.unwrap_or_default();
+        order.apply(&event);
+        let mut row = match txn.load::<OrderSummary>(TABLE, id)? {
+            Some(row) => row,
+            None => OrderSummary {
+                order_id: id.to_owned(),
+                customer_id: order.customer_id.clone(),
+                status: String::new(),
+                item_count: 0,
+                total: Money::ZERO,
+                tracking_number: None,
+                carrier: None,
+                created_at: e.timestamp,
+                confirmed_at: None,
+                shipped_at: None,
+                updated_at: e.timestamp,
+                version: 0,
+            },
+        };
+        match &event {
+            OrderEvent::OrderConfirmed(_) => row.confirmed_at = Some(e.timestamp),
+            OrderEvent::OrderShipped(s) => {
+                row.shipped_at = Some(e.timestamp);
+                row.tracking_number = Some(s.tracking_number.clone());
+                row.carrier = Some(s.carrier.clone());
+            }
+            _ => {}
+        }
+        row.status = order.status.as_str().to_owned();
+        row.customer_id.clone_from(&order.customer_id);
+        row.item_count = order.items.len();
+        row.total = order.total();
+        row.updated_at = e.timestamp;
+        row.version = e.version;
+        txn.save(STATE, id, &order)?;
+        txn.save(TABLE, id, &row)
+    }
+}

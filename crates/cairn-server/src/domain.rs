@@ -1,0 +1,71 @@
+//! Wires the reference domain: the repository, the projections and the process manager.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cairn_core::EventStore;
+use cairn_core::readmodel::{ReadModelError, ReadModelStore};
+use cairn_cqrs::Repository;
+use cairn_cqrs::consumer::{ConsumerHandle, ConsumerStatus};
+use cairn_cqrs::process::spawn_process_manager;
+use cairn_cqrs::projection::spawn_projection;
+use tokio::sync::watch;
+
+/// The running read side and write side of the Order Management context.
+pub struct Domain {
+    /// Runs commands.
+    pub repository: Repository,
+    /// Read models, checkpoints and process state.
+    pub readmodels: Arc<dyn ReadModelStore>,
+    /// Projections by name.
+    pub projections: BTreeMap<&'static str, ConsumerHandle>,
+    /// The OrderFulfillment process manager.
+    pub fulfillment: ConsumerHandle,
+}
+
+impl Domain {
+    /// Creates the tables and starts every projection and the process manager.
+    pub fn start(
+        store: Arc<dyn EventStore>,
+        readmodels: Arc<dyn ReadModelStore>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Self, ReadModelError> {
+        let mut projections = BTreeMap::new();
+        for projection in cairn_orders::projections() {
+            let name = projection.name();
+            let handle = spawn_projection(
+                Arc::clone(&store),
+                Arc::clone(&readmodels),
+                projection,
+                shutdown.clone(),
+            )?;
+            projections.insert(name, handle);
+        }
+        let repository = Repository::new(Arc::clone(&store));
+        let fulfillment = spawn_process_manager(
+            repository.clone(),
+            Arc::clone(&readmodels),
+            Arc::new(cairn_orders::fulfillment::OrderFulfillment),
+            shutdown.clone(),
+        )?;
+        Ok(Self { repository, readmodels, projections, fulfillment })
+    }
+
+    /// Every background consumer, for health.
+    pub fn consumers(&self) -> impl Iterator<Item = &ConsumerHandle> {
+        self.projections.values().chain(std::iter::once(&self.fulfillment))
+    }
+
+    /// Whether every consumer has started and none has failed.
+    #[must_use]
+    pub fn ready(&self) -> Result<(), String> {
+        for c in self.consumers() {
+            match c.status() {
+                ConsumerStatus::Starting => return Err(format!("{} is still starting", c.name())),
+                ConsumerStatus::Failed => return Err(format!("{} has failed", c.name())),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

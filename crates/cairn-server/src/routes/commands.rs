@@ -1,0 +1,280 @@
+//! The command API of the reference domain (contract §3).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cairn_cqrs::{Aggregate, CommandError, CommandMetadata, CommandOptions};
+use cairn_orders::customer::CustomerCommand;
+use cairn_orders::inventory::InventoryCommand;
+use cairn_orders::order::{Line, OrderCommand};
+use cairn_orders::{Customer, Inventory, Money, Order};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{AggregateIdPath, CommandHeaders, JsonBody, check_id};
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::NotFound => ApiError::not_found("no such aggregate"),
+            CommandError::AlreadyExists { actual } => ApiError::new(
+                StatusCode::CONFLICT,
+                "wrong_expected_version",
+                format!("the aggregate already exists (version {actual})"),
+            )
+            .with("expected", 0)
+            .with("actual", actual),
+            CommandError::WrongExpectedVersion { expected, actual } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_expected_version", e.to_string())
+                    .with("expected", expected)
+                    .with("actual", actual)
+            }
+            CommandError::Rule(rule) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rule_violation", rule.message)
+            }
+            CommandError::Contention => {
+                ApiError::new(StatusCode::CONFLICT, "contention", e.to_string())
+            }
+            CommandError::Corrupt(d) => {
+                tracing::error!(error = %d, "aggregate cannot be loaded");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "aggregate_unloadable",
+                    "the aggregate's events cannot be read",
+                )
+            }
+            CommandError::Store(s) => s.into(),
+            CommandError::Read(r) => r.into(),
+            other => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())
+            }
+        }
+    }
+}
+
+/// Runs a command on aggregate `A` and answers `{aggregate_id, version, position}`.
+async fn run<A: Aggregate>(
+    state: &AppState,
+    id: &str,
+    command: A::Command,
+    headers: CommandHeaders,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let command_id = uuid::Uuid::now_v7().to_string();
+    let options = CommandOptions {
+        expected_version: headers.if_match,
+        // Scoped so that HTTP keys can never collide with process managers' derived keys.
+        idempotency_key: headers.idempotency_key.map(|k| format!("http:{k}")),
+        metadata: CommandMetadata {
+            correlation_id: Some(headers.correlation_id.unwrap_or_else(|| command_id.clone())),
+            causation_id: Some(command_id),
+            user_id: headers.user_id,
+        },
+    };
+    let outcome = state.domain.repository.execute::<A>(id, &command, &options).await?;
+    Ok((status, Json(json!({"aggregate_id": outcome.aggregate_id, "version": outcome.version, "position": outcome.position})))
+        .into_response())
+}
+
+/// Mints `<prefix>-<uuid v7>` or checks a client-chosen id.
+fn id_or_mint(given: Option<String>, prefix: &str) -> Result<String, ApiError> {
+    match given {
+        Some(id) => {
+            check_id(&id)?;
+            Ok(id)
+        }
+        None => Ok(format!("{prefix}-{}", uuid::Uuid::now_v7())),
+    }
+}
+
+/// `POST /customers` body.
+#[derive(Deserialize)]
+pub struct RegisterCustomer {
+    customer_id: Option<String>,
+    name: String,
+    email: String,
+}
+
+/// `POST /customers`.
+pub async fn register_customer(
+    State(state): State<AppState>,
+    headers: CommandHeaders,
+    JsonBody(body): JsonBody<RegisterCustomer>,
+) -> Result<Response, ApiError> {
+    // A replayed key answers before a fresh id is minted.
+    let id = id_or_mint(body.customer_id, "cust")?;
+    let command = CustomerCommand::Register { name: body.name, email: body.email };
+    run::<Customer>(&state, &id, command, headers, StatusCode::CREATED).await
+}
+
+/// `POST /customers/{id}/email` body.
+#[derive(Deserialize)]
+pub struct ChangeEmail {
+    email: String,
+}
+
+/// `POST /customers/{id}/email`.
+pub async fn change_email(
+    State(state): State<AppState>,
+    AggregateIdPath(id): AggregateIdPath,
+    headers: CommandHeaders,
+    JsonBody(body): JsonBody<ChangeEmail>,
+) -> Result<Response, ApiError> {
+    run::<Customer>(
+        &state,
+        &id,
+        CustomerCommand::ChangeEmail { email: body.email },
+        headers,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// `POST /inventory/{product_id}/restock` body.
+#[derive(Deserialize)]
+pub struct Restock {
+    quantity: i64,
+}
+
+/// `POST /inventory/{product_id}/restock`.
+pub async fn restock(
+    State(state): State<AppState>,
+    AggregateIdPath(id): AggregateIdPath,
+    headers: CommandHeaders,
+    JsonBody(body): JsonBody<Restock>,
+) -> Result<Response, ApiError> {
+    run::<Inventory>(
+        &state,
+        &id,
+        InventoryCommand::Restock { quantity: body.quantity },
+        headers,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// An order line in a request.
+#[derive(Deserialize)]
+pub struct LineBody {
+    product_id: String,
+    quantity: i64,
+    price: Money,
+}
+
+impl From<LineBody> for Line {
+    fn from(l: LineBody) -> Self {
+        Line { product_id: l.product_id, quantity: l.quantity, price: l.price }
+    }
+}
+
+/// `POST /orders` body.
+#[derive(Deserialize)]
+pub struct CreateOrder {
+    order_id: Option<String>,
+    customer_id: String,
+    #[serde(default)]
+    items: Vec<LineBody>,
+}
+
+/// `POST /orders`.
+pub async fn create_order(
+    State(state): State<AppState>,
+    headers: CommandHeaders,
+    JsonBody(body): JsonBody<CreateOrder>,
+) -> Result<Response, ApiError> {
+    let id = id_or_mint(body.order_id, "order")?;
+    let command = OrderCommand::Create {
+        customer_id: body.customer_id,
+        items: body.items.into_iter().map(Line::from).collect(),
+    };
+    run::<Order>(&state, &id, command, headers, StatusCode::CREATED).await
+}
+
+/// `POST /orders/{id}/items`.
+pub async fn add_item(
+    State(state): State<AppState>,
+    AggregateIdPath(id): AggregateIdPath,
+    headers: CommandHeaders,
+    JsonBody(body): JsonBody<LineBody>,
+) -> Result<Response, ApiError> {
+    run::<Order>(&state, &id, OrderCommand::AddItem(body.into()), headers, StatusCode::OK).await
+}
+
+/// `DELETE /orders/{id}/items/{product_id}`.
+pub async fn remove_item(
+    State(state): State<AppState>,
+    Path((id, product_id)): Path<(String, String)>,
+    headers: CommandHeaders,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    check_id(&product_id)?;
+    run::<Order>(&state, &id, OrderCommand::RemoveItem { product_id }, headers, StatusCode::OK)
+        .await
+}
+
+/// `POST /orders/{id}/confirm` (no body needed).
+pub async fn confirm(
+    State(state): State<AppState>,
+    AggregateIdPath(id): AggregateIdPath,
+    headers: CommandHeaders,
+) -> Result<Response, ApiError> {
+    run::<Order>(&state, &id, OrderCommand::Confirm, headers, StatusCode::OK).await
+}
+
+/// `POST /orders/{id}/ship` body.
+#[derive(Deserialize)]
+pub struct Ship {
+    tracking_number: String,
+    carrier: String,
+}
+
+/// `POST /orders/{id}/ship`.
+pub async fn ship(
+    State(state): State<AppState>,
+    AggregateIdPath(id): AggregateIdPath,
+    headers: CommandHeaders,
+    JsonBody(body): JsonBody<Ship>,
+) -> Result<Response, ApiError> {
+    let command =
+        OrderCommand::Ship { tracking_number: body.tracking_number, carrier: body.carrier };
+    run::<Order>(&state, &id, command, headers, StatusCode::OK).await
+}
+
+/// `POST /orders/{id}/cancel` body.
+#[derive(Deserialize)]
+pub struct Cancel {
+    reason: String,
+}
+
+/// `POST /orders/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    AggregateIdPath(id): AggregateIdPath,
+    headers: CommandHeaders,
+    JsonBody(body): JsonBody<Cancel>,
+) -> Result<Response, ApiError> {
+    run::<Order>(&state, &id, OrderCommand::Cancel { reason: body.reason }, headers, StatusCode::OK)
+        .await
+}
+
+/// `POST /orders/{id}/correct-total` body.
+#[derive(Deserialize)]
+pub struct CorrectTotal {
+    corrected_total: Money,
+    reason: String,
+}
+
+/// `POST /orders/{id}/correct-total`.
+pub async fn correct_total(
+    State(state): State<AppState>,
+    AggregateIdPath(id): AggregateIdPath,
+    headers: CommandHeaders,
+    JsonBody(body): JsonBody<CorrectTotal>,
+) -> Result<Response, ApiError> {
+    let command =
+        OrderCommand::CorrectTotal { corrected_total: body.corrected_total, reason: body.reason };
+    run::<Order>(&state, &id, command, headers, StatusCode::OK).await
+}

@@ -1,0 +1,259 @@
+//! Read models, checkpoints and process-manager state in their own SQLite file.
+//!
+//! `readmodels.db` sits beside the event log, never inside it: the event log has one
+//! writer (the group-commit thread) and projections must never compete with it for the
+//! write lock. A consumer's document changes and its checkpoint commit in one
+//! transaction of this file. `synchronous=NORMAL` is enough here: a crash can lose the
+//! last commits, but never one without the other, and the lost events are re-applied
+//! from the checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use cairn_core::readmodel::{
+    DocTxn, ListQuery, ReadModelError, ReadModelStore, TableSpec, TxnFn, validate_identifier,
+};
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
+
+use crate::reader::ReadPool;
+
+/// The read-model file's name inside the data directory.
+pub const READ_MODEL_FILE: &str = "readmodels.db";
+
+/// Read models on SQLite.
+pub struct SqliteReadModels {
+    write: Mutex<Connection>,
+    readers: Arc<ReadPool>,
+    /// Declared tables and their indexed fields.
+    tables: Mutex<HashMap<String, Vec<String>>>,
+    path: PathBuf,
+}
+
+fn storage(e: impl std::fmt::Display) -> ReadModelError {
+    ReadModelError::Storage(e.to_string())
+}
+
+fn table_sql(name: &str) -> String {
+    format!("rm_{name}")
+}
+
+impl SqliteReadModels {
+    /// Opens (creating if needed) `readmodels.db` in `dir`. The caller holds the data
+    /// directory's lock (it opened the event store first).
+    pub fn open(dir: &Path) -> Result<Self, ReadModelError> {
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        let path = dir.join(READ_MODEL_FILE);
+        let conn = Connection::open(&path).map_err(storage)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;
+             PRAGMA temp_store = MEMORY;
+             CREATE TABLE IF NOT EXISTS checkpoints (
+                 consumer TEXT PRIMARY KEY,
+                 position INTEGER NOT NULL
+             ) WITHOUT ROWID;",
+        )
+        .map_err(storage)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(storage)?;
+        Ok(Self {
+            write: Mutex::new(conn),
+            readers: Arc::new(ReadPool::new(path.clone(), 8)),
+            tables: Mutex::new(HashMap::new()),
+            path,
+        })
+    }
+
+    /// The file path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        // A panic inside a transaction drops it (rolled back), so the connection is sound.
+        self.write.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn declared(&self) -> HashMap<String, Vec<String>> {
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+struct Txn<'a> {
+    conn: &'a Connection,
+    tables: &'a HashMap<String, Vec<String>>,
+}
+
+impl Txn<'_> {
+    fn check(&self, table: &str, field: Option<&str>) -> Result<(), ReadModelError> {
+        let fields = self
+            .tables
+            .get(table)
+            .ok_or_else(|| ReadModelError::Unknown(format!("table {table}")))?;
+        if let Some(f) = field
+            && !fields.iter().any(|x| x == f)
+        {
+            return Err(ReadModelError::Unknown(format!("{table}.{f} is not indexed")));
+        }
+        Ok(())
+    }
+}
+
+impl DocTxn for Txn<'_> {
+    fn get(&mut self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
+        self.check(table, None)?;
+        self.conn
+            .prepare_cached(&format!("SELECT doc FROM {} WHERE key = ?1", table_sql(table)))
+            .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+            .map_err(storage)
+    }
+
+    fn put(&mut self, table: &str, key: &str, json: &str) -> Result<(), ReadModelError> {
+        self.check(table, None)?;
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT INTO {} (key, doc) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc",
+                table_sql(table)
+            ))
+            .and_then(|mut s| s.execute([key, json]))
+            .map(|_| ())
+            .map_err(storage)
+    }
+
+    fn delete(&mut self, table: &str, key: &str) -> Result<(), ReadModelError> {
+        self.check(table, None)?;
+        self.conn
+            .prepare_cached(&format!("DELETE FROM {} WHERE key = ?1", table_sql(table)))
+            .and_then(|mut s| s.execute([key]))
+            .map(|_| ())
+            .map_err(storage)
+    }
+
+    fn find(
+        &mut self,
+        table: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<Vec<(String, String)>, ReadModelError> {
+        self.check(table, Some(field))?;
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT key, doc FROM {} WHERE json_extract(doc, '$.{field}') = ?1 ORDER BY key",
+                table_sql(table)
+            ))
+            .and_then(|mut s| s.query_map([value], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(storage)
+    }
+}
+
+impl ReadModelStore for SqliteReadModels {
+    fn ensure_tables(&self, tables: &[TableSpec]) -> Result<(), ReadModelError> {
+        let conn = self.writer();
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        for spec in tables {
+            validate_identifier(spec.name)?;
+            let table = table_sql(spec.name);
+            let mut ddl = format!(
+                "CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID;"
+            );
+            for field in spec.indexed {
+                validate_identifier(field)?;
+                ddl.push_str(&format!(
+                    "CREATE INDEX IF NOT EXISTS {table}_{field} ON {table} (json_extract(doc, '$.{field}'), key);"
+                ));
+            }
+            conn.execute_batch(&ddl).map_err(storage)?;
+            declared.insert(
+                spec.name.to_owned(),
+                spec.indexed.iter().map(|f| (*f).to_owned()).collect(),
+            );
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, consumer: &str) -> Result<u64, ReadModelError> {
+        let consumer = consumer.to_owned();
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached("SELECT position FROM checkpoints WHERE consumer = ?1")
+                    .and_then(|mut s| s.query_row([&consumer], |r| r.get::<_, i64>(0)).optional())
+                    .map(|p| p.unwrap_or(0) as u64)
+                    .map_err(storage)
+            },
+            ReadModelError::Storage,
+        )
+    }
+
+    fn transact(
+        &self,
+        consumer: &str,
+        checkpoint: Option<u64>,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
+        let tables = self.declared();
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        f(&mut Txn { conn: &tx, tables: &tables })?;
+        if let Some(position) = checkpoint {
+            tx.prepare_cached(
+                "INSERT INTO checkpoints (consumer, position) VALUES (?1, ?2)
+                 ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
+            )
+            .and_then(|mut s| s.execute(rusqlite::params![consumer, position as i64]))
+            .map_err(storage)?;
+        }
+        tx.commit().map_err(storage)
+    }
+
+    fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
+        validate_identifier(table)?;
+        let sql = format!("SELECT doc FROM {} WHERE key = ?1", table_sql(table));
+        let key = key.to_owned();
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached(&sql)
+                    .and_then(|mut s| s.query_row([&key], |r| r.get(0)).optional())
+                    .map_err(storage)
+            },
+            ReadModelError::Storage,
+        )
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Vec<(String, String)>, ReadModelError> {
+        validate_identifier(&query.table)?;
+        let declared = self.declared();
+        let fields = declared
+            .get(&query.table)
+            .ok_or_else(|| ReadModelError::Unknown(query.table.clone()))?;
+        let mut sql = format!("SELECT key, doc FROM {} WHERE 1 = 1", table_sql(&query.table));
+        let mut args: Vec<String> = Vec::new();
+        for (field, value) in &query.filters {
+            if !fields.contains(field) {
+                return Err(ReadModelError::Unknown(format!(
+                    "{}.{field} is not indexed",
+                    query.table
+                )));
+            }
+            args.push(value.clone());
+            sql.push_str(&format!(" AND json_extract(doc, '$.{field}') = ?{}", args.len()));
+        }
+        if let Some(after) = &query.after {
+            args.push(after.clone());
+            sql.push_str(&format!(" AND key > ?{}", args.len()));
+        }
+        sql.push_str(&format!(" ORDER BY key LIMIT {}", query.limit));
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached(&sql)
+                    .and_then(|mut s| {
+                        s.query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
+                            .collect()
+                    })
+                    .map_err(storage)
+            },
+            ReadModelError::Storage,
+        )
+    }
+}
