@@ -14,7 +14,7 @@ use crate::aggregate::{Aggregate, DecodeError, DomainError, DomainEvent, Existen
 use crate::metadata::CommandMetadata;
 
 /// How many times a command is re-decided on fresh state after a concurrent write.
-pub const CONFLICT_RETRIES_MAX: usize = 10;
+pub const CONFLICT_RETRIES_MAX: usize = 32;
 /// Events read per page while loading an aggregate.
 const LOAD_PAGE_EVENTS: usize = 10_000;
 
@@ -188,7 +188,13 @@ impl Repository {
                 position: outcome.position,
             });
         }
-        for _ in 0..CONFLICT_RETRIES_MAX {
+        for attempt in 0..CONFLICT_RETRIES_MAX {
+            if attempt > 0 {
+                // Jittered back-off so that writers that collided do not collide again.
+                let jitter_us =
+                    (uuid::Uuid::new_v4().as_u128() % 1000) as u64 * attempt.min(10) as u64;
+                tokio::time::sleep(std::time::Duration::from_micros(jitter_us)).await;
+            }
             let loaded = self.load::<A>(id).await?;
             if let Some(expected) = options.expected_version
                 && expected != loaded.version
