@@ -28,6 +28,9 @@ pub struct ServeArgs {
     /// loss); `normal` survives a process crash only.
     #[arg(long, env = "CAIRN_SYNC", value_enum, default_value_t = SyncMode::Full)]
     sync: SyncMode,
+    /// Longest wait for in-flight requests after SIGTERM before closing anyway.
+    #[arg(long, env = "CAIRN_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    drain_timeout_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `cairn=debug`.
     #[arg(long, env = "CAIRN_LOG", default_value = "info")]
     log: String,
@@ -94,14 +97,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .context("cannot start the projections")?;
     tracing::info!(listen = %listener.local_addr()?, data_dir = %args.data_dir.display(), "cairn serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            let _ = stop_tx.send(true);
-        })
-        .await
-        .context("server failed")?;
+    let mut stopping = stop_tx.subscribe();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    // A client that never finishes its request must not hold the shutdown (and the data
+    // directory's lock) forever: in-flight requests get a bounded drain.
+    let drain_deadline = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        tokio::time::sleep(std::time::Duration::from_secs(args.drain_timeout_secs)).await;
+    };
+    tokio::select! {
+        served = server => served.context("server failed")?,
+        () = drain_deadline => tracing::warn!("drain deadline passed; closing with requests still open"),
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

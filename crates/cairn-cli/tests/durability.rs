@@ -2,42 +2,16 @@
 //! shows nothing half-written; SIGTERM drains; a second process on the same data dir fails.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+
+mod support;
+use tokio::process::Command;
 
 const EVENTS_PER_APPEND: u64 = 3;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn start(data_dir: &Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data_dir)
-        .args(["--log", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cairn binary starts");
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health/ready")).send().await
-            && r.status() == 200
-        {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("cairn serve did not become ready on port {port}");
-}
 
 /// What a writer saw acknowledged: stream, first version, event ids.
 type Acked = Vec<(String, u64, Vec<String>)>;
@@ -101,9 +75,8 @@ async fn read_everything(base: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_load_loses_no_acknowledged_append() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = start(dir.path(), port).await;
-    let base = format!("http://127.0.0.1:{port}");
+    let server = support::Server::start(dir.path(), &[]).await;
+    let (mut child, base) = (server.child, server.base);
     let acked_total = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> =
         (0..8).map(|w| tokio::spawn(writer(base.clone(), w, Arc::clone(&acked_total)))).collect();
@@ -119,9 +92,8 @@ async fn kill_9_under_load_loses_no_acknowledged_append() {
     }
     assert!(acked.len() >= 400);
 
-    let port = free_port();
-    let mut child = start(dir.path(), port).await;
-    let base = format!("http://127.0.0.1:{port}");
+    let server = support::Server::start(dir.path(), &[]).await;
+    let (mut child, base) = (server.child, server.base);
     let all = read_everything(&base).await;
 
     // Every acknowledged append is there, at the version it was acknowledged with.
@@ -168,9 +140,8 @@ async fn kill_9_under_load_loses_no_acknowledged_append() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_in_flight_appends_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = start(dir.path(), port).await;
-    let base = format!("http://127.0.0.1:{port}");
+    let server = support::Server::start(dir.path(), &[]).await;
+    let (mut child, base) = (server.child, server.base);
     let acked_total = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> =
         (0..4).map(|w| tokio::spawn(writer(base.clone(), w, Arc::clone(&acked_total)))).collect();
@@ -187,9 +158,9 @@ async fn sigterm_drains_in_flight_appends_and_exits_cleanly() {
     for w in writers {
         acked.extend(w.await.unwrap());
     }
-    let port = free_port();
-    let mut child = start(dir.path(), port).await;
-    let all = read_everything(&format!("http://127.0.0.1:{port}")).await;
+    let server = support::Server::start(dir.path(), &[]).await;
+    let (mut child, base) = (server.child, server.base);
+    let all = read_everything(&base).await;
     let ids: std::collections::HashSet<&str> =
         all.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
     for (_, _, append) in &acked {
@@ -205,9 +176,9 @@ async fn sigterm_drains_in_flight_appends_and_exits_cleanly() {
 #[tokio::test]
 async fn a_second_server_on_the_same_data_dir_fails_fast() {
     let dir = tempfile::tempdir().unwrap();
-    let mut first = start(dir.path(), free_port()).await;
+    let mut first = support::Server::start(dir.path(), &[]).await.child;
     let second = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", support::free_port()), "--data-dir"])
         .arg(dir.path())
         .output();
     let out =

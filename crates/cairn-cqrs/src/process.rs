@@ -72,6 +72,19 @@ impl ProcessContext {
         .map_err(|e| e.to_string())
     }
 
+    /// Runs a command for the process manager (every command it issues goes through here).
+    pub async fn execute<A: crate::Aggregate>(
+        &self,
+        id: &str,
+        command: &A::Command,
+        options: &CommandOptions,
+    ) -> Result<crate::CommandOutcome, crate::CommandError> {
+        if let Some(delay) = fault_command_delay() {
+            tokio::time::sleep(delay).await;
+        }
+        self.repository.execute::<A>(id, command, options).await
+    }
+
     /// Options for a command caused by `event`: a key unique to (this manager, the event,
     /// `step`), and metadata continuing the event's correlation.
     #[must_use]
@@ -83,6 +96,18 @@ impl ProcessContext {
             metadata: CommandMetadata::caused_by(&parent, &event.event_id.to_string()),
         }
     }
+}
+
+/// Fault injection for crash tests: `CAIRN_FAULT_PM_COMMAND_DELAY_MS` delays every
+/// process-manager command, so a test can kill the process between two of them.
+fn fault_command_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("CAIRN_FAULT_PM_COMMAND_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis)
+    })
 }
 
 struct ProcessHandler {

@@ -88,7 +88,7 @@ impl OrderFulfillment {
         for product_id in std::mem::take(&mut instance.reserved) {
             let command = InventoryCommand::Release { order_id: instance.order_id.clone() };
             let options = ctx.options_for(event, &format!("release:{product_id}"));
-            match ctx.repository.execute::<Inventory>(&product_id, &command, &options).await {
+            match ctx.execute::<Inventory>(&product_id, &command, &options).await {
                 // Nothing reserved any more is what we wanted.
                 Ok(_) => {}
                 Err(e) if refused(&e) => {}
@@ -140,11 +140,7 @@ impl OrderFulfillment {
                     quantity: line.quantity,
                 };
                 let options = ctx.options_for(event, &format!("reserve:{}", line.product_id));
-                match ctx
-                    .repository
-                    .execute::<Inventory>(&line.product_id, &command, &options)
-                    .await
-                {
+                match ctx.execute::<Inventory>(&line.product_id, &command, &options).await {
                     Ok(_) => {
                         if !instance.reserved.contains(&line.product_id) {
                             instance.reserved.push(line.product_id.clone());
@@ -160,7 +156,6 @@ impl OrderFulfillment {
             if refusal.is_none() {
                 let options = ctx.options_for(event, "ready");
                 match ctx
-                    .repository
                     .execute::<Order>(&order_id, &OrderCommand::MarkReadyToShip, &options)
                     .await
                 {
@@ -186,10 +181,7 @@ impl OrderFulfillment {
         self.release_all(ctx, event, &mut instance).await?;
         if instance.reason.as_deref() == Some("out_of_stock") {
             let command = OrderCommand::Cancel { reason: "out_of_stock".into() };
-            match ctx
-                .repository
-                .execute::<Order>(&order_id, &command, &ctx.options_for(event, "cancel"))
-                .await
+            match ctx.execute::<Order>(&order_id, &command, &ctx.options_for(event, "cancel")).await
             {
                 Ok(_) => {}
                 Err(e) if refused(&e) => {} // already cancelled (or shipped, which cannot happen here)
@@ -235,7 +227,7 @@ impl OrderFulfillment {
         for product_id in instance.reserved.clone() {
             let command = InventoryCommand::Ship { order_id: instance.order_id.clone() };
             let options = ctx.options_for(event, &format!("ship:{product_id}"));
-            match ctx.repository.execute::<Inventory>(&product_id, &command, &options).await {
+            match ctx.execute::<Inventory>(&product_id, &command, &options).await {
                 Ok(_) => {}
                 Err(e) if refused(&e) => {
                     tracing::warn!(order = %instance.order_id, product = %product_id, error = %e, "no reservation to ship")

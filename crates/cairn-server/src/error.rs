@@ -85,6 +85,12 @@ impl From<AppendError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "duplicate_event_id", message)
                     .with("event_id", event_id.to_string())
             }
+            AppendError::IdempotencyKeyUsed { aggregate_id, outcome } => {
+                Self::new(StatusCode::CONFLICT, "idempotency_key_used", message)
+                    .with("aggregate_id", aggregate_id)
+                    .with("last_version", outcome.last_version)
+                    .with("position", outcome.position)
+            }
             AppendError::Invalid(m) => Self::bad_request(m),
             AppendError::Poisoned => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_poisoned", message)

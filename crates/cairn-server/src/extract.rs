@@ -63,16 +63,18 @@ impl FromRequestParts<AppState> for QueryMap {
 }
 
 impl QueryMap {
-    /// An optional non-negative integer parameter.
+    /// An optional non-negative integer parameter. Digits only (an empty value, a sign or
+    /// a fraction is a 400); values too large for 64 bits saturate, so a huge `limit` is
+    /// simply clamped like any limit above the maximum.
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         match self.0.get(name) {
             None => Ok(None),
-            Some(v) if v.is_empty() => Ok(None),
-            Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
-                ApiError::bad_request(format!(
-                    "query parameter {name} must be a non-negative integer, got {v:?}"
-                ))
-            }),
+            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(Some(v.parse::<u64>().unwrap_or(u64::MAX)))
+            }
+            Some(v) => Err(ApiError::bad_request(format!(
+                "query parameter {name} must be a non-negative integer, got {v:?}"
+            ))),
         }
     }
 

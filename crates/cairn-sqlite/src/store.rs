@@ -130,8 +130,13 @@ impl SqliteEventStore {
         ))
         .map_err(|e| db_err(&e))?;
         schema::migrate(&conn).map_err(|e| db_err(&e))?;
-        let head_position: i64 = conn
-            .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get(0))
+        // Read here, where a failure stops the open, not in the writer thread.
+        let (head_position, last_timestamp_us): (i64, i64) = conn
+            .query_row(
+                "SELECT coalesce(max(position), 0), coalesce(max(timestamp_us), 0) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(|e| db_err(&e))?;
 
         let head = Arc::new(watch::Sender::new(head_position as u64));
@@ -154,7 +159,13 @@ impl SqliteEventStore {
             // queued append has been committed, never while a write can still happen.
             .spawn(move || {
                 let _lock = lock;
-                writer::run(conn, rx, writer_head, config);
+                writer::run(
+                    conn,
+                    rx,
+                    writer_head,
+                    config,
+                    (head_position as u64, last_timestamp_us),
+                );
             })
             .map_err(|e| OpenError::Io(dir.to_owned(), e.to_string()))?;
         Ok(Self {
@@ -199,16 +210,28 @@ impl SqliteEventStore {
 }
 
 /// Reads event rows into a vector sized for the page up front (pages are often large).
+/// Most payload bytes one page carries; a page stops early past it (at least one event),
+/// so a reader of large events gets shorter pages instead of gigabytes of memory.
+pub const PAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Reads event rows into a vector sized for the page up front (pages are often large).
+/// The flag says the page stopped early at [`PAGE_BYTES_MAX`].
 fn collect_events(
     mut rows: rusqlite::Rows<'_>,
     limit: usize,
     stream: Option<(&str, &str)>,
-) -> rusqlite::Result<Vec<cairn_core::RecordedEvent>> {
+) -> rusqlite::Result<(Vec<cairn_core::RecordedEvent>, bool)> {
     let mut events = Vec::with_capacity(limit.min(READ_LIMIT_MAX));
+    let mut bytes = 0;
     while let Some(row) = rows.next()? {
-        events.push(event_of_stream(row, stream)?);
+        let event = event_of_stream(row, stream)?;
+        bytes += event.data.get().len() + event.metadata.get().len();
+        events.push(event);
+        if bytes > PAGE_BYTES_MAX {
+            return Ok((events, true));
+        }
     }
-    Ok(events)
+    Ok((events, false))
 }
 
 fn invalid_read(m: &str) -> ReadError {
@@ -250,11 +273,11 @@ impl EventStore for SqliteEventStore {
                 let (sql, from) = match read.direction {
                     Direction::Forward => (
                         format!("SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ?1 AND version >= ?2 ORDER BY version LIMIT ?3"),
-                        read.from_version.unwrap_or(1) as i64,
+                        read.from_version.unwrap_or(1).min(i64::MAX as u64) as i64,
                     ),
                     Direction::Backward => (
                         format!("SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ?1 AND version <= ?2 ORDER BY version DESC LIMIT ?3"),
-                        read.from_version.map_or(version, |v| v as i64),
+                        read.from_version.map_or(version, |v| v.min(i64::MAX as u64) as i64),
                     ),
                 };
                 let events = tx
@@ -262,6 +285,7 @@ impl EventStore for SqliteEventStore {
                     .and_then(|mut s| {
                         let stream = Some((id.as_str(), aggregate_type.as_str()));
                         collect_events(s.query(rusqlite::params![id, from, limit])?, limit as usize, stream)
+                            .map(|(events, _)| events)
                     })
                     .map_err(read_failed)?;
                 Ok(StreamSlice { aggregate_type, stream_version: version as u64, events })
@@ -301,7 +325,8 @@ impl EventStore for SqliteEventStore {
                     .prepare_cached(&sql)
                     .and_then(|mut s| collect_events(s.query(params_from_iter(args))?, limit, None))
                     .map_err(read_failed)?;
-                let scanned_to = if events.len() == limit && limit > 0 {
+                let (events, truncated) = events;
+                let scanned_to = if truncated || (events.len() == limit && limit > 0) {
                     events.last().map_or(from_position, |e| e.position)
                 } else {
                     // Same snapshot as the page: nothing up to here was left out.

@@ -87,19 +87,13 @@ pub fn run(
     mut rx: mpsc::Receiver<Job>,
     head: Arc<watch::Sender<u64>>,
     config: WriterConfig,
+    (last_position, last_ts): (u64, i64),
 ) {
-    let (last_position, last_ts): (i64, i64) = conn
-        .query_row(
-            "SELECT coalesce(max(position), 0), coalesce(max(timestamp_us), 0) FROM events",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap_or((0, 0));
     let mut w = Writer {
         conn,
         head,
         config,
-        next_position: last_position as u64 + 1,
+        next_position: last_position + 1,
         last_timestamp_us: last_ts,
         streams: HashMap::new(),
     };
@@ -216,7 +210,7 @@ impl Writer {
                 tracing::error!(error = %message, "event store write failed; the store is poisoned and refuses all further appends until restarted");
                 for (_, reply) in group.drain(..) {
                     let _ = reply.send(Err(AppendError::Unavailable(format!(
-                        "write failed, nothing of this append was stored: {message}"
+                        "write failed, outcome unknown (the events may or may not be stored): retry with the same event ids after a restart; {message}"
                     ))));
                 }
             }

@@ -177,8 +177,14 @@ pub async fn read_stream(
         .read_stream(&aggregate_id, StreamRead { from_version, direction, limit })
         .await?;
     let next_version = if limit == 0 {
-        // An empty page moves nowhere: the next read starts where this one did.
-        from_version.filter(|&v| v <= slice.stream_version).or(Some(slice.stream_version))
+        // An empty page moves nowhere: the next read starts where this one did, if there
+        // is anything there.
+        match direction {
+            Direction::Forward => from_version.filter(|&v| v <= slice.stream_version),
+            Direction::Backward => {
+                Some(from_version.unwrap_or(slice.stream_version).min(slice.stream_version))
+            }
+        }
     } else {
         slice.next_version(direction)
     };
@@ -263,6 +269,7 @@ pub async fn subscribe(
 
 fn error_event(message: &str) -> SseEvent {
     SseEvent::default()
-        .event("error")
+        // `$` cannot start an event type, so this never collides with a stored event's name.
+        .event("$error")
         .data(serde_json::json!({"error": "store_unavailable", "message": message}).to_string())
 }
