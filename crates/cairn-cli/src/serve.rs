@@ -110,7 +110,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_secs(args.drain_timeout_secs)).await;
     };
     tokio::select! {
-        served = server => served.context("server failed")?,
+        result = server => result.context("server failed")?,
         () = drain_deadline => tracing::warn!("drain deadline passed; closing with requests still open"),
     }
     store.close().await;

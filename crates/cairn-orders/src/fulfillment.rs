@@ -1,4 +1,4 @@
-//! OrderFulfillment, the process manager of contract §5.
+//! `OrderFulfillment`, the process manager of contract §5.
 //!
 //! On `OrderConfirmed` it reserves every line's stock, then marks the order ready to ship;
 //! if a reservation is refused it releases what it reserved and cancels the order
@@ -60,7 +60,7 @@ pub struct FulfillmentInstance {
     pub updated_at: Timestamp,
 }
 
-/// The OrderFulfillment process manager.
+/// The `OrderFulfillment` process manager.
 pub struct OrderFulfillment;
 
 /// A refusal the manager reacts to (as opposed to a failure it retries).
@@ -230,7 +230,7 @@ impl OrderFulfillment {
             match ctx.execute::<Inventory>(&product_id, &command, &options).await {
                 Ok(_) => {}
                 Err(e) if refused(&e) => {
-                    tracing::warn!(order = %instance.order_id, product = %product_id, error = %e, "no reservation to ship")
+                    tracing::warn!(order = %instance.order_id, product = %product_id, error = %e, "no reservation to ship");
                 }
                 Err(e) => return Err(e.to_string()),
             }

@@ -19,12 +19,13 @@ pub struct Domain {
     pub readmodels: Arc<dyn ReadModelStore>,
     /// Projections by name.
     pub projections: BTreeMap<&'static str, ConsumerHandle>,
-    /// The OrderFulfillment process manager.
+    /// The `OrderFulfillment` process manager.
     pub fulfillment: ConsumerHandle,
 }
 
 impl Domain {
     /// Creates the tables and starts every projection and the process manager.
+    #[allow(clippy::needless_pass_by_value)] // the store is shared with every consumer it starts
     pub fn start(
         store: Arc<dyn EventStore>,
         readmodels: Arc<dyn ReadModelStore>,
@@ -57,7 +58,6 @@ impl Domain {
     }
 
     /// Whether every consumer has started and none has failed.
-    #[must_use]
     pub fn ready(&self) -> Result<(), String> {
         for c in self.consumers() {
             match c.status() {

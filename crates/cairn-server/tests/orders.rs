@@ -161,7 +161,7 @@ async fn money_is_exact() {
     .await;
     let text = s
         .client
-        .get(s.url(&format!("/orders/order-m/state")))
+        .get(s.url("/orders/order-m/state"))
         .send()
         .await
         .unwrap()

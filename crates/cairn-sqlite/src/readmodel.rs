@@ -8,6 +8,7 @@
 //! from the checkpoint.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -158,9 +159,10 @@ impl ReadModelStore for SqliteReadModels {
             );
             for field in spec.indexed {
                 validate_identifier(field)?;
-                ddl.push_str(&format!(
+                let _ = write!(
+                    ddl,
                     "CREATE INDEX IF NOT EXISTS {table}_{field} ON {table} (json_extract(doc, '$.{field}'), key);"
-                ));
+                );
             }
             conn.execute_batch(&ddl).map_err(storage)?;
             declared.insert(
@@ -237,13 +239,13 @@ impl ReadModelStore for SqliteReadModels {
                 )));
             }
             args.push(value.clone());
-            sql.push_str(&format!(" AND json_extract(doc, '$.{field}') = ?{}", args.len()));
+            let _ = write!(sql, " AND json_extract(doc, '$.{field}') = ?{}", args.len());
         }
         if let Some(after) = &query.after {
             args.push(after.clone());
-            sql.push_str(&format!(" AND key > ?{}", args.len()));
+            let _ = write!(sql, " AND key > ?{}", args.len());
         }
-        sql.push_str(&format!(" ORDER BY key LIMIT {}", query.limit));
+        let _ = write!(sql, " ORDER BY key LIMIT {}", query.limit);
         self.readers.run_here(
             move |conn| {
                 conn.prepare_cached(&sql)

@@ -56,10 +56,10 @@ impl Projection for InventoryViewProjection {
         match event {
             InventoryEvent::StockAdded(s) => row.on_hand = row.on_hand.saturating_add(s.quantity),
             InventoryEvent::StockReserved(s) => {
-                row.reserved = row.reserved.saturating_add(s.quantity)
+                row.reserved = row.reserved.saturating_add(s.quantity);
             }
             InventoryEvent::StockReleased(s) => {
-                row.reserved = row.reserved.saturating_sub(s.quantity)
+                row.reserved = row.reserved.saturating_sub(s.quantity);
             }
             InventoryEvent::StockShipped(s) => {
                 row.reserved = row.reserved.saturating_sub(s.quantity);

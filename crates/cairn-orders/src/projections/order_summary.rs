@@ -97,7 +97,7 @@ impl Projection for OrderSummaryProjection {
             }
             _ => {}
         }
-        row.status = order.status.as_str().to_owned();
+        order.status.as_str().clone_into(&mut row.status);
         row.customer_id.clone_from(&order.customer_id);
         row.item_count = order.items.len();
         row.total = order.total();
