@@ -159,15 +159,8 @@ async fn money_is_exact() {
         json!({"product_id": "q", "quantity": 3, "price": "0.10"}),
     )
     .await;
-    let text = s
-        .client
-        .get(s.url("/orders/order-m/state"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text =
+        s.client.get(s.url("/orders/order-m/state")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(r#""total":60.28"#), "{text} after {r}");
 }
 
