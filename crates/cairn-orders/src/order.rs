@@ -303,6 +303,15 @@ impl Aggregate for Order {
 
     fn handle(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, DomainError> {
         use OrderStatus::{Cancelled, Confirmed, Pending, ReadyToShip, Shipped};
+        // The repository already answers 409/404 for these; the aggregate does not rely on it.
+        match (command, self.status) {
+            (OrderCommand::Create { .. }, status) if status != OrderStatus::New => {
+                return Err(DomainError::rule("the order already exists"));
+            }
+            (OrderCommand::Create { .. }, _) => {}
+            (_, OrderStatus::New) => return Err(DomainError::rule("the order does not exist")),
+            _ => {}
+        }
         let event = match command {
             OrderCommand::Create { customer_id, items } => {
                 check_id("customer_id", customer_id)?;
@@ -337,6 +346,13 @@ impl Aggregate for Order {
                 let line = self.line(product_id).ok_or_else(|| {
                     DomainError::rule(format!("product {product_id} is not on the order"))
                 })?;
+                // A correction is a fixed amount on top of the lines: removing a line after
+                // one must not push the total below zero.
+                if self.total() < line.price.times(line.quantity) {
+                    return Err(DomainError::rule(format!(
+                        "removing {product_id} would make the corrected total negative"
+                    )));
+                }
                 OrderEvent::ItemRemoved(ItemRemoved {
                     product_id: line.product_id.clone(),
                     quantity: line.quantity,

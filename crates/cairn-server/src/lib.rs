@@ -58,6 +58,17 @@ pub fn app(
     config: HttpConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Router, ReadModelError> {
+    app_with_domain(store, readmodels, config, shutdown).map(|(router, _)| router)
+}
+
+/// Like [`app`], also returning the running domain (benchmarks and tests observe it).
+pub fn app_with_domain(
+    store: Arc<dyn EventStore>,
+    readmodels: Arc<dyn ReadModelStore>,
+    config: HttpConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Router, Arc<Domain>), ReadModelError> {
     let domain = Arc::new(Domain::start(Arc::clone(&store), readmodels, &shutdown)?);
-    Ok(router(AppState { store, config: Arc::new(config), shutdown, domain }))
+    let state = AppState { store, config: Arc::new(config), shutdown, domain: Arc::clone(&domain) };
+    Ok((router(state), domain))
 }
