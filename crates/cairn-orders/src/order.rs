@@ -228,6 +228,15 @@ impl Order {
         self.items.iter().find(|l| l.product_id == product_id)
     }
 
+    fn require_existence(&self, command: &OrderCommand) -> Result<(), DomainError> {
+        match (command, self.status) {
+            (OrderCommand::Create { .. }, OrderStatus::New) => Ok(()),
+            (OrderCommand::Create { .. }, _) => Err(DomainError::rule("the order already exists")),
+            (_, OrderStatus::New) => Err(DomainError::rule("the order does not exist")),
+            _ => Ok(()),
+        }
+    }
+
     fn require(&self, allowed: &[OrderStatus], what: &str) -> Result<(), DomainError> {
         if allowed.contains(&self.status) {
             Ok(())
@@ -304,14 +313,7 @@ impl Aggregate for Order {
     fn handle(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, DomainError> {
         use OrderStatus::{Cancelled, Confirmed, Pending, ReadyToShip, Shipped};
         // The repository already answers 409/404 for these; the aggregate does not rely on it.
-        match (command, self.status) {
-            (OrderCommand::Create { .. }, status) if status != OrderStatus::New => {
-                return Err(DomainError::rule("the order already exists"));
-            }
-            (OrderCommand::Create { .. }, _) => {}
-            (_, OrderStatus::New) => return Err(DomainError::rule("the order does not exist")),
-            _ => {}
-        }
+        self.require_existence(command)?;
         let event = match command {
             OrderCommand::Create { customer_id, items } => {
                 check_id("customer_id", customer_id)?;
