@@ -237,6 +237,25 @@ impl Order {
         }
     }
 
+    fn remove_item(&self, product_id: &str) -> Result<OrderEvent, DomainError> {
+        self.require(&[OrderStatus::Pending], "changing items")?;
+        let line = self.line(product_id).ok_or_else(|| {
+            DomainError::rule(format!("product {product_id} is not on the order"))
+        })?;
+        // A correction is a fixed amount on top of the lines: removing a line after
+        // one must not push the total below zero.
+        if self.total() < line.price.times(line.quantity) {
+            return Err(DomainError::rule(format!(
+                "removing {product_id} would make the corrected total negative"
+            )));
+        }
+        Ok(OrderEvent::ItemRemoved(ItemRemoved {
+            product_id: line.product_id.clone(),
+            quantity: line.quantity,
+            price: line.price,
+        }))
+    }
+
     fn require(&self, allowed: &[OrderStatus], what: &str) -> Result<(), DomainError> {
         if allowed.contains(&self.status) {
             Ok(())
@@ -343,24 +362,7 @@ impl Aggregate for Order {
                     price: line.price,
                 })
             }
-            OrderCommand::RemoveItem { product_id } => {
-                self.require(&[Pending], "changing items")?;
-                let line = self.line(product_id).ok_or_else(|| {
-                    DomainError::rule(format!("product {product_id} is not on the order"))
-                })?;
-                // A correction is a fixed amount on top of the lines: removing a line after
-                // one must not push the total below zero.
-                if self.total() < line.price.times(line.quantity) {
-                    return Err(DomainError::rule(format!(
-                        "removing {product_id} would make the corrected total negative"
-                    )));
-                }
-                OrderEvent::ItemRemoved(ItemRemoved {
-                    product_id: line.product_id.clone(),
-                    quantity: line.quantity,
-                    price: line.price,
-                })
-            }
+            OrderCommand::RemoveItem { product_id } => self.remove_item(product_id)?,
             OrderCommand::Confirm => {
                 self.require(&[Pending], "confirming")?;
                 if self.items.is_empty() {
