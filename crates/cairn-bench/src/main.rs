@@ -3,6 +3,7 @@
 //!
 //! Run: `cargo run --release -p cairn-bench` (add `--quick` for a smoke run).
 
+mod cqrs;
 mod raw;
 mod report;
 mod store;
@@ -29,7 +30,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these groups of scenarios (default: all).
-    #[arg(long, value_enum, value_delimiter = ',', default_values = ["appends", "raw", "reads"])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["appends", "raw", "reads", "cqrs"])]
     only: Vec<Group>,
     /// Directory for the benchmark databases (default: a temporary directory).
     #[arg(long)]
@@ -45,6 +46,8 @@ pub enum Group {
     Raw,
     /// Store and raw reads.
     Reads,
+    /// Commands over HTTP, visibility, projection catch-up.
+    Cqrs,
 }
 
 /// Workload sizes, scaled down by `--quick`.
@@ -92,6 +95,39 @@ fn main() -> anyhow::Result<()> {
         if args.only.contains(&Group::Reads) {
             store::reads(&mut table, tmp.path(), sizes, args.runs).await?;
         }
+        if args.only.contains(&Group::Cqrs) {
+            for _ in 0..args.runs {
+                cqrs::run(&mut table, tmp.path(), args.quick).await?;
+            }
+            // Catch-up: one log, replayed into a fresh read model each run, beside the raw
+            // batched upsert into a table of the same shape.
+            let log = tmp.path().join("catchup-log");
+            eprintln!(
+                "  building a log of {} order events for the catch-up scenario",
+                sizes.all_events
+            );
+            cqrs::build_order_log(&log, sizes.all_events).await?;
+            let events_name = if sizes.all_events == 1_000_000 {
+                "1M".to_owned()
+            } else {
+                sizes.all_events.to_string()
+            };
+            for _ in 0..args.runs {
+                let r = cqrs::catch_up(&log, &tmp.path().join("catchup-rm")).await?;
+                table.sample(
+                    &format!("projection catch-up, order_summary over {events_name} events"),
+                    "events/s",
+                    r,
+                );
+                let raw = raw::upsert_batched(
+                    &tmp.path().join("upsert.db"),
+                    sizes.all_events / 4,
+                    500,
+                    sizes.all_events / 4 / 4,
+                )?;
+                table.sample("raw batched upsert, read-model-shaped table", "rows/s", raw);
+            }
+        }
         anyhow::Ok(())
     })?;
     table.ratio("append 1 event, 64 writers", "raw insert, 1 event/txn", "target >= 10x");
@@ -100,6 +136,18 @@ fn main() -> anyhow::Result<()> {
     table.ratio("append 100-event batches, 1 writer", "raw insert, 100 events/txn", "");
     table.ratio("read $all (1M events)", "raw scan of events", "target >= 0.50");
     table.ratio("read one 10k-event stream", "raw query of one 10k stream", "target >= 0.50");
+    table.ratio(
+        "HTTP create order, 16 clients",
+        "raw insert, 1 event/txn, 16 writers",
+        "target >= 2x",
+    );
+    let catch_up =
+        if sizes.all_events == 1_000_000 { "1M".to_owned() } else { sizes.all_events.to_string() };
+    table.ratio(
+        &format!("projection catch-up, order_summary over {catch_up} events"),
+        "raw batched upsert, read-model-shaped table",
+        "target >= 0.50",
+    );
     table.print();
     Ok(())
 }

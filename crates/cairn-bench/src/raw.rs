@@ -151,3 +151,80 @@ pub fn query_stream(path: &Path, stream: &str) -> anyhow::Result<f64> {
     std::hint::black_box(bytes);
     Ok(rate(count, start.elapsed()))
 }
+
+/// `writers` threads, each with its own connection, inserting one event per transaction
+/// (SQLite serialises them on its write lock); returns events/s.
+pub fn insert_concurrent(path: &Path, writers: u64, total: u64) -> anyhow::Result<f64> {
+    drop(fresh(path)?);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let path = path.to_owned();
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let conn = Connection::open(&path)?;
+                conn.execute_batch("PRAGMA synchronous = FULL;")?;
+                conn.busy_timeout(std::time::Duration::from_secs(30))?;
+                for i in 0..total / writers {
+                    let position = (i * writers + w + 1) as i64;
+                    conn.execute("BEGIN IMMEDIATE", [])?;
+                    conn.prepare_cached(
+                        "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version, timestamp_us, data, metadata)
+                         VALUES (?1, ?2, ?3, 'Order', 'OrderCreated', ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![
+                        position,
+                        uuid::Uuid::now_v7().as_bytes(),
+                        format!("order-{w}-{}", i % 16),
+                        position,
+                        position,
+                        DATA,
+                        METADATA
+                    ])?;
+                    conn.execute("COMMIT", [])?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+    }
+    let r = rate(total / writers * writers, start.elapsed());
+    let _ = std::fs::remove_file(path);
+    Ok(r)
+}
+
+/// A document of the size and shape of an `order_summary` row.
+const SUMMARY_DOC: &str = r#"{"order_id":"order-123456","customer_id":"cust-456","status":"confirmed","item_count":3,"total":179.94,"tracking_number":null,"carrier":null,"created_at":"2026-11-27T10:00:00.123456Z","confirmed_at":"2026-11-27T10:00:01.123456Z","shipped_at":null,"updated_at":"2026-11-27T10:00:01.123456Z","version":4}"#;
+
+/// Upserts `rows` documents into a read-model-shaped table, `batch` per transaction,
+/// with the read-model file's pragmas; returns rows/s.
+pub fn upsert_batched(path: &Path, rows: u64, batch: u64, keys: u64) -> anyhow::Result<f64> {
+    let _ = std::fs::remove_file(path);
+    let mut conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;
+         CREATE TABLE rm (key TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID;
+         CREATE INDEX rm_status ON rm (json_extract(doc, '$.status'), key);
+         CREATE INDEX rm_customer ON rm (json_extract(doc, '$.customer_id'), key);",
+    )?;
+    let start = Instant::now();
+    let mut n = 0;
+    while n < rows {
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO rm (key, doc) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc",
+            )?;
+            for _ in 0..batch {
+                stmt.execute(params![format!("order-{}", n % keys), SUMMARY_DOC])?;
+                n += 1;
+            }
+        }
+        tx.commit()?;
+    }
+    let r = rate(n, start.elapsed());
+    drop(conn);
+    let _ = std::fs::remove_file(path);
+    Ok(r)
+}

@@ -79,7 +79,7 @@ pub trait Aggregate: Default + Send + Sync + 'static {
 
 /// Implements [`DomainEvent`] for an enum whose variants wrap structs of the same name:
 ///
-/// ```ignore
+/// ```text
 /// cairn_cqrs::domain_events!(OrderEvent { OrderCreated, ItemAdded });
 /// ```
 #[macro_export]

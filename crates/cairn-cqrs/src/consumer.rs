@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 /// Events handed to a consumer per batch.
-pub const BATCH_EVENTS_MAX: usize = 500;
+pub const BATCH_EVENTS_MAX: usize = 2000;
 /// Longest pause between retries of a failing batch.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -124,12 +124,21 @@ pub fn spawn(
         };
         position_tx.send_replace(position);
         set(&status, ConsumerStatus::Running);
+        let mut prefetched: Option<
+            tokio::task::JoinHandle<Result<cairn_core::AllSlice, cairn_core::ReadError>>,
+        > = None;
         loop {
             if *shutdown.borrow() {
                 return;
             }
             head.borrow_and_update();
-            let slice = match store.read_all(position, BATCH_EVENTS_MAX, &filter).await {
+            let read = match prefetched.take() {
+                Some(next) => next
+                    .await
+                    .unwrap_or_else(|e| Err(cairn_core::ReadError::Unavailable(e.to_string()))),
+                None => store.read_all(position, BATCH_EVENTS_MAX, &filter).await,
+            };
+            let slice = match read {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(consumer = handler.name(), error = %e, "reading $all failed; retrying");
@@ -139,6 +148,13 @@ pub fn spawn(
                 }
             };
             let full = slice.events.len() == BATCH_EVENTS_MAX;
+            if full {
+                // Catching up: read the next batch while this one is applied.
+                let (store, filter, from) = (Arc::clone(&store), filter.clone(), slice.scanned_to);
+                prefetched = Some(tokio::spawn(async move {
+                    store.read_all(from, BATCH_EVENTS_MAX, &filter).await
+                }));
+            }
             if !slice.events.is_empty() {
                 let events = slice.events;
                 let mut attempt = 0u32;

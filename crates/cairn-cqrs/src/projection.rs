@@ -20,6 +20,16 @@ pub trait Projection: Send + Sync + 'static {
     fn event_types(&self) -> Vec<&'static str>;
     /// Applies one event inside the batch's transaction.
     fn apply(&self, event: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError>;
+
+    /// Applies a batch (in `$all` order) inside one transaction. The default applies each
+    /// event; a projection may override it to load and save each document once per batch.
+    fn apply_batch(
+        &self,
+        events: &[RecordedEvent],
+        txn: &mut dyn DocTxn,
+    ) -> Result<(), ReadModelError> {
+        events.iter().try_for_each(|e| self.apply(e, txn))
+    }
 }
 
 struct ProjectionHandler {
@@ -52,7 +62,7 @@ impl BatchHandler for ProjectionHandler {
         let (rm, projection) = (Arc::clone(&self.readmodels), Arc::clone(&self.projection));
         blocking(move || {
             rm.transact(projection.name(), Some(scanned_to), &mut |txn| {
-                events.iter().try_for_each(|e| projection.apply(e, txn))
+                projection.apply_batch(&events, txn)
             })
         })
         .await

@@ -56,6 +56,8 @@ impl SqliteReadModels {
         )
         .map_err(storage)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(storage)?;
+        // Every table has its own statements (get, upsert, delete, find): keep them all.
+        conn.set_prepared_statement_cache_capacity(256);
         Ok(Self {
             write: Mutex::new(conn),
             readers: Arc::new(ReadPool::new(path.clone(), 8)),

@@ -1,6 +1,8 @@
 //! `order_summary`: one row per order, filterable by status and customer.
 
 use cairn_core::RecordedEvent;
+use std::collections::HashMap;
+
 use cairn_core::readmodel::{DocTxn, DocTxnExt, ReadModelError, TableSpec};
 use cairn_core::timestamp::Timestamp;
 use cairn_cqrs::projection::Projection;
@@ -65,15 +67,31 @@ impl Projection for OrderSummaryProjection {
     }
 
     fn apply(&self, e: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError> {
-        let event: OrderEvent = decode(e)?;
-        let id = e.aggregate_id.as_str();
-        // The order's state is the aggregate's own fold: the summary can never disagree
-        // with the write side about totals or lines.
-        let mut order: Order = txn.load(STATE, id)?.unwrap_or_default();
-        order.apply(&event);
-        let mut row = match txn.load::<OrderSummary>(TABLE, id)? {
-            Some(row) => row,
-            None => OrderSummary {
+        self.apply_batch(std::slice::from_ref(e), txn)
+    }
+
+    /// Loads each touched order once, folds all its events of the batch, saves it once.
+    fn apply_batch(
+        &self,
+        events: &[RecordedEvent],
+        txn: &mut dyn DocTxn,
+    ) -> Result<(), ReadModelError> {
+        let mut touched: HashMap<&str, (Order, Option<OrderSummary>)> = HashMap::new();
+        let mut order_of_first_touch = Vec::new();
+        for e in events {
+            let event: OrderEvent = decode(e)?;
+            let id = e.aggregate_id.as_str();
+            if !touched.contains_key(id) {
+                let order: Order = txn.load(STATE, id)?.unwrap_or_default();
+                let row = txn.load::<OrderSummary>(TABLE, id)?;
+                touched.insert(id, (order, row));
+                order_of_first_touch.push(id);
+            }
+            let (order, row) = touched.get_mut(id).expect("inserted above");
+            // The order's state is the aggregate's own fold: the summary can never disagree
+            // with the write side about totals or lines.
+            order.apply(&event);
+            let row = row.get_or_insert_with(|| OrderSummary {
                 order_id: id.to_owned(),
                 customer_id: order.customer_id.clone(),
                 status: String::new(),
@@ -86,24 +104,30 @@ impl Projection for OrderSummaryProjection {
                 shipped_at: None,
                 updated_at: e.timestamp,
                 version: 0,
-            },
-        };
-        match &event {
-            OrderEvent::OrderConfirmed(_) => row.confirmed_at = Some(e.timestamp),
-            OrderEvent::OrderShipped(s) => {
-                row.shipped_at = Some(e.timestamp);
-                row.tracking_number = Some(s.tracking_number.clone());
-                row.carrier = Some(s.carrier.clone());
+            });
+            match &event {
+                OrderEvent::OrderConfirmed(_) => row.confirmed_at = Some(e.timestamp),
+                OrderEvent::OrderShipped(s) => {
+                    row.shipped_at = Some(e.timestamp);
+                    row.tracking_number = Some(s.tracking_number.clone());
+                    row.carrier = Some(s.carrier.clone());
+                }
+                _ => {}
             }
-            _ => {}
+            order.status.as_str().clone_into(&mut row.status);
+            row.customer_id.clone_from(&order.customer_id);
+            row.item_count = order.items.len();
+            row.total = order.total();
+            row.updated_at = e.timestamp;
+            row.version = e.version;
         }
-        order.status.as_str().clone_into(&mut row.status);
-        row.customer_id.clone_from(&order.customer_id);
-        row.item_count = order.items.len();
-        row.total = order.total();
-        row.updated_at = e.timestamp;
-        row.version = e.version;
-        txn.save(STATE, id, &order)?;
-        txn.save(TABLE, id, &row)
+        for id in order_of_first_touch {
+            let (order, row) = &touched[id];
+            txn.save(STATE, id, order)?;
+            if let Some(row) = row {
+                txn.save(TABLE, id, row)?;
+            }
+        }
+        Ok(())
     }
 }

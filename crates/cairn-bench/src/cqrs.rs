@@ -1,0 +1,380 @@
+//! The CQRS path end to end: commands over HTTP, read-model visibility, projection
+//! catch-up, beside raw SQLite ceilings measured in the same run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_core::readmodel::ReadModelStore;
+use cairn_core::{Append, EventStore, ExpectedVersion, NewEvent};
+use cairn_server::HttpConfig;
+use cairn_server::domain::Domain;
+use cairn_sqlite::{SqliteEventStore, SqliteOptions, SqliteReadModels, Synchronous};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::report::{Table, rate};
+
+/// A running server over a fresh data directory.
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    domain: Arc<Domain>,
+    store: Arc<dyn EventStore>,
+    stop: watch::Sender<bool>,
+}
+
+impl Server {
+    async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let _ = std::fs::remove_dir_all(dir);
+        let store: Arc<dyn EventStore> =
+            Arc::new(SqliteEventStore::open(dir, &SqliteOptions::default())?);
+        let readmodels: Arc<dyn ReadModelStore> =
+            Arc::new(SqliteReadModels::open(dir).map_err(anyhow::Error::msg)?);
+        let (stop, stop_rx) = watch::channel(false);
+        let (app, domain) = cairn_server::app_with_domain(
+            Arc::clone(&store),
+            readmodels,
+            HttpConfig::default(),
+            stop_rx.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let mut shutdown = stop_rx;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        let client = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
+        Ok(Self { base, client, domain, store, stop })
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let r = self.client.post(format!("{}{path}", self.base)).json(body).send().await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "{path}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+        Ok(r.json().await?)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.store.close().await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Records throughput and p50/p99 of a set of latencies (ms).
+fn record(
+    table: &mut Table,
+    name: &str,
+    count: u64,
+    elapsed: Duration,
+    mut latencies_ms: Vec<f64>,
+) {
+    latencies_ms.sort_by(f64::total_cmp);
+    table.sample(name, "ops/s", rate(count, elapsed));
+    table.sample(&format!("{name} p50"), "ms", percentile(&latencies_ms, 0.5));
+    table.sample(&format!("{name} p99"), "ms", percentile(&latencies_ms, 0.99));
+}
+
+fn order_body(i: u64) -> Value {
+    json!({"customer_id": format!("cust-{}", i % 100), "items": [{"product_id": format!("prod-{}", i % 10), "quantity": 2, "price": 29.99}]})
+}
+
+/// `clients` tasks each run `per_client` times `op`, timing each.
+async fn load<F, Fut>(clients: u64, per_client: u64, op: F) -> anyhow::Result<(Duration, Vec<f64>)>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_client as usize);
+            for i in 0..per_client {
+                let t = Instant::now();
+                op(c * 1_000_000 + i).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((start.elapsed(), all))
+}
+
+/// One run of every CQRS scenario.
+pub async fn run(table: &mut Table, dir: &Path, quick: bool) -> anyhow::Result<()> {
+    let scale = if quick { 1 } else { 4 };
+    for clients in [1u64, 16, 64] {
+        let server = Arc::new(Server::start(&dir.join("http")).await?);
+        let per_client = (if clients == 1 { 150 } else { 1200 / clients }) * scale;
+        let s = Arc::clone(&server);
+        let (elapsed, latencies) = load(clients, per_client, move |i| {
+            let s = Arc::clone(&s);
+            async move { s.post("/orders", &order_body(i)).await.map(|_| ()) }
+        })
+        .await?;
+        record(
+            table,
+            &format!("HTTP create order, {clients} clients"),
+            clients * per_client,
+            elapsed,
+            latencies,
+        );
+        if let Ok(server) = Arc::try_unwrap(server) {
+            server.stop().await;
+        }
+    }
+    for clients in [1u64, 16, 64] {
+        let server = Arc::new(Server::start(&dir.join("life")).await?);
+        for p in 0..10 {
+            server
+                .post(&format!("/inventory/prod-{p}/restock"), &json!({"quantity": 1_000_000}))
+                .await?;
+        }
+        let per_client = (if clients == 1 { 30 } else { 320 / clients }.max(2)) * scale;
+        let s = Arc::clone(&server);
+        let (elapsed, latencies) = load(clients, per_client, move |i| {
+            let s = Arc::clone(&s);
+            async move { lifecycle(&s, i).await }
+        })
+        .await?;
+        record(
+            table,
+            &format!("HTTP full order lifecycle, {clients} clients"),
+            clients * per_client,
+            elapsed,
+            latencies,
+        );
+        if let Ok(server) = Arc::try_unwrap(server) {
+            server.stop().await;
+        }
+    }
+    long_aggregate(table, &dir.join("long")).await?;
+    visibility(table, &dir.join("visibility"), if quick { 1 } else { 3 }).await?;
+    table.sample(
+        "raw insert, 1 event/txn, 16 writers",
+        "events/s",
+        crate::raw::insert_concurrent(&dir.join("raw16.db"), 16, 1600)?,
+    );
+    Ok(())
+}
+
+/// create (1 item) → add item → confirm → (fulfillment reserves) → ship.
+async fn lifecycle(s: &Server, i: u64) -> anyhow::Result<()> {
+    let created = s.post("/orders", &order_body(i)).await?;
+    let id = created["aggregate_id"].as_str().unwrap_or_default().to_owned();
+    s.post(
+        &format!("/orders/{id}/items"),
+        &json!({"product_id": format!("prod-{}", (i + 1) % 10), "quantity": 1, "price": "5.00"}),
+    )
+    .await?;
+    let confirmed = s.post(&format!("/orders/{id}/confirm"), &json!({})).await?;
+    let position = confirmed["position"].as_u64().unwrap_or_default();
+    // The process manager has handled everything up to the confirmation.
+    s.domain
+        .fulfillment
+        .wait_for(position, Duration::from_secs(30))
+        .await
+        .map_err(|p| anyhow::anyhow!("fulfillment stuck at {p}"))?;
+    s.post(&format!("/orders/{id}/ship"), &json!({"tracking_number": "TRK", "carrier": "DHL"}))
+        .await?;
+    Ok(())
+}
+
+/// A command on an order with 10,000 events (no snapshots: every command replays them all).
+async fn long_aggregate(table: &mut Table, dir: &Path) -> anyhow::Result<()> {
+    let server = Server::start(dir).await?;
+    server
+        .post("/orders", &json!({"order_id": "order-long", "customer_id": "c", "items": []}))
+        .await?;
+    let mut version = 1;
+    while version < 10_000 {
+        let events = (0..1000u64)
+            .map(|k| {
+                let (t, data) = if k % 2 == 0 {
+                    ("ItemAdded", r#"{"product_id":"px","quantity":1,"price":1}"#)
+                } else {
+                    ("ItemRemoved", r#"{"product_id":"px","quantity":1,"price":1}"#)
+                };
+                NewEvent::new(
+                    t,
+                    serde_json::value::RawValue::from_string(data.to_owned()).expect("valid"),
+                )
+            })
+            .collect();
+        let append = Append {
+            aggregate_id: "order-long".into(),
+            aggregate_type: "Order".into(),
+            expected: ExpectedVersion::Exact(version),
+            events,
+            idempotency_key: None,
+        };
+        version = server.store.append(append).await?.last_version;
+    }
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    for k in 0..40 {
+        let t = Instant::now();
+        if k % 2 == 0 {
+            server
+                .post(
+                    "/orders/order-long/items",
+                    &json!({"product_id": "py", "quantity": 1, "price": 1}),
+                )
+                .await?;
+        } else {
+            let r = server
+                .client
+                .delete(format!("{}/orders/order-long/items/py", server.base))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "remove item: {}", r.status());
+        }
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    record(table, "command on a 10k-event order (full replay)", 40, start.elapsed(), latencies);
+    server.stop().await;
+    Ok(())
+}
+
+/// Write → read-model visibility at a steady 1,000 commands/s.
+async fn visibility(table: &mut Table, dir: &Path, seconds: u64) -> anyhow::Result<()> {
+    let server = Arc::new(Server::start(dir).await?);
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let total = seconds * 1000;
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        ticker.tick().await;
+        let s = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            let r = s.post("/orders", &order_body(i)).await?;
+            let answered = Instant::now();
+            let position = r["position"].as_u64().unwrap_or_default();
+            s.domain.projections["order_summary"]
+                .wait_for(position, Duration::from_secs(30))
+                .await
+                .map_err(|p| anyhow::anyhow!("projection stuck at {p}"))?;
+            anyhow::Ok(answered.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.push(t.await??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_by(f64::total_cmp);
+    table.sample("commands/s offered for visibility", "ops/s", rate(total, elapsed));
+    table.sample("write → order_summary visible, p50", "ms", percentile(&latencies, 0.5));
+    table.sample("write → order_summary visible, p99", "ms", percentile(&latencies, 0.99));
+    if let Ok(server) = Arc::try_unwrap(server) {
+        server.stop().await;
+    }
+    Ok(())
+}
+
+/// Builds a store of `events` order events (4 per order), fast (no fsync: it is set-up).
+pub async fn build_order_log(dir: &Path, events: u64) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    let options = SqliteOptions { synchronous: Synchronous::Off, ..SqliteOptions::default() };
+    let store = Arc::new(SqliteEventStore::open(dir, &options)?);
+    let orders = events / 4;
+    let mut tasks = Vec::new();
+    for w in 0..32u64 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut o = w;
+            while o < orders {
+                let raw = |s: String| serde_json::value::RawValue::from_string(s).expect("valid");
+                let line =
+                    |p: u64| format!(r#"{{"product_id":"prod-{p}","quantity":2,"price":29.99}}"#);
+                let events = vec![
+                    NewEvent::new(
+                        "OrderCreated",
+                        raw(format!(
+                            r#"{{"customer_id":"cust-{}","items":[{}],"total":59.98}}"#,
+                            o % 1000,
+                            line(o % 10)
+                        )),
+                    ),
+                    NewEvent::new("ItemAdded", raw(line(o % 10 + 10))),
+                    NewEvent::new("ItemAdded", raw(line(o % 10 + 20))),
+                    NewEvent::new(
+                        "OrderConfirmed",
+                        raw(format!(
+                            r#"{{"items":[{},{},{}],"total":179.94}}"#,
+                            line(o % 10),
+                            line(o % 10 + 10),
+                            line(o % 10 + 20)
+                        )),
+                    ),
+                ];
+                let append = Append {
+                    aggregate_id: format!("order-{o}"),
+                    aggregate_type: "Order".into(),
+                    expected: ExpectedVersion::NoStream,
+                    events,
+                    idempotency_key: None,
+                };
+                store.append(append).await?;
+                o += 32;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// Replays `order_summary` from position 0 over the log in `log_dir`; events/s.
+pub async fn catch_up(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
+    let _ = std::fs::remove_dir_all(rm_dir);
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteEventStore::open(log_dir, &SqliteOptions::default())?);
+    let readmodels: Arc<dyn ReadModelStore> =
+        Arc::new(SqliteReadModels::open(rm_dir).map_err(anyhow::Error::msg)?);
+    let head = *store.head().borrow();
+    let (stop, stop_rx) = watch::channel(false);
+    let start = Instant::now();
+    let handle = cairn_cqrs::projection::spawn_projection(
+        Arc::clone(&store),
+        readmodels,
+        Arc::new(cairn_orders::projections::order_summary::OrderSummaryProjection),
+        stop_rx,
+    )
+    .map_err(anyhow::Error::msg)?;
+    handle
+        .wait_for(head, Duration::from_secs(600))
+        .await
+        .map_err(|p| anyhow::anyhow!("catch-up stuck at {p}"))?;
+    let r = rate(head, start.elapsed());
+    let _ = stop.send(true);
+    store.close().await;
+    Ok(r)
+}
