@@ -143,6 +143,8 @@ pub fn query_stream(path: &Path, stream: &str) -> anyhow::Result<f64> {
     while let Some(row) = rows.next()? {
         bytes += row.get_ref(1)?.as_blob()?.len()
             + row.get_ref(2)?.as_str()?.len()
+            + row.get_ref(3)?.as_str()?.len()
+            + row.get_ref(4)?.as_str()?.len()
             + row.get_ref(7)?.as_str()?.len()
             + row.get_ref(8)?.as_str()?.len();
         let _: (i64, i64, i64) = (row.get(0)?, row.get(5)?, row.get(6)?);
