@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_core::EventStore;
-use cairn_core::readmodel::ReadModelStore;
-use cairn_server::HttpConfig;
+use cairn_server::{DomainConfig, HttpConfig, Stores};
 use cairn_sqlite::{SqliteEventStore, SqliteOptions, SqliteReadModels, Synchronous};
 use clap::{Args, ValueEnum};
 use tokio::sync::watch;
@@ -28,6 +27,9 @@ pub struct ServeArgs {
     /// loss); `normal` survives a process crash only.
     #[arg(long, env = "CAIRN_SYNC", value_enum, default_value_t = SyncMode::Full)]
     sync: SyncMode,
+    /// A load that replays this many events or more takes a snapshot of the aggregate.
+    #[arg(long, env = "CAIRN_SNAPSHOT_EVERY", default_value_t = cairn_cqrs::repository::SNAPSHOT_EVERY_DEFAULT)]
+    snapshot_every: u64,
     /// Longest wait for in-flight requests after SIGTERM before closing anyway.
     #[arg(long, env = "CAIRN_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -81,7 +83,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             format!("cannot open the embedded store in {}", args.data_dir.display())
         })?);
     // Read models live in their own file so projections never take the event log's write lock.
-    let readmodels: Arc<dyn ReadModelStore> =
+    let readmodels =
         Arc::new(SqliteReadModels::open(&args.data_dir).with_context(|| {
             format!("cannot open the read models in {}", args.data_dir.display())
         })?);
@@ -89,10 +91,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stores = Stores {
+        events: Arc::clone(&store),
+        readmodels: readmodels.clone(),
+        snapshots: readmodels,
+    };
     let app = cairn_server::app(
-        Arc::clone(&store),
-        readmodels,
+        stores,
         HttpConfig { body_limit_bytes: args.body_limit_bytes, ..HttpConfig::default() },
+        &DomainConfig { snapshot_every: args.snapshot_every },
         stop_rx,
     )
     .context("cannot start the projections")?;

@@ -9,6 +9,7 @@ pub mod expected_version;
 pub mod id;
 pub mod memory;
 pub mod readmodel;
+pub mod snapshot;
 pub mod store;
 pub mod subscription;
 pub mod timestamp;

@@ -75,6 +75,35 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, DomainError>;
     /// Whether `command` creates the aggregate, changes it, or either.
     fn existence(command: &Self::Command) -> Existence;
+
+    /// Version of the state's shape. Change it whenever the state's fields change: older
+    /// snapshots are then ignored and rebuilt from events, never read into the new shape.
+    const SNAPSHOT_VERSION: u32 = 1;
+
+    /// The state as a snapshot; `None` (the default) means never snapshot this aggregate.
+    fn to_snapshot(&self) -> Option<String> {
+        None
+    }
+
+    /// The state back from [`Aggregate::to_snapshot`]'s output; `None` if it cannot be read.
+    fn from_snapshot(_json: &str) -> Option<Self> {
+        None
+    }
+}
+
+/// Implements the snapshot methods of [`Aggregate`] with serde (inside the `impl` block):
+/// `cairn_cqrs::serde_snapshots!();`
+#[macro_export]
+macro_rules! serde_snapshots {
+    () => {
+        fn to_snapshot(&self) -> Option<String> {
+            ::serde_json::to_string(self).ok()
+        }
+
+        fn from_snapshot(json: &str) -> Option<Self> {
+            ::serde_json::from_str(json).ok()
+        }
+    };
 }
 
 /// Implements [`DomainEvent`] for an enum whose variants wrap structs of the same name:

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
 use cairn_core::{
     Append, AppendError, EventStore, ExpectedVersion, NewEvent, ReadError, RecordedEvent,
@@ -103,16 +104,87 @@ pub enum Until {
     Time(Timestamp),
 }
 
+/// Default number of events a load may replay before it takes a snapshot.
+pub const SNAPSHOT_EVERY_DEFAULT: u64 = 100;
+
 /// Loads aggregates and runs commands against one event store.
 #[derive(Clone)]
 pub struct Repository {
     store: Arc<dyn EventStore>,
+    /// Where snapshots go, and how long a replayed tail may get before a new one is taken.
+    snapshots: Option<(Arc<dyn SnapshotStore>, u64)>,
 }
 
 impl Repository {
-    /// A repository over `store`.
+    /// A repository over `store`, without snapshots.
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store }
+        Self { store, snapshots: None }
+    }
+
+    /// A repository that loads from the latest snapshot plus the tail, and takes a new
+    /// snapshot whenever a load replays `every` events or more (whatever appended them).
+    pub fn with_snapshots(
+        store: Arc<dyn EventStore>,
+        snapshots: Arc<dyn SnapshotStore>,
+        every: u64,
+    ) -> Self {
+        Self { store, snapshots: Some((snapshots, every.max(1))) }
+    }
+
+    /// The latest usable snapshot for a load up to `until`: same aggregate type, same
+    /// state shape, not past `until`, and readable. Anything else is ignored.
+    async fn usable_snapshot<A: Aggregate>(&self, id: &str, until: Until) -> Option<Loaded<A>> {
+        let (snapshots, _) = self.snapshots.as_ref()?;
+        let (snapshots, key) = (Arc::clone(snapshots), id.to_owned());
+        let snapshot = match tokio::task::spawn_blocking(move || snapshots.load(&key)).await {
+            Ok(Ok(Some(s))) => s,
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                tracing::warn!(aggregate = id, error = %e, "snapshot unreadable; replaying all events");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let fits = match until {
+            Until::End => true,
+            Until::Version(v) => snapshot.version <= v,
+            Until::Time(t) => snapshot.timestamp <= t,
+        };
+        if !fits
+            || snapshot.aggregate_type != A::TYPE
+            || snapshot.snapshot_version != A::SNAPSHOT_VERSION
+        {
+            return None;
+        }
+        Some(Loaded {
+            state: A::from_snapshot(&snapshot.state)?,
+            version: snapshot.version,
+            position: snapshot.position,
+            timestamp: Some(snapshot.timestamp),
+        })
+    }
+
+    /// Saves a snapshot of `loaded` when the tail replayed to reach it was long enough.
+    async fn maybe_snapshot<A: Aggregate>(&self, id: &str, loaded: &Loaded<A>, replayed: u64) {
+        let Some((snapshots, every)) = &self.snapshots else { return };
+        let (Some(timestamp), true) = (loaded.timestamp, replayed >= *every) else { return };
+        let Some(state) = loaded.state.to_snapshot() else { return };
+        let snapshot = Snapshot {
+            aggregate_id: id.to_owned(),
+            aggregate_type: A::TYPE.to_owned(),
+            snapshot_version: A::SNAPSHOT_VERSION,
+            version: loaded.version,
+            position: loaded.position,
+            timestamp,
+            state,
+        };
+        let snapshots = Arc::clone(snapshots);
+        match tokio::task::spawn_blocking(move || snapshots.save(&snapshot)).await {
+            Ok(Ok(())) => {}
+            // A lost snapshot only costs a longer replay next time.
+            Ok(Err(e)) => tracing::warn!(aggregate = id, error = %e, "snapshot not saved"),
+            Err(e) => tracing::warn!(aggregate = id, error = %e, "snapshot not saved"),
+        }
     }
 
     /// The store behind it.
@@ -126,20 +198,20 @@ impl Repository {
         self.load_until(id, Until::End).await
     }
 
-    /// Rebuilds the aggregate from the events up to `until`.
+    /// Rebuilds the aggregate from the events up to `until` (latest usable snapshot + tail).
     pub async fn load_until<A: Aggregate>(
         &self,
         id: &str,
         until: Until,
     ) -> Result<Loaded<A>, CommandError> {
-        let mut loaded = Loaded { state: A::default(), version: 0, position: 0, timestamp: None };
-        let mut from = 1;
+        let mut loaded = match self.usable_snapshot::<A>(id, until).await {
+            Some(from_snapshot) => from_snapshot,
+            None => Loaded { state: A::default(), version: 0, position: 0, timestamp: None },
+        };
+        let mut replayed = 0u64;
         loop {
-            let slice = match self
-                .store
-                .read_stream(id, StreamRead::forward_from(from, LOAD_PAGE_EVENTS))
-                .await
-            {
+            let read = StreamRead::forward_from(loaded.version + 1, LOAD_PAGE_EVENTS);
+            let slice = match self.store.read_stream(id, read).await {
                 Ok(slice) => slice,
                 Err(ReadError::StreamNotFound) => return Ok(loaded),
                 Err(e) => return Err(e.into()),
@@ -161,11 +233,14 @@ impl Repository {
                     return Ok(loaded);
                 }
                 apply_recorded(&mut loaded, e)?;
+                replayed += 1;
             }
             if !full {
+                if until == Until::End {
+                    self.maybe_snapshot(id, &loaded, replayed).await;
+                }
                 return Ok(loaded);
             }
-            from = loaded.version + 1;
         }
     }
 

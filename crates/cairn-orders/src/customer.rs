@@ -111,6 +111,8 @@ impl Aggregate for Customer {
         }
     }
 
+    cairn_cqrs::serde_snapshots!();
+
     fn existence(command: &CustomerCommand) -> Existence {
         match command {
             CustomerCommand::Register { .. } => Existence::MustNotExist,

@@ -194,6 +194,8 @@ impl Aggregate for Inventory {
         }
     }
 
+    cairn_cqrs::serde_snapshots!();
+
     fn existence(command: &InventoryCommand) -> Existence {
         match command {
             InventoryCommand::Restock { .. } => Existence::Any,

@@ -419,6 +419,8 @@ impl Aggregate for Order {
         Ok(vec![event])
     }
 
+    cairn_cqrs::serde_snapshots!();
+
     fn existence(command: &OrderCommand) -> Existence {
         match command {
             OrderCommand::Create { .. } => Existence::MustNotExist,

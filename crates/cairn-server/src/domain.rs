@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cairn_core::EventStore;
 use cairn_core::readmodel::{ReadModelError, ReadModelStore};
 use cairn_cqrs::Repository;
 use cairn_cqrs::consumer::{ConsumerHandle, ConsumerStatus};
 use cairn_cqrs::process::spawn_process_manager;
 use cairn_cqrs::projection::spawn_projection;
 use tokio::sync::watch;
+
+use crate::{DomainConfig, Stores};
 
 /// The running read side and write side of the Order Management context.
 pub struct Domain {
@@ -25,12 +26,12 @@ pub struct Domain {
 
 impl Domain {
     /// Creates the tables and starts every projection and the process manager.
-    #[allow(clippy::needless_pass_by_value)] // the store is shared with every consumer it starts
     pub fn start(
-        store: Arc<dyn EventStore>,
-        readmodels: Arc<dyn ReadModelStore>,
+        stores: Stores,
+        config: &DomainConfig,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Self, ReadModelError> {
+        let Stores { events: store, readmodels, snapshots } = stores;
         let mut projections = BTreeMap::new();
         for projection in cairn_orders::projections() {
             let name = projection.name();
@@ -42,7 +43,8 @@ impl Domain {
             )?;
             projections.insert(name, handle);
         }
-        let repository = Repository::new(Arc::clone(&store));
+        let repository =
+            Repository::with_snapshots(Arc::clone(&store), snapshots, config.snapshot_every);
         let fulfillment = spawn_process_manager(
             repository.clone(),
             Arc::clone(&readmodels),

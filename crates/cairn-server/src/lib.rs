@@ -14,6 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use cairn_core::EventStore;
 use cairn_core::readmodel::{ReadModelError, ReadModelStore};
+use cairn_core::snapshot::SnapshotStore;
 use tokio::sync::watch;
 
 use crate::domain::Domain;
@@ -51,24 +52,50 @@ pub struct AppState {
     pub domain: Arc<Domain>,
 }
 
+/// The storage a server runs on.
+#[derive(Clone)]
+pub struct Stores {
+    /// The event log.
+    pub events: Arc<dyn EventStore>,
+    /// Read models, checkpoints, process-manager state.
+    pub readmodels: Arc<dyn ReadModelStore>,
+    /// Aggregate snapshots.
+    pub snapshots: Arc<dyn SnapshotStore>,
+}
+
+/// Settings of the write side.
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    /// A load that replays this many events or more takes a snapshot.
+    pub snapshot_every: u64,
+}
+
+impl Default for DomainConfig {
+    fn default() -> Self {
+        Self { snapshot_every: cairn_cqrs::repository::SNAPSHOT_EVERY_DEFAULT }
+    }
+}
+
 /// Starts the domain's background consumers and builds the full application.
 pub fn app(
-    store: Arc<dyn EventStore>,
-    readmodels: Arc<dyn ReadModelStore>,
+    stores: Stores,
     config: HttpConfig,
+    domain: &DomainConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Router, ReadModelError> {
-    app_with_domain(store, readmodels, config, shutdown).map(|(router, _)| router)
+    app_with_domain(stores, config, domain, shutdown).map(|(router, _)| router)
 }
 
 /// Like [`app`], also returning the running domain (benchmarks and tests observe it).
 pub fn app_with_domain(
-    store: Arc<dyn EventStore>,
-    readmodels: Arc<dyn ReadModelStore>,
+    stores: Stores,
     config: HttpConfig,
+    domain: &DomainConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Router, Arc<Domain>), ReadModelError> {
-    let domain = Arc::new(Domain::start(Arc::clone(&store), readmodels, &shutdown)?);
-    let state = AppState { store, config: Arc::new(config), shutdown, domain: Arc::clone(&domain) };
-    Ok((router(state), domain))
+    let store = Arc::clone(&stores.events);
+    let running = Arc::new(Domain::start(stores, domain, &shutdown)?);
+    let state =
+        AppState { store, config: Arc::new(config), shutdown, domain: Arc::clone(&running) };
+    Ok((router(state), running))
 }

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use cairn_core::readmodel::{
     DocTxn, ListQuery, ReadModelError, ReadModelStore, TableSpec, TxnFn, validate_identifier,
 };
+use cairn_core::snapshot::{Snapshot, SnapshotStore};
+use cairn_core::timestamp::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use crate::reader::ReadPool;
@@ -52,6 +54,15 @@ impl SqliteReadModels {
              CREATE TABLE IF NOT EXISTS checkpoints (
                  consumer TEXT PRIMARY KEY,
                  position INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS snapshots (
+                 aggregate_id     TEXT PRIMARY KEY,
+                 aggregate_type   TEXT NOT NULL,
+                 snapshot_version INTEGER NOT NULL,
+                 version          INTEGER NOT NULL,
+                 position         INTEGER NOT NULL,
+                 timestamp_us     INTEGER NOT NULL,
+                 state            TEXT NOT NULL
              ) WITHOUT ROWID;",
         )
         .map_err(storage)?;
@@ -291,5 +302,63 @@ impl ReadModelStore for SqliteReadModels {
             },
             ReadModelError::Storage,
         )
+    }
+}
+
+/// Snapshots live beside the read models: derived data, never the event log's write lock.
+impl SnapshotStore for SqliteReadModels {
+    fn load(&self, aggregate_id: &str) -> Result<Option<Snapshot>, ReadModelError> {
+        let id = aggregate_id.to_owned();
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached(
+                    "SELECT aggregate_type, snapshot_version, version, position, timestamp_us, state
+                     FROM snapshots WHERE aggregate_id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&id], |r| {
+                        Ok(Snapshot {
+                            aggregate_id: id.clone(),
+                            aggregate_type: r.get(0)?,
+                            snapshot_version: r.get(1)?,
+                            version: r.get::<_, i64>(2)? as u64,
+                            position: r.get::<_, i64>(3)? as u64,
+                            timestamp: Timestamp::from_micros(r.get(4)?),
+                            state: r.get(5)?,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(storage)
+            },
+            ReadModelError::Storage,
+        )
+    }
+
+    fn save(&self, snapshot: &Snapshot) -> Result<(), ReadModelError> {
+        let conn = self.writer();
+        // Never replace a newer snapshot with an older one (two loads may race).
+        conn.prepare_cached(
+            "INSERT INTO snapshots (aggregate_id, aggregate_type, snapshot_version, version, position, timestamp_us, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (aggregate_id) DO UPDATE SET
+                 aggregate_type = excluded.aggregate_type, snapshot_version = excluded.snapshot_version,
+                 version = excluded.version, position = excluded.position,
+                 timestamp_us = excluded.timestamp_us, state = excluded.state
+             WHERE excluded.version >= snapshots.version OR excluded.snapshot_version != snapshots.snapshot_version",
+        )
+        .and_then(|mut s| {
+            s.execute(rusqlite::params![
+                snapshot.aggregate_id,
+                snapshot.aggregate_type,
+                snapshot.snapshot_version,
+                snapshot.version as i64,
+                snapshot.position as i64,
+                snapshot.timestamp.as_micros(),
+                snapshot.state
+            ])
+        })
+        .map(|_| ())
+        .map_err(storage)
     }
 }

@@ -29,8 +29,14 @@ impl TestServer {
             Arc::new(SqliteEventStore::open(dir.path(), &SqliteOptions::default()).unwrap());
         let (stop, stop_rx) = watch::channel(false);
         let readmodels = Arc::new(cairn_sqlite::SqliteReadModels::open(dir.path()).unwrap());
-        let app =
-            cairn_server::app(Arc::clone(&store), readmodels, config, stop_rx.clone()).unwrap();
+        let stores = cairn_server::Stores {
+            events: Arc::clone(&store),
+            readmodels: readmodels.clone(),
+            snapshots: readmodels,
+        };
+        // A small snapshot interval, so that the HTTP tests exercise snapshot + tail loads.
+        let domain = cairn_server::DomainConfig { snapshot_every: 3 };
+        let app = cairn_server::app(stores, config, &domain, stop_rx.clone()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut shutdown = stop_rx;

@@ -1,0 +1,63 @@
+//! Snapshots: an aggregate's state at a version, so loading replays only the tail.
+//!
+//! A snapshot is derived data, never a source of truth: it records the aggregate's own
+//! snapshot-shape version, and a reader ignores any snapshot of another shape (or of
+//! another aggregate type) and rebuilds from events instead.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::readmodel::ReadModelError;
+use crate::timestamp::Timestamp;
+
+/// An aggregate's state as of one version of its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The stream.
+    pub aggregate_id: String,
+    /// Its aggregate type.
+    pub aggregate_type: String,
+    /// The aggregate's declared state-shape version when the snapshot was taken.
+    pub snapshot_version: u32,
+    /// The stream version the state includes.
+    pub version: u64,
+    /// `$all` position of that event.
+    pub position: u64,
+    /// Timestamp of that event (for temporal loads).
+    pub timestamp: Timestamp,
+    /// The state, as the aggregate serialised it.
+    pub state: String,
+}
+
+/// Where snapshots are kept (blocking, like [`crate::readmodel::ReadModelStore`]).
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// The latest snapshot of a stream.
+    fn load(&self, aggregate_id: &str) -> Result<Option<Snapshot>, ReadModelError>;
+    /// Stores a snapshot, replacing an older one of the stream.
+    fn save(&self, snapshot: &Snapshot) -> Result<(), ReadModelError>;
+}
+
+/// Snapshots in memory (tests).
+#[derive(Default)]
+pub struct MemorySnapshotStore {
+    snapshots: Mutex<HashMap<String, Snapshot>>,
+}
+
+impl SnapshotStore for MemorySnapshotStore {
+    fn load(&self, aggregate_id: &str) -> Result<Option<Snapshot>, ReadModelError> {
+        Ok(self
+            .snapshots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(aggregate_id)
+            .cloned())
+    }
+
+    fn save(&self, snapshot: &Snapshot) -> Result<(), ReadModelError> {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(snapshot.aggregate_id.clone(), snapshot.clone());
+        Ok(())
+    }
+}
