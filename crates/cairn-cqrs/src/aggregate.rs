@@ -86,6 +86,7 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     }
 
     /// The state back from [`Aggregate::to_snapshot`]'s output; `None` if it cannot be read.
+    #[must_use]
     fn from_snapshot(_json: &str) -> Option<Self> {
         None
     }

@@ -138,12 +138,11 @@ impl Repository {
         let (snapshots, key) = (Arc::clone(snapshots), id.to_owned());
         let snapshot = match tokio::task::spawn_blocking(move || snapshots.load(&key)).await {
             Ok(Ok(Some(s))) => s,
-            Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
                 tracing::warn!(aggregate = id, error = %e, "snapshot unreadable; replaying all events");
                 return None;
             }
-            Err(_) => return None,
+            Ok(Ok(None)) | Err(_) => return None,
         };
         let fits = match until {
             Until::End => true,
