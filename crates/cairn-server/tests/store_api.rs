@@ -279,3 +279,21 @@ async fn health_endpoints_report_ok() {
     assert_eq!(s.get("/health/live").await, (200, json!({"status": "ok"})));
     assert_eq!(s.get("/health/ready").await, (200, json!({"status": "ok"})));
 }
+
+#[tokio::test]
+async fn stream_stats_list_the_largest_streams() {
+    let s = TestServer::start().await;
+    s.post("/streams/small", &ticks(json!("any"), 1)).await;
+    s.post("/streams/big", &ticks(json!("any"), 7)).await;
+    s.post("/streams/mid", &ticks(json!("any"), 3)).await;
+    let (status, stats) = s.get("/admin/streams/stats?top=2").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stats,
+        json!([
+            {"aggregate_id": "big", "aggregate_type": "Ledger", "event_count": 7, "latest_version": 7},
+            {"aggregate_id": "mid", "aggregate_type": "Ledger", "event_count": 3, "latest_version": 3}
+        ])
+    );
+    assert_eq!(s.get("/admin/streams/stats?top=x").await.0, 400);
+}

@@ -60,3 +60,16 @@ pub async fn fulfillment_instances(
     )
         .into_response())
 }
+
+/// Default and largest `top` of `GET /admin/streams/stats`.
+const STATS_TOP_DEFAULT: u64 = 20;
+const STATS_TOP_MAX: u64 = 1000;
+
+/// `GET /admin/streams/stats?top=20`: the largest streams.
+pub async fn stream_stats(
+    State(state): State<AppState>,
+    query: QueryMap,
+) -> Result<Json<Vec<cairn_core::StreamStats>>, ApiError> {
+    let top = query.u64("top")?.unwrap_or(STATS_TOP_DEFAULT).min(STATS_TOP_MAX) as usize;
+    Ok(Json(state.store.stream_stats(top).await?))
+}

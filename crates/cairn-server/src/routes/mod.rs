@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{aggregate_id}/state", get(queries::order_state))
         .route("/shipped-orders/{aggregate_id}", get(queries::get_shipped_order))
         .route("/admin/projections", get(admin::projections))
+        .route("/admin/streams/stats", get(admin::stream_stats))
         .route("/admin/process-managers/order-fulfillment", get(admin::fulfillment_instances))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
