@@ -281,6 +281,11 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Finishes every append already accepted, then refuses new ones. Idempotent.
     async fn close(&self) {}
+
+    /// Backend-specific figures for `/metrics` as `(name, value)` (e.g. group-commit totals).
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
 }
 
 /// Mints a time-ordered event id.

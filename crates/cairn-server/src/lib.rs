@@ -7,6 +7,7 @@
 pub mod domain;
 pub mod error;
 mod extract;
+pub mod metrics;
 mod routes;
 
 use std::sync::Arc;
@@ -93,7 +94,12 @@ pub fn app_with_domain(
     domain: &DomainConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Router, Arc<Domain>), ReadModelError> {
-    let store = Arc::clone(&stores.events);
+    // Everything the server does with the store is counted and timed.
+    let metered: Arc<dyn EventStore> =
+        Arc::new(metrics::MeteredStore::new(Arc::clone(&stores.events)));
+    let _ = metrics::handle();
+    let stores = Stores { events: Arc::clone(&metered), ..stores };
+    let store = metered;
     let running = Arc::new(Domain::start(stores, domain, &shutdown)?);
     let state =
         AppState { store, config: Arc::new(config), shutdown, domain: Arc::clone(&running) };

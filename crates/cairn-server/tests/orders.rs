@@ -546,3 +546,31 @@ async fn admin_projections_report_position_and_lag() {
     assert!(summary["lag"].is_u64() && summary["dlq_depth"] == 0);
     assert_eq!(s.get("/health/ready").await.0, 200);
 }
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let s = TestServer::start().await;
+    let (_, r) = create_order(&s, "o-met", "c", json!([])).await;
+    query(&s, "/orders/o-met", r["position"].as_u64().unwrap()).await;
+    cmd(&s, "/orders/o-met/confirm", json!({})).await; // refused: no items
+    let resp = s.client.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = resp.text().await.unwrap();
+    for needle in [
+        r#"cairn_commands_total{command="create_order",outcome="ok"}"#,
+        r#"cairn_commands_total{command="confirm_order",outcome="refused"}"#,
+        "cairn_command_duration_seconds_bucket",
+        r#"cairn_appends_total{outcome="ok"}"#,
+        "cairn_append_duration_seconds_bucket",
+        r#"cairn_projection_lag{projection="order_summary"}"#,
+        r#"cairn_projection_position{projection="customer_view"}"#,
+        r#"cairn_projection_dlq_depth{projection="inventory_view"}"#,
+        r#"cairn_projection_status{projection="order_summary",status="running"} 1"#,
+        "cairn_store_group_commits_total",
+        "cairn_store_size_bytes",
+        "cairn_process_manager_lag",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+}

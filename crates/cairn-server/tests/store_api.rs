@@ -286,8 +286,8 @@ async fn stream_stats_list_the_largest_streams() {
     s.post("/streams/small", &ticks(json!("any"), 1)).await;
     s.post("/streams/big", &ticks(json!("any"), 7)).await;
     s.post("/streams/mid", &ticks(json!("any"), 3)).await;
-    let (status, stats) = s.get("/admin/streams/stats?top=2").await;
-    assert_eq!(status, 200);
+    let (code, stats) = s.get("/admin/streams/stats?top=2").await;
+    assert_eq!(code, 200);
     assert_eq!(
         stats,
         json!([

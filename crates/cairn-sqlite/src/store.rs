@@ -412,6 +412,21 @@ impl EventStore for SqliteEventStore {
             .map_err(|e| AppendError::Unavailable(e.to_string()))
     }
 
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        let stats = self.commit_stats();
+        let file_bytes = ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| std::fs::metadata(format!("{}{suffix}", self.path.display())).ok())
+            .map(|m| m.len())
+            .sum::<u64>();
+        vec![
+            ("cairn_store_group_commits_total", stats.groups as f64),
+            ("cairn_store_group_commit_appends_total", stats.appends as f64),
+            ("cairn_store_group_commit_events_total", stats.events as f64),
+            ("cairn_store_size_bytes", file_bytes as f64),
+        ]
+    }
+
     async fn close(&self) {
         let (done, finished) = oneshot::channel();
         if self.jobs.send(Job::Shutdown(done)).await.is_ok() {

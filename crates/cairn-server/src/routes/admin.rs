@@ -73,3 +73,39 @@ pub async fn stream_stats(
     let top = query.u64("top")?.unwrap_or(STATS_TOP_DEFAULT).min(STATS_TOP_MAX) as usize;
     Ok(Json(state.store.stream_stats(top).await?))
 }
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let head = *state.store.head().borrow();
+    metrics::gauge!("cairn_store_head_position").set(head as f64);
+    for (name, value) in state.store.gauges() {
+        metrics::gauge!(name).set(value);
+    }
+    for c in state.domain.projections.values() {
+        let name = c.name().to_owned();
+        metrics::gauge!("cairn_projection_position", "projection" => name.clone())
+            .set(c.position() as f64);
+        metrics::gauge!("cairn_projection_lag", "projection" => name.clone())
+            .set(c.head_position().saturating_sub(c.position()) as f64);
+        metrics::gauge!("cairn_projection_dlq_depth", "projection" => name.clone()).set(0.0);
+        for status in ["running", "rebuilding", "paused", "stalled", "failed", "starting"] {
+            let on = serde_json::to_value(c.status())
+                .ok()
+                .and_then(|v| v.as_str().map(|s| s == status))
+                .unwrap_or(false);
+            metrics::gauge!("cairn_projection_status", "projection" => name.clone(), "status" => status)
+                .set(if on { 1.0 } else { 0.0 });
+        }
+    }
+    let pm = &state.domain.fulfillment;
+    metrics::gauge!("cairn_process_manager_position", "process_manager" => pm.name().to_owned())
+        .set(pm.position() as f64);
+    metrics::gauge!("cairn_process_manager_lag", "process_manager" => pm.name().to_owned())
+        .set(pm.head_position().saturating_sub(pm.position()) as f64);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        crate::metrics::handle().render(),
+    )
+        .into_response()
+}

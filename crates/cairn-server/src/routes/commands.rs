@@ -58,6 +58,25 @@ impl From<CommandError> for ApiError {
 /// Runs a command on aggregate `A` and answers `{aggregate_id, version, position}`.
 async fn run<A: Aggregate>(
     state: &AppState,
+    name: &'static str,
+    id: &str,
+    command: A::Command,
+    headers: CommandHeaders,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let result = execute::<A>(state, id, command, headers, status).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.status().is_client_error() => "refused",
+        Err(_) => "error",
+    };
+    crate::metrics::command_done(name, outcome, started);
+    result
+}
+
+async fn execute<A: Aggregate>(
+    state: &AppState,
     id: &str,
     command: A::Command,
     headers: CommandHeaders,
@@ -107,7 +126,7 @@ pub async fn register_customer(
     // A replayed key answers before a fresh id is minted.
     let id = id_or_mint(body.customer_id, "cust")?;
     let command = CustomerCommand::Register { name: body.name, email: body.email };
-    run::<Customer>(&state, &id, command, headers, StatusCode::CREATED).await
+    run::<Customer>(&state, "register_customer", &id, command, headers, StatusCode::CREATED).await
 }
 
 /// `POST /customers/{id}/email` body.
@@ -125,6 +144,7 @@ pub async fn change_email(
 ) -> Result<Response, ApiError> {
     run::<Customer>(
         &state,
+        "change_email",
         &id,
         CustomerCommand::ChangeEmail { email: body.email },
         headers,
@@ -148,6 +168,7 @@ pub async fn restock(
 ) -> Result<Response, ApiError> {
     run::<Inventory>(
         &state,
+        "restock",
         &id,
         InventoryCommand::Restock { quantity: body.quantity },
         headers,
@@ -190,7 +211,7 @@ pub async fn create_order(
         customer_id: body.customer_id,
         items: body.items.into_iter().map(Line::from).collect(),
     };
-    run::<Order>(&state, &id, command, headers, StatusCode::CREATED).await
+    run::<Order>(&state, "create_order", &id, command, headers, StatusCode::CREATED).await
 }
 
 /// `POST /orders/{id}/items`.
@@ -200,7 +221,15 @@ pub async fn add_item(
     headers: CommandHeaders,
     JsonBody(body): JsonBody<LineBody>,
 ) -> Result<Response, ApiError> {
-    run::<Order>(&state, &id, OrderCommand::AddItem(body.into()), headers, StatusCode::OK).await
+    run::<Order>(
+        &state,
+        "add_item",
+        &id,
+        OrderCommand::AddItem(body.into()),
+        headers,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// `DELETE /orders/{id}/items/{product_id}`.
@@ -211,8 +240,15 @@ pub async fn remove_item(
 ) -> Result<Response, ApiError> {
     check_id(&id)?;
     check_id(&product_id)?;
-    run::<Order>(&state, &id, OrderCommand::RemoveItem { product_id }, headers, StatusCode::OK)
-        .await
+    run::<Order>(
+        &state,
+        "remove_item",
+        &id,
+        OrderCommand::RemoveItem { product_id },
+        headers,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// `POST /orders/{id}/confirm` (no body needed).
@@ -221,7 +257,7 @@ pub async fn confirm(
     AggregateIdPath(id): AggregateIdPath,
     headers: CommandHeaders,
 ) -> Result<Response, ApiError> {
-    run::<Order>(&state, &id, OrderCommand::Confirm, headers, StatusCode::OK).await
+    run::<Order>(&state, "confirm_order", &id, OrderCommand::Confirm, headers, StatusCode::OK).await
 }
 
 /// `POST /orders/{id}/ship` body.
@@ -240,7 +276,7 @@ pub async fn ship(
 ) -> Result<Response, ApiError> {
     let command =
         OrderCommand::Ship { tracking_number: body.tracking_number, carrier: body.carrier };
-    run::<Order>(&state, &id, command, headers, StatusCode::OK).await
+    run::<Order>(&state, "ship_order", &id, command, headers, StatusCode::OK).await
 }
 
 /// `POST /orders/{id}/cancel` body.
@@ -256,8 +292,15 @@ pub async fn cancel(
     headers: CommandHeaders,
     JsonBody(body): JsonBody<Cancel>,
 ) -> Result<Response, ApiError> {
-    run::<Order>(&state, &id, OrderCommand::Cancel { reason: body.reason }, headers, StatusCode::OK)
-        .await
+    run::<Order>(
+        &state,
+        "cancel_order",
+        &id,
+        OrderCommand::Cancel { reason: body.reason },
+        headers,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// `POST /orders/{id}/correct-total` body.
@@ -276,5 +319,5 @@ pub async fn correct_total(
 ) -> Result<Response, ApiError> {
     let command =
         OrderCommand::CorrectTotal { corrected_total: body.corrected_total, reason: body.reason };
-    run::<Order>(&state, &id, command, headers, StatusCode::OK).await
+    run::<Order>(&state, "correct_total", &id, command, headers, StatusCode::OK).await
 }

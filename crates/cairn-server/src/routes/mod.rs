@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/shipped-orders/{aggregate_id}", get(queries::get_shipped_order))
         .route("/admin/projections", get(admin::projections))
         .route("/admin/streams/stats", get(admin::stream_stats))
+        .route("/metrics", get(admin::metrics))
         .route("/admin/process-managers/order-fulfillment", get(admin::fulfillment_instances))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))

@@ -1,0 +1,138 @@
+//! Prometheus metrics: counters and histograms recorded where things happen, gauges of
+//! background consumers and the store filled in when `/metrics` is scraped.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use cairn_core::{
+    AllFilter, AllSlice, Append, AppendError, AppendOutcome, EventStore, ReadError, StreamRead,
+    StreamSlice, StreamStats,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+
+/// Latency buckets (seconds) for every `_seconds` histogram: 100 µs to 10 s.
+const BUCKETS_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// The process-wide recorder's handle (installed once; later calls share it).
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = || {
+                PrometheusBuilder::new()
+                    .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS_SECONDS)
+                    .unwrap_or_else(|_| PrometheusBuilder::new())
+            };
+            builder().install_recorder().unwrap_or_else(|e| {
+                // Another recorder owns the process (an embedding application): render ours empty.
+                tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics will be empty");
+                builder().build_recorder().handle()
+            })
+        })
+        .clone()
+}
+
+/// An `EventStore` that counts and times appends, around any backend.
+pub struct MeteredStore {
+    inner: Arc<dyn EventStore>,
+}
+
+impl MeteredStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn EventStore>) -> Self {
+        Self { inner }
+    }
+}
+
+fn outcome_of(result: &Result<AppendOutcome, AppendError>) -> &'static str {
+    match result {
+        Ok(o) if o.deduplicated => "duplicate",
+        Ok(_) => "ok",
+        Err(AppendError::WrongExpectedVersion { .. }) => "wrong_expected_version",
+        Err(AppendError::IdempotencyKeyUsed { .. }) => "idempotent_replay",
+        Err(
+            AppendError::Invalid(_)
+            | AppendError::AggregateTypeMismatch { .. }
+            | AppendError::DuplicateEventId { .. },
+        ) => "rejected",
+        Err(_) => "error",
+    }
+}
+
+#[async_trait]
+impl EventStore for MeteredStore {
+    async fn append(&self, append: Append) -> Result<AppendOutcome, AppendError> {
+        let events = append.events.len() as u64;
+        let started = Instant::now();
+        let result = self.inner.append(append).await;
+        let outcome = outcome_of(&result);
+        metrics::counter!("cairn_appends_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("cairn_append_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if outcome == "ok" {
+            metrics::counter!("cairn_appended_events_total").increment(events);
+        }
+        result
+    }
+
+    async fn read_stream(
+        &self,
+        aggregate_id: &str,
+        read: StreamRead,
+    ) -> Result<StreamSlice, ReadError> {
+        self.inner.read_stream(aggregate_id, read).await
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+        filter: &AllFilter,
+    ) -> Result<AllSlice, ReadError> {
+        self.inner.read_all(from_position, limit, filter).await
+    }
+
+    async fn stream_version(&self, aggregate_id: &str) -> Result<u64, ReadError> {
+        self.inner.stream_version(aggregate_id).await
+    }
+
+    async fn idempotent_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(String, AppendOutcome)>, ReadError> {
+        self.inner.idempotent_result(key).await
+    }
+
+    async fn stream_stats(&self, top: usize) -> Result<Vec<StreamStats>, ReadError> {
+        self.inner.stream_stats(top).await
+    }
+
+    fn head(&self) -> watch::Receiver<u64> {
+        self.inner.head()
+    }
+
+    async fn check_health(&self) -> Result<(), AppendError> {
+        self.inner.check_health().await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        self.inner.gauges()
+    }
+}
+
+/// Records one command's outcome and latency.
+pub fn command_done(command: &'static str, outcome: &'static str, started: Instant) {
+    metrics::counter!("cairn_commands_total", "command" => command, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("cairn_command_duration_seconds", "command" => command)
+        .record(started.elapsed().as_secs_f64());
+}
