@@ -114,6 +114,33 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+/// An event a consumer could not handle, parked so that processing goes on.
+///
+/// Rows of one (consumer, aggregate) form a chain in position order: the first is the
+/// failed event, the rest were parked behind it so that the aggregate's events are never
+/// applied out of order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// Its id.
+    pub id: i64,
+    /// The projection or process manager.
+    pub projection: String,
+    /// The event's `$all` position.
+    pub position: u64,
+    /// The event's stream.
+    pub aggregate_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The last error (for a parked event: which dead letter it waits behind).
+    pub error: String,
+    /// Times it was tried.
+    pub attempts: u32,
+    /// First failure.
+    pub first_failed_at: crate::timestamp::Timestamp,
+    /// Latest failure.
+    pub last_failed_at: crate::timestamp::Timestamp,
+}
+
 /// The function a consumer runs inside one read-model transaction.
 pub type TxnFn<'a> = &'a mut dyn FnMut(&mut dyn DocTxn) -> Result<(), ReadModelError>;
 
@@ -139,6 +166,16 @@ pub trait ReadModelStore: Send + Sync + 'static {
     fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError>;
     /// A page of documents ordered by key (queries).
     fn list(&self, query: &ListQuery) -> Result<Vec<(String, String)>, ReadModelError>;
+
+    /// Parks an event in the dead letter queue and moves the consumer's checkpoint past
+    /// it, in one transaction. `letter.id` is ignored; the new id is returned.
+    fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError>;
+    /// Dead letters in position order, of one consumer or of all.
+    fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, ReadModelError>;
+    /// Runs `f` and removes the dead letter `id`, in one transaction (a successful retry).
+    fn resolve_dead_letter(&self, id: i64, f: TxnFn<'_>) -> Result<(), ReadModelError>;
+    /// Records one more failed attempt of dead letter `id`.
+    fn dead_letter_failed(&self, id: i64, error: &str) -> Result<(), ReadModelError>;
 }
 
 /// Checks a table or field name against `[a-z0-9_]{1,64}` (they become SQL identifiers).

@@ -1,18 +1,32 @@
 //! The loop shared by projections and process managers: follow `$all` from a checkpoint,
-//! hand over batches, publish the position, sleep on the store's head watch (no polling).
+//! hand over batches, publish the position, sleep on the store's head watch (no polling),
+//! and park events that keep failing in the dead letter queue.
+//!
+//! Dead letters keep per-aggregate order: once an event of aggregate A is dead-lettered,
+//! every later event of A for this consumer is parked behind it (other aggregates flow
+//! on), until an operator retries or discards it. With an empty queue the fast path is a
+//! single in-memory emptiness check per batch: no extra query.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cairn_core::readmodel::{DeadLetter, ReadModelStore};
+use cairn_core::timestamp::Timestamp;
 use cairn_core::{AllFilter, EventStore, RecordedEvent};
 use serde::Serialize;
 use tokio::sync::watch;
 
 /// Events handed to a consumer per batch.
 pub const BATCH_EVENTS_MAX: usize = 2000;
+/// Tries of a failing event before it is dead-lettered.
+pub const EVENT_ATTEMPTS_MAX: u32 = 3;
 /// Longest pause between retries of a failing batch.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// First pause between retries.
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(20);
 
 /// What a consumer is doing (contract §6 names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -26,10 +40,27 @@ pub enum ConsumerStatus {
     Rebuilding,
     /// Stopped by an operator.
     Paused,
-    /// Its handler keeps failing; it retries with backoff.
+    /// Its storage keeps failing; it retries with backoff.
     Stalled,
     /// Stopped for good (e.g. its storage is gone).
     Failed,
+}
+
+/// Why handling failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandleError {
+    /// The consumer's own storage failed: retried until it works (the consumer stalls).
+    Transient(String),
+    /// The handler refused an event: retried a few times, then dead-lettered.
+    Event(String),
+}
+
+impl std::fmt::Display for HandleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Transient(m) | Self::Event(m) => f.write_str(m),
+        }
+    }
 }
 
 /// A consumer's side of the loop.
@@ -39,19 +70,130 @@ pub trait BatchHandler: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// The event types it wants (empty = all).
     fn event_types(&self) -> Vec<String>;
-    /// The committed checkpoint to start from.
-    async fn checkpoint(&self) -> Result<u64, String>;
+    /// Where its checkpoint and dead letters live.
+    fn readmodels(&self) -> &Arc<dyn ReadModelStore>;
     /// Handles `events` and commits the checkpoint `scanned_to` with their effects.
-    async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), String>;
+    async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), HandleError>;
+    /// Handles one dead-lettered event again; on success the letter goes with its effects.
+    async fn retry(&self, event: RecordedEvent, letter_id: i64) -> Result<(), HandleError>;
 }
 
-/// Observes a running consumer: position, status, and waits for read-your-writes.
+/// Blocking read-model calls from async code.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, cairn_core::readmodel::ReadModelError> + Send + 'static,
+) -> Result<R, HandleError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| HandleError::Transient(e.to_string()))?
+        .map_err(|e| HandleError::Transient(e.to_string()))
+}
+
+/// Observes and steers a running consumer.
 #[derive(Clone)]
 pub struct ConsumerHandle {
     name: String,
     position: watch::Receiver<u64>,
     status: Arc<Mutex<ConsumerStatus>>,
     head: watch::Receiver<u64>,
+    dlq: Arc<Dlq>,
+}
+
+/// The consumer's dead-letter state: which aggregates are blocked, how deep the queue is,
+/// and a gate that serialises parking with retries.
+struct Dlq {
+    store: Arc<dyn EventStore>,
+    handler: Arc<dyn BatchHandler>,
+    blocked: Mutex<HashSet<String>>,
+    depth: AtomicU64,
+    gate: tokio::sync::Mutex<()>,
+}
+
+impl Dlq {
+    fn is_blocked(&self, aggregate_id: &str) -> bool {
+        self.blocked.lock().unwrap_or_else(PoisonError::into_inner).contains(aggregate_id)
+    }
+
+    fn any_blocked(&self) -> bool {
+        !self.blocked.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+    }
+
+    fn block(&self, aggregate_id: &str) {
+        self.blocked.lock().unwrap_or_else(PoisonError::into_inner).insert(aggregate_id.to_owned());
+    }
+
+    async fn letters(&self) -> Result<Vec<DeadLetter>, HandleError> {
+        let (rm, name) = (Arc::clone(self.handler.readmodels()), self.handler.name().to_owned());
+        blocking(move || rm.dead_letters(Some(&name))).await
+    }
+
+    async fn park(
+        &self,
+        event: &RecordedEvent,
+        error: String,
+        attempts: u32,
+    ) -> Result<(), HandleError> {
+        let now = Timestamp::now();
+        let letter = DeadLetter {
+            id: 0,
+            projection: self.handler.name().to_owned(),
+            position: event.position,
+            aggregate_id: event.aggregate_id.clone(),
+            event_type: event.event_type.clone(),
+            error,
+            attempts,
+            first_failed_at: now,
+            last_failed_at: now,
+        };
+        let (rm, position) = (Arc::clone(self.handler.readmodels()), event.position);
+        blocking(move || rm.park(position, &letter)).await?;
+        self.block(&event.aggregate_id);
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Re-runs the chain of `aggregate_id`'s dead letters in order, stopping at the first
+    /// that still fails. Returns how many remain.
+    async fn replay_chain(&self, aggregate_id: &str) -> Result<usize, HandleError> {
+        let chain: Vec<DeadLetter> =
+            self.letters().await?.into_iter().filter(|l| l.aggregate_id == aggregate_id).collect();
+        let mut remaining = chain.len();
+        for letter in chain {
+            let page = self
+                .store
+                .read_all(letter.position.saturating_sub(1), 1, &AllFilter::default())
+                .await
+                .map_err(|e| HandleError::Transient(e.to_string()))?;
+            let Some(event) =
+                page.events.into_iter().next().filter(|e| e.position == letter.position)
+            else {
+                return Err(HandleError::Transient(format!(
+                    "event at position {} not found",
+                    letter.position
+                )));
+            };
+            match self.handler.retry(event, letter.id).await {
+                Ok(()) => {
+                    remaining -= 1;
+                    self.depth.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let (rm, id, message) =
+                        (Arc::clone(self.handler.readmodels()), letter.id, e.to_string());
+                    blocking(move || rm.dead_letter_failed(id, &message)).await?;
+                    return Ok(remaining);
+                }
+            }
+        }
+        self.blocked.lock().unwrap_or_else(PoisonError::into_inner).remove(aggregate_id);
+        Ok(0)
+    }
+}
+
+/// What became of a retried or discarded dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DeadLetterOutcome {
+    /// Dead letters of that aggregate still waiting (0 = it flows again).
+    pub remaining: usize,
 }
 
 impl ConsumerHandle {
@@ -61,7 +203,7 @@ impl ConsumerHandle {
         &self.name
     }
 
-    /// The last `$all` position it has scanned (handled or not).
+    /// The last `$all` position it has scanned (handled, skipped or parked).
     #[must_use]
     pub fn position(&self) -> u64 {
         *self.position.borrow()
@@ -79,6 +221,12 @@ impl ConsumerHandle {
         *self.status.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Events waiting in its dead letter queue.
+    #[must_use]
+    pub fn dlq_depth(&self) -> u64 {
+        self.dlq.depth.load(Ordering::Relaxed)
+    }
+
     /// Waits until the consumer has scanned `position`; `Err(current)` after `timeout`.
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<u64, u64> {
         let mut rx = self.position.clone();
@@ -87,35 +235,167 @@ impl ConsumerHandle {
             _ => Err(self.position()),
         }
     }
+
+    /// Its dead letters, in position order.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, String> {
+        self.dlq.letters().await.map_err(|e| e.to_string())
+    }
+
+    /// Re-runs dead letter `id` and the events parked behind it, in order.
+    /// `Ok(None)` when this consumer has no such letter.
+    pub async fn retry_dead_letter(&self, id: i64) -> Result<Option<DeadLetterOutcome>, String> {
+        let _gate = self.dlq.gate.lock().await;
+        let letters = self.dlq.letters().await.map_err(|e| e.to_string())?;
+        let Some(letter) = letters.iter().find(|l| l.id == id) else { return Ok(None) };
+        let remaining =
+            self.dlq.replay_chain(&letter.aggregate_id).await.map_err(|e| e.to_string())?;
+        Ok(Some(DeadLetterOutcome { remaining }))
+    }
+
+    /// Drops dead letter `id` (its event is never applied); when it headed a chain, the
+    /// events parked behind it are re-run. `Ok(None)` when this consumer has no such letter.
+    pub async fn discard_dead_letter(&self, id: i64) -> Result<Option<DeadLetterOutcome>, String> {
+        let _gate = self.dlq.gate.lock().await;
+        let letters = self.dlq.letters().await.map_err(|e| e.to_string())?;
+        let Some(letter) = letters.iter().find(|l| l.id == id).cloned() else { return Ok(None) };
+        let rm = Arc::clone(self.dlq.handler.readmodels());
+        blocking(move || rm.resolve_dead_letter(id, &mut |_| Ok(())))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.dlq.depth.fetch_sub(1, Ordering::Relaxed);
+        let remaining =
+            self.dlq.replay_chain(&letter.aggregate_id).await.map_err(|e| e.to_string())?;
+        Ok(Some(DeadLetterOutcome { remaining }))
+    }
 }
 
 fn set(status: &Mutex<ConsumerStatus>, value: ConsumerStatus) {
     *status.lock().unwrap_or_else(PoisonError::into_inner) = value;
 }
 
+/// The running loop's state.
+struct Runner {
+    handler: Arc<dyn BatchHandler>,
+    dlq: Arc<Dlq>,
+    status: Arc<Mutex<ConsumerStatus>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// `Err(())` = shutting down.
+type Stop = ();
+
+impl Runner {
+    /// Handles a batch; an event error is retried `EVENT_ATTEMPTS_MAX` times, a
+    /// transient one until it works. Returns the event error that remained, if any.
+    async fn attempt(
+        &mut self,
+        events: &[RecordedEvent],
+        scanned_to: u64,
+    ) -> Result<Option<String>, Stop> {
+        let mut backoff = RETRY_BACKOFF_MIN;
+        let mut event_failures = 0;
+        loop {
+            match self.handler.handle(events.to_vec(), scanned_to).await {
+                Ok(()) => {
+                    set(&self.status, ConsumerStatus::Running);
+                    return Ok(None);
+                }
+                Err(HandleError::Event(e)) => {
+                    event_failures += 1;
+                    if event_failures >= EVENT_ATTEMPTS_MAX {
+                        return Ok(Some(e));
+                    }
+                }
+                Err(HandleError::Transient(e)) => {
+                    tracing::error!(consumer = self.handler.name(), error = %e, "storage failed; retrying");
+                    set(&self.status, ConsumerStatus::Stalled);
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = self.shutdown.changed() => return Err(()),
+            }
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+        }
+    }
+
+    /// Processes a batch, parking what must be parked. Fast path: one call.
+    async fn process(&mut self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), Stop> {
+        let dlq = Arc::clone(&self.dlq);
+        let _gate = dlq.gate.lock().await;
+        if !dlq.any_blocked() && self.attempt(&events, scanned_to).await?.is_none() {
+            return Ok(());
+        }
+        // Slow path: event by event, so that one bad event (or a blocked aggregate) does
+        // not hold back the others.
+        for event in events {
+            let error = if dlq.is_blocked(&event.aggregate_id) {
+                Some((format!("parked behind an earlier dead letter of {}", event.aggregate_id), 0))
+            } else {
+                self.attempt(std::slice::from_ref(&event), event.position)
+                    .await?
+                    .map(|e| (e, EVENT_ATTEMPTS_MAX))
+            };
+            if let Some((error, attempts)) = error {
+                tracing::warn!(consumer = self.handler.name(), position = event.position, %error, "event dead-lettered");
+                let mut backoff = RETRY_BACKOFF_MIN;
+                while let Err(e) = dlq.park(&event, error.clone(), attempts).await {
+                    tracing::error!(consumer = self.handler.name(), error = %e, "cannot park; retrying");
+                    set(&self.status, ConsumerStatus::Stalled);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+            }
+        }
+        // The checkpoint also covers the filtered-out tail of the batch.
+        self.attempt(&[], scanned_to).await.map(|_| ())
+    }
+}
+
 /// Starts the loop on the current runtime and returns its handle.
 pub fn spawn(
     store: Arc<dyn EventStore>,
     handler: Arc<dyn BatchHandler>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> ConsumerHandle {
     let (position_tx, position_rx) = watch::channel(0);
     let status = Arc::new(Mutex::new(ConsumerStatus::Starting));
+    let dlq = Arc::new(Dlq {
+        store: Arc::clone(&store),
+        handler: Arc::clone(&handler),
+        blocked: Mutex::new(HashSet::new()),
+        depth: AtomicU64::new(0),
+        gate: tokio::sync::Mutex::new(()),
+    });
     let handle = ConsumerHandle {
         name: handler.name().to_owned(),
         position: position_rx,
         status: Arc::clone(&status),
         head: store.head(),
+        dlq: Arc::clone(&dlq),
     };
     let filter = AllFilter { event_types: handler.event_types(), aggregate_type: None };
+    let mut runner =
+        Runner { handler, dlq, status: Arc::clone(&status), shutdown: shutdown.clone() };
+    let mut shutdown = shutdown;
     tokio::spawn(async move {
         let mut head = store.head();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = RETRY_BACKOFF_MIN;
         let mut position = loop {
-            match handler.checkpoint().await {
-                Ok(p) => break p,
+            let (rm, name) =
+                (Arc::clone(runner.handler.readmodels()), runner.handler.name().to_owned());
+            let started =
+                blocking(move || Ok((rm.checkpoint(&name)?, rm.dead_letters(Some(&name))?))).await;
+            match started {
+                Ok((p, letters)) => {
+                    for l in &letters {
+                        runner.dlq.block(&l.aggregate_id);
+                    }
+                    runner.dlq.depth.store(letters.len() as u64, Ordering::Relaxed);
+                    break p;
+                }
                 Err(e) => {
-                    tracing::error!(consumer = handler.name(), error = %e, "cannot read checkpoint; retrying");
+                    tracing::error!(consumer = runner.handler.name(), error = %e, "cannot read checkpoint; retrying");
                     set(&status, ConsumerStatus::Stalled);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
@@ -141,12 +421,13 @@ pub fn spawn(
             let slice = match read {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(consumer = handler.name(), error = %e, "reading $all failed; retrying");
+                    tracing::warn!(consumer = runner.handler.name(), error = %e, "reading $all failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                     continue;
                 }
             };
+            backoff = RETRY_BACKOFF_MIN;
             let full = slice.events.len() == BATCH_EVENTS_MAX;
             if full {
                 // Catching up: read the next batch while this one is applied.
@@ -155,26 +436,10 @@ pub fn spawn(
                     store.read_all(from, BATCH_EVENTS_MAX, &filter).await
                 }));
             }
-            if !slice.events.is_empty() {
-                let events = slice.events;
-                let mut attempt = 0u32;
-                loop {
-                    match handler.handle(events.clone(), slice.scanned_to).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            attempt += 1;
-                            tracing::error!(consumer = handler.name(), attempt, error = %e, "batch failed; retrying");
-                            set(&status, ConsumerStatus::Stalled);
-                            tokio::select! {
-                                () = tokio::time::sleep(backoff) => {}
-                                _ = shutdown.changed() => return,
-                            }
-                            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                        }
-                    }
-                }
-                set(&status, ConsumerStatus::Running);
-                backoff = Duration::from_millis(50);
+            if !slice.events.is_empty()
+                && runner.process(slice.events, slice.scanned_to).await.is_err()
+            {
+                return;
             }
             position = position.max(slice.scanned_to);
             position_tx.send_replace(position);

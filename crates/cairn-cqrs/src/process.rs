@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::consumer::{self, BatchHandler, ConsumerHandle};
+use crate::consumer::{self, BatchHandler, ConsumerHandle, HandleError};
 use crate::metadata::CommandMetadata;
 use crate::repository::{CommandOptions, Repository};
 
@@ -115,6 +115,18 @@ struct ProcessHandler {
     ctx: ProcessContext,
 }
 
+async fn commit_checkpoint(
+    rm: &Arc<dyn ReadModelStore>,
+    name: &'static str,
+    checkpoint: u64,
+) -> Result<(), HandleError> {
+    let rm = Arc::clone(rm);
+    tokio::task::spawn_blocking(move || rm.transact(name, Some(checkpoint), &mut |_| Ok(())))
+        .await
+        .map_err(|e| HandleError::Transient(e.to_string()))?
+        .map_err(|e| HandleError::Transient(e.to_string()))
+}
+
 #[async_trait]
 impl BatchHandler for ProcessHandler {
     fn name(&self) -> &str {
@@ -125,28 +137,26 @@ impl BatchHandler for ProcessHandler {
         self.manager.event_types().into_iter().map(str::to_owned).collect()
     }
 
-    async fn checkpoint(&self) -> Result<u64, String> {
-        let (rm, name) = (Arc::clone(&self.ctx.readmodels), self.manager.name());
-        tokio::task::spawn_blocking(move || rm.checkpoint(name))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+    fn readmodels(&self) -> &Arc<dyn ReadModelStore> {
+        &self.ctx.readmodels
     }
 
-    async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), String> {
-        for (i, event) in events.iter().enumerate() {
-            self.manager.handle(event, &self.ctx).await?;
+    async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), HandleError> {
+        for event in &events {
+            self.manager.handle(event, &self.ctx).await.map_err(HandleError::Event)?;
             // One event at a time: a crash redelivers at most the event in progress.
-            let checkpoint = if i + 1 == events.len() { scanned_to } else { event.position };
-            let (rm, name) = (Arc::clone(&self.ctx.readmodels), self.manager.name());
-            tokio::task::spawn_blocking(move || {
-                rm.transact(name, Some(checkpoint), &mut |_| Ok(()))
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            commit_checkpoint(&self.ctx.readmodels, self.manager.name(), event.position).await?;
         }
-        Ok(())
+        commit_checkpoint(&self.ctx.readmodels, self.manager.name(), scanned_to).await
+    }
+
+    async fn retry(&self, event: RecordedEvent, letter_id: i64) -> Result<(), HandleError> {
+        self.manager.handle(&event, &self.ctx).await.map_err(HandleError::Event)?;
+        let rm = Arc::clone(&self.ctx.readmodels);
+        tokio::task::spawn_blocking(move || rm.resolve_dead_letter(letter_id, &mut |_| Ok(())))
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?
+            .map_err(|e| HandleError::Transient(e.to_string()))
     }
 }
 

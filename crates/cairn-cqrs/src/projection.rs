@@ -8,7 +8,7 @@ use cairn_core::readmodel::{DocTxn, ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{EventStore, RecordedEvent};
 use tokio::sync::watch;
 
-use crate::consumer::{self, BatchHandler, ConsumerHandle};
+use crate::consumer::{self, BatchHandler, ConsumerHandle, HandleError};
 
 /// A read model: its tables, the events it handles, and how one event changes it.
 pub trait Projection: Send + Sync + 'static {
@@ -37,10 +37,21 @@ struct ProjectionHandler {
     readmodels: Arc<dyn ReadModelStore>,
 }
 
-async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, ReadModelError> + Send + 'static,
-) -> Result<R, String> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+/// A handler's refusal is the event's fault; anything else is the storage's.
+fn classify(e: ReadModelError) -> HandleError {
+    match e {
+        ReadModelError::Storage(m) => HandleError::Transient(m),
+        other => HandleError::Event(other.to_string()),
+    }
+}
+
+async fn blocking(
+    f: impl FnOnce() -> Result<(), ReadModelError> + Send + 'static,
+) -> Result<(), HandleError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| HandleError::Transient(e.to_string()))?
+        .map_err(classify)
 }
 
 #[async_trait]
@@ -53,17 +64,24 @@ impl BatchHandler for ProjectionHandler {
         self.projection.event_types().into_iter().map(str::to_owned).collect()
     }
 
-    async fn checkpoint(&self) -> Result<u64, String> {
-        let (rm, name) = (Arc::clone(&self.readmodels), self.projection.name());
-        blocking(move || rm.checkpoint(name)).await
+    fn readmodels(&self) -> &Arc<dyn ReadModelStore> {
+        &self.readmodels
     }
 
-    async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), String> {
+    async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), HandleError> {
         let (rm, projection) = (Arc::clone(&self.readmodels), Arc::clone(&self.projection));
         blocking(move || {
             rm.transact(projection.name(), Some(scanned_to), &mut |txn| {
                 projection.apply_batch(&events, txn)
             })
+        })
+        .await
+    }
+
+    async fn retry(&self, event: RecordedEvent, letter_id: i64) -> Result<(), HandleError> {
+        let (rm, projection) = (Arc::clone(&self.readmodels), Arc::clone(&self.projection));
+        blocking(move || {
+            rm.resolve_dead_letter(letter_id, &mut |txn| projection.apply(&event, txn))
         })
         .await
     }

@@ -574,3 +574,16 @@ async fn metrics_are_prometheus_text() {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn dead_letter_endpoints_answer_in_json() {
+    let s = TestServer::start().await;
+    assert_eq!(s.get("/admin/dlq").await, (200, json!([])));
+    assert_eq!(s.get("/admin/dlq?projection=order_summary").await, (200, json!([])));
+    assert_eq!(s.get("/admin/dlq?projection=order-fulfillment").await, (200, json!([])));
+    assert_eq!(s.get("/admin/dlq?projection=nope").await.0, 404);
+    let (status, err) = s.post("/admin/dlq/42/retry", &json!({})).await;
+    assert_eq!((status, err["error"].clone()), (404, json!("not_found")));
+    let r = s.client.delete(s.url("/admin/dlq/x")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -277,7 +277,17 @@ async fn subscribe_catches_up_then_goes_live_and_resumes() {
 async fn health_endpoints_report_ok() {
     let s = TestServer::start().await;
     assert_eq!(s.get("/health/live").await, (200, json!({"status": "ok"})));
-    assert_eq!(s.get("/health/ready").await, (200, json!({"status": "ok"})));
+    // Ready once every projection and process manager has started (a few ms after boot).
+    let mut ready = s.get("/health/ready").await;
+    for _ in 0..100 {
+        if ready.0 == 200 {
+            break;
+        }
+        assert_eq!((ready.0, ready.1["error"].clone()), (503, json!("not_ready")), "{}", ready.1);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        ready = s.get("/health/ready").await;
+    }
+    assert_eq!(ready, (200, json!({"status": "ok"})));
 }
 
 #[tokio::test]

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cairn_core::readmodel::{
-    DocTxn, ListQuery, ReadModelError, ReadModelStore, TableSpec, TxnFn, validate_identifier,
+    DeadLetter, DocTxn, ListQuery, ReadModelError, ReadModelStore, TableSpec, TxnFn,
+    validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
@@ -55,6 +56,18 @@ impl SqliteReadModels {
                  consumer TEXT PRIMARY KEY,
                  position INTEGER NOT NULL
              ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS dead_letters (
+                 id              INTEGER PRIMARY KEY,
+                 consumer        TEXT NOT NULL,
+                 position        INTEGER NOT NULL,
+                 aggregate_id    TEXT NOT NULL,
+                 event_type      TEXT NOT NULL,
+                 error           TEXT NOT NULL,
+                 attempts        INTEGER NOT NULL,
+                 first_failed_us INTEGER NOT NULL,
+                 last_failed_us  INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS dead_letters_by_consumer ON dead_letters (consumer, position);
              CREATE TABLE IF NOT EXISTS snapshots (
                  aggregate_id     TEXT PRIMARY KEY,
                  aggregate_type   TEXT NOT NULL,
@@ -254,6 +267,77 @@ impl ReadModelStore for SqliteReadModels {
         tx.commit().map_err(storage)
     }
 
+    fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError> {
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        tx.prepare_cached(
+            "INSERT INTO dead_letters (consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut s| {
+            s.execute(rusqlite::params![
+                letter.projection,
+                letter.position as i64,
+                letter.aggregate_id,
+                letter.event_type,
+                letter.error,
+                letter.attempts,
+                letter.first_failed_at.as_micros(),
+                letter.last_failed_at.as_micros()
+            ])
+        })
+        .map_err(storage)?;
+        let id = tx.last_insert_rowid();
+        tx.prepare_cached(
+            "INSERT INTO checkpoints (consumer, position) VALUES (?1, ?2)
+             ON CONFLICT (consumer) DO UPDATE SET position = max(position, excluded.position)",
+        )
+        .and_then(|mut s| s.execute(rusqlite::params![letter.projection, checkpoint as i64]))
+        .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        Ok(id)
+    }
+
+    fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let consumer = consumer.map(str::to_owned);
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached(
+                    "SELECT id, consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us
+                     FROM dead_letters WHERE ?1 IS NULL OR consumer = ?1 ORDER BY consumer, position",
+                )
+                .and_then(|mut s| s.query_map([&consumer], dead_letter_from_row)?.collect())
+                .map_err(storage)
+            },
+            ReadModelError::Storage,
+        )
+    }
+
+    fn resolve_dead_letter(&self, id: i64, f: TxnFn<'_>) -> Result<(), ReadModelError> {
+        let tables = self.declared();
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        let mut txn = Txn { conn: &tx, tables: &tables, pending: HashMap::new() };
+        f(&mut txn)?;
+        txn.flush(None)?;
+        tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id]).map_err(storage)?;
+        tx.commit().map_err(storage)
+    }
+
+    fn dead_letter_failed(&self, id: i64, error: &str) -> Result<(), ReadModelError> {
+        self.writer()
+            .execute(
+                "UPDATE dead_letters SET attempts = attempts + 1, error = ?2, last_failed_us = ?3 WHERE id = ?1",
+                rusqlite::params![id, error, Timestamp::now().as_micros()],
+            )
+            .map(|_| ())
+            .map_err(storage)
+    }
+
     fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
         validate_identifier(table)?;
         let sql = format!("SELECT doc FROM {} WHERE key = ?1", table_sql(table));
@@ -303,6 +387,20 @@ impl ReadModelStore for SqliteReadModels {
             ReadModelError::Storage,
         )
     }
+}
+
+fn dead_letter_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: r.get(0)?,
+        projection: r.get(1)?,
+        position: r.get::<_, i64>(2)? as u64,
+        aggregate_id: r.get(3)?,
+        event_type: r.get(4)?,
+        error: r.get(5)?,
+        attempts: r.get(6)?,
+        first_failed_at: Timestamp::from_micros(r.get(7)?),
+        last_failed_at: Timestamp::from_micros(r.get(8)?),
+    })
 }
 
 /// Snapshots live beside the read models: derived data, never the event log's write lock.

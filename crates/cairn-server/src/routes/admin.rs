@@ -1,7 +1,9 @@
 //! Operator endpoints (contract §5, §6): projections and process-manager instances.
 
+use std::sync::Arc;
+
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cairn_cqrs::consumer::ConsumerHandle;
@@ -30,7 +32,7 @@ fn info(c: &ConsumerHandle) -> ProjectionInfo {
         head_position,
         lag: head_position.saturating_sub(position),
         status: c.status(),
-        dlq_depth: 0,
+        dlq_depth: c.dlq_depth(),
     }
 }
 
@@ -87,7 +89,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .set(c.position() as f64);
         metrics::gauge!("cairn_projection_lag", "projection" => name.clone())
             .set(c.head_position().saturating_sub(c.position()) as f64);
-        metrics::gauge!("cairn_projection_dlq_depth", "projection" => name.clone()).set(0.0);
+        metrics::gauge!("cairn_projection_dlq_depth", "projection" => name.clone())
+            .set(c.dlq_depth() as f64);
         for status in ["running", "rebuilding", "paused", "stalled", "failed", "starting"] {
             let on = serde_json::to_value(c.status())
                 .ok()
@@ -102,10 +105,80 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .set(pm.position() as f64);
     metrics::gauge!("cairn_process_manager_lag", "process_manager" => pm.name().to_owned())
         .set(pm.head_position().saturating_sub(pm.position()) as f64);
+    metrics::gauge!("cairn_process_manager_dlq_depth", "process_manager" => pm.name().to_owned())
+        .set(pm.dlq_depth() as f64);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         crate::metrics::handle().render(),
     )
         .into_response()
+}
+
+/// `GET /admin/dlq?projection=`: dead letters of one consumer (projection or process
+/// manager) or of all, in position order.
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    query: QueryMap,
+) -> Result<Response, ApiError> {
+    let letters = if let Some(name) = query.str("projection") {
+        let consumer = state.domain.consumers().find(|c| c.name() == name).ok_or_else(|| {
+            ApiError::not_found(format!("no projection or process manager named {name}"))
+        })?;
+        consumer.dead_letters().await
+    } else {
+        let rm = Arc::clone(&state.domain.readmodels);
+        tokio::task::spawn_blocking(move || rm.dead_letters(None))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+    }
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_model_unavailable", e))?;
+    Ok(Json(letters).into_response())
+}
+
+fn letter_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::bad_request(format!("dead letter ids are integers, got {raw:?}")))
+}
+
+async fn on_letter<F, Fut>(state: &AppState, id: i64, op: F) -> Result<Response, ApiError>
+where
+    F: Fn(cairn_cqrs::consumer::ConsumerHandle) -> Fut,
+    Fut: std::future::Future<
+            Output = Result<Option<cairn_cqrs::consumer::DeadLetterOutcome>, String>,
+        >,
+{
+    for consumer in state.domain.consumers() {
+        match op(consumer.clone()).await {
+            Ok(Some(outcome)) => return Ok(Json(outcome).into_response()),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "read_model_unavailable",
+                    e,
+                ));
+            }
+        }
+    }
+    Err(ApiError::not_found(format!("no dead letter {id}")))
+}
+
+/// `POST /admin/dlq/{id}/retry`: re-runs it and what is parked behind it.
+pub async fn retry_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = letter_id(&id)?;
+    on_letter(&state, id, |c| async move { c.retry_dead_letter(id).await }).await
+}
+
+/// `DELETE /admin/dlq/{id}`: drops it; what was parked behind it flows again.
+pub async fn discard_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = letter_id(&id)?;
+    on_letter(&state, id, |c| async move { c.discard_dead_letter(id).await }).await
 }
