@@ -176,6 +176,30 @@ pub trait ReadModelStore: Send + Sync + 'static {
     fn resolve_dead_letter(&self, id: i64, f: TxnFn<'_>) -> Result<(), ReadModelError>;
     /// Records one more failed attempt of dead letter `id`.
     fn dead_letter_failed(&self, id: i64, error: &str) -> Result<(), ReadModelError>;
+
+    /// Creates empty shadow copies (the next generation) of declared tables, for a rebuild.
+    fn create_shadow(&self, tables: &[&str]) -> Result<(), ReadModelError>;
+    /// Like [`ReadModelStore::transact`], but the tables with a shadow are written in it.
+    fn transact_shadow(
+        &self,
+        consumer: &str,
+        checkpoint: Option<u64>,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError>;
+    /// Atomically makes the shadows the live tables (dropping the old ones) and gives the
+    /// live consumer the shadow consumer's checkpoint.
+    fn swap_shadow(
+        &self,
+        tables: &[&str],
+        live: &str,
+        shadow_consumer: &str,
+    ) -> Result<(), ReadModelError>;
+    /// Drops the shadows of an abandoned rebuild.
+    fn abort_shadow(&self, tables: &[&str], shadow_consumer: &str) -> Result<(), ReadModelError>;
+    /// The projection version the stored read model was built with.
+    fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError>;
+    /// Records the projection version the read model is built with.
+    fn set_projection_version(&self, name: &str, version: u32) -> Result<(), ReadModelError>;
 }
 
 /// Checks a table or field name against `[a-z0-9_]{1,64}` (they become SQL identifiers).

@@ -76,6 +76,26 @@ pub trait BatchHandler: Send + Sync + 'static {
     async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), HandleError>;
     /// Handles one dead-lettered event again; on success the letter goes with its effects.
     async fn retry(&self, event: RecordedEvent, letter_id: i64) -> Result<(), HandleError>;
+    /// A handler writing the same read model into shadow tables (for a rebuild), with its
+    /// own checkpoint; `None` for consumers that must never be re-run (process managers).
+    fn shadow(&self) -> Option<Arc<dyn BatchHandler>> {
+        None
+    }
+    /// The tables it writes (rebuilt as a unit).
+    fn tables(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// Called once a rebuild has been swapped in.
+    async fn rebuilt(&self) {}
+}
+
+/// A rebuild in progress.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RebuildProgress {
+    /// `$all` position the shadow tables have reached.
+    pub position: u64,
+    /// Events per second so far.
+    pub rate: f64,
 }
 
 /// Blocking read-model calls from async code.
@@ -106,6 +126,7 @@ struct Dlq {
     blocked: Mutex<HashSet<String>>,
     depth: AtomicU64,
     gate: tokio::sync::Mutex<()>,
+    rebuild: Mutex<Option<RebuildProgress>>,
 }
 
 impl Dlq {
@@ -215,10 +236,57 @@ impl ConsumerHandle {
         *self.head.borrow()
     }
 
-    /// Its status.
+    /// Its status (`rebuilding` while a rebuild runs beside the live tables).
     #[must_use]
     pub fn status(&self) -> ConsumerStatus {
-        *self.status.lock().unwrap_or_else(PoisonError::into_inner)
+        let status = *self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        if status == ConsumerStatus::Running && self.rebuild_progress().is_some() {
+            ConsumerStatus::Rebuilding
+        } else {
+            status
+        }
+    }
+
+    /// Progress of a running rebuild.
+    #[must_use]
+    pub fn rebuild_progress(&self) -> Option<RebuildProgress> {
+        *self.dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts rebuilding the read model from position 0 into shadow tables, while the live
+    /// tables keep answering; they are swapped atomically once the shadow has caught up.
+    /// Refused while a rebuild runs, while dead letters wait, or for a process manager.
+    pub fn start_rebuild(&self) -> Result<(), String> {
+        let Some(shadow) = self.dlq.handler.shadow() else {
+            return Err(format!(
+                "{} cannot be rebuilt (its side effects must happen once)",
+                self.name
+            ));
+        };
+        if self.dlq.depth.load(Ordering::Relaxed) > 0 {
+            return Err(format!("{} has dead letters: retry or discard them first", self.name));
+        }
+        {
+            let mut progress = self.dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner);
+            if progress.is_some() {
+                return Err(format!("{} is already rebuilding", self.name));
+            }
+            *progress = Some(RebuildProgress { position: 0, rate: 0.0 });
+        }
+        let dlq = Arc::clone(&self.dlq);
+        tokio::spawn(async move {
+            if let Err(e) = rebuild(&dlq, shadow).await {
+                tracing::error!(consumer = dlq.handler.name(), error = %e, "rebuild abandoned");
+                let (rm, tables, name) = (
+                    Arc::clone(dlq.handler.readmodels()),
+                    dlq.handler.tables(),
+                    format!("{}#rebuild", dlq.handler.name()),
+                );
+                let _ = blocking(move || rm.abort_shadow(&tables, &name)).await;
+            }
+            *dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        });
+        Ok(())
     }
 
     /// Events waiting in its dead letter queue.
@@ -267,6 +335,87 @@ impl ConsumerHandle {
             self.dlq.replay_chain(&letter.aggregate_id).await.map_err(|e| e.to_string())?;
         Ok(Some(DeadLetterOutcome { remaining }))
     }
+}
+
+/// Feeds `shadow` every event with position in `(from, to]`; returns `to`.
+async fn feed(
+    store: &Arc<dyn EventStore>,
+    shadow: &Arc<dyn BatchHandler>,
+    filter: &AllFilter,
+    from: u64,
+    to: u64,
+) -> Result<(), String> {
+    let mut position = from;
+    while position < to {
+        let slice =
+            store.read_all(position, BATCH_EVENTS_MAX, filter).await.map_err(|e| e.to_string())?;
+        let events: Vec<RecordedEvent> =
+            slice.events.into_iter().filter(|e| e.position <= to).collect();
+        let checkpoint = slice.scanned_to.min(to);
+        let mut attempts = 0;
+        loop {
+            match shadow.handle(events.clone(), checkpoint).await {
+                Ok(()) => break,
+                Err(HandleError::Event(e)) => {
+                    return Err(format!("an event fails in the rebuilt model: {e}"));
+                }
+                Err(HandleError::Transient(e)) if attempts < 20 => {
+                    attempts += 1;
+                    tracing::warn!(error = %e, "rebuild batch failed; retrying");
+                    tokio::time::sleep(RETRY_BACKOFF_MIN * attempts).await;
+                }
+                Err(HandleError::Transient(e)) => return Err(e),
+            }
+        }
+        if checkpoint <= position {
+            break; // nothing more visible yet
+        }
+        position = checkpoint;
+    }
+    Ok(())
+}
+
+/// The rebuild: shadow from 0 up to the live checkpoint, then, with the live consumer
+/// held between batches, the last stretch and the atomic swap.
+async fn rebuild(dlq: &Arc<Dlq>, shadow: Arc<dyn BatchHandler>) -> Result<(), String> {
+    let name = dlq.handler.name().to_owned();
+    let tables = dlq.handler.tables();
+    let rm = Arc::clone(dlq.handler.readmodels());
+    let filter = AllFilter { event_types: dlq.handler.event_types(), aggregate_type: None };
+    {
+        let (rm, tables) = (Arc::clone(&rm), tables.clone());
+        blocking(move || rm.create_shadow(&tables)).await.map_err(|e| e.to_string())?;
+    }
+    // A fresh shadow checkpoint at 0.
+    shadow.handle(Vec::new(), 0).await.map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let mut position = 0;
+    loop {
+        let (rm2, live) = (Arc::clone(&rm), name.clone());
+        let target = blocking(move || rm2.checkpoint(&live)).await.map_err(|e| e.to_string())?;
+        if target.saturating_sub(position) <= BATCH_EVENTS_MAX as u64 {
+            break;
+        }
+        let to = target.min(position + 20 * BATCH_EVENTS_MAX as u64);
+        feed(&dlq.store, &shadow, &filter, position, to).await?;
+        position = to;
+        *dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner) = Some(RebuildProgress {
+            position,
+            rate: position as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        });
+    }
+    // Hold the live consumer between batches: its checkpoint is now still.
+    let _gate = dlq.gate.lock().await;
+    let (rm2, live) = (Arc::clone(&rm), name.clone());
+    let target = blocking(move || rm2.checkpoint(&live)).await.map_err(|e| e.to_string())?;
+    feed(&dlq.store, &shadow, &filter, position, target).await?;
+    let (rm2, live, shadow_name) = (Arc::clone(&rm), name.clone(), format!("{name}#rebuild"));
+    blocking(move || rm2.swap_shadow(&tables, &live, &shadow_name))
+        .await
+        .map_err(|e| e.to_string())?;
+    dlq.handler.rebuilt().await;
+    tracing::info!(consumer = %name, position = target, seconds = started.elapsed().as_secs_f64(), "rebuild swapped in");
+    Ok(())
 }
 
 fn set(status: &Mutex<ConsumerStatus>, value: ConsumerStatus) {
@@ -366,6 +515,7 @@ pub fn spawn(
         blocked: Mutex::new(HashSet::new()),
         depth: AtomicU64::new(0),
         gate: tokio::sync::Mutex::new(()),
+        rebuild: Mutex::new(None),
     });
     let handle = ConsumerHandle {
         name: handler.name().to_owned(),

@@ -18,6 +18,10 @@ pub trait Projection: Send + Sync + 'static {
     fn tables(&self) -> Vec<TableSpec>;
     /// Event types it handles; others are skipped without reaching it.
     fn event_types(&self) -> Vec<&'static str>;
+    /// Its version: when it changes, the read model is rebuilt (without downtime) at start.
+    fn version(&self) -> u32 {
+        1
+    }
     /// Applies one event inside the batch's transaction.
     fn apply(&self, event: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError>;
 
@@ -35,6 +39,9 @@ pub trait Projection: Send + Sync + 'static {
 struct ProjectionHandler {
     projection: Arc<dyn Projection>,
     readmodels: Arc<dyn ReadModelStore>,
+    /// Writes into the shadow tables under the checkpoint `<name>#rebuild`.
+    shadow: bool,
+    name: String,
 }
 
 /// A handler's refusal is the event's fault; anything else is the storage's.
@@ -57,7 +64,7 @@ async fn blocking(
 #[async_trait]
 impl BatchHandler for ProjectionHandler {
     fn name(&self) -> &str {
-        self.projection.name()
+        &self.name
     }
 
     fn event_types(&self) -> Vec<String> {
@@ -69,11 +76,19 @@ impl BatchHandler for ProjectionHandler {
     }
 
     async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), HandleError> {
-        let (rm, projection) = (Arc::clone(&self.readmodels), Arc::clone(&self.projection));
+        let (rm, projection, name, shadow) = (
+            Arc::clone(&self.readmodels),
+            Arc::clone(&self.projection),
+            self.name.clone(),
+            self.shadow,
+        );
         blocking(move || {
-            rm.transact(projection.name(), Some(scanned_to), &mut |txn| {
-                projection.apply_batch(&events, txn)
-            })
+            let mut apply = |txn: &mut dyn DocTxn| projection.apply_batch(&events, txn);
+            if shadow {
+                rm.transact_shadow(&name, Some(scanned_to), &mut apply)
+            } else {
+                rm.transact(&name, Some(scanned_to), &mut apply)
+            }
         })
         .await
     }
@@ -85,6 +100,25 @@ impl BatchHandler for ProjectionHandler {
         })
         .await
     }
+
+    fn shadow(&self) -> Option<Arc<dyn BatchHandler>> {
+        Some(Arc::new(ProjectionHandler {
+            projection: Arc::clone(&self.projection),
+            readmodels: Arc::clone(&self.readmodels),
+            shadow: true,
+            name: format!("{}#rebuild", self.projection.name()),
+        }))
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        self.projection.tables().iter().map(|t| t.name).collect()
+    }
+
+    async fn rebuilt(&self) {
+        let (rm, name, version) =
+            (Arc::clone(&self.readmodels), self.projection.name(), self.projection.version());
+        let _ = tokio::task::spawn_blocking(move || rm.set_projection_version(name, version)).await;
+    }
 }
 
 /// Creates the projection's tables and starts it from its checkpoint.
@@ -95,5 +129,23 @@ pub fn spawn_projection(
     shutdown: watch::Receiver<bool>,
 ) -> Result<ConsumerHandle, ReadModelError> {
     readmodels.ensure_tables(&projection.tables())?;
-    Ok(consumer::spawn(store, Arc::new(ProjectionHandler { projection, readmodels }), shutdown))
+    let stored = readmodels.projection_version(projection.name())?;
+    let version = projection.version();
+    if stored.is_none() {
+        readmodels.set_projection_version(projection.name(), version)?;
+    }
+    let name = projection.name().to_owned();
+    let handle = consumer::spawn(
+        store,
+        Arc::new(ProjectionHandler { projection, readmodels, shadow: false, name: name.clone() }),
+        shutdown,
+    );
+    if stored.is_some_and(|v| v != version) {
+        // A new version of the projection: rebuilt beside the old read model, swapped in.
+        tracing::info!(projection = %name, from = stored, to = version, "projection version changed; rebuilding");
+        if let Err(e) = handle.start_rebuild() {
+            tracing::warn!(projection = %name, error = %e, "automatic rebuild not started");
+        }
+    }
+    Ok(handle)
 }

@@ -587,3 +587,70 @@ async fn dead_letter_endpoints_answer_in_json() {
     let r = s.client.delete(s.url("/admin/dlq/x")).send().await.unwrap();
     assert_eq!(r.status(), 400);
 }
+
+async fn all_summaries(s: &TestServer, head: u64) -> Vec<Value> {
+    let (_, page) = query(s, "/orders?limit=1000", head).await;
+    page["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_rebuild_swaps_in_an_identical_read_model_without_downtime() {
+    let s = TestServer::start().await;
+    restock(&s, "p", 1000).await;
+    for i in 0..60 {
+        let id = format!("o-rb-{i:03}");
+        create_order(
+            &s,
+            &id,
+            &format!("c{}", i % 7),
+            json!([{"product_id": "p", "quantity": 1, "price": "1.25"}]),
+        )
+        .await;
+        if i % 3 == 0 {
+            cmd(
+                &s,
+                &format!("/orders/{id}/items"),
+                json!({"product_id": "q", "quantity": 2, "price": 3}),
+            )
+            .await;
+        }
+        if i % 4 == 0 {
+            cmd(&s, &format!("/orders/{id}/confirm"), json!({})).await;
+        }
+    }
+    let head = s.get("/all?limit=10000").await.1["next_position"].as_u64().unwrap();
+    let before = all_summaries(&s, head).await;
+    assert_eq!(before.len(), 60);
+
+    let (status, body) = s.post("/admin/projections/order_summary/rebuild", &json!({})).await;
+    assert_eq!((status, body["status"].clone()), (202, json!("rebuilding")), "{body}");
+    // Queries keep answering while it rebuilds, and writes keep flowing.
+    assert_eq!(s.get("/orders/o-rb-000").await.0, 200);
+    let (_, late) = create_order(&s, "o-rb-late", "c1", json!([])).await;
+    let mut rebuilt = false;
+    for _ in 0..300 {
+        let (_, list) = s.get("/admin/projections").await;
+        let row =
+            list.as_array().unwrap().iter().find(|p| p["name"] == "order_summary").unwrap().clone();
+        if row["status"] == "running" && row["rebuild"].is_null() {
+            rebuilt = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(rebuilt, "the rebuild never finished");
+    let after = all_summaries(&s, late["position"].as_u64().unwrap()).await;
+    assert_eq!(after.len(), 61);
+    let after_without_late: Vec<Value> =
+        after.into_iter().filter(|o| o["order_id"] != "o-rb-late").collect();
+    assert_eq!(after_without_late, before, "the rebuilt read model differs from the live one");
+    // The rebuilt model keeps following new events.
+    let (_, more) =
+        cmd(&s, "/orders/o-rb-late/items", json!({"product_id": "p", "quantity": 1, "price": 1}))
+            .await;
+    assert_eq!(
+        query(&s, "/orders/o-rb-late", more["position"].as_u64().unwrap()).await.1["item_count"],
+        1
+    );
+    assert_eq!(s.post("/admin/projections/nope/rebuild", &json!({})).await.0, 404);
+}

@@ -29,8 +29,9 @@ pub const READ_MODEL_FILE: &str = "readmodels.db";
 pub struct SqliteReadModels {
     write: Mutex<Connection>,
     readers: Arc<ReadPool>,
-    /// Declared tables and their indexed fields.
-    tables: Mutex<HashMap<String, Vec<String>>>,
+    /// Declared tables: indexed fields, current generation, and whether a shadow
+    /// (generation + 1) is being rebuilt.
+    tables: Mutex<HashMap<String, TableState>>,
     path: PathBuf,
 }
 
@@ -38,8 +39,31 @@ fn storage(e: impl std::fmt::Display) -> ReadModelError {
     ReadModelError::Storage(e.to_string())
 }
 
-fn table_sql(name: &str) -> String {
-    format!("rm_{name}")
+/// What the store knows of one logical table.
+#[derive(Debug, Clone)]
+struct TableState {
+    indexed: Vec<String>,
+    generation: u64,
+    shadow: bool,
+}
+
+/// The physical table of a logical table at a generation (generation 0 keeps the plain name).
+fn physical(name: &str, generation: u64) -> String {
+    if generation == 0 { format!("rm_{name}") } else { format!("rm_{name}__g{generation}") }
+}
+
+fn create_table_sql(name: &str, generation: u64, indexed: &[String]) -> String {
+    let table = physical(name, generation);
+    let mut ddl = format!(
+        "CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID;"
+    );
+    for field in indexed {
+        let _ = write!(
+            ddl,
+            "CREATE INDEX IF NOT EXISTS {table}_{field} ON {table} (json_extract(doc, '$.{field}'), key);"
+        );
+    }
+    ddl
 }
 
 impl SqliteReadModels {
@@ -55,6 +79,14 @@ impl SqliteReadModels {
              CREATE TABLE IF NOT EXISTS checkpoints (
                  consumer TEXT PRIMARY KEY,
                  position INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS table_generations (
+                 name       TEXT PRIMARY KEY,
+                 generation INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS projection_versions (
+                 name    TEXT PRIMARY KEY,
+                 version INTEGER NOT NULL
              ) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS dead_letters (
                  id              INTEGER PRIMARY KEY,
@@ -101,8 +133,41 @@ impl SqliteReadModels {
         self.write.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn declared(&self) -> HashMap<String, Vec<String>> {
+    fn declared(&self) -> HashMap<String, TableState> {
         self.tables.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn current_physical(&self, table: &str) -> Result<String, ReadModelError> {
+        let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        let state =
+            tables.get(table).ok_or_else(|| ReadModelError::Unknown(format!("table {table}")))?;
+        Ok(physical(table, state.generation))
+    }
+
+    fn run_transaction(
+        &self,
+        consumer: &str,
+        checkpoint: Option<u64>,
+        shadow_mode: bool,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
+        let tables = self.declared();
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        let mut txn = Txn { conn: &tx, tables: &tables, shadow_mode, pending: HashMap::new() };
+        f(&mut txn)?;
+        txn.flush(None)?;
+        if let Some(position) = checkpoint {
+            tx.prepare_cached(
+                "INSERT INTO checkpoints (consumer, position) VALUES (?1, ?2)
+                 ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
+            )
+            .and_then(|mut s| s.execute(rusqlite::params![consumer, position as i64]))
+            .map_err(storage)?;
+        }
+        tx.commit().map_err(storage)
     }
 }
 
@@ -111,12 +176,22 @@ impl SqliteReadModels {
 /// of 500 events on 100 orders writes 100 rows, not 500).
 struct Txn<'a> {
     conn: &'a Connection,
-    tables: &'a HashMap<String, Vec<String>>,
+    tables: &'a HashMap<String, TableState>,
+    /// Writes go to the shadow generation of tables being rebuilt.
+    shadow_mode: bool,
     /// table -> key -> new document (`None` = deleted).
     pending: HashMap<String, HashMap<String, Option<String>>>,
 }
 
 impl Txn<'_> {
+    fn physical(&self, table: &str) -> String {
+        match self.tables.get(table) {
+            Some(st) if self.shadow_mode && st.shadow => physical(table, st.generation + 1),
+            Some(st) => physical(table, st.generation),
+            None => physical(table, 0),
+        }
+    }
+
     /// Writes the buffered changes of `table` (or of every table) to SQLite.
     fn flush(&mut self, only: Option<&str>) -> Result<(), ReadModelError> {
         let tables: Vec<String> = match only {
@@ -125,11 +200,11 @@ impl Txn<'_> {
         };
         for table in tables {
             let Some(docs) = self.pending.remove(&table) else { continue };
+            let target = self.physical(&table);
             let upsert = format!(
-                "INSERT INTO {} (key, doc) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc",
-                table_sql(&table)
+                "INSERT INTO {target} (key, doc) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
             );
-            let delete = format!("DELETE FROM {} WHERE key = ?1", table_sql(&table));
+            let delete = format!("DELETE FROM {target} WHERE key = ?1");
             for (key, doc) in docs {
                 match doc {
                     Some(json) => {
@@ -144,12 +219,12 @@ impl Txn<'_> {
     }
 
     fn check(&self, table: &str, field: Option<&str>) -> Result<(), ReadModelError> {
-        let fields = self
+        let state = self
             .tables
             .get(table)
             .ok_or_else(|| ReadModelError::Unknown(format!("table {table}")))?;
         if let Some(f) = field
-            && !fields.iter().any(|x| x == f)
+            && !state.indexed.iter().any(|x| x == f)
         {
             return Err(ReadModelError::Unknown(format!("{table}.{f} is not indexed")));
         }
@@ -164,7 +239,7 @@ impl DocTxn for Txn<'_> {
             return Ok(doc.clone());
         }
         self.conn
-            .prepare_cached(&format!("SELECT doc FROM {} WHERE key = ?1", table_sql(table)))
+            .prepare_cached(&format!("SELECT doc FROM {} WHERE key = ?1", self.physical(table)))
             .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
             .map_err(storage)
     }
@@ -196,7 +271,7 @@ impl DocTxn for Txn<'_> {
         self.conn
             .prepare_cached(&format!(
                 "SELECT key, doc FROM {} WHERE json_extract(doc, '$.{field}') = ?1 ORDER BY key",
-                table_sql(table)
+                self.physical(table)
             ))
             .and_then(|mut s| s.query_map([value], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
             .map_err(storage)
@@ -209,24 +284,137 @@ impl ReadModelStore for SqliteReadModels {
         let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         for spec in tables {
             validate_identifier(spec.name)?;
-            let table = table_sql(spec.name);
-            let mut ddl = format!(
-                "CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID;"
-            );
             for field in spec.indexed {
                 validate_identifier(field)?;
-                let _ = write!(
-                    ddl,
-                    "CREATE INDEX IF NOT EXISTS {table}_{field} ON {table} (json_extract(doc, '$.{field}'), key);"
-                );
             }
-            conn.execute_batch(&ddl).map_err(storage)?;
+            let generation: i64 = conn
+                .query_row(
+                    "SELECT generation FROM table_generations WHERE name = ?1",
+                    [spec.name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(storage)?
+                .unwrap_or(0);
+            let indexed: Vec<String> = spec.indexed.iter().map(|f| (*f).to_owned()).collect();
+            conn.execute_batch(&create_table_sql(spec.name, generation as u64, &indexed))
+                .map_err(storage)?;
             declared.insert(
                 spec.name.to_owned(),
-                spec.indexed.iter().map(|f| (*f).to_owned()).collect(),
+                TableState { indexed, generation: generation as u64, shadow: false },
             );
         }
         Ok(())
+    }
+
+    fn create_shadow(&self, tables: &[&str]) -> Result<(), ReadModelError> {
+        let conn = self.writer();
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        for name in tables {
+            let state = declared
+                .get_mut(*name)
+                .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
+            let shadow = physical(name, state.generation + 1);
+            // A leftover of an interrupted rebuild is dropped: the rebuild starts from 0.
+            conn.execute_batch(&format!("DROP TABLE IF EXISTS {shadow};")).map_err(storage)?;
+            conn.execute_batch(&create_table_sql(name, state.generation + 1, &state.indexed))
+                .map_err(storage)?;
+            state.shadow = true;
+        }
+        Ok(())
+    }
+
+    fn transact_shadow(
+        &self,
+        consumer: &str,
+        checkpoint: Option<u64>,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
+        self.run_transaction(consumer, checkpoint, true, f)
+    }
+
+    fn swap_shadow(
+        &self,
+        tables: &[&str],
+        live: &str,
+        shadow_consumer: &str,
+    ) -> Result<(), ReadModelError> {
+        let mut conn = self.writer();
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        for name in tables {
+            let state = declared
+                .get(*name)
+                .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
+            tx.execute(
+                "INSERT INTO table_generations (name, generation) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET generation = excluded.generation",
+                rusqlite::params![name, (state.generation + 1) as i64],
+            )
+            .map_err(storage)?;
+            tx.execute_batch(&format!(
+                "DROP TABLE IF EXISTS {};",
+                physical(name, state.generation)
+            ))
+            .map_err(storage)?;
+        }
+        tx.execute(
+            "INSERT INTO checkpoints (consumer, position)
+             SELECT ?1, position FROM checkpoints WHERE consumer = ?2
+             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
+            [live, shadow_consumer],
+        )
+        .map_err(storage)?;
+        tx.execute("DELETE FROM checkpoints WHERE consumer = ?1", [shadow_consumer])
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        for name in tables {
+            if let Some(state) = declared.get_mut(*name) {
+                state.generation += 1;
+                state.shadow = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn abort_shadow(&self, tables: &[&str], shadow_consumer: &str) -> Result<(), ReadModelError> {
+        let conn = self.writer();
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        for name in tables {
+            if let Some(state) = declared.get_mut(*name) {
+                conn.execute_batch(&format!(
+                    "DROP TABLE IF EXISTS {};",
+                    physical(name, state.generation + 1)
+                ))
+                .map_err(storage)?;
+                state.shadow = false;
+            }
+        }
+        conn.execute("DELETE FROM checkpoints WHERE consumer = ?1", [shadow_consumer])
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError> {
+        self.writer()
+            .query_row("SELECT version FROM projection_versions WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(storage)
+    }
+
+    fn set_projection_version(&self, name: &str, version: u32) -> Result<(), ReadModelError> {
+        self.writer()
+            .execute(
+                "INSERT INTO projection_versions (name, version) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+                rusqlite::params![name, version],
+            )
+            .map(|_| ())
+            .map_err(storage)
     }
 
     fn checkpoint(&self, consumer: &str) -> Result<u64, ReadModelError> {
@@ -248,23 +436,7 @@ impl ReadModelStore for SqliteReadModels {
         checkpoint: Option<u64>,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
-        let tables = self.declared();
-        let mut conn = self.writer();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(storage)?;
-        let mut txn = Txn { conn: &tx, tables: &tables, pending: HashMap::new() };
-        f(&mut txn)?;
-        txn.flush(None)?;
-        if let Some(position) = checkpoint {
-            tx.prepare_cached(
-                "INSERT INTO checkpoints (consumer, position) VALUES (?1, ?2)
-                 ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
-            )
-            .and_then(|mut s| s.execute(rusqlite::params![consumer, position as i64]))
-            .map_err(storage)?;
-        }
-        tx.commit().map_err(storage)
+        self.run_transaction(consumer, checkpoint, false, f)
     }
 
     fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError> {
@@ -321,7 +493,8 @@ impl ReadModelStore for SqliteReadModels {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
-        let mut txn = Txn { conn: &tx, tables: &tables, pending: HashMap::new() };
+        let mut txn =
+            Txn { conn: &tx, tables: &tables, shadow_mode: false, pending: HashMap::new() };
         f(&mut txn)?;
         txn.flush(None)?;
         tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id]).map_err(storage)?;
@@ -340,7 +513,7 @@ impl ReadModelStore for SqliteReadModels {
 
     fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
         validate_identifier(table)?;
-        let sql = format!("SELECT doc FROM {} WHERE key = ?1", table_sql(table));
+        let sql = format!("SELECT doc FROM {} WHERE key = ?1", self.current_physical(table)?);
         let key = key.to_owned();
         self.readers.run_here(
             move |conn| {
@@ -355,10 +528,12 @@ impl ReadModelStore for SqliteReadModels {
     fn list(&self, query: &ListQuery) -> Result<Vec<(String, String)>, ReadModelError> {
         validate_identifier(&query.table)?;
         let declared = self.declared();
-        let fields = declared
+        let fields = &declared
             .get(&query.table)
-            .ok_or_else(|| ReadModelError::Unknown(query.table.clone()))?;
-        let mut sql = format!("SELECT key, doc FROM {} WHERE 1 = 1", table_sql(&query.table));
+            .ok_or_else(|| ReadModelError::Unknown(query.table.clone()))?
+            .indexed;
+        let mut sql =
+            format!("SELECT key, doc FROM {} WHERE 1 = 1", self.current_physical(&query.table)?);
         let mut args: Vec<String> = Vec::new();
         for (field, value) in &query.filters {
             if !fields.contains(field) {

@@ -22,6 +22,8 @@ pub struct ProjectionInfo {
     lag: u64,
     status: cairn_cqrs::consumer::ConsumerStatus,
     dlq_depth: u64,
+    /// While rebuilding: how far the shadow tables are, and how fast they fill.
+    rebuild: Option<cairn_cqrs::consumer::RebuildProgress>,
 }
 
 fn info(c: &ConsumerHandle) -> ProjectionInfo {
@@ -33,6 +35,7 @@ fn info(c: &ConsumerHandle) -> ProjectionInfo {
         lag: head_position.saturating_sub(position),
         status: c.status(),
         dlq_depth: c.dlq_depth(),
+        rebuild: c.rebuild_progress(),
     }
 }
 
@@ -181,4 +184,22 @@ pub async fn discard_dead_letter(
 ) -> Result<Response, ApiError> {
     let id = letter_id(&id)?;
     on_letter(&state, id, |c| async move { c.discard_dead_letter(id).await }).await
+}
+
+/// `POST /admin/projections/{name}/rebuild`: `202`, rebuilds from position 0 into shadow
+/// tables while queries keep answering from the live ones, then swaps them in.
+pub async fn rebuild_projection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let projection = state
+        .domain
+        .projections
+        .get(name.as_str())
+        .ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))?;
+    projection
+        .start_rebuild()
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "rebuild_refused", e))?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"name": name, "status": "rebuilding"})))
+        .into_response())
 }

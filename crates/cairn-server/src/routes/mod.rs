@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{aggregate_id}/state", get(queries::order_state))
         .route("/shipped-orders/{aggregate_id}", get(queries::get_shipped_order))
         .route("/admin/projections", get(admin::projections))
+        .route("/admin/projections/{name}/rebuild", post(admin::rebuild_projection))
         .route("/admin/streams/stats", get(admin::stream_stats))
         .route("/metrics", get(admin::metrics))
         .route("/admin/dlq", get(admin::dead_letters))
