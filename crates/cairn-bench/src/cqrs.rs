@@ -279,6 +279,30 @@ async fn long_aggregate(table: &mut Table, dir: &Path, snapshots: bool) -> anyho
         latencies.remove(0);
     }
     record(table, name, latencies.len() as u64, start.elapsed(), latencies);
+    // The load alone, through the repository: full replay vs latest snapshot + tail.
+    let repository = if snapshots {
+        cairn_cqrs::Repository::with_snapshots(
+            Arc::clone(&server.store),
+            Arc::new(SqliteReadModels::open(dir).map_err(anyhow::Error::msg)?),
+            cairn_cqrs::repository::SNAPSHOT_EVERY_DEFAULT,
+        )
+    } else {
+        cairn_cqrs::Repository::new(Arc::clone(&server.store))
+    };
+    let mut loads = Vec::new();
+    let start = Instant::now();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let loaded = repository.load::<cairn_orders::Order>("order-long").await?;
+        anyhow::ensure!(loaded.version >= 10_000, "short load");
+        loads.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let what = if snapshots {
+        "load a 10k-event order (snapshot + tail)"
+    } else {
+        "load a 10k-event order (full replay)"
+    };
+    record(table, what, 30, start.elapsed(), loads);
     server.stop().await;
     Ok(())
 }
@@ -374,6 +398,37 @@ pub async fn build_order_log(dir: &Path, events: u64) -> anyhow::Result<()> {
     }
     store.close().await;
     Ok(())
+}
+
+/// Rebuilds `order_summary` (shadow tables, then swap) over the log in `log_dir`, after it
+/// caught up live; events/s of the rebuild.
+pub async fn rebuild(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteEventStore::open(log_dir, &SqliteOptions::default())?);
+    let readmodels: Arc<dyn ReadModelStore> =
+        Arc::new(SqliteReadModels::open(rm_dir).map_err(anyhow::Error::msg)?);
+    let head = *store.head().borrow();
+    let (stop, stop_rx) = watch::channel(false);
+    let handle = cairn_cqrs::projection::spawn_projection(
+        Arc::clone(&store),
+        readmodels,
+        Arc::new(cairn_orders::projections::order_summary::OrderSummaryProjection),
+        stop_rx,
+    )
+    .map_err(anyhow::Error::msg)?;
+    handle
+        .wait_for(head, Duration::from_secs(600))
+        .await
+        .map_err(|p| anyhow::anyhow!("catch-up stuck at {p}"))?;
+    let start = Instant::now();
+    handle.start_rebuild().map_err(anyhow::Error::msg)?;
+    while handle.rebuild_progress().is_some() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = rate(head, start.elapsed());
+    let _ = stop.send(true);
+    store.close().await;
+    Ok(r)
 }
 
 /// Replays `order_summary` from position 0 over the log in `log_dir`; events/s.
