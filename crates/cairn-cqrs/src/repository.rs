@@ -203,10 +203,22 @@ impl Repository {
         id: &str,
         until: Until,
     ) -> Result<Loaded<A>, CommandError> {
-        let mut loaded = match self.usable_snapshot::<A>(id, until).await {
-            Some(from_snapshot) => from_snapshot,
-            None => Loaded { state: A::default(), version: 0, position: 0, timestamp: None },
-        };
+        self.load_from::<A>(id, until, true).await
+    }
+
+    async fn load_from<A: Aggregate>(
+        &self,
+        id: &str,
+        until: Until,
+        use_snapshot: bool,
+    ) -> Result<Loaded<A>, CommandError> {
+        let snapshot = if use_snapshot { self.usable_snapshot::<A>(id, until).await } else { None };
+        let mut loaded = snapshot.unwrap_or(Loaded {
+            state: A::default(),
+            version: 0,
+            position: 0,
+            timestamp: None,
+        });
         let mut replayed = 0u64;
         loop {
             let read = StreamRead::forward_from(loaded.version + 1, LOAD_PAGE_EVENTS);
@@ -269,7 +281,9 @@ impl Repository {
                     (uuid::Uuid::new_v4().as_u128() % 1000) as u64 * attempt.min(10) as u64;
                 tokio::time::sleep(std::time::Duration::from_micros(jitter_us)).await;
             }
-            let loaded = self.load::<A>(id).await?;
+            // A creating command expects no stream at all: no snapshot to look for.
+            let use_snapshot = A::existence(command) != Existence::MustNotExist;
+            let loaded = self.load_from::<A>(id, Until::End, use_snapshot).await?;
             if let Some(expected) = options.expected_version
                 && expected != loaded.version
             {
