@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use cairn_core::readmodel::ReadModelStore;
 use cairn_core::{Append, EventStore, ExpectedVersion, NewEvent};
+use cairn_cqrs::consumer::ConsumerHandle;
 use cairn_server::HttpConfig;
 use cairn_server::domain::Domain;
 use cairn_sqlite::{SqliteEventStore, SqliteOptions, SqliteReadModels, Synchronous};
@@ -400,15 +401,19 @@ pub async fn build_order_log(dir: &Path, events: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Rebuilds `order_summary` (shadow tables, then swap) over the log in `log_dir`, after it
-/// caught up live; events/s of the rebuild.
-pub async fn rebuild(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
+/// `order_summary` running over the log in `log_dir` into the read models in `rm_dir`,
+/// caught up to the log's head: (store, projection, its stop switch, head, seconds taken).
+async fn order_summary_caught_up(
+    log_dir: &Path,
+    rm_dir: &Path,
+) -> anyhow::Result<(Arc<dyn EventStore>, ConsumerHandle, watch::Sender<bool>, u64, Duration)> {
     let store: Arc<dyn EventStore> =
         Arc::new(SqliteEventStore::open(log_dir, &SqliteOptions::default())?);
     let readmodels: Arc<dyn ReadModelStore> =
         Arc::new(SqliteReadModels::open(rm_dir).map_err(anyhow::Error::msg)?);
     let head = *store.head().borrow();
     let (stop, stop_rx) = watch::channel(false);
+    let start = Instant::now();
     let handle = cairn_cqrs::projection::spawn_projection(
         Arc::clone(&store),
         readmodels,
@@ -420,38 +425,26 @@ pub async fn rebuild(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
         .wait_for(head, Duration::from_secs(600))
         .await
         .map_err(|p| anyhow::anyhow!("catch-up stuck at {p}"))?;
+    Ok((store, handle, stop, head, start.elapsed()))
+}
+
+/// Replays `order_summary` from position 0 into an empty read model; events/s.
+pub async fn catch_up(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
+    let _ = std::fs::remove_dir_all(rm_dir);
+    let (store, _handle, stop, head, elapsed) = order_summary_caught_up(log_dir, rm_dir).await?;
+    let _ = stop.send(true);
+    store.close().await;
+    Ok(rate(head, elapsed))
+}
+
+/// Rebuilds a caught-up `order_summary` (shadow tables, then swap); events/s of the rebuild.
+pub async fn rebuild(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
+    let (store, handle, stop, head, _) = order_summary_caught_up(log_dir, rm_dir).await?;
     let start = Instant::now();
     handle.start_rebuild().map_err(anyhow::Error::msg)?;
     while handle.rebuild_progress().is_some() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let r = rate(head, start.elapsed());
-    let _ = stop.send(true);
-    store.close().await;
-    Ok(r)
-}
-
-/// Replays `order_summary` from position 0 over the log in `log_dir`; events/s.
-pub async fn catch_up(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
-    let _ = std::fs::remove_dir_all(rm_dir);
-    let store: Arc<dyn EventStore> =
-        Arc::new(SqliteEventStore::open(log_dir, &SqliteOptions::default())?);
-    let readmodels: Arc<dyn ReadModelStore> =
-        Arc::new(SqliteReadModels::open(rm_dir).map_err(anyhow::Error::msg)?);
-    let head = *store.head().borrow();
-    let (stop, stop_rx) = watch::channel(false);
-    let start = Instant::now();
-    let handle = cairn_cqrs::projection::spawn_projection(
-        Arc::clone(&store),
-        readmodels,
-        Arc::new(cairn_orders::projections::order_summary::OrderSummaryProjection),
-        stop_rx,
-    )
-    .map_err(anyhow::Error::msg)?;
-    handle
-        .wait_for(head, Duration::from_secs(600))
-        .await
-        .map_err(|p| anyhow::anyhow!("catch-up stuck at {p}"))?;
     let r = rate(head, start.elapsed());
     let _ = stop.send(true);
     store.close().await;
