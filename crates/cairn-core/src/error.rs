@@ -40,6 +40,18 @@ pub enum AppendError {
         /// What it stored.
         outcome: crate::store::AppendOutcome,
     },
+    /// An event's data breaks its type's registered schema.
+    #[error("event {index} ({event_type}) does not match schema version {schema_version}")]
+    SchemaViolation {
+        /// Index of the event in the append.
+        index: usize,
+        /// Its type.
+        event_type: String,
+        /// The schema version it was checked against.
+        schema_version: u32,
+        /// `(JSON pointer, message)` of each fault.
+        errors: Vec<(String, String)>,
+    },
     /// The append itself is malformed (empty, too large, repeated ids, bad names).
     #[error("invalid append: {0}")]
     Invalid(String),

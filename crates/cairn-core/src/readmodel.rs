@@ -200,6 +200,16 @@ pub trait ReadModelStore: Send + Sync + 'static {
     fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError>;
     /// Records the projection version the read model is built with.
     fn set_projection_version(&self, name: &str, version: u32) -> Result<(), ReadModelError>;
+
+    /// Every registered event schema as `(event_type, version, schema JSON)`.
+    fn schemas(&self) -> Result<Vec<(String, u32, String)>, ReadModelError>;
+    /// Registers a schema version; `false` when that version already exists.
+    fn put_schema(
+        &self,
+        event_type: &str,
+        version: u32,
+        schema: &str,
+    ) -> Result<bool, ReadModelError>;
 }
 
 /// Checks a table or field name against `[a-z0-9_]{1,64}` (they become SQL identifiers).

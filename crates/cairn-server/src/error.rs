@@ -91,6 +91,17 @@ impl From<AppendError> for ApiError {
                     .with("last_version", outcome.last_version)
                     .with("position", outcome.position)
             }
+            AppendError::SchemaViolation { index, event_type, schema_version, errors } => {
+                let errors: Vec<serde_json::Value> = errors
+                    .into_iter()
+                    .map(|(pointer, message)| serde_json::json!({"pointer": pointer, "message": message}))
+                    .collect();
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
+                    .with("index", index)
+                    .with("event_type", event_type)
+                    .with("schema_version", schema_version)
+                    .with("errors", errors)
+            }
             AppendError::Invalid(m) => Self::bad_request(m),
             AppendError::Poisoned => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_poisoned", message)

@@ -9,6 +9,7 @@ pub mod error;
 mod extract;
 pub mod metrics;
 mod routes;
+pub mod schemas;
 
 use std::sync::Arc;
 
@@ -51,6 +52,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// The reference domain (commands, read models, process manager).
     pub domain: Arc<Domain>,
+    /// Event schemas.
+    pub schemas: Arc<schemas::SchemaRegistry>,
 }
 
 /// The storage a server runs on.
@@ -94,14 +97,21 @@ pub fn app_with_domain(
     domain: &DomainConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Router, Arc<Domain>), ReadModelError> {
-    // Everything the server does with the store is counted and timed.
-    let metered: Arc<dyn EventStore> =
-        Arc::new(metrics::MeteredStore::new(Arc::clone(&stores.events)));
+    // Every append is checked against its type's registered schema, then counted and timed.
+    let registry = Arc::new(schemas::SchemaRegistry::load(Arc::clone(&stores.readmodels))?);
+    let validating: Arc<dyn EventStore> =
+        Arc::new(schemas::ValidatingStore::new(Arc::clone(&stores.events), Arc::clone(&registry)));
+    let metered: Arc<dyn EventStore> = Arc::new(metrics::MeteredStore::new(validating));
     let _ = metrics::handle();
     let stores = Stores { events: Arc::clone(&metered), ..stores };
     let store = metered;
     let running = Arc::new(Domain::start(stores, domain, &shutdown)?);
-    let state =
-        AppState { store, config: Arc::new(config), shutdown, domain: Arc::clone(&running) };
+    let state = AppState {
+        store,
+        config: Arc::new(config),
+        shutdown,
+        domain: Arc::clone(&running),
+        schemas: registry,
+    };
     Ok((router(state), running))
 }

@@ -80,6 +80,12 @@ impl SqliteReadModels {
                  consumer TEXT PRIMARY KEY,
                  position INTEGER NOT NULL
              ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS event_schemas (
+                 event_type TEXT NOT NULL,
+                 version    INTEGER NOT NULL,
+                 schema     TEXT NOT NULL,
+                 PRIMARY KEY (event_type, version)
+             ) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS table_generations (
                  name       TEXT PRIMARY KEY,
                  generation INTEGER NOT NULL
@@ -395,6 +401,31 @@ impl ReadModelStore for SqliteReadModels {
         conn.execute("DELETE FROM checkpoints WHERE consumer = ?1", [shadow_consumer])
             .map_err(storage)?;
         Ok(())
+    }
+
+    fn schemas(&self) -> Result<Vec<(String, u32, String)>, ReadModelError> {
+        let conn = self.writer();
+        let mut stmt = conn
+            .prepare("SELECT event_type, version, schema FROM event_schemas ORDER BY event_type, version")
+            .map_err(storage)?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(storage)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+    }
+
+    fn put_schema(
+        &self,
+        event_type: &str,
+        version: u32,
+        schema: &str,
+    ) -> Result<bool, ReadModelError> {
+        self.writer()
+            .execute(
+                "INSERT INTO event_schemas (event_type, version, schema) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                rusqlite::params![event_type, version, schema],
+            )
+            .map(|n| n == 1)
+            .map_err(storage)
     }
 
     fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError> {

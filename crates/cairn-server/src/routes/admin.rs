@@ -203,3 +203,56 @@ pub async fn rebuild_projection(
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"name": name, "status": "rebuilding"})))
         .into_response())
 }
+
+/// `GET /admin/schemas`: the current schema of every registered event type.
+pub async fn schemas(State(state): State<AppState>) -> Json<Vec<serde_json::Value>> {
+    Json(state.schemas.list())
+}
+
+/// Body of `PUT /admin/schemas/{event_type}`.
+#[derive(serde::Deserialize)]
+pub struct PutSchema {
+    version: u32,
+    schema: serde_json::Value,
+}
+
+/// `PUT /admin/schemas/{event_type}`: registers the next version (BACKWARD compatible).
+pub async fn put_schema(
+    State(state): State<AppState>,
+    Path(event_type): Path<String>,
+    crate::extract::JsonBody(body): crate::extract::JsonBody<PutSchema>,
+) -> Result<Response, ApiError> {
+    cairn_core::id::validate_type_name("event_type", &event_type)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let registry = Arc::clone(&state.schemas);
+    let (event_type2, schema) = (event_type.clone(), body.schema);
+    let version = body.version;
+    let result =
+        tokio::task::spawn_blocking(move || registry.register(&event_type2, version, schema))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+    match result {
+        Ok(()) => {
+            Ok(Json(serde_json::json!({"event_type": event_type, "version": version}))
+                .into_response())
+        }
+        Err(crate::schemas::RegisterError::Invalid(m)) => {
+            Err(ApiError::bad_request(format!("not a valid JSON Schema: {m}")))
+        }
+        Err(crate::schemas::RegisterError::Version { expected }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "version_conflict",
+            format!("the next version of {event_type}'s schema is {expected}"),
+        )
+        .with("expected", expected)),
+        Err(crate::schemas::RegisterError::Incompatible(reasons)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "schema_incompatible",
+            "the new version is not BACKWARD compatible with the current one",
+        )
+        .with("reasons", reasons)),
+        Err(crate::schemas::RegisterError::Storage(e)) => Err(e.into()),
+    }
+}

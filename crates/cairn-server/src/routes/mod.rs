@@ -48,6 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/streams/stats", get(admin::stream_stats))
         .route("/metrics", get(admin::metrics))
         .route("/admin/dlq", get(admin::dead_letters))
+        .route("/admin/schemas", get(admin::schemas))
+        .route("/admin/schemas/{event_type}", axum::routing::put(admin::put_schema))
         .route("/admin/dlq/{id}/retry", post(admin::retry_dead_letter))
         .route("/admin/dlq/{id}", axum::routing::delete(admin::discard_dead_letter))
         .route("/admin/process-managers/order-fulfillment", get(admin::fulfillment_instances))
