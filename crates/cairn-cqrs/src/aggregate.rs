@@ -43,8 +43,49 @@ pub trait DomainEvent: Sized + Send + Sync + Clone + std::fmt::Debug + 'static {
     fn event_type(&self) -> &'static str;
     /// The event's payload as JSON.
     fn to_json(&self) -> Box<RawValue>;
-    /// Decodes stored data of the given type.
+    /// Decodes stored data of the given type (in its current schema version).
     fn from_json(event_type: &str, data: &str) -> Result<Self, DecodeError>;
+
+    /// The current schema version of an event type (what `from_json` reads).
+    #[must_use]
+    fn schema_version(_event_type: &str) -> u32 {
+        1
+    }
+
+    /// Upcasts data written under schema `version` of `event_type` to `version + 1`.
+    /// Called repeatedly until the current version; the default knows no older versions.
+    fn upcast(
+        event_type: &str,
+        version: u32,
+        _data: serde_json::Value,
+    ) -> Result<serde_json::Value, DecodeError> {
+        Err(DecodeError::Invalid {
+            event_type: event_type.to_owned(),
+            message: format!("no upcaster from schema version {version}"),
+        })
+    }
+
+    /// Decodes a stored event as every domain read path sees it: upcast from the schema
+    /// version in its metadata (absent = 1) to the current one, then decoded.
+    fn from_recorded(e: &cairn_core::RecordedEvent) -> Result<Self, DecodeError> {
+        let stored = serde_json::from_str::<serde_json::Value>(e.metadata.get())
+            .ok()
+            .and_then(|m| m.get("schema_version").and_then(serde_json::Value::as_u64))
+            .map_or(1, |v| u32::try_from(v).unwrap_or(u32::MAX));
+        let current = Self::schema_version(&e.event_type);
+        if stored >= current {
+            return Self::from_json(&e.event_type, e.data.get());
+        }
+        let invalid = |err: serde_json::Error| DecodeError::Invalid {
+            event_type: e.event_type.clone(),
+            message: err.to_string(),
+        };
+        let mut data: serde_json::Value = serde_json::from_str(e.data.get()).map_err(invalid)?;
+        for version in stored..current {
+            data = Self::upcast(&e.event_type, version, data)?;
+        }
+        Self::from_json(&e.event_type, &data.to_string())
+    }
 }
 
 /// Whether a command needs its aggregate to exist.
@@ -115,6 +156,26 @@ macro_rules! serde_snapshots {
 #[macro_export]
 macro_rules! domain_events {
     ($enum:ident { $($variant:ident),+ $(,)? }) => {
+        $crate::domain_events!(@impl $enum { $($variant),+ } {});
+    };
+    // With a schema history: `$history` is a module with `schema_version(&str) -> u32`
+    // and `upcast(&str, u32, Value) -> Result<Value, DecodeError>`.
+    ($enum:ident { $($variant:ident),+ $(,)? } upcast: $history:ident) => {
+        $crate::domain_events!(@impl $enum { $($variant),+ } {
+            fn schema_version(event_type: &str) -> u32 {
+                $history::schema_version(event_type)
+            }
+
+            fn upcast(
+                event_type: &str,
+                version: u32,
+                data: ::serde_json::Value,
+            ) -> Result<::serde_json::Value, $crate::aggregate::DecodeError> {
+                $history::upcast(event_type, version, data)
+            }
+        });
+    };
+    (@impl $enum:ident { $($variant:ident),+ } { $($extra:tt)* }) => {
         impl $crate::aggregate::DomainEvent for $enum {
             const EVENT_TYPES: &'static [&'static str] = &[$(stringify!($variant)),+];
 
@@ -142,6 +203,7 @@ macro_rules! domain_events {
                     other => Err($crate::aggregate::DecodeError::UnknownType(other.to_owned())),
                 }
             }
+                    $($extra)*
         }
     };
 }

@@ -307,7 +307,18 @@ impl Repository {
                     position: loaded.position,
                 });
             }
-            let metadata = serde_json::value::to_raw_value(&options.metadata).unwrap_or_default();
+            // Every event carries the schema version it is written in, so that readers
+            // know which upcasters to run when the event type evolves.
+            let metadata_of = |e: &A::Event| {
+                let mut m = serde_json::to_value(&options.metadata).unwrap_or_default();
+                if let Some(obj) = m.as_object_mut() {
+                    obj.insert(
+                        "schema_version".into(),
+                        A::Event::schema_version(e.event_type()).into(),
+                    );
+                }
+                serde_json::value::to_raw_value(&m).unwrap_or_default()
+            };
             let append = Append {
                 aggregate_id: id.to_owned(),
                 aggregate_type: A::TYPE.to_owned(),
@@ -315,7 +326,7 @@ impl Repository {
                 events: events
                     .iter()
                     .map(|e| NewEvent {
-                        metadata: metadata.clone(),
+                        metadata: metadata_of(e),
                         ..NewEvent::new(e.event_type(), e.to_json())
                     })
                     .collect(),
@@ -357,7 +368,7 @@ pub fn apply_recorded<A: Aggregate>(
     loaded: &mut Loaded<A>,
     e: &RecordedEvent,
 ) -> Result<(), DecodeError> {
-    let event = A::Event::from_json(&e.event_type, e.data.get())?;
+    let event = A::Event::from_recorded(e)?;
     loaded.state.apply(&event);
     loaded.version = e.version;
     loaded.position = e.position;

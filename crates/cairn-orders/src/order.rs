@@ -160,7 +160,51 @@ cairn_cqrs::domain_events!(OrderEvent {
     OrderShipped,
     OrderCancelled,
     OrderTotalCorrected,
-});
+} upcast: history);
+
+/// The schema history of the order's events, and the upcasters between versions.
+pub mod history {
+    use cairn_cqrs::DecodeError;
+    use serde_json::Value;
+
+    use crate::money::Money;
+
+    /// Current schema version per event type. `OrderCreated` v2 added `total`; v1 events
+    /// (prices written as strings, no total) are upcast on every read path.
+    #[must_use]
+    pub fn schema_version(event_type: &str) -> u32 {
+        if event_type == "OrderCreated" { 2 } else { 1 }
+    }
+
+    /// Upcasts one version step.
+    pub fn upcast(event_type: &str, version: u32, mut data: Value) -> Result<Value, DecodeError> {
+        let invalid =
+            |message: String| DecodeError::Invalid { event_type: event_type.to_owned(), message };
+        match (event_type, version) {
+            ("OrderCreated", 1) => {
+                let mut total = Money::ZERO;
+                for item in data.get("items").and_then(Value::as_array).into_iter().flatten() {
+                    let price: Money = match item.get("price") {
+                        Some(Value::String(s)) => s.parse().map_err(invalid)?,
+                        Some(Value::Number(n)) => n.to_string().parse().map_err(invalid)?,
+                        _ => return Err(invalid("an item has no price".into())),
+                    };
+                    let quantity = item
+                        .get("quantity")
+                        .and_then(Value::as_i64)
+                        .ok_or_else(|| invalid("an item has no quantity".into()))?;
+                    total = total + price.times(quantity);
+                }
+                // As a string: exact, and `Money` reads strings as well as numbers.
+                if let Some(obj) = data.as_object_mut() {
+                    obj.insert("total".into(), Value::String(total.to_string()));
+                }
+                Ok(data)
+            }
+            _ => Err(invalid(format!("no upcaster from schema version {version}"))),
+        }
+    }
+}
 
 /// What can be asked of an order.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,5 @@ use cairn_cqrs::DomainEvent;
 
 /// Decodes a stored event into the domain event it is.
 pub(crate) fn decode<E: DomainEvent>(e: &RecordedEvent) -> Result<E, ReadModelError> {
-    E::from_json(&e.event_type, e.data.get())
-        .map_err(|err| ReadModelError::Handler(err.to_string()))
+    E::from_recorded(e).map_err(|err| ReadModelError::Handler(err.to_string()))
 }
