@@ -618,6 +618,18 @@ async fn a_rebuild_swaps_in_an_identical_read_model_without_downtime() {
             cmd(&s, &format!("/orders/{id}/confirm"), json!({})).await;
         }
     }
+    // Let the process manager finish its work on the 15 confirmed orders first, so that
+    // nothing changes the live model between the two snapshots but the rebuild.
+    for _ in 0..300 {
+        let (_, ready) =
+            s.get("/admin/process-managers/order-fulfillment?status=ready_to_ship").await;
+        let (_, cancelled) =
+            s.get("/admin/process-managers/order-fulfillment?status=cancelled").await;
+        if ready.as_array().unwrap().len() + cancelled.as_array().unwrap().len() == 15 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let head = s.get("/all?limit=10000").await.1["next_position"].as_u64().unwrap();
     let before = all_summaries(&s, head).await;
     assert_eq!(before.len(), 60);
