@@ -570,6 +570,7 @@ async fn metrics_are_prometheus_text() {
         "cairn_store_group_commits_total",
         "cairn_store_size_bytes",
         "cairn_process_manager_lag",
+        r#"cairn_process_manager_instances{process_manager="order-fulfillment",status="ready_to_ship"}"#,
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }

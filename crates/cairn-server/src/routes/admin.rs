@@ -110,6 +110,23 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .set(pm.head_position().saturating_sub(pm.position()) as f64);
     metrics::gauge!("cairn_process_manager_dlq_depth", "process_manager" => pm.name().to_owned())
         .set(pm.dlq_depth() as f64);
+    // Instances by status: one indexed count per status, only when scraped.
+    for status in ["reserving", "compensating", "ready_to_ship", "shipped", "cancelled"] {
+        let rm = Arc::clone(&state.domain.readmodels);
+        let query = cairn_core::readmodel::ListQuery {
+            table: cairn_orders::fulfillment::TABLE.to_owned(),
+            filters: vec![("status".to_owned(), status.to_owned())],
+            after: None,
+            limit: 1_000_000,
+        };
+        let count = tokio::task::spawn_blocking(move || rm.list(&query).map(|rows| rows.len()))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        metrics::gauge!("cairn_process_manager_instances", "process_manager" => pm.name().to_owned(), "status" => status)
+            .set(count as f64);
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
