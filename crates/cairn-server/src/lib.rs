@@ -99,9 +99,8 @@ pub fn app_with_domain(
 ) -> Result<(Router, Arc<Domain>), ReadModelError> {
     // Every append is checked against its type's registered schema, then counted and timed.
     let registry = Arc::new(schemas::SchemaRegistry::load(Arc::clone(&stores.readmodels))?);
-    let validating: Arc<dyn EventStore> =
-        Arc::new(schemas::ValidatingStore::new(Arc::clone(&stores.events), Arc::clone(&registry)));
-    let metered: Arc<dyn EventStore> = Arc::new(metrics::MeteredStore::new(validating));
+    let metered: Arc<dyn EventStore> =
+        Arc::new(metrics::ServerStore::new(Arc::clone(&stores.events), Arc::clone(&registry)));
     let _ = metrics::handle();
     let stores = Stores { events: Arc::clone(&metered), ..stores };
     let store = metered;

@@ -12,6 +12,8 @@ use cairn_core::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 
+use crate::schemas::SchemaRegistry;
+
 /// Latency buckets (seconds) for every `_seconds` histogram: 100 µs to 10 s.
 const BUCKETS_SECONDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -37,15 +39,17 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-/// An `EventStore` that counts and times appends, around any backend.
-pub struct MeteredStore {
+/// The store as the server uses it, around any backend: every append is checked against
+/// its type's registered schema, then counted and timed (schema rejections included).
+pub struct ServerStore {
     inner: Arc<dyn EventStore>,
+    schemas: Arc<SchemaRegistry>,
 }
 
-impl MeteredStore {
+impl ServerStore {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn EventStore>) -> Self {
-        Self { inner }
+    pub fn new(inner: Arc<dyn EventStore>, schemas: Arc<SchemaRegistry>) -> Self {
+        Self { inner, schemas }
     }
 }
 
@@ -65,11 +69,14 @@ fn outcome_of(result: &Result<AppendOutcome, AppendError>) -> &'static str {
 }
 
 #[async_trait]
-impl EventStore for MeteredStore {
-    async fn append(&self, append: Append) -> Result<AppendOutcome, AppendError> {
+impl EventStore for ServerStore {
+    async fn append(&self, mut append: Append) -> Result<AppendOutcome, AppendError> {
         let events = append.events.len() as u64;
         let started = Instant::now();
-        let result = self.inner.append(append).await;
+        let result = match self.schemas.check(&mut append) {
+            Ok(()) => self.inner.append(append).await,
+            Err(e) => Err(e),
+        };
         let outcome = outcome_of(&result);
         metrics::counter!("cairn_appends_total", "outcome" => outcome).increment(1);
         metrics::histogram!("cairn_append_duration_seconds")

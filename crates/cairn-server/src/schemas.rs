@@ -11,14 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use async_trait::async_trait;
 use cairn_core::readmodel::{ReadModelError, ReadModelStore};
-use cairn_core::{
-    AllFilter, AllSlice, Append, AppendError, AppendOutcome, EventStore, ReadError, StreamRead,
-    StreamSlice, StreamStats,
-};
+use cairn_core::{Append, AppendError};
 use serde_json::{Map, Value};
-use tokio::sync::watch;
 
 /// One registered version.
 struct Registered {
@@ -233,27 +228,12 @@ pub fn backward_incompatibilities(old: &Value, new: &Value, path: &str) -> Vec<S
     reasons
 }
 
-/// An `EventStore` that validates each event of a type with a registered schema and
-/// stamps `metadata.schema_version`.
-pub struct ValidatingStore {
-    inner: Arc<dyn EventStore>,
-    registry: Arc<SchemaRegistry>,
-}
-
-impl ValidatingStore {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn EventStore>, registry: Arc<SchemaRegistry>) -> Self {
-        Self { inner, registry }
-    }
-}
-
-#[async_trait]
-impl EventStore for ValidatingStore {
-    async fn append(&self, mut append: Append) -> Result<AppendOutcome, AppendError> {
+impl SchemaRegistry {
+    /// Validates each event of a type with a registered schema and stamps
+    /// `metadata.schema_version`; events of unregistered types pass untouched.
+    pub fn check(&self, append: &mut Append) -> Result<(), AppendError> {
         for (index, event) in append.events.iter_mut().enumerate() {
-            let Some((version, validator)) = self.registry.current(&event.event_type) else {
-                continue;
-            };
+            let Some((version, validator)) = self.current(&event.event_type) else { continue };
             let data: Value = serde_json::from_str(event.data.get())
                 .map_err(|e| AppendError::Invalid(format!("events[{index}].data: {e}")))?;
             let errors: Vec<(String, String)> = validator
@@ -273,54 +253,6 @@ impl EventStore for ValidatingStore {
             metadata.entry("schema_version").or_insert(Value::from(version));
             event.metadata = serde_json::value::to_raw_value(&metadata).unwrap_or_default();
         }
-        self.inner.append(append).await
-    }
-
-    async fn read_stream(
-        &self,
-        aggregate_id: &str,
-        read: StreamRead,
-    ) -> Result<StreamSlice, ReadError> {
-        self.inner.read_stream(aggregate_id, read).await
-    }
-
-    async fn read_all(
-        &self,
-        from_position: u64,
-        limit: usize,
-        filter: &AllFilter,
-    ) -> Result<AllSlice, ReadError> {
-        self.inner.read_all(from_position, limit, filter).await
-    }
-
-    async fn stream_version(&self, aggregate_id: &str) -> Result<u64, ReadError> {
-        self.inner.stream_version(aggregate_id).await
-    }
-
-    async fn idempotent_result(
-        &self,
-        key: &str,
-    ) -> Result<Option<(String, AppendOutcome)>, ReadError> {
-        self.inner.idempotent_result(key).await
-    }
-
-    async fn stream_stats(&self, top: usize) -> Result<Vec<StreamStats>, ReadError> {
-        self.inner.stream_stats(top).await
-    }
-
-    fn head(&self) -> watch::Receiver<u64> {
-        self.inner.head()
-    }
-
-    async fn check_health(&self) -> Result<(), AppendError> {
-        self.inner.check_health().await
-    }
-
-    async fn close(&self) {
-        self.inner.close().await;
-    }
-
-    fn gauges(&self) -> Vec<(&'static str, f64)> {
-        self.inner.gauges()
+        Ok(())
     }
 }
