@@ -29,12 +29,30 @@ pub struct Harness {
     pub store: Arc<dyn EventStore>,
     /// Dropped after the test; holds temp dirs, databases, etc.
     pub guard: Box<dyn std::any::Any + Send + Sync>,
+    /// The backend is not enabled on this machine: the check does not run (the backend's
+    /// factory has already said so, loudly).
+    pub skipped: bool,
 }
 
 impl Harness {
     /// A harness with nothing to clean up.
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store, guard: Box::new(()) }
+        Self { store, guard: Box::new(()), skipped: false }
+    }
+
+    /// A store kept alive by `guard` (a temporary directory, a test database).
+    pub fn with_guard(store: Arc<dyn EventStore>, guard: impl std::any::Any + Send + Sync) -> Self {
+        Self { store, guard: Box::new(guard), skipped: false }
+    }
+
+    /// A harness for a backend that is not enabled here.
+    #[must_use]
+    pub fn skipped() -> Self {
+        Self {
+            store: Arc::new(cairn_core::MemoryEventStore::default()),
+            guard: Box::new(()),
+            skipped: true,
+        }
     }
 }
 
@@ -80,6 +98,9 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $test() {
                 let harness: $crate::Harness = ($factory)().await;
+                if harness.skipped {
+                    return;
+                }
                 $crate::$module::$test(::std::sync::Arc::clone(&harness.store)).await;
                 harness.store.close().await;
                 drop(harness);

@@ -210,6 +210,25 @@ pub trait ReadModelStore: Send + Sync + 'static {
         version: u32,
         schema: &str,
     ) -> Result<bool, ReadModelError>;
+
+    /// Tries to make this process the one that runs `consumer`: `true` when it now leads
+    /// it. Backends shared by several processes grant each consumer to one at a time; an
+    /// embedded backend (one process) always grants it.
+    fn try_lead(&self, _consumer: &str) -> Result<bool, ReadModelError> {
+        Ok(true)
+    }
+    /// Whether this process still leads `consumer` (its leadership can be lost with its
+    /// database session).
+    fn leads(&self, _consumer: &str) -> bool {
+        true
+    }
+    /// Gives up leadership of `consumer`, so that another process may take it.
+    fn resign(&self, _consumer: &str) {}
+    /// Ticks whenever any process commits a checkpoint (`None`: only this process writes,
+    /// so there is nothing to watch).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Checks a table or field name against `[a-z0-9_]{1,64}` (they become SQL identifiers).

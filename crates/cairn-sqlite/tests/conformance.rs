@@ -9,7 +9,7 @@ use cairn_sqlite::{SqliteEventStore, SqliteOptions};
 async fn sqlite() -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteEventStore::open(dir.path(), &SqliteOptions::default()).expect("open store");
-    Harness { store: Arc::new(store), guard: Box::new(dir) }
+    Harness::with_guard(Arc::new(store), dir)
 }
 
 cairn_conformance::conformance_suite!(sqlite);

@@ -1,0 +1,191 @@
+//! Connections, options and the state every part of the backend shares.
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+
+use crate::schema;
+
+/// How the backend behaves; the defaults suit production.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Pooled connections (queries, reads, consumers that do not lead).
+    pub pool_size: usize,
+    /// Appends queued for the writer before callers wait.
+    pub queue_appends_max: usize,
+    /// Most appends in one group commit.
+    pub batch_appends_max: usize,
+    /// Most events in one group commit.
+    pub batch_events_max: usize,
+    /// How long the append lock may be held before it is reported as a stall.
+    pub stall_threshold: Duration,
+    /// How long an append waits for the append lock before it fails as unavailable.
+    pub lock_timeout: Duration,
+    /// Polling fallback for `LISTEN/NOTIFY` (head position, other processes' checkpoints).
+    pub poll_interval: Duration,
+    /// Test hook: sleep this long holding the append lock before each commit.
+    pub commit_delay: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            queue_appends_max: 4096,
+            batch_appends_max: 1024,
+            batch_events_max: 20_000,
+            stall_threshold: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            commit_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Why the backend could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The URL does not parse.
+    #[error("invalid database URL: {0}")]
+    Url(String),
+    /// The database could not be reached.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(String),
+    /// A migration failed.
+    #[error("cannot migrate the database: {0}")]
+    Migrate(String),
+    /// The database was written by a newer Cairn.
+    #[error("the database has schema version {0}, this build knows up to {1}: use a newer cairn")]
+    TooNew(i32, i32),
+}
+
+/// Who holds the append lock too long (the stall diagnostic).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stall {
+    /// The blocking backend's process id.
+    pub pid: i32,
+    /// How long its transaction has been open, in seconds.
+    pub age_secs: f64,
+    /// Appenders waiting for it.
+    pub waiting: i64,
+}
+
+/// State shared by the event store, the read models and the background tasks.
+pub(crate) struct Shared {
+    pub pool: Pool,
+    pub config: tokio_postgres::Config,
+    pub options: PgOptions,
+    /// Advisory-lock key that serialises appends (positions in commit order).
+    pub append_lock: i64,
+    /// `NOTIFY` channels, namespaced by schema.
+    pub events_channel: String,
+    pub checkpoints_channel: String,
+    /// Highest `$all` position known to be committed.
+    pub head: watch::Sender<u64>,
+    /// Bumped whenever a checkpoint notification arrives from any process.
+    pub checkpoints: watch::Sender<u64>,
+    pub stall: Mutex<Option<Stall>>,
+    /// Database size in bytes, as last measured by the monitor.
+    pub size: std::sync::atomic::AtomicU64,
+    pub runtime: tokio::runtime::Handle,
+    /// Background tasks stop when this turns true.
+    pub stop: watch::Sender<bool>,
+}
+
+pub(crate) fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+impl Shared {
+    pub async fn connect(url: &str, options: &PgOptions) -> Result<Arc<Self>, OpenError> {
+        let config =
+            tokio_postgres::Config::from_str(url).map_err(|e| OpenError::Url(e.to_string()))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        let mut client = pool.get().await.map_err(|e| OpenError::Connect(e.to_string()))?;
+        let applied = schema::migrate(&mut client)
+            .await
+            .map_err(|e| OpenError::Migrate(db_error(&e)))?;
+        let known = schema::MIGRATIONS.last().map_or(0, |m| m.0);
+        if applied > known {
+            return Err(OpenError::TooNew(applied, known));
+        }
+        let append_lock: i64 = client
+            .query_one(schema::LOCK_KEY_SQL, &[&"append"])
+            .await
+            .map_err(|e| OpenError::Connect(db_error(&e)))?
+            .get(0);
+        let (schema_name, head): (String, i64) = client
+            .query_one("SELECT current_schema(), coalesce(max(position), 0) FROM events", &[])
+            .await
+            .map(|r| (r.get(0), r.get(1)))
+            .map_err(|e| OpenError::Connect(db_error(&e)))?;
+        drop(client);
+        Ok(Arc::new(Self {
+            pool,
+            config,
+            options: options.clone(),
+            append_lock,
+            events_channel: format!("cairn_events:{schema_name}"),
+            checkpoints_channel: format!("cairn_checkpoints:{schema_name}"),
+            head: watch::Sender::new(head as u64),
+            checkpoints: watch::Sender::new(0),
+            stall: Mutex::new(None),
+            size: std::sync::atomic::AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
+            stop: watch::Sender::new(false),
+        }))
+    }
+
+    /// Publishes a head position if it is newer than the known one.
+    pub fn advance_head(&self, position: u64) {
+        self.head.send_if_modified(|h| {
+            let newer = position > *h;
+            if newer {
+                *h = position;
+            }
+            newer
+        });
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn stall(&self) -> Option<Stall> {
+        self.stall.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Runs a future to completion from blocking code (the read-model traits are blocking).
+    pub fn wait<F: std::future::Future>(&self, f: F) -> F::Output {
+        tokio::task::block_in_place(|| self.runtime.block_on(f))
+    }
+
+    /// A connection outside the pool, for a session that must not be shared (leadership
+    /// locks, `LISTEN`).
+    pub async fn dedicated(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "postgres connection closed");
+            }
+        });
+        Ok(client)
+    }
+}

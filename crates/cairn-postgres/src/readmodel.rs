@@ -1,0 +1,714 @@
+//! Read models, checkpoints, dead letters, snapshots and leadership on PostgreSQL.
+//!
+//! Each logical table `t` is `rm_t (key text PRIMARY KEY, doc text)` with an expression
+//! index per declared field; a rebuild writes `rm_t__shadow` and the swap renames it into
+//! place in one transaction (DDL is transactional here), so every process sees the new
+//! model at once. A consumer this process leads writes through the dedicated connection
+//! that holds its leadership lock: if that session is gone, so is the lock, and the write
+//! fails instead of racing the new leader.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cairn_core::readmodel::{
+    DeadLetter, DocTxn, ListQuery, ReadModelError, ReadModelStore, TableSpec, TxnFn,
+    validate_identifier,
+};
+use cairn_core::snapshot::{Snapshot, SnapshotStore};
+use cairn_core::timestamp::Timestamp;
+use tokio::sync::watch;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+use crate::pool::{Shared, db_error};
+
+fn storage(e: &tokio_postgres::Error) -> ReadModelError {
+    ReadModelError::Storage(db_error(e))
+}
+
+fn live(name: &str) -> String {
+    format!("rm_{name}")
+}
+
+fn shadow(name: &str) -> String {
+    format!("rm_{name}__shadow")
+}
+
+fn create_table_sql(table: &str, indexed: &[String]) -> String {
+    let mut ddl =
+        format!("CREATE TABLE IF NOT EXISTS {table} (key text PRIMARY KEY, doc text NOT NULL);");
+    for field in indexed {
+        let _ = write!(
+            ddl,
+            "CREATE INDEX IF NOT EXISTS {table}_{field} ON {table} (((doc::jsonb) ->> '{field}'), key);"
+        );
+    }
+    ddl
+}
+
+#[derive(Debug, Clone)]
+struct TableState {
+    indexed: Vec<String>,
+    shadow: bool,
+}
+
+/// A consumer this process leads: the session holding its advisory lock.
+struct Leader {
+    client: Client,
+}
+
+/// Read models on PostgreSQL (implements [`ReadModelStore`] and [`SnapshotStore`]).
+pub struct PgReadModels {
+    shared: Arc<Shared>,
+    tables: Mutex<HashMap<String, TableState>>,
+    leaders: Mutex<HashMap<String, Arc<Mutex<Leader>>>>,
+}
+
+/// Either a pooled connection or a leader's session.
+enum Conn {
+    Pooled(deadpool_postgres::Object),
+    Leader(Arc<Mutex<Leader>>),
+}
+
+impl PgReadModels {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared, tables: Mutex::new(HashMap::new()), leaders: Mutex::new(HashMap::new()) }
+    }
+
+    fn declared(&self) -> HashMap<String, TableState> {
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn pooled(&self) -> Result<deadpool_postgres::Object, ReadModelError> {
+        self.shared
+            .wait(self.shared.pool.get())
+            .map_err(|e| ReadModelError::Storage(e.to_string()))
+    }
+
+    /// The connection a consumer's writes go through.
+    fn conn_for(&self, consumer: &str) -> Result<Conn, ReadModelError> {
+        let leader = self.leaders.lock().unwrap_or_else(PoisonError::into_inner).get(consumer).cloned();
+        match leader {
+            Some(l) => {
+                if l.lock().unwrap_or_else(PoisonError::into_inner).client.is_closed() {
+                    self.leaders.lock().unwrap_or_else(PoisonError::into_inner).remove(consumer);
+                    return Err(ReadModelError::Storage(format!(
+                        "lost the leadership session of {consumer}"
+                    )));
+                }
+                Ok(Conn::Leader(l))
+            }
+            None => Ok(Conn::Pooled(self.pooled()?)),
+        }
+    }
+
+    /// Runs `body` in a transaction on `conn`.
+    fn in_transaction<R>(
+        &self,
+        conn: Conn,
+        body: impl FnOnce(&Self, &tokio_postgres::Transaction<'_>) -> Result<R, ReadModelError>,
+    ) -> Result<R, ReadModelError> {
+        match conn {
+            Conn::Pooled(mut obj) => {
+                let client: &mut Client = &mut obj;
+                self.run_tx(client, body)
+            }
+            Conn::Leader(l) => {
+                let mut guard = l.lock().unwrap_or_else(PoisonError::into_inner);
+                self.run_tx(&mut guard.client, body)
+            }
+        }
+    }
+
+    fn run_tx<R>(
+        &self,
+        client: &mut Client,
+        body: impl FnOnce(&Self, &tokio_postgres::Transaction<'_>) -> Result<R, ReadModelError>,
+    ) -> Result<R, ReadModelError> {
+        let tx = self.shared.wait(client.transaction()).map_err(|e| storage(&e))?;
+        let result = body(self, &tx)?;
+        self.shared.wait(tx.commit()).map_err(|e| storage(&e))?;
+        Ok(result)
+    }
+
+    fn exec(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        sql: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, ReadModelError> {
+        self.shared.wait(tx.execute(sql, args)).map_err(|e| storage(&e))
+    }
+
+    fn set_checkpoint(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        consumer: &str,
+        position: u64,
+    ) -> Result<(), ReadModelError> {
+        self.exec(
+            tx,
+            "INSERT INTO checkpoints (consumer, position) VALUES ($1, $2)
+             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
+            &[&consumer, &(position as i64)],
+        )?;
+        let payload = format!("{consumer}\t{position}");
+        self.exec(tx, "SELECT pg_notify($1, $2)", &[&self.shared.checkpoints_channel, &payload])?;
+        Ok(())
+    }
+
+    fn run_transaction(
+        &self,
+        consumer: &str,
+        checkpoint: Option<u64>,
+        shadow_mode: bool,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
+        let tables = self.declared();
+        let conn = self.conn_for(consumer)?;
+        self.in_transaction(conn, |this, tx| {
+            let mut txn = Txn { rm: this, tx, tables: &tables, shadow_mode, pending: HashMap::new() };
+            f(&mut txn)?;
+            txn.flush(None)?;
+            if let Some(position) = checkpoint {
+                this.set_checkpoint(tx, consumer, position)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn query_rows(
+        &self,
+        sql: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, ReadModelError> {
+        let client = self.pooled()?;
+        self.shared
+            .wait(async {
+                let stmt = client.prepare_cached(sql).await?;
+                client.query(&stmt, args).await
+            })
+            .map_err(|e| storage(&e))
+    }
+
+    /// Wakes on every checkpoint another process (or this one) commits.
+    #[must_use]
+    pub fn checkpoint_changes(&self) -> watch::Receiver<u64> {
+        self.shared.checkpoints.subscribe()
+    }
+}
+
+/// A transaction with a write-behind buffer: each document touched by a batch is written
+/// once, in one multi-row statement per table.
+struct Txn<'a> {
+    rm: &'a PgReadModels,
+    tx: &'a tokio_postgres::Transaction<'a>,
+    tables: &'a HashMap<String, TableState>,
+    shadow_mode: bool,
+    pending: HashMap<String, HashMap<String, Option<String>>>,
+}
+
+impl Txn<'_> {
+    fn physical(&self, table: &str) -> String {
+        match self.tables.get(table) {
+            Some(st) if self.shadow_mode && st.shadow => shadow(table),
+            _ => live(table),
+        }
+    }
+
+    fn check(&self, table: &str, field: Option<&str>) -> Result<(), ReadModelError> {
+        let state = self
+            .tables
+            .get(table)
+            .ok_or_else(|| ReadModelError::Unknown(format!("table {table}")))?;
+        if let Some(f) = field
+            && !state.indexed.iter().any(|x| x == f)
+        {
+            return Err(ReadModelError::Unknown(format!("{table}.{f} is not indexed")));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, only: Option<&str>) -> Result<(), ReadModelError> {
+        let tables: Vec<String> = match only {
+            Some(t) => vec![t.to_owned()],
+            None => self.pending.keys().cloned().collect(),
+        };
+        for table in tables {
+            let Some(docs) = self.pending.remove(&table) else { continue };
+            let target = self.physical(&table);
+            let (mut keys, mut values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+            for (key, doc) in docs {
+                match doc {
+                    Some(json) => {
+                        keys.push(key);
+                        values.push(json);
+                    }
+                    None => deleted.push(key),
+                }
+            }
+            let sql = if keys.is_empty() {
+                None
+            } else {
+                Some(format!(
+                    "INSERT INTO {target} (key, doc) SELECT * FROM unnest($1::text[], $2::text[])
+                     ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
+                ))
+            };
+            let tx = self.tx;
+            self.rm
+                .shared
+                .wait(async {
+                    if let Some(sql) = &sql {
+                        let stmt = tx.prepare(sql).await?;
+                        tx.execute(&stmt, &[&keys, &values]).await?;
+                    }
+                    if !deleted.is_empty() {
+                        tx.execute(&format!("DELETE FROM {target} WHERE key = ANY($1)"), &[&deleted])
+                            .await?;
+                    }
+                    Ok::<_, tokio_postgres::Error>(())
+                })
+                .map_err(|e| storage(&e))?;
+        }
+        Ok(())
+    }
+}
+
+impl DocTxn for Txn<'_> {
+    fn get(&mut self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
+        self.check(table, None)?;
+        if let Some(doc) = self.pending.get(table).and_then(|docs| docs.get(key)) {
+            return Ok(doc.clone());
+        }
+        let sql = format!("SELECT doc FROM {} WHERE key = $1", self.physical(table));
+        let tx = self.tx;
+        self.rm
+            .shared
+            .wait(tx.query_opt(&sql, &[&key]))
+            .map(|r| r.map(|r| r.get(0)))
+            .map_err(|e| storage(&e))
+    }
+
+    fn put(&mut self, table: &str, key: &str, json: &str) -> Result<(), ReadModelError> {
+        self.check(table, None)?;
+        self.pending
+            .entry(table.to_owned())
+            .or_default()
+            .insert(key.to_owned(), Some(json.to_owned()));
+        Ok(())
+    }
+
+    fn delete(&mut self, table: &str, key: &str) -> Result<(), ReadModelError> {
+        self.check(table, None)?;
+        self.pending.entry(table.to_owned()).or_default().insert(key.to_owned(), None);
+        Ok(())
+    }
+
+    fn find(
+        &mut self,
+        table: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<Vec<(String, String)>, ReadModelError> {
+        self.check(table, Some(field))?;
+        self.flush(Some(table))?;
+        let sql = format!(
+            "SELECT key, doc FROM {} WHERE ((doc::jsonb) ->> '{field}') = $1 ORDER BY key",
+            self.physical(table)
+        );
+        let tx = self.tx;
+        self.rm
+            .shared
+            .wait(tx.query(&sql, &[&value]))
+            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            .map_err(|e| storage(&e))
+    }
+}
+
+impl ReadModelStore for PgReadModels {
+    fn ensure_tables(&self, tables: &[TableSpec]) -> Result<(), ReadModelError> {
+        for spec in tables {
+            validate_identifier(spec.name)?;
+            for field in spec.indexed {
+                validate_identifier(field)?;
+            }
+        }
+        let conn = Conn::Pooled(self.pooled()?);
+        self.in_transaction(conn, |this, tx| {
+            // Concurrent CREATE TABLE IF NOT EXISTS can still clash in the catalog.
+            this.exec(
+                tx,
+                "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '/cairn/ddl', 0))",
+                &[],
+            )?;
+            for spec in tables {
+                let indexed: Vec<String> = spec.indexed.iter().map(|f| (*f).to_owned()).collect();
+                this.shared
+                    .wait(tx.batch_execute(&create_table_sql(&live(spec.name), &indexed)))
+                    .map_err(|e| storage(&e))?;
+            }
+            Ok(())
+        })?;
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        for spec in tables {
+            declared.insert(
+                spec.name.to_owned(),
+                TableState {
+                    indexed: spec.indexed.iter().map(|f| (*f).to_owned()).collect(),
+                    shadow: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, consumer: &str) -> Result<u64, ReadModelError> {
+        Ok(self
+            .query_rows("SELECT position FROM checkpoints WHERE consumer = $1", &[&consumer])?
+            .first()
+            .map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn transact(
+        &self,
+        consumer: &str,
+        checkpoint: Option<u64>,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
+        self.run_transaction(consumer, checkpoint, false, f)
+    }
+
+    fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
+        validate_identifier(table)?;
+        let sql = format!("SELECT doc FROM {} WHERE key = $1", live(table));
+        Ok(self.query_rows(&sql, &[&key])?.first().map(|r| r.get(0)))
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Vec<(String, String)>, ReadModelError> {
+        validate_identifier(&query.table)?;
+        let declared = self.declared();
+        let fields = &declared
+            .get(&query.table)
+            .ok_or_else(|| ReadModelError::Unknown(query.table.clone()))?
+            .indexed;
+        let mut sql = format!("SELECT key, doc FROM {} WHERE true", live(&query.table));
+        let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        for (field, value) in &query.filters {
+            if !fields.contains(field) {
+                return Err(ReadModelError::Unknown(format!(
+                    "{}.{field} is not indexed",
+                    query.table
+                )));
+            }
+            args.push(value);
+            let _ = write!(sql, " AND ((doc::jsonb) ->> '{field}') = ${}", args.len());
+        }
+        if let Some(after) = &query.after {
+            args.push(after);
+            let _ = write!(sql, " AND key > ${}", args.len());
+        }
+        let _ = write!(sql, " ORDER BY key LIMIT {}", query.limit);
+        Ok(self.query_rows(&sql, &args)?.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError> {
+        let conn = self.conn_for(&letter.projection)?;
+        self.in_transaction(conn, |this, tx| {
+            let id: i64 = this
+                .shared
+                .wait(tx.query_one(
+                    "INSERT INTO dead_letters (consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                    &[
+                        &letter.projection,
+                        &(letter.position as i64),
+                        &letter.aggregate_id,
+                        &letter.event_type,
+                        &letter.error,
+                        &(letter.attempts as i32),
+                        &letter.first_failed_at.as_micros(),
+                        &letter.last_failed_at.as_micros(),
+                    ],
+                ))
+                .map_err(|e| storage(&e))?
+                .get(0);
+            this.exec(
+                tx,
+                "INSERT INTO checkpoints (consumer, position) VALUES ($1, $2)
+                 ON CONFLICT (consumer) DO UPDATE SET position = greatest(checkpoints.position, excluded.position)",
+                &[&letter.projection, &(checkpoint as i64)],
+            )?;
+            Ok(id)
+        })
+    }
+
+    fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let rows = self.query_rows(
+            "SELECT id, consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us
+             FROM dead_letters WHERE $1::text IS NULL OR consumer = $1 ORDER BY consumer, position",
+            &[&consumer],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetter {
+                id: r.get(0),
+                projection: r.get(1),
+                position: r.get::<_, i64>(2) as u64,
+                aggregate_id: r.get(3),
+                event_type: r.get(4),
+                error: r.get(5),
+                attempts: r.get::<_, i32>(6) as u32,
+                first_failed_at: Timestamp::from_micros(r.get(7)),
+                last_failed_at: Timestamp::from_micros(r.get(8)),
+            })
+            .collect())
+    }
+
+    fn resolve_dead_letter(&self, id: i64, f: TxnFn<'_>) -> Result<(), ReadModelError> {
+        let tables = self.declared();
+        let conn = Conn::Pooled(self.pooled()?);
+        self.in_transaction(conn, |this, tx| {
+            let mut txn =
+                Txn { rm: this, tx, tables: &tables, shadow_mode: false, pending: HashMap::new() };
+            f(&mut txn)?;
+            txn.flush(None)?;
+            this.exec(tx, "DELETE FROM dead_letters WHERE id = $1", &[&id])?;
+            Ok(())
+        })
+    }
+
+    fn dead_letter_failed(&self, id: i64, error: &str) -> Result<(), ReadModelError> {
+        self.query_rows(
+            "UPDATE dead_letters SET attempts = attempts + 1, error = $2, last_failed_us = $3 WHERE id = $1 RETURNING id",
+            &[&id, &error, &Timestamp::now().as_micros()],
+        )
+        .map(|_| ())
+    }
+
+    fn create_shadow(&self, tables: &[&str]) -> Result<(), ReadModelError> {
+        let declared = self.declared();
+        let conn = Conn::Pooled(self.pooled()?);
+        self.in_transaction(conn, |this, tx| {
+            for name in tables {
+                let state = declared
+                    .get(*name)
+                    .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
+                let ddl = format!(
+                    "DROP TABLE IF EXISTS {}; {}",
+                    shadow(name),
+                    create_table_sql(&shadow(name), &state.indexed)
+                );
+                this.shared.wait(tx.batch_execute(&ddl)).map_err(|e| storage(&e))?;
+            }
+            Ok(())
+        })?;
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        for name in tables {
+            if let Some(state) = declared.get_mut(*name) {
+                state.shadow = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn transact_shadow(
+        &self,
+        consumer: &str,
+        checkpoint: Option<u64>,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
+        self.run_transaction(consumer, checkpoint, true, f)
+    }
+
+    fn swap_shadow(
+        &self,
+        tables: &[&str],
+        live_consumer: &str,
+        shadow_consumer: &str,
+    ) -> Result<(), ReadModelError> {
+        let declared = self.declared();
+        let conn = self.conn_for(live_consumer)?;
+        self.in_transaction(conn, |this, tx| {
+            for name in tables {
+                let state = declared
+                    .get(*name)
+                    .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
+                let (old, new) = (live(name), shadow(name));
+                let mut ddl = format!(
+                    "DROP TABLE IF EXISTS {old}; ALTER TABLE {new} RENAME TO {old};
+                     ALTER INDEX IF EXISTS {new}_pkey RENAME TO {old}_pkey;"
+                );
+                for field in &state.indexed {
+                    let _ = write!(ddl, "ALTER INDEX IF EXISTS {new}_{field} RENAME TO {old}_{field};");
+                }
+                this.shared.wait(tx.batch_execute(&ddl)).map_err(|e| storage(&e))?;
+            }
+            let position: i64 = this
+                .shared
+                .wait(tx.query_opt("SELECT position FROM checkpoints WHERE consumer = $1", &[&shadow_consumer]))
+                .map_err(|e| storage(&e))?
+                .map_or(0, |r| r.get(0));
+            this.set_checkpoint(tx, live_consumer, position as u64)?;
+            this.exec(tx, "DELETE FROM checkpoints WHERE consumer = $1", &[&shadow_consumer])?;
+            Ok(())
+        })?;
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        for name in tables {
+            if let Some(state) = declared.get_mut(*name) {
+                state.shadow = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn abort_shadow(&self, tables: &[&str], shadow_consumer: &str) -> Result<(), ReadModelError> {
+        let conn = Conn::Pooled(self.pooled()?);
+        self.in_transaction(conn, |this, tx| {
+            for name in tables {
+                this.shared
+                    .wait(tx.batch_execute(&format!("DROP TABLE IF EXISTS {};", shadow(name))))
+                    .map_err(|e| storage(&e))?;
+            }
+            this.exec(tx, "DELETE FROM checkpoints WHERE consumer = $1", &[&shadow_consumer])?;
+            Ok(())
+        })?;
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        for name in tables {
+            if let Some(state) = declared.get_mut(*name) {
+                state.shadow = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError> {
+        Ok(self
+            .query_rows("SELECT version FROM projection_versions WHERE name = $1", &[&name])?
+            .first()
+            .map(|r| r.get::<_, i32>(0) as u32))
+    }
+
+    fn set_projection_version(&self, name: &str, version: u32) -> Result<(), ReadModelError> {
+        self.query_rows(
+            "INSERT INTO projection_versions (name, version) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET version = excluded.version RETURNING version",
+            &[&name, &(version as i32)],
+        )
+        .map(|_| ())
+    }
+
+    fn schemas(&self) -> Result<Vec<(String, u32, String)>, ReadModelError> {
+        Ok(self
+            .query_rows(
+                "SELECT event_type, version, schema FROM event_schemas ORDER BY event_type, version",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i32>(1) as u32, r.get(2)))
+            .collect())
+    }
+
+    fn put_schema(
+        &self,
+        event_type: &str,
+        version: u32,
+        schema: &str,
+    ) -> Result<bool, ReadModelError> {
+        Ok(!self
+            .query_rows(
+                "INSERT INTO event_schemas (event_type, version, schema) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING RETURNING version",
+                &[&event_type, &(version as i32), &schema],
+            )?
+            .is_empty())
+    }
+
+    fn try_lead(&self, consumer: &str) -> Result<bool, ReadModelError> {
+        if let Some(l) = self.leaders.lock().unwrap_or_else(PoisonError::into_inner).get(consumer)
+            && !l.lock().unwrap_or_else(PoisonError::into_inner).client.is_closed()
+        {
+            return Ok(true);
+        }
+        let client = self.shared.wait(self.shared.dedicated()).map_err(|e| storage(&e))?;
+        let name = format!("lead/{consumer}");
+        let acquired: bool = self
+            .shared
+            .wait(client.query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended(current_schema() || '/cairn/' || $1, 0))",
+                &[&name],
+            ))
+            .map_err(|e| storage(&e))?
+            .get(0);
+        if acquired {
+            self.leaders
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(consumer.to_owned(), Arc::new(Mutex::new(Leader { client })));
+        }
+        Ok(acquired)
+    }
+
+    fn leads(&self, consumer: &str) -> bool {
+        self.leaders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(consumer)
+            .is_some_and(|l| !l.lock().unwrap_or_else(PoisonError::into_inner).client.is_closed())
+    }
+
+    fn resign(&self, consumer: &str) {
+        // Dropping the session releases its lock.
+        self.leaders.lock().unwrap_or_else(PoisonError::into_inner).remove(consumer);
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.checkpoint_changes())
+    }
+}
+
+impl SnapshotStore for PgReadModels {
+    fn load(&self, aggregate_id: &str) -> Result<Option<Snapshot>, ReadModelError> {
+        Ok(self
+            .query_rows(
+                "SELECT aggregate_type, snapshot_version, version, position, timestamp_us, state
+                 FROM snapshots WHERE aggregate_id = $1",
+                &[&aggregate_id],
+            )?
+            .first()
+            .map(|r| Snapshot {
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate_type: r.get(0),
+                snapshot_version: r.get::<_, i32>(1) as u32,
+                version: r.get::<_, i64>(2) as u64,
+                position: r.get::<_, i64>(3) as u64,
+                timestamp: Timestamp::from_micros(r.get(4)),
+                state: r.get(5),
+            }))
+    }
+
+    fn save(&self, snapshot: &Snapshot) -> Result<(), ReadModelError> {
+        // Never replace a newer snapshot with an older one (two loads may race).
+        self.query_rows(
+            "INSERT INTO snapshots (aggregate_id, aggregate_type, snapshot_version, version, position, timestamp_us, state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (aggregate_id) DO UPDATE SET
+                 aggregate_type = excluded.aggregate_type, snapshot_version = excluded.snapshot_version,
+                 version = excluded.version, position = excluded.position,
+                 timestamp_us = excluded.timestamp_us, state = excluded.state
+             WHERE excluded.version >= snapshots.version OR excluded.snapshot_version <> snapshots.snapshot_version
+             RETURNING 1",
+            &[
+                &snapshot.aggregate_id,
+                &snapshot.aggregate_type,
+                &(snapshot.snapshot_version as i32),
+                &(snapshot.version as i64),
+                &(snapshot.position as i64),
+                &snapshot.timestamp.as_micros(),
+                &snapshot.state,
+            ],
+        )
+        .map(|_| ())
+    }
+}

@@ -1,0 +1,101 @@
+//! Versioned migrations, embedded in the binary and applied at start under an advisory lock.
+
+use tokio_postgres::Client;
+
+/// Each migration runs once, in order, in its own transaction.
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+
+/// Version 1: the event log, idempotency keys, and everything consumers keep.
+///
+/// `position` is assigned by the writer under the append lock, in commit order. Event
+/// data and metadata are `text`, not `jsonb`: the store returns them byte for byte.
+const V1: &str = "
+CREATE TABLE events (
+    position       bigint PRIMARY KEY,
+    event_id       uuid   NOT NULL UNIQUE,
+    aggregate_id   text   NOT NULL,
+    aggregate_type text   NOT NULL,
+    event_type     text   NOT NULL,
+    version        bigint NOT NULL,
+    timestamp_us   bigint NOT NULL,
+    data           text   NOT NULL,
+    metadata       text   NOT NULL,
+    UNIQUE (aggregate_id, version)
+);
+CREATE TABLE idempotency_keys (
+    key            text   PRIMARY KEY,
+    aggregate_id   text   NOT NULL,
+    first_version  bigint NOT NULL,
+    last_version   bigint NOT NULL,
+    position       bigint NOT NULL,
+    created_us     bigint NOT NULL
+);
+CREATE TABLE checkpoints (
+    consumer text   PRIMARY KEY,
+    position bigint NOT NULL
+);
+CREATE TABLE event_schemas (
+    event_type text    NOT NULL,
+    version    integer NOT NULL,
+    schema     text    NOT NULL,
+    PRIMARY KEY (event_type, version)
+);
+CREATE TABLE projection_versions (
+    name    text    PRIMARY KEY,
+    version integer NOT NULL
+);
+CREATE TABLE dead_letters (
+    id              bigserial PRIMARY KEY,
+    consumer        text    NOT NULL,
+    position        bigint  NOT NULL,
+    aggregate_id    text    NOT NULL,
+    event_type      text    NOT NULL,
+    error           text    NOT NULL,
+    attempts        integer NOT NULL,
+    first_failed_us bigint  NOT NULL,
+    last_failed_us  bigint  NOT NULL
+);
+CREATE INDEX dead_letters_by_consumer ON dead_letters (consumer, position);
+CREATE TABLE snapshots (
+    aggregate_id     text    PRIMARY KEY,
+    aggregate_type   text    NOT NULL,
+    snapshot_version integer NOT NULL,
+    version          bigint  NOT NULL,
+    position         bigint  NOT NULL,
+    timestamp_us     bigint  NOT NULL,
+    state            text    NOT NULL
+);
+";
+
+/// The advisory-lock key of `name` in the current schema (two Cairn schemas in one database
+/// never share a lock).
+pub const LOCK_KEY_SQL: &str = "SELECT hashtextextended(current_schema() || '/cairn/' || $1, 0)";
+
+/// Applies the migrations this database lacks. Two processes starting at once serialise on
+/// the migration lock; the second finds nothing left to do.
+pub async fn migrate(client: &mut Client) -> Result<i32, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let key: i64 = tx.query_one(LOCK_KEY_SQL, &[&"migrate"]).await?.get(0);
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS cairn_migrations (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let current: i32 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM cairn_migrations", &[])
+        .await?
+        .get(0);
+    let mut applied = current;
+    for (version, ddl) in MIGRATIONS {
+        if *version > current {
+            tx.batch_execute(ddl).await?;
+            tx.execute("INSERT INTO cairn_migrations (version) VALUES ($1)", &[version]).await?;
+            applied = *version;
+        }
+    }
+    tx.commit().await?;
+    Ok(applied)
+}

@@ -1,0 +1,278 @@
+//! `PgEventStore`: the `EventStore` trait on PostgreSQL.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use cairn_core::store::READ_LIMIT_MAX;
+use cairn_core::{
+    AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, ReadError,
+    StreamRead, StreamSlice, StreamStats,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::types::ToSql;
+
+use crate::codec::{EVENT_COLUMNS, event_from_row};
+use crate::pool::{OpenError, Shared, Stall, db_error};
+use crate::writer::{self, Job, WriterStats};
+
+/// Events on PostgreSQL; see the crate docs for the ordering argument.
+pub struct PgEventStore {
+    shared: Arc<Shared>,
+    jobs: mpsc::Sender<Job>,
+    stats: Arc<WriterStats>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A page larger than this ends early (its `scanned_to` says where).
+pub const PAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+fn read_failed(e: &tokio_postgres::Error) -> ReadError {
+    ReadError::Unavailable(db_error(e))
+}
+
+impl PgEventStore {
+    pub(crate) async fn start(shared: Arc<Shared>) -> Result<Self, OpenError> {
+        let (jobs, rx) = mpsc::channel(shared.options.queue_appends_max.max(1));
+        let stats = Arc::new(WriterStats::default());
+        let writer = tokio::spawn(writer::run(Arc::clone(&shared), rx, Arc::clone(&stats)));
+        let notify = tokio::spawn(crate::notify::listen(Arc::clone(&shared)));
+        let monitor = tokio::spawn(crate::notify::monitor(Arc::clone(&shared)));
+        Ok(Self { shared, jobs, stats, tasks: Mutex::new(vec![writer, notify, monitor]) })
+    }
+
+    /// The current stall diagnostic: who holds the append lock too long, if anyone.
+    #[must_use]
+    pub fn stall(&self) -> Option<Stall> {
+        self.shared.stall()
+    }
+
+    /// `(groups, appends, events)` committed by this process's writer.
+    #[must_use]
+    pub fn commit_stats(&self) -> (u64, u64, u64) {
+        (
+            self.stats.groups.load(Ordering::Relaxed),
+            self.stats.appends.load(Ordering::Relaxed),
+            self.stats.events.load(Ordering::Relaxed),
+        )
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, ReadError> {
+        self.shared.pool.get().await.map_err(|e| ReadError::Unavailable(e.to_string()))
+    }
+}
+
+/// Collects events until the page's byte budget is spent; `true` when it was.
+fn collect(rows: &[tokio_postgres::Row], at: usize) -> Result<(Vec<cairn_core::RecordedEvent>, bool), ReadError> {
+    let mut events = Vec::with_capacity(rows.len());
+    let mut bytes = 0;
+    for row in rows {
+        // A row of the outer join without an event (empty page).
+        if row.try_get::<_, Option<i64>>(at).ok().flatten().is_none() {
+            continue;
+        }
+        let event = event_from_row(row, at).map_err(ReadError::Unavailable)?;
+        bytes += event.data.get().len() + event.metadata.get().len();
+        events.push(event);
+        if bytes > PAGE_BYTES_MAX {
+            return Ok((events, true));
+        }
+    }
+    Ok((events, false))
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn append(&self, append: Append) -> Result<AppendOutcome, AppendError> {
+        append.validate()?;
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job::Append(append, reply)).await.map_err(|_| AppendError::ShuttingDown)?;
+        answer.await.map_err(|_| AppendError::ShuttingDown)?
+    }
+
+    async fn read_stream(
+        &self,
+        aggregate_id: &str,
+        read: StreamRead,
+    ) -> Result<StreamSlice, ReadError> {
+        if read.from_version == Some(0) && read.direction == Direction::Backward {
+            return Err(ReadError::Invalid("from_version must be at least 1".into()));
+        }
+        let limit = read.limit.min(READ_LIMIT_MAX) as i64;
+        // One statement, one snapshot: the stream's head and the page agree.
+        let sql = match read.direction {
+            Direction::Forward => format!(
+                "SELECT h.aggregate_type, h.version, e.* FROM
+                   (SELECT aggregate_type, version FROM events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1) h
+                 LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events
+                   WHERE aggregate_id = $1 AND version >= $2 ORDER BY version LIMIT $3) e ON true"
+            ),
+            Direction::Backward => format!(
+                "SELECT h.aggregate_type, h.version, e.* FROM
+                   (SELECT aggregate_type, version FROM events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1) h
+                 LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events
+                   WHERE aggregate_id = $1 AND version <= coalesce($2, h.version) ORDER BY version DESC LIMIT $3) e ON true"
+            ),
+        };
+        let from: Option<i64> = match read.direction {
+            Direction::Forward => Some(read.from_version.unwrap_or(1).min(i64::MAX as u64) as i64),
+            Direction::Backward => read.from_version.map(|v| v.min(i64::MAX as u64) as i64),
+        };
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&sql).await.map_err(|e| read_failed(&e))?;
+        let rows =
+            client.query(&stmt, &[&aggregate_id, &from, &limit]).await.map_err(|e| read_failed(&e))?;
+        let Some(first) = rows.first() else {
+            return Err(ReadError::StreamNotFound);
+        };
+        let aggregate_type: String = first.get(0);
+        let version: i64 = first.get(1);
+        let (events, _) = collect(&rows, 2)?;
+        Ok(StreamSlice { aggregate_type, stream_version: version as u64, events })
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+        filter: &AllFilter,
+    ) -> Result<AllSlice, ReadError> {
+        let limit = limit.min(READ_LIMIT_MAX);
+        let from = from_position.min(i64::MAX as u64) as i64;
+        let limit_arg = limit as i64;
+        let mut conditions = String::from("position > $1");
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&from, &limit_arg];
+        if !filter.event_types.is_empty() {
+            conditions.push_str(" AND event_type = ANY($3)");
+            args.push(&filter.event_types);
+        }
+        if let Some(t) = &filter.aggregate_type {
+            conditions.push_str(&format!(" AND aggregate_type = ${}", args.len() + 1));
+            args.push(t);
+        }
+        // One statement, one snapshot: the head returned is the head the page was read at,
+        // so `scanned_to` never claims a position the page could not see.
+        let sql = format!(
+            "SELECT h.head, e.* FROM (SELECT coalesce(max(position), 0) AS head FROM events) h
+             LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM events WHERE {conditions}
+                                ORDER BY position LIMIT $2) e ON true"
+        );
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&sql).await.map_err(|e| read_failed(&e))?;
+        let rows = client.query(&stmt, &args).await.map_err(|e| read_failed(&e))?;
+        let head: i64 = rows.first().map_or(0, |r| r.get(0));
+        let (events, truncated) = collect(&rows, 1)?;
+        let scanned_to = if truncated || (events.len() == limit && limit > 0) {
+            events.last().map_or(from_position, |e| e.position)
+        } else {
+            (head as u64).max(from_position)
+        };
+        Ok(AllSlice { events, scanned_to })
+    }
+
+    async fn stream_version(&self, aggregate_id: &str) -> Result<u64, ReadError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT coalesce(max(version), 0) FROM events WHERE aggregate_id = $1")
+            .await
+            .map_err(|e| read_failed(&e))?;
+        let row = client.query_one(&stmt, &[&aggregate_id]).await.map_err(|e| read_failed(&e))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn stream_stats(&self, top: usize) -> Result<Vec<StreamStats>, ReadError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.aggregate_id, s.v, (SELECT aggregate_type FROM events e
+                     WHERE e.aggregate_id = s.aggregate_id AND e.version = s.v)
+                 FROM (SELECT aggregate_id, max(version) AS v FROM events GROUP BY aggregate_id
+                       ORDER BY v DESC, aggregate_id LIMIT $1) s
+                 ORDER BY s.v DESC, s.aggregate_id",
+                &[&(top as i64)],
+            )
+            .await
+            .map_err(|e| read_failed(&e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let version = r.get::<_, i64>(1) as u64;
+                StreamStats {
+                    aggregate_id: r.get(0),
+                    aggregate_type: r.get(2),
+                    event_count: version,
+                    latest_version: version,
+                }
+            })
+            .collect())
+    }
+
+    async fn idempotent_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(String, AppendOutcome)>, ReadError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT aggregate_id, first_version, last_version, position FROM idempotency_keys WHERE key = $1",
+                &[&key],
+            )
+            .await
+            .map_err(|e| read_failed(&e))?;
+        Ok(row.map(|r| {
+            (
+                r.get(0),
+                AppendOutcome {
+                    first_version: r.get::<_, i64>(1) as u64,
+                    last_version: r.get::<_, i64>(2) as u64,
+                    position: r.get::<_, i64>(3) as u64,
+                    deduplicated: true,
+                },
+            )
+        }))
+    }
+
+    fn head(&self) -> watch::Receiver<u64> {
+        self.shared.head.subscribe()
+    }
+
+    async fn check_health(&self) -> Result<(), AppendError> {
+        if self.jobs.is_closed() {
+            return Err(AppendError::ShuttingDown);
+        }
+        let client =
+            self.shared.pool.get().await.map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| AppendError::Unavailable(db_error(&e)))
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        let (groups, appends, events) = self.commit_stats();
+        let stall = self.shared.stall();
+        vec![
+            ("cairn_store_group_commits_total", groups as f64),
+            ("cairn_store_group_commit_appends_total", appends as f64),
+            ("cairn_store_group_commit_events_total", events as f64),
+            ("cairn_store_stalled", f64::from(u8::from(stall.is_some()))),
+            ("cairn_store_stall_seconds", stall.as_ref().map_or(0.0, |s| s.age_secs)),
+            ("cairn_store_stall_blocking_pid", stall.as_ref().map_or(0.0, |s| f64::from(s.pid))),
+            ("cairn_store_stall_waiting_appends", stall.as_ref().map_or(0.0, |s| s.waiting as f64)),
+            ("cairn_store_size_bytes", self.shared.size_bytes() as f64),
+        ]
+    }
+
+    async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.jobs.send(Job::Shutdown(done)).await.is_ok() {
+            let _ = finished.await;
+        }
+        self.shared.stop.send_replace(true);
+        let tasks: Vec<_> = self.tasks.lock().unwrap_or_else(PoisonError::into_inner).drain(..).collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Test support: a fresh database per test, dropped afterwards.
+//!
+//! Tests that need PostgreSQL call [`TestDatabase::create`]. Without
+//! `CAIRN_TEST_POSTGRES_URL` they are skipped, and say so on the terminal (once per test
+//! binary, outside the test harness's output capture); with it, an unreachable server
+//! fails them. `.ci/run` sets the variable, so CI never skips.
+
+use std::io::Write as _;
+use std::str::FromStr;
+use std::sync::Once;
+
+use tokio_postgres::NoTls;
+use tokio_postgres::config::Host;
+
+/// The variable naming the server tests use (any database on it; they create their own).
+pub const URL_VAR: &str = "CAIRN_TEST_POSTGRES_URL";
+
+static SKIP_NOTICE: Once = Once::new();
+
+/// The admin URL, or `None` (after a loud notice) when PostgreSQL tests are not enabled.
+#[must_use]
+pub fn admin_url() -> Option<String> {
+    match std::env::var(URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            SKIP_NOTICE.call_once(|| {
+                let binary = std::env::args().next().unwrap_or_default();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** SKIPPED: the PostgreSQL tests of {binary} did not run. Set {URL_VAR}=postgres://postgres@127.0.0.1:5432/test to run them (.ci/run does). ***\n"
+                );
+            });
+            None
+        }
+    }
+}
+
+/// A database created for one test and dropped when this is dropped.
+pub struct TestDatabase {
+    /// URL of the new database.
+    pub url: String,
+    name: String,
+    admin: String,
+}
+
+/// A URL for `config` pointed at database `db`.
+fn url_for(config: &tokio_postgres::Config, db: &str) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    match config.get_password() {
+        Some(p) => format!("postgres://{user}:{}@{host}:{port}/{db}", String::from_utf8_lossy(p)),
+        None => format!("postgres://{user}@{host}:{port}/{db}"),
+    }
+}
+
+impl TestDatabase {
+    /// Creates an empty database, or `None` when PostgreSQL tests are not enabled.
+    ///
+    /// # Panics
+    /// When the variable is set but the server cannot be reached: an enabled backend test
+    /// must fail, not skip.
+    pub async fn create() -> Option<Self> {
+        let admin = admin_url()?;
+        let config = tokio_postgres::Config::from_str(&admin)
+            .unwrap_or_else(|e| panic!("{URL_VAR} is not a valid URL: {e}"));
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("{URL_VAR} is set but PostgreSQL is unreachable: {e}"));
+        tokio::spawn(connection);
+        let name = format!("cairn_test_{}", uuid::Uuid::new_v4().simple());
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create a test database: {e}"));
+        Some(Self { url: url_for(&config, &name), name, admin })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop may run inside or outside a runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok((client, connection)) = tokio_postgres::connect(&admin, NoTls).await {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}

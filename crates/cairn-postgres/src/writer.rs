@@ -1,0 +1,437 @@
+//! The group-commit writer: one task per process, one transaction per group of appends.
+//!
+//! Per group:
+//! 1. take one queued append, then whatever else is queued (bounded);
+//! 2. `BEGIN`; take the append lock (`pg_advisory_xact_lock`): from here until COMMIT no
+//!    other process appends, so the head, the stream versions and the event ids read now
+//!    stay true;
+//! 3. read, pipelined: the head position, the head of every stream in the group, which of
+//!    the group's event ids and idempotency keys exist;
+//! 4. decide every append in order in memory (a rejection rejects only that append);
+//! 5. one multi-row `INSERT … SELECT FROM unnest(…)` for all events, one for the keys,
+//!    `pg_notify` with the new head, `COMMIT`; only then answer.
+//!
+//! The lock is released after the commit is visible, so positions become visible in
+//! order and no reader can skip one. A failed group is answered "outcome unknown" only
+//! when COMMIT itself failed; the next group re-reads everything from the database, so
+//! nothing in memory can go stale.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cairn_core::store::{StoredLocation, recognise_retry};
+use cairn_core::timestamp::Timestamp;
+use cairn_core::{Append, AppendError, AppendOutcome};
+use deadpool_postgres::Object;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::pool::{Shared, db_error};
+
+pub(crate) type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+
+pub(crate) enum Job {
+    Append(Append, Reply),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct WriterStats {
+    pub groups: AtomicU64,
+    pub appends: AtomicU64,
+    pub events: AtomicU64,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>, stats: Arc<WriterStats>) {
+    let mut conn: Option<Object> = None;
+    let mut group: Vec<(Append, Reply)> = Vec::new();
+    while let Some(job) = rx.recv().await {
+        let mut shutdown = None;
+        let mut events = 0;
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Append(a, reply) => {
+                    events += a.events.len();
+                    group.push((a, reply));
+                }
+                Job::Shutdown(done) => {
+                    shutdown = Some(done);
+                    break;
+                }
+            }
+            if group.len() < shared.options.batch_appends_max
+                && events < shared.options.batch_events_max
+            {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !group.is_empty() {
+            commit_group(&shared, &mut conn, &mut group, &stats).await;
+        }
+        if let Some(done) = shutdown {
+            rx.close();
+            while let Ok(job) = rx.try_recv() {
+                if let Job::Append(_, reply) = job {
+                    let _ = reply.send(Err(AppendError::ShuttingDown));
+                }
+            }
+            let _ = done.send(());
+            break;
+        }
+    }
+}
+
+async fn connection<'a>(
+    shared: &Shared,
+    conn: &'a mut Option<Object>,
+) -> Result<&'a mut Object, String> {
+    if conn.as_ref().is_some_and(|c| c.is_closed()) {
+        *conn = None;
+    }
+    if conn.is_none() {
+        let c = shared.pool.get().await.map_err(|e| e.to_string())?;
+        let timeout_ms = shared.options.lock_timeout.as_millis();
+        c.batch_execute(&format!("SET lock_timeout = {timeout_ms}"))
+            .await
+            .map_err(|e| db_error(&e))?;
+        *conn = Some(c);
+    }
+    conn.as_mut().ok_or_else(|| "no connection".to_owned())
+}
+
+async fn commit_group(
+    shared: &Shared,
+    conn: &mut Option<Object>,
+    group: &mut Vec<(Append, Reply)>,
+    stats: &WriterStats,
+) {
+    let result = match connection(shared, conn).await {
+        Ok(c) => try_commit(shared, c, group).await,
+        Err(e) => Err(Failure::NotStored(e)),
+    };
+    match result {
+        Ok((results, head, stored_events)) => {
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            stats.appends.fetch_add(group.len() as u64, Ordering::Relaxed);
+            stats.events.fetch_add(stored_events, Ordering::Relaxed);
+            shared.advance_head(head);
+            for ((_, reply), result) in group.drain(..).zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(failure) => {
+            // Whatever went wrong, the next group starts on a fresh connection.
+            *conn = None;
+            let error = match failure {
+                Failure::NotStored(m) => {
+                    tracing::warn!(error = %m, "append group failed before commit; nothing stored");
+                    AppendError::Unavailable(format!("the event store could not append: {m}"))
+                }
+                Failure::Unknown(m) => {
+                    tracing::error!(error = %m, "commit failed; outcome unknown");
+                    AppendError::Unavailable(format!(
+                        "commit failed, outcome unknown (the events may or may not be stored): retry with the same event ids; {m}"
+                    ))
+                }
+            };
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+enum Failure {
+    /// Rolled back: nothing of the group is stored.
+    NotStored(String),
+    /// COMMIT was sent and did not answer.
+    Unknown(String),
+}
+
+struct Stream {
+    aggregate_type: String,
+    version: u64,
+}
+
+/// The group's rows, column by column, for `unnest`.
+#[derive(Default)]
+struct Rows {
+    position: Vec<i64>,
+    event_id: Vec<Uuid>,
+    aggregate_id: Vec<String>,
+    aggregate_type: Vec<String>,
+    event_type: Vec<String>,
+    version: Vec<i64>,
+    data: Vec<String>,
+    metadata: Vec<String>,
+}
+
+#[derive(Default)]
+struct Keys {
+    key: Vec<String>,
+    aggregate_id: Vec<String>,
+    first_version: Vec<i64>,
+    last_version: Vec<i64>,
+    position: Vec<i64>,
+}
+
+const HEAD_SQL: &str =
+    "SELECT position, timestamp_us FROM events ORDER BY position DESC LIMIT 1";
+const STREAM_HEADS_SQL: &str = "SELECT h.aggregate_id, h.aggregate_type, h.version
+     FROM unnest($1::text[]) AS s(id),
+          LATERAL (SELECT aggregate_id, aggregate_type, version FROM events
+                   WHERE aggregate_id = s.id ORDER BY version DESC LIMIT 1) h";
+const EVENT_IDS_SQL: &str =
+    "SELECT event_id, aggregate_id, version, position FROM events WHERE event_id = ANY($1)";
+const KEYS_SQL: &str = "SELECT key, aggregate_id, first_version, last_version, position
+     FROM idempotency_keys WHERE key = ANY($1)";
+const INSERT_SQL: &str = "INSERT INTO events
+     (position, event_id, aggregate_id, aggregate_type, event_type, version, timestamp_us, data, metadata)
+     SELECT p, i, a, t, e, v, $7, d, m FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[],
+        $5::text[], $6::bigint[], $8::text[], $9::text[]) AS r(p, i, a, t, e, v, d, m)";
+const INSERT_KEYS_SQL: &str = "INSERT INTO idempotency_keys
+     (key, aggregate_id, first_version, last_version, position, created_us)
+     SELECT k, a, f, l, p, $6 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+        AS r(k, a, f, l, p)";
+
+type Results = Vec<Result<AppendOutcome, AppendError>>;
+
+#[allow(clippy::too_many_lines)] // one transaction, read top to bottom
+async fn try_commit(
+    shared: &Shared,
+    client: &mut Object,
+    group: &[(Append, Reply)],
+) -> Result<(Results, u64, u64), Failure> {
+    let not_stored = |e: tokio_postgres::Error| Failure::NotStored(db_error(&e));
+    let tx = client.transaction().await.map_err(not_stored)?;
+    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await.map_err(not_stored)?;
+    tx.execute(&lock, &[&shared.append_lock]).await.map_err(not_stored)?;
+
+    let stream_ids: Vec<&str> = group
+        .iter()
+        .map(|(a, _)| a.aggregate_id.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let event_ids: Vec<Uuid> =
+        group.iter().flat_map(|(a, _)| a.events.iter().map(|e| e.event_id)).collect();
+    let keys: Vec<&str> = group.iter().filter_map(|(a, _)| a.idempotency_key.as_deref()).collect();
+
+    let (head_stmt, heads_stmt, ids_stmt, keys_stmt) = tokio::try_join!(
+        tx.prepare_cached(HEAD_SQL),
+        tx.prepare_cached(STREAM_HEADS_SQL),
+        tx.prepare_cached(EVENT_IDS_SQL),
+        tx.prepare_cached(KEYS_SQL),
+    )
+    .map_err(not_stored)?;
+    let heads_args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&stream_ids];
+    let (head_rows, head_of_streams, found_ids, found_keys) = tokio::try_join!(
+        tx.query(&head_stmt, &[]),
+        tx.query(&heads_stmt, &heads_args),
+        async {
+            if event_ids.is_empty() { Ok(Vec::new()) } else { tx.query(&ids_stmt, &[&event_ids]).await }
+        },
+        async { if keys.is_empty() { Ok(Vec::new()) } else { tx.query(&keys_stmt, &[&keys]).await } },
+    )
+    .map_err(not_stored)?;
+
+    let (head, last_ts): (u64, i64) = head_rows
+        .first()
+        .map_or((0, 0), |r| (r.get::<_, i64>(0) as u64, r.get(1)));
+    let mut streams: HashMap<String, Stream> = head_of_streams
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                Stream { aggregate_type: r.get(1), version: r.get::<_, i64>(2) as u64 },
+            )
+        })
+        .collect();
+    let mut locations: HashMap<Uuid, StoredLocation> = found_ids
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, Uuid>(0),
+                StoredLocation {
+                    aggregate_id: r.get(1),
+                    version: r.get::<_, i64>(2) as u64,
+                    position: r.get::<_, i64>(3) as u64,
+                },
+            )
+        })
+        .collect();
+    let mut used_keys: HashMap<String, (String, AppendOutcome)> = found_keys
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                (
+                    r.get(1),
+                    AppendOutcome {
+                        first_version: r.get::<_, i64>(2) as u64,
+                        last_version: r.get::<_, i64>(3) as u64,
+                        position: r.get::<_, i64>(4) as u64,
+                        deduplicated: true,
+                    },
+                ),
+            )
+        })
+        .collect();
+
+    let timestamp_us = Timestamp::now().as_micros().max(last_ts);
+    let mut next_position = head + 1;
+    let mut rows = Rows::default();
+    let mut new_keys = Keys::default();
+    let mut results = Vec::with_capacity(group.len());
+    for (append, _) in group {
+        let result = decide(append, &streams, &locations, &used_keys);
+        let Ok(Decision::Store { actual }) = result else {
+            results.push(result.map(|d| match d {
+                Decision::Retry(outcome) => outcome,
+                Decision::Store { .. } => unreachable!("handled above"),
+            }));
+            continue;
+        };
+        let n = append.events.len() as u64;
+        for (i, e) in append.events.iter().enumerate() {
+            let (position, version) = (next_position + i as u64, actual + 1 + i as u64);
+            rows.position.push(position as i64);
+            rows.event_id.push(e.event_id);
+            rows.aggregate_id.push(append.aggregate_id.clone());
+            rows.aggregate_type.push(append.aggregate_type.clone());
+            rows.event_type.push(e.event_type.clone());
+            rows.version.push(version as i64);
+            rows.data.push(e.data.get().to_owned());
+            rows.metadata.push(e.metadata.get().to_owned());
+            locations.insert(
+                e.event_id,
+                StoredLocation { aggregate_id: append.aggregate_id.clone(), version, position },
+            );
+        }
+        let outcome = AppendOutcome {
+            first_version: actual + 1,
+            last_version: actual + n,
+            position: next_position + n - 1,
+            deduplicated: false,
+        };
+        next_position += n;
+        streams.insert(
+            append.aggregate_id.clone(),
+            Stream { aggregate_type: append.aggregate_type.clone(), version: outcome.last_version },
+        );
+        if let Some(key) = &append.idempotency_key {
+            new_keys.key.push(key.clone());
+            new_keys.aggregate_id.push(append.aggregate_id.clone());
+            new_keys.first_version.push(outcome.first_version as i64);
+            new_keys.last_version.push(outcome.last_version as i64);
+            new_keys.position.push(outcome.position as i64);
+            used_keys.insert(
+                key.clone(),
+                (append.aggregate_id.clone(), AppendOutcome { deduplicated: true, ..outcome }),
+            );
+        }
+        results.push(Ok(outcome));
+    }
+
+    let stored = rows.position.len() as u64;
+    if stored > 0 {
+        let insert = tx.prepare_cached(INSERT_SQL).await.map_err(not_stored)?;
+        tx.execute(
+            &insert,
+            &[
+                &rows.position,
+                &rows.event_id,
+                &rows.aggregate_id,
+                &rows.aggregate_type,
+                &rows.event_type,
+                &rows.version,
+                &timestamp_us,
+                &rows.data,
+                &rows.metadata,
+            ],
+        )
+        .await
+        .map_err(not_stored)?;
+        if !new_keys.key.is_empty() {
+            let insert_keys = tx.prepare_cached(INSERT_KEYS_SQL).await.map_err(not_stored)?;
+            tx.execute(
+                &insert_keys,
+                &[
+                    &new_keys.key,
+                    &new_keys.aggregate_id,
+                    &new_keys.first_version,
+                    &new_keys.last_version,
+                    &new_keys.position,
+                    &timestamp_us,
+                ],
+            )
+            .await
+            .map_err(not_stored)?;
+        }
+        let new_head = (next_position - 1).to_string();
+        tx.execute("SELECT pg_notify($1, $2)", &[&shared.events_channel, &new_head])
+            .await
+            .map_err(not_stored)?;
+    }
+    if !shared.options.commit_delay.is_zero() {
+        tokio::time::sleep(shared.options.commit_delay).await;
+    }
+    tx.commit().await.map_err(|e| Failure::Unknown(db_error(&e)))?;
+    Ok((results, next_position - 1, stored))
+}
+
+enum Decision {
+    Store { actual: u64 },
+    Retry(AppendOutcome),
+}
+
+/// Decides one append against the state read under the lock plus the group's earlier
+/// appends, checking in the order `recognise_retry` documents.
+fn decide(
+    append: &Append,
+    streams: &HashMap<String, Stream>,
+    locations: &HashMap<Uuid, StoredLocation>,
+    keys: &HashMap<String, (String, AppendOutcome)>,
+) -> Result<Decision, AppendError> {
+    if let Some(key) = &append.idempotency_key
+        && let Some((aggregate_id, outcome)) = keys.get(key)
+    {
+        return Err(AppendError::IdempotencyKeyUsed {
+            aggregate_id: aggregate_id.clone(),
+            outcome: *outcome,
+        });
+    }
+    let retry = || {
+        locations.contains_key(&append.events[0].event_id).then(|| {
+            let found: Vec<Option<StoredLocation>> =
+                append.events.iter().map(|e| locations.get(&e.event_id).cloned()).collect();
+            recognise_retry(append, &found).map(Decision::Retry)
+        })
+    };
+    let stream = streams.get(&append.aggregate_id);
+    let actual = stream.map_or(0, |s| s.version);
+    if !append.expected.is_satisfied_by(actual) {
+        return retry().unwrap_or(Err(AppendError::WrongExpectedVersion {
+            expected: append.expected,
+            actual,
+        }));
+    }
+    if let Some(s) = stream
+        && s.aggregate_type != append.aggregate_type
+    {
+        return retry().unwrap_or_else(|| {
+            Err(AppendError::AggregateTypeMismatch {
+                actual: s.aggregate_type.clone(),
+                requested: append.aggregate_type.clone(),
+            })
+        });
+    }
+    if let Some(clash) = append.events.iter().find(|e| locations.contains_key(&e.event_id)) {
+        return retry()
+            .unwrap_or(Err(AppendError::DuplicateEventId { event_id: clash.event_id }));
+    }
+    Ok(Decision::Store { actual })
+}
