@@ -8,7 +8,7 @@
 //! single in-memory emptiness check per batch: no extra query.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -127,6 +127,8 @@ struct Dlq {
     depth: AtomicU64,
     gate: tokio::sync::Mutex<()>,
     rebuild: Mutex<Option<RebuildProgress>>,
+    /// Whether this process runs the consumer (another process may lead it).
+    leading: AtomicBool,
 }
 
 impl Dlq {
@@ -257,6 +259,7 @@ impl ConsumerHandle {
     /// tables keep answering; they are swapped atomically once the shadow has caught up.
     /// Refused while a rebuild runs, while dead letters wait, or for a process manager.
     pub fn start_rebuild(&self) -> Result<(), String> {
+        self.require_leader()?;
         let Some(shadow) = self.dlq.handler.shadow() else {
             return Err(format!(
                 "{} cannot be rebuilt (its side effects must happen once)",
@@ -289,6 +292,24 @@ impl ConsumerHandle {
         Ok(())
     }
 
+    /// Whether this process runs the consumer; when several processes share a database,
+    /// one leads each consumer and the others mirror its progress.
+    #[must_use]
+    pub fn is_leader(&self) -> bool {
+        self.dlq.leading.load(Ordering::Acquire)
+    }
+
+    fn require_leader(&self) -> Result<(), String> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} runs on another cairn process sharing this database; send this request to that process",
+                self.name
+            ))
+        }
+    }
+
     /// Events waiting in its dead letter queue.
     #[must_use]
     pub fn dlq_depth(&self) -> u64 {
@@ -312,6 +333,7 @@ impl ConsumerHandle {
     /// Re-runs dead letter `id` and the events parked behind it, in order.
     /// `Ok(None)` when this consumer has no such letter.
     pub async fn retry_dead_letter(&self, id: i64) -> Result<Option<DeadLetterOutcome>, String> {
+        self.require_leader()?;
         let _gate = self.dlq.gate.lock().await;
         let letters = self.dlq.letters().await.map_err(|e| e.to_string())?;
         let Some(letter) = letters.iter().find(|l| l.id == id) else { return Ok(None) };
@@ -323,6 +345,7 @@ impl ConsumerHandle {
     /// Drops dead letter `id` (its event is never applied); when it headed a chain, the
     /// events parked behind it are re-run. `Ok(None)` when this consumer has no such letter.
     pub async fn discard_dead_letter(&self, id: i64) -> Result<Option<DeadLetterOutcome>, String> {
+        self.require_leader()?;
         let _gate = self.dlq.gate.lock().await;
         let letters = self.dlq.letters().await.map_err(|e| e.to_string())?;
         let Some(letter) = letters.iter().find(|l| l.id == id).cloned() else { return Ok(None) };
@@ -430,8 +453,14 @@ struct Runner {
     shutdown: watch::Receiver<bool>,
 }
 
-/// `Err(())` = shutting down.
-type Stop = ();
+/// Why the leading loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The process is shutting down.
+    Shutdown,
+    /// Another process may now lead this consumer (the leadership session is gone).
+    Lost,
+}
 
 impl Runner {
     /// Handles a batch; an event error is retried `EVENT_ATTEMPTS_MAX` times, a
@@ -456,13 +485,16 @@ impl Runner {
                     }
                 }
                 Err(HandleError::Transient(e)) => {
+                    if !self.handler.readmodels().leads(self.handler.name()) {
+                        return Err(Stop::Lost);
+                    }
                     tracing::error!(consumer = self.handler.name(), error = %e, "storage failed; retrying");
                     set(&self.status, ConsumerStatus::Stalled);
                 }
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                _ = self.shutdown.changed() => return Err(()),
+                _ = self.shutdown.changed() => return Err(Stop::Shutdown),
             }
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         }
@@ -489,6 +521,9 @@ impl Runner {
                 tracing::warn!(consumer = self.handler.name(), position = event.position, %error, "event dead-lettered");
                 let mut backoff = RETRY_BACKOFF_MIN;
                 while let Err(e) = dlq.park(&event, error.clone(), attempts).await {
+                    if !self.handler.readmodels().leads(self.handler.name()) {
+                        return Err(Stop::Lost);
+                    }
                     tracing::error!(consumer = self.handler.name(), error = %e, "cannot park; retrying");
                     set(&self.status, ConsumerStatus::Stalled);
                     tokio::time::sleep(backoff).await;
@@ -501,7 +536,16 @@ impl Runner {
     }
 }
 
+/// How often a process that does not lead a consumer tries to take it over.
+const TAKEOVER_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a follower re-reads the leader's checkpoint without a notification.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+
 /// Starts the loop on the current runtime and returns its handle.
+///
+/// The loop first becomes the consumer's leader (immediately on an embedded store); until
+/// then it mirrors the leader's checkpoint, so `wait_for` (read-your-writes) works on
+/// every process. When leadership is lost it goes back to following.
 pub fn spawn(
     store: Arc<dyn EventStore>,
     handler: Arc<dyn BatchHandler>,
@@ -516,6 +560,7 @@ pub fn spawn(
         depth: AtomicU64::new(0),
         gate: tokio::sync::Mutex::new(()),
         rebuild: Mutex::new(None),
+        leading: AtomicBool::new(false),
     });
     let handle = ConsumerHandle {
         name: handler.name().to_owned(),
@@ -524,42 +569,128 @@ pub fn spawn(
         head: store.head(),
         dlq: Arc::clone(&dlq),
     };
-    let filter = AllFilter { event_types: handler.event_types(), aggregate_type: None };
     let mut runner =
         Runner { handler, dlq, status: Arc::clone(&status), shutdown: shutdown.clone() };
-    let mut shutdown = shutdown;
     tokio::spawn(async move {
+        loop {
+            if !runner.follow(&position_tx).await {
+                return;
+            }
+            runner.dlq.leading.store(true, Ordering::Release);
+            tracing::info!(consumer = runner.handler.name(), "leading");
+            let stop = runner.lead(&store, &position_tx).await;
+            runner.dlq.leading.store(false, Ordering::Release);
+            let (rm, name) =
+                (Arc::clone(runner.handler.readmodels()), runner.handler.name().to_owned());
+            let _ = tokio::task::spawn_blocking(move || rm.resign(&name)).await;
+            match stop {
+                Stop::Shutdown => return,
+                Stop::Lost => {
+                    tracing::warn!(consumer = runner.handler.name(), "leadership lost; following");
+                    runner.dlq.blocked.lock().unwrap_or_else(PoisonError::into_inner).clear();
+                }
+            }
+        }
+    });
+    handle
+}
+
+impl Runner {
+    /// Until this process leads the consumer: mirror the leader's checkpoint and dead
+    /// letter count. `false` = shutting down.
+    async fn follow(&mut self, position_tx: &watch::Sender<u64>) -> bool {
+        let (rm, name) = (Arc::clone(self.handler.readmodels()), self.handler.name().to_owned());
+        let mut changes = rm.changes();
+        let mut next_try = tokio::time::Instant::now();
+        let mut announced = false;
+        loop {
+            if *self.shutdown.borrow() {
+                return false;
+            }
+            if tokio::time::Instant::now() >= next_try {
+                let (rm, candidate) = (Arc::clone(&rm), name.clone());
+                match blocking(move || rm.try_lead(&candidate)).await {
+                    Ok(true) => return true,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(consumer = %name, error = %e, "cannot try to lead"),
+                }
+                next_try = tokio::time::Instant::now() + TAKEOVER_INTERVAL;
+                if !announced {
+                    tracing::info!(consumer = %name, "another process leads this consumer; following it");
+                    announced = true;
+                }
+            }
+            let (rm2, name2) = (Arc::clone(&rm), name.clone());
+            if let Ok((p, depth)) = blocking(move || {
+                Ok((rm2.checkpoint(&name2)?, rm2.dead_letters(Some(&name2))?.len() as u64))
+            })
+            .await
+            {
+                position_tx.send_if_modified(|cur| {
+                    let newer = p > *cur;
+                    if newer {
+                        *cur = p;
+                    }
+                    newer
+                });
+                self.dlq.depth.store(depth, Ordering::Relaxed);
+                set(&self.status, ConsumerStatus::Running);
+            }
+            let wait = FOLLOW_POLL.min(next_try.saturating_duration_since(tokio::time::Instant::now()));
+            let changed = async {
+                match changes.as_mut() {
+                    Some(c) => {
+                        let _ = c.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Runs the consumer from its checkpoint until shutdown or lost leadership.
+    async fn lead(&mut self, store: &Arc<dyn EventStore>, position_tx: &watch::Sender<u64>) -> Stop {
+        let filter = AllFilter { event_types: self.handler.event_types(), aggregate_type: None };
+        let mut shutdown = self.shutdown.clone();
         let mut head = store.head();
         let mut backoff = RETRY_BACKOFF_MIN;
         let mut position = loop {
+            if *shutdown.borrow() {
+                return Stop::Shutdown;
+            }
             let (rm, name) =
-                (Arc::clone(runner.handler.readmodels()), runner.handler.name().to_owned());
+                (Arc::clone(self.handler.readmodels()), self.handler.name().to_owned());
             let started =
                 blocking(move || Ok((rm.checkpoint(&name)?, rm.dead_letters(Some(&name))?))).await;
             match started {
                 Ok((p, letters)) => {
                     for l in &letters {
-                        runner.dlq.block(&l.aggregate_id);
+                        self.dlq.block(&l.aggregate_id);
                     }
-                    runner.dlq.depth.store(letters.len() as u64, Ordering::Relaxed);
+                    self.dlq.depth.store(letters.len() as u64, Ordering::Relaxed);
                     break p;
                 }
                 Err(e) => {
-                    tracing::error!(consumer = runner.handler.name(), error = %e, "cannot read checkpoint; retrying");
-                    set(&status, ConsumerStatus::Stalled);
+                    tracing::error!(consumer = self.handler.name(), error = %e, "cannot read checkpoint; retrying");
+                    set(&self.status, ConsumerStatus::Stalled);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 }
             }
         };
         position_tx.send_replace(position);
-        set(&status, ConsumerStatus::Running);
+        set(&self.status, ConsumerStatus::Running);
         let mut prefetched: Option<
             tokio::task::JoinHandle<Result<cairn_core::AllSlice, cairn_core::ReadError>>,
         > = None;
         loop {
             if *shutdown.borrow() {
-                return;
+                return Stop::Shutdown;
             }
             head.borrow_and_update();
             let read = match prefetched.take() {
@@ -571,7 +702,7 @@ pub fn spawn(
             let slice = match read {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(consumer = runner.handler.name(), error = %e, "reading $all failed; retrying");
+                    tracing::warn!(consumer = self.handler.name(), error = %e, "reading $all failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                     continue;
@@ -581,25 +712,24 @@ pub fn spawn(
             let full = slice.events.len() == BATCH_EVENTS_MAX;
             if full {
                 // Catching up: read the next batch while this one is applied.
-                let (store, filter, from) = (Arc::clone(&store), filter.clone(), slice.scanned_to);
+                let (store, filter, from) = (Arc::clone(store), filter.clone(), slice.scanned_to);
                 prefetched = Some(tokio::spawn(async move {
                     store.read_all(from, BATCH_EVENTS_MAX, &filter).await
                 }));
             }
             if !slice.events.is_empty()
-                && runner.process(slice.events, slice.scanned_to).await.is_err()
+                && let Err(stop) = self.process(slice.events, slice.scanned_to).await
             {
-                return;
+                return stop;
             }
             position = position.max(slice.scanned_to);
             position_tx.send_replace(position);
             if !full {
                 tokio::select! {
-                    changed = head.changed() => if changed.is_err() { return },
+                    changed = head.changed() => if changed.is_err() { return Stop::Shutdown },
                     _ = shutdown.changed() => {}
                 }
             }
         }
-    });
-    handle
+    }
 }

@@ -46,6 +46,35 @@ impl Default for PgOptions {
     }
 }
 
+impl PgOptions {
+    /// The defaults, with the tuning variables `CAIRN_PG_POOL_SIZE`,
+    /// `CAIRN_PG_STALL_SECS`, `CAIRN_PG_LOCK_TIMEOUT_SECS`, `CAIRN_PG_POLL_MS` and the fault
+    /// hook `CAIRN_FAULT_PG_COMMIT_DELAY_MS` applied.
+    #[must_use]
+    pub fn from_env() -> Self {
+        fn var(name: &str) -> Option<u64> {
+            std::env::var(name).ok().and_then(|v| v.parse().ok())
+        }
+        let mut o = Self::default();
+        if let Some(v) = var("CAIRN_PG_POOL_SIZE") {
+            o.pool_size = v as usize;
+        }
+        if let Some(v) = var("CAIRN_PG_STALL_SECS") {
+            o.stall_threshold = Duration::from_secs(v);
+        }
+        if let Some(v) = var("CAIRN_PG_LOCK_TIMEOUT_SECS") {
+            o.lock_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = var("CAIRN_PG_POLL_MS") {
+            o.poll_interval = Duration::from_millis(v);
+        }
+        if let Some(v) = var("CAIRN_FAULT_PG_COMMIT_DELAY_MS") {
+            o.commit_delay = Duration::from_millis(v);
+        }
+        o
+    }
+}
+
 /// Why the backend could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

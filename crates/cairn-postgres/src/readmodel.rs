@@ -63,6 +63,9 @@ pub struct PgReadModels {
     shared: Arc<Shared>,
     tables: Mutex<HashMap<String, TableState>>,
     leaders: Mutex<HashMap<String, Arc<Mutex<Leader>>>>,
+    /// Sessions that tried to lead and may try again (one connection per waiting consumer,
+    /// not one per attempt).
+    candidates: Mutex<HashMap<String, Client>>,
 }
 
 /// Either a pooled connection or a leader's session.
@@ -73,7 +76,12 @@ enum Conn {
 
 impl PgReadModels {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared, tables: Mutex::new(HashMap::new()), leaders: Mutex::new(HashMap::new()) }
+        Self {
+            shared,
+            tables: Mutex::new(HashMap::new()),
+            leaders: Mutex::new(HashMap::new()),
+            candidates: Mutex::new(HashMap::new()),
+        }
     }
 
     fn declared(&self) -> HashMap<String, TableState> {
@@ -631,7 +639,16 @@ impl ReadModelStore for PgReadModels {
         {
             return Ok(true);
         }
-        let client = self.shared.wait(self.shared.dedicated()).map_err(|e| storage(&e))?;
+        let reused = self
+            .candidates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(consumer)
+            .filter(|c| !c.is_closed());
+        let client = match reused {
+            Some(c) => c,
+            None => self.shared.wait(self.shared.dedicated()).map_err(|e| storage(&e))?,
+        };
         let name = format!("lead/{consumer}");
         let acquired: bool = self
             .shared
@@ -646,6 +663,11 @@ impl ReadModelStore for PgReadModels {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(consumer.to_owned(), Arc::new(Mutex::new(Leader { client })));
+        } else {
+            self.candidates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(consumer.to_owned(), client);
         }
         Ok(acquired)
     }
