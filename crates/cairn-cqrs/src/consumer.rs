@@ -129,6 +129,8 @@ struct Dlq {
     rebuild: Mutex<Option<RebuildProgress>>,
     /// Whether this process runs the consumer (another process may lead it).
     leading: AtomicBool,
+    /// A rebuild to start as soon as this process leads the consumer.
+    rebuild_when_leading: AtomicBool,
 }
 
 impl Dlq {
@@ -252,7 +254,14 @@ impl ConsumerHandle {
     /// Progress of a running rebuild.
     #[must_use]
     pub fn rebuild_progress(&self) -> Option<RebuildProgress> {
-        *self.dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner)
+        let running = *self.dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner);
+        // A rebuild waiting for leadership counts as started, at position 0.
+        running.or_else(|| {
+            self.dlq
+                .rebuild_when_leading
+                .load(Ordering::SeqCst)
+                .then_some(RebuildProgress { position: 0, rate: 0.0 })
+        })
     }
 
     /// Starts rebuilding the read model from position 0 into shadow tables, while the live
@@ -260,43 +269,24 @@ impl ConsumerHandle {
     /// Refused while a rebuild runs, while dead letters wait, or for a process manager.
     pub fn start_rebuild(&self) -> Result<(), String> {
         self.require_leader()?;
-        let Some(shadow) = self.dlq.handler.shadow() else {
-            return Err(format!(
-                "{} cannot be rebuilt (its side effects must happen once)",
-                self.name
-            ));
-        };
-        if self.dlq.depth.load(Ordering::Relaxed) > 0 {
-            return Err(format!("{} has dead letters: retry or discard them first", self.name));
-        }
-        {
-            let mut progress = self.dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner);
-            if progress.is_some() {
-                return Err(format!("{} is already rebuilding", self.name));
+        start_rebuild(&self.dlq)
+    }
+
+    /// Starts a rebuild as soon as this process leads the consumer (at once if it does).
+    pub fn rebuild_when_leading(&self) {
+        self.dlq.rebuild_when_leading.store(true, Ordering::SeqCst);
+        if self.is_leader() && self.dlq.rebuild_when_leading.swap(false, Ordering::SeqCst) {
+            if let Err(e) = start_rebuild(&self.dlq) {
+                tracing::warn!(consumer = %self.name, error = %e, "rebuild not started");
             }
-            *progress = Some(RebuildProgress { position: 0, rate: 0.0 });
         }
-        let dlq = Arc::clone(&self.dlq);
-        tokio::spawn(async move {
-            if let Err(e) = rebuild(&dlq, shadow).await {
-                tracing::error!(consumer = dlq.handler.name(), error = %e, "rebuild abandoned");
-                let (rm, tables, name) = (
-                    Arc::clone(dlq.handler.readmodels()),
-                    dlq.handler.tables(),
-                    format!("{}#rebuild", dlq.handler.name()),
-                );
-                let _ = blocking(move || rm.abort_shadow(&tables, &name)).await;
-            }
-            *dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        });
-        Ok(())
     }
 
     /// Whether this process runs the consumer; when several processes share a database,
     /// one leads each consumer and the others mirror its progress.
     #[must_use]
     pub fn is_leader(&self) -> bool {
-        self.dlq.leading.load(Ordering::Acquire)
+        self.dlq.leading.load(Ordering::SeqCst)
     }
 
     fn require_leader(&self) -> Result<(), String> {
@@ -358,6 +348,38 @@ impl ConsumerHandle {
             self.dlq.replay_chain(&letter.aggregate_id).await.map_err(|e| e.to_string())?;
         Ok(Some(DeadLetterOutcome { remaining }))
     }
+}
+
+/// Starts a rebuild (see [`ConsumerHandle::start_rebuild`]); the caller leads the consumer.
+fn start_rebuild(dlq: &Arc<Dlq>) -> Result<(), String> {
+    let name = dlq.handler.name().to_owned();
+    let Some(shadow) = dlq.handler.shadow() else {
+        return Err(format!("{name} cannot be rebuilt (its side effects must happen once)"));
+    };
+    if dlq.depth.load(Ordering::Relaxed) > 0 {
+        return Err(format!("{name} has dead letters: retry or discard them first"));
+    }
+    {
+        let mut progress = dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner);
+        if progress.is_some() {
+            return Err(format!("{name} is already rebuilding"));
+        }
+        *progress = Some(RebuildProgress { position: 0, rate: 0.0 });
+    }
+    let dlq = Arc::clone(dlq);
+    tokio::spawn(async move {
+        if let Err(e) = rebuild(&dlq, shadow).await {
+            tracing::error!(consumer = dlq.handler.name(), error = %e, "rebuild abandoned");
+            let (rm, tables, name) = (
+                Arc::clone(dlq.handler.readmodels()),
+                dlq.handler.tables(),
+                format!("{}#rebuild", dlq.handler.name()),
+            );
+            let _ = blocking(move || rm.abort_shadow(&tables, &name)).await;
+        }
+        *dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    });
+    Ok(())
 }
 
 /// Feeds `shadow` every event with position in `(from, to]`; returns `to`.
@@ -561,6 +583,7 @@ pub fn spawn(
         gate: tokio::sync::Mutex::new(()),
         rebuild: Mutex::new(None),
         leading: AtomicBool::new(false),
+        rebuild_when_leading: AtomicBool::new(false),
     });
     let handle = ConsumerHandle {
         name: handler.name().to_owned(),
@@ -576,8 +599,13 @@ pub fn spawn(
             if !runner.follow(&position_tx).await {
                 return;
             }
-            runner.dlq.leading.store(true, Ordering::Release);
+            runner.dlq.leading.store(true, Ordering::SeqCst);
             tracing::info!(consumer = runner.handler.name(), "leading");
+            if runner.dlq.rebuild_when_leading.swap(false, Ordering::SeqCst)
+                && let Err(e) = start_rebuild(&runner.dlq)
+            {
+                tracing::warn!(consumer = runner.handler.name(), error = %e, "rebuild not started");
+            }
             let stop = runner.lead(&store, &position_tx).await;
             runner.dlq.leading.store(false, Ordering::Release);
             let (rm, name) =

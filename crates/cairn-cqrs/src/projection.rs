@@ -143,9 +143,7 @@ pub fn spawn_projection(
     if stored.is_some_and(|v| v != version) {
         // A new version of the projection: rebuilt beside the old read model, swapped in.
         tracing::info!(projection = %name, from = stored, to = version, "projection version changed; rebuilding");
-        if let Err(e) = handle.start_rebuild() {
-            tracing::warn!(projection = %name, error = %e, "automatic rebuild not started");
-        }
+        handle.rebuild_when_leading();
     }
     Ok(handle)
 }

@@ -10,6 +10,7 @@ use cairn_core::readmodel::{DocTxn, DocTxnExt, ReadModelError, ReadModelStore, T
 use cairn_core::{Append, EventStore, ExpectedVersion, MemoryEventStore, NewEvent, RecordedEvent};
 use cairn_cqrs::consumer::ConsumerHandle;
 use cairn_cqrs::projection::{Projection, spawn_projection};
+use cairn_testkit::Backend;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
@@ -61,12 +62,27 @@ async fn caught_up(handle: &ConsumerHandle, position: u64) {
     handle.wait_for(position, Duration::from_secs(10)).await.expect("projection caught up");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_events_are_parked_in_order_and_released_by_retry_or_discard() {
-    let dir = tempfile::tempdir().unwrap();
+cairn_testkit::backend_tests!(
+    failing_events_are_parked_in_order_and_released_by_retry_or_discard,
+    dead_letters_survive_a_restart_and_keep_blocking,
+);
+
+/// Waits until this process leads the consumer (at once on the embedded store; after the
+/// previous leader's session is gone on PostgreSQL).
+async fn leading(handle: &ConsumerHandle) {
+    for _ in 0..100 {
+        if handle.is_leader() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never became the leader");
+}
+
+async fn failing_events_are_parked_in_order_and_released_by_retry_or_discard(backend: Backend) {
+    let place = backend.place().await;
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
-    let rm: Arc<dyn ReadModelStore> =
-        Arc::new(cairn_sqlite::SqliteReadModels::open(dir.path()).unwrap());
+    let rm: Arc<dyn ReadModelStore> = place.readmodels().await;
     let failing = Arc::new(AtomicBool::new(true));
     let (_stop, stop_rx) = watch::channel(false);
     let handle = spawn_projection(
@@ -76,6 +92,7 @@ async fn failing_events_are_parked_in_order_and_released_by_retry_or_discard() {
         stop_rx,
     )
     .unwrap();
+    leading(&handle).await;
 
     let a1 = tick(&store, "a", false).await;
     let b1 = tick(&store, "b", true).await;
@@ -124,15 +141,13 @@ async fn failing_events_are_parked_in_order_and_released_by_retry_or_discard() {
     assert_eq!(handle.position(), d2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letters_survive_a_restart_and_keep_blocking() {
-    let dir = tempfile::tempdir().unwrap();
+async fn dead_letters_survive_a_restart_and_keep_blocking(backend: Backend) {
+    let place = backend.place().await;
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
     let failing = Arc::new(AtomicBool::new(true));
     let e1;
     {
-        let rm: Arc<dyn ReadModelStore> =
-            Arc::new(cairn_sqlite::SqliteReadModels::open(dir.path()).unwrap());
+        let rm: Arc<dyn ReadModelStore> = place.readmodels().await;
         let (stop, stop_rx) = watch::channel(false);
         let handle = spawn_projection(
             Arc::clone(&store),
@@ -146,12 +161,12 @@ async fn dead_letters_survive_a_restart_and_keep_blocking() {
         let _ = stop.send(true);
     }
     failing.store(false, Ordering::SeqCst);
-    let rm: Arc<dyn ReadModelStore> =
-        Arc::new(cairn_sqlite::SqliteReadModels::open(dir.path()).unwrap());
+    let rm: Arc<dyn ReadModelStore> = place.readmodels().await;
     let (_stop, stop_rx) = watch::channel(false);
     let handle =
         spawn_projection(Arc::clone(&store), Arc::clone(&rm), Arc::new(Flaky { failing }), stop_rx)
             .unwrap();
+    leading(&handle).await;
     let e2 = tick(&store, "e", false).await;
     caught_up(&handle, e2).await;
     // After the restart e is still blocked: e2 is parked, not applied before e1.

@@ -64,14 +64,14 @@ fn counts(rm: &Arc<dyn ReadModelStore>) -> Vec<(u32, u64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_projection_version_is_rebuilt_at_start_and_swapped_in() {
-    let dir = tempfile::tempdir().unwrap();
+cairn_testkit::backend_tests!(a_new_projection_version_is_rebuilt_at_start_and_swapped_in);
+
+async fn a_new_projection_version_is_rebuilt_at_start_and_swapped_in(backend: cairn_testkit::Backend) {
+    let place = backend.place().await;
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
     let head = ticks(&store, 5000).await;
     {
-        let rm: Arc<dyn ReadModelStore> =
-            Arc::new(cairn_sqlite::SqliteReadModels::open(dir.path()).unwrap());
+        let rm: Arc<dyn ReadModelStore> = place.readmodels().await;
         let (stop, stop_rx) = watch::channel(false);
         let v1 = spawn_projection(
             Arc::clone(&store),
@@ -85,8 +85,7 @@ async fn a_new_projection_version_is_rebuilt_at_start_and_swapped_in() {
         let _ = stop.send(true);
     }
     // Version 2 starts: the old model keeps answering while the new one is built.
-    let rm: Arc<dyn ReadModelStore> =
-        Arc::new(cairn_sqlite::SqliteReadModels::open(dir.path()).unwrap());
+    let rm: Arc<dyn ReadModelStore> = place.readmodels().await;
     let (_stop, stop_rx) = watch::channel(false);
     let v2 = spawn_projection(
         Arc::clone(&store),
