@@ -35,16 +35,22 @@ pub fn admin_url() -> Option<String> {
     }
 }
 
-/// A database created for one test and dropped when this is dropped.
+/// A schema created for one test and dropped when this is dropped.
+///
+/// A schema, not a database: `DROP DATABASE` forces a checkpoint on PostgreSQL 15, and
+/// tests dropping databases in parallel queue behind each other's checkpoints. Everything
+/// Cairn names (tables, advisory-lock keys, `NOTIFY` channels) is namespaced by the
+/// schema, so tests in separate schemas never see each other.
 pub struct TestDatabase {
-    /// URL of the new database.
+    /// URL whose sessions use the new schema (`search_path`).
     pub url: String,
     name: String,
     admin: String,
 }
 
-/// A URL for `config` pointed at database `db`.
-fn url_for(config: &tokio_postgres::Config, db: &str) -> String {
+/// A URL for `config` whose sessions use `schema`.
+fn url_for(config: &tokio_postgres::Config, schema: &str) -> String {
+    let db = config.get_dbname().unwrap_or("postgres");
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         _ => "127.0.0.1".to_owned(),
@@ -52,13 +58,16 @@ fn url_for(config: &tokio_postgres::Config, db: &str) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config.get_user().unwrap_or("postgres");
     match config.get_password() {
-        Some(p) => format!("postgres://{user}:{}@{host}:{port}/{db}", String::from_utf8_lossy(p)),
-        None => format!("postgres://{user}@{host}:{port}/{db}"),
+        Some(p) => format!(
+            "postgres://{user}:{}@{host}:{port}/{db}?options=-csearch_path%3D{schema}",
+            String::from_utf8_lossy(p)
+        ),
+        None => format!("postgres://{user}@{host}:{port}/{db}?options=-csearch_path%3D{schema}"),
     }
 }
 
 impl TestDatabase {
-    /// Creates an empty database, or `None` when PostgreSQL tests are not enabled.
+    /// Creates an empty schema, or `None` when PostgreSQL tests are not enabled.
     ///
     /// # Panics
     /// When the variable is set but the server cannot be reached: an enabled backend test
@@ -74,9 +83,9 @@ impl TestDatabase {
         tokio::spawn(connection);
         let name = format!("cairn_test_{}", uuid::Uuid::new_v4().simple());
         client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
             .await
-            .unwrap_or_else(|e| panic!("cannot create a test database: {e}"));
+            .unwrap_or_else(|e| panic!("cannot create a test schema: {e}"));
         Some(Self { url: url_for(&config, &name), name, admin })
     }
 }
@@ -93,7 +102,7 @@ impl Drop for TestDatabase {
                 if let Ok((client, connection)) = tokio_postgres::connect(&admin, NoTls).await {
                     tokio::spawn(connection);
                     let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
                         .await;
                 }
             });
