@@ -38,12 +38,21 @@ impl Server {
         let store: Arc<dyn EventStore> =
             Arc::new(SqliteEventStore::open(dir, &SqliteOptions::default())?);
         let readmodels = Arc::new(SqliteReadModels::open(dir).map_err(anyhow::Error::msg)?);
-        let (stop, stop_rx) = watch::channel(false);
         let stores = cairn_server::Stores {
             events: Arc::clone(&store),
             readmodels: readmodels.clone(),
             snapshots: readmodels,
         };
+        Self::serve(stores, snapshots).await
+    }
+
+    /// Serves the router over `stores` on a loopback port.
+    async fn serve(
+        stores: cairn_server::Stores,
+        snapshots: &cairn_server::DomainConfig,
+    ) -> anyhow::Result<Self> {
+        let store = Arc::clone(&stores.events);
+        let (stop, stop_rx) = watch::channel(false);
         let (app, domain) = cairn_server::app_with_domain(
             stores,
             HttpConfig::default(),
@@ -345,11 +354,41 @@ async fn visibility(table: &mut Table, dir: &Path, seconds: u64) -> anyhow::Resu
     Ok(())
 }
 
+/// HTTP create-order commands from `clients` concurrent clients against a server over
+/// `stores` (the PostgreSQL scenarios use it with their own stores).
+pub async fn create_orders(
+    table: &mut Table,
+    name: &str,
+    stores: cairn_server::Stores,
+    clients: u64,
+    per_client: u64,
+) -> anyhow::Result<()> {
+    let server = Arc::new(Server::serve(stores, &cairn_server::DomainConfig::default()).await?);
+    let s = Arc::clone(&server);
+    let (elapsed, latencies) = load(clients, per_client, move |i| {
+        let s = Arc::clone(&s);
+        async move { s.post("/orders", &order_body(i)).await.map(|_| ()) }
+    })
+    .await?;
+    record(table, name, clients * per_client, elapsed, latencies);
+    if let Ok(server) = Arc::try_unwrap(server) {
+        server.stop().await;
+    }
+    Ok(())
+}
+
 /// Builds a store of `events` order events (4 per order), fast (no fsync: it is set-up).
 pub async fn build_order_log(dir: &Path, events: u64) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     let options = SqliteOptions { synchronous: Synchronous::Off, ..SqliteOptions::default() };
-    let store = Arc::new(SqliteEventStore::open(dir, &options)?);
+    let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(dir, &options)?);
+    fill_orders(&store, events).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Appends `events` order events (4 per order) from 32 concurrent writers.
+pub async fn fill_orders(store: &Arc<dyn EventStore>, events: u64) -> anyhow::Result<()> {
     let orders = events / 4;
     let mut tasks = Vec::new();
     for w in 0..32u64 {
@@ -397,8 +436,30 @@ pub async fn build_order_log(dir: &Path, events: u64) -> anyhow::Result<()> {
     for t in tasks {
         t.await??;
     }
-    store.close().await;
     Ok(())
+}
+
+/// `order_summary` over `store` into `readmodels`, caught up to the head: (handle, stop
+/// switch, head, seconds taken).
+pub async fn order_summary_over(
+    store: &Arc<dyn EventStore>,
+    readmodels: Arc<dyn ReadModelStore>,
+) -> anyhow::Result<(ConsumerHandle, watch::Sender<bool>, u64, Duration)> {
+    let head = *store.head().borrow();
+    let (stop, stop_rx) = watch::channel(false);
+    let start = Instant::now();
+    let handle = cairn_cqrs::projection::spawn_projection(
+        Arc::clone(store),
+        readmodels,
+        Arc::new(cairn_orders::projections::order_summary::OrderSummaryProjection),
+        stop_rx,
+    )
+    .map_err(anyhow::Error::msg)?;
+    handle
+        .wait_for(head, Duration::from_secs(1200))
+        .await
+        .map_err(|p| anyhow::anyhow!("catch-up stuck at {p}"))?;
+    Ok((handle, stop, head, start.elapsed()))
 }
 
 /// `order_summary` running over the log in `log_dir` into the read models in `rm_dir`,
@@ -411,21 +472,8 @@ async fn order_summary_caught_up(
         Arc::new(SqliteEventStore::open(log_dir, &SqliteOptions::default())?);
     let readmodels: Arc<dyn ReadModelStore> =
         Arc::new(SqliteReadModels::open(rm_dir).map_err(anyhow::Error::msg)?);
-    let head = *store.head().borrow();
-    let (stop, stop_rx) = watch::channel(false);
-    let start = Instant::now();
-    let handle = cairn_cqrs::projection::spawn_projection(
-        Arc::clone(&store),
-        readmodels,
-        Arc::new(cairn_orders::projections::order_summary::OrderSummaryProjection),
-        stop_rx,
-    )
-    .map_err(anyhow::Error::msg)?;
-    handle
-        .wait_for(head, Duration::from_secs(600))
-        .await
-        .map_err(|p| anyhow::anyhow!("catch-up stuck at {p}"))?;
-    Ok((store, handle, stop, head, start.elapsed()))
+    let (handle, stop, head, elapsed) = order_summary_over(&store, readmodels).await?;
+    Ok((store, handle, stop, head, elapsed))
 }
 
 /// Replays `order_summary` from position 0 into an empty read model; events/s.

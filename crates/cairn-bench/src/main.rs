@@ -4,6 +4,7 @@
 //! Run: `cargo run --release -p cairn-bench` (add `--quick` for a smoke run).
 
 mod cqrs;
+mod pg;
 mod raw;
 mod report;
 mod store;
@@ -35,6 +36,25 @@ pub struct Args {
     /// Directory for the benchmark databases (default: a temporary directory).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Which backend to measure.
+    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
+    store: Backend,
+    /// PostgreSQL server for `--store postgres` (each scenario uses its own schema there).
+    #[arg(
+        long,
+        env = "CAIRN_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    database_url: String,
+}
+
+/// The backend `--store` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The embedded store and raw SQLite.
+    Sqlite,
+    /// PostgreSQL and raw PostgreSQL.
+    Postgres,
 }
 
 /// Groups of scenarios that `--only` selects.
@@ -81,6 +101,12 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut table = Table::default();
     eprintln!("cairn-bench: {} runs per scenario, data in {}", args.runs, tmp.path().display());
+    if args.store == Backend::Postgres {
+        runtime.block_on(pg::run(&mut table, &args.database_url, sizes, args.runs))?;
+        pg::ratios(&mut table, sizes);
+        table.print();
+        return Ok(());
+    }
     runtime.block_on(async {
         // Each run measures the store and its raw ceilings back to back, so that a slow
         // period of the disk (fsync times vary 40x here) hits both sides of a ratio.

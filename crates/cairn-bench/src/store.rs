@@ -17,14 +17,14 @@ pub const DATA: &str = r#"{"customer_id":"cust-456","items":[{"product_id":"prod
 pub const METADATA: &str =
     r#"{"correlation_id":"req-abc","causation_id":null,"user_id":"user-001"}"#;
 
-fn event() -> NewEvent {
+pub(crate) fn event() -> NewEvent {
     NewEvent {
         metadata: RawValue::from_string(METADATA.to_owned()).expect("valid JSON"),
         ..NewEvent::new("OrderCreated", RawValue::from_string(DATA.to_owned()).expect("valid JSON"))
     }
 }
 
-fn append(stream: String, n: usize) -> Append {
+pub(crate) fn append(stream: String, n: usize) -> Append {
     Append {
         aggregate_id: stream,
         aggregate_type: "Order".into(),
@@ -44,8 +44,8 @@ fn fresh_store(
 }
 
 /// Appends of one event by `writers` concurrent tasks, `total` appends in all.
-async fn concurrent_single(
-    store: &Arc<SqliteEventStore>,
+pub(crate) async fn concurrent_single<S: EventStore + ?Sized>(
+    store: &Arc<S>,
     writers: u64,
     total: u64,
 ) -> anyhow::Result<Duration> {

@@ -17,6 +17,13 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Where events and read models live: `sqlite` (embedded, one directory) or
+    /// `postgres` (one database shared by any number of `cairn serve` processes).
+    #[arg(long, env = "CAIRN_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    store: StoreKind,
+    /// PostgreSQL URL for `--store postgres`, e.g. `postgres://user@host:5432/cairn`.
+    #[arg(long, env = "CAIRN_DATABASE_URL", required_if_eq("store", "postgres"))]
+    database_url: Option<String>,
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "CAIRN_DATA_DIR", default_value = "./cairn-data")]
     data_dir: PathBuf,
@@ -39,6 +46,12 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Sqlite,
+    Postgres,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -70,7 +83,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(args))
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn open_stores(args: &ServeArgs) -> anyhow::Result<Stores> {
+    if args.store == StoreKind::Postgres {
+        let url = args.database_url.as_deref().context("--store postgres needs --database-url")?;
+        let (events, readmodels) =
+            cairn_postgres::open(url, &cairn_postgres::PgOptions::from_env())
+                .await
+                .context("cannot open the PostgreSQL store")?;
+        let readmodels = Arc::new(readmodels);
+        return Ok(Stores {
+            events: Arc::new(events),
+            readmodels: readmodels.clone(),
+            snapshots: readmodels,
+        });
+    }
     let options = SqliteOptions {
         synchronous: match args.sync {
             SyncMode::Full => Synchronous::Full,
@@ -87,15 +113,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::new(SqliteReadModels::open(&args.data_dir).with_context(|| {
             format!("cannot open the read models in {}", args.data_dir.display())
         })?);
+    Ok(Stores { events: store, readmodels: readmodels.clone(), snapshots: readmodels })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let stores = open_stores(&args).await?;
+    let store = Arc::clone(&stores.events);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stores = Stores {
-        events: Arc::clone(&store),
-        readmodels: readmodels.clone(),
-        snapshots: readmodels,
-    };
     let app = cairn_server::app(
         stores,
         HttpConfig { body_limit_bytes: args.body_limit_bytes, ..HttpConfig::default() },
@@ -103,7 +130,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stop_rx,
     )
     .context("cannot start the projections")?;
-    tracing::info!(listen = %listener.local_addr()?, data_dir = %args.data_dir.display(), "cairn serving");
+    match args.store {
+        StoreKind::Sqlite => {
+            tracing::info!(listen = %listener.local_addr()?, data_dir = %args.data_dir.display(), "cairn serving (embedded store)")
+        }
+        StoreKind::Postgres => {
+            tracing::info!(listen = %listener.local_addr()?, "cairn serving (PostgreSQL store)")
+        }
+    }
     let mut stopping = stop_tx.subscribe();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;

@@ -664,7 +664,8 @@ impl Runner {
                 self.dlq.depth.store(depth, Ordering::Relaxed);
                 set(&self.status, ConsumerStatus::Running);
             }
-            let wait = FOLLOW_POLL.min(next_try.saturating_duration_since(tokio::time::Instant::now()));
+            let wait =
+                FOLLOW_POLL.min(next_try.saturating_duration_since(tokio::time::Instant::now()));
             let changed = async {
                 match changes.as_mut() {
                     Some(c) => {
@@ -682,7 +683,11 @@ impl Runner {
     }
 
     /// Runs the consumer from its checkpoint until shutdown or lost leadership.
-    async fn lead(&mut self, store: &Arc<dyn EventStore>, position_tx: &watch::Sender<u64>) -> Stop {
+    async fn lead(
+        &mut self,
+        store: &Arc<dyn EventStore>,
+        position_tx: &watch::Sender<u64>,
+    ) -> Stop {
         let filter = AllFilter { event_types: self.handler.event_types(), aggregate_type: None };
         let mut shutdown = self.shutdown.clone();
         let mut head = store.head();

@@ -66,7 +66,9 @@ fn counts(rm: &Arc<dyn ReadModelStore>) -> Vec<(u32, u64)> {
 
 cairn_testkit::backend_tests!(a_new_projection_version_is_rebuilt_at_start_and_swapped_in);
 
-async fn a_new_projection_version_is_rebuilt_at_start_and_swapped_in(backend: cairn_testkit::Backend) {
+async fn a_new_projection_version_is_rebuilt_at_start_and_swapped_in(
+    backend: cairn_testkit::Backend,
+) {
     let place = backend.place().await;
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
     let head = ticks(&store, 5000).await;

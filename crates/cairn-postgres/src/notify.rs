@@ -78,7 +78,8 @@ pub(crate) async fn listen(shared: Arc<Shared>) {
     }
 }
 
-const STALL_SQL: &str = "SELECT l.pid, extract(epoch FROM clock_timestamp() - a.xact_start)::float8,
+const STALL_SQL: &str =
+    "SELECT l.pid, extract(epoch FROM clock_timestamp() - a.xact_start)::float8,
         (SELECT count(*) FROM pg_locks w WHERE w.locktype = 'advisory' AND NOT w.granted
             AND w.database = l.database AND w.classid = l.classid AND w.objid = l.objid
             AND w.objsubid = l.objsubid)
@@ -122,7 +123,9 @@ pub(crate) async fn monitor(shared: Arc<Shared>) {
                         age_secs = s.age_secs,
                         waiting_appends = s.waiting,
                         "the append lock has been held for {:.1} s by backend pid {}: appends wait behind it (pg_terminate_backend({}) ends it)",
-                        s.age_secs, s.pid, s.pid
+                        s.age_secs,
+                        s.pid,
+                        s.pid
                     );
                     reported_pid = Some(s.pid);
                 }

@@ -148,9 +148,8 @@ impl Shared {
             .build()
             .map_err(|e| OpenError::Connect(e.to_string()))?;
         let mut client = pool.get().await.map_err(|e| OpenError::Connect(e.to_string()))?;
-        let applied = schema::migrate(&mut client)
-            .await
-            .map_err(|e| OpenError::Migrate(db_error(&e)))?;
+        let applied =
+            schema::migrate(&mut client).await.map_err(|e| OpenError::Migrate(db_error(&e)))?;
         let known = schema::MIGRATIONS.last().map_or(0, |m| m.0);
         if applied > known {
             return Err(OpenError::TooNew(applied, known));

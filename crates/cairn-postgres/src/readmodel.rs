@@ -18,8 +18,8 @@ use cairn_core::readmodel::{
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
 use tokio::sync::watch;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
 
 use crate::pool::{Shared, db_error};
 
@@ -89,14 +89,13 @@ impl PgReadModels {
     }
 
     fn pooled(&self) -> Result<deadpool_postgres::Object, ReadModelError> {
-        self.shared
-            .wait(self.shared.pool.get())
-            .map_err(|e| ReadModelError::Storage(e.to_string()))
+        self.shared.wait(self.shared.pool.get()).map_err(|e| ReadModelError::Storage(e.to_string()))
     }
 
     /// The connection a consumer's writes go through.
     fn conn_for(&self, consumer: &str) -> Result<Conn, ReadModelError> {
-        let leader = self.leaders.lock().unwrap_or_else(PoisonError::into_inner).get(consumer).cloned();
+        let leader =
+            self.leaders.lock().unwrap_or_else(PoisonError::into_inner).get(consumer).cloned();
         match leader {
             Some(l) => {
                 if l.lock().unwrap_or_else(PoisonError::into_inner).client.is_closed() {
@@ -176,7 +175,8 @@ impl PgReadModels {
         let tables = self.declared();
         let conn = self.conn_for(consumer)?;
         self.in_transaction(conn, |this, tx| {
-            let mut txn = Txn { rm: this, tx, tables: &tables, shadow_mode, pending: HashMap::new() };
+            let mut txn =
+                Txn { rm: this, tx, tables: &tables, shadow_mode, pending: HashMap::new() };
             f(&mut txn)?;
             txn.flush(None)?;
             if let Some(position) = checkpoint {
@@ -273,8 +273,11 @@ impl Txn<'_> {
                         tx.execute(&stmt, &[&keys, &values]).await?;
                     }
                     if !deleted.is_empty() {
-                        tx.execute(&format!("DELETE FROM {target} WHERE key = ANY($1)"), &[&deleted])
-                            .await?;
+                        tx.execute(
+                            &format!("DELETE FROM {target} WHERE key = ANY($1)"),
+                            &[&deleted],
+                        )
+                        .await?;
                     }
                     Ok::<_, tokio_postgres::Error>(())
                 })
@@ -549,13 +552,17 @@ impl ReadModelStore for PgReadModels {
                      ALTER INDEX IF EXISTS {new}_pkey RENAME TO {old}_pkey;"
                 );
                 for field in &state.indexed {
-                    let _ = write!(ddl, "ALTER INDEX IF EXISTS {new}_{field} RENAME TO {old}_{field};");
+                    let _ =
+                        write!(ddl, "ALTER INDEX IF EXISTS {new}_{field} RENAME TO {old}_{field};");
                 }
                 this.shared.wait(tx.batch_execute(&ddl)).map_err(|e| storage(&e))?;
             }
             let position: i64 = this
                 .shared
-                .wait(tx.query_opt("SELECT position FROM checkpoints WHERE consumer = $1", &[&shadow_consumer]))
+                .wait(tx.query_opt(
+                    "SELECT position FROM checkpoints WHERE consumer = $1",
+                    &[&shadow_consumer],
+                ))
                 .map_err(|e| storage(&e))?
                 .map_or(0, |r| r.get(0));
             this.set_checkpoint(tx, live_consumer, position as u64)?;

@@ -84,10 +84,8 @@ pub async fn migrate(client: &mut Client) -> Result<i32, tokio_postgres::Error> 
          )",
     )
     .await?;
-    let current: i32 = tx
-        .query_one("SELECT coalesce(max(version), 0) FROM cairn_migrations", &[])
-        .await?
-        .get(0);
+    let current: i32 =
+        tx.query_one("SELECT coalesce(max(version), 0) FROM cairn_migrations", &[]).await?.get(0);
     let mut applied = current;
     for (version, ddl) in MIGRATIONS {
         if *version > current {

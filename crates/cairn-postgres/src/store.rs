@@ -63,7 +63,10 @@ impl PgEventStore {
 }
 
 /// Collects events until the page's byte budget is spent; `true` when it was.
-fn collect(rows: &[tokio_postgres::Row], at: usize) -> Result<(Vec<cairn_core::RecordedEvent>, bool), ReadError> {
+fn collect(
+    rows: &[tokio_postgres::Row],
+    at: usize,
+) -> Result<(Vec<cairn_core::RecordedEvent>, bool), ReadError> {
     let mut events = Vec::with_capacity(rows.len());
     let mut bytes = 0;
     for row in rows {
@@ -120,8 +123,10 @@ impl EventStore for PgEventStore {
         };
         let client = self.client().await?;
         let stmt = client.prepare_cached(&sql).await.map_err(|e| read_failed(&e))?;
-        let rows =
-            client.query(&stmt, &[&aggregate_id, &from, &limit]).await.map_err(|e| read_failed(&e))?;
+        let rows = client
+            .query(&stmt, &[&aggregate_id, &from, &limit])
+            .await
+            .map_err(|e| read_failed(&e))?;
         let Some(first) = rows.first() else {
             return Err(ReadError::StreamNotFound);
         };
@@ -270,7 +275,8 @@ impl EventStore for PgEventStore {
             let _ = finished.await;
         }
         self.shared.stop.send_replace(true);
-        let tasks: Vec<_> = self.tasks.lock().unwrap_or_else(PoisonError::into_inner).drain(..).collect();
+        let tasks: Vec<_> =
+            self.tasks.lock().unwrap_or_else(PoisonError::into_inner).drain(..).collect();
         for task in tasks {
             let _ = task.await;
         }

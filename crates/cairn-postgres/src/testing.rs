@@ -73,7 +73,15 @@ impl TestDatabase {
     /// When the variable is set but the server cannot be reached: an enabled backend test
     /// must fail, not skip.
     pub async fn create() -> Option<Self> {
-        let admin = admin_url()?;
+        Some(Self::create_at(&admin_url()?).await)
+    }
+
+    /// Creates an empty schema on the server at `admin` (benchmarks).
+    ///
+    /// # Panics
+    /// When the server cannot be reached or the schema cannot be created.
+    pub async fn create_at(admin: &str) -> Self {
+        let admin = admin.to_owned();
         let config = tokio_postgres::Config::from_str(&admin)
             .unwrap_or_else(|e| panic!("{URL_VAR} is not a valid URL: {e}"));
         let (client, connection) = config
@@ -86,7 +94,7 @@ impl TestDatabase {
             .batch_execute(&format!("CREATE SCHEMA {name}"))
             .await
             .unwrap_or_else(|e| panic!("cannot create a test schema: {e}"));
-        Some(Self { url: url_for(&config, &name), name, admin })
+        Self { url: url_for(&config, &name), name, admin }
     }
 }
 

@@ -178,8 +178,7 @@ struct Keys {
     position: Vec<i64>,
 }
 
-const HEAD_SQL: &str =
-    "SELECT position, timestamp_us FROM events ORDER BY position DESC LIMIT 1";
+const HEAD_SQL: &str = "SELECT position, timestamp_us FROM events ORDER BY position DESC LIMIT 1";
 const STREAM_HEADS_SQL: &str = "SELECT h.aggregate_id, h.aggregate_type, h.version
      FROM unnest($1::text[]) AS s(id),
           LATERAL (SELECT aggregate_id, aggregate_type, version FROM events
@@ -232,15 +231,20 @@ async fn try_commit(
         tx.query(&head_stmt, &[]),
         tx.query(&heads_stmt, &heads_args),
         async {
-            if event_ids.is_empty() { Ok(Vec::new()) } else { tx.query(&ids_stmt, &[&event_ids]).await }
+            if event_ids.is_empty() {
+                Ok(Vec::new())
+            } else {
+                tx.query(&ids_stmt, &[&event_ids]).await
+            }
         },
-        async { if keys.is_empty() { Ok(Vec::new()) } else { tx.query(&keys_stmt, &[&keys]).await } },
+        async {
+            if keys.is_empty() { Ok(Vec::new()) } else { tx.query(&keys_stmt, &[&keys]).await }
+        },
     )
     .map_err(not_stored)?;
 
-    let (head, last_ts): (u64, i64) = head_rows
-        .first()
-        .map_or((0, 0), |r| (r.get::<_, i64>(0) as u64, r.get(1)));
+    let (head, last_ts): (u64, i64) =
+        head_rows.first().map_or((0, 0), |r| (r.get::<_, i64>(0) as u64, r.get(1)));
     let mut streams: HashMap<String, Stream> = head_of_streams
         .iter()
         .map(|r| {
@@ -430,8 +434,7 @@ fn decide(
         });
     }
     if let Some(clash) = append.events.iter().find(|e| locations.contains_key(&e.event_id)) {
-        return retry()
-            .unwrap_or(Err(AppendError::DuplicateEventId { event_id: clash.event_id }));
+        return retry().unwrap_or(Err(AppendError::DuplicateEventId { event_id: clash.event_id }));
     }
     Ok(Decision::Store { actual })
 }

@@ -57,9 +57,9 @@ impl Backend {
     pub async fn place(self) -> Place {
         match self {
             Self::Sqlite => Place::Dir(tempfile::tempdir().expect("temp dir")),
-            Self::Postgres => Place::Database(
-                TestDatabase::create().await.expect("PostgreSQL tests are enabled"),
-            ),
+            Self::Postgres => {
+                Place::Database(TestDatabase::create().await.expect("PostgreSQL tests are enabled"))
+            }
         }
     }
 
@@ -85,7 +85,11 @@ impl Place {
                         .await
                         .expect("open the PostgreSQL store");
                 let readmodels = Arc::new(readmodels);
-                Stores { events: Arc::new(events), readmodels: readmodels.clone(), snapshots: readmodels }
+                Stores {
+                    events: Arc::new(events),
+                    readmodels: readmodels.clone(),
+                    snapshots: readmodels,
+                }
             }
         }
     }
