@@ -72,10 +72,14 @@ async fn read_everything(base: &str) -> Vec<Value> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill_9_under_load_loses_no_acknowledged_append() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = support::Server::start(dir.path(), &[]).await;
+cairn_testkit::backend_tests!(
+    kill_9_under_load_loses_no_acknowledged_append,
+    sigterm_drains_in_flight_appends_and_exits_cleanly,
+);
+
+async fn kill_9_under_load_loses_no_acknowledged_append(backend: cairn_testkit::Backend) {
+    let place = backend.place().await;
+    let server = support::Server::start_on(&place, &[]).await;
     let (mut child, base) = (server.child, server.base);
     let acked_total = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> =
@@ -92,7 +96,7 @@ async fn kill_9_under_load_loses_no_acknowledged_append() {
     }
     assert!(acked.len() >= 400);
 
-    let server = support::Server::start(dir.path(), &[]).await;
+    let server = support::Server::start_on(&place, &[]).await;
     let (mut child, base) = (server.child, server.base);
     let all = read_everything(&base).await;
 
@@ -137,10 +141,9 @@ async fn kill_9_under_load_loses_no_acknowledged_append() {
     child.wait().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_drains_in_flight_appends_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = support::Server::start(dir.path(), &[]).await;
+async fn sigterm_drains_in_flight_appends_and_exits_cleanly(backend: cairn_testkit::Backend) {
+    let place = backend.place().await;
+    let server = support::Server::start_on(&place, &[]).await;
     let (mut child, base) = (server.child, server.base);
     let acked_total = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> =
@@ -158,7 +161,7 @@ async fn sigterm_drains_in_flight_appends_and_exits_cleanly() {
     for w in writers {
         acked.extend(w.await.unwrap());
     }
-    let server = support::Server::start(dir.path(), &[]).await;
+    let server = support::Server::start_on(&place, &[]).await;
     let (mut child, base) = (server.child, server.base);
     let all = read_everything(&base).await;
     let ids: std::collections::HashSet<&str> =

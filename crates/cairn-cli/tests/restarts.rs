@@ -27,17 +27,21 @@ fn types(stream: &Value) -> Vec<String> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idempotency_key_holds_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]).await;
+cairn_testkit::backend_tests!(
+    an_idempotency_key_holds_across_a_restart,
+    fulfillment_killed_after_the_first_reservation_completes_once_after_restart,
+);
+
+async fn an_idempotency_key_holds_across_a_restart(backend: cairn_testkit::Backend) {
+    let place = backend.place().await;
+    let server = Server::start_on(&place, &[]).await;
     let body =
         json!({"customer_id": "c", "items": [{"product_id": "p", "quantity": 1, "price": "9.99"}]});
     let (status, first) = post(&server.base, "/orders", body.clone(), Some("restart-key")).await;
     assert_eq!(status, 201);
     server.kill().await;
 
-    let server = Server::start(dir.path(), &[]).await;
+    let server = Server::start_on(&place, &[]).await;
     let (status, again) = post(&server.base, "/orders", body, Some("restart-key")).await;
     assert_eq!((status, again), (201, first));
     let all = get(&server.base, "/all").await;
@@ -45,11 +49,12 @@ async fn an_idempotency_key_holds_across_a_restart() {
     server.kill().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fulfillment_killed_after_the_first_reservation_completes_once_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
+async fn fulfillment_killed_after_the_first_reservation_completes_once_after_restart(
+    backend: cairn_testkit::Backend,
+) {
+    let place = backend.place().await;
     // Every process-manager command waits 400 ms, so the kill lands between reservations.
-    let server = Server::start(dir.path(), &[("CAIRN_FAULT_PM_COMMAND_DELAY_MS", "400")]).await;
+    let server = Server::start_on(&place, &[("CAIRN_FAULT_PM_COMMAND_DELAY_MS", "400")]).await;
     let base = server.base.clone();
     for p in ["p1", "p2"] {
         assert_eq!(
@@ -78,7 +83,7 @@ async fn fulfillment_killed_after_the_first_reservation_completes_once_after_res
     server.kill().await;
     // Look at the store with the process manager held back: the kill landed mid-way
     // (p1 reserved, p2 not yet, the order not ready).
-    let server = Server::start(dir.path(), &[("CAIRN_FAULT_PM_COMMAND_DELAY_MS", "60000")]).await;
+    let server = Server::start_on(&place, &[("CAIRN_FAULT_PM_COMMAND_DELAY_MS", "60000")]).await;
     let p2_before = types(&get(&server.base, "/streams/p2").await);
     assert!(!p2_before.contains(&"StockReserved".to_owned()), "kill came too late: {p2_before:?}");
     assert!(
@@ -87,7 +92,7 @@ async fn fulfillment_killed_after_the_first_reservation_completes_once_after_res
     );
     server.kill().await;
 
-    let server = Server::start(dir.path(), &[]).await;
+    let server = Server::start_on(&place, &[]).await;
     let base = server.base.clone();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

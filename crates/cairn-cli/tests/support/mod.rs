@@ -22,11 +22,35 @@ pub struct Server {
 impl Server {
     /// Starts `cairn serve` on `data_dir` with extra environment variables and waits until ready.
     pub async fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_args(&["--data-dir".as_ref(), data_dir.as_os_str()], env).await
+    }
+
+    /// Starts `cairn serve` on a test place of either backend.
+    pub async fn start_on(place: &cairn_testkit::Place, env: &[(&str, &str)]) -> Self {
+        match (place.dir(), place.database_url()) {
+            (Some(dir), _) => Self::start(dir, env).await,
+            (None, Some(url)) => {
+                Self::start_args(
+                    &[
+                        "--store".as_ref(),
+                        "postgres".as_ref(),
+                        "--database-url".as_ref(),
+                        url.as_ref(),
+                    ],
+                    env,
+                )
+                .await
+            }
+            (None, None) => unreachable!("a place is a directory or a database"),
+        }
+    }
+
+    async fn start_args(store_args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
         command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(data_dir)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(store_args)
             .args(["--log", "warn"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -1,0 +1,137 @@
+//! Two `cairn serve` processes on one PostgreSQL database: commands on either, one leader
+//! per projection, and after `kill -9` of the leader mid-projection the other process takes
+//! over and the read models end exactly right (no event applied twice, none skipped).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod support;
+
+async fn post(client: &reqwest::Client, base: &str, path: &str, body: Value) -> Option<Value> {
+    let r = client.post(format!("{base}{path}")).json(&body).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_leader_mid_projection_the_other_process_takes_over_exactly() {
+    let backend = cairn_testkit::Backend::Postgres;
+    if !backend.enabled() {
+        return;
+    }
+    let place = backend.place().await;
+    // The first process leads every consumer (it started first); the second follows.
+    let leader = support::Server::start_on(&place, &[]).await;
+    let follower = support::Server::start_on(&place, &[]).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+
+    // Commands on both processes work (optimistic concurrency does the rest).
+    let on_leader = post(&client, &leader.base, "/orders", json!({"order_id": "via-a", "customer_id": "c", "items": [{"product_id": "p", "quantity": 1, "price": "1.00"}]})).await;
+    assert!(on_leader.is_some(), "commands work on the leader too");
+
+    // Writers on the follower: create orders and add items, remembering what was acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (client, base, stop) = (client.clone(), follower.base.clone(), Arc::clone(&stop));
+        writers.push(tokio::spawn(async move {
+            let mut acked: Vec<(String, usize)> = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("o-{w}-{n}");
+                n += 1;
+                let body = json!({"order_id": id, "customer_id": format!("c-{w}"), "items": [{"product_id": "p", "quantity": 1, "price": "2.50"}]});
+                if post(&client, &base, "/orders", body).await.is_none() {
+                    continue;
+                }
+                let mut items = 1;
+                for k in 0..3 {
+                    let body = json!({"product_id": format!("q-{k}"), "quantity": 1, "price": "1.25"});
+                    if post(&client, &base, &format!("/orders/{id}/items"), body).await.is_some() {
+                        items += 1;
+                    }
+                }
+                acked.push((id, items));
+            }
+            acked
+        }));
+    }
+    // Kill the leader while events flow and its projections are applying them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    leader.kill().await;
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(acked.len() >= 20, "too few orders written: {}", acked.len());
+
+    // The follower takes over order_summary within 5 s of the kill.
+    let head = client.get(format!("{}/all?limit=1", follower.base)).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let last = post(&client, &follower.base, "/orders", json!({"order_id": "after-kill", "customer_id": "c", "items": [{"product_id": "p", "quantity": 1, "price": "1.00"}]}))
+        .await
+        .expect("commands keep working on the survivor");
+    let position = last["position"].as_u64().unwrap();
+    let summary = loop {
+        let r = client
+            .get(format!("{}/orders/after-kill?min_position={position}", follower.base))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break r.json::<Value>().await.unwrap();
+        }
+        // 1.5 s of the budget went to the writers after the kill.
+        assert!(
+            killed_at.elapsed() < Duration::from_millis(6500),
+            "no takeover within 5 s: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(summary["item_count"], 1);
+    let projections: Value = client
+        .get(format!("{}/admin/projections", follower.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for p in projections.as_array().unwrap() {
+        assert_ne!(p["status"], "failed", "{p}");
+    }
+
+    // Exactly right: every acknowledged order has exactly its acknowledged items, and the
+    // summary is at the stream's version (nothing applied twice, nothing skipped).
+    for (id, items) in &acked {
+        let s: Value = client
+            .get(format!("{}/orders/{id}?min_position={position}", follower.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(s["item_count"].as_u64(), Some(*items as u64), "{id}: {s}");
+        let events: Value = client
+            .get(format!("{}/streams/{id}", follower.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stream_version = events["events"].as_array().unwrap().len() as u64;
+        assert_eq!(s["version"].as_u64(), Some(stream_version), "{id}");
+    }
+    follower.kill().await;
+}
