@@ -5,6 +5,7 @@
 //! ([`error::ApiError`]).
 
 pub mod domain;
+pub mod domain_schemas;
 pub mod error;
 mod extract;
 pub mod metrics;
@@ -21,7 +22,8 @@ use tokio::sync::watch;
 
 use crate::domain::Domain;
 
-pub use routes::router;
+pub use routes::openapi;
+pub use routes::{ROUTES, router};
 
 /// Default request body limit (contract §7).
 pub const BODY_LIMIT_BYTES_DEFAULT: usize = 1024 * 1024;
@@ -99,6 +101,8 @@ pub fn app_with_domain(
 ) -> Result<(Router, Arc<Domain>), ReadModelError> {
     // Every append is checked against its type's registered schema, then counted and timed.
     let registry = Arc::new(schemas::SchemaRegistry::load(Arc::clone(&stores.readmodels))?);
+    // Before anything can append: the first domain event is validated like every later one.
+    domain_schemas::register(&registry)?;
     let metered: Arc<dyn EventStore> =
         Arc::new(metrics::ServerStore::new(Arc::clone(&stores.events), Arc::clone(&registry)));
     let _ = metrics::handle();

@@ -120,6 +120,13 @@ impl SchemaRegistry {
         let schemas = self.schemas.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         schemas.get(event_type)?.last().map(|r| (r.version, Arc::clone(&r.validator)))
     }
+
+    /// The current version of a type and its schema, if it has one.
+    #[must_use]
+    pub fn current_schema(&self, event_type: &str) -> Option<(u32, Value)> {
+        let schemas = self.schemas.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        schemas.get(event_type)?.last().map(|r| (r.version, r.schema.clone()))
+    }
 }
 
 /// Keywords the compatibility checker understands (or that cannot reject an instance).
@@ -233,26 +240,41 @@ impl SchemaRegistry {
     /// `metadata.schema_version`; events of unregistered types pass untouched.
     pub fn check(&self, append: &mut Append) -> Result<(), AppendError> {
         for (index, event) in append.events.iter_mut().enumerate() {
-            let Some((version, validator)) = self.current(&event.event_type) else { continue };
-            let data: Value = serde_json::from_str(event.data.get())
-                .map_err(|e| AppendError::Invalid(format!("events[{index}].data: {e}")))?;
-            let errors: Vec<(String, String)> = validator
-                .iter_errors(&data)
-                .map(|e| (e.instance_path().to_string(), e.to_string()))
-                .collect();
-            if !errors.is_empty() {
-                return Err(AppendError::SchemaViolation {
-                    index,
-                    event_type: event.event_type.clone(),
-                    schema_version: version,
-                    errors,
-                });
-            }
+            let Some(version) = self.validate(index, &event.event_type, event.data.get())? else {
+                continue;
+            };
             let mut metadata: Map<String, Value> =
                 serde_json::from_str(event.metadata.get()).unwrap_or_default();
             metadata.entry("schema_version").or_insert(Value::from(version));
             event.metadata = serde_json::value::to_raw_value(&metadata).unwrap_or_default();
         }
         Ok(())
+    }
+
+    /// Validates the `data` of the `index`-th event of an append against its type's current
+    /// schema: the version checked against, or `None` when the type has no schema.
+    pub fn validate(
+        &self,
+        index: usize,
+        event_type: &str,
+        data: &str,
+    ) -> Result<Option<u32>, AppendError> {
+        let Some((version, validator)) = self.current(event_type) else { return Ok(None) };
+        let data: Value = serde_json::from_str(data)
+            .map_err(|e| AppendError::Invalid(format!("events[{index}].data: {e}")))?;
+        let errors: Vec<(String, String)> = validator
+            .iter_errors(&data)
+            .map(|e| (e.instance_path().to_string(), e.to_string()))
+            .collect();
+        if errors.is_empty() {
+            Ok(Some(version))
+        } else {
+            Err(AppendError::SchemaViolation {
+                index,
+                event_type: event_type.to_owned(),
+                schema_version: version,
+                errors,
+            })
+        }
     }
 }

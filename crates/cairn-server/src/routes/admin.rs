@@ -12,17 +12,26 @@ use serde::Serialize;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::QueryMap;
+use crate::routes::openapi::{self, ErrorBody};
 
 /// One row of `GET /admin/projections`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ProjectionInfo {
+    /// The projection.
     name: String,
+    /// The last `$all` position it has scanned (handled, ignored or parked).
     position: u64,
+    /// The last position visible in `$all`.
     head_position: u64,
+    /// `head_position - position`.
     lag: u64,
+    /// Where it is in its life.
+    #[schema(value_type = openapi::ConsumerStatus)]
     status: cairn_cqrs::consumer::ConsumerStatus,
+    /// Dead letters waiting.
     dlq_depth: u64,
     /// While rebuilding: how far the shadow tables are, and how fast they fill.
+    #[schema(value_type = Option<openapi::RebuildProgress>)]
     rebuild: Option<cairn_cqrs::consumer::RebuildProgress>,
 }
 
@@ -39,12 +48,33 @@ fn info(c: &ConsumerHandle) -> ProjectionInfo {
     }
 }
 
-/// `GET /admin/projections`.
+/// Lists the projections with their positions, lag, status and dead-letter depth.
+#[utoipa::path(
+    get,
+    path = "/admin/projections",
+    tag = "operations",
+    responses((status = 200, description = "Every projection", body = Vec<ProjectionInfo>))
+)]
 pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionInfo>> {
     Json(state.domain.projections.values().map(info).collect())
 }
 
-/// `GET /admin/process-managers/order-fulfillment?status=&limit=&after=`: its instances.
+/// Lists the instances of the `OrderFulfillment` process manager.
+#[utoipa::path(
+    get,
+    path = "/admin/process-managers/order-fulfillment",
+    tag = "operations",
+    params(
+        ("status" = Option<String>, Query, description = "Only instances in this status (`reserving`, `compensating`, `ready_to_ship`, `shipped`, `cancelled`)"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
+        ("after" = Option<String>, Query, description = "Only instances of orders after this id"),
+    ),
+    responses(
+        (status = 200, description = "The instances", body = Vec<openapi::FulfillmentInstance>),
+        (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn fulfillment_instances(
     State(state): State<AppState>,
     query: QueryMap,
@@ -70,7 +100,18 @@ pub async fn fulfillment_instances(
 const STATS_TOP_DEFAULT: u64 = 20;
 const STATS_TOP_MAX: u64 = 1000;
 
-/// `GET /admin/streams/stats?top=20`: the largest streams.
+/// Lists the largest streams.
+#[utoipa::path(
+    get,
+    path = "/admin/streams/stats",
+    tag = "operations",
+    params(("top" = Option<u64>, Query, description = "How many streams (default 20, at most 1000)")),
+    responses(
+        (status = 200, description = "The largest streams, largest first", body = Vec<openapi::StreamStats>),
+        (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn stream_stats(
     State(state): State<AppState>,
     query: QueryMap,
@@ -79,7 +120,13 @@ pub async fn stream_stats(
     Ok(Json(state.store.stream_stats(top).await?))
 }
 
-/// `GET /metrics`: Prometheus text.
+/// Prometheus metrics: appends, commands, projections and process managers.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain; version=0.0.4", body = String))
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let head = *state.store.head().borrow();
     metrics::gauge!("cairn_store_head_position").set(head as f64);
@@ -135,8 +182,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /admin/dlq?projection=`: dead letters of one consumer (projection or process
-/// manager) or of all, in position order.
+/// Lists dead letters of one consumer (projection or process manager) or of all, in
+/// position order.
+#[utoipa::path(
+    get,
+    path = "/admin/dlq",
+    tag = "operations",
+    params(("projection" = Option<String>, Query, description = "Only this projection's or process manager's")),
+    responses(
+        (status = 200, description = "The dead letters", body = Vec<openapi::DeadLetter>),
+        (status = 404, description = "`not_found`: no such projection or process manager", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn dead_letters(
     State(state): State<AppState>,
     query: QueryMap,
@@ -185,7 +243,19 @@ where
     Err(ApiError::not_found(format!("no dead letter {id}")))
 }
 
-/// `POST /admin/dlq/{id}/retry`: re-runs it and what is parked behind it.
+/// Re-runs a dead letter and what is parked behind it.
+#[utoipa::path(
+    post,
+    path = "/admin/dlq/{id}/retry",
+    tag = "operations",
+    params(("id" = i64, Path, description = "The dead letter")),
+    responses(
+        (status = 200, description = "Re-run", body = openapi::DeadLetterOutcome),
+        (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn retry_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -194,7 +264,19 @@ pub async fn retry_dead_letter(
     on_letter(&state, id, |c| async move { c.retry_dead_letter(id).await }).await
 }
 
-/// `DELETE /admin/dlq/{id}`: drops it; what was parked behind it flows again.
+/// Discards a dead letter; what was parked behind it flows again.
+#[utoipa::path(
+    delete,
+    path = "/admin/dlq/{id}",
+    tag = "operations",
+    params(("id" = i64, Path, description = "The dead letter")),
+    responses(
+        (status = 200, description = "Discarded", body = openapi::DeadLetterOutcome),
+        (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn discard_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -203,8 +285,21 @@ pub async fn discard_dead_letter(
     on_letter(&state, id, |c| async move { c.discard_dead_letter(id).await }).await
 }
 
-/// `POST /admin/projections/{name}/rebuild`: `202`, rebuilds from position 0 into shadow
-/// tables while queries keep answering from the live ones, then swaps them in.
+/// Rebuilds a projection from position 0.
+///
+/// The shadow tables fill while queries keep answering from the live ones, then are
+/// swapped in atomically.
+#[utoipa::path(
+    post,
+    path = "/admin/projections/{name}/rebuild",
+    tag = "operations",
+    params(("name" = String, Path, description = "The projection")),
+    responses(
+        (status = 202, description = "The rebuild started", body = openapi::RebuildStarted),
+        (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
+        (status = 409, description = "`rebuild_refused`: e.g. one is already running", body = ErrorBody),
+    )
+)]
 pub async fn rebuild_projection(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -221,19 +316,43 @@ pub async fn rebuild_projection(
         .into_response())
 }
 
-/// `GET /admin/schemas`: the current schema of every registered event type.
+/// Lists the current schema of every registered event type.
+#[utoipa::path(
+    get,
+    path = "/admin/schemas",
+    tag = "operations",
+    responses((status = 200, description = "Every registered event type, by name", body = Vec<openapi::RegisteredSchema>))
+)]
 pub async fn schemas(State(state): State<AppState>) -> Json<Vec<serde_json::Value>> {
     Json(state.schemas.list())
 }
 
 /// Body of `PUT /admin/schemas/{event_type}`.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct PutSchema {
+    /// The next version (the current one + 1; 1 for a new type).
     version: u32,
+    /// A JSON Schema of the events' `data`.
+    #[schema(value_type = Object)]
     schema: serde_json::Value,
 }
 
-/// `PUT /admin/schemas/{event_type}`: registers the next version (BACKWARD compatible).
+/// Registers the next version of an event type's JSON Schema.
+///
+/// Compatibility mode BACKWARD: every event valid under the previous version must stay
+/// valid. Registering the current version again with the same schema is a no-op.
+#[utoipa::path(
+    put,
+    path = "/admin/schemas/{event_type}",
+    tag = "operations",
+    params(("event_type" = String, Path, description = "The event type")),
+    request_body = PutSchema,
+    responses(
+        (status = 200, description = "Registered (or already registered)", body = openapi::SchemaRegistered),
+        (status = 400, description = "`bad_request`: not a valid JSON Schema, or a malformed body", body = ErrorBody),
+        (status = 409, description = "`version_conflict` (not the next version) or `schema_incompatible` (with `reasons`)", body = ErrorBody),
+    )
+)]
 pub async fn put_schema(
     State(state): State<AppState>,
     Path(event_type): Path<String>,

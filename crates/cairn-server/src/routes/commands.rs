@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{AggregateIdPath, CommandHeaders, JsonBody, check_id};
+use crate::routes::openapi::{self, CommandOutcome, ErrorBody};
 
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
@@ -110,14 +111,30 @@ fn id_or_mint(given: Option<String>, prefix: &str) -> Result<String, ApiError> {
 }
 
 /// `POST /customers` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RegisterCustomer {
+    /// Minted as `cust-<uuid v7>` when absent.
     customer_id: Option<String>,
+    /// Name.
     name: String,
+    /// E-mail address.
     email: String,
 }
 
-/// `POST /customers`.
+/// Registers a customer (`CustomerRegistered`).
+#[utoipa::path(
+    post,
+    path = "/customers",
+    tag = "commands",
+    params(openapi::CommandHeaders),
+    request_body = RegisterCustomer,
+    responses(
+        (status = 201, description = "Registered", body = CommandOutcome),
+        (status = 400, description = "`bad_request`", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version`: the customer exists", body = ErrorBody),
+        (status = 422, description = "`rule_violation`", body = ErrorBody),
+    )
+)]
 pub async fn register_customer(
     State(state): State<AppState>,
     headers: CommandHeaders,
@@ -130,12 +147,27 @@ pub async fn register_customer(
 }
 
 /// `POST /customers/{id}/email` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ChangeEmail {
+    /// The new address.
     email: String,
 }
 
-/// `POST /customers/{id}/email`.
+/// Changes a customer's e-mail address (`CustomerEmailChanged`; nothing when unchanged).
+#[utoipa::path(
+    post,
+    path = "/customers/{aggregate_id}/email",
+    tag = "commands",
+    params(("aggregate_id" = String, Path, description = "The customer"), openapi::CommandHeaders),
+    request_body = ChangeEmail,
+    responses(
+        (status = 200, description = "Changed", body = CommandOutcome),
+        (status = 400, description = "`bad_request`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such customer", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version`", body = ErrorBody),
+        (status = 422, description = "`rule_violation`", body = ErrorBody),
+    )
+)]
 pub async fn change_email(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,
@@ -154,12 +186,26 @@ pub async fn change_email(
 }
 
 /// `POST /inventory/{product_id}/restock` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Restock {
+    /// How many arrived (at least 1).
     quantity: i64,
 }
 
-/// `POST /inventory/{product_id}/restock`.
+/// Adds stock to a product (`StockAdded`); the first restock creates it.
+#[utoipa::path(
+    post,
+    path = "/inventory/{aggregate_id}/restock",
+    tag = "commands",
+    params(("aggregate_id" = String, Path, description = "The product id"), openapi::CommandHeaders),
+    request_body = Restock,
+    responses(
+        (status = 200, description = "Restocked", body = CommandOutcome),
+        (status = 400, description = "`bad_request`", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version`", body = ErrorBody),
+        (status = 422, description = "`rule_violation`", body = ErrorBody),
+    )
+)]
 pub async fn restock(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,
@@ -178,10 +224,14 @@ pub async fn restock(
 }
 
 /// An order line in a request.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct LineBody {
+    /// The product.
     product_id: String,
+    /// How many (at least 1).
     quantity: i64,
+    /// Unit price: at least 0, at most 2 decimals.
+    #[schema(value_type = openapi::Money)]
     price: Money,
 }
 
@@ -192,15 +242,31 @@ impl From<LineBody> for Line {
 }
 
 /// `POST /orders` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateOrder {
+    /// Minted as `order-<uuid v7>` when absent.
     order_id: Option<String>,
+    /// Who orders.
     customer_id: String,
+    /// Initial lines; repeated products are merged into one line.
     #[serde(default)]
     items: Vec<LineBody>,
 }
 
-/// `POST /orders`.
+/// Creates an order (`OrderCreated`).
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "commands",
+    params(openapi::CommandHeaders),
+    request_body = CreateOrder,
+    responses(
+        (status = 201, description = "Created", body = CommandOutcome),
+        (status = 400, description = "`bad_request`", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version`: the order exists", body = ErrorBody),
+        (status = 422, description = "`rule_violation`", body = ErrorBody),
+    )
+)]
 pub async fn create_order(
     State(state): State<AppState>,
     headers: CommandHeaders,
@@ -214,7 +280,21 @@ pub async fn create_order(
     run::<Order>(&state, "create_order", &id, command, headers, StatusCode::CREATED).await
 }
 
-/// `POST /orders/{id}/items`.
+/// Adds an item to a pending order (`ItemAdded`), or more of a product already on it.
+#[utoipa::path(
+    post,
+    path = "/orders/{aggregate_id}/items",
+    tag = "commands",
+    params(("aggregate_id" = String, Path, description = "The order"), openapi::CommandHeaders),
+    request_body = LineBody,
+    responses(
+        (status = 200, description = "Added", body = CommandOutcome),
+        (status = 400, description = "`bad_request`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version`", body = ErrorBody),
+        (status = 422, description = "`rule_violation`", body = ErrorBody),
+    )
+)]
 pub async fn add_item(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,
@@ -232,7 +312,24 @@ pub async fn add_item(
     .await
 }
 
-/// `DELETE /orders/{id}/items/{product_id}`.
+/// Removes a product's line from a pending order (`ItemRemoved`).
+#[utoipa::path(
+    delete,
+    path = "/orders/{aggregate_id}/items/{product_id}",
+    tag = "commands",
+    params(
+        ("aggregate_id" = String, Path, description = "The order"),
+        ("product_id" = String, Path, description = "The product whose line goes"),
+        openapi::CommandHeaders,
+    ),
+    responses(
+        (status = 200, description = "Removed", body = CommandOutcome),
+        (status = 400, description = "`bad_request`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version`", body = ErrorBody),
+        (status = 422, description = "`rule_violation`", body = ErrorBody),
+    )
+)]
 pub async fn remove_item(
     State(state): State<AppState>,
     Path((id, product_id)): Path<(String, String)>,
@@ -251,7 +348,21 @@ pub async fn remove_item(
     .await
 }
 
-/// `POST /orders/{id}/confirm` (no body needed).
+/// Confirms a pending order with at least one item (`OrderConfirmed`); fulfillment then
+/// reserves its stock. No body is needed.
+#[utoipa::path(
+    post,
+    path = "/orders/{aggregate_id}/confirm",
+    tag = "commands",
+    params(("aggregate_id" = String, Path, description = "The order"), openapi::CommandHeaders),
+    responses(
+        (status = 200, description = "Confirmed", body = CommandOutcome),
+        (status = 400, description = "`bad_request`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version`", body = ErrorBody),
+        (status = 422, description = "`rule_violation`", body = ErrorBody),
+    )
+)]
 pub async fn confirm(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,
@@ -261,13 +372,29 @@ pub async fn confirm(
 }
 
 /// `POST /orders/{id}/ship` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Ship {
+    /// Carrier's tracking number.
     tracking_number: String,
+    /// Carrier.
     carrier: String,
 }
 
-/// `POST /orders/{id}/ship`.
+/// Ships an order that is ready to ship (`OrderShipped`).
+#[utoipa::path(
+    post,
+    path = "/orders/{aggregate_id}/ship",
+    tag = "commands",
+    params(("aggregate_id" = String, Path, description = "The order"), openapi::CommandHeaders),
+    request_body = Ship,
+    responses(
+        (status = 200, description = "Shipped", body = CommandOutcome),
+        (status = 400, description = "`bad_request`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version`", body = ErrorBody),
+        (status = 422, description = "`rule_violation`", body = ErrorBody),
+    )
+)]
 pub async fn ship(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,
@@ -280,12 +407,27 @@ pub async fn ship(
 }
 
 /// `POST /orders/{id}/cancel` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Cancel {
+    /// Why.
     reason: String,
 }
 
-/// `POST /orders/{id}/cancel`.
+/// Cancels an order that has not shipped (`OrderCancelled`).
+#[utoipa::path(
+    post,
+    path = "/orders/{aggregate_id}/cancel",
+    tag = "commands",
+    params(("aggregate_id" = String, Path, description = "The order"), openapi::CommandHeaders),
+    request_body = Cancel,
+    responses(
+        (status = 200, description = "Cancelled", body = CommandOutcome),
+        (status = 400, description = "`bad_request`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version`", body = ErrorBody),
+        (status = 422, description = "`rule_violation`", body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,
@@ -304,13 +446,30 @@ pub async fn cancel(
 }
 
 /// `POST /orders/{id}/correct-total` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CorrectTotal {
+    /// The right total.
+    #[schema(value_type = openapi::Money)]
     corrected_total: Money,
+    /// Why.
     reason: String,
 }
 
-/// `POST /orders/{id}/correct-total`.
+/// Corrects an order's total (`OrderTotalCorrected`): a new fact, never an edit.
+#[utoipa::path(
+    post,
+    path = "/orders/{aggregate_id}/correct-total",
+    tag = "commands",
+    params(("aggregate_id" = String, Path, description = "The order"), openapi::CommandHeaders),
+    request_body = CorrectTotal,
+    responses(
+        (status = 200, description = "Corrected", body = CommandOutcome),
+        (status = 400, description = "`bad_request`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version`", body = ErrorBody),
+        (status = 422, description = "`rule_violation`", body = ErrorBody),
+    )
+)]
 pub async fn correct_total(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,

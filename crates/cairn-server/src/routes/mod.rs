@@ -3,6 +3,7 @@
 mod admin;
 mod commands;
 mod health;
+pub mod openapi;
 mod queries;
 mod streams;
 
@@ -11,50 +12,68 @@ use std::any::Any;
 use axum::Router;
 use axum::http::{Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 use crate::error::ApiError;
 
+/// Declares every route exactly once. The router is built from this list and [`ROUTES`]
+/// exposes it, so that a test can hold the OpenAPI document to the router: a route added
+/// here without a `#[utoipa::path]` of the same method and path fails that test.
+macro_rules! route_table {
+    ($($method:ident $path:literal => $handler:path),+ $(,)?) => {
+        /// Every route of the router as `(method, path)`, the method in lower case as
+        /// OpenAPI writes it, the path in axum's syntax (`{param}`, which is OpenAPI's too).
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),+];
+
+        /// Adds every route of [`ROUTES`]; axum merges the methods of one path.
+        fn with_routes(router: Router<AppState>) -> Router<AppState> {
+            router$(.route($path, axum::routing::$method($handler)))+
+        }
+    };
+}
+
+route_table! {
+    post "/streams/{aggregate_id}" => streams::append,
+    get "/streams/{aggregate_id}" => streams::read_stream,
+    get "/all" => streams::read_all,
+    get "/all/subscribe" => streams::subscribe,
+    post "/customers" => commands::register_customer,
+    get "/customers/{aggregate_id}" => queries::get_customer,
+    post "/customers/{aggregate_id}/email" => commands::change_email,
+    get "/inventory/{aggregate_id}" => queries::get_inventory,
+    post "/inventory/{aggregate_id}/restock" => commands::restock,
+    post "/orders" => commands::create_order,
+    get "/orders" => queries::list_orders,
+    get "/orders/{aggregate_id}" => queries::get_order,
+    post "/orders/{aggregate_id}/items" => commands::add_item,
+    delete "/orders/{aggregate_id}/items/{product_id}" => commands::remove_item,
+    post "/orders/{aggregate_id}/confirm" => commands::confirm,
+    post "/orders/{aggregate_id}/ship" => commands::ship,
+    post "/orders/{aggregate_id}/cancel" => commands::cancel,
+    post "/orders/{aggregate_id}/correct-total" => commands::correct_total,
+    get "/orders/{aggregate_id}/events" => queries::order_events,
+    get "/orders/{aggregate_id}/state" => queries::order_state,
+    get "/shipped-orders/{aggregate_id}" => queries::get_shipped_order,
+    get "/admin/projections" => admin::projections,
+    post "/admin/projections/{name}/rebuild" => admin::rebuild_projection,
+    get "/admin/streams/stats" => admin::stream_stats,
+    get "/metrics" => admin::metrics,
+    get "/admin/dlq" => admin::dead_letters,
+    get "/admin/schemas" => admin::schemas,
+    put "/admin/schemas/{event_type}" => admin::put_schema,
+    post "/admin/dlq/{id}/retry" => admin::retry_dead_letter,
+    delete "/admin/dlq/{id}" => admin::discard_dead_letter,
+    get "/admin/process-managers/order-fulfillment" => admin::fulfillment_instances,
+    get "/health/live" => health::live,
+    get "/health/ready" => health::ready,
+    get "/openapi.json" => openapi::serve,
+}
+
 /// The application router with its state.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/streams/{aggregate_id}", get(streams::read_stream).post(streams::append))
-        .route("/all", get(streams::read_all))
-        .route("/all/subscribe", get(streams::subscribe))
-        .route("/customers", post(commands::register_customer))
-        .route("/customers/{aggregate_id}", get(queries::get_customer))
-        .route("/customers/{aggregate_id}/email", post(commands::change_email))
-        .route("/inventory/{aggregate_id}", get(queries::get_inventory))
-        .route("/inventory/{aggregate_id}/restock", post(commands::restock))
-        .route("/orders", post(commands::create_order).get(queries::list_orders))
-        .route("/orders/{aggregate_id}", get(queries::get_order))
-        .route("/orders/{aggregate_id}/items", post(commands::add_item))
-        .route(
-            "/orders/{aggregate_id}/items/{product_id}",
-            axum::routing::delete(commands::remove_item),
-        )
-        .route("/orders/{aggregate_id}/confirm", post(commands::confirm))
-        .route("/orders/{aggregate_id}/ship", post(commands::ship))
-        .route("/orders/{aggregate_id}/cancel", post(commands::cancel))
-        .route("/orders/{aggregate_id}/correct-total", post(commands::correct_total))
-        .route("/orders/{aggregate_id}/events", get(queries::order_events))
-        .route("/orders/{aggregate_id}/state", get(queries::order_state))
-        .route("/shipped-orders/{aggregate_id}", get(queries::get_shipped_order))
-        .route("/admin/projections", get(admin::projections))
-        .route("/admin/projections/{name}/rebuild", post(admin::rebuild_projection))
-        .route("/admin/streams/stats", get(admin::stream_stats))
-        .route("/metrics", get(admin::metrics))
-        .route("/admin/dlq", get(admin::dead_letters))
-        .route("/admin/schemas", get(admin::schemas))
-        .route("/admin/schemas/{event_type}", axum::routing::put(admin::put_schema))
-        .route("/admin/dlq/{id}/retry", post(admin::retry_dead_letter))
-        .route("/admin/dlq/{id}", axum::routing::delete(admin::discard_dead_letter))
-        .route("/admin/process-managers/order-fulfillment", get(admin::fulfillment_instances))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
+    with_routes(Router::new())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{AggregateIdPath, QueryMap};
+use crate::routes::openapi::{self, ErrorBody};
 
 /// Default and largest `wait_ms`.
 const WAIT_MS_DEFAULT: u64 = 2000;
@@ -120,7 +121,23 @@ async fn document(
     with_position(response, position)
 }
 
-/// `GET /orders/{id}`.
+/// An order's summary (`order_summary`), with read-your-writes.
+#[utoipa::path(
+    get,
+    path = "/orders/{aggregate_id}",
+    tag = "queries",
+    params(
+        ("aggregate_id" = String, Path, description = "The order"),
+        openapi::ReadYourWrites,
+        openapi::MinPositionHeader,
+    ),
+    responses(
+        (status = 200, description = "The order's summary", body = openapi::OrderSummary, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
+        (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
+    )
+)]
 pub async fn get_order(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,
@@ -130,7 +147,23 @@ pub async fn get_order(
     document(&state, "order_summary", order_summary::TABLE, id, &query, &headers).await
 }
 
-/// `GET /shipped-orders/{id}`.
+/// A shipped order with its customer (`shipped_orders_view`), with read-your-writes.
+#[utoipa::path(
+    get,
+    path = "/shipped-orders/{aggregate_id}",
+    tag = "queries",
+    params(
+        ("aggregate_id" = String, Path, description = "The order"),
+        openapi::ReadYourWrites,
+        openapi::MinPositionHeader,
+    ),
+    responses(
+        (status = 200, description = "The shipped order", body = openapi::ShippedOrder, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
+        (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
+    )
+)]
 pub async fn get_shipped_order(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,
@@ -140,7 +173,23 @@ pub async fn get_shipped_order(
     document(&state, "shipped_orders_view", shipped_orders::TABLE, id, &query, &headers).await
 }
 
-/// `GET /inventory/{product_id}`.
+/// A product's stock (`inventory_view`), with read-your-writes.
+#[utoipa::path(
+    get,
+    path = "/inventory/{aggregate_id}",
+    tag = "queries",
+    params(
+        ("aggregate_id" = String, Path, description = "The product id"),
+        openapi::ReadYourWrites,
+        openapi::MinPositionHeader,
+    ),
+    responses(
+        (status = 200, description = "The product's stock", body = openapi::InventoryView, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
+        (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
+    )
+)]
 pub async fn get_inventory(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,
@@ -150,7 +199,23 @@ pub async fn get_inventory(
     document(&state, "inventory_view", inventory_view::TABLE, id, &query, &headers).await
 }
 
-/// `GET /customers/{id}`.
+/// A customer and their orders' totals (`customer_view`), with read-your-writes.
+#[utoipa::path(
+    get,
+    path = "/customers/{aggregate_id}",
+    tag = "queries",
+    params(
+        ("aggregate_id" = String, Path, description = "The customer"),
+        openapi::ReadYourWrites,
+        openapi::MinPositionHeader,
+    ),
+    responses(
+        (status = 200, description = "The customer", body = openapi::CustomerView, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
+        (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
+    )
+)]
 pub async fn get_customer(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,
@@ -182,7 +247,25 @@ pub(crate) async fn list_documents(
     Ok((rows.into_iter().map(|(_, doc)| doc).collect(), next))
 }
 
-/// `GET /orders?status=&customer_id=&limit=&after=`.
+/// Lists orders (`order_summary`) by status and customer, in pages, with read-your-writes.
+#[utoipa::path(
+    get,
+    path = "/orders",
+    tag = "queries",
+    params(
+        ("status" = Option<String>, Query, description = "Only orders with this status"),
+        ("customer_id" = Option<String>, Query, description = "Only this customer's orders"),
+        ("limit" = Option<u64>, Query, description = "Page size (default 100, at most 1000)"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+        openapi::ReadYourWrites,
+        openapi::MinPositionHeader,
+    ),
+    responses(
+        (status = 200, description = "A page of orders", body = openapi::OrderList, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+        (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
+    )
+)]
 pub async fn list_orders(
     State(state): State<AppState>,
     query: QueryMap,
@@ -214,7 +297,23 @@ pub async fn list_orders(
     with_position(response, position)
 }
 
-/// `GET /orders/{id}/events`: the order's stream, from the event store.
+/// An order's events, from the event store (always current).
+#[utoipa::path(
+    get,
+    path = "/orders/{aggregate_id}/events",
+    tag = "queries",
+    params(
+        ("aggregate_id" = String, Path, description = "The order"),
+        ("from_version" = Option<u64>, Query, description = "First version to read"),
+        ("limit" = Option<u64>, Query, description = "At most this many events (default 100, at most 10000)"),
+        ("direction" = Option<String>, Query, description = "`forward` (default) or `backward`"),
+    ),
+    responses(
+        (status = 200, description = "A page of the order's stream", body = super::streams::StreamPage),
+        (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order", body = ErrorBody),
+    )
+)]
 pub async fn order_events(
     state: State<AppState>,
     id: AggregateIdPath,
@@ -227,7 +326,22 @@ pub async fn order_events(
     Ok(super::streams::read_stream(state, id, query).await?.into_response())
 }
 
-/// `GET /orders/{id}/state?version=N | as_of=<RFC 3339>`: the order rebuilt from its events.
+/// An order rebuilt from its events: now, as of a version, or as of a time (temporal query).
+#[utoipa::path(
+    get,
+    path = "/orders/{aggregate_id}/state",
+    tag = "queries",
+    params(
+        ("aggregate_id" = String, Path, description = "The order"),
+        ("version" = Option<u64>, Query, description = "The state after this version"),
+        ("as_of" = Option<String>, Query, format = DateTime, description = "The state after every event with a timestamp at or before this RFC 3339 time"),
+    ),
+    responses(
+        (status = 200, description = "The order's state", body = OrderState),
+        (status = 400, description = "`bad_request`: a malformed parameter, or both `version` and `as_of`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order, a version beyond its end, or a time before its first event", body = ErrorBody),
+    )
+)]
 pub async fn order_state(
     State(state): State<AppState>,
     AggregateIdPath(id): AggregateIdPath,
@@ -280,17 +394,29 @@ pub async fn order_state(
 }
 
 /// The body of `GET /orders/{id}/state` (a struct, not a `Value`, so money keeps its digits).
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct OrderState<'a> {
+    /// The order.
     order_id: &'a str,
+    /// The version the state was rebuilt to.
     version: u64,
+    /// Life-cycle status.
     status: &'static str,
+    /// Who ordered.
     customer_id: &'a str,
+    /// The lines.
+    #[schema(value_type = Vec<openapi::OrderLine>)]
     items: &'a [cairn_orders::order::Line],
+    /// Number of lines.
     item_count: usize,
+    /// Sum of the lines plus corrections.
+    #[schema(value_type = openapi::Money)]
     total: cairn_orders::Money,
+    /// Sum of the total corrections.
+    #[schema(value_type = openapi::Money)]
     corrections: cairn_orders::Money,
     /// Timestamp of the last event applied.
+    #[schema(value_type = Option<String>, format = DateTime)]
     as_of: Option<Timestamp>,
     /// The stream's version now, for comparison.
     current_version: u64,

@@ -20,36 +20,53 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{AggregateIdPath, JsonBody, QueryMap};
+use crate::routes::openapi::{self, ErrorBody};
+use crate::schemas::SchemaRegistry;
 
 const STREAM_READ_LIMIT_DEFAULT: u64 = 100;
 const ALL_READ_LIMIT_DEFAULT: u64 = 1000;
 
 /// Body of `POST /streams/{aggregate_id}`. Unknown fields are refused: a misspelt
 /// `expected_version` must not silently turn into "any".
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendBody {
     #[serde(default)]
+    #[schema(value_type = Option<openapi::ExpectedVersion>)]
     expected_version: ExpectedVersion,
+    /// 1 to 1000 events of one aggregate type, appended atomically.
     events: Vec<EventBody>,
 }
 
 /// One event of an append request.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventBody {
+    /// Minted when absent; re-sending the same ids makes a retry idempotent.
+    #[schema(value_type = Option<String>, format = "uuid")]
     event_id: Option<Uuid>,
+    /// The stream's aggregate type (the same for every event of the append).
     aggregate_type: String,
+    /// Past-tense name of what happened.
     event_type: String,
+    /// The payload, stored byte for byte.
+    #[schema(value_type = Object)]
     data: Box<RawValue>,
+    /// A JSON object (`correlation_id`, `causation_id`, `user_id`, ...).
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Box<RawValue>>,
 }
 
-#[derive(Serialize)]
-struct AppendResponse<'a> {
+/// The answer to an append.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AppendResponse<'a> {
+    /// The stream.
     aggregate_id: &'a str,
+    /// Version of the first event appended.
     first_version: u64,
+    /// Version of the last event appended.
     last_version: u64,
+    /// Position of the last event appended.
     position: u64,
 }
 
@@ -58,7 +75,11 @@ fn is_json_object(raw: &RawValue) -> bool {
 }
 
 /// Turns a request body into a store append, checking what the store cannot.
-fn to_append(aggregate_id: String, body: AppendBody) -> Result<Append, ApiError> {
+fn to_append(
+    aggregate_id: String,
+    body: AppendBody,
+    schemas: &SchemaRegistry,
+) -> Result<Append, ApiError> {
     if body.events.is_empty() {
         return Err(ApiError::bad_request("events must hold at least one event"));
     }
@@ -87,6 +108,9 @@ fn to_append(aggregate_id: String, body: AppendBody) -> Result<Append, ApiError>
                 ));
             }
             Err(invalid) => {
+                // The registered schema names every fault with its JSON pointer, where the
+                // decoder names only the first: its answer is the more useful one.
+                schemas.validate(i, &e.event_type, e.data.get())?;
                 return Err(ApiError::new(
                     axum::http::StatusCode::UNPROCESSABLE_ENTITY,
                     "validation_failed",
@@ -119,13 +143,31 @@ fn to_append(aggregate_id: String, body: AppendBody) -> Result<Append, ApiError>
     })
 }
 
-/// `POST /streams/{aggregate_id}`.
+/// Appends events to a stream.
+///
+/// All events of one request are appended atomically under the expected-version
+/// condition. Re-sending events whose ids are all stored returns the original outcome.
+#[utoipa::path(
+    post,
+    path = "/streams/{aggregate_id}",
+    tag = "store",
+    params(("aggregate_id" = String, Path, description = "The stream (`[A-Za-z0-9._:@-]{1,128}`)")),
+    request_body = AppendBody,
+    responses(
+        (status = 200, description = "Appended (or an idempotent retry)", body = AppendResponse),
+        (status = 400, description = "`bad_request`: malformed body, no events or more than 1000", body = ErrorBody),
+        (status = 409, description = "`wrong_expected_version`, `aggregate_type_mismatch` or `duplicate_event_id`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (schema or domain decoding) or `unknown_event_type`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `store_poisoned` or `shutting_down`", body = ErrorBody),
+    )
+)]
 pub async fn append(
     State(state): State<AppState>,
     AggregateIdPath(aggregate_id): AggregateIdPath,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Response, ApiError> {
-    let request = to_append(aggregate_id, body)?;
+    let request = to_append(aggregate_id, body, &state.schemas)?;
     let aggregate_id = request.aggregate_id.clone();
     let outcome = state.store.append(request).await?;
     Ok(Json(AppendResponse {
@@ -138,9 +180,12 @@ pub async fn append(
 }
 
 /// A page of one stream.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StreamPage {
+    /// The events, in the direction read.
+    #[schema(value_type = Vec<openapi::Event>)]
     events: Vec<RecordedEvent>,
+    /// Where the next page starts; `null` at the end.
     next_version: Option<u64>,
 }
 
@@ -149,7 +194,23 @@ fn limit_param(query: &QueryMap, default: u64) -> Result<usize, ApiError> {
     Ok(limit.min(READ_LIMIT_MAX as u64) as usize)
 }
 
-/// `GET /streams/{aggregate_id}?from_version=&limit=&direction=`.
+/// Reads a stream's events in version order.
+#[utoipa::path(
+    get,
+    path = "/streams/{aggregate_id}",
+    tag = "store",
+    params(
+        ("aggregate_id" = String, Path, description = "The stream"),
+        ("from_version" = Option<u64>, Query, description = "First version to read (forward: default 1; backward: default the last)"),
+        ("limit" = Option<u64>, Query, description = "At most this many events (default 100, at most 10000)"),
+        ("direction" = Option<String>, Query, description = "`forward` (default) or `backward`"),
+    ),
+    responses(
+        (status = 200, description = "A page of the stream", body = StreamPage),
+        (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`: the stream does not exist", body = ErrorBody),
+    )
+)]
 pub async fn read_stream(
     State(state): State<AppState>,
     AggregateIdPath(aggregate_id): AggregateIdPath,
@@ -204,13 +265,31 @@ fn all_filter(query: &QueryMap) -> AllFilter {
 }
 
 /// A page of `$all`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AllPage {
+    /// Events with a position above `from_position`, ascending.
+    #[schema(value_type = Vec<openapi::Event>)]
     events: Vec<RecordedEvent>,
+    /// The last position returned, or `from_position` when none was.
     next_position: u64,
 }
 
-/// `GET /all?from_position=&limit=&event_type=&aggregate_type=`.
+/// Reads every event of the store in global (`$all`) order.
+#[utoipa::path(
+    get,
+    path = "/all",
+    tag = "store",
+    params(
+        ("from_position" = Option<u64>, Query, description = "Return events after this position (default 0)"),
+        ("limit" = Option<u64>, Query, description = "At most this many events (default 1000, at most 10000)"),
+        ("event_type" = Option<String>, Query, description = "Only these event types (comma-separated)"),
+        ("aggregate_type" = Option<String>, Query, description = "Only this aggregate type"),
+    ),
+    responses(
+        (status = 200, description = "A page of `$all`", body = AllPage),
+        (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+    )
+)]
 pub async fn read_all(
     State(state): State<AppState>,
     query: QueryMap,
@@ -222,7 +301,24 @@ pub async fn read_all(
     Ok(Json(AllPage { events: slice.events, next_position }))
 }
 
-/// `GET /all/subscribe?from_position=` (Server-Sent Events), resumable with `Last-Event-ID`.
+/// Subscribes to `$all`: catch-up, then live (Server-Sent Events).
+///
+/// Each event is sent as `id: <position>`, `event: <event_type>`, `data: <event JSON>`.
+#[utoipa::path(
+    get,
+    path = "/all/subscribe",
+    tag = "store",
+    params(
+        ("from_position" = Option<u64>, Query, description = "Send events after this position (default 0)"),
+        ("event_type" = Option<String>, Query, description = "Only these event types (comma-separated)"),
+        ("aggregate_type" = Option<String>, Query, description = "Only this aggregate type"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position (wins over `from_position`)"),
+    ),
+    responses(
+        (status = 200, description = "A stream of events", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+    )
+)]
 pub async fn subscribe(
     State(state): State<AppState>,
     headers: HeaderMap,

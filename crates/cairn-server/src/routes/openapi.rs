@@ -1,0 +1,543 @@
+//! The OpenAPI 3 document of every route (`GET /openapi.json`), generated from the
+//! handlers' `#[utoipa::path]` annotations and the request and response types.
+//!
+//! Types that the handlers really use derive `ToSchema` where they are declared. The
+//! types here only describe JSON that is built elsewhere — `json!` bodies, read-model
+//! documents stored as text, and types of crates that know nothing of HTTP — so they are
+//! never constructed; their doc comments are the document's descriptions.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
+use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
+
+use super::{admin, commands, health, queries, streams};
+use crate::error::ApiError;
+
+/// The document: every handler of the router, registered in one place.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Cairn HTTP API",
+        description = "The contract of `cairn serve`: the generic event store API, the Order Management commands and queries, and operations. Every response that is not a 2xx is JSON `{\"error\", \"message\", ...}`."
+    ),
+    paths(
+        streams::append,
+        streams::read_stream,
+        streams::read_all,
+        streams::subscribe,
+        commands::register_customer,
+        commands::change_email,
+        commands::restock,
+        commands::create_order,
+        commands::add_item,
+        commands::remove_item,
+        commands::confirm,
+        commands::ship,
+        commands::cancel,
+        commands::correct_total,
+        queries::get_customer,
+        queries::get_inventory,
+        queries::list_orders,
+        queries::get_order,
+        queries::order_events,
+        queries::order_state,
+        queries::get_shipped_order,
+        admin::projections,
+        admin::rebuild_projection,
+        admin::stream_stats,
+        admin::metrics,
+        admin::dead_letters,
+        admin::schemas,
+        admin::put_schema,
+        admin::retry_dead_letter,
+        admin::discard_dead_letter,
+        admin::fulfillment_instances,
+        health::live,
+        health::ready,
+        serve,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&DefaultErrorResponse),
+    tags(
+        (name = "store", description = "Generic event store API (contract §2)"),
+        (name = "commands", description = "Order Management commands (contract §3)"),
+        (name = "queries", description = "Read models and write-model queries (contract §4)"),
+        (name = "operations", description = "Health, metrics and administration (contract §5, §6)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3 document of every route", body = Object))
+)]
+pub async fn serve() -> Response {
+    // The document is fixed at compile time: serialise it once.
+    static JSON: OnceLock<Result<String, String>> = OnceLock::new();
+    match JSON.get_or_init(|| ApiDoc::openapi().to_json().map_err(|e| e.to_string())) {
+        Ok(json) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json.clone())
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "the OpenAPI document cannot be serialised");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                .into_response()
+        }
+    }
+}
+
+/// Adds the §7 error shape as the `default` response of every operation: any route can
+/// answer an error (a malformed request, a panic, an unavailable store), always in it.
+struct DefaultErrorResponse;
+
+impl Modify for DefaultErrorResponse {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation.responses.responses.entry("default".to_owned()).or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description("Any other error")
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name(ErrorBody::name())))
+                                .build(),
+                        )
+                        .into()
+                });
+            }
+        }
+    }
+}
+
+/// The error shape of every response that is not a 2xx (contract §7). `error` and
+/// `message` are always there; some codes add the fields below.
+#[derive(ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// Machine-readable code: `bad_request`, `not_found`, `payload_too_large`,
+    /// `wrong_expected_version`, `aggregate_type_mismatch`, `validation_failed`,
+    /// `unknown_event_type`, `rule_violation`, `projection_lagging`, ...
+    pub error: String,
+    /// Human-readable text.
+    pub message: String,
+    /// `wrong_expected_version`: what the request expected.
+    pub expected: Option<ExpectedVersion>,
+    /// `wrong_expected_version`: the stream's current version (`0` = it does not exist).
+    pub actual: Option<u64>,
+    /// `projection_lagging`: the position the read model has applied;
+    /// `idempotency_key_used`: the position of the first outcome.
+    pub position: Option<u64>,
+    /// `validation_failed`: which event of the append (0-based).
+    pub index: Option<u64>,
+    /// `validation_failed`: the event's type.
+    pub event_type: Option<String>,
+    /// `validation_failed`: the schema version it was checked against.
+    pub schema_version: Option<u32>,
+    /// `validation_failed`: every fault, with the JSON pointer into the event's `data`.
+    pub errors: Option<Vec<SchemaFault>>,
+    /// `schema_incompatible`: why the new version is not BACKWARD compatible.
+    pub reasons: Option<Vec<String>>,
+}
+
+/// One fault of an event against its schema.
+#[derive(ToSchema)]
+pub struct SchemaFault {
+    /// JSON pointer into the event's `data` (`/items/0/price`).
+    pub pointer: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+/// An exact decimal amount: a JSON number written with exactly its digits (`59.98`), or,
+/// in requests, a string holding one (`"59.98"`).
+pub struct Money;
+
+impl PartialSchema for Money {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^-?[0-9]+(\.[0-9]+)?$")),
+            )
+            .description(Some(
+                "An exact decimal: a JSON number with exactly its digits, or a string holding one",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Money {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Money")
+    }
+}
+
+/// `expected_version` of an append: an integer, `"any"`, `"no_stream"` or `"exists"`.
+pub struct ExpectedVersion;
+
+impl PartialSchema for ExpectedVersion {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).description(Some(
+                    "The version of the stream's last event (0 = must not exist)",
+                )),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::String).enum_values(Some([
+                "any",
+                "no_stream",
+                "exists",
+            ])))
+            .description(Some(
+                "What the writer believes about the stream's version; absent means \"any\"",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ExpectedVersion {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ExpectedVersion")
+    }
+}
+
+/// A stored event (contract §1).
+#[derive(ToSchema)]
+pub struct Event {
+    /// Unique in the store.
+    #[schema(format = "uuid")]
+    pub event_id: String,
+    /// The stream (one aggregate instance).
+    pub aggregate_id: String,
+    /// The stream's aggregate type, fixed for its life.
+    pub aggregate_type: String,
+    /// Past-tense name of what happened.
+    pub event_type: String,
+    /// 1-based, gap-free within the stream.
+    pub version: u64,
+    /// The global (`$all`) order; strictly increasing in the order readers see events.
+    pub position: u64,
+    /// Commit time, RFC 3339 UTC with microseconds.
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+    /// The payload exactly as written.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    /// `correlation_id`, `causation_id`, `user_id`, `schema_version`, ...
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+}
+
+/// The answer to a command (contract §3).
+#[derive(ToSchema)]
+pub struct CommandOutcome {
+    /// The aggregate the command ran on (minted when the request named none).
+    pub aggregate_id: String,
+    /// Its version after the command.
+    pub version: u64,
+    /// The position of the last event the command appended.
+    pub position: u64,
+}
+
+/// The headers every command takes (contract §3).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct CommandHeaders {
+    /// Runs the command only if the aggregate is at this version (`409` otherwise).
+    #[param(rename = "If-Match")]
+    pub if_match: Option<u64>,
+    /// A repeated command with the same key gets the first response and appends nothing.
+    #[param(rename = "Idempotency-Key")]
+    pub idempotency_key: Option<String>,
+    /// Copied into `metadata.correlation_id` of every event the command causes.
+    #[param(rename = "X-Correlation-Id")]
+    pub correlation_id: Option<String>,
+    /// Copied into `metadata.user_id`.
+    #[param(rename = "X-User-Id")]
+    pub user_id: Option<String>,
+}
+
+/// Read-your-writes parameters of every read-model query (contract §4).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadYourWrites {
+    /// Wait until the read model has applied every event up to this position.
+    pub min_position: Option<u64>,
+    /// How long to wait, in milliseconds (default 2000, at most 30000); then `504`.
+    pub wait_ms: Option<u64>,
+}
+
+/// `X-Min-Position`: the header form of `min_position`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct MinPositionHeader {
+    /// Same as the `min_position` query parameter.
+    #[param(rename = "X-Min-Position")]
+    pub min_position: Option<u64>,
+}
+
+/// `order_summary`: one order as the read model holds it.
+#[derive(ToSchema)]
+pub struct OrderSummary {
+    /// The order.
+    pub order_id: String,
+    /// Who ordered.
+    pub customer_id: String,
+    /// `pending`, `confirmed`, `ready_to_ship`, `shipped` or `cancelled`.
+    pub status: String,
+    /// Number of order lines.
+    pub item_count: u64,
+    /// Sum of the lines plus corrections.
+    pub total: Money,
+    /// Set once shipped.
+    pub tracking_number: Option<String>,
+    /// Set once shipped.
+    pub carrier: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, once confirmed.
+    pub confirmed_at: Option<String>,
+    /// RFC 3339, once shipped.
+    pub shipped_at: Option<String>,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// The order's version this document reflects.
+    pub version: u64,
+}
+
+/// A page of `GET /orders`.
+#[derive(ToSchema)]
+pub struct OrderList {
+    /// The orders, in id order.
+    pub items: Vec<OrderSummary>,
+    /// Cursor for `after=`; `null` on the last page.
+    pub next: Option<String>,
+}
+
+/// `shipped_orders_view`: a shipped order, denormalised with its customer.
+#[derive(ToSchema)]
+pub struct ShippedOrder {
+    /// The order.
+    pub order_id: String,
+    /// Who ordered.
+    pub customer_id: String,
+    /// The customer's name.
+    pub customer_name: Option<String>,
+    /// The customer's current e-mail address (follows changes).
+    pub customer_email: Option<String>,
+    /// Number of order lines.
+    pub item_count: u64,
+    /// The total at shipping.
+    pub total: Money,
+    /// Carrier's tracking number.
+    pub tracking_number: String,
+    /// Carrier.
+    pub carrier: String,
+    /// RFC 3339.
+    pub shipped_at: String,
+}
+
+/// `inventory_view`: one product's stock.
+#[derive(ToSchema)]
+pub struct InventoryView {
+    /// The product.
+    pub product_id: String,
+    /// Units in the warehouse (reserved ones included).
+    pub on_hand: i64,
+    /// Units promised to orders.
+    pub reserved: i64,
+    /// `on_hand - reserved`.
+    pub available: i64,
+    /// The inventory aggregate's version this document reflects.
+    pub version: u64,
+}
+
+/// `customer_view`: one customer and their orders' totals.
+#[derive(ToSchema)]
+pub struct CustomerView {
+    /// The customer.
+    pub customer_id: String,
+    /// Name.
+    pub name: Option<String>,
+    /// E-mail address.
+    pub email: Option<String>,
+    /// Orders placed.
+    pub order_count: u64,
+    /// Sum of the totals of their orders.
+    pub lifetime_total: Money,
+}
+
+/// An order line.
+#[derive(ToSchema)]
+pub struct OrderLine {
+    /// The product (an Inventory aggregate id).
+    pub product_id: String,
+    /// How many.
+    pub quantity: i64,
+    /// Unit price.
+    pub price: Money,
+}
+
+/// One instance of the `OrderFulfillment` process manager.
+#[derive(ToSchema)]
+pub struct FulfillmentInstance {
+    /// The order it fulfills.
+    pub order_id: String,
+    /// `reserving`, `compensating`, `ready_to_ship`, `shipped` or `cancelled`.
+    pub status: String,
+    /// The order's lines.
+    pub items: Vec<OrderLine>,
+    /// Products reserved so far.
+    pub reserved: Vec<String>,
+    /// Why it was cancelled.
+    pub reason: Option<String>,
+    /// The correlation id its commands carry.
+    pub correlation_id: Option<String>,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// Where a projection or process manager is in its life.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerStatus {
+    /// Loading its checkpoint.
+    Starting,
+    /// Following `$all`.
+    Running,
+    /// Rebuilding from position 0.
+    Rebuilding,
+    /// Stopped by an operator.
+    Paused,
+    /// Its storage keeps failing; it retries with backoff.
+    Stalled,
+    /// Stopped for good.
+    Failed,
+}
+
+/// A rebuild in progress.
+#[derive(ToSchema)]
+pub struct RebuildProgress {
+    /// `$all` position the shadow tables have reached.
+    pub position: u64,
+    /// Events per second so far.
+    pub rate: f64,
+}
+
+/// The answer to `POST /admin/projections/{name}/rebuild`.
+#[derive(ToSchema)]
+pub struct RebuildStarted {
+    /// The projection.
+    pub name: String,
+    /// `rebuilding`.
+    pub status: String,
+}
+
+/// One row of `GET /admin/streams/stats`.
+#[derive(ToSchema)]
+pub struct StreamStats {
+    /// The stream.
+    pub aggregate_id: String,
+    /// Its aggregate type.
+    pub aggregate_type: String,
+    /// How many events it holds.
+    pub event_count: u64,
+    /// Its last event's version.
+    pub latest_version: u64,
+}
+
+/// An event a projection or process manager could not handle (or parked behind one).
+#[derive(ToSchema)]
+pub struct DeadLetter {
+    /// Its id (for retry and discard).
+    pub id: i64,
+    /// The projection or process manager.
+    pub projection: String,
+    /// The event's `$all` position.
+    pub position: u64,
+    /// The event's stream.
+    pub aggregate_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The last error (for a parked event: which dead letter it waits behind).
+    pub error: String,
+    /// Times it was tried.
+    pub attempts: u32,
+    /// RFC 3339.
+    pub first_failed_at: String,
+    /// RFC 3339.
+    pub last_failed_at: String,
+}
+
+/// What became of a retried or discarded dead letter.
+#[derive(ToSchema)]
+pub struct DeadLetterOutcome {
+    /// Dead letters of that aggregate still waiting (0 = it flows again).
+    pub remaining: u64,
+}
+
+/// The current schema of one event type.
+#[derive(ToSchema)]
+pub struct RegisteredSchema {
+    /// The event type.
+    pub event_type: String,
+    /// Its current version.
+    pub version: u32,
+    /// The current version's JSON Schema.
+    #[schema(value_type = Object)]
+    pub schema: serde_json::Value,
+    /// Every registered version, ascending.
+    pub versions: Vec<u32>,
+}
+
+/// The answer to `PUT /admin/schemas/{event_type}`.
+#[derive(ToSchema)]
+pub struct SchemaRegistered {
+    /// The event type.
+    pub event_type: String,
+    /// The version now current.
+    pub version: u32,
+}
+
+/// The body of the health probes.
+#[derive(ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` (with `error` and `message`).
+    pub status: String,
+    /// `not_ready` when not ready.
+    pub error: Option<String>,
+    /// Why it is not ready.
+    pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    #[test]
+    fn the_document_serialises_and_names_openapi_3() {
+        let json = super::ApiDoc::openapi().to_json().unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    }
+}
