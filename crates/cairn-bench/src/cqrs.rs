@@ -392,7 +392,7 @@ pub async fn fill_orders(store: &Arc<dyn EventStore>, events: u64) -> anyhow::Re
     let orders = events / 4;
     let mut tasks = Vec::new();
     for w in 0..32u64 {
-        let store = Arc::clone(&store);
+        let store = Arc::clone(store);
         tasks.push(tokio::spawn(async move {
             let mut o = w;
             while o < orders {

@@ -132,10 +132,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .context("cannot start the projections")?;
     match args.store {
         StoreKind::Sqlite => {
-            tracing::info!(listen = %listener.local_addr()?, data_dir = %args.data_dir.display(), "cairn serving (embedded store)")
+            tracing::info!(listen = %listener.local_addr()?, data_dir = %args.data_dir.display(), "cairn serving (embedded store)");
         }
         StoreKind::Postgres => {
-            tracing::info!(listen = %listener.local_addr()?, "cairn serving (PostgreSQL store)")
+            tracing::info!(listen = %listener.local_addr()?, "cairn serving (PostgreSQL store)");
         }
     }
     let mut stopping = stop_tx.subscribe();

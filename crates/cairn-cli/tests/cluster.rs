@@ -18,6 +18,34 @@ async fn post(client: &reqwest::Client, base: &str, path: &str, body: Value) -> 
     r.json().await.ok()
 }
 
+/// Creates orders with three more items each until stopped; returns (order, items acked).
+async fn write_orders(
+    client: reqwest::Client,
+    base: String,
+    w: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<(String, usize)> {
+    let mut acked: Vec<(String, usize)> = Vec::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let id = format!("o-{w}-{n}");
+        n += 1;
+        let body = json!({"order_id": id, "customer_id": format!("c-{w}"), "items": [{"product_id": "p", "quantity": 1, "price": "2.50"}]});
+        if post(&client, &base, "/orders", body).await.is_none() {
+            continue;
+        }
+        let mut items = 1;
+        for k in 0..3 {
+            let body = json!({"product_id": format!("q-{k}"), "quantity": 1, "price": "1.25"});
+            if post(&client, &base, &format!("/orders/{id}/items"), body).await.is_some() {
+                items += 1;
+            }
+        }
+        acked.push((id, items));
+    }
+    acked
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_the_leader_mid_projection_the_other_process_takes_over_exactly() {
     let backend = cairn_testkit::Backend::Postgres;
@@ -36,31 +64,11 @@ async fn kill_9_of_the_leader_mid_projection_the_other_process_takes_over_exactl
 
     // Writers on the follower: create orders and add items, remembering what was acknowledged.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for w in 0..8 {
-        let (client, base, stop) = (client.clone(), follower.base.clone(), Arc::clone(&stop));
-        writers.push(tokio::spawn(async move {
-            let mut acked: Vec<(String, usize)> = Vec::new();
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("o-{w}-{n}");
-                n += 1;
-                let body = json!({"order_id": id, "customer_id": format!("c-{w}"), "items": [{"product_id": "p", "quantity": 1, "price": "2.50"}]});
-                if post(&client, &base, "/orders", body).await.is_none() {
-                    continue;
-                }
-                let mut items = 1;
-                for k in 0..3 {
-                    let body = json!({"product_id": format!("q-{k}"), "quantity": 1, "price": "1.25"});
-                    if post(&client, &base, &format!("/orders/{id}/items"), body).await.is_some() {
-                        items += 1;
-                    }
-                }
-                acked.push((id, items));
-            }
-            acked
-        }));
-    }
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            tokio::spawn(write_orders(client.clone(), follower.base.clone(), w, Arc::clone(&stop)))
+        })
+        .collect();
     // Kill the leader while events flow and its projections are applying them.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     leader.kill().await;

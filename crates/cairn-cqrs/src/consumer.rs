@@ -275,10 +275,11 @@ impl ConsumerHandle {
     /// Starts a rebuild as soon as this process leads the consumer (at once if it does).
     pub fn rebuild_when_leading(&self) {
         self.dlq.rebuild_when_leading.store(true, Ordering::SeqCst);
-        if self.is_leader() && self.dlq.rebuild_when_leading.swap(false, Ordering::SeqCst) {
-            if let Err(e) = start_rebuild(&self.dlq) {
-                tracing::warn!(consumer = %self.name, error = %e, "rebuild not started");
-            }
+        if self.is_leader()
+            && self.dlq.rebuild_when_leading.swap(false, Ordering::SeqCst)
+            && let Err(e) = start_rebuild(&self.dlq)
+        {
+            tracing::warn!(consumer = %self.name, error = %e, "rebuild not started");
         }
     }
 
@@ -592,8 +593,7 @@ pub fn spawn(
         head: store.head(),
         dlq: Arc::clone(&dlq),
     };
-    let mut runner =
-        Runner { handler, dlq, status: Arc::clone(&status), shutdown: shutdown.clone() };
+    let mut runner = Runner { handler, dlq, status: Arc::clone(&status), shutdown };
     tokio::spawn(async move {
         loop {
             if !runner.follow(&position_tx).await {
@@ -666,7 +666,7 @@ impl Runner {
             }
             let wait =
                 FOLLOW_POLL.min(next_try.saturating_duration_since(tokio::time::Instant::now()));
-            let changed = async {
+            let checkpoint_moved = async {
                 match changes.as_mut() {
                     Some(c) => {
                         let _ = c.changed().await;
@@ -675,7 +675,7 @@ impl Runner {
                 }
             };
             tokio::select! {
-                () = changed => {}
+                () = checkpoint_moved => {}
                 () = tokio::time::sleep(wait) => {}
                 _ = self.shutdown.changed() => {}
             }

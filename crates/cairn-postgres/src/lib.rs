@@ -27,7 +27,7 @@ pub async fn open(
     options: &PgOptions,
 ) -> Result<(PgEventStore, PgReadModels), OpenError> {
     let shared = pool::Shared::connect(url, options).await?;
-    let store = PgEventStore::start(std::sync::Arc::clone(&shared)).await?;
+    let store = PgEventStore::start(std::sync::Arc::clone(&shared));
     let readmodels = PgReadModels::new(shared);
     Ok((store, readmodels))
 }

@@ -137,7 +137,7 @@ pub(crate) async fn monitor(shared: Arc<Shared>) {
             }
             *shared.stall.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = stall;
         }
-        if ticks % 30 == 0
+        if ticks.is_multiple_of(30)
             && let Ok(row) =
                 client.query_one("SELECT pg_database_size(current_database())", &[]).await
         {

@@ -70,7 +70,7 @@ pub struct PgReadModels {
 
 /// Either a pooled connection or a leader's session.
 enum Conn {
-    Pooled(deadpool_postgres::Object),
+    Pooled(Box<deadpool_postgres::Object>),
     Leader(Arc<Mutex<Leader>>),
 }
 
@@ -106,7 +106,7 @@ impl PgReadModels {
                 }
                 Ok(Conn::Leader(l))
             }
-            None => Ok(Conn::Pooled(self.pooled()?)),
+            None => Ok(Conn::Pooled(Box::new(self.pooled()?))),
         }
     }
 
@@ -346,7 +346,7 @@ impl ReadModelStore for PgReadModels {
                 validate_identifier(field)?;
             }
         }
-        let conn = Conn::Pooled(self.pooled()?);
+        let conn = Conn::Pooled(Box::new(self.pooled()?));
         self.in_transaction(conn, |this, tx| {
             // Concurrent CREATE TABLE IF NOT EXISTS can still clash in the catalog.
             this.exec(
@@ -479,7 +479,7 @@ impl ReadModelStore for PgReadModels {
 
     fn resolve_dead_letter(&self, id: i64, f: TxnFn<'_>) -> Result<(), ReadModelError> {
         let tables = self.declared();
-        let conn = Conn::Pooled(self.pooled()?);
+        let conn = Conn::Pooled(Box::new(self.pooled()?));
         self.in_transaction(conn, |this, tx| {
             let mut txn =
                 Txn { rm: this, tx, tables: &tables, shadow_mode: false, pending: HashMap::new() };
@@ -500,7 +500,7 @@ impl ReadModelStore for PgReadModels {
 
     fn create_shadow(&self, tables: &[&str]) -> Result<(), ReadModelError> {
         let declared = self.declared();
-        let conn = Conn::Pooled(self.pooled()?);
+        let conn = Conn::Pooled(Box::new(self.pooled()?));
         self.in_transaction(conn, |this, tx| {
             for name in tables {
                 let state = declared
@@ -579,7 +579,7 @@ impl ReadModelStore for PgReadModels {
     }
 
     fn abort_shadow(&self, tables: &[&str], shadow_consumer: &str) -> Result<(), ReadModelError> {
-        let conn = Conn::Pooled(self.pooled()?);
+        let conn = Conn::Pooled(Box::new(self.pooled()?));
         self.in_transaction(conn, |this, tx| {
             for name in tables {
                 this.shared

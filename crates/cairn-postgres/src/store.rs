@@ -1,5 +1,6 @@
 //! `PgEventStore`: the `EventStore` trait on PostgreSQL.
 
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -13,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
 
 use crate::codec::{EVENT_COLUMNS, event_from_row};
-use crate::pool::{OpenError, Shared, Stall, db_error};
+use crate::pool::{Shared, Stall, db_error};
 use crate::writer::{self, Job, WriterStats};
 
 /// Events on PostgreSQL; see the crate docs for the ordering argument.
@@ -32,13 +33,13 @@ fn read_failed(e: &tokio_postgres::Error) -> ReadError {
 }
 
 impl PgEventStore {
-    pub(crate) async fn start(shared: Arc<Shared>) -> Result<Self, OpenError> {
+    pub(crate) fn start(shared: Arc<Shared>) -> Self {
         let (jobs, rx) = mpsc::channel(shared.options.queue_appends_max.max(1));
         let stats = Arc::new(WriterStats::default());
         let writer = tokio::spawn(writer::run(Arc::clone(&shared), rx, Arc::clone(&stats)));
         let notify = tokio::spawn(crate::notify::listen(Arc::clone(&shared)));
         let monitor = tokio::spawn(crate::notify::monitor(Arc::clone(&shared)));
-        Ok(Self { shared, jobs, stats, tasks: Mutex::new(vec![writer, notify, monitor]) })
+        Self { shared, jobs, stats, tasks: Mutex::new(vec![writer, notify, monitor]) }
     }
 
     /// The current stall diagnostic: who holds the append lock too long, if anyone.
@@ -152,7 +153,7 @@ impl EventStore for PgEventStore {
             args.push(&filter.event_types);
         }
         if let Some(t) = &filter.aggregate_type {
-            conditions.push_str(&format!(" AND aggregate_type = ${}", args.len() + 1));
+            let _ = write!(conditions, " AND aggregate_type = ${}", args.len() + 1);
             args.push(t);
         }
         // One statement, one snapshot: the head returned is the head the page was read at,

@@ -219,7 +219,7 @@ async fn try_commit(
         group.iter().flat_map(|(a, _)| a.events.iter().map(|e| e.event_id)).collect();
     let keys: Vec<&str> = group.iter().filter_map(|(a, _)| a.idempotency_key.as_deref()).collect();
 
-    let (head_stmt, heads_stmt, ids_stmt, keys_stmt) = tokio::try_join!(
+    let (last_stmt, streams_stmt, ids_stmt, keys_stmt) = tokio::try_join!(
         tx.prepare_cached(HEAD_SQL),
         tx.prepare_cached(STREAM_HEADS_SQL),
         tx.prepare_cached(EVENT_IDS_SQL),
@@ -228,8 +228,8 @@ async fn try_commit(
     .map_err(not_stored)?;
     let heads_args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&stream_ids];
     let (head_rows, head_of_streams, found_ids, found_keys) = tokio::try_join!(
-        tx.query(&head_stmt, &[]),
-        tx.query(&heads_stmt, &heads_args),
+        tx.query(&last_stmt, &[]),
+        tx.query(&streams_stmt, &heads_args),
         async {
             if event_ids.is_empty() {
                 Ok(Vec::new())

@@ -5,6 +5,9 @@
 //! fresh directory or database). Without `CAIRN_TEST_POSTGRES_URL` the PostgreSQL
 //! variants return at once and the binary says so on the terminal.
 
+// Test support: every failure is a panic by design.
+#![allow(clippy::missing_panics_doc)]
+
 use std::path::Path;
 use std::sync::Arc;
 
