@@ -10,12 +10,17 @@ use std::sync::Arc;
 use cairn_server::domain_schemas::{DOMAIN_SCHEMAS, register};
 use cairn_server::schemas::SchemaRegistry;
 use cairn_sqlite::SqliteReadModels;
+use cairn_testkit::Backend;
 use serde_json::{Value, json};
 use support::TestServer;
 
-#[tokio::test]
-async fn the_domain_event_types_are_registered_at_start() {
-    let s = TestServer::start().await;
+cairn_testkit::backend_tests!(
+    the_domain_event_types_are_registered_at_start,
+    a_wrong_typed_order_created_is_refused_with_validation_failed,
+);
+
+async fn the_domain_event_types_are_registered_at_start(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let (status, list) = s.get("/admin/schemas").await;
     assert_eq!(status, 200, "{list}");
     let listed: BTreeSet<&str> =
@@ -32,9 +37,8 @@ async fn the_domain_event_types_are_registered_at_start() {
     assert_eq!(created.unwrap()["versions"], json!([1, 2]));
 }
 
-#[tokio::test]
-async fn a_wrong_typed_order_created_is_refused_with_validation_failed() {
-    let s = TestServer::start().await;
+async fn a_wrong_typed_order_created_is_refused_with_validation_failed(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let append = |data: Value| json!({"events": [{"aggregate_type": "Order", "event_type": "OrderCreated", "data": data}]});
     let bad = append(json!({
         "customer_id": 42,

@@ -3,8 +3,15 @@
 mod support;
 
 use cairn_server::HttpConfig;
+use cairn_testkit::Backend;
 use serde_json::{Value, json};
 use support::{TestServer, ticks};
+
+cairn_testkit::backend_tests!(
+    bad_requests_get_json_errors_and_lose_nothing,
+    oversized_bodies_get_413_before_or_while_reading,
+    the_default_body_limit_is_one_mebibyte,
+);
 
 #[allow(clippy::needless_pass_by_value)] // takes the response straight from the call
 fn expect_error(status: u16, code: &str, resp: (u16, Value)) {
@@ -13,9 +20,8 @@ fn expect_error(status: u16, code: &str, resp: (u16, Value)) {
     assert!(resp.1["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", resp.1);
 }
 
-#[tokio::test]
-async fn bad_requests_get_json_errors_and_lose_nothing() {
-    let s = TestServer::start().await;
+async fn bad_requests_get_json_errors_and_lose_nothing(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let (_, before) = {
         s.post("/streams/keep", &ticks(json!(0), 3)).await;
         s.get("/all").await
@@ -89,10 +95,12 @@ async fn bad_requests_get_json_errors_and_lose_nothing() {
     assert_eq!(s.post("/streams/keep", &ticks(json!(3), 1)).await.0, 200);
 }
 
-#[tokio::test]
-async fn oversized_bodies_get_413_before_or_while_reading() {
-    let s = TestServer::with_config(HttpConfig { body_limit_bytes: 4096, ..HttpConfig::default() })
-        .await;
+async fn oversized_bodies_get_413_before_or_while_reading(backend: Backend) {
+    let s = TestServer::with_config(
+        backend,
+        HttpConfig { body_limit_bytes: 4096, ..HttpConfig::default() },
+    )
+    .await;
     let big = json!({"events": [{"aggregate_type": "Ledger", "event_type": "Big", "data": {"pad": "x".repeat(5000)}}]});
     expect_error(413, "payload_too_large", s.post("/streams/big", &big).await);
     // Chunked (no Content-Length): refused once the limit is crossed while reading.
@@ -110,9 +118,8 @@ async fn oversized_bodies_get_413_before_or_while_reading() {
     assert_eq!(s.post("/streams/big", &ok).await.0, 200);
 }
 
-#[tokio::test]
-async fn the_default_body_limit_is_one_mebibyte() {
-    let s = TestServer::start().await;
+async fn the_default_body_limit_is_one_mebibyte(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let big = json!({"events": [{"aggregate_type": "Ledger", "event_type": "Big", "data": {"pad": "x".repeat(1024 * 1024)}}]});
     expect_error(413, "payload_too_large", s.post("/streams/big", &big).await);
     let ok = json!({"events": [{"aggregate_type": "Ledger", "event_type": "Big", "data": {"pad": "x".repeat(1000 * 1000)}}]});

@@ -5,8 +5,15 @@ mod support;
 
 use std::collections::BTreeSet;
 
+use cairn_testkit::Backend;
 use serde_json::Value;
 use support::TestServer;
+
+cairn_testkit::backend_tests!(
+    every_route_of_the_router_is_documented_with_every_method,
+    every_schema_the_document_refers_to_is_in_it,
+    every_route_in_the_table_is_served_by_the_router,
+);
 
 /// Every `(method, path)` the document declares.
 fn documented(doc: &Value) -> BTreeSet<(String, String)> {
@@ -27,9 +34,8 @@ fn routed() -> BTreeSet<(String, String)> {
     cairn_server::ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect()
 }
 
-#[tokio::test]
-async fn every_route_of_the_router_is_documented_with_every_method() {
-    let s = TestServer::start().await;
+async fn every_route_of_the_router_is_documented_with_every_method(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let r = s.client.get(s.url("/openapi.json")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert!(
@@ -90,9 +96,8 @@ fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
     }
 }
 
-#[tokio::test]
-async fn every_schema_the_document_refers_to_is_in_it() {
-    let s = TestServer::start().await;
+async fn every_schema_the_document_refers_to_is_in_it(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let (status, doc) = s.get("/openapi.json").await;
     assert_eq!(status, 200);
     let mut found = Vec::new();
@@ -108,11 +113,10 @@ async fn every_schema_the_document_refers_to_is_in_it() {
     assert_eq!(required, BTreeSet::from(["error", "message"]), "{error}");
 }
 
-#[tokio::test]
-async fn every_route_in_the_table_is_served_by_the_router() {
+async fn every_route_in_the_table_is_served_by_the_router(backend: Backend) {
     // The table builds the router, so this holds by construction; it guards the table's
     // syntax (e.g. a method the macro would map to the wrong `axum::routing` function).
-    let s = TestServer::start().await;
+    let s = TestServer::start(backend).await;
     for (method, path) in cairn_server::ROUTES {
         if path.ends_with("/subscribe") {
             continue; // an endless SSE stream; its method is checked by the document test

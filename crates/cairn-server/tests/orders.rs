@@ -2,8 +2,31 @@
 
 mod support;
 
+use cairn_testkit::Backend;
 use serde_json::{Value, json};
 use support::TestServer;
+
+cairn_testkit::backend_tests!(
+    an_order_lives_its_whole_life_and_every_view_follows,
+    money_is_exact,
+    every_rule_is_a_422_rule_violation,
+    unknown_aggregates_are_404_and_duplicates_409,
+    minted_ids_and_bad_bodies,
+    if_match_makes_a_command_conditional,
+    without_if_match_concurrent_commands_all_succeed_on_fresh_state,
+    an_idempotency_key_returns_the_first_response_and_appends_nothing,
+    out_of_stock_compensation_leaves_inventory_as_before,
+    cancelling_a_ready_order_releases_its_reservations,
+    an_email_change_reaches_the_shipped_orders_view,
+    read_your_writes_never_returns_stale_data,
+    the_correlation_id_reaches_the_process_managers_events,
+    temporal_queries_rebuild_the_past,
+    store_api_appends_to_domain_streams_are_checked,
+    admin_projections_report_position_and_lag,
+    metrics_are_prometheus_text,
+    dead_letter_endpoints_answer_in_json,
+    a_rebuild_swaps_in_an_identical_read_model_without_downtime,
+);
 
 /// Sends a command; returns (status, body).
 async fn cmd(s: &TestServer, path: &str, body: Value) -> (u16, Value) {
@@ -51,9 +74,8 @@ async fn wait_fulfillment(s: &TestServer, order: &str, status: &str) -> Value {
     panic!("fulfillment of {order} never reached {status}");
 }
 
-#[tokio::test]
-async fn an_order_lives_its_whole_life_and_every_view_follows() {
-    let s = TestServer::start().await;
+async fn an_order_lives_its_whole_life_and_every_view_follows(backend: Backend) {
+    let s = TestServer::start(backend).await;
     register(&s, "cust-1").await;
     restock(&s, "prod-1", 10).await;
     restock(&s, "prod-2", 5).await;
@@ -133,9 +155,8 @@ async fn an_order_lives_its_whole_life_and_every_view_follows() {
     assert_eq!(types, vec!["StockAdded", "StockReserved", "StockShipped"]);
 }
 
-#[tokio::test]
-async fn money_is_exact() {
-    let s = TestServer::start().await;
+async fn money_is_exact(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let (_, r) = create_order(
         &s,
         "order-m",
@@ -164,9 +185,8 @@ async fn money_is_exact() {
     assert!(text.contains(r#""total":60.28"#), "{text} after {r}");
 }
 
-#[tokio::test]
-async fn every_rule_is_a_422_rule_violation() {
-    let s = TestServer::start().await;
+async fn every_rule_is_a_422_rule_violation(backend: Backend) {
+    let s = TestServer::start(backend).await;
     restock(&s, "p1", 5).await;
     let line = |q: Value, p: Value| json!({"product_id": "p1", "quantity": q, "price": p});
     let rule = |r: (u16, Value)| {
@@ -219,9 +239,8 @@ async fn every_rule_is_a_422_rule_violation() {
     rule(cmd(&s, "/customers", json!({"name": "A", "email": "not-an-email"})).await);
 }
 
-#[tokio::test]
-async fn unknown_aggregates_are_404_and_duplicates_409() {
-    let s = TestServer::start().await;
+async fn unknown_aggregates_are_404_and_duplicates_409(backend: Backend) {
+    let s = TestServer::start(backend).await;
     for path in ["/orders/nope/confirm", "/orders/nope/cancel", "/customers/nope/email"] {
         let (status, err) = cmd(&s, path, json!({"reason": "x", "email": "a@b.c"})).await;
         assert_eq!((status, err["error"].clone()), (404, json!("not_found")), "{path}");
@@ -244,9 +263,8 @@ async fn unknown_aggregates_are_404_and_duplicates_409() {
     assert_eq!((status, err["error"].clone()), (409, json!("wrong_expected_version")));
 }
 
-#[tokio::test]
-async fn minted_ids_and_bad_bodies() {
-    let s = TestServer::start().await;
+async fn minted_ids_and_bad_bodies(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let (status, r) =
         cmd(&s, "/customers", json!({"name": "Ada", "email": "ada@example.com"})).await;
     assert_eq!(status, 201);
@@ -266,9 +284,8 @@ async fn minted_ids_and_bad_bodies() {
     }
 }
 
-#[tokio::test]
-async fn if_match_makes_a_command_conditional() {
-    let s = TestServer::start().await;
+async fn if_match_makes_a_command_conditional(backend: Backend) {
+    let s = TestServer::start(backend).await;
     create_order(&s, "o-im", "c", json!([])).await;
     let add = |v: &str| {
         s.client
@@ -290,9 +307,8 @@ async fn if_match_makes_a_command_conditional() {
     assert_eq!(add("soon").await.unwrap().status(), 400);
 }
 
-#[tokio::test]
-async fn without_if_match_concurrent_commands_all_succeed_on_fresh_state() {
-    let s = TestServer::start().await;
+async fn without_if_match_concurrent_commands_all_succeed_on_fresh_state(backend: Backend) {
+    let s = TestServer::start(backend).await;
     create_order(&s, "o-c", "c", json!([])).await;
     let mut tasks = Vec::new();
     for i in 0..16 {
@@ -315,9 +331,8 @@ async fn without_if_match_concurrent_commands_all_succeed_on_fresh_state() {
     assert_eq!((state["version"].clone(), state["item_count"].clone()), (json!(17), json!(16)));
 }
 
-#[tokio::test]
-async fn an_idempotency_key_returns_the_first_response_and_appends_nothing() {
-    let s = TestServer::start().await;
+async fn an_idempotency_key_returns_the_first_response_and_appends_nothing(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let send = |path: &'static str, body: Value| {
         s.client.post(s.url(path)).header("Idempotency-Key", "key-1").json(&body).send()
     };
@@ -331,9 +346,8 @@ async fn an_idempotency_key_returns_the_first_response_and_appends_nothing() {
     assert_eq!(all["events"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn out_of_stock_compensation_leaves_inventory_as_before() {
-    let s = TestServer::start().await;
+async fn out_of_stock_compensation_leaves_inventory_as_before(backend: Backend) {
+    let s = TestServer::start(backend).await;
     restock(&s, "plenty", 10).await;
     restock(&s, "scarce", 1).await;
     create_order(
@@ -377,9 +391,8 @@ async fn out_of_stock_compensation_leaves_inventory_as_before() {
     assert_eq!(types, vec!["StockAdded", "StockReserved", "StockReleased"]);
 }
 
-#[tokio::test]
-async fn cancelling_a_ready_order_releases_its_reservations() {
-    let s = TestServer::start().await;
+async fn cancelling_a_ready_order_releases_its_reservations(backend: Backend) {
+    let s = TestServer::start(backend).await;
     restock(&s, "p", 4).await;
     create_order(&s, "o-cx", "c", json!([{"product_id": "p", "quantity": 4, "price": 1}])).await;
     cmd(&s, "/orders/o-cx/confirm", json!({})).await;
@@ -393,9 +406,8 @@ async fn cancelling_a_ready_order_releases_its_reservations() {
     assert_eq!((inv["reserved"].clone(), inv["available"].clone()), (json!(0), json!(4)));
 }
 
-#[tokio::test]
-async fn an_email_change_reaches_the_shipped_orders_view() {
-    let s = TestServer::start().await;
+async fn an_email_change_reaches_the_shipped_orders_view(backend: Backend) {
+    let s = TestServer::start(backend).await;
     register(&s, "cust-e").await;
     restock(&s, "p", 1).await;
     create_order(&s, "o-e", "cust-e", json!([{"product_id": "p", "quantity": 1, "price": 5}]))
@@ -419,9 +431,8 @@ async fn an_email_change_reaches_the_shipped_orders_view() {
     );
 }
 
-#[tokio::test]
-async fn read_your_writes_never_returns_stale_data() {
-    let s = TestServer::start().await;
+async fn read_your_writes_never_returns_stale_data(backend: Backend) {
+    let s = TestServer::start(backend).await;
     create_order(&s, "o-ryw", "c", json!([])).await;
     for i in 0..30 {
         let (_, r) = cmd(
@@ -453,9 +464,8 @@ async fn read_your_writes_never_returns_stale_data() {
     assert!(r.headers().contains_key("x-projection-position"));
 }
 
-#[tokio::test]
-async fn the_correlation_id_reaches_the_process_managers_events() {
-    let s = TestServer::start().await;
+async fn the_correlation_id_reaches_the_process_managers_events(backend: Backend) {
+    let s = TestServer::start(backend).await;
     restock(&s, "p", 5).await;
     create_order(&s, "o-corr", "c", json!([{"product_id": "p", "quantity": 1, "price": 1}])).await;
     let r = s
@@ -486,9 +496,8 @@ async fn the_correlation_id_reaches_the_process_managers_events() {
     assert_eq!(reserved["metadata"]["causation_id"], confirmed["event_id"]);
 }
 
-#[tokio::test]
-async fn temporal_queries_rebuild_the_past() {
-    let s = TestServer::start().await;
+async fn temporal_queries_rebuild_the_past(backend: Backend) {
+    let s = TestServer::start(backend).await;
     create_order(&s, "o-t", "c", json!([{"product_id": "a", "quantity": 1, "price": 1}])).await;
     cmd(&s, "/orders/o-t/items", json!({"product_id": "b", "quantity": 1, "price": 2})).await;
     cmd(&s, "/orders/o-t/items", json!({"product_id": "c", "quantity": 1, "price": 3})).await;
@@ -509,9 +518,8 @@ async fn temporal_queries_rebuild_the_past() {
     assert_eq!(s.get("/orders/o-t/state?as_of=yesterday").await.0, 400);
 }
 
-#[tokio::test]
-async fn store_api_appends_to_domain_streams_are_checked() {
-    let s = TestServer::start().await;
+async fn store_api_appends_to_domain_streams_are_checked(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let append = |event_type: &str, data: Value| json!({"events": [{"aggregate_type": "Order", "event_type": event_type, "data": data}]});
     let (status, err) = s.post("/streams/order-x", &append("OrderExploded", json!({}))).await;
     assert_eq!((status, err["error"].clone()), (422, json!("unknown_event_type")));
@@ -527,9 +535,8 @@ async fn store_api_appends_to_domain_streams_are_checked() {
     assert_eq!(status, 200);
 }
 
-#[tokio::test]
-async fn admin_projections_report_position_and_lag() {
-    let s = TestServer::start().await;
+async fn admin_projections_report_position_and_lag(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let (_, r) = create_order(&s, "o-adm", "c", json!([])).await;
     query(&s, "/orders/o-adm", r["position"].as_u64().unwrap()).await;
     let (status, list) = s.get("/admin/projections").await;
@@ -547,9 +554,8 @@ async fn admin_projections_report_position_and_lag() {
     assert_eq!(s.get("/health/ready").await.0, 200);
 }
 
-#[tokio::test]
-async fn metrics_are_prometheus_text() {
-    let s = TestServer::start().await;
+async fn metrics_are_prometheus_text(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let (_, r) = create_order(&s, "o-met", "c", json!([])).await;
     query(&s, "/orders/o-met", r["position"].as_u64().unwrap()).await;
     cmd(&s, "/orders/o-met/confirm", json!({})).await; // refused: no items
@@ -576,9 +582,8 @@ async fn metrics_are_prometheus_text() {
     }
 }
 
-#[tokio::test]
-async fn dead_letter_endpoints_answer_in_json() {
-    let s = TestServer::start().await;
+async fn dead_letter_endpoints_answer_in_json(backend: Backend) {
+    let s = TestServer::start(backend).await;
     assert_eq!(s.get("/admin/dlq").await, (200, json!([])));
     assert_eq!(s.get("/admin/dlq?projection=order_summary").await, (200, json!([])));
     assert_eq!(s.get("/admin/dlq?projection=order-fulfillment").await, (200, json!([])));
@@ -594,9 +599,8 @@ async fn all_summaries(s: &TestServer, head: u64) -> Vec<Value> {
     page["items"].as_array().unwrap().clone()
 }
 
-#[tokio::test]
-async fn a_rebuild_swaps_in_an_identical_read_model_without_downtime() {
-    let s = TestServer::start().await;
+async fn a_rebuild_swaps_in_an_identical_read_model_without_downtime(backend: Backend) {
+    let s = TestServer::start(backend).await;
     restock(&s, "p", 1000).await;
     for i in 0..60 {
         let id = format!("o-rb-{i:03}");

@@ -3,17 +3,19 @@
 
 mod support;
 
+use cairn_testkit::Backend;
 use serde_json::{Value, json};
 use support::TestServer;
+
+cairn_testkit::backend_tests!(schemas_validate_appends_and_evolve_only_backward_compatibly,);
 
 #[allow(clippy::needless_pass_by_value)] // call sites read better with `json!(..)` inline
 fn entry(data: Value) -> Value {
     json!({"events": [{"aggregate_type": "Ledger", "event_type": "LedgerEntry", "data": data}]})
 }
 
-#[tokio::test]
-async fn schemas_validate_appends_and_evolve_only_backward_compatibly() {
-    let s = TestServer::start().await;
+async fn schemas_validate_appends_and_evolve_only_backward_compatibly(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let (status, list) = s.get("/admin/schemas").await;
     assert_eq!(status, 200);
     assert!(ledger_entry(&list).is_none(), "only the domain's schemas at start: {list}");

@@ -2,13 +2,28 @@
 
 mod support;
 
+use cairn_testkit::Backend;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::{TestServer, ticks};
 
-#[tokio::test]
-async fn append_then_read_returns_the_contract_envelope() {
-    let s = TestServer::start().await;
+cairn_testkit::backend_tests!(
+    append_then_read_returns_the_contract_envelope,
+    money_keeps_its_exact_digits,
+    expected_version_forms_and_conflicts,
+    concurrent_http_appends_at_one_version_one_wins,
+    a_stream_keeps_its_aggregate_type,
+    resending_the_same_event_ids_is_idempotent,
+    reading_a_stream_pages_both_ways,
+    stream_read_limit_defaults_to_100_and_caps_at_10000,
+    read_all_pages_and_filters,
+    subscribe_catches_up_then_goes_live_and_resumes,
+    health_endpoints_report_ok,
+    stream_stats_list_the_largest_streams,
+);
+
+async fn append_then_read_returns_the_contract_envelope(backend: Backend) {
+    let s = TestServer::start(backend).await;
     // `OrderCreated` has the domain's registered schema, whatever the stream's aggregate type.
     let body = json!({
         "expected_version": 0,
@@ -45,18 +60,16 @@ async fn append_then_read_returns_the_contract_envelope() {
     assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
 }
 
-#[tokio::test]
-async fn money_keeps_its_exact_digits() {
-    let s = TestServer::start().await;
+async fn money_keeps_its_exact_digits(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let raw = r#"{"events":[{"aggregate_type":"Ledger","event_type":"X","data":{"total":59.98,"p":0.1,"big":1234567890.12}}]}"#;
     assert_eq!(s.post_raw("/streams/o-1", raw).await.0, 200);
     let text = s.client.get(s.url("/streams/o-1")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(r#""data":{"total":59.98,"p":0.1,"big":1234567890.12}"#), "{text}");
 }
 
-#[tokio::test]
-async fn expected_version_forms_and_conflicts() {
-    let s = TestServer::start().await;
+async fn expected_version_forms_and_conflicts(backend: Backend) {
+    let s = TestServer::start(backend).await;
     assert_eq!(s.post("/streams/s-1", &ticks(json!("exists"), 1)).await.0, 409);
     assert_eq!(s.post("/streams/s-1", &ticks(json!("no_stream"), 2)).await.0, 200);
     assert_eq!(s.post("/streams/s-1", &ticks(json!("exists"), 1)).await.0, 200);
@@ -77,9 +90,8 @@ async fn expected_version_forms_and_conflicts() {
     assert_eq!((status, ok["last_version"].clone()), (200, json!(7)));
 }
 
-#[tokio::test]
-async fn concurrent_http_appends_at_one_version_one_wins() {
-    let s = TestServer::start().await;
+async fn concurrent_http_appends_at_one_version_one_wins(backend: Backend) {
+    let s = TestServer::start(backend).await;
     s.post("/streams/race", &ticks(json!(0), 1)).await;
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -96,18 +108,16 @@ async fn concurrent_http_appends_at_one_version_one_wins() {
     assert_eq!(statuses.iter().filter(|&&c| c == 409).count(), 15, "{statuses:?}");
 }
 
-#[tokio::test]
-async fn a_stream_keeps_its_aggregate_type() {
-    let s = TestServer::start().await;
+async fn a_stream_keeps_its_aggregate_type(backend: Backend) {
+    let s = TestServer::start(backend).await;
     s.post("/streams/typed", &ticks(json!(0), 1)).await;
     let other = json!({"events": [{"aggregate_type": "Account", "event_type": "X", "data": {}}]});
     let (status, err) = s.post("/streams/typed", &other).await;
     assert_eq!((status, err["error"].clone()), (409, json!("aggregate_type_mismatch")));
 }
 
-#[tokio::test]
-async fn resending_the_same_event_ids_is_idempotent() {
-    let s = TestServer::start().await;
+async fn resending_the_same_event_ids_is_idempotent(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let body = json!({"expected_version": "no_stream", "events": [
         {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a01", "aggregate_type": "Ledger", "event_type": "A", "data": {}},
         {"event_id": "6f1f6a9e-3c1d-4a57-9a0f-1d1b7c3f0a02", "aggregate_type": "Ledger", "event_type": "B", "data": {}}
@@ -127,9 +137,8 @@ async fn resending_the_same_event_ids_is_idempotent() {
     assert_eq!((status, err["error"].clone()), (409, json!("duplicate_event_id")));
 }
 
-#[tokio::test]
-async fn reading_a_stream_pages_both_ways() {
-    let s = TestServer::start().await;
+async fn reading_a_stream_pages_both_ways(backend: Backend) {
+    let s = TestServer::start(backend).await;
     s.post("/streams/p", &ticks(json!(0), 25)).await;
     let versions = |page: &Value| -> Vec<u64> {
         page["events"].as_array().unwrap().iter().map(|e| e["version"].as_u64().unwrap()).collect()
@@ -160,9 +169,8 @@ async fn reading_a_stream_pages_both_ways() {
     }
 }
 
-#[tokio::test]
-async fn stream_read_limit_defaults_to_100_and_caps_at_10000() {
-    let s = TestServer::start().await;
+async fn stream_read_limit_defaults_to_100_and_caps_at_10000(backend: Backend) {
+    let s = TestServer::start(backend).await;
     for _ in 0..11 {
         s.post("/streams/long", &ticks(json!("any"), 1000)).await;
     }
@@ -176,9 +184,8 @@ async fn stream_read_limit_defaults_to_100_and_caps_at_10000() {
     assert_eq!(all["next_position"], 1000);
 }
 
-#[tokio::test]
-async fn read_all_pages_and_filters() {
-    let s = TestServer::start().await;
+async fn read_all_pages_and_filters(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let mk = |agg: &str, types: &[&str]| json!({"events": types.iter().map(|t| json!({"aggregate_type": agg, "event_type": t, "data": {}})).collect::<Vec<_>>()});
     s.post("/streams/o-1", &mk("Ledger", &["Opened", "Credited"])).await;
     s.post("/streams/c-1", &mk("Account", &["AccountOpened"])).await;
@@ -245,9 +252,8 @@ async fn sse_events(
     out
 }
 
-#[tokio::test]
-async fn subscribe_catches_up_then_goes_live_and_resumes() {
-    let s = TestServer::start().await;
+async fn subscribe_catches_up_then_goes_live_and_resumes(backend: Backend) {
+    let s = TestServer::start(backend).await;
     s.post("/streams/sub", &ticks(json!(0), 3)).await;
     let writer = {
         let (client, url) = (s.client.clone(), s.url("/streams/sub"));
@@ -274,9 +280,8 @@ async fn subscribe_catches_up_then_goes_live_and_resumes() {
     assert_eq!(r.status(), 400);
 }
 
-#[tokio::test]
-async fn health_endpoints_report_ok() {
-    let s = TestServer::start().await;
+async fn health_endpoints_report_ok(backend: Backend) {
+    let s = TestServer::start(backend).await;
     assert_eq!(s.get("/health/live").await, (200, json!({"status": "ok"})));
     // Ready once every projection and process manager has started (a few ms after boot).
     let mut ready = s.get("/health/ready").await;
@@ -291,9 +296,8 @@ async fn health_endpoints_report_ok() {
     assert_eq!(ready, (200, json!({"status": "ok"})));
 }
 
-#[tokio::test]
-async fn stream_stats_list_the_largest_streams() {
-    let s = TestServer::start().await;
+async fn stream_stats_list_the_largest_streams(backend: Backend) {
+    let s = TestServer::start(backend).await;
     s.post("/streams/small", &ticks(json!("any"), 1)).await;
     s.post("/streams/big", &ticks(json!("any"), 7)).await;
     s.post("/streams/mid", &ticks(json!("any"), 3)).await;

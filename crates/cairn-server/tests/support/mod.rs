@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cairn_core::EventStore;
 use cairn_server::HttpConfig;
-use cairn_sqlite::{SqliteEventStore, SqliteOptions};
+use cairn_testkit::{Backend, Place};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -15,24 +15,23 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub store: Arc<dyn EventStore>,
     stop: watch::Sender<bool>,
-    _dir: tempfile::TempDir,
+    /// The directory or database the stores live in (deleted on drop).
+    pub place: Place,
 }
 
 impl TestServer {
-    pub async fn start() -> Self {
-        Self::with_config(HttpConfig::default()).await
+    pub async fn start(backend: Backend) -> Self {
+        Self::with_config(backend, HttpConfig::default()).await
     }
 
-    pub async fn with_config(config: HttpConfig) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn EventStore> =
-            Arc::new(SqliteEventStore::open(dir.path(), &SqliteOptions::default()).unwrap());
+    pub async fn with_config(backend: Backend, config: HttpConfig) -> Self {
+        let (opened, place) = backend.open().await;
+        let store = Arc::clone(&opened.events);
         let (stop, stop_rx) = watch::channel(false);
-        let readmodels = Arc::new(cairn_sqlite::SqliteReadModels::open(dir.path()).unwrap());
         let stores = cairn_server::Stores {
-            events: Arc::clone(&store),
-            readmodels: readmodels.clone(),
-            snapshots: readmodels,
+            events: opened.events,
+            readmodels: opened.readmodels,
+            snapshots: opened.snapshots,
         };
         // A small snapshot interval, so that the HTTP tests exercise snapshot + tail loads.
         let domain = cairn_server::DomainConfig { snapshot_every: 3 };
@@ -48,7 +47,7 @@ impl TestServer {
                 .await
                 .unwrap();
         });
-        Self { base, client: reqwest::Client::new(), store, stop, _dir: dir }
+        Self { base, client: reqwest::Client::new(), store, stop, place }
     }
 
     pub fn url(&self, path: &str) -> String {
