@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::readmodel::ReadModelStore;
-use cairn_core::{Append, EventStore, ExpectedVersion, MemoryEventStore, NewEvent};
+use cairn_core::{Append, EventStore, ExpectedVersion, NewEvent};
 use cairn_cqrs::projection::spawn_projection;
 use cairn_cqrs::{CommandOptions, Repository};
 use cairn_orders::Order;
@@ -57,10 +57,11 @@ fn summary_without_times(rm: &Arc<dyn ReadModelStore>, id: &str) -> Value {
     doc
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v1_events_are_read_as_v2_everywhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+cairn_testkit::backend_tests!(v1_events_are_read_as_v2_everywhere);
+
+async fn v1_events_are_read_as_v2_everywhere(backend: cairn_testkit::Backend) {
+    let (stores, _place) = backend.open().await;
+    let store: Arc<dyn EventStore> = stores.events;
     let repo = Repository::new(Arc::clone(&store));
     v1_order(&store, "order-v1").await;
     v2_order(&repo, "order-v2").await;
@@ -87,8 +88,7 @@ async fn v1_events_are_read_as_v2_everywhere() {
         .unwrap();
 
     // A projection built from the v1 history equals one built from v2 events.
-    let rm: Arc<dyn ReadModelStore> =
-        Arc::new(cairn_sqlite::SqliteReadModels::open(dir.path()).unwrap());
+    let rm: Arc<dyn ReadModelStore> = stores.readmodels;
     let (_stop, stop_rx) = watch::channel(false);
     let handle = spawn_projection(
         Arc::clone(&store),
