@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
     let mut table = Table::default();
     eprintln!("cairn-bench: {} runs per scenario, data in {}", args.runs, tmp.path().display());
     if args.store == Backend::Postgres {
-        runtime.block_on(pg::run(&mut table, &args.database_url, sizes, args.runs))?;
+        runtime.block_on(pg::run(&mut table, &args.database_url, sizes, args.runs, &args.only))?;
         pg::ratios(&mut table, sizes);
         table.print();
         return Ok(());

@@ -11,9 +11,9 @@ use cairn_postgres::testing::TestDatabase;
 use cairn_postgres::{PgOptions, PgReadModels, open};
 use tokio_postgres::NoTls;
 
-use crate::Sizes;
 use crate::report::{Table, rate};
 use crate::store::{DATA, METADATA, append, concurrent_single};
+use crate::{Group, Sizes};
 
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
@@ -110,8 +110,17 @@ async fn raw_upsert(admin: &str, rows: u64) -> anyhow::Result<f64> {
 }
 
 /// Every PostgreSQL scenario, `runs` times.
-pub async fn run(table: &mut Table, admin: &str, sizes: Sizes, runs: usize) -> anyhow::Result<()> {
+pub async fn run(
+    table: &mut Table,
+    admin: &str,
+    sizes: Sizes,
+    runs: usize,
+    only: &[Group],
+) -> anyhow::Result<()> {
     for run in 0..runs {
+        if !only.contains(&Group::Appends) {
+            break;
+        }
         eprintln!("  postgres run {}", run + 1);
         for writers in [1u64, 16, 64] {
             let total = if writers == 1 { sizes.single_appends / 4 } else { sizes.single_appends };
@@ -152,23 +161,35 @@ pub async fn run(table: &mut Table, admin: &str, sizes: Sizes, runs: usize) -> a
             "events/s",
             raw_insert(admin, 1, sizes.batches * 100, 100).await?,
         );
-
-        // Commands over HTTP at 16 clients, on PostgreSQL stores.
-        let db = TestDatabase::create_at(admin).await;
-        let (events, readmodels) = stores(&db).await?;
-        let per_client = if sizes.single_appends >= 20_000 { 150 } else { 40 };
-        crate::cqrs::create_orders(
-            table,
-            "pg: HTTP create order, 16 clients",
-            cairn_server::Stores { events, readmodels: readmodels.clone(), snapshots: readmodels },
-            16,
-            per_client,
-        )
-        .await?;
     }
 
-    reads(table, admin, sizes, runs).await?;
-    catch_up(table, admin, sizes, runs).await
+    if only.contains(&Group::Cqrs) {
+        for _ in 0..runs {
+            http_commands(table, admin, sizes).await?;
+        }
+    }
+    if only.contains(&Group::Reads) {
+        reads(table, admin, sizes, runs).await?;
+    }
+    if only.contains(&Group::Cqrs) {
+        catch_up(table, admin, sizes, runs).await?;
+    }
+    Ok(())
+}
+
+/// Create-order commands over HTTP at 16 clients, on PostgreSQL stores.
+async fn http_commands(table: &mut Table, admin: &str, sizes: Sizes) -> anyhow::Result<()> {
+    let db = TestDatabase::create_at(admin).await;
+    let (events, readmodels) = stores(&db).await?;
+    let per_client = if sizes.single_appends >= 20_000 { 150 } else { 40 };
+    crate::cqrs::create_orders(
+        table,
+        "pg: HTTP create order, 16 clients",
+        cairn_server::Stores { events, readmodels: readmodels.clone(), snapshots: readmodels },
+        16,
+        per_client,
+    )
+    .await
 }
 
 /// Reading one long stream and `$all`, beside raw `SELECT`s of the same rows.

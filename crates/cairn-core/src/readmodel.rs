@@ -45,6 +45,12 @@ pub trait DocTxn {
     fn put(&mut self, table: &str, key: &str, json: &str) -> Result<(), ReadModelError>;
     /// Removes a document (no error when absent).
     fn delete(&mut self, table: &str, key: &str) -> Result<(), ReadModelError>;
+    /// Loads the documents under `keys` ahead of the `get`s that will ask for them: one
+    /// round trip instead of one per key on a networked backend. Only a hint; the default
+    /// does nothing.
+    fn prefetch(&mut self, _table: &str, _keys: &[&str]) -> Result<(), ReadModelError> {
+        Ok(())
+    }
     /// Every document whose indexed `field` equals `value`, as `(key, json)`.
     fn find(
         &mut self,

@@ -83,7 +83,17 @@ impl BatchHandler for ProjectionHandler {
             self.shadow,
         );
         blocking(move || {
-            let mut apply = |txn: &mut dyn DocTxn| projection.apply_batch(&events, txn);
+            let mut apply = |txn: &mut dyn DocTxn| {
+                // Most read-model documents are keyed by the aggregate: fetch them for the
+                // whole batch at once (a no-op on the embedded store).
+                let mut keys: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                for table in projection.tables() {
+                    txn.prefetch(table.name, &keys)?;
+                }
+                projection.apply_batch(&events, txn)
+            };
             if shadow {
                 rm.transact_shadow(&name, Some(scanned_to), &mut apply)
             } else {

@@ -175,8 +175,14 @@ impl PgReadModels {
         let tables = self.declared();
         let conn = self.conn_for(consumer)?;
         self.in_transaction(conn, |this, tx| {
-            let mut txn =
-                Txn { rm: this, tx, tables: &tables, shadow_mode, pending: HashMap::new() };
+            let mut txn = Txn {
+                rm: this,
+                tx,
+                tables: &tables,
+                shadow_mode,
+                pending: HashMap::new(),
+                cache: HashMap::new(),
+            };
             f(&mut txn)?;
             txn.flush(None)?;
             if let Some(position) = checkpoint {
@@ -215,6 +221,8 @@ struct Txn<'a> {
     tables: &'a HashMap<String, TableState>,
     shadow_mode: bool,
     pending: HashMap<String, HashMap<String, Option<String>>>,
+    /// Documents read (or prefetched) in this transaction; `None` = known to be absent.
+    cache: HashMap<String, HashMap<String, Option<String>>>,
 }
 
 impl Txn<'_> {
@@ -245,6 +253,8 @@ impl Txn<'_> {
         };
         for table in tables {
             let Some(docs) = self.pending.remove(&table) else { continue };
+            // What is written now is what the database holds for the rest of the transaction.
+            self.cache.entry(table.clone()).or_default().extend(docs.clone());
             let target = self.physical(&table);
             let (mut keys, mut values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
             for (key, doc) in docs {
@@ -293,6 +303,9 @@ impl DocTxn for Txn<'_> {
         if let Some(doc) = self.pending.get(table).and_then(|docs| docs.get(key)) {
             return Ok(doc.clone());
         }
+        if let Some(doc) = self.cache.get(table).and_then(|docs| docs.get(key)) {
+            return Ok(doc.clone());
+        }
         let sql = format!("SELECT doc FROM {} WHERE key = $1", self.physical(table));
         let tx = self.tx;
         self.rm
@@ -300,6 +313,27 @@ impl DocTxn for Txn<'_> {
             .wait(tx.query_opt(&sql, &[&key]))
             .map(|r| r.map(|r| r.get(0)))
             .map_err(|e| storage(&e))
+    }
+
+    fn prefetch(&mut self, table: &str, keys: &[&str]) -> Result<(), ReadModelError> {
+        self.check(table, None)?;
+        let cached = self.cache.entry(table.to_owned()).or_default();
+        let missing: Vec<&str> =
+            keys.iter().copied().filter(|k| !cached.contains_key(*k)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let sql = format!("SELECT key, doc FROM {} WHERE key = ANY($1)", self.physical(table));
+        let tx = self.tx;
+        let rows = self.rm.shared.wait(tx.query(&sql, &[&missing])).map_err(|e| storage(&e))?;
+        let cached = self.cache.entry(table.to_owned()).or_default();
+        for k in missing {
+            cached.insert(k.to_owned(), None);
+        }
+        for r in rows {
+            cached.insert(r.get(0), Some(r.get(1)));
+        }
+        Ok(())
     }
 
     fn put(&mut self, table: &str, key: &str, json: &str) -> Result<(), ReadModelError> {
@@ -481,8 +515,14 @@ impl ReadModelStore for PgReadModels {
         let tables = self.declared();
         let conn = Conn::Pooled(Box::new(self.pooled()?));
         self.in_transaction(conn, |this, tx| {
-            let mut txn =
-                Txn { rm: this, tx, tables: &tables, shadow_mode: false, pending: HashMap::new() };
+            let mut txn = Txn {
+                rm: this,
+                tx,
+                tables: &tables,
+                shadow_mode: false,
+                pending: HashMap::new(),
+                cache: HashMap::new(),
+            };
             f(&mut txn)?;
             txn.flush(None)?;
             this.exec(tx, "DELETE FROM dead_letters WHERE id = $1", &[&id])?;
