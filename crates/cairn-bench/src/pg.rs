@@ -125,8 +125,14 @@ pub async fn run(
         for writers in [1u64, 16, 64] {
             let total = if writers == 1 { sizes.single_appends / 4 } else { sizes.single_appends };
             let db = TestDatabase::create_at(admin).await;
-            let (store, _rm) = stores(&db).await?;
+            let (store, _rm) = open(&db.url, &PgOptions::default()).await?;
+            let store = Arc::new(store);
             let elapsed = concurrent_single(&store, writers, total).await?;
+            let (groups, appends, _) = store.commit_stats();
+            eprintln!(
+                "    {writers} writers: {appends} appends in {groups} group commits ({:.1} per commit)",
+                appends as f64 / groups.max(1) as f64
+            );
             table.sample(
                 &format!("pg: append 1 event, {writers} writers"),
                 "events/s",

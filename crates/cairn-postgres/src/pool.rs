@@ -29,6 +29,8 @@ pub struct PgOptions {
     pub poll_interval: Duration,
     /// Test hook: sleep this long holding the append lock before each commit.
     pub commit_delay: Duration,
+    /// Longest wait for the writers of the previous group to append again (group commit).
+    pub gather_wait: Duration,
 }
 
 impl Default for PgOptions {
@@ -42,6 +44,7 @@ impl Default for PgOptions {
             lock_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             commit_delay: Duration::ZERO,
+            gather_wait: Duration::from_micros(500),
         }
     }
 }

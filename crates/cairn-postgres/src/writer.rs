@@ -47,6 +47,8 @@ pub(crate) struct WriterStats {
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>, stats: Arc<WriterStats>) {
     let mut conn: Option<Object> = None;
     let mut group: Vec<(Append, Reply)> = Vec::new();
+    // Size of the last group, and how many appends were already queued when it was answered.
+    let (mut prev_group, mut queued_at_reply) = (0, 0);
     while let Some(job) = rx.recv().await {
         let mut shutdown = None;
         let mut events = 0;
@@ -68,9 +70,34 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>, stats:
                 next = rx.try_recv().ok();
             }
         }
+        // The writers just answered are about to append again: without waiting for them, N
+        // concurrent writers split into two half-size groups that alternate (one arrives
+        // while the other commits). Wait briefly for as many as were answered.
+        if shutdown.is_none() && prev_group > 1 && !shared.options.gather_wait.is_zero() {
+            let target = (queued_at_reply + prev_group).min(shared.options.batch_appends_max);
+            let deadline = std::time::Instant::now() + shared.options.gather_wait;
+            while group.len() < target
+                && events < shared.options.batch_events_max
+                && std::time::Instant::now() < deadline
+            {
+                match rx.try_recv() {
+                    Ok(Job::Append(a, reply)) => {
+                        events += a.events.len();
+                        group.push((a, reply));
+                    }
+                    Ok(Job::Shutdown(done)) => {
+                        shutdown = Some(done);
+                        break;
+                    }
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            }
+        }
+        prev_group = group.len();
         if !group.is_empty() {
             commit_group(&shared, &mut conn, &mut group, &stats).await;
         }
+        queued_at_reply = rx.len();
         if let Some(done) = shutdown {
             rx.close();
             while let Ok(job) = rx.try_recv() {
