@@ -210,13 +210,15 @@ impl Shared {
 
     /// A connection outside the pool, for a session that must not be shared (leadership
     /// locks, `LISTEN`).
-    pub async fn dedicated(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn dedicated(
+        &self,
+    ) -> Result<deadpool_postgres::ClientWrapper, tokio_postgres::Error> {
         let (client, connection) = self.config.connect(NoTls).await?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "postgres connection closed");
             }
         });
-        Ok(client)
+        Ok(deadpool_postgres::ClientWrapper::new(client, task))
     }
 }

@@ -17,8 +17,8 @@ use cairn_core::readmodel::{
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
+use deadpool_postgres::{ClientWrapper, Transaction};
 use tokio::sync::watch;
-use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use crate::pool::{Shared, db_error};
@@ -55,7 +55,7 @@ struct TableState {
 
 /// A consumer this process leads: the session holding its advisory lock.
 struct Leader {
-    client: Client,
+    client: ClientWrapper,
 }
 
 /// Read models on PostgreSQL (implements [`ReadModelStore`] and [`SnapshotStore`]).
@@ -65,7 +65,7 @@ pub struct PgReadModels {
     leaders: Mutex<HashMap<String, Arc<Mutex<Leader>>>>,
     /// Sessions that tried to lead and may try again (one connection per waiting consumer,
     /// not one per attempt).
-    candidates: Mutex<HashMap<String, Client>>,
+    candidates: Mutex<HashMap<String, ClientWrapper>>,
 }
 
 /// Either a pooled connection or a leader's session.
@@ -114,11 +114,11 @@ impl PgReadModels {
     fn in_transaction<R>(
         &self,
         conn: Conn,
-        body: impl FnOnce(&Self, &tokio_postgres::Transaction<'_>) -> Result<R, ReadModelError>,
+        body: impl FnOnce(&Self, &Transaction<'_>) -> Result<R, ReadModelError>,
     ) -> Result<R, ReadModelError> {
         match conn {
             Conn::Pooled(mut obj) => {
-                let client: &mut Client = &mut obj;
+                let client: &mut ClientWrapper = &mut obj;
                 self.run_tx(client, body)
             }
             Conn::Leader(l) => {
@@ -130,8 +130,8 @@ impl PgReadModels {
 
     fn run_tx<R>(
         &self,
-        client: &mut Client,
-        body: impl FnOnce(&Self, &tokio_postgres::Transaction<'_>) -> Result<R, ReadModelError>,
+        client: &mut ClientWrapper,
+        body: impl FnOnce(&Self, &Transaction<'_>) -> Result<R, ReadModelError>,
     ) -> Result<R, ReadModelError> {
         let tx = self.shared.wait(client.transaction()).map_err(|e| storage(&e))?;
         let result = body(self, &tx)?;
@@ -141,27 +141,33 @@ impl PgReadModels {
 
     fn exec(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &Transaction<'_>,
         sql: &str,
         args: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, ReadModelError> {
-        self.shared.wait(tx.execute(sql, args)).map_err(|e| storage(&e))
+        self.shared
+            .wait(async {
+                let stmt = tx.prepare_cached(sql).await?;
+                tx.execute(&stmt, args).await
+            })
+            .map_err(|e| storage(&e))
     }
 
     fn set_checkpoint(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &Transaction<'_>,
         consumer: &str,
         position: u64,
     ) -> Result<(), ReadModelError> {
+        // The checkpoint and its notification (delivered at commit) in one statement.
+        let payload = format!("{consumer}\t{position}");
         self.exec(
             tx,
-            "INSERT INTO checkpoints (consumer, position) VALUES ($1, $2)
-             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
-            &[&consumer, &(position as i64)],
+            "WITH saved AS (INSERT INTO checkpoints (consumer, position) VALUES ($1, $2)
+                 ON CONFLICT (consumer) DO UPDATE SET position = excluded.position RETURNING 1)
+             SELECT pg_notify($3, $4) FROM saved",
+            &[&consumer, &(position as i64), &self.shared.checkpoints_channel, &payload],
         )?;
-        let payload = format!("{consumer}\t{position}");
-        self.exec(tx, "SELECT pg_notify($1, $2)", &[&self.shared.checkpoints_channel, &payload])?;
         Ok(())
     }
 
@@ -217,7 +223,7 @@ impl PgReadModels {
 /// once, in one multi-row statement per table.
 struct Txn<'a> {
     rm: &'a PgReadModels,
-    tx: &'a tokio_postgres::Transaction<'a>,
+    tx: &'a Transaction<'a>,
     tables: &'a HashMap<String, TableState>,
     shadow_mode: bool,
     pending: HashMap<String, HashMap<String, Option<String>>>,
@@ -310,7 +316,10 @@ impl DocTxn for Txn<'_> {
         let tx = self.tx;
         self.rm
             .shared
-            .wait(tx.query_opt(&sql, &[&key]))
+            .wait(async {
+                let stmt = tx.prepare_cached(&sql).await?;
+                tx.query_opt(&stmt, &[&key]).await
+            })
             .map(|r| r.map(|r| r.get(0)))
             .map_err(|e| storage(&e))
     }
@@ -325,7 +334,14 @@ impl DocTxn for Txn<'_> {
         }
         let sql = format!("SELECT key, doc FROM {} WHERE key = ANY($1)", self.physical(table));
         let tx = self.tx;
-        let rows = self.rm.shared.wait(tx.query(&sql, &[&missing])).map_err(|e| storage(&e))?;
+        let rows = self
+            .rm
+            .shared
+            .wait(async {
+                let stmt = tx.prepare_cached(&sql).await?;
+                tx.query(&stmt, &[&missing]).await
+            })
+            .map_err(|e| storage(&e))?;
         let cached = self.cache.entry(table.to_owned()).or_default();
         for k in missing {
             cached.insert(k.to_owned(), None);
@@ -366,7 +382,10 @@ impl DocTxn for Txn<'_> {
         let tx = self.tx;
         self.rm
             .shared
-            .wait(tx.query(&sql, &[&value]))
+            .wait(async {
+                let stmt = tx.prepare_cached(&sql).await?;
+                tx.query(&stmt, &[&value]).await
+            })
             .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
             .map_err(|e| storage(&e))
     }

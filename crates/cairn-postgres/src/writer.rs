@@ -150,8 +150,11 @@ async fn commit_group(
             }
         }
         Err(failure) => {
-            // Whatever went wrong, the next group starts on a fresh connection.
-            *conn = None;
+            // Whatever went wrong, the connection may be inside a transaction: close it
+            // (PostgreSQL rolls back) instead of returning it to the pool.
+            if let Some(c) = conn.take() {
+                drop(Object::take(c));
+            }
             let error = match failure {
                 Failure::NotStored(m) => {
                     tracing::warn!(error = %m, "append group failed before commit; nothing stored");
@@ -214,10 +217,12 @@ const EVENT_IDS_SQL: &str =
     "SELECT event_id, aggregate_id, version, position FROM events WHERE event_id = ANY($1)";
 const KEYS_SQL: &str = "SELECT key, aggregate_id, first_version, last_version, position
      FROM idempotency_keys WHERE key = ANY($1)";
-const INSERT_SQL: &str = "INSERT INTO events
+const INSERT_SQL: &str = "WITH inserted AS (INSERT INTO events
      (position, event_id, aggregate_id, aggregate_type, event_type, version, timestamp_us, data, metadata)
      SELECT p, i, a, t, e, v, $7, d, m FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[],
-        $5::text[], $6::bigint[], $8::text[], $9::text[]) AS r(p, i, a, t, e, v, d, m)";
+        $5::text[], $6::bigint[], $8::text[], $9::text[]) AS r(p, i, a, t, e, v, d, m)
+     RETURNING position)
+     SELECT pg_notify($10, (SELECT max(position) FROM inserted)::text)";
 const INSERT_KEYS_SQL: &str = "INSERT INTO idempotency_keys
      (key, aggregate_id, first_version, last_version, position, created_us)
      SELECT k, a, f, l, p, $6 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
@@ -232,9 +237,13 @@ async fn try_commit(
     group: &[(Append, Reply)],
 ) -> Result<(Results, u64, u64), Failure> {
     let not_stored = |e: tokio_postgres::Error| Failure::NotStored(db_error(&e));
-    let tx = client.transaction().await.map_err(not_stored)?;
-    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await.map_err(not_stored)?;
-    tx.execute(&lock, &[&shared.append_lock]).await.map_err(not_stored)?;
+    // BEGIN and the lock in one round trip; the transaction is driven by hand so that
+    // independent statements can be pipelined (on failure the connection is discarded,
+    // which rolls back).
+    let tx: &Object = client;
+    tx.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({})", shared.append_lock))
+        .await
+        .map_err(not_stored)?;
 
     let stream_ids: Vec<&str> = group
         .iter()
@@ -369,48 +378,39 @@ async fn try_commit(
 
     let stored = rows.position.len() as u64;
     if stored > 0 {
-        let insert = tx.prepare_cached(INSERT_SQL).await.map_err(not_stored)?;
-        tx.execute(
-            &insert,
-            &[
-                &rows.position,
-                &rows.event_id,
-                &rows.aggregate_id,
-                &rows.aggregate_type,
-                &rows.event_type,
-                &rows.version,
-                &timestamp_us,
-                &rows.data,
-                &rows.metadata,
-            ],
-        )
-        .await
+        let (insert, insert_keys) =
+            tokio::try_join!(tx.prepare_cached(INSERT_SQL), tx.prepare_cached(INSERT_KEYS_SQL))
+                .map_err(not_stored)?;
+        let events_args: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+            &rows.position,
+            &rows.event_id,
+            &rows.aggregate_id,
+            &rows.aggregate_type,
+            &rows.event_type,
+            &rows.version,
+            &timestamp_us,
+            &rows.data,
+            &rows.metadata,
+            &shared.events_channel,
+        ];
+        let keys_args: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &new_keys.key,
+            &new_keys.aggregate_id,
+            &new_keys.first_version,
+            &new_keys.last_version,
+            &new_keys.position,
+            &timestamp_us,
+        ];
+        // The events (with the NOTIFY of the new head) and the keys, pipelined.
+        tokio::try_join!(tx.query(&insert, &events_args), async {
+            if new_keys.key.is_empty() { Ok(0) } else { tx.execute(&insert_keys, &keys_args).await }
+        })
         .map_err(not_stored)?;
-        if !new_keys.key.is_empty() {
-            let insert_keys = tx.prepare_cached(INSERT_KEYS_SQL).await.map_err(not_stored)?;
-            tx.execute(
-                &insert_keys,
-                &[
-                    &new_keys.key,
-                    &new_keys.aggregate_id,
-                    &new_keys.first_version,
-                    &new_keys.last_version,
-                    &new_keys.position,
-                    &timestamp_us,
-                ],
-            )
-            .await
-            .map_err(not_stored)?;
-        }
-        let new_head = (next_position - 1).to_string();
-        tx.execute("SELECT pg_notify($1, $2)", &[&shared.events_channel, &new_head])
-            .await
-            .map_err(not_stored)?;
     }
     if !shared.options.commit_delay.is_zero() {
         tokio::time::sleep(shared.options.commit_delay).await;
     }
-    tx.commit().await.map_err(|e| Failure::Unknown(db_error(&e)))?;
+    tx.batch_execute("COMMIT").await.map_err(|e| Failure::Unknown(db_error(&e)))?;
     Ok((results, next_position - 1, stored))
 }
 
