@@ -1,15 +1,16 @@
 //! The group-commit writer: one task per process, one transaction per group of appends.
 //!
-//! Per group:
-//! 1. take one queued append, then whatever else is queued (bounded);
-//! 2. `BEGIN`; take the append lock (`pg_advisory_xact_lock`): from here until COMMIT no
-//!    other process appends, so the head, the stream versions and the event ids read now
-//!    stay true;
-//! 3. read, pipelined: the head position, the head of every stream in the group, which of
-//!    the group's event ids and idempotency keys exist;
-//! 4. decide every append in order in memory (a rejection rejects only that append);
-//! 5. one multi-row `INSERT … SELECT FROM unnest(…)` for all events, one for the keys,
-//!    `pg_notify` with the new head, `COMMIT`; only then answer.
+//! Per group, in two round trips:
+//! 1. take one queued append, then whatever else is queued (bounded), waiting briefly for
+//!    the writers of the previous group;
+//! 2. send `BEGIN`, the append lock (`pg_advisory_xact_lock`: from here until COMMIT no
+//!    other process appends, so what is read now stays true) and four reads back to back:
+//!    the head position, the head of every stream in the group, which of the group's event
+//!    ids and idempotency keys exist;
+//! 3. decide every append in order in memory (a rejection rejects only that append);
+//! 4. send one multi-row `INSERT … SELECT FROM unnest(…)` for all events (it also
+//!    `pg_notify`s the new head), one for the keys, and `COMMIT`, back to back; answer
+//!    only after the COMMIT succeeded.
 //!
 //! The lock is released after the commit is visible, so positions become visible in
 //! order and no reader can skip one. A failed group is answered "outcome unknown" only
@@ -241,10 +242,6 @@ async fn try_commit(
     // independent statements can be pipelined (on failure the connection is discarded,
     // which rolls back).
     let tx: &Object = client;
-    tx.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({})", shared.append_lock))
-        .await
-        .map_err(not_stored)?;
-
     let stream_ids: Vec<&str> = group
         .iter()
         .map(|(a, _)| a.aggregate_id.as_str())
@@ -255,6 +252,7 @@ async fn try_commit(
         group.iter().flat_map(|(a, _)| a.events.iter().map(|e| e.event_id)).collect();
     let keys: Vec<&str> = group.iter().filter_map(|(a, _)| a.idempotency_key.as_deref()).collect();
 
+    // Statements are prepared once per session (no round trip after the first group).
     let (last_stmt, streams_stmt, ids_stmt, keys_stmt) = tokio::try_join!(
         tx.prepare_cached(HEAD_SQL),
         tx.prepare_cached(STREAM_HEADS_SQL),
@@ -262,8 +260,12 @@ async fn try_commit(
         tx.prepare_cached(KEYS_SQL),
     )
     .map_err(not_stored)?;
+    // One round trip: BEGIN, the lock, and the four reads are sent back to back; the
+    // server runs them in order, so the reads see everything committed before the lock.
+    let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({})", shared.append_lock);
     let heads_args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&stream_ids];
-    let (head_rows, head_of_streams, found_ids, found_keys) = tokio::try_join!(
+    let ((), head_rows, head_of_streams, found_ids, found_keys) = tokio::try_join!(
+        tx.batch_execute(&begin),
         tx.query(&last_stmt, &[]),
         tx.query(&streams_stmt, &heads_args),
         async {
@@ -377,40 +379,51 @@ async fn try_commit(
     }
 
     let stored = rows.position.len() as u64;
-    if stored > 0 {
-        let (insert, insert_keys) =
-            tokio::try_join!(tx.prepare_cached(INSERT_SQL), tx.prepare_cached(INSERT_KEYS_SQL))
-                .map_err(not_stored)?;
-        let events_args: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
-            &rows.position,
-            &rows.event_id,
-            &rows.aggregate_id,
-            &rows.aggregate_type,
-            &rows.event_type,
-            &rows.version,
-            &timestamp_us,
-            &rows.data,
-            &rows.metadata,
-            &shared.events_channel,
-        ];
-        let keys_args: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-            &new_keys.key,
-            &new_keys.aggregate_id,
-            &new_keys.first_version,
-            &new_keys.last_version,
-            &new_keys.position,
-            &timestamp_us,
-        ];
-        // The events (with the NOTIFY of the new head) and the keys, pipelined.
-        tokio::try_join!(tx.query(&insert, &events_args), async {
-            if new_keys.key.is_empty() { Ok(0) } else { tx.execute(&insert_keys, &keys_args).await }
-        })
-        .map_err(not_stored)?;
-    }
-    if !shared.options.commit_delay.is_zero() {
+    let (insert, insert_keys) =
+        tokio::try_join!(tx.prepare_cached(INSERT_SQL), tx.prepare_cached(INSERT_KEYS_SQL))
+            .map_err(not_stored)?;
+    let events_args: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+        &rows.position,
+        &rows.event_id,
+        &rows.aggregate_id,
+        &rows.aggregate_type,
+        &rows.event_type,
+        &rows.version,
+        &timestamp_us,
+        &rows.data,
+        &rows.metadata,
+        &shared.events_channel,
+    ];
+    let keys_args: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+        &new_keys.key,
+        &new_keys.aggregate_id,
+        &new_keys.first_version,
+        &new_keys.last_version,
+        &new_keys.position,
+        &timestamp_us,
+    ];
+    let insert_events =
+        async { if stored == 0 { Ok(Vec::new()) } else { tx.query(&insert, &events_args).await } };
+    let insert_keys = async {
+        if new_keys.key.is_empty() { Ok(0) } else { tx.execute(&insert_keys, &keys_args).await }
+    };
+    if shared.options.commit_delay.is_zero() {
+        // One round trip: the events (their INSERT carries the NOTIFY of the new head), the
+        // keys and COMMIT, back to back. If an INSERT fails the transaction is aborted and
+        // PostgreSQL answers the COMMIT with a rollback: nothing of the group is stored.
+        let (events_done, keys_done, committed) =
+            tokio::join!(insert_events, insert_keys, tx.batch_execute("COMMIT"));
+        events_done.map_err(not_stored)?;
+        keys_done.map_err(not_stored)?;
+        committed.map_err(|e| Failure::Unknown(db_error(&e)))?;
+    } else {
+        let (events_done, keys_done) = tokio::join!(insert_events, insert_keys);
+        events_done.map_err(not_stored)?;
+        keys_done.map_err(not_stored)?;
+        // Test hook: hold the lock with the rows written but not committed.
         tokio::time::sleep(shared.options.commit_delay).await;
+        tx.batch_execute("COMMIT").await.map_err(|e| Failure::Unknown(db_error(&e)))?;
     }
-    tx.batch_execute("COMMIT").await.map_err(|e| Failure::Unknown(db_error(&e)))?;
     Ok((results, next_position - 1, stored))
 }
 
