@@ -78,3 +78,60 @@ impl Server {
         self.child.wait().await.unwrap();
     }
 }
+
+impl Server {
+    /// Starts `cairn serve` on `data_dir` listening on a given `port` (to restart a server
+    /// where clients expect it) and waits until ready.
+    pub async fn start_on_port(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--log", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("cairn binary starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..400 {
+            if let Ok(r) = client.get(format!("{base}/health/ready")).send().await
+                && r.status() == 200
+            {
+                return Self { child, base };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("cairn serve did not become ready on port {port}");
+    }
+}
+
+/// What one run of a `cairn` operator command printed, and how it ended.
+pub struct Run {
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+    /// Whether it exited with status 0.
+    pub ok: bool,
+}
+
+/// Runs `cairn ARGS` against the server at `url` (through `CAIRN_URL`), stdin closed.
+pub async fn cairn(url: &str, args: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env("CAIRN_URL", url)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cairn binary runs");
+    Run {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        ok: output.status.success(),
+    }
+}
