@@ -35,6 +35,16 @@ pub struct ProjectionsArgs {
 enum ProjectionsAction {
     /// List projections with position, head, lag, status and dead-letter depth (the default).
     List,
+    /// Pause a projection between batches, until resumed or restarted.
+    Pause {
+        /// The projection, e.g. `order_summary`.
+        name: String,
+    },
+    /// Resume a paused projection from its checkpoint.
+    Resume {
+        /// The projection, e.g. `order_summary`.
+        name: String,
+    },
     /// Rebuild a projection from position 0 while queries keep answering.
     Rebuild {
         /// The projection, e.g. `order_summary`.
@@ -178,6 +188,24 @@ pub async fn projections(args: ProjectionsArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             print_table(&["NAME", "STATUS", "POSITION", "HEAD", "LAG", "DLQ"], rows);
+        }
+        ProjectionsAction::Pause { name } => {
+            let row =
+                client.call(Method::POST, &["admin", "projections", &name, "pause"], None).await?;
+            report_done(
+                args.conn.json,
+                &row,
+                &format!("{name} paused at position {}", text(&row["position"])),
+            );
+        }
+        ProjectionsAction::Resume { name } => {
+            let row =
+                client.call(Method::POST, &["admin", "projections", &name, "resume"], None).await?;
+            report_done(
+                args.conn.json,
+                &row,
+                &format!("{name} resumed from position {}", text(&row["position"])),
+            );
         }
         ProjectionsAction::Rebuild { name, wait } => {
             client.call(Method::POST, &["admin", "projections", &name, "rebuild"], None).await?;

@@ -37,7 +37,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Check that the server is ready (store reachable, every consumer started).
     Health(admin::HealthArgs),
-    /// List projections, or rebuild one.
+    /// List projections; rebuild, pause or resume one.
     Projections(admin::ProjectionsArgs),
     /// List, retry or discard dead letters.
     Dlq(admin::DlqArgs),

@@ -411,3 +411,64 @@ async fn progress_is_a_bar_under_a_terminal() {
     assert!(text.contains("import: 300 events appended, 0 already present"), "{text:?}");
     server.kill().await;
 }
+
+cairn_testkit::backend_tests!(pause_stops_a_projection_between_batches_and_resume_catches_up);
+
+async fn pause_stops_a_projection_between_batches_and_resume_catches_up(
+    backend: cairn_testkit::Backend,
+) {
+    let place = backend.place().await;
+    let server = Server::start_on(&place, &[]).await;
+    let url = server.base.as_str();
+    let first = post(
+        url,
+        "/customers",
+        &json!({"customer_id": "cust-1", "name": "A", "email": "a@x.io"}),
+        &[],
+    )
+    .await;
+    get(url, &format!("/customers/cust-1?min_position={}", first["position"])).await;
+
+    let run = cairn(url, &["projections", "pause", "customer_view"]).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stdout.starts_with("customer_view paused at position"), "{}", run.stdout);
+    let second = post(
+        url,
+        "/customers",
+        &json!({"customer_id": "cust-2", "name": "B", "email": "b@x.io"}),
+        &[],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = json_of(&cairn(url, &["projections", "--json"]).await);
+    let row =
+        rows.as_array().unwrap().iter().find(|p| p["name"] == "customer_view").unwrap().clone();
+    assert_eq!(row["status"], "paused");
+    assert!(row["position"].as_u64().unwrap() < second["position"].as_u64().unwrap(), "{row}");
+    assert_eq!(
+        rows.as_array().unwrap().iter().find(|p| p["name"] == "order_summary").unwrap()["status"],
+        "running"
+    );
+    // Paused is started: the server stays ready.
+    assert!(cairn(url, &["health"]).await.ok);
+    let lagging = reqwest::get(format!(
+        "{url}/customers/cust-2?min_position={}&wait_ms=200",
+        second["position"]
+    ))
+    .await
+    .unwrap();
+    assert_eq!(lagging.status(), 504);
+
+    let row = json_of(&cairn(url, &["projections", "resume", "customer_view", "--json"]).await);
+    assert_eq!(row["name"], "customer_view");
+    let customer =
+        get(url, &format!("/customers/cust-2?min_position={}", second["position"])).await;
+    assert_eq!(customer["name"], "B");
+    let rows = json_of(&cairn(url, &["projections", "--json"]).await);
+    assert_eq!(
+        rows.as_array().unwrap().iter().find(|p| p["name"] == "customer_view").unwrap()["status"],
+        "running"
+    );
+    assert_one_line_error(&cairn(url, &["projections", "pause", "nope"]).await, "not_found");
+    server.kill().await;
+}

@@ -131,6 +131,8 @@ struct Dlq {
     leading: AtomicBool,
     /// A rebuild to start as soon as this process leads the consumer.
     rebuild_when_leading: AtomicBool,
+    /// Set by an operator: the leading loop stops between batches until it is cleared.
+    paused: watch::Sender<bool>,
 }
 
 impl Dlq {
@@ -244,7 +246,10 @@ impl ConsumerHandle {
     #[must_use]
     pub fn status(&self) -> ConsumerStatus {
         let status = *self.status.lock().unwrap_or_else(PoisonError::into_inner);
-        if status == ConsumerStatus::Running && self.rebuild_progress().is_some() {
+        if status == ConsumerStatus::Running && self.is_paused() {
+            // Paused by an operator: it stops at the end of the batch in hand.
+            ConsumerStatus::Paused
+        } else if status == ConsumerStatus::Running && self.rebuild_progress().is_some() {
             ConsumerStatus::Rebuilding
         } else {
             status
@@ -299,6 +304,28 @@ impl ConsumerHandle {
                 self.name
             ))
         }
+    }
+
+    /// Pauses the consumer: it stops between batches (its checkpoint stays where the last
+    /// batch left it) and reports `paused` until [`ConsumerHandle::resume`]. Held in
+    /// memory: a restarted process runs it again.
+    pub fn pause(&self) -> Result<(), String> {
+        self.require_leader()?;
+        self.dlq.paused.send_replace(true);
+        Ok(())
+    }
+
+    /// Resumes a paused consumer from its checkpoint.
+    pub fn resume(&self) -> Result<(), String> {
+        self.require_leader()?;
+        self.dlq.paused.send_replace(false);
+        Ok(())
+    }
+
+    /// Whether an operator paused it (it stops at the end of the batch in hand).
+    #[must_use]
+    pub fn is_paused(&self) -> bool {
+        *self.dlq.paused.borrow()
     }
 
     /// Events waiting in its dead letter queue.
@@ -585,6 +612,7 @@ pub fn spawn(
         rebuild: Mutex::new(None),
         leading: AtomicBool::new(false),
         rebuild_when_leading: AtomicBool::new(false),
+        paused: watch::channel(false).0,
     });
     let handle = ConsumerHandle {
         name: handler.name().to_owned(),
@@ -691,6 +719,7 @@ impl Runner {
         let filter = AllFilter { event_types: self.handler.event_types(), aggregate_type: None };
         let mut shutdown = self.shutdown.clone();
         let mut head = store.head();
+        let mut paused = self.dlq.paused.subscribe();
         let mut backoff = RETRY_BACKOFF_MIN;
         let mut position = loop {
             if *shutdown.borrow() {
@@ -724,6 +753,16 @@ impl Runner {
         loop {
             if *shutdown.borrow() {
                 return Stop::Shutdown;
+            }
+            if *paused.borrow_and_update() {
+                // Between batches: nothing is in hand, the checkpoint is still.
+                set(&self.status, ConsumerStatus::Paused);
+                tokio::select! {
+                    resumed = paused.wait_for(|p| !*p) => if resumed.is_err() { return Stop::Shutdown },
+                    _ = shutdown.changed() => continue,
+                }
+                set(&self.status, ConsumerStatus::Running);
+                continue;
             }
             head.borrow_and_update();
             let read = match prefetched.take() {
@@ -761,6 +800,7 @@ impl Runner {
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return Stop::Shutdown },
                     _ = shutdown.changed() => {}
+                    _ = paused.changed() => {}
                 }
             }
         }

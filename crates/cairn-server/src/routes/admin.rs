@@ -316,6 +316,60 @@ pub async fn rebuild_projection(
         .into_response())
 }
 
+/// Pauses a projection between batches (until resumed or restarted).
+#[utoipa::path(
+    post,
+    path = "/admin/projections/{name}/pause",
+    tag = "operations",
+    params(("name" = String, Path, description = "The projection")),
+    responses(
+        (status = 200, description = "Paused: it stops at the end of the batch in hand; its row", body = ProjectionInfo),
+        (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
+        (status = 409, description = "`pause_refused`: another process leads it", body = ErrorBody),
+    )
+)]
+pub async fn pause_projection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ProjectionInfo>, ApiError> {
+    steer(&state, &name, ConsumerHandle::pause, "pause_refused")
+}
+
+/// Resumes a paused projection from its checkpoint.
+#[utoipa::path(
+    post,
+    path = "/admin/projections/{name}/resume",
+    tag = "operations",
+    params(("name" = String, Path, description = "The projection")),
+    responses(
+        (status = 200, description = "Resumed; its row", body = ProjectionInfo),
+        (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
+        (status = 409, description = "`resume_refused`: another process leads it", body = ErrorBody),
+    )
+)]
+pub async fn resume_projection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ProjectionInfo>, ApiError> {
+    steer(&state, &name, ConsumerHandle::resume, "resume_refused")
+}
+
+/// Applies `action` to the consumer `name` and answers with its row.
+fn steer(
+    state: &AppState,
+    name: &str,
+    action: fn(&ConsumerHandle) -> Result<(), String>,
+    refused: &'static str,
+) -> Result<Json<ProjectionInfo>, ApiError> {
+    let consumer = state
+        .domain
+        .projections
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))?;
+    action(consumer).map_err(|e| ApiError::new(StatusCode::CONFLICT, refused, e))?;
+    Ok(Json(info(consumer)))
+}
+
 /// Lists the current schema of every registered event type.
 #[utoipa::path(
     get,

@@ -58,6 +58,8 @@ route_table! {
     get "/shipped-orders/{aggregate_id}" => queries::get_shipped_order,
     get "/admin/projections" => admin::projections,
     post "/admin/projections/{name}/rebuild" => admin::rebuild_projection,
+    post "/admin/projections/{name}/pause" => admin::pause_projection,
+    post "/admin/projections/{name}/resume" => admin::resume_projection,
     get "/admin/streams/stats" => admin::stream_stats,
     get "/metrics" => admin::metrics,
     get "/admin/dlq" => admin::dead_letters,

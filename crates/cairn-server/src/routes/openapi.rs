@@ -49,6 +49,8 @@ use crate::error::ApiError;
         queries::get_shipped_order,
         admin::projections,
         admin::rebuild_projection,
+        admin::pause_projection,
+        admin::resume_projection,
         admin::stream_stats,
         admin::metrics,
         admin::dead_letters,
