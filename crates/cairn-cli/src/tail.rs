@@ -14,10 +14,10 @@ use crate::client::{Client, Conn, describe_error};
 #[derive(Args, Debug)]
 pub struct TailArgs {
     /// Only these event types (repeat the flag or separate with commas).
-    #[arg(long = "event-type", value_delimiter = ',')]
+    #[arg(long = "event-type", value_name = "TYPE", value_delimiter = ',')]
     event_types: Vec<String>,
     /// Only events of this aggregate type.
-    #[arg(long = "aggregate-type")]
+    #[arg(long = "aggregate-type", value_name = "TYPE")]
     aggregate_type: Option<String>,
     /// Start after this `$all` position (default: the current head, i.e. new events only;
     /// `0` replays everything first).
@@ -47,6 +47,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut wait = RECONNECT_FIRST;
     let mut connected_once = false;
     loop {
+        let printed_before = printed;
         match follow(&client, &args, &mut last, &mut printed, &mut connected_once).await {
             Outcome::Done => return Ok(()),
             Outcome::Refused(why) => anyhow::bail!("{why}"),
@@ -56,6 +57,10 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
             Outcome::Dropped(why) => {
                 eprintln!("tail: connection lost ({why}); reconnecting after position {last}");
             }
+        }
+        // A connection that delivered events was healthy: start the backoff afresh.
+        if printed > printed_before {
+            wait = RECONNECT_FIRST;
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RECONNECT_MAX);
@@ -121,7 +126,9 @@ async fn follow(
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
                 if let Some(data) = frame.data.take() {
-                    let position = frame.id.take().and_then(|id| id.parse().ok());
+                    let position = frame.id.take().and_then(|id| id.parse().ok()).or_else(|| {
+                        serde_json::from_str::<PositionOnly>(&data).ok().map(|p| p.position)
+                    });
                     if args.conn.json {
                         println!("{data}");
                     } else {
@@ -148,6 +155,12 @@ async fn follow(
         }
     }
     Outcome::Dropped("the server closed the stream".to_owned())
+}
+
+/// An event's position, when its SSE frame has no `id:`.
+#[derive(serde::Deserialize)]
+struct PositionOnly {
+    position: u64,
 }
 
 /// The fields of one SSE event being read.

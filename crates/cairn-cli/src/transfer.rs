@@ -28,11 +28,13 @@ pub struct ExportArgs {
     /// Write to this file instead of stdout.
     #[arg(long, short = 'o', value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Only these event types (repeat the flag or separate with commas).
-    #[arg(long = "event-type", value_delimiter = ',')]
+    /// Only these event types (repeat the flag or separate with commas). Such an export
+    /// leaves gaps in streams, so `cairn import` refuses it; `--aggregate-type` keeps
+    /// whole streams.
+    #[arg(long = "event-type", value_name = "TYPE", value_delimiter = ',')]
     event_types: Vec<String>,
     /// Only events of this aggregate type.
-    #[arg(long = "aggregate-type")]
+    #[arg(long = "aggregate-type", value_name = "TYPE")]
     aggregate_type: Option<String>,
     #[command(flatten)]
     conn: Conn,

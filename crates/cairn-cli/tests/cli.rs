@@ -373,6 +373,18 @@ async fn progress_is_plain_lines_when_stdout_is_not_a_terminal() {
         "{lines:?}"
     );
     assert!(!run.stderr.contains('\u{1b}'), "terminal escapes in {:?}", run.stderr);
+    // Filters: only what matches is exported.
+    post(
+        &server.base,
+        "/customers",
+        &json!({"customer_id": "cust-x", "name": "X", "email": "x@x.io"}),
+        &[],
+    )
+    .await;
+    let run = cairn(&server.base, &["export", "--aggregate-type", "Customer"]).await;
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+    let run = cairn(&server.base, &["export", "--event-type", "Deposited,Nope"]).await;
+    assert_eq!(run.stdout.lines().count(), 3, "{}", run.stdout);
     server.kill().await;
 }
 
