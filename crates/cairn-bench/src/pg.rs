@@ -22,7 +22,7 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 async fn stores(db: &TestDatabase) -> anyhow::Result<(Arc<dyn EventStore>, Arc<PgReadModels>)> {
-    let (events, readmodels) = open(&db.url, &PgOptions::default()).await?;
+    let (events, readmodels) = open(&db.url, &PgOptions::from_env()).await?;
     Ok((Arc::new(events), Arc::new(readmodels)))
 }
 
@@ -125,7 +125,7 @@ pub async fn run(
         for writers in [1u64, 16, 64] {
             let total = if writers == 1 { sizes.single_appends / 4 } else { sizes.single_appends };
             let db = TestDatabase::create_at(admin).await;
-            let (store, _rm) = open(&db.url, &PgOptions::default()).await?;
+            let (store, _rm) = open(&db.url, &PgOptions::from_env()).await?;
             let store = Arc::new(store);
             let elapsed = concurrent_single(&store, writers, total).await?;
             let (groups, appends, _) = store.commit_stats();

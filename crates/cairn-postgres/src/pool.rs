@@ -51,7 +51,8 @@ impl Default for PgOptions {
 
 impl PgOptions {
     /// The defaults, with the tuning variables `CAIRN_PG_POOL_SIZE`,
-    /// `CAIRN_PG_STALL_SECS`, `CAIRN_PG_LOCK_TIMEOUT_SECS`, `CAIRN_PG_POLL_MS` and the fault
+    /// `CAIRN_PG_STALL_SECS`, `CAIRN_PG_LOCK_TIMEOUT_SECS`, `CAIRN_PG_POLL_MS`,
+    /// `CAIRN_PG_GATHER_US` and the fault
     /// hook `CAIRN_FAULT_PG_COMMIT_DELAY_MS` applied.
     #[must_use]
     pub fn from_env() -> Self {
@@ -70,6 +71,9 @@ impl PgOptions {
         }
         if let Some(v) = var("CAIRN_PG_POLL_MS") {
             o.poll_interval = Duration::from_millis(v);
+        }
+        if let Some(v) = var("CAIRN_PG_GATHER_US") {
+            o.gather_wait = Duration::from_micros(v);
         }
         if let Some(v) = var("CAIRN_FAULT_PG_COMMIT_DELAY_MS") {
             o.commit_delay = Duration::from_millis(v);
