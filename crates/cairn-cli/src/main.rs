@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP server on the embedded store.
+    /// Run the HTTP server (embedded store by default, or PostgreSQL with `--store postgres`).
     Serve(serve::ServeArgs),
     /// Check that the server is ready (store reachable, every consumer started).
     Health(admin::HealthArgs),
