@@ -9,7 +9,7 @@
 pub mod relay;
 pub mod subject;
 
-pub use relay::{Relay, RelayConfig, RelayError, RelayProgress};
+pub use relay::{Mapper, Outgoing, Relay, RelayConfig, RelayError, RelayProgress, all_events};
 pub use subject::{encode_token, event_subject};
 
 /// Test support: which NATS server the tests use.

@@ -73,12 +73,44 @@ pub struct RelayProgress {
     pub leading: bool,
 }
 
+/// One message to publish for an event.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Its subject.
+    pub subject: String,
+    /// `Nats-Msg-Id`: what JetStream de-duplicates on (derived from the event id).
+    pub id: String,
+    /// Its type, as the `Cairn-Event-Type` header.
+    pub event_type: String,
+    /// The body.
+    pub payload: Bytes,
+}
+
+/// Decides what, if anything, an event is published as.
+pub type Mapper =
+    Arc<dyn Fn(&RecordedEvent, &RelayConfig) -> Result<Option<Outgoing>, String> + Send + Sync>;
+
+/// The default mapping: every event, as the store API shows it, on
+/// `<prefix>.<aggregate_type>.<aggregate_id>`.
+#[must_use]
+pub fn all_events() -> Mapper {
+    Arc::new(|e, config| {
+        Ok(Some(Outgoing {
+            subject: event_subject(&config.subject_prefix, &e.aggregate_type, &e.aggregate_id),
+            id: e.event_id.to_string(),
+            event_type: e.event_type.clone(),
+            payload: payload(e).map_err(|e| e.to_string())?,
+        }))
+    })
+}
+
 /// The outbox relay.
 pub struct Relay {
     store: Arc<dyn EventStore>,
     readmodels: Arc<dyn ReadModelStore>,
     js: jetstream::Context,
     config: RelayConfig,
+    mapper: Mapper,
     progress: watch::Sender<RelayProgress>,
 }
 
@@ -113,12 +145,24 @@ fn payload(e: &RecordedEvent) -> Result<Bytes, RelayError> {
 }
 
 impl Relay {
-    /// Connects to NATS and makes sure the stream exists.
+    /// Connects to NATS and makes sure the stream exists; publishes every event.
     pub async fn connect(
         url: &str,
         store: Arc<dyn EventStore>,
         readmodels: Arc<dyn ReadModelStore>,
         config: RelayConfig,
+    ) -> Result<Self, RelayError> {
+        Self::with_mapper(url, store, readmodels, config, all_events()).await
+    }
+
+    /// Like [`Relay::connect`], publishing what `mapper` makes of each event (e.g. the
+    /// integration events of a domain; events it maps to `None` are skipped).
+    pub async fn with_mapper(
+        url: &str,
+        store: Arc<dyn EventStore>,
+        readmodels: Arc<dyn ReadModelStore>,
+        config: RelayConfig,
+        mapper: Mapper,
     ) -> Result<Self, RelayError> {
         let client = async_nats::connect(url).await.map_err(nats)?;
         let js = jetstream::new(client);
@@ -136,6 +180,7 @@ impl Relay {
             readmodels,
             js,
             config,
+            mapper,
             progress: watch::Sender::new(RelayProgress::default()),
         })
     }
@@ -250,14 +295,15 @@ impl Relay {
                     acked_to = at;
                     published += 1;
                 }
-                let subject =
-                    event_subject(&self.config.subject_prefix, &e.aggregate_type, &e.aggregate_id);
+                let Some(out) = (self.mapper)(e, &self.config).map_err(RelayError::Store)? else {
+                    continue;
+                };
                 let message = PublishMessage::build()
-                    .payload(payload(e)?)
-                    .message_id(e.event_id.to_string())
-                    .header("Cairn-Event-Type", e.event_type.as_str())
+                    .payload(out.payload)
+                    .message_id(out.id)
+                    .header("Cairn-Event-Type", out.event_type.as_str())
                     .header("Cairn-Position", e.position.to_string().as_str());
-                let ack = self.js.send_publish(subject, message).await.map_err(nats)?;
+                let ack = self.js.send_publish(out.subject, message).await.map_err(nats)?;
                 busy.insert(e.aggregate_id.as_str());
                 in_flight.push_back((e.aggregate_id.as_str(), e.position, ack));
             }
