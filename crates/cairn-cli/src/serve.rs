@@ -40,6 +40,16 @@ pub struct ServeArgs {
     /// Longest wait for in-flight requests after SIGTERM before closing anyway.
     #[arg(long, env = "CAIRN_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// NATS server for the outbox relay (e.g. `nats://127.0.0.1:4222`): committed events are
+    /// published, in `$all` order, to a JetStream stream. Off when not set.
+    #[arg(long, env = "CAIRN_NATS_URL")]
+    nats_url: Option<String>,
+    /// The JetStream stream the relay publishes to (subjects `cairn.events.<type>.<id>`).
+    #[arg(long, env = "CAIRN_NATS_STREAM", default_value = "CAIRN_EVENTS")]
+    nats_stream: String,
+    /// Subject prefix of the relay's stream (one prefix per stream).
+    #[arg(long, env = "CAIRN_NATS_SUBJECT_PREFIX", default_value = "cairn.events")]
+    nats_subject_prefix: String,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `cairn=debug`.
     #[arg(long, env = "CAIRN_LOG", default_value = "info")]
     log: String,
@@ -123,13 +133,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let app = cairn_server::app(
+    let (raw_events, readmodels) = (Arc::clone(&stores.events), Arc::clone(&stores.readmodels));
+    let (app, domain) = cairn_server::app_with_domain(
         stores,
         HttpConfig { body_limit_bytes: args.body_limit_bytes, ..HttpConfig::default() },
         &DomainConfig { snapshot_every: args.snapshot_every },
-        stop_rx,
+        stop_rx.clone(),
     )
     .context("cannot start the projections")?;
+    if let Some(url) = &args.nats_url {
+        let config = cairn_nats::RelayConfig {
+            stream: args.nats_stream.clone(),
+            subject_prefix: args.nats_subject_prefix.clone(),
+            checkpoint_delay: std::time::Duration::from_millis(
+                std::env::var("CAIRN_FAULT_RELAY_CHECKPOINT_DELAY_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            ),
+            ..cairn_nats::RelayConfig::default()
+        };
+        let relay = Arc::new(
+            cairn_nats::Relay::connect(url, raw_events, readmodels, config)
+                .await
+                .with_context(|| format!("cannot start the NATS relay on {url}"))?,
+        );
+        domain.add_outbox(Arc::new(RelayOutbox(Arc::clone(&relay))));
+        tokio::spawn(relay.run(stop_rx.clone()));
+        tracing::info!(nats = %url, stream = %args.nats_stream, "outbox relay started");
+    }
     match args.store {
         StoreKind::Sqlite => {
             tracing::info!(listen = %listener.local_addr()?, data_dir = %args.data_dir.display(), "cairn serving (embedded store)");
@@ -157,6 +189,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The relay as the server reports it.
+struct RelayOutbox(Arc<cairn_nats::Relay>);
+
+impl cairn_server::domain::Outbox for RelayOutbox {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn position(&self) -> u64 {
+        self.0.progress().borrow().position
+    }
+    fn published(&self) -> u64 {
+        self.0.progress().borrow().published
+    }
+    fn leading(&self) -> bool {
+        self.0.progress().borrow().leading
+    }
 }
 
 async fn shutdown_signal() {

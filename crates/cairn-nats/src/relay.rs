@@ -35,6 +35,9 @@ pub struct RelayConfig {
     pub duplicate_window: Duration,
     /// Stream replicas (3 on a three-node cluster).
     pub replicas: usize,
+    /// Test hook: wait this long between the acks of a batch and its checkpoint (a kill
+    /// then lands between publish and checkpoint).
+    pub checkpoint_delay: Duration,
 }
 
 impl Default for RelayConfig {
@@ -46,6 +49,7 @@ impl Default for RelayConfig {
             batch: 1000,
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
+            checkpoint_delay: Duration::ZERO,
         }
     }
 }
@@ -264,6 +268,9 @@ impl Relay {
                 }
             }
             if slice.scanned_to > position {
+                if !self.config.checkpoint_delay.is_zero() {
+                    tokio::time::sleep(self.config.checkpoint_delay).await;
+                }
                 position = slice.scanned_to;
                 self.save(position).await?;
                 self.progress.send_modify(|p| p.position = position);

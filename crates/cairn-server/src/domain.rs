@@ -22,6 +22,34 @@ pub struct Domain {
     pub projections: BTreeMap<&'static str, ConsumerHandle>,
     /// The `OrderFulfillment` process manager.
     pub fulfillment: ConsumerHandle,
+    /// Publishers running beside the domain (the NATS relay), registered by the binary.
+    pub outboxes: std::sync::Mutex<Vec<Arc<dyn Outbox>>>,
+}
+
+/// A publisher of `$all` to the outside world (e.g. the NATS outbox relay): listed with the
+/// projections in `/admin/projections` and in `/metrics`.
+pub trait Outbox: Send + Sync {
+    /// Its name (its checkpoint's name, e.g. `relay:CAIRN_EVENTS`).
+    fn name(&self) -> String;
+    /// Every event up to this `$all` position has been published and acknowledged.
+    fn position(&self) -> u64;
+    /// Events this process has published.
+    fn published(&self) -> u64;
+    /// Whether this process runs it (another process may).
+    fn leading(&self) -> bool;
+}
+
+impl Domain {
+    /// Registers a publisher to be reported beside the projections.
+    pub fn add_outbox(&self, outbox: Arc<dyn Outbox>) {
+        self.outboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(outbox);
+    }
+
+    /// The registered publishers.
+    #[must_use]
+    pub fn outboxes(&self) -> Vec<Arc<dyn Outbox>> {
+        self.outboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
 }
 
 impl Domain {
@@ -51,7 +79,13 @@ impl Domain {
             Arc::new(cairn_orders::fulfillment::OrderFulfillment),
             shutdown.clone(),
         )?;
-        Ok(Self { repository, readmodels, projections, fulfillment })
+        Ok(Self {
+            repository,
+            readmodels,
+            projections,
+            fulfillment,
+            outboxes: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     /// Every background consumer, for health.

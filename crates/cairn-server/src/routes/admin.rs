@@ -56,7 +56,22 @@ fn info(c: &ConsumerHandle) -> ProjectionInfo {
     responses((status = 200, description = "Every projection", body = Vec<ProjectionInfo>))
 )]
 pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionInfo>> {
-    Json(state.domain.projections.values().map(info).collect())
+    let mut rows: Vec<ProjectionInfo> = state.domain.projections.values().map(info).collect();
+    // Publishers (the NATS relay) follow `$all` like projections do: same row shape.
+    let head_position = *state.store.head().borrow();
+    for o in state.domain.outboxes() {
+        let position = o.position();
+        rows.push(ProjectionInfo {
+            name: o.name(),
+            position,
+            head_position,
+            lag: head_position.saturating_sub(position),
+            status: cairn_cqrs::consumer::ConsumerStatus::Running,
+            dlq_depth: 0,
+            rebuild: None,
+        });
+    }
+    Json(rows)
 }
 
 /// Lists the instances of the `OrderFulfillment` process manager.
@@ -149,6 +164,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             metrics::gauge!("cairn_projection_status", "projection" => name.clone(), "status" => status)
                 .set(if on { 1.0 } else { 0.0 });
         }
+    }
+    for o in state.domain.outboxes() {
+        let (name, position) = (o.name(), o.position());
+        metrics::gauge!("cairn_relay_position", "relay" => name.clone()).set(position as f64);
+        metrics::gauge!("cairn_relay_lag", "relay" => name.clone())
+            .set(head.saturating_sub(position) as f64);
+        metrics::gauge!("cairn_relay_published_total", "relay" => name.clone())
+            .set(o.published() as f64);
+        metrics::gauge!("cairn_relay_leading", "relay" => name).set(if o.leading() {
+            1.0
+        } else {
+            0.0
+        });
     }
     let pm = &state.domain.fulfillment;
     metrics::gauge!("cairn_process_manager_position", "process_manager" => pm.name().to_owned())
