@@ -5,6 +5,7 @@
 
 pub mod customer;
 pub mod fulfillment;
+pub mod integration;
 pub mod inventory;
 pub mod money;
 pub mod order;

@@ -11,6 +11,11 @@
 //! A version, once released, is never edited: a change is a new file and a new version,
 //! BACKWARD compatible with the previous one (the registry refuses anything else), and for
 //! a breaking change an upcaster in the domain as well (see `OrderCreated`).
+//!
+//! The domain's public integration events (`cairn_orders::integration`) have their schemas
+//! here too, registered the same way under their public type names (`OrderConfirmedV1`,
+//! version 1). Their contract is stricter: a public type is never given an incompatible
+//! version; a breaking change is a new type (`…V2`).
 
 use cairn_core::readmodel::ReadModelError;
 use serde_json::Value;
@@ -43,7 +48,17 @@ pub const DOMAIN_SCHEMAS: &[(&str, &[&str])] = &[
     ("CustomerEmailChanged", &[include_str!("../schemas/CustomerEmailChanged.v1.json")]),
 ];
 
-/// Registers every version of every domain schema that the registry does not hold yet.
+/// Every public integration event type of the reference domain with its schema versions
+/// (one each: a breaking change is a new type, not a new version).
+pub const INTEGRATION_SCHEMAS: &[(&str, &[&str])] = &[
+    ("OrderCreatedV1", &[include_str!("../schemas/OrderCreatedV1.v1.json")]),
+    ("OrderConfirmedV1", &[include_str!("../schemas/OrderConfirmedV1.v1.json")]),
+    ("OrderShippedV1", &[include_str!("../schemas/OrderShippedV1.v1.json")]),
+    ("OrderCancelledV1", &[include_str!("../schemas/OrderCancelledV1.v1.json")]),
+];
+
+/// Registers every version of every domain and integration event schema that the registry
+/// does not hold yet.
 ///
 /// Idempotent: a version already registered — by an earlier start, or by an operator — is
 /// left as it is, so a restart registers nothing and bumps no version. A registry that is
@@ -52,7 +67,7 @@ pub const DOMAIN_SCHEMAS: &[(&str, &[&str])] = &[
 /// domain events they may refuse: the server still starts. Only a storage failure is an
 /// error.
 pub fn register(registry: &SchemaRegistry) -> Result<(), ReadModelError> {
-    for (event_type, texts) in DOMAIN_SCHEMAS {
+    for (event_type, texts) in DOMAIN_SCHEMAS.iter().chain(INTEGRATION_SCHEMAS) {
         let history: Result<Vec<Value>, _> =
             texts.iter().map(|text| serde_json::from_str::<Value>(text)).collect();
         match history {
@@ -124,6 +139,8 @@ fn register_history(
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
+    use cairn_core::RecordedEvent;
+    use cairn_core::timestamp::Timestamp;
     use cairn_cqrs::{Aggregate, DomainEvent};
     use cairn_orders::customer::CustomerCommand;
     use cairn_orders::inventory::InventoryCommand;
@@ -131,7 +148,7 @@ mod tests {
     use cairn_orders::{Customer, Inventory, Order};
     use serde_json::{Value, json};
 
-    use super::DOMAIN_SCHEMAS;
+    use super::{DOMAIN_SCHEMAS, INTEGRATION_SCHEMAS};
     use crate::schemas::backward_incompatibilities;
 
     fn history(event_type: &str) -> Vec<Value> {
@@ -265,6 +282,141 @@ mod tests {
         }
         for bad in [json!("ten"), json!("1,5"), json!(true), json!(null), json!({"amount": 1})] {
             assert!(!validator.is_valid(&with_price(bad.clone())), "{bad}");
+        }
+    }
+
+    fn integration_schema(event_type: &str) -> Value {
+        let (_, texts) = INTEGRATION_SCHEMAS
+            .iter()
+            .find(|(t, _)| *t == event_type)
+            .unwrap_or_else(|| panic!("no schema for {event_type}"));
+        serde_json::from_str(texts.last().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_public_event_type_has_one_schema_and_nothing_else() {
+        use cairn_orders::integration::PUBLIC_EVENTS;
+        let ours: BTreeMap<&str, usize> =
+            INTEGRATION_SCHEMAS.iter().map(|(t, history)| (*t, history.len())).collect();
+        let public: BTreeMap<&str, usize> = PUBLIC_EVENTS.iter().map(|(t, _)| (*t, 1)).collect();
+        assert_eq!(ours, public, "one schema, version 1, per public event type");
+        for (t, _) in INTEGRATION_SCHEMAS {
+            jsonschema::validator_for(&integration_schema(t)).unwrap();
+            assert!(DOMAIN_SCHEMAS.iter().all(|(d, _)| d != t), "{t} is also a domain type");
+        }
+    }
+
+    /// Stores the events of `commands` as the repository would (current schema version in
+    /// the metadata), translates each, and validates every public event against its schema.
+    fn publish(commands: Vec<OrderCommand>, seen: &mut BTreeSet<String>) {
+        let mut state = Order::default();
+        let mut version = 0;
+        for command in commands {
+            for event in state.handle(&command).unwrap() {
+                version += 1;
+                let current = <Order as Aggregate>::Event::schema_version(event.event_type());
+                let source = recorded(
+                    event.event_type(),
+                    event.to_json().get(),
+                    &format!(r#"{{"schema_version":{current}}}"#),
+                    version,
+                );
+                if let Some(public) = check_public(&source) {
+                    seen.insert(public);
+                }
+                state.apply(&event);
+            }
+        }
+    }
+
+    fn recorded(event_type: &str, data: &str, metadata: &str, version: u64) -> RecordedEvent {
+        let raw = |s: &str| serde_json::value::RawValue::from_string(s.to_owned()).unwrap();
+        RecordedEvent {
+            event_id: uuid::Uuid::now_v7(),
+            aggregate_id: "order-1".into(),
+            aggregate_type: Order::TYPE.into(),
+            event_type: event_type.into(),
+            version,
+            position: version,
+            timestamp: Timestamp::now(),
+            data: raw(data),
+            metadata: raw(metadata),
+        }
+    }
+
+    /// Translates one stored event; a public one must validate against its registered
+    /// schema and be on its catalogued subject. Returns its type.
+    fn check_public(source: &RecordedEvent) -> Option<String> {
+        use cairn_orders::integration::{PUBLIC_EVENTS, translate};
+        let public = translate(source).unwrap()?;
+        let data: Value = serde_json::from_str(public.data.get()).unwrap();
+        assert_valid(&public.event_type, &integration_schema(&public.event_type), &data);
+        let (_, subject) = PUBLIC_EVENTS.iter().find(|(t, _)| *t == public.event_type).unwrap();
+        assert_eq!(public.subject, *subject);
+        Some(public.event_type)
+    }
+
+    #[test]
+    fn every_translated_event_validates_against_its_registered_schema() {
+        let mut seen = BTreeSet::new();
+        let line = |p: &str, q: i64, price: &str| Line {
+            product_id: p.into(),
+            quantity: q,
+            price: price.parse().unwrap(),
+        };
+        let create = || OrderCommand::Create {
+            customer_id: "cust-1".into(),
+            items: vec![line("prod-1", 2, "29.99"), line("prod-2", 1, "0.5")],
+        };
+        publish(
+            vec![
+                create(),
+                OrderCommand::AddItem(line("prod-3", 3, "10")),
+                OrderCommand::RemoveItem { product_id: "prod-2".into() },
+                OrderCommand::CorrectTotal {
+                    corrected_total: "12.34".parse().unwrap(),
+                    reason: "goodwill".into(),
+                },
+                OrderCommand::Confirm,
+                OrderCommand::MarkReadyToShip,
+                OrderCommand::Ship { tracking_number: "TRK1".into(), carrier: "DHL".into() },
+            ],
+            &mut seen,
+        );
+        publish(
+            vec![
+                create(),
+                OrderCommand::Confirm,
+                OrderCommand::Cancel { reason: "out_of_stock".into() },
+            ],
+            &mut seen,
+        );
+        // A stored v1 OrderCreated (string prices, no total) is upcast, then translated.
+        let v1 =
+            r#"{"customer_id":"c1","items":[{"product_id":"p1","quantity":2,"price":"29.99"}]}"#;
+        assert_eq!(
+            check_public(&recorded("OrderCreated", v1, r#"{"schema_version":1}"#, 1)).as_deref(),
+            Some("OrderCreatedV1")
+        );
+        let all: BTreeSet<String> =
+            INTEGRATION_SCHEMAS.iter().map(|(t, _)| (*t).to_owned()).collect();
+        assert_eq!(seen, all, "every public event type was produced at least once");
+    }
+
+    #[test]
+    fn a_public_schema_refuses_what_its_type_would_not_write() {
+        let schema = integration_schema("OrderConfirmedV1");
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let at = "2026-02-23T10:00:00.123456Z";
+        let ok = json!({"order_id": "o1", "total": 59.98, "confirmed_at": at});
+        assert!(validator.is_valid(&ok));
+        for bad in [
+            json!({"order_id": "o1", "total": "59.98", "confirmed_at": at}),
+            json!({"order_id": "o1", "total": 59.98, "confirmed_at": "yesterday"}),
+            json!({"order_id": "o1", "total": 59.98}),
+            json!({"total": 59.98, "confirmed_at": at}),
+        ] {
+            assert!(!validator.is_valid(&bad), "{bad}");
         }
     }
 }

@@ -1,13 +1,14 @@
 //! The reference domain's event schemas: registered when the server starts, idempotently
 //! across restarts, tolerant of an operator's newer compatible version, and enforced on
-//! store-API appends of domain events.
+//! store-API appends of domain events. The public integration events' schemas are
+//! registered beside them.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use cairn_server::domain_schemas::{DOMAIN_SCHEMAS, register};
+use cairn_server::domain_schemas::{DOMAIN_SCHEMAS, INTEGRATION_SCHEMAS, register};
 use cairn_server::schemas::SchemaRegistry;
 use cairn_sqlite::SqliteReadModels;
 use cairn_testkit::Backend;
@@ -25,12 +26,12 @@ async fn the_domain_event_types_are_registered_at_start(backend: Backend) {
     assert_eq!(status, 200, "{list}");
     let listed: BTreeSet<&str> =
         list.as_array().unwrap().iter().filter_map(|e| e["event_type"].as_str()).collect();
-    for (event_type, history) in DOMAIN_SCHEMAS {
+    for (event_type, history) in DOMAIN_SCHEMAS.iter().chain(INTEGRATION_SCHEMAS) {
         assert!(listed.contains(event_type), "{event_type} missing from {list}");
         let entry = list.as_array().unwrap().iter().find(|e| e["event_type"] == *event_type);
         assert_eq!(entry.unwrap()["version"], json!(history.len()), "{event_type}");
     }
-    for t in ["OrderCreated", "StockReserved", "CustomerRegistered"] {
+    for t in ["OrderCreated", "StockReserved", "CustomerRegistered", "OrderConfirmedV1"] {
         assert!(listed.contains(t), "{t}");
     }
     let created = list.as_array().unwrap().iter().find(|e| e["event_type"] == "OrderCreated");
@@ -88,7 +89,7 @@ fn registering_again_after_a_restart_changes_nothing() {
     let first = open();
     register(&first).unwrap();
     let after_first = versions(&first);
-    assert_eq!(after_first.len(), DOMAIN_SCHEMAS.len());
+    assert_eq!(after_first.len(), DOMAIN_SCHEMAS.len() + INTEGRATION_SCHEMAS.len());
     register(&first).unwrap();
     assert_eq!(versions(&first), after_first, "a second registration is a no-op");
     drop(first);
@@ -136,5 +137,5 @@ fn an_operators_schema_for_a_domain_type_registered_first_does_not_stop_the_star
     registry.register("StockAdded", 1, theirs.clone()).unwrap();
     register(&registry).unwrap();
     assert_eq!(registry.current_schema("StockAdded"), Some((1, theirs)));
-    assert_eq!(versions(&registry).len(), DOMAIN_SCHEMAS.len());
+    assert_eq!(versions(&registry).len(), DOMAIN_SCHEMAS.len() + INTEGRATION_SCHEMAS.len());
 }
