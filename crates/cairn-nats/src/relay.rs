@@ -149,7 +149,8 @@ fn payload(e: &RecordedEvent) -> Result<Bytes, RelayError> {
 }
 
 impl Relay {
-    /// Connects to NATS and makes sure the stream exists; publishes every event.
+    /// Connects to NATS (`url`: one server, or a comma-separated list of a cluster's) and
+    /// makes sure the stream exists; publishes every event.
     pub async fn connect(
         url: &str,
         store: Arc<dyn EventStore>,
@@ -168,7 +169,9 @@ impl Relay {
         config: RelayConfig,
         mapper: Mapper,
     ) -> Result<Self, RelayError> {
-        let client = async_nats::connect(url).await.map_err(nats)?;
+        // A cluster is given as a comma-separated list; the client fails over between them.
+        let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let client = async_nats::connect(servers).await.map_err(nats)?;
         let js = jetstream::new(client);
         js.get_or_create_stream(jetstream::stream::Config {
             name: config.stream.clone(),
