@@ -47,9 +47,19 @@ pub struct ServeArgs {
     /// The JetStream stream the relay publishes to (subjects `cairn.events.<type>.<id>`).
     #[arg(long, env = "CAIRN_NATS_STREAM", default_value = "CAIRN_EVENTS")]
     nats_stream: String,
-    /// Subject prefix of the relay's stream (one prefix per stream).
+    /// Subject prefix of the internal relay's stream (one prefix per stream).
     #[arg(long, env = "CAIRN_NATS_SUBJECT_PREFIX", default_value = "cairn.events")]
     nats_subject_prefix: String,
+    /// Also publish every internal domain event (not only the public integration events)
+    /// to `--nats-stream`. Internal events stay internal unless this is set.
+    #[arg(long, env = "CAIRN_NATS_INTERNAL")]
+    nats_internal: bool,
+    /// The JetStream stream of the public integration events (`public.orders.*`).
+    #[arg(long, env = "CAIRN_NATS_PUBLIC_STREAM", default_value = "CAIRN_PUBLIC")]
+    nats_public_stream: String,
+    /// Put in front of every public subject (e.g. `staging.`), to share a NATS server.
+    #[arg(long, env = "CAIRN_NATS_PUBLIC_NAMESPACE", default_value = "")]
+    nats_public_namespace: String,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `cairn=debug`.
     #[arg(long, env = "CAIRN_LOG", default_value = "info")]
     log: String,
@@ -142,25 +152,49 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .context("cannot start the projections")?;
     if let Some(url) = &args.nats_url {
-        let config = cairn_nats::RelayConfig {
-            stream: args.nats_stream.clone(),
-            subject_prefix: args.nats_subject_prefix.clone(),
-            checkpoint_delay: std::time::Duration::from_millis(
-                std::env::var("CAIRN_FAULT_RELAY_CHECKPOINT_DELAY_MS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            ),
-            ..cairn_nats::RelayConfig::default()
-        };
-        let relay = Arc::new(
-            cairn_nats::Relay::connect(url, raw_events, readmodels, config)
+        let checkpoint_delay = std::time::Duration::from_millis(
+            std::env::var("CAIRN_FAULT_RELAY_CHECKPOINT_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        );
+        let mut relays = vec![(
+            cairn_nats::RelayConfig {
+                stream: args.nats_public_stream.clone(),
+                subject_prefix: format!("{}public.orders", args.nats_public_namespace),
+                checkpoint_delay,
+                ..cairn_nats::RelayConfig::default()
+            },
+            integration_events(args.nats_public_namespace.clone()),
+        )];
+        if args.nats_internal {
+            relays.push((
+                cairn_nats::RelayConfig {
+                    stream: args.nats_stream.clone(),
+                    subject_prefix: args.nats_subject_prefix.clone(),
+                    checkpoint_delay,
+                    ..cairn_nats::RelayConfig::default()
+                },
+                cairn_nats::all_events(),
+            ));
+        }
+        for (config, mapper) in relays {
+            let stream = config.stream.clone();
+            let relay = Arc::new(
+                cairn_nats::Relay::with_mapper(
+                    url,
+                    Arc::clone(&raw_events),
+                    Arc::clone(&readmodels),
+                    config,
+                    mapper,
+                )
                 .await
                 .with_context(|| format!("cannot start the NATS relay on {url}"))?,
-        );
-        domain.add_outbox(Arc::new(RelayOutbox(Arc::clone(&relay))));
-        tokio::spawn(relay.run(stop_rx.clone()));
-        tracing::info!(nats = %url, stream = %args.nats_stream, "outbox relay started");
+            );
+            domain.add_outbox(Arc::new(RelayOutbox(Arc::clone(&relay))));
+            tokio::spawn(relay.run(stop_rx.clone()));
+            tracing::info!(nats = %url, %stream, "outbox relay started");
+        }
     }
     match args.store {
         StoreKind::Sqlite => {
@@ -189,6 +223,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The reference domain's public events: the translator's output, on its own subjects.
+fn integration_events(namespace: String) -> cairn_nats::Mapper {
+    Arc::new(move |event, _config| {
+        let Some(public) =
+            cairn_orders::integration::translate(event).map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(cairn_nats::Outgoing {
+            subject: format!("{namespace}{}", public.subject),
+            id: public.event_id.to_string(),
+            event_type: public.event_type,
+            payload: bytes::Bytes::from(public.data.get().to_owned()),
+        }))
+    })
 }
 
 /// The relay as the server reports it.

@@ -3,6 +3,7 @@
 //! JetStream drops the duplicates: every event is in the stream exactly once, in order
 //! per aggregate. Uses the machine's NATS (`CAIRN_TEST_NATS_URL`), its own stream.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -22,10 +23,15 @@ async fn kill_9_between_publish_and_checkpoint_loses_and_duplicates_nothing() {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let stream = format!("CAIRN_T_{}", id.to_uppercase());
     let prefix = format!("t{id}.events");
+    let public = format!("CAIRN_TP_{}", id.to_uppercase());
+    let namespace = format!("t{id}.");
     let env = [
         ("CAIRN_NATS_URL", nats.as_str()),
+        ("CAIRN_NATS_INTERNAL", "true"),
         ("CAIRN_NATS_STREAM", stream.as_str()),
         ("CAIRN_NATS_SUBJECT_PREFIX", prefix.as_str()),
+        ("CAIRN_NATS_PUBLIC_STREAM", public.as_str()),
+        ("CAIRN_NATS_PUBLIC_NAMESPACE", namespace.as_str()),
         // Every batch waits 2 s between its acks and its checkpoint.
         ("CAIRN_FAULT_RELAY_CHECKPOINT_DELAY_MS", "2000"),
     ];
@@ -57,8 +63,11 @@ async fn kill_9_between_publish_and_checkpoint_loses_and_duplicates_nothing() {
     // Restart without the delay; write a few more.
     let env = [
         ("CAIRN_NATS_URL", nats.as_str()),
+        ("CAIRN_NATS_INTERNAL", "true"),
         ("CAIRN_NATS_STREAM", stream.as_str()),
         ("CAIRN_NATS_SUBJECT_PREFIX", prefix.as_str()),
+        ("CAIRN_NATS_PUBLIC_STREAM", public.as_str()),
+        ("CAIRN_NATS_PUBLIC_NAMESPACE", namespace.as_str()),
     ];
     let server = support::Server::start(dir.path(), &env).await;
     for i in 60..80 {
@@ -84,7 +93,10 @@ async fn kill_9_between_publish_and_checkpoint_loses_and_duplicates_nothing() {
         client.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
     let republished: f64 = metrics
         .lines()
-        .find(|l| l.starts_with("cairn_relay_published_total"))
+        .find(|l| {
+            l.starts_with("cairn_relay_published_total")
+                && l.contains(&format!("\"relay:{stream}\""))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .expect("relay metric");
@@ -109,5 +121,80 @@ async fn kill_9_between_publish_and_checkpoint_loses_and_duplicates_nothing() {
         assert!(m.subject.starts_with(&format!("{prefix}.Account.acct%2E")), "{}", m.subject);
     }
     js.delete_stream(&stream).await.unwrap();
+    js.delete_stream(&public).await.unwrap();
+    server.kill().await;
+}
+
+/// Collects what a bus consumer receives.
+struct Collect(std::sync::Mutex<Vec<cairn_nats::BusMessage>>);
+
+impl cairn_nats::BusHandler for Collect {
+    fn handle(&self, message: &cairn_nats::BusMessage) -> Result<(), String> {
+        let mut seen = self.0.lock().unwrap();
+        // De-duplicate by message id, as a real handler does in its transaction.
+        if !seen.iter().any(|m| m.id == message.id) {
+            seen.push(message.clone());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_s_integration_events_reach_a_bus_consumer_and_internal_ones_do_not() {
+    let Some(nats) = cairn_nats::testing::nats_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let public = format!("CAIRN_TP_{}", id.to_uppercase());
+    let namespace = format!("t{id}.");
+    let env = [
+        ("CAIRN_NATS_URL", nats.as_str()),
+        ("CAIRN_NATS_PUBLIC_STREAM", public.as_str()),
+        ("CAIRN_NATS_PUBLIC_NAMESPACE", namespace.as_str()),
+    ];
+    let server = support::Server::start(dir.path(), &env).await;
+    let client = reqwest::Client::new();
+    let post = |path: String, body: Value| {
+        let (client, base) = (client.clone(), server.base.clone());
+        async move {
+            let r = client.post(format!("{base}{path}")).json(&body).send().await.unwrap();
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+        }
+    };
+    // Stock on the shelf, so that the fulfillment process manager does not cancel the order.
+    for p in ["p", "q"] {
+        post(format!("/inventory/{p}/restock"), json!({"quantity": 10})).await;
+    }
+    post("/orders".into(), json!({"order_id": "o-1", "customer_id": "c-1", "items": [{"product_id": "p", "quantity": 2, "price": 10.10}]})).await;
+    post("/orders/o-1/items".into(), json!({"product_id": "q", "quantity": 1, "price": 0.05}))
+        .await;
+    post("/orders/o-1/confirm".into(), json!({})).await;
+
+    let consumer = cairn_nats::BusConsumer::connect(
+        &nats,
+        &public,
+        "test-board",
+        &format!("{namespace}public.orders.>"),
+    )
+    .await
+    .unwrap();
+    let seen = Arc::new(Collect(std::sync::Mutex::new(Vec::new())));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(consumer.run(seen.clone(), stop_rx));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.0.lock().unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "integration events never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
+    let seen = seen.0.lock().unwrap().clone();
+    let types: Vec<_> = seen.iter().map(|m| m.event_type.clone().unwrap_or_default()).collect();
+    assert_eq!(types, vec!["OrderCreatedV1", "OrderConfirmedV1"], "public events only, in order");
+    assert_eq!(seen[1].subject, format!("{namespace}public.orders.confirmed.v1"));
+    let confirmed: Value = serde_json::from_slice(&seen[1].payload).unwrap();
+    assert_eq!(confirmed["order_id"], "o-1");
+    assert_eq!(confirmed["total"].to_string(), "20.25", "money exact");
+    let js = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
+    js.delete_stream(&public).await.unwrap();
     server.kill().await;
 }

@@ -6,9 +6,11 @@
 //! projection's). `Nats-Msg-Id` = event id, so a re-publish after a crash is dropped by
 //! JetStream's duplicate window; the checkpoint only ever covers acknowledged events.
 
+pub mod consumer;
 pub mod relay;
 pub mod subject;
 
+pub use consumer::{BusConsumer, BusHandler, BusMessage};
 pub use relay::{Mapper, Outgoing, Relay, RelayConfig, RelayError, RelayProgress, all_events};
 pub use subject::{encode_token, event_subject};
 
