@@ -102,10 +102,10 @@ impl BusConsumer {
                 match tokio::task::spawn_blocking(move || h.handle(&m)).await {
                     Ok(Ok(())) => break,
                     Ok(Err(e)) => {
-                        tracing::warn!(id = %bus.id, error = %e, "handler failed; retrying")
+                        tracing::warn!(id = %bus.id, error = %e, "handler failed; retrying");
                     }
                     Err(e) => {
-                        tracing::warn!(id = %bus.id, error = %e, "handler panicked; retrying")
+                        tracing::warn!(id = %bus.id, error = %e, "handler panicked; retrying");
                     }
                 }
                 tokio::select! {
