@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// The JetStream stream of the public integration events (`public.orders.*`).
     #[arg(long, env = "CAIRN_NATS_PUBLIC_STREAM", default_value = "CAIRN_PUBLIC")]
     nats_public_stream: String,
+    /// Replicas of the streams the relay creates (3 on a three-node JetStream cluster).
+    #[arg(long, env = "CAIRN_NATS_REPLICAS", default_value_t = 1)]
+    nats_replicas: usize,
     /// Put in front of every public subject (e.g. `staging.`), to share a NATS server.
     #[arg(long, env = "CAIRN_NATS_PUBLIC_NAMESPACE", default_value = "")]
     nats_public_namespace: String,
@@ -163,6 +166,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 stream: args.nats_public_stream.clone(),
                 subject_prefix: format!("{}public.orders", args.nats_public_namespace),
                 checkpoint_delay,
+                replicas: args.nats_replicas,
                 ..cairn_nats::RelayConfig::default()
             },
             integration_events(args.nats_public_namespace.clone()),
@@ -173,6 +177,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     stream: args.nats_stream.clone(),
                     subject_prefix: args.nats_subject_prefix.clone(),
                     checkpoint_delay,
+                    replicas: args.nats_replicas,
                     ..cairn_nats::RelayConfig::default()
                 },
                 cairn_nats::all_events(),
