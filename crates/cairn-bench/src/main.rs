@@ -3,6 +3,7 @@
 //!
 //! Run: `cargo run --release -p cairn-bench` (add `--quick` for a smoke run).
 
+mod bus;
 mod cqrs;
 mod pg;
 mod raw;
@@ -39,6 +40,9 @@ pub struct Args {
     /// Which backend to measure.
     #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
     store: Backend,
+    /// NATS server for `--only bus`.
+    #[arg(long, env = "CAIRN_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
     /// PostgreSQL server for `--store postgres` (each scenario uses its own schema there).
     #[arg(
         long,
@@ -68,6 +72,8 @@ pub enum Group {
     Reads,
     /// Commands over HTTP, visibility, projection catch-up.
     Cqrs,
+    /// The NATS relay (`--nats-url`); only when asked for.
+    Bus,
 }
 
 /// Workload sizes, scaled down by `--quick`.
@@ -81,6 +87,51 @@ pub struct Sizes {
     pub stream_events: u64,
     /// Events in `$all`.
     pub all_events: u64,
+}
+
+/// The ratios the embedded store's issues set targets for.
+fn sqlite_ratios(table: &mut Table, sizes: Sizes) {
+    table.ratio("append 1 event, 64 writers", "raw insert, 1 event/txn", "target >= 10x");
+    table.ratio("append 1 event, 64 writers", "raw insert, 64 events/txn", "target >= 0.70");
+    table.ratio("append 1 event, 16 writers", "raw insert, 1 event/txn", "");
+    table.ratio("append 100-event batches, 1 writer", "raw insert, 100 events/txn", "");
+    table.ratio("read $all (1M events)", "raw scan of events", "target >= 0.50");
+    table.ratio("read one 10k-event stream", "raw query of one 10k stream", "target >= 0.50");
+    table.ratio(
+        "HTTP create order, 16 clients",
+        "raw insert, 1 event/txn, 16 writers",
+        "target >= 2x",
+    );
+    let catch_up =
+        if sizes.all_events == 1_000_000 { "1M".to_owned() } else { sizes.all_events.to_string() };
+    table.ratio(
+        &format!("projection catch-up, order_summary over {catch_up} events"),
+        "raw batched upsert, read-model-shaped table",
+        "target >= 0.50",
+    );
+    table.ratio(
+        &format!("projection rebuild, order_summary over {catch_up} events"),
+        "raw batched upsert, read-model-shaped table",
+        "",
+    );
+}
+
+/// `--only bus`: the relay beside raw JetStream.
+fn bus_only(
+    runtime: &tokio::runtime::Runtime,
+    table: &mut Table,
+    dir: &std::path::Path,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let events = if args.quick { 20_000 } else { 200_000 };
+    runtime.block_on(bus::run(table, dir, &args.nats_url, events, args.runs))?;
+    table.ratio(
+        "relay $all -> JetStream",
+        "raw JetStream acked publish, 256 in flight",
+        "target >= 0.70",
+    );
+    table.print();
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +157,9 @@ fn main() -> anyhow::Result<()> {
         pg::ratios(&mut table, sizes);
         table.print();
         return Ok(());
+    }
+    if args.only.contains(&Group::Bus) {
+        return bus_only(&runtime, &mut table, tmp.path(), &args);
     }
     runtime.block_on(async {
         // Each run measures the store and its raw ceilings back to back, so that a slow
@@ -163,29 +217,7 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
-    table.ratio("append 1 event, 64 writers", "raw insert, 1 event/txn", "target >= 10x");
-    table.ratio("append 1 event, 64 writers", "raw insert, 64 events/txn", "target >= 0.70");
-    table.ratio("append 1 event, 16 writers", "raw insert, 1 event/txn", "");
-    table.ratio("append 100-event batches, 1 writer", "raw insert, 100 events/txn", "");
-    table.ratio("read $all (1M events)", "raw scan of events", "target >= 0.50");
-    table.ratio("read one 10k-event stream", "raw query of one 10k stream", "target >= 0.50");
-    table.ratio(
-        "HTTP create order, 16 clients",
-        "raw insert, 1 event/txn, 16 writers",
-        "target >= 2x",
-    );
-    let catch_up =
-        if sizes.all_events == 1_000_000 { "1M".to_owned() } else { sizes.all_events.to_string() };
-    table.ratio(
-        &format!("projection catch-up, order_summary over {catch_up} events"),
-        "raw batched upsert, read-model-shaped table",
-        "target >= 0.50",
-    );
-    table.ratio(
-        &format!("projection rebuild, order_summary over {catch_up} events"),
-        "raw batched upsert, read-model-shaped table",
-        "",
-    );
+    sqlite_ratios(&mut table, sizes);
     table.print();
     Ok(())
 }
