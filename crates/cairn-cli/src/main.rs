@@ -3,6 +3,7 @@
 //! HTTP (`--url`, or `CAIRN_URL`).
 
 mod admin;
+mod bus;
 mod client;
 mod progress;
 mod serve;

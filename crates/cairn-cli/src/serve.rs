@@ -60,6 +60,9 @@ pub struct ServeArgs {
     /// Replicas of the streams the relay creates (3 on a three-node JetStream cluster).
     #[arg(long, env = "CAIRN_NATS_REPLICAS", default_value_t = 1)]
     nats_replicas: usize,
+    /// Subject prefix of commands over NATS (request/reply on `<prefix>.<command>[.<id>]`).
+    #[arg(long, env = "CAIRN_NATS_COMMANDS", default_value = "cairn.commands")]
+    nats_commands: String,
     /// Put in front of every public subject (e.g. `staging.`), to share a NATS server.
     #[arg(long, env = "CAIRN_NATS_PUBLIC_NAMESPACE", default_value = "")]
     nats_public_namespace: String,
@@ -183,6 +186,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 cairn_nats::all_events(),
             ));
         }
+        // Commands over NATS, served by the same router as HTTP.
+        let (url2, prefix, router, stop) =
+            (url.clone(), args.nats_commands.clone(), app.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::bus::serve_commands(&url2, prefix, router, stop).await {
+                tracing::error!(error = %e, "commands over NATS stopped");
+            }
+        });
         for (config, mapper) in relays {
             let stream = config.stream.clone();
             let relay = Arc::new(

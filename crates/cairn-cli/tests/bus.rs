@@ -198,3 +198,88 @@ async fn an_order_s_integration_events_reach_a_bus_consumer_and_internal_ones_do
     js.delete_stream(&public).await.unwrap();
     server.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_arrive_over_nats_request_reply_with_http_semantics() {
+    let Some(nats) = cairn_nats::testing::nats_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (public, namespace, commands) =
+        (format!("CAIRN_TP_{}", id.to_uppercase()), format!("t{id}."), format!("t{id}.commands"));
+    let env = [
+        ("CAIRN_NATS_URL", nats.as_str()),
+        ("CAIRN_NATS_PUBLIC_STREAM", public.as_str()),
+        ("CAIRN_NATS_PUBLIC_NAMESPACE", namespace.as_str()),
+        ("CAIRN_NATS_COMMANDS", commands.as_str()),
+    ];
+    let server = support::Server::start(dir.path(), &env).await;
+    let client = async_nats::connect(&nats).await.unwrap();
+    let request = |subject: String, body: Value, key: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(k) = key {
+                headers.insert("Idempotency-Key", k);
+            }
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.request_with_headers(subject, headers, body.to_string().into()),
+            )
+            .await
+            .expect("a reply")
+            .expect("request");
+            let status: u16 = reply
+                .headers
+                .as_ref()
+                .unwrap()
+                .get("Cairn-Status")
+                .unwrap()
+                .as_str()
+                .parse()
+                .unwrap();
+            (status, serde_json::from_slice::<Value>(&reply.payload).unwrap())
+        }
+    };
+    let order = json!({"order_id": "o.n-1", "customer_id": "c", "items": [{"product_id": "p", "quantity": 1, "price": 5}]});
+    let (status, created) =
+        request(format!("{commands}.create_order"), order.clone(), Some("k-1")).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["aggregate_id"], "o.n-1");
+    // The same idempotency key answers the first outcome and appends nothing.
+    let (status, again) = request(format!("{commands}.create_order"), order, Some("k-1")).await;
+    assert_eq!((status, &again), (201, &created));
+    // The id goes in the subject, escaped (the `.` would split the subject).
+    let (status, added) = request(
+        format!("{commands}.add_item.{}", cairn_nats::encode_token("o.n-1")),
+        json!({"product_id": "q", "quantity": 2, "price": "1.50"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(added["version"], 2);
+    // The same error codes as HTTP.
+    let (status, err) = request(
+        format!("{commands}.add_item.missing"),
+        json!({"product_id": "q", "quantity": 1, "price": 1}),
+        None,
+    )
+    .await;
+    assert_eq!((status, err["error"].as_str()), (404, Some("not_found")), "{err}");
+    let (status, err) =
+        request(format!("{commands}.create_order"), json!({"customer_id": 7}), None).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(err["error"].is_string() && err["message"].is_string());
+    let (status, err) = request(format!("{commands}.launch_rocket"), json!({}), None).await;
+    assert_eq!((status, err["error"].as_str()), (404, Some("not_found")));
+    // And HTTP sees the same order.
+    let http: Value = reqwest::get(format!("{}/orders/o.n-1/events", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(http["events"].as_array().map_or(0, Vec::len), 2, "{http}");
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream(&public).await;
+    server.kill().await;
+}

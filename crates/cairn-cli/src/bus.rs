@@ -1,0 +1,151 @@
+//! Commands over NATS: request/reply on `<prefix>.<command>[.<aggregate id>]`, served by
+//! the same handlers as HTTP (each request goes through the server's router), with the
+//! same JSON bodies, idempotency keys (`Idempotency-Key` header) and error codes. The
+//! reply's body is the HTTP response's body; its `Cairn-Status` header the status code.
+//! Several processes share the subjects in one queue group.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::http::{Method, Request};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// How a command subject maps to a route: (command, method, path with `{}` for the id).
+const COMMANDS: &[(&str, &str, &str)] = &[
+    ("create_order", "POST", "/orders"),
+    ("add_item", "POST", "/orders/{}/items"),
+    ("confirm_order", "POST", "/orders/{}/confirm"),
+    ("ship_order", "POST", "/orders/{}/ship"),
+    ("cancel_order", "POST", "/orders/{}/cancel"),
+    ("correct_total", "POST", "/orders/{}/correct-total"),
+    ("register_customer", "POST", "/customers"),
+    ("change_email", "POST", "/customers/{}/email"),
+    ("restock", "POST", "/inventory/{}/restock"),
+];
+
+/// Decodes a subject token escaped with `cairn_nats::encode_token`.
+fn decode_token(token: &str) -> Option<String> {
+    let bytes = token.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if token == "%" {
+                return Some(String::new());
+            }
+            let hex = token.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The HTTP request a command message stands for, or a contract-shaped error body.
+fn to_request(
+    prefix: &str,
+    message: &async_nats::Message,
+) -> Result<Request<Body>, (u16, serde_json::Value)> {
+    let not_found = |m: String| (404, serde_json::json!({"error": "not_found", "message": m}));
+    let rest = message
+        .subject
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('.'))
+        .ok_or_else(|| not_found(format!("{} is not a command subject", message.subject)))?;
+    let (command, id) = match rest.split_once('.') {
+        Some((c, id)) => (c, Some(id)),
+        None => (rest, None),
+    };
+    let (_, method, path) = COMMANDS
+        .iter()
+        .find(|(c, _, _)| *c == command)
+        .ok_or_else(|| not_found(format!("unknown command {command}")))?;
+    let path = match (path.contains("{}"), id) {
+        (true, Some(id)) => {
+            let id = decode_token(id).ok_or_else(|| not_found(format!("bad id token {id}")))?;
+            path.replace("{}", &id)
+        }
+        (false, None) => (*path).to_owned(),
+        (true, None) => {
+            return Err(not_found(format!("{command} needs `.<aggregate id>` in the subject")));
+        }
+        (false, Some(_)) => return Err(not_found(format!("{command} takes no aggregate id"))),
+    };
+    let mut request = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST))
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(headers) = &message.headers {
+        for name in ["Idempotency-Key", "If-Match", "X-Correlation-Id", "X-User-Id"] {
+            if let Some(v) = headers.get(name) {
+                request = request.header(name, v.as_str());
+            }
+        }
+    }
+    request
+        .body(Body::from(message.payload.clone()))
+        .map_err(|e| (400, serde_json::json!({"error": "bad_request", "message": e.to_string()})))
+}
+
+/// Serves command requests until `shutdown`.
+pub async fn serve_commands(
+    url: &str,
+    prefix: String,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+    let client = Arc::new(async_nats::connect(servers).await.context("cannot connect to NATS")?);
+    let mut requests = client
+        .queue_subscribe(format!("{prefix}.>"), "cairn".to_owned())
+        .await
+        .context("cannot subscribe to commands")?;
+    loop {
+        let message = tokio::select! {
+            m = requests.next() => m,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let Some(message) = message else { return Ok(()) };
+        let Some(reply) = message.reply.clone() else { continue };
+        let (client, router, prefix) = (Arc::clone(&client), router.clone(), prefix.clone());
+        tokio::spawn(async move {
+            let (status, body) = match to_request(&prefix, &message) {
+                Ok(request) => match router.oneshot(request).await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let bytes = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024)
+                            .await
+                            .unwrap_or_default();
+                        (status, bytes)
+                    }
+                    Err(never) => match never {},
+                },
+                Err((status, json)) => (status, bytes::Bytes::from(json.to_string())),
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Cairn-Status", status.to_string().as_str());
+            if let Err(e) = client.publish_with_headers(reply, headers, body).await {
+                tracing::warn!(error = %e, "cannot reply to a command");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_token;
+
+    #[test]
+    fn tokens_decode_back_to_ids() {
+        for id in ["order-1", "a.b", "a b*>%", ""] {
+            assert_eq!(decode_token(&cairn_nats::encode_token(id)).as_deref(), Some(id));
+        }
+        assert_eq!(decode_token("%G1"), None);
+    }
+}
