@@ -501,6 +501,32 @@ struct Runner {
     dlq: Arc<Dlq>,
     status: Arc<Mutex<ConsumerStatus>>,
     shutdown: watch::Receiver<bool>,
+    partition: Option<Partition>,
+}
+
+/// One of `count` partitions of a consumer: the aggregates whose id hashes to `index`.
+/// Each partition has its own checkpoint and leadership, so partitions of one projection
+/// run in parallel on different processes while each aggregate's events stay in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// This partition, `0..count`.
+    pub index: u32,
+    /// How many there are.
+    pub count: u32,
+}
+
+impl Partition {
+    /// Whether events of `aggregate_id` belong to this partition. FNV-1a: stable across
+    /// processes, versions and platforms (the standard hasher promises none of that).
+    #[must_use]
+    pub fn owns(&self, aggregate_id: &str) -> bool {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in aggregate_id.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash % u64::from(self.count.max(1)) == u64::from(self.index)
+    }
 }
 
 /// Why the leading loop stopped.
@@ -601,6 +627,16 @@ pub fn spawn(
     handler: Arc<dyn BatchHandler>,
     shutdown: watch::Receiver<bool>,
 ) -> ConsumerHandle {
+    spawn_partition(store, handler, shutdown, None)
+}
+
+/// Like [`spawn`], for one partition of a consumer (`None`: every aggregate).
+pub fn spawn_partition(
+    store: Arc<dyn EventStore>,
+    handler: Arc<dyn BatchHandler>,
+    shutdown: watch::Receiver<bool>,
+    partition: Option<Partition>,
+) -> ConsumerHandle {
     let (position_tx, position_rx) = watch::channel(0);
     let status = Arc::new(Mutex::new(ConsumerStatus::Starting));
     let dlq = Arc::new(Dlq {
@@ -621,7 +657,7 @@ pub fn spawn(
         head: store.head(),
         dlq: Arc::clone(&dlq),
     };
-    let mut runner = Runner { handler, dlq, status: Arc::clone(&status), shutdown };
+    let mut runner = Runner { handler, dlq, status: Arc::clone(&status), shutdown, partition };
     tokio::spawn(async move {
         loop {
             if !runner.follow(&position_tx).await {
@@ -782,6 +818,10 @@ impl Runner {
             };
             backoff = RETRY_BACKOFF_MIN;
             let full = slice.events.len() == BATCH_EVENTS_MAX;
+            let mut slice = slice;
+            if let Some(p) = self.partition {
+                slice.events.retain(|e| p.owns(&e.aggregate_id));
+            }
             if full {
                 // Catching up: read the next batch while this one is applied.
                 let (store, filter, from) = (Arc::clone(store), filter.clone(), slice.scanned_to);

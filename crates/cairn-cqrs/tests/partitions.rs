@@ -1,0 +1,154 @@
+//! A partitioned projection on PostgreSQL: 4 partitions (by hash of aggregate id), two
+//! processes sharing one database. The process leading the partitions dies mid-stream
+//! (its sessions are terminated and it stops); the other takes every partition over and
+//! the read model is exact: each aggregate's events applied once, in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::readmodel::{DocTxn, DocTxnExt, ReadModelError, TableSpec};
+use cairn_core::{Append, ExpectedVersion, NewEvent, RecordedEvent};
+use cairn_cqrs::consumer::{ConsumerHandle, Partition};
+use cairn_cqrs::projection::{Projection, spawn_partitioned_projection};
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+
+/// Records, per aggregate, the positions it applied.
+struct Tracker;
+
+impl Projection for Tracker {
+    fn name(&self) -> &'static str {
+        "tracker"
+    }
+
+    fn tables(&self) -> Vec<TableSpec> {
+        vec![TableSpec { name: "tracker", indexed: &[] }]
+    }
+
+    fn event_types(&self) -> Vec<&'static str> {
+        vec!["Tick"]
+    }
+
+    fn apply(&self, e: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError> {
+        let mut seen: Vec<u64> = txn.load("tracker", &e.aggregate_id)?.unwrap_or_default();
+        seen.push(e.position);
+        txn.save("tracker", &e.aggregate_id, &seen)
+    }
+}
+
+async fn caught_up(handles: &[ConsumerHandle], head: u64) {
+    for h in handles {
+        h.wait_for(head, Duration::from_secs(20)).await.expect("partition caught up");
+    }
+}
+
+#[test]
+fn partitions_split_the_aggregates() {
+    let parts: Vec<Partition> = (0..4).map(|index| Partition { index, count: 4 }).collect();
+    for id in ["a", "order-1", "o.2", "customer-ü", ""] {
+        assert_eq!(parts.iter().filter(|p| p.owns(id)).count(), 1, "{id}");
+    }
+    let owned: Vec<usize> =
+        parts.iter().map(|p| (0..1000).filter(|i| p.owns(&format!("agg-{i}"))).count()).collect();
+    assert!(owned.iter().all(|&n| n > 150), "a roughly even split: {owned:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_survivor_takes_every_partition_over_and_the_model_is_exact() {
+    let backend = cairn_testkit::Backend::Postgres;
+    if !backend.enabled() {
+        return;
+    }
+    let place = backend.place().await;
+    let a = place.open().await;
+    let (stop_a, stop_a_rx) = watch::channel(false);
+    let handles_a = spawn_partitioned_projection(
+        Arc::clone(&a.events),
+        Arc::clone(&a.readmodels),
+        Arc::new(Tracker),
+        4,
+        stop_a_rx,
+    )
+    .unwrap();
+    // Process A leads every partition before B starts.
+    for h in &handles_a {
+        for _ in 0..100 {
+            if h.is_leader() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(h.is_leader());
+    }
+    let b = place.open().await;
+    let (_stop_b, stop_b_rx) = watch::channel(false);
+    let handles_b = spawn_partitioned_projection(
+        Arc::clone(&b.events),
+        Arc::clone(&b.readmodels),
+        Arc::new(Tracker),
+        4,
+        stop_b_rx,
+    )
+    .unwrap();
+
+    let writer = {
+        let store = Arc::clone(&b.events);
+        tokio::spawn(async move {
+            let mut by_aggregate: HashMap<String, Vec<u64>> = HashMap::new();
+            for i in 0..1500u64 {
+                let id = format!("agg-{}", i % 40);
+                let append = Append {
+                    aggregate_id: id.clone(),
+                    aggregate_type: "Thing".into(),
+                    expected: ExpectedVersion::Any,
+                    events: vec![NewEvent::new(
+                        "Tick",
+                        RawValue::from_string("{}".into()).unwrap(),
+                    )],
+                    idempotency_key: None,
+                };
+                let position = store.append(append).await.unwrap().position;
+                by_aggregate.entry(id).or_default().push(position);
+            }
+            by_aggregate
+        })
+    };
+    // A dies mid-stream: its sessions end (as with kill -9) and its loops stop.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let admin = tokio_postgres::connect(place.database_url().unwrap(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(admin.1);
+    let terminated = admin
+        .0
+        .query(
+            // The sessions holding A's leadership locks (and nothing else: B's writer may
+            // hold the append lock at this moment).
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND granted
+               AND ((classid::bigint << 32) | objid::bigint) IN (
+                   SELECT hashtextextended(current_schema() || '/cairn/lead/tracker#p' || i || 'of4', 0)
+                   FROM generate_series(0, 3) AS i)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(terminated.len(), 4, "A held the four partitions' leadership sessions");
+    let _ = stop_a.send(true);
+    let expected = writer.await.unwrap();
+    let head = *b.events.head().borrow();
+    caught_up(&handles_b, head).await;
+    assert!(handles_b.iter().all(ConsumerHandle::is_leader), "B leads every partition");
+    drop(handles_a);
+    for (id, positions) in &expected {
+        let applied: Vec<u64> = b
+            .readmodels
+            .get("tracker", id)
+            .unwrap()
+            .map(|j| serde_json::from_str(&j).unwrap())
+            .unwrap_or_default();
+        assert_eq!(&applied, positions, "{id}: every event once, in order");
+    }
+    b.events.close().await;
+}
