@@ -164,21 +164,21 @@ pub fn spawn_projection(
 /// a single aggregate (a projection joining aggregates must stay whole). Not rebuildable
 /// in place: change the partition count or the version to rebuild.
 pub fn spawn_partitioned_projection(
-    store: Arc<dyn EventStore>,
-    readmodels: Arc<dyn ReadModelStore>,
-    projection: Arc<dyn Projection>,
+    store: &Arc<dyn EventStore>,
+    readmodels: &Arc<dyn ReadModelStore>,
+    projection: &Arc<dyn Projection>,
     count: u32,
-    shutdown: watch::Receiver<bool>,
+    shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<ConsumerHandle>, ReadModelError> {
     readmodels.ensure_tables(&projection.tables())?;
     Ok((0..count.max(1))
         .map(|index| {
             let name = format!("{}#p{index}of{count}", projection.name());
             consumer::spawn_partition(
-                Arc::clone(&store),
+                Arc::clone(store),
                 Arc::new(ProjectionHandler {
-                    projection: Arc::clone(&projection),
-                    readmodels: Arc::clone(&readmodels),
+                    projection: Arc::clone(projection),
+                    readmodels: Arc::clone(readmodels),
                     shadow: false,
                     name,
                 }),

@@ -62,15 +62,10 @@ async fn the_survivor_takes_every_partition_over_and_the_model_is_exact() {
     }
     let place = backend.place().await;
     let a = place.open().await;
+    let tracker: Arc<dyn Projection> = Arc::new(Tracker);
     let (stop_a, stop_a_rx) = watch::channel(false);
-    let handles_a = spawn_partitioned_projection(
-        Arc::clone(&a.events),
-        Arc::clone(&a.readmodels),
-        Arc::new(Tracker),
-        4,
-        stop_a_rx,
-    )
-    .unwrap();
+    let handles_a =
+        spawn_partitioned_projection(&a.events, &a.readmodels, &tracker, 4, &stop_a_rx).unwrap();
     // Process A leads every partition before B starts.
     for h in &handles_a {
         for _ in 0..100 {
@@ -83,14 +78,8 @@ async fn the_survivor_takes_every_partition_over_and_the_model_is_exact() {
     }
     let b = place.open().await;
     let (_stop_b, stop_b_rx) = watch::channel(false);
-    let handles_b = spawn_partitioned_projection(
-        Arc::clone(&b.events),
-        Arc::clone(&b.readmodels),
-        Arc::new(Tracker),
-        4,
-        stop_b_rx,
-    )
-    .unwrap();
+    let handles_b =
+        spawn_partitioned_projection(&b.events, &b.readmodels, &tracker, 4, &stop_b_rx).unwrap();
 
     let writer = {
         let store = Arc::clone(&b.events);
