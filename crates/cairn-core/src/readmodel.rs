@@ -230,6 +230,10 @@ pub trait ReadModelStore: Send + Sync + 'static {
     }
     /// Gives up leadership of `consumer`, so that another process may take it.
     fn resign(&self, _consumer: &str) {}
+    /// How many processes share this store right now (for spreading partitions fairly).
+    fn live_members(&self) -> Result<usize, ReadModelError> {
+        Ok(1)
+    }
     /// Ticks whenever any process commits a checkpoint (`None`: only this process writes,
     /// so there is nothing to watch).
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

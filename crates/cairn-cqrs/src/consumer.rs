@@ -25,6 +25,8 @@ pub const BATCH_EVENTS_MAX: usize = 2000;
 pub const EVENT_ATTEMPTS_MAX: u32 = 3;
 /// Longest pause between retries of a failing batch.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Most often a checkpoint is written only to move over skipped events (for followers).
+const MIRRORED_CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// First pause between retries.
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(20);
 
@@ -133,6 +135,10 @@ struct Dlq {
     rebuild_when_leading: AtomicBool,
     /// Set by an operator: the leading loop stops between batches until it is cleared.
     paused: watch::Sender<bool>,
+    /// Set to hand leadership over to another process (rebalancing partitions).
+    handover: watch::Sender<bool>,
+    /// After a handover, this process does not try to lead again before this.
+    hold_off_until: Mutex<Option<std::time::Instant>>,
 }
 
 impl Dlq {
@@ -320,6 +326,14 @@ impl ConsumerHandle {
         self.require_leader()?;
         self.dlq.paused.send_replace(false);
         Ok(())
+    }
+
+    /// Gives leadership up at the end of the batch in hand and does not take it back for
+    /// `hold_off`, so that another process can (rebalancing partitions).
+    pub fn hand_over(&self, hold_off: Duration) {
+        *self.dlq.hold_off_until.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(std::time::Instant::now() + hold_off);
+        self.dlq.handover.send_replace(true);
     }
 
     /// Whether an operator paused it (it stops at the end of the batch in hand).
@@ -649,6 +663,8 @@ pub fn spawn_partition(
         leading: AtomicBool::new(false),
         rebuild_when_leading: AtomicBool::new(false),
         paused: watch::channel(false).0,
+        handover: watch::channel(false).0,
+        hold_off_until: Mutex::new(None),
     });
     let handle = ConsumerHandle {
         name: handler.name().to_owned(),
@@ -699,7 +715,13 @@ impl Runner {
             if *self.shutdown.borrow() {
                 return false;
             }
-            if tokio::time::Instant::now() >= next_try {
+            let held_off = self
+                .dlq
+                .hold_off_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|t| std::time::Instant::now() < t);
+            if !held_off && tokio::time::Instant::now() >= next_try {
                 let (rm, candidate) = (Arc::clone(&rm), name.clone());
                 match blocking(move || rm.try_lead(&candidate)).await {
                     Ok(true) => return true,
@@ -746,20 +768,12 @@ impl Runner {
         }
     }
 
-    /// Runs the consumer from its checkpoint until shutdown or lost leadership.
-    async fn lead(
-        &mut self,
-        store: &Arc<dyn EventStore>,
-        position_tx: &watch::Sender<u64>,
-    ) -> Stop {
-        let filter = AllFilter { event_types: self.handler.event_types(), aggregate_type: None };
-        let mut shutdown = self.shutdown.clone();
-        let mut head = store.head();
-        let mut paused = self.dlq.paused.subscribe();
+    /// Reads the checkpoint and the dead letters this consumer starts from (retrying).
+    async fn start_position(&mut self, shutdown: &watch::Receiver<bool>) -> Result<u64, Stop> {
         let mut backoff = RETRY_BACKOFF_MIN;
-        let mut position = loop {
+        loop {
             if *shutdown.borrow() {
-                return Stop::Shutdown;
+                return Err(Stop::Shutdown);
             }
             let (rm, name) =
                 (Arc::clone(self.handler.readmodels()), self.handler.name().to_owned());
@@ -771,7 +785,7 @@ impl Runner {
                         self.dlq.block(&l.aggregate_id);
                     }
                     self.dlq.depth.store(letters.len() as u64, Ordering::Relaxed);
-                    break p;
+                    return Ok(p);
                 }
                 Err(e) => {
                     tracing::error!(consumer = self.handler.name(), error = %e, "cannot read checkpoint; retrying");
@@ -780,15 +794,43 @@ impl Runner {
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 }
             }
+        }
+    }
+
+    /// Runs the consumer from its checkpoint until shutdown or lost leadership.
+    async fn lead(
+        &mut self,
+        store: &Arc<dyn EventStore>,
+        position_tx: &watch::Sender<u64>,
+    ) -> Stop {
+        let filter = AllFilter { event_types: self.handler.event_types(), aggregate_type: None };
+        let mut shutdown = self.shutdown.clone();
+        let mut head = store.head();
+        let mut paused = self.dlq.paused.subscribe();
+        let mut handover = self.dlq.handover.subscribe();
+        let mut backoff = RETRY_BACKOFF_MIN;
+        let mut position = match self.start_position(&shutdown).await {
+            Ok(p) => p,
+            Err(stop) => return stop,
         };
         position_tx.send_replace(position);
         set(&self.status, ConsumerStatus::Running);
+        // With followers on other processes, a checkpoint must also move over events this
+        // consumer skips (other types, other partitions), or their `min_position` waits
+        // would never end; throttled, since every commit wakes every consumer.
+        let followed = self.handler.readmodels().changes().is_some();
+        let (mut saved, mut last_save, mut pending) = (position, std::time::Instant::now(), false);
         let mut prefetched: Option<
             tokio::task::JoinHandle<Result<cairn_core::AllSlice, cairn_core::ReadError>>,
         > = None;
         loop {
             if *shutdown.borrow() {
                 return Stop::Shutdown;
+            }
+            if *handover.borrow_and_update() {
+                self.dlq.handover.send_replace(false);
+                tracing::info!(consumer = self.handler.name(), "handing leadership over");
+                return Stop::Lost;
             }
             if *paused.borrow_and_update() {
                 // Between batches: nothing is in hand, the checkpoint is still.
@@ -829,10 +871,21 @@ impl Runner {
                     store.read_all(from, BATCH_EVENTS_MAX, &filter).await
                 }));
             }
-            if !slice.events.is_empty()
-                && let Err(stop) = self.process(slice.events, slice.scanned_to).await
-            {
-                return stop;
+            if !slice.events.is_empty() {
+                if let Err(stop) = self.process(slice.events, slice.scanned_to).await {
+                    return stop;
+                }
+                (saved, last_save, pending) = (slice.scanned_to, std::time::Instant::now(), false);
+            } else if followed && slice.scanned_to > saved {
+                if last_save.elapsed() >= MIRRORED_CHECKPOINT_EVERY {
+                    if let Err(stop) = self.attempt(&[], slice.scanned_to).await {
+                        return stop;
+                    }
+                    (saved, last_save, pending) =
+                        (slice.scanned_to, std::time::Instant::now(), false);
+                } else {
+                    pending = true;
+                }
             }
             position = position.max(slice.scanned_to);
             position_tx.send_replace(position);
@@ -841,6 +894,13 @@ impl Runner {
                     changed = head.changed() => if changed.is_err() { return Stop::Shutdown },
                     _ = shutdown.changed() => {}
                     _ = paused.changed() => {}
+                    _ = handover.changed() => {}
+                    () = tokio::time::sleep(MIRRORED_CHECKPOINT_EVERY), if pending => {
+                        if let Err(stop) = self.attempt(&[], position).await {
+                            return stop;
+                        }
+                        (saved, last_save, pending) = (position, std::time::Instant::now(), false);
+                    }
                 }
             }
         }

@@ -171,7 +171,7 @@ pub fn spawn_partitioned_projection(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<ConsumerHandle>, ReadModelError> {
     readmodels.ensure_tables(&projection.tables())?;
-    Ok((0..count.max(1))
+    let handles: Vec<ConsumerHandle> = (0..count.max(1))
         .map(|index| {
             let name = format!("{}#p{index}of{count}", projection.name());
             consumer::spawn_partition(
@@ -186,5 +186,40 @@ pub fn spawn_partitioned_projection(
                 Some(consumer::Partition { index, count }),
             )
         })
-        .collect())
+        .collect();
+    tokio::spawn(rebalance(handles.clone(), Arc::clone(readmodels), shutdown.clone()));
+    Ok(handles)
+}
+
+/// How often a process checks whether it leads more than its share of partitions.
+const REBALANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a handed-over partition is left for others to take.
+const HAND_OVER_HOLD_OFF: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps this process at its fair share of the partitions (⌈partitions / live processes⌉):
+/// when a process joins, the others hand partitions over one at a time; when one dies,
+/// its partitions are free and the survivors take them (their followers try every second).
+async fn rebalance(
+    handles: Vec<ConsumerHandle>,
+    readmodels: Arc<dyn ReadModelStore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(REBALANCE_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        let rm = Arc::clone(&readmodels);
+        let Ok(Ok(live)) = tokio::task::spawn_blocking(move || rm.live_members()).await else {
+            continue;
+        };
+        let fair = handles.len().div_ceil(live.max(1));
+        let leading: Vec<&ConsumerHandle> = handles.iter().filter(|h| h.is_leader()).collect();
+        if leading.len() > fair
+            && let Some(h) = leading.last()
+        {
+            tracing::info!(partition = h.name(), live, fair, "handing a partition over");
+            h.hand_over(HAND_OVER_HOLD_OFF);
+        }
+    }
 }

@@ -141,3 +141,77 @@ async fn the_survivor_takes_every_partition_over_and_the_model_is_exact() {
     }
     b.events.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_process_is_handed_its_fair_share_and_the_model_stays_exact() {
+    let backend = cairn_testkit::Backend::Postgres;
+    if !backend.enabled() {
+        return;
+    }
+    let place = backend.place().await;
+    let tracker: Arc<dyn Projection> = Arc::new(Tracker);
+    let a = place.open().await;
+    let (_stop_a, stop_a_rx) = watch::channel(false);
+    let handles_a =
+        spawn_partitioned_projection(&a.events, &a.readmodels, &tracker, 4, &stop_a_rx).unwrap();
+    let leading = |hs: &[ConsumerHandle]| hs.iter().filter(|h| h.is_leader()).count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while leading(&handles_a) < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "A alone leads every partition");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let writer = {
+        let store = Arc::clone(&a.events);
+        tokio::spawn(async move {
+            let mut by_aggregate: HashMap<String, Vec<u64>> = HashMap::new();
+            for i in 0..1200u64 {
+                let id = format!("agg-{}", i % 30);
+                let append = Append {
+                    aggregate_id: id.clone(),
+                    aggregate_type: "Thing".into(),
+                    expected: ExpectedVersion::Any,
+                    events: vec![NewEvent::new(
+                        "Tick",
+                        RawValue::from_string("{}".into()).unwrap(),
+                    )],
+                    idempotency_key: None,
+                };
+                by_aggregate
+                    .entry(id)
+                    .or_default()
+                    .push(store.append(append).await.unwrap().position);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            by_aggregate
+        })
+    };
+    // B joins: A hands partitions over until each leads two.
+    let b = place.open().await;
+    let (_stop_b, stop_b_rx) = watch::channel(false);
+    let handles_b =
+        spawn_partitioned_projection(&b.events, &b.readmodels, &tracker, 4, &stop_b_rx).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while (leading(&handles_a), leading(&handles_b)) != (2, 2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no fair split: A {} B {}",
+            leading(&handles_a),
+            leading(&handles_b)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected = writer.await.unwrap();
+    let head = *a.events.head().borrow();
+    // Each partition is caught up on whichever process leads it (the other mirrors it).
+    caught_up(&handles_a, head).await;
+    caught_up(&handles_b, head).await;
+    for (id, positions) in &expected {
+        let applied: Vec<u64> = a
+            .readmodels
+            .get("tracker", id)
+            .unwrap()
+            .map(|j| serde_json::from_str(&j).unwrap())
+            .unwrap_or_default();
+        assert_eq!(&applied, positions, "{id}: every event once, in order, across the handover");
+    }
+}

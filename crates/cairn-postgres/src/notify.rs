@@ -98,9 +98,26 @@ pub(crate) async fn monitor(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(shared.options.poll_interval.min(shared.options.stall_threshold / 2)) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                // Leaving: the others stop counting this process at once.
+                if let Ok(client) = shared.pool.get().await {
+                    let _ = client.execute("DELETE FROM members WHERE id = $1", &[&shared.member_id]).await;
+                }
+                return;
+            }
         }
         let Ok(client) = shared.pool.get().await else { continue };
+        let now_us = cairn_core::timestamp::Timestamp::now().as_micros();
+        if let Err(e) = client
+            .execute(
+                "INSERT INTO members (id, seen_us) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET seen_us = excluded.seen_us",
+                &[&shared.member_id, &now_us],
+            )
+            .await
+        {
+            tracing::debug!(error = %db_error(&e), "membership heartbeat failed");
+        }
         if let Ok(row) =
             client.query_one("SELECT coalesce(max(position), 0) FROM events", &[]).await
         {

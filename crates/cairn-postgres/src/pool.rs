@@ -131,6 +131,8 @@ pub(crate) struct Shared {
     pub runtime: tokio::runtime::Handle,
     /// Background tasks stop when this turns true.
     pub stop: watch::Sender<bool>,
+    /// This process's row in `members`.
+    pub member_id: String,
 }
 
 pub(crate) fn db_error(e: &tokio_postgres::Error) -> String {
@@ -185,6 +187,7 @@ impl Shared {
             size: std::sync::atomic::AtomicU64::new(0),
             runtime: tokio::runtime::Handle::current(),
             stop: watch::Sender::new(false),
+            member_id: uuid::Uuid::new_v4().to_string(),
         }))
     }
 

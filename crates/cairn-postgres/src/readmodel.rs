@@ -751,6 +751,14 @@ impl ReadModelStore for PgReadModels {
         self.leaders.lock().unwrap_or_else(PoisonError::into_inner).remove(consumer);
     }
 
+    fn live_members(&self) -> Result<usize, ReadModelError> {
+        // Alive = refreshed within three poll intervals (and at least 3 s).
+        let window = (self.shared.options.poll_interval * 3).max(std::time::Duration::from_secs(3));
+        let since = Timestamp::now().as_micros() - window.as_micros() as i64;
+        let rows = self.query_rows("SELECT count(*) FROM members WHERE seen_us > $1", &[&since])?;
+        Ok(rows.first().map_or(1, |r| r.get::<_, i64>(0) as usize).max(1))
+    }
+
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.checkpoint_changes())
     }

@@ -3,7 +3,7 @@
 use tokio_postgres::Client;
 
 /// Each migration runs once, in order, in its own transaction.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 /// Version 1: the event log, idempotency keys, and everything consumers keep.
 ///
@@ -64,6 +64,15 @@ CREATE TABLE snapshots (
     position         bigint  NOT NULL,
     timestamp_us     bigint  NOT NULL,
     state            text    NOT NULL
+);
+";
+
+/// Version 2: the processes sharing the database, each refreshing its row every poll
+/// interval (partitions are spread over the live ones).
+const V2: &str = "
+CREATE TABLE members (
+    id      text   PRIMARY KEY,
+    seen_us bigint NOT NULL
 );
 ";
 
