@@ -871,12 +871,14 @@ impl Runner {
                     store.read_all(from, BATCH_EVENTS_MAX, &filter).await
                 }));
             }
-            if !slice.events.is_empty() {
+            let skipped = slice.events.is_empty();
+            if !skipped {
                 if let Err(stop) = self.process(slice.events, slice.scanned_to).await {
                     return stop;
                 }
                 (saved, last_save, pending) = (slice.scanned_to, std::time::Instant::now(), false);
-            } else if followed && slice.scanned_to > saved {
+            }
+            if skipped && followed && slice.scanned_to > saved {
                 if last_save.elapsed() >= MIRRORED_CHECKPOINT_EVERY {
                     if let Err(stop) = self.attempt(&[], slice.scanned_to).await {
                         return stop;
