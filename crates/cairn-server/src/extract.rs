@@ -12,8 +12,17 @@ use crate::error::ApiError;
 
 /// A JSON body, read under the configured size limit.
 ///
-/// A `Content-Length` over the limit is refused before a byte of the body is read.
+/// An oversized body (by `Content-Length`, or found while reading a chunked one) is never
+/// parsed; it is read and thrown away up to [`DRAIN_BYTES_MAX`] (for at most
+/// [`DRAIN_TIME_MAX`]) before the `413` goes out, because closing a connection with unread
+/// bytes makes the kernel send a reset, and the client would see a broken connection
+/// instead of the error.
 pub struct JsonBody<T>(pub T);
+
+/// Most bytes of an oversized body read (and dropped) before answering `413`.
+pub const DRAIN_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Longest time spent draining an oversized body.
+pub const DRAIN_TIME_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
@@ -25,19 +34,52 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
+        let mut over = declared.is_some_and(|n| n > limit as u64);
+        if over && declared.is_some_and(|n| n > DRAIN_BYTES_MAX) {
             return Err(ApiError::payload_too_large(limit));
         }
-        let body = http_body_util::Limited::new(req.into_body(), limit);
-        let bytes = match http_body_util::BodyExt::collect(body).await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(ApiError::payload_too_large(limit));
+        let mut body = req.into_body();
+        let mut bytes = Vec::new();
+        let mut seen: u64 = 0;
+        let deadline = tokio::time::Instant::now() + DRAIN_TIME_MAX;
+        loop {
+            let frame = if over {
+                match tokio::time::timeout_at(deadline, http_body_util::BodyExt::frame(&mut body))
+                    .await
+                {
+                    Ok(f) => f,
+                    Err(_) => break,
+                }
+            } else {
+                http_body_util::BodyExt::frame(&mut body).await
+            };
+            let Some(frame) = frame else { break };
+            let frame = match frame {
+                Ok(f) => f,
+                Err(_) if over => break,
+                Err(e) => {
+                    return Err(ApiError::bad_request(format!(
+                        "could not read the request body: {e}"
+                    )));
+                }
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            seen += data.len() as u64;
+            if !over && bytes.len() + data.len() > limit {
+                over = true;
+                bytes = Vec::new();
             }
-            Err(e) => {
-                return Err(ApiError::bad_request(format!("could not read the request body: {e}")));
+            if over {
+                if seen > DRAIN_BYTES_MAX {
+                    break;
+                }
+            } else {
+                bytes.extend_from_slice(&data);
             }
-        };
+        }
+        if over {
+            return Err(ApiError::payload_too_large(limit));
+        }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_request(
                 "the request body is empty; a JSON object was expected",
