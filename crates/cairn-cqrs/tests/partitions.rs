@@ -37,6 +37,48 @@ impl Projection for Tracker {
     }
 }
 
+/// Appends `n` ticks round-robin over `aggregates` aggregates, `pause` apart; returns each
+/// aggregate's positions in order.
+async fn write_ticks(
+    store: Arc<dyn cairn_core::EventStore>,
+    n: u64,
+    aggregates: u64,
+    pause: Duration,
+) -> HashMap<String, Vec<u64>> {
+    let mut by_aggregate: HashMap<String, Vec<u64>> = HashMap::new();
+    for i in 0..n {
+        let id = format!("agg-{}", i % aggregates);
+        let append = Append {
+            aggregate_id: id.clone(),
+            aggregate_type: "Thing".into(),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent::new("Tick", RawValue::from_string("{}".into()).unwrap())],
+            idempotency_key: None,
+        };
+        let position = store.append(append).await.unwrap().position;
+        by_aggregate.entry(id).or_default().push(position);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    by_aggregate
+}
+
+/// Asserts that the tracker applied exactly `expected`, per aggregate and in order.
+fn assert_applied_once_in_order(
+    readmodels: &Arc<dyn cairn_core::readmodel::ReadModelStore>,
+    expected: &HashMap<String, Vec<u64>>,
+) {
+    for (id, positions) in expected {
+        let applied: Vec<u64> = readmodels
+            .get("tracker", id)
+            .unwrap()
+            .map(|j| serde_json::from_str(&j).unwrap())
+            .unwrap_or_default();
+        assert_eq!(&applied, positions, "{id}: every event once, in order");
+    }
+}
+
 async fn caught_up(handles: &[ConsumerHandle], head: u64) {
     for h in handles {
         h.wait_for(head, Duration::from_secs(20)).await.expect("partition caught up");
@@ -81,28 +123,7 @@ async fn the_survivor_takes_every_partition_over_and_the_model_is_exact() {
     let handles_b =
         spawn_partitioned_projection(&b.events, &b.readmodels, &tracker, 4, &stop_b_rx).unwrap();
 
-    let writer = {
-        let store = Arc::clone(&b.events);
-        tokio::spawn(async move {
-            let mut by_aggregate: HashMap<String, Vec<u64>> = HashMap::new();
-            for i in 0..1500u64 {
-                let id = format!("agg-{}", i % 40);
-                let append = Append {
-                    aggregate_id: id.clone(),
-                    aggregate_type: "Thing".into(),
-                    expected: ExpectedVersion::Any,
-                    events: vec![NewEvent::new(
-                        "Tick",
-                        RawValue::from_string("{}".into()).unwrap(),
-                    )],
-                    idempotency_key: None,
-                };
-                let position = store.append(append).await.unwrap().position;
-                by_aggregate.entry(id).or_default().push(position);
-            }
-            by_aggregate
-        })
-    };
+    let writer = tokio::spawn(write_ticks(Arc::clone(&b.events), 1500, 40, Duration::ZERO));
     // A dies mid-stream: its sessions end (as with kill -9) and its loops stop.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let admin = tokio_postgres::connect(place.database_url().unwrap(), tokio_postgres::NoTls)
@@ -130,15 +151,7 @@ async fn the_survivor_takes_every_partition_over_and_the_model_is_exact() {
     caught_up(&handles_b, head).await;
     assert!(handles_b.iter().all(ConsumerHandle::is_leader), "B leads every partition");
     drop(handles_a);
-    for (id, positions) in &expected {
-        let applied: Vec<u64> = b
-            .readmodels
-            .get("tracker", id)
-            .unwrap()
-            .map(|j| serde_json::from_str(&j).unwrap())
-            .unwrap_or_default();
-        assert_eq!(&applied, positions, "{id}: every event once, in order");
-    }
+    assert_applied_once_in_order(&b.readmodels, &expected);
     b.events.close().await;
 }
 
@@ -160,31 +173,8 @@ async fn a_joining_process_is_handed_its_fair_share_and_the_model_stays_exact() 
         assert!(tokio::time::Instant::now() < deadline, "A alone leads every partition");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let writer = {
-        let store = Arc::clone(&a.events);
-        tokio::spawn(async move {
-            let mut by_aggregate: HashMap<String, Vec<u64>> = HashMap::new();
-            for i in 0..1200u64 {
-                let id = format!("agg-{}", i % 30);
-                let append = Append {
-                    aggregate_id: id.clone(),
-                    aggregate_type: "Thing".into(),
-                    expected: ExpectedVersion::Any,
-                    events: vec![NewEvent::new(
-                        "Tick",
-                        RawValue::from_string("{}".into()).unwrap(),
-                    )],
-                    idempotency_key: None,
-                };
-                by_aggregate
-                    .entry(id)
-                    .or_default()
-                    .push(store.append(append).await.unwrap().position);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            by_aggregate
-        })
-    };
+    let writer =
+        tokio::spawn(write_ticks(Arc::clone(&a.events), 1200, 30, Duration::from_millis(5)));
     // B joins: A hands partitions over until each leads two.
     let b = place.open().await;
     let (_stop_b, stop_b_rx) = watch::channel(false);
@@ -205,13 +195,5 @@ async fn a_joining_process_is_handed_its_fair_share_and_the_model_stays_exact() 
     // Each partition is caught up on whichever process leads it (the other mirrors it).
     caught_up(&handles_a, head).await;
     caught_up(&handles_b, head).await;
-    for (id, positions) in &expected {
-        let applied: Vec<u64> = a
-            .readmodels
-            .get("tracker", id)
-            .unwrap()
-            .map(|j| serde_json::from_str(&j).unwrap())
-            .unwrap_or_default();
-        assert_eq!(&applied, positions, "{id}: every event once, in order, across the handover");
-    }
+    assert_applied_once_in_order(&a.readmodels, &expected);
 }

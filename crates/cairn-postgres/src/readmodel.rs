@@ -84,6 +84,16 @@ impl PgReadModels {
         }
     }
 
+    /// Forgets the shadows of `tables` (swapped in or abandoned).
+    fn shadows_done(&self, tables: &[&str]) {
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        for name in tables {
+            if let Some(state) = declared.get_mut(*name) {
+                state.shadow = false;
+            }
+        }
+    }
+
     fn declared(&self) -> HashMap<String, TableState> {
         self.tables.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -628,12 +638,7 @@ impl ReadModelStore for PgReadModels {
             this.exec(tx, "DELETE FROM checkpoints WHERE consumer = $1", &[&shadow_consumer])?;
             Ok(())
         })?;
-        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        for name in tables {
-            if let Some(state) = declared.get_mut(*name) {
-                state.shadow = false;
-            }
-        }
+        self.shadows_done(tables);
         Ok(())
     }
 
@@ -648,12 +653,7 @@ impl ReadModelStore for PgReadModels {
             this.exec(tx, "DELETE FROM checkpoints WHERE consumer = $1", &[&shadow_consumer])?;
             Ok(())
         })?;
-        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        for name in tables {
-            if let Some(state) = declared.get_mut(*name) {
-                state.shadow = false;
-            }
-        }
+        self.shadows_done(tables);
         Ok(())
     }
 

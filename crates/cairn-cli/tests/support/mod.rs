@@ -46,7 +46,10 @@ impl Server {
     }
 
     async fn start_args(store_args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        Self::start_at(free_port(), store_args, env).await
+    }
+
+    async fn start_at(port: u16, store_args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -83,30 +86,7 @@ impl Server {
     /// Starts `cairn serve` on `data_dir` listening on a given `port` (to restart a server
     /// where clients expect it) and waits until ready.
     pub async fn start_on_port(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
-        command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--log", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let child = command.spawn().expect("cairn binary starts");
-        let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        for _ in 0..400 {
-            if let Ok(r) = client.get(format!("{base}/health/ready")).send().await
-                && r.status() == 200
-            {
-                return Self { child, base };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("cairn serve did not become ready on port {port}");
+        Self::start_at(port, &["--data-dir".as_ref(), data_dir.as_os_str()], env).await
     }
 }
 
