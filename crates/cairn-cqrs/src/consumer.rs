@@ -365,10 +365,10 @@ impl ConsumerHandle {
     /// Re-runs dead letter `id` and the events parked behind it, in order.
     /// `Ok(None)` when this consumer has no such letter.
     pub async fn retry_dead_letter(&self, id: i64) -> Result<Option<DeadLetterOutcome>, String> {
-        self.require_leader()?;
         let _gate = self.dlq.gate.lock().await;
         let letters = self.dlq.letters().await.map_err(|e| e.to_string())?;
         let Some(letter) = letters.iter().find(|l| l.id == id) else { return Ok(None) };
+        self.require_leader()?;
         let remaining =
             self.dlq.replay_chain(&letter.aggregate_id).await.map_err(|e| e.to_string())?;
         Ok(Some(DeadLetterOutcome { remaining }))
@@ -377,10 +377,10 @@ impl ConsumerHandle {
     /// Drops dead letter `id` (its event is never applied); when it headed a chain, the
     /// events parked behind it are re-run. `Ok(None)` when this consumer has no such letter.
     pub async fn discard_dead_letter(&self, id: i64) -> Result<Option<DeadLetterOutcome>, String> {
-        self.require_leader()?;
         let _gate = self.dlq.gate.lock().await;
         let letters = self.dlq.letters().await.map_err(|e| e.to_string())?;
         let Some(letter) = letters.iter().find(|l| l.id == id).cloned() else { return Ok(None) };
+        self.require_leader()?;
         let rm = Arc::clone(self.dlq.handler.readmodels());
         blocking(move || rm.resolve_dead_letter(id, &mut |_| Ok(())))
             .await

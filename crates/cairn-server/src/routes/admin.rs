@@ -256,6 +256,24 @@ where
         >,
 {
     for consumer in state.domain.consumers() {
+        if !consumer.is_leader() {
+            // Another process runs it (or this one has not taken it yet): only say so when
+            // the letter is this consumer's.
+            let letters = consumer.dead_letters().await.map_err(|e| {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_model_unavailable", e)
+            })?;
+            if letters.iter().any(|l| l.id == id) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_leader",
+                    format!(
+                        "{} runs on another cairn process sharing this database; send this request to that process",
+                        consumer.name()
+                    ),
+                ));
+            }
+            continue;
+        }
         match op(consumer.clone()).await {
             Ok(Some(outcome)) => return Ok(Json(outcome).into_response()),
             Ok(None) => {}
@@ -281,6 +299,7 @@ where
         (status = 200, description = "Re-run", body = openapi::DeadLetterOutcome),
         (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs its consumer", body = ErrorBody),
         (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
     )
 )]
@@ -302,6 +321,7 @@ pub async fn retry_dead_letter(
         (status = 200, description = "Discarded", body = openapi::DeadLetterOutcome),
         (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs its consumer", body = ErrorBody),
         (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
     )
 )]

@@ -35,7 +35,16 @@ impl TestServer {
         };
         // A small snapshot interval, so that the HTTP tests exercise snapshot + tail loads.
         let domain = cairn_server::DomainConfig { snapshot_every: 3 };
-        let app = cairn_server::app(stores, config, &domain, stop_rx.clone()).unwrap();
+        let (app, running) =
+            cairn_server::app_with_domain(stores, config, &domain, stop_rx.clone()).unwrap();
+        // On a shared store, consumers take their leadership a moment after start; admin
+        // tests (rebuild, DLQ) act on the leader, so start once this process leads them all.
+        for _ in 0..400 {
+            if running.consumers().all(cairn_cqrs::consumer::ConsumerHandle::is_leader) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut shutdown = stop_rx;
