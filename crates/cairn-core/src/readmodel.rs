@@ -35,6 +35,31 @@ pub enum ReadModelError {
     /// A table or field that was never declared.
     #[error("unknown table or field: {0}")]
     Unknown(String),
+    /// This process no longer leads the consumer (another may): nothing was written.
+    #[error("this process does not lead {0}")]
+    NotLeader(String),
+    /// The dead letter is not there any more (resolved by another call): nothing was written.
+    #[error("dead letter {0} not found")]
+    NoSuchDeadLetter(i64),
+}
+
+impl ReadModelError {
+    /// Whether the failure is the storage's or the engine's (retried, with leadership
+    /// re-checked), not the event's: a handler's refusal or a bad document is the event's.
+    #[must_use]
+    pub fn is_storage(&self) -> bool {
+        matches!(self, Self::Storage(_) | Self::NotLeader(_) | Self::NoSuchDeadLetter(_))
+    }
+}
+
+/// Suffix of the checkpoint a rebuild's shadow tables are written under; its writes run
+/// under the leadership of the consumer it rebuilds (`<name>#rebuild` → `<name>`).
+pub const REBUILD_SUFFIX: &str = "#rebuild";
+
+/// The consumer whose leadership covers writes made under `consumer`'s name.
+#[must_use]
+pub fn leadership_key(consumer: &str) -> &str {
+    consumer.strip_suffix(REBUILD_SUFFIX).unwrap_or(consumer)
 }
 
 /// Changes to documents inside one transaction.
@@ -178,13 +203,27 @@ pub trait ReadModelStore: Send + Sync + 'static {
     fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError>;
     /// Dead letters in position order, of one consumer or of all.
     fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, ReadModelError>;
-    /// Runs `f` and removes the dead letter `id`, in one transaction (a successful retry).
-    fn resolve_dead_letter(&self, id: i64, f: TxnFn<'_>) -> Result<(), ReadModelError>;
-    /// Records one more failed attempt of dead letter `id`.
-    fn dead_letter_failed(&self, id: i64, error: &str) -> Result<(), ReadModelError>;
+    /// Runs `f` and removes `consumer`'s dead letter `id`, in one transaction (a successful
+    /// retry, or a discard with a no-op `f`). Written only while this process leads
+    /// `consumer` ([`ReadModelError::NotLeader`] otherwise); a letter that is gone fails
+    /// with [`ReadModelError::NoSuchDeadLetter`] and rolls `f`'s changes back.
+    fn resolve_dead_letter(
+        &self,
+        consumer: &str,
+        id: i64,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError>;
+    /// Records one more failed attempt of `consumer`'s dead letter `id` (leader only).
+    fn dead_letter_failed(
+        &self,
+        consumer: &str,
+        id: i64,
+        error: &str,
+    ) -> Result<(), ReadModelError>;
 
-    /// Creates empty shadow copies (the next generation) of declared tables, for a rebuild.
-    fn create_shadow(&self, tables: &[&str]) -> Result<(), ReadModelError>;
+    /// Creates empty shadow copies (the next generation) of declared tables, for a rebuild
+    /// of `consumer` (written only while this process leads it).
+    fn create_shadow(&self, consumer: &str, tables: &[&str]) -> Result<(), ReadModelError>;
     /// Like [`ReadModelStore::transact`], but the tables with a shadow are written in it.
     fn transact_shadow(
         &self,

@@ -12,10 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use async_trait::async_trait;
 use cairn_core::readmodel::{DeadLetter, ReadModelStore};
 use cairn_core::timestamp::Timestamp;
 use cairn_core::{AllFilter, EventStore, RecordedEvent};
+use futures_util::FutureExt as _;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -29,6 +32,9 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const MIRRORED_CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// First pause between retries.
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(20);
+/// Longest a dead-letter command waits for the consumer to finish the batch in hand; a
+/// consumer stuck retrying its storage answers "busy" instead of hanging the operator.
+pub const DEAD_LETTER_GATE_WAIT: Duration = Duration::from_secs(2);
 
 /// What a consumer is doing (contract §6 names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,6 +61,34 @@ pub enum HandleError {
     Transient(String),
     /// The handler refused an event: retried a few times, then dead-lettered.
     Event(String),
+}
+
+/// Why a dead-letter command did nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeadLetterError {
+    /// Another process runs the consumer: the request must go there.
+    #[error(
+        "{0} runs on another cairn process sharing this database; send this request to that process"
+    )]
+    NotLeader(String),
+    /// The consumer kept a batch in hand for longer than [`DEAD_LETTER_GATE_WAIT`] (its
+    /// storage is failing, or a long batch): nothing was done, try again.
+    #[error("{0} is busy with a batch (its storage may be failing); nothing was done, try again")]
+    Busy(String),
+    /// Reading or writing the dead letters failed.
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// The text of a caught panic's payload.
+#[must_use]
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 impl std::fmt::Display for HandleError {
@@ -108,6 +142,16 @@ async fn blocking<R: Send + 'static>(
         .await
         .map_err(|e| HandleError::Transient(e.to_string()))?
         .map_err(|e| HandleError::Transient(e.to_string()))
+}
+
+/// Waits for the consumer's gate, at most [`DEAD_LETTER_GATE_WAIT`].
+async fn gate_for_letters<'a>(
+    dlq: &'a Dlq,
+    name: &str,
+) -> Result<tokio::sync::MutexGuard<'a, ()>, DeadLetterError> {
+    tokio::time::timeout(DEAD_LETTER_GATE_WAIT, dlq.gate.lock())
+        .await
+        .map_err(|_| DeadLetterError::Busy(name.to_owned()))
 }
 
 /// Observes and steers a running consumer.
@@ -210,9 +254,13 @@ impl Dlq {
                     self.depth.fetch_sub(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    let (rm, id, message) =
-                        (Arc::clone(self.handler.readmodels()), letter.id, e.to_string());
-                    blocking(move || rm.dead_letter_failed(id, &message)).await?;
+                    let (rm, id, message, name) = (
+                        Arc::clone(self.handler.readmodels()),
+                        letter.id,
+                        e.to_string(),
+                        self.handler.name().to_owned(),
+                    );
+                    blocking(move || rm.dead_letter_failed(&name, id, &message)).await?;
                     return Ok(remaining);
                 }
             }
@@ -301,6 +349,10 @@ impl ConsumerHandle {
         self.dlq.leading.load(Ordering::SeqCst)
     }
 
+    fn require_leader_for_letters(&self) -> Result<(), DeadLetterError> {
+        if self.is_leader() { Ok(()) } else { Err(DeadLetterError::NotLeader(self.name.clone())) }
+    }
+
     fn require_leader(&self) -> Result<(), String> {
         if self.is_leader() {
             Ok(())
@@ -364,30 +416,44 @@ impl ConsumerHandle {
 
     /// Re-runs dead letter `id` and the events parked behind it, in order.
     /// `Ok(None)` when this consumer has no such letter.
-    pub async fn retry_dead_letter(&self, id: i64) -> Result<Option<DeadLetterOutcome>, String> {
-        let _gate = self.dlq.gate.lock().await;
-        let letters = self.dlq.letters().await.map_err(|e| e.to_string())?;
+    pub async fn retry_dead_letter(
+        &self,
+        id: i64,
+    ) -> Result<Option<DeadLetterOutcome>, DeadLetterError> {
+        let _gate = gate_for_letters(&self.dlq, &self.name).await?;
+        let letters =
+            self.dlq.letters().await.map_err(|e| DeadLetterError::Storage(e.to_string()))?;
         let Some(letter) = letters.iter().find(|l| l.id == id) else { return Ok(None) };
-        self.require_leader()?;
-        let remaining =
-            self.dlq.replay_chain(&letter.aggregate_id).await.map_err(|e| e.to_string())?;
+        self.require_leader_for_letters()?;
+        let remaining = self
+            .dlq
+            .replay_chain(&letter.aggregate_id)
+            .await
+            .map_err(|e| DeadLetterError::Storage(e.to_string()))?;
         Ok(Some(DeadLetterOutcome { remaining }))
     }
 
     /// Drops dead letter `id` (its event is never applied); when it headed a chain, the
     /// events parked behind it are re-run. `Ok(None)` when this consumer has no such letter.
-    pub async fn discard_dead_letter(&self, id: i64) -> Result<Option<DeadLetterOutcome>, String> {
-        let _gate = self.dlq.gate.lock().await;
-        let letters = self.dlq.letters().await.map_err(|e| e.to_string())?;
+    pub async fn discard_dead_letter(
+        &self,
+        id: i64,
+    ) -> Result<Option<DeadLetterOutcome>, DeadLetterError> {
+        let _gate = gate_for_letters(&self.dlq, &self.name).await?;
+        let letters =
+            self.dlq.letters().await.map_err(|e| DeadLetterError::Storage(e.to_string()))?;
         let Some(letter) = letters.iter().find(|l| l.id == id).cloned() else { return Ok(None) };
-        self.require_leader()?;
-        let rm = Arc::clone(self.dlq.handler.readmodels());
-        blocking(move || rm.resolve_dead_letter(id, &mut |_| Ok(())))
+        self.require_leader_for_letters()?;
+        let (rm, name) = (Arc::clone(self.dlq.handler.readmodels()), self.name.clone());
+        blocking(move || rm.resolve_dead_letter(&name, id, &mut |_| Ok(())))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DeadLetterError::Storage(e.to_string()))?;
         self.dlq.depth.fetch_sub(1, Ordering::Relaxed);
-        let remaining =
-            self.dlq.replay_chain(&letter.aggregate_id).await.map_err(|e| e.to_string())?;
+        let remaining = self
+            .dlq
+            .replay_chain(&letter.aggregate_id)
+            .await
+            .map_err(|e| DeadLetterError::Storage(e.to_string()))?;
         Ok(Some(DeadLetterOutcome { remaining }))
     }
 }
@@ -471,7 +537,8 @@ async fn rebuild(dlq: &Arc<Dlq>, shadow: Arc<dyn BatchHandler>) -> Result<(), St
     let filter = AllFilter { event_types: dlq.handler.event_types(), aggregate_type: None };
     {
         let (rm, tables) = (Arc::clone(&rm), tables.clone());
-        blocking(move || rm.create_shadow(&tables)).await.map_err(|e| e.to_string())?;
+        let name = name.clone();
+        blocking(move || rm.create_shadow(&name, &tables)).await.map_err(|e| e.to_string())?;
     }
     // A fresh shadow checkpoint at 0.
     shadow.handle(Vec::new(), 0).await.map_err(|e| e.to_string())?;
@@ -563,21 +630,37 @@ impl Runner {
         let mut backoff = RETRY_BACKOFF_MIN;
         let mut event_failures = 0;
         loop {
-            match self.handler.handle(events.to_vec(), scanned_to).await {
+            // A panicking handler is the event's fault like a refusing one: retried a few
+            // times, then dead-lettered; never a stall, never a dead loop.
+            let handled = AssertUnwindSafe(self.handler.handle(events.to_vec(), scanned_to))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(HandleError::Event(format!(
+                        "handler panicked: {}",
+                        panic_message(panic.as_ref())
+                    )))
+                });
+            let error = match handled {
                 Ok(()) => {
                     set(&self.status, ConsumerStatus::Running);
                     return Ok(None);
                 }
-                Err(HandleError::Event(e)) => {
+                Err(e) => e,
+            };
+            // Whatever failed, a process that lost the consumer must not try again: its
+            // successor is handling these events now.
+            if !self.handler.readmodels().leads(self.handler.name()) {
+                return Err(Stop::Lost);
+            }
+            match error {
+                HandleError::Event(e) => {
                     event_failures += 1;
                     if event_failures >= EVENT_ATTEMPTS_MAX {
                         return Ok(Some(e));
                     }
                 }
-                Err(HandleError::Transient(e)) => {
-                    if !self.handler.readmodels().leads(self.handler.name()) {
-                        return Err(Stop::Lost);
-                    }
+                HandleError::Transient(e) => {
                     tracing::error!(consumer = self.handler.name(), error = %e, "storage failed; retrying");
                     set(&self.status, ConsumerStatus::Stalled);
                 }

@@ -7,6 +7,7 @@
 //! re-made (e.g. "compensating") before acting on it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use cairn_core::readmodel::{DocTxnExt, ReadModelError, ReadModelStore, TableSpec};
@@ -39,6 +40,9 @@ pub struct ProcessContext {
     pub repository: Repository,
     readmodels: Arc<dyn ReadModelStore>,
     name: &'static str,
+    /// Set when storage (not the event) made the handler fail, so that the failure is
+    /// retried as a stall instead of dead-lettering a good event.
+    storage_failed: Arc<AtomicBool>,
 }
 
 impl ProcessContext {
@@ -52,8 +56,16 @@ impl ProcessContext {
         let json = tokio::task::spawn_blocking(move || rm.get(table, &key))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e: ReadModelError| e.to_string())?;
+            .map_err(|e: ReadModelError| self.note(e))?;
         json.map(|j| serde_json::from_str(&j).map_err(|e| e.to_string())).transpose()
+    }
+
+    /// Remembers a storage failure (see `storage_failed`) and renders the error.
+    fn note(&self, e: ReadModelError) -> String {
+        if e.is_storage() {
+            self.storage_failed.store(true, Ordering::SeqCst);
+        }
+        e.to_string()
     }
 
     /// Saves an instance's state durably, now.
@@ -69,7 +81,7 @@ impl ProcessContext {
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| self.note(e))
     }
 
     /// Runs a command for the process manager (every command it issues goes through here).
@@ -82,7 +94,25 @@ impl ProcessContext {
         if let Some(delay) = fault_command_delay() {
             tokio::time::sleep(delay).await;
         }
-        self.repository.execute::<A>(id, command, options).await
+        // Not a fence (the consumer-engine redesign makes the store check a token), but it
+        // stops a manager that has noticed it was deposed from issuing more commands.
+        if !self.readmodels.leads(self.name) {
+            self.storage_failed.store(true, Ordering::SeqCst);
+            return Err(crate::CommandError::NotLeader(self.name.to_owned()));
+        }
+        let result = self.repository.execute::<A>(id, command, options).await;
+        if let Err(
+            crate::CommandError::Read(_)
+            | crate::CommandError::Store(
+                cairn_core::AppendError::Unavailable(_)
+                | cairn_core::AppendError::Poisoned
+                | cairn_core::AppendError::ShuttingDown,
+            ),
+        ) = &result
+        {
+            self.storage_failed.store(true, Ordering::SeqCst);
+        }
+        result
     }
 
     /// Options for a command caused by `event`: a key unique to (this manager, the event,
@@ -115,6 +145,21 @@ struct ProcessHandler {
     ctx: ProcessContext,
 }
 
+impl ProcessHandler {
+    /// Runs the manager on one event; a failure caused by storage is transient (retried),
+    /// any other is the event's (dead-lettered after a few tries).
+    async fn run(&self, event: &RecordedEvent) -> Result<(), HandleError> {
+        self.ctx.storage_failed.store(false, Ordering::SeqCst);
+        self.manager.handle(event, &self.ctx).await.map_err(|e| {
+            if self.ctx.storage_failed.swap(false, Ordering::SeqCst) {
+                HandleError::Transient(e)
+            } else {
+                HandleError::Event(e)
+            }
+        })
+    }
+}
+
 async fn commit_checkpoint(
     rm: &Arc<dyn ReadModelStore>,
     name: &'static str,
@@ -143,7 +188,7 @@ impl BatchHandler for ProcessHandler {
 
     async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), HandleError> {
         for event in &events {
-            self.manager.handle(event, &self.ctx).await.map_err(HandleError::Event)?;
+            self.run(event).await?;
             // One event at a time: a crash redelivers at most the event in progress.
             commit_checkpoint(&self.ctx.readmodels, self.manager.name(), event.position).await?;
         }
@@ -151,12 +196,14 @@ impl BatchHandler for ProcessHandler {
     }
 
     async fn retry(&self, event: RecordedEvent, letter_id: i64) -> Result<(), HandleError> {
-        self.manager.handle(&event, &self.ctx).await.map_err(HandleError::Event)?;
-        let rm = Arc::clone(&self.ctx.readmodels);
-        tokio::task::spawn_blocking(move || rm.resolve_dead_letter(letter_id, &mut |_| Ok(())))
-            .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?
-            .map_err(|e| HandleError::Transient(e.to_string()))
+        self.run(&event).await?;
+        let (rm, name) = (Arc::clone(&self.ctx.readmodels), self.manager.name());
+        tokio::task::spawn_blocking(move || {
+            rm.resolve_dead_letter(name, letter_id, &mut |_| Ok(()))
+        })
+        .await
+        .map_err(|e| HandleError::Transient(e.to_string()))?
+        .map_err(|e| HandleError::Transient(e.to_string()))
     }
 }
 
@@ -169,6 +216,11 @@ pub fn spawn_process_manager(
 ) -> Result<ConsumerHandle, ReadModelError> {
     readmodels.ensure_tables(&manager.tables())?;
     let store: Arc<dyn EventStore> = Arc::clone(repository.store());
-    let ctx = ProcessContext { repository, readmodels, name: manager.name() };
+    let ctx = ProcessContext {
+        repository,
+        readmodels,
+        name: manager.name(),
+        storage_failed: Arc::new(AtomicBool::new(false)),
+    };
     Ok(consumer::spawn(store, Arc::new(ProcessHandler { manager, ctx }), shutdown))
 }

@@ -44,21 +44,29 @@ struct ProjectionHandler {
     name: String,
 }
 
-/// A handler's refusal is the event's fault; anything else is the storage's.
+/// A handler's refusal is the event's fault; the storage's failures are retried.
 fn classify(e: ReadModelError) -> HandleError {
-    match e {
-        ReadModelError::Storage(m) => HandleError::Transient(m),
-        other => HandleError::Event(other.to_string()),
+    if e.is_storage() {
+        HandleError::Transient(e.to_string())
+    } else {
+        HandleError::Event(e.to_string())
     }
 }
 
 async fn blocking(
     f: impl FnOnce() -> Result<(), ReadModelError> + Send + 'static,
 ) -> Result<(), HandleError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| HandleError::Transient(e.to_string()))?
-        .map_err(classify)
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(classify),
+        // A projection that panics on an event (e.g. arithmetic on what a user sent) is
+        // the event's fault: dead-lettered after a few tries, never a stall. The
+        // transaction it ran in was dropped, so nothing of it was committed.
+        Err(e) if e.is_panic() => Err(HandleError::Event(format!(
+            "projection panicked: {}",
+            consumer::panic_message(e.into_panic().as_ref())
+        ))),
+        Err(e) => Err(HandleError::Transient(e.to_string())),
+    }
 }
 
 #[async_trait]
@@ -104,9 +112,10 @@ impl BatchHandler for ProjectionHandler {
     }
 
     async fn retry(&self, event: RecordedEvent, letter_id: i64) -> Result<(), HandleError> {
-        let (rm, projection) = (Arc::clone(&self.readmodels), Arc::clone(&self.projection));
+        let (rm, projection, name) =
+            (Arc::clone(&self.readmodels), Arc::clone(&self.projection), self.name.clone());
         blocking(move || {
-            rm.resolve_dead_letter(letter_id, &mut |txn| projection.apply(&event, txn))
+            rm.resolve_dead_letter(&name, letter_id, &mut |txn| projection.apply(&event, txn))
         })
         .await
     }

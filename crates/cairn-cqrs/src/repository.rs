@@ -78,6 +78,9 @@ pub enum CommandError {
     /// Reading failed.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// A process manager no longer leads (another process runs it now): not issued.
+    #[error("this process no longer runs {0}; the command was not issued")]
+    NotLeader(String),
 }
 
 /// An aggregate rebuilt from its stream.
@@ -265,21 +268,24 @@ impl Repository {
         command: &A::Command,
         options: &CommandOptions,
     ) -> Result<CommandOutcome, CommandError> {
-        if let Some(key) = &options.idempotency_key
-            && let Some((aggregate_id, outcome)) = self.store.idempotent_result(key).await?
-        {
-            return Ok(CommandOutcome {
-                aggregate_id,
-                version: outcome.last_version,
-                position: outcome.position,
-            });
-        }
         for attempt in 0..CONFLICT_RETRIES_MAX {
             if attempt > 0 {
                 // Jittered back-off so that writers that collided do not collide again.
                 let jitter_us =
                     (uuid::Uuid::new_v4().as_u128() % 1000) as u64 * attempt.min(10) as u64;
                 tokio::time::sleep(std::time::Duration::from_micros(jitter_us)).await;
+            }
+            // Checked on every attempt, not only the first: when the writer that beat us
+            // was this very command (the same key, sent twice at once), deciding again on
+            // the state it produced would refuse or repeat it (e.g. reserve stock twice).
+            if let Some(key) = &options.idempotency_key
+                && let Some((aggregate_id, outcome)) = self.store.idempotent_result(key).await?
+            {
+                return Ok(CommandOutcome {
+                    aggregate_id,
+                    version: outcome.last_version,
+                    position: outcome.position,
+                });
             }
             // A creating command expects no stream at all: no snapshot to look for.
             let use_snapshot = A::existence(command) != Existence::MustNotExist;

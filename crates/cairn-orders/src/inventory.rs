@@ -110,7 +110,7 @@ impl Inventory {
     /// `on_hand - reserved`.
     #[must_use]
     pub fn available(&self) -> i64 {
-        self.on_hand - self.reserved
+        self.on_hand.saturating_sub(self.reserved)
     }
 }
 
@@ -124,7 +124,8 @@ impl Aggregate for Inventory {
             InventoryEvent::StockAdded(e) => self.on_hand = self.on_hand.saturating_add(e.quantity),
             InventoryEvent::StockReserved(e) => {
                 self.reserved = self.reserved.saturating_add(e.quantity);
-                *self.reservations.entry(e.order_id.clone()).or_default() += e.quantity;
+                let reserved = self.reservations.entry(e.order_id.clone()).or_default();
+                *reserved = reserved.saturating_add(e.quantity);
             }
             InventoryEvent::StockReleased(e) => {
                 self.reserved = self.reserved.saturating_sub(e.quantity);

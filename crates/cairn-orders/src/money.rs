@@ -28,24 +28,46 @@ impl Money {
         Self(Decimal::from(units))
     }
 
-    /// `self * quantity`.
+    /// `self * quantity`, saturating at the largest representable amount (never panics;
+    /// amounts the domain's rules accept stay many orders of magnitude below it).
     #[must_use]
     pub fn times(self, quantity: i64) -> Self {
-        Self(self.0 * Decimal::from(quantity))
+        Self(self.0.saturating_mul(Decimal::from(quantity)))
+    }
+
+    /// `self * quantity`, or `None` when the product cannot be represented.
+    #[must_use]
+    pub fn checked_times(self, quantity: i64) -> Option<Self> {
+        self.0.checked_mul(Decimal::from(quantity)).map(Self)
+    }
+
+    /// `self + other`, or `None` when the sum cannot be represented.
+    #[must_use]
+    pub fn checked_add(self, other: Self) -> Option<Self> {
+        self.0.checked_add(other.0).map(Self)
+    }
+
+    /// `self - other`, or `None` when the difference cannot be represented.
+    #[must_use]
+    pub fn checked_sub(self, other: Self) -> Option<Self> {
+        self.0.checked_sub(other.0).map(Self)
     }
 }
 
+// The operators saturate instead of panicking: events reach the projections from the
+// store API too, and one unrepresentable amount must not bring a consumer down. Paths
+// that must notice use the `checked_*` methods.
 impl Add for Money {
     type Output = Self;
     fn add(self, rhs: Self) -> Self {
-        Self(self.0 + rhs.0)
+        Self(self.0.saturating_add(rhs.0))
     }
 }
 
 impl Sub for Money {
     type Output = Self;
     fn sub(self, rhs: Self) -> Self {
-        Self(self.0 - rhs.0)
+        Self(self.0.saturating_sub(rhs.0))
     }
 }
 

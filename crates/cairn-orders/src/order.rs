@@ -193,7 +193,10 @@ pub mod history {
                         .get("quantity")
                         .and_then(Value::as_i64)
                         .ok_or_else(|| invalid("an item has no quantity".into()))?;
-                    total = total + price.times(quantity);
+                    total = price
+                        .checked_times(quantity)
+                        .and_then(|line| total.checked_add(line))
+                        .ok_or_else(|| invalid("the total cannot be represented".into()))?;
                 }
                 // As a string: exact, and `Money` reads strings as well as numbers.
                 if let Some(obj) = data.as_object_mut() {
@@ -266,6 +269,16 @@ impl Order {
     #[must_use]
     pub fn total(&self) -> Money {
         self.items.iter().map(|l| l.price.times(l.quantity)).sum::<Money>() + self.corrections
+    }
+
+    /// The total, or `None` when it cannot be represented (only reachable with amounts the
+    /// rules refuse, e.g. appended through the store API before the schemas bounded them).
+    #[must_use]
+    pub fn checked_total(&self) -> Option<Money> {
+        self.items
+            .iter()
+            .try_fold(Money::ZERO, |sum, l| sum.checked_add(l.price.checked_times(l.quantity)?))?
+            .checked_add(self.corrections)
     }
 
     fn line(&self, product_id: &str) -> Option<&Line> {

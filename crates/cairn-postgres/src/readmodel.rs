@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cairn_core::readmodel::{
     DeadLetter, DocTxn, ListQuery, ReadModelError, ReadModelStore, TableSpec, TxnFn,
-    validate_identifier,
+    leadership_key, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
@@ -68,7 +68,7 @@ pub struct PgReadModels {
     candidates: Mutex<HashMap<String, ClientWrapper>>,
 }
 
-/// Either a pooled connection or a leader's session.
+/// Either a pooled connection (writes no consumer owns) or a leader's session.
 enum Conn {
     Pooled(Box<deadpool_postgres::Object>),
     Leader(Arc<Mutex<Leader>>),
@@ -102,21 +102,21 @@ impl PgReadModels {
         self.shared.wait(self.shared.pool.get()).map_err(|e| ReadModelError::Storage(e.to_string()))
     }
 
-    /// The connection a consumer's writes go through.
+    /// The session a consumer's writes go through: the one holding its leadership lock,
+    /// and never a pooled connection. Without that session the write could land after
+    /// another process took the consumer over (two leaders applying the same events).
     fn conn_for(&self, consumer: &str) -> Result<Conn, ReadModelError> {
-        let leader =
-            self.leaders.lock().unwrap_or_else(PoisonError::into_inner).get(consumer).cloned();
+        let key = leadership_key(consumer);
+        let leader = self.leaders.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned();
         match leader {
-            Some(l) => {
-                if l.lock().unwrap_or_else(PoisonError::into_inner).client.is_closed() {
-                    self.leaders.lock().unwrap_or_else(PoisonError::into_inner).remove(consumer);
-                    return Err(ReadModelError::Storage(format!(
-                        "lost the leadership session of {consumer}"
-                    )));
-                }
+            Some(l) if !l.lock().unwrap_or_else(PoisonError::into_inner).client.is_closed() => {
                 Ok(Conn::Leader(l))
             }
-            None => Ok(Conn::Pooled(Box::new(self.pooled()?))),
+            Some(_) => {
+                self.leaders.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+                Err(ReadModelError::NotLeader(key.to_owned()))
+            }
+            None => Err(ReadModelError::NotLeader(key.to_owned())),
         }
     }
 
@@ -540,9 +540,14 @@ impl ReadModelStore for PgReadModels {
             .collect())
     }
 
-    fn resolve_dead_letter(&self, id: i64, f: TxnFn<'_>) -> Result<(), ReadModelError> {
+    fn resolve_dead_letter(
+        &self,
+        consumer: &str,
+        id: i64,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
         let tables = self.declared();
-        let conn = Conn::Pooled(Box::new(self.pooled()?));
+        let conn = self.conn_for(consumer)?;
         self.in_transaction(conn, |this, tx| {
             let mut txn = Txn {
                 rm: this,
@@ -554,22 +559,40 @@ impl ReadModelStore for PgReadModels {
             };
             f(&mut txn)?;
             txn.flush(None)?;
-            this.exec(tx, "DELETE FROM dead_letters WHERE id = $1", &[&id])?;
+            let deleted = this.exec(
+                tx,
+                "DELETE FROM dead_letters WHERE id = $1 AND consumer = $2",
+                &[&id, &consumer],
+            )?;
+            if deleted == 0 {
+                // Returning an error rolls `f`'s changes back: the letter was resolved meanwhile.
+                return Err(ReadModelError::NoSuchDeadLetter(id));
+            }
             Ok(())
         })
     }
 
-    fn dead_letter_failed(&self, id: i64, error: &str) -> Result<(), ReadModelError> {
-        self.query_rows(
-            "UPDATE dead_letters SET attempts = attempts + 1, error = $2, last_failed_us = $3 WHERE id = $1 RETURNING id",
-            &[&id, &error, &Timestamp::now().as_micros()],
-        )
-        .map(|_| ())
+    fn dead_letter_failed(
+        &self,
+        consumer: &str,
+        id: i64,
+        error: &str,
+    ) -> Result<(), ReadModelError> {
+        let conn = self.conn_for(consumer)?;
+        let updated = self.in_transaction(conn, |this, tx| {
+            this.exec(
+                tx,
+                "UPDATE dead_letters SET attempts = attempts + 1, error = $2, last_failed_us = $3
+                 WHERE id = $1 AND consumer = $4",
+                &[&id, &error, &Timestamp::now().as_micros(), &consumer],
+            )
+        })?;
+        if updated == 0 { Err(ReadModelError::NoSuchDeadLetter(id)) } else { Ok(()) }
     }
 
-    fn create_shadow(&self, tables: &[&str]) -> Result<(), ReadModelError> {
+    fn create_shadow(&self, consumer: &str, tables: &[&str]) -> Result<(), ReadModelError> {
         let declared = self.declared();
-        let conn = Conn::Pooled(Box::new(self.pooled()?));
+        let conn = self.conn_for(consumer)?;
         self.in_transaction(conn, |this, tx| {
             for name in tables {
                 let state = declared
@@ -643,7 +666,8 @@ impl ReadModelStore for PgReadModels {
     }
 
     fn abort_shadow(&self, tables: &[&str], shadow_consumer: &str) -> Result<(), ReadModelError> {
-        let conn = Conn::Pooled(Box::new(self.pooled()?));
+        // A deposed leader must not drop the shadow its successor may be writing.
+        let conn = self.conn_for(shadow_consumer)?;
         self.in_transaction(conn, |this, tx| {
             for name in tables {
                 this.shared

@@ -93,15 +93,56 @@ impl Domain {
         self.projections.values().chain(std::iter::once(&self.fulfillment))
     }
 
-    /// Whether every consumer has started and none has failed.
-    pub fn ready(&self) -> Result<(), String> {
+    /// Which consumers are not fully well: not ready while one is starting or has failed;
+    /// ready, but named, while one is stalled (its storage keeps failing).
+    #[must_use]
+    pub fn readiness(&self) -> Readiness {
+        let mut readiness = Readiness::default();
         for c in self.consumers() {
-            match c.status() {
-                ConsumerStatus::Starting => return Err(format!("{} is still starting", c.name())),
-                ConsumerStatus::Failed => return Err(format!("{} has failed", c.name())),
-                _ => {}
+            let list = match c.status() {
+                ConsumerStatus::Starting => &mut readiness.starting,
+                ConsumerStatus::Failed => &mut readiness.failed,
+                ConsumerStatus::Stalled => &mut readiness.stalled,
+                _ => continue,
+            };
+            list.push(c.name().to_owned());
+        }
+        readiness
+    }
+}
+
+/// What `/health/ready` reports of the consumers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Still loading their checkpoint (or waiting to lead).
+    pub starting: Vec<String>,
+    /// Retrying their storage with backoff: serving stale reads.
+    pub stalled: Vec<String>,
+    /// Stopped for good.
+    pub failed: Vec<String>,
+}
+
+impl Readiness {
+    /// Ready = every consumer started and none failed (contract §6); stalled ones are
+    /// named but do not make the process unready (their reads still answer, with lag).
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.starting.is_empty() && self.failed.is_empty()
+    }
+
+    /// A one-line account for the `message` field.
+    #[must_use]
+    pub fn message(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("failed", &self.failed),
+            ("still starting", &self.starting),
+            ("stalled", &self.stalled),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{what}: {}", names.join(", ")));
             }
         }
-        Ok(())
+        parts.join("; ")
     }
 }

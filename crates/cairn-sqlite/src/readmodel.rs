@@ -313,7 +313,7 @@ impl ReadModelStore for SqliteReadModels {
         Ok(())
     }
 
-    fn create_shadow(&self, tables: &[&str]) -> Result<(), ReadModelError> {
+    fn create_shadow(&self, _consumer: &str, tables: &[&str]) -> Result<(), ReadModelError> {
         let conn = self.writer();
         let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         for name in tables {
@@ -518,7 +518,12 @@ impl ReadModelStore for SqliteReadModels {
         )
     }
 
-    fn resolve_dead_letter(&self, id: i64, f: TxnFn<'_>) -> Result<(), ReadModelError> {
+    fn resolve_dead_letter(
+        &self,
+        consumer: &str,
+        id: i64,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
         let tables = self.declared();
         let mut conn = self.writer();
         let tx = conn
@@ -528,18 +533,34 @@ impl ReadModelStore for SqliteReadModels {
             Txn { conn: &tx, tables: &tables, shadow_mode: false, pending: HashMap::new() };
         f(&mut txn)?;
         txn.flush(None)?;
-        tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id]).map_err(storage)?;
+        let deleted = tx
+            .execute(
+                "DELETE FROM dead_letters WHERE id = ?1 AND consumer = ?2",
+                rusqlite::params![id, consumer],
+            )
+            .map_err(storage)?;
+        if deleted == 0 {
+            // Dropping `tx` rolls `f`'s changes back: the letter was resolved meanwhile.
+            return Err(ReadModelError::NoSuchDeadLetter(id));
+        }
         tx.commit().map_err(storage)
     }
 
-    fn dead_letter_failed(&self, id: i64, error: &str) -> Result<(), ReadModelError> {
-        self.writer()
+    fn dead_letter_failed(
+        &self,
+        consumer: &str,
+        id: i64,
+        error: &str,
+    ) -> Result<(), ReadModelError> {
+        let updated = self
+            .writer()
             .execute(
-                "UPDATE dead_letters SET attempts = attempts + 1, error = ?2, last_failed_us = ?3 WHERE id = ?1",
-                rusqlite::params![id, error, Timestamp::now().as_micros()],
+                "UPDATE dead_letters SET attempts = attempts + 1, error = ?2, last_failed_us = ?3
+                 WHERE id = ?1 AND consumer = ?4",
+                rusqlite::params![id, error, Timestamp::now().as_micros(), consumer],
             )
-            .map(|_| ())
-            .map_err(storage)
+            .map_err(storage)?;
+        if updated == 0 { Err(ReadModelError::NoSuchDeadLetter(id)) } else { Ok(()) }
     }
 
     fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {

@@ -96,7 +96,12 @@ impl Projection for CustomerViewProjection {
             OrderEvent::OrderShipped(s) => {
                 let Some(mut owner) = txn.load::<OrderOwner>(ORDERS, id)? else { return Ok(()) };
                 let mut row = row_of(txn, &owner.customer_id)?;
-                row.lifetime_total = row.lifetime_total + s.total;
+                row.lifetime_total = row.lifetime_total.checked_add(s.total).ok_or_else(|| {
+                    ReadModelError::Handler(format!(
+                        "the lifetime total of {} cannot be represented",
+                        owner.customer_id
+                    ))
+                })?;
                 owner.shipped = true;
                 txn.save(ORDERS, id, &owner)?;
                 txn.save(TABLE, &owner.customer_id, &row)
@@ -107,7 +112,16 @@ impl Projection for CustomerViewProjection {
                     return Ok(());
                 }
                 let mut row = row_of(txn, &owner.customer_id)?;
-                row.lifetime_total = row.lifetime_total + (c.corrected_total - c.previous_total);
+                row.lifetime_total = c
+                    .corrected_total
+                    .checked_sub(c.previous_total)
+                    .and_then(|delta| row.lifetime_total.checked_add(delta))
+                    .ok_or_else(|| {
+                        ReadModelError::Handler(format!(
+                            "the lifetime total of {} cannot be represented",
+                            owner.customer_id
+                        ))
+                    })?;
                 txn.save(TABLE, &owner.customer_id, &row)
             }
             _ => Ok(()),

@@ -67,7 +67,7 @@ impl Projection for InventoryViewProjection {
             }
             InventoryEvent::StockDepleted(_) => {}
         }
-        row.available = row.on_hand - row.reserved;
+        row.available = row.on_hand.saturating_sub(row.reserved);
         row.version = e.version;
         txn.save(TABLE, id, &row)
     }

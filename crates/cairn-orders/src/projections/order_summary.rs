@@ -117,7 +117,9 @@ impl Projection for OrderSummaryProjection {
             order.status.as_str().clone_into(&mut row.status);
             row.customer_id.clone_from(&order.customer_id);
             row.item_count = order.items.len();
-            row.total = order.total();
+            row.total = order.checked_total().ok_or_else(|| {
+                ReadModelError::Handler(format!("the total of {id} cannot be represented"))
+            })?;
             row.updated_at = e.timestamp;
             row.version = e.version;
         }

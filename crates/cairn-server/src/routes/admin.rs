@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cairn_cqrs::consumer::ConsumerHandle;
+use cairn_cqrs::consumer::{ConsumerHandle, DeadLetterError};
 use serde::Serialize;
 
 use crate::AppState;
@@ -252,7 +252,10 @@ async fn on_letter<F, Fut>(state: &AppState, id: i64, op: F) -> Result<Response,
 where
     F: Fn(cairn_cqrs::consumer::ConsumerHandle) -> Fut,
     Fut: std::future::Future<
-            Output = Result<Option<cairn_cqrs::consumer::DeadLetterOutcome>, String>,
+            Output = Result<
+                Option<cairn_cqrs::consumer::DeadLetterOutcome>,
+                cairn_cqrs::consumer::DeadLetterError,
+            >,
         >,
 {
     for consumer in state.domain.consumers() {
@@ -277,11 +280,21 @@ where
         match op(consumer.clone()).await {
             Ok(Some(outcome)) => return Ok(Json(outcome).into_response()),
             Ok(None) => {}
+            Err(e @ DeadLetterError::NotLeader(_)) => {
+                return Err(ApiError::new(StatusCode::CONFLICT, "not_leader", e.to_string()));
+            }
+            Err(e @ DeadLetterError::Busy(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "consumer_busy",
+                    e.to_string(),
+                ));
+            }
             Err(e) => {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "read_model_unavailable",
-                    e,
+                    e.to_string(),
                 ));
             }
         }
@@ -300,7 +313,7 @@ where
         (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
         (status = 409, description = "`not_leader`: another process runs its consumer", body = ErrorBody),
-        (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`, or `consumer_busy`: the consumer held a batch for longer than 2 s; nothing was done", body = ErrorBody),
     )
 )]
 pub async fn retry_dead_letter(
@@ -322,7 +335,7 @@ pub async fn retry_dead_letter(
         (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
         (status = 409, description = "`not_leader`: another process runs its consumer", body = ErrorBody),
-        (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`, or `consumer_busy`: the consumer held a batch for longer than 2 s; nothing was done", body = ErrorBody),
     )
 )]
 pub async fn discard_dead_letter(

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::AppState;
+use crate::domain::Readiness;
 
 /// Liveness: the process is serving HTTP.
 #[utoipa::path(
@@ -25,21 +26,36 @@ pub async fn live() -> Json<serde_json::Value> {
     path = "/health/ready",
     tag = "operations",
     responses(
-        (status = 200, description = "Ready", body = crate::routes::openapi::Health),
-        (status = 503, description = "Not ready: the store is unreachable, or a consumer is starting or has failed", body = crate::routes::openapi::Health),
+        (status = 200, description = "Ready; a consumer whose storage keeps failing is named in `stalled`", body = crate::routes::openapi::Health),
+        (status = 503, description = "Not ready: the store is unreachable, or a consumer is starting or has `failed` (named in `starting` / `failed`)", body = crate::routes::openapi::Health),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let checked = match state.store.check_health().await {
-        Ok(()) => state.domain.ready(),
-        Err(e) => Err(e.to_string()),
-    };
-    match checked {
-        Ok(()) => Json(json!({"status": "ok"})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "error": "not_ready", "message": e})),
-        )
-            .into_response(),
+    if let Err(e) = state.store.check_health().await {
+        return not_ready(&e.to_string(), None);
     }
+    let readiness = state.domain.readiness();
+    if !readiness.is_ready() {
+        return not_ready(&readiness.message(), Some(&readiness));
+    }
+    let mut body = json!({"status": "ok"});
+    if !readiness.stalled.is_empty() {
+        body["stalled"] = json!(readiness.stalled);
+        body["message"] = json!(readiness.message());
+    }
+    Json(body).into_response()
+}
+
+fn not_ready(message: &str, readiness: Option<&Readiness>) -> Response {
+    let mut body = json!({"status": "unavailable", "error": "not_ready", "message": message});
+    if let Some(r) = readiness {
+        for (key, names) in
+            [("failed", &r.failed), ("starting", &r.starting), ("stalled", &r.stalled)]
+        {
+            if !names.is_empty() {
+                body[key] = json!(names);
+            }
+        }
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }

@@ -528,8 +528,14 @@ pub struct Health {
     pub status: String,
     /// `not_ready` when not ready.
     pub error: Option<String>,
-    /// Why it is not ready.
+    /// Why it is not ready, or which consumers are stalled.
     pub message: Option<String>,
+    /// Consumers retrying their storage (ready, but lagging).
+    pub stalled: Option<Vec<String>>,
+    /// Consumers still starting (not ready).
+    pub starting: Option<Vec<String>>,
+    /// Consumers stopped for good (not ready).
+    pub failed: Option<Vec<String>>,
 }
 
 #[cfg(test)]
