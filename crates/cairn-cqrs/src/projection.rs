@@ -202,8 +202,10 @@ pub fn spawn_partitioned_projection(
 
 /// How often a process checks whether it leads more than its share of partitions.
 const REBALANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-/// How long a handed-over partition is left for others to take.
-const HAND_OVER_HOLD_OFF: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a handed-over partition is left for others to take: a live process's
+/// followers try every second, so three seconds suffice; and should the process it was
+/// meant for have died meanwhile, the partition waits no longer than that.
+const HAND_OVER_HOLD_OFF: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Keeps this process at its fair share of the partitions (⌈partitions / live processes⌉):
 /// when a process joins, the others hand partitions over one at a time; when one dies,
@@ -213,6 +215,10 @@ async fn rebalance(
     readmodels: Arc<dyn ReadModelStore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Over its share on two checks in a row: a process that just died still counts as
+    // live for a few seconds (its heartbeat has not aged out), and a partition handed to
+    // it would sit idle for the hold-off.
+    let mut over_share_before = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep(REBALANCE_EVERY) => {}
@@ -224,9 +230,11 @@ async fn rebalance(
         };
         let fair = handles.len().div_ceil(live.max(1));
         let leading: Vec<&ConsumerHandle> = handles.iter().filter(|h| h.is_leader()).collect();
-        if leading.len() > fair
-            && let Some(h) = leading.last()
-        {
+        let over_share = leading.len() > fair;
+        let confirmed = over_share && over_share_before;
+        over_share_before = over_share;
+        if confirmed && let Some(h) = leading.last() {
+            over_share_before = false;
             tracing::info!(partition = h.name(), live, fair, "handing a partition over");
             h.hand_over(HAND_OVER_HOLD_OFF);
         }

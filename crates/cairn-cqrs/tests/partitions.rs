@@ -1,6 +1,7 @@
 //! A partitioned projection on PostgreSQL: 4 partitions (by hash of aggregate id), two
 //! processes sharing one database. The process leading the partitions dies mid-stream
-//! (its sessions are terminated and it stops); the other takes every partition over and
+//! (its sessions are terminated, its loops stop, its heartbeat ends); the other takes every
+//! partition over and
 //! the read model is exact: each aggregate's events applied once, in order.
 
 use std::collections::HashMap;
@@ -145,7 +146,12 @@ async fn the_survivor_takes_every_partition_over_and_the_model_is_exact() {
         .await
         .unwrap();
     assert_eq!(terminated.len(), 4, "A held the four partitions' leadership sessions");
+    // The rest of A's death: its loops stop and its membership heartbeat ends. (Before,
+    // A's store stayed open, so B kept counting a live A: on a busy machine B's rebalance
+    // ran before the catch-up ended and handed two partitions to a process that could
+    // never take them — the test's A was half dead, not the takeover slow.)
     let _ = stop_a.send(true);
+    a.events.close().await;
     let expected = writer.await.unwrap();
     let head = *b.events.head().borrow();
     caught_up(&handles_b, head).await;
