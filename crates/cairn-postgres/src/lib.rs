@@ -17,7 +17,7 @@ mod store;
 pub mod testing;
 mod writer;
 
-pub use pool::{OpenError, PgOptions};
+pub use pool::{KEEPALIVE_PROBES, OpenError, PgOptions, session_config};
 pub use readmodel::PgReadModels;
 pub use store::PgEventStore;
 

@@ -31,7 +31,21 @@ pub struct PgOptions {
     pub commit_delay: Duration,
     /// Longest wait for the writers of the previous group to append again (group commit).
     pub gather_wait: Duration,
+    /// Longest wait for a pooled connection (or for a new one to connect); past it the
+    /// request fails as unavailable (`503 store_unavailable`) instead of queueing forever.
+    pub pool_wait: Duration,
+    /// TCP keepalive: idle time before the first probe, on both ends of every session, so
+    /// that a half-open session (a vanished peer) is noticed in about
+    /// `keepalive_idle + 3 × keepalive_interval`, not the OS default of two hours. It
+    /// matters most for leadership: the server releases a dead leader's advisory lock only
+    /// when it notices the session is gone.
+    pub keepalive_idle: Duration,
+    /// TCP keepalive: time between probes.
+    pub keepalive_interval: Duration,
 }
+
+/// Unanswered keepalive probes before a session is declared dead.
+pub const KEEPALIVE_PROBES: u32 = 3;
 
 impl Default for PgOptions {
     fn default() -> Self {
@@ -45,6 +59,9 @@ impl Default for PgOptions {
             poll_interval: Duration::from_secs(1),
             commit_delay: Duration::ZERO,
             gather_wait: Duration::from_micros(500),
+            pool_wait: Duration::from_secs(10),
+            keepalive_idle: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(5),
         }
     }
 }
@@ -52,7 +69,7 @@ impl Default for PgOptions {
 impl PgOptions {
     /// The defaults, with the tuning variables `CAIRN_PG_POOL_SIZE`,
     /// `CAIRN_PG_STALL_SECS`, `CAIRN_PG_LOCK_TIMEOUT_SECS`, `CAIRN_PG_POLL_MS`,
-    /// `CAIRN_PG_GATHER_US` and the fault
+    /// `CAIRN_PG_GATHER_US`, `CAIRN_PG_POOL_WAIT_MS`, `CAIRN_PG_KEEPALIVE_SECS` and the fault
     /// hook `CAIRN_FAULT_PG_COMMIT_DELAY_MS` applied.
     #[must_use]
     pub fn from_env() -> Self {
@@ -74,6 +91,13 @@ impl PgOptions {
         }
         if let Some(v) = var("CAIRN_PG_GATHER_US") {
             o.gather_wait = Duration::from_micros(v);
+        }
+        if let Some(v) = var("CAIRN_PG_POOL_WAIT_MS") {
+            o.pool_wait = Duration::from_millis(v.max(1));
+        }
+        if let Some(v) = var("CAIRN_PG_KEEPALIVE_SECS") {
+            o.keepalive_idle = Duration::from_secs(v.max(1));
+            o.keepalive_interval = Duration::from_secs((v / 2).max(1));
         }
         if let Some(v) = var("CAIRN_FAULT_PG_COMMIT_DELAY_MS") {
             o.commit_delay = Duration::from_millis(v);
@@ -135,6 +159,39 @@ pub(crate) struct Shared {
     pub member_id: String,
 }
 
+/// The configuration every session Cairn opens uses (pooled, leadership, `LISTEN`): the
+/// URL's, plus keepalives on both ends and a connect timeout.
+pub fn session_config(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, OpenError> {
+    let mut config =
+        tokio_postgres::Config::from_str(url).map_err(|e| OpenError::Url(e.to_string()))?;
+    session_settings(&mut config, options);
+    Ok(config)
+}
+
+/// Keepalives on both ends of every session Cairn opens. The client side notices a peer
+/// that vanished; the server side (`tcp_keepalives_*`, settable per session) releases the
+/// session's advisory locks — leadership — once the client is gone. The server settings
+/// go first in `options` so that any the URL gives win.
+fn session_settings(config: &mut tokio_postgres::Config, options: &PgOptions) {
+    config
+        .keepalives(true)
+        .keepalives_idle(options.keepalive_idle)
+        .keepalives_interval(options.keepalive_interval)
+        .keepalives_retries(KEEPALIVE_PROBES)
+        .connect_timeout(options.pool_wait);
+    let server = format!(
+        "-c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={}",
+        options.keepalive_idle.as_secs().max(1),
+        options.keepalive_interval.as_secs().max(1),
+        KEEPALIVE_PROBES
+    );
+    let combined = match config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{server} {theirs}"),
+        _ => server,
+    };
+    config.options(combined);
+}
+
 pub(crate) fn db_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
@@ -144,8 +201,7 @@ pub(crate) fn db_error(e: &tokio_postgres::Error) -> String {
 
 impl Shared {
     pub async fn connect(url: &str, options: &PgOptions) -> Result<Arc<Self>, OpenError> {
-        let config =
-            tokio_postgres::Config::from_str(url).map_err(|e| OpenError::Url(e.to_string()))?;
+        let config = session_config(url, options)?;
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -153,6 +209,9 @@ impl Shared {
         );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(2))
+            .wait_timeout(Some(options.pool_wait))
+            .create_timeout(Some(options.pool_wait))
+            .recycle_timeout(Some(options.pool_wait))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| OpenError::Connect(e.to_string()))?;

@@ -143,7 +143,17 @@ impl PgReadModels {
         client: &mut ClientWrapper,
         body: impl FnOnce(&Self, &Transaction<'_>) -> Result<R, ReadModelError>,
     ) -> Result<R, ReadModelError> {
-        let tx = self.shared.wait(client.transaction()).map_err(|e| storage(&e))?;
+        // READ COMMITTED whatever the database's default: the checkpoint `greatest(...)`
+        // and the leader's read-modify-write of documents must see the latest commits.
+        let tx = self
+            .shared
+            .wait(
+                client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+                    .start(),
+            )
+            .map_err(|e| storage(&e))?;
         let result = body(self, &tx)?;
         self.shared.wait(tx.commit()).map_err(|e| storage(&e))?;
         Ok(result)

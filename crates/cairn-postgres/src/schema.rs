@@ -83,7 +83,11 @@ pub const LOCK_KEY_SQL: &str = "SELECT hashtextextended(current_schema() || '/ca
 /// Applies the migrations this database lacks. Two processes starting at once serialise on
 /// the migration lock; the second finds nothing left to do.
 pub async fn migrate(client: &mut Client) -> Result<i32, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
     let key: i64 = tx.query_one(LOCK_KEY_SQL, &[&"migrate"]).await?.get(0);
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key]).await?;
     tx.batch_execute(

@@ -262,7 +262,14 @@ async fn try_commit(
     .map_err(not_stored)?;
     // One round trip: BEGIN, the lock, and the four reads are sent back to back; the
     // server runs them in order, so the reads see everything committed before the lock.
-    let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({})", shared.append_lock);
+    // READ COMMITTED whatever the database's default: each read must take its snapshot
+    // after the lock is granted. Under REPEATABLE READ the snapshot is taken by the lock
+    // statement itself, before it waits, so a group that waited for another process's
+    // commit would read a stale head and collide on positions.
+    let begin = format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({})",
+        shared.append_lock
+    );
     let heads_args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&stream_ids];
     let ((), head_rows, head_of_streams, found_ids, found_keys) = tokio::try_join!(
         tx.batch_execute(&begin),
