@@ -65,7 +65,39 @@ async fn caught_up(handle: &ConsumerHandle, position: u64) {
 cairn_testkit::backend_tests!(
     failing_events_are_parked_in_order_and_released_by_retry_or_discard,
     dead_letters_survive_a_restart_and_keep_blocking,
+    a_panicking_projection_dead_letters_the_event_and_flows_on,
 );
+
+/// Panics (as arithmetic on a user's numbers could) on `{"fail": true}` while `failing`.
+struct Panicky {
+    failing: Arc<AtomicBool>,
+}
+
+impl Projection for Panicky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+
+    fn tables(&self) -> Vec<TableSpec> {
+        vec![TableSpec { name: "flaky", indexed: &[] }]
+    }
+
+    fn event_types(&self) -> Vec<&'static str> {
+        vec!["Tick"]
+    }
+
+    fn apply(&self, e: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError> {
+        let mut seen: Vec<u64> = txn.load("flaky", &e.aggregate_id)?.unwrap_or_default();
+        seen.push(e.position);
+        // Written before the panic: the rolled-back transaction must not keep it.
+        txn.save("flaky", &e.aggregate_id, &seen)?;
+        assert!(
+            !(e.data.get().contains("fail") && self.failing.load(Ordering::SeqCst)),
+            "Multiplication overflowed"
+        );
+        Ok(())
+    }
+}
 
 /// Waits until this process leads the consumer (at once on the embedded store; after the
 /// previous leader's session is gone on PostgreSQL).
@@ -175,4 +207,43 @@ async fn dead_letters_survive_a_restart_and_keep_blocking(backend: Backend) {
     let head = handle.dead_letters().await.unwrap()[0].id;
     handle.retry_dead_letter(head).await.unwrap();
     assert_eq!(applied(&rm, "e"), vec![e1, e2]);
+}
+
+async fn a_panicking_projection_dead_letters_the_event_and_flows_on(backend: Backend) {
+    let place = backend.place().await;
+    let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let rm: Arc<dyn ReadModelStore> = place.readmodels().await;
+    let failing = Arc::new(AtomicBool::new(true));
+    let (_stop, stop_rx) = watch::channel(false);
+    let handle = spawn_projection(
+        Arc::clone(&store),
+        Arc::clone(&rm),
+        Arc::new(Panicky { failing: Arc::clone(&failing) }),
+        stop_rx,
+    )
+    .unwrap();
+    leading(&handle).await;
+    let a1 = tick(&store, "a", false).await;
+    let p1 = tick(&store, "p", true).await;
+    let a2 = tick(&store, "a", false).await;
+    caught_up(&handle, a2).await;
+    // Bounded tries, then the dead letter queue; the others flow on; nothing stalls.
+    assert_eq!(applied(&rm, "a"), vec![a1, a2]);
+    assert!(applied(&rm, "p").is_empty(), "the panicking transaction committed nothing");
+    let letters = handle.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].position, letters[0].attempts), (p1, 3));
+    assert!(
+        letters[0].error.contains("panicked: Multiplication overflowed"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(handle.status(), cairn_cqrs::consumer::ConsumerStatus::Running);
+    // A retry that panics again answers (no hang) and keeps the letter.
+    let outcome = handle.retry_dead_letter(letters[0].id).await.unwrap().unwrap();
+    assert_eq!(outcome.remaining, 1);
+    failing.store(false, Ordering::SeqCst);
+    let outcome = handle.retry_dead_letter(letters[0].id).await.unwrap().unwrap();
+    assert_eq!(outcome.remaining, 0);
+    assert_eq!(applied(&rm, "p"), vec![p1]);
 }

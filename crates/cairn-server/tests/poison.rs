@@ -1,0 +1,123 @@
+//! One event must not stop a consumer. An `OrderCreated` whose line cannot be priced
+//! (quantity 2^63-1 at 99,999,999,999,999) is refused at the command and at the store API;
+//! one already in the log (written before the schemas bounded amounts) is dead-lettered
+//! by the projection it breaks, while every other order flows on, readiness holds, and the
+//! dead-letter commands answer at once.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cairn_core::{Append, ExpectedVersion, NewEvent};
+use cairn_testkit::Backend;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use support::TestServer;
+
+cairn_testkit::backend_tests!(
+    an_unpriceable_line_is_refused_at_the_command_and_the_store_api,
+    an_unpriceable_event_in_the_log_is_dead_lettered_and_nothing_stalls,
+);
+
+const POISON: &str = r#"{"customer_id":"c-1","items":[{"product_id":"p-1","quantity":9223372036854775807,"price":"99999999999999"}],"total":"0"}"#;
+
+async fn an_unpriceable_line_is_refused_at_the_command_and_the_store_api(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (status, body) = server
+        .post(
+            "/orders",
+            &json!({"order_id": "o-poison", "customer_id": "c-1",
+                    "items": [{"product_id": "p-1", "quantity": 9_223_372_036_854_775_807_i64, "price": "99999999999999"}]}),
+        )
+        .await;
+    assert_eq!((status, body["error"].as_str()), (422, Some("rule_violation")), "{body}");
+    let append = format!(
+        r#"{{"expected_version":0,"events":[{{"aggregate_type":"Order","event_type":"OrderCreated","data":{POISON}}}]}}"#
+    );
+    let (status, body) = server.post_raw("/streams/o-poison", append).await;
+    assert_eq!((status, body["error"].as_str()), (422, Some("validation_failed")), "{body}");
+    let pointers = body.to_string();
+    assert!(pointers.contains("/items/0/quantity"), "names the field: {body}");
+    let (status, _) = server.get("/streams/o-poison").await;
+    assert_eq!(status, 404, "nothing was stored");
+}
+
+async fn an_unpriceable_event_in_the_log_is_dead_lettered_and_nothing_stalls(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    // As if written before the schemas bounded amounts: straight into the log.
+    let poison = server
+        .store
+        .append(Append {
+            aggregate_id: "o-poison".into(),
+            aggregate_type: "Order".into(),
+            expected: ExpectedVersion::NoStream,
+            events: vec![NewEvent {
+                metadata: RawValue::from_string(r#"{"schema_version":2}"#.into()).unwrap(),
+                ..NewEvent::new("OrderCreated", RawValue::from_string(POISON.into()).unwrap())
+            }],
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    // A good order after it: its summary appears (read-your-writes), so the projection
+    // moved past the poison instead of stalling on it.
+    let (status, created) = server
+        .post(
+            "/orders",
+            &json!({"order_id": "o-good", "customer_id": "c-1",
+                    "items": [{"product_id": "p-1", "quantity": 2, "price": "29.99"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let position = created["position"].as_u64().unwrap();
+    assert!(position > poison.position);
+    let (status, summary) = server.get(&format!("/orders/o-good?min_position={position}")).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["total"], json!(59.98));
+
+    let letters = dead_letters(&server, "order_summary").await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["position"].as_u64(), Some(poison.position));
+    assert_eq!(letters[0]["attempts"].as_u64(), Some(3));
+    let (status, projections) = server.get("/admin/projections").await;
+    assert_eq!(status, 200);
+    let row = projections
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "order_summary")
+        .unwrap()
+        .clone();
+    assert_eq!((row["status"].as_str(), row["dlq_depth"].as_u64()), (Some("running"), Some(1)));
+    let (status, ready) = server.get("/health/ready").await;
+    assert_eq!(status, 200, "a dead letter does not make the process unready: {ready}");
+    // The write side answers about the poisoned order without a 500.
+    let (status, state) = server.get("/orders/o-poison/state").await;
+    assert!(status < 500, "{status} {state}");
+
+    // Dead-letter commands answer at once: a retry fails again and keeps the letter, a
+    // discard removes it.
+    let id = letters[0]["id"].as_i64().unwrap();
+    let started = Instant::now();
+    let (status, body) = server.post(&format!("/admin/dlq/{id}/retry"), &json!({})).await;
+    assert_eq!((status, body["remaining"].as_u64()), (200, Some(1)), "{body}");
+    let r = server.client.delete(server.url(&format!("/admin/dlq/{id}"))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(started.elapsed() < Duration::from_secs(10), "answered in {:?}", started.elapsed());
+    let (_, left) = server.get("/admin/dlq?projection=order_summary").await;
+    assert_eq!(left, json!([]));
+}
+
+async fn dead_letters(server: &TestServer, projection: &str) -> Vec<Value> {
+    // The projection dead-letters after its tries: wait for it, boundedly.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = server.get(&format!("/admin/dlq?projection={projection}")).await;
+        assert_eq!(status, 200, "{body}");
+        let letters = body.as_array().cloned().unwrap_or_default();
+        if !letters.is_empty() || Instant::now() > deadline {
+            return letters;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
