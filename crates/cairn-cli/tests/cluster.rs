@@ -175,3 +175,139 @@ async fn kill_9_of_the_leader_mid_projection_the_other_process_takes_over_exactl
     }
     follower.kill().await;
 }
+
+/// Pause between two orders of one client in the leadership test.
+const CONFIRM_PAUSE: Duration = Duration::from_millis(300);
+
+/// Confirms one-unit orders of product `p` until stopped; returns the confirmed ids.
+async fn confirm_orders(
+    client: reqwest::Client,
+    bases: [String; 2],
+    w: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<String> {
+    let mut confirmed = Vec::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let base = &bases[n % 2];
+        let id = format!("lo-{w}-{n}");
+        n += 1;
+        let body = json!({"order_id": id, "customer_id": format!("c-{w}"), "items": [{"product_id": "p", "quantity": 1, "price": "1.00"}]});
+        if post(&client, base, "/orders", body).await.is_none() {
+            continue;
+        }
+        if post(&client, base, &format!("/orders/{id}/confirm"), json!({})).await.is_some() {
+            confirmed.push(id);
+        }
+        // A steady load, not a flood: a few hundred orders over the test, so that the
+        // process manager (one event at a time) settles in seconds afterwards.
+        tokio::time::sleep(CONFIRM_PAUSE).await;
+    }
+    confirmed
+}
+
+/// Issue #11, item 2: both processes live while the sessions holding their leadership
+/// locks are terminated, six times, 2 s apart, under load. A deposed process manager
+/// must stop at once (no write on a pooled connection, no retry without leadership), so
+/// every confirmed order is reserved exactly once and none is cancelled as out of stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_sessions_terminated_under_load_cancel_nothing_and_reserve_once() {
+    const STOCK: u64 = 100_000;
+    let backend = cairn_testkit::Backend::Postgres;
+    if !backend.enabled() {
+        return;
+    }
+    let place = backend.place().await;
+    let a = support::Server::start_on(&place, &[]).await;
+    let b = support::Server::start_on(&place, &[]).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    post(&client, &a.base, "/inventory/p/restock", json!({"quantity": STOCK}))
+        .await
+        .expect("restock");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let bases = [a.base.clone(), b.base.clone()];
+            tokio::spawn(confirm_orders(client.clone(), bases, w, Arc::clone(&stop)))
+        })
+        .collect();
+    let (admin, connection) =
+        tokio_postgres::connect(place.database_url().unwrap(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut terminated = 0;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Every session holding a consumer's leadership lock (not the append lock, which a
+        // writer holds only for the length of a commit).
+        let rows = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks
+                 WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+                   AND ((classid::bigint << 32) | objid::bigint)
+                       <> hashtextextended(current_schema() || '/cairn/append', 0)",
+                &[],
+            )
+            .await
+            .unwrap();
+        terminated += rows.len();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut confirmed = Vec::new();
+    for w in writers {
+        confirmed.extend(w.await.unwrap());
+    }
+    assert!(terminated >= 6, "leadership sessions were terminated ({terminated})");
+    assert!(confirmed.len() >= 50, "too few orders confirmed: {}", confirmed.len());
+
+    // Quiet: every confirmed order reaches ready_to_ship (the survivor finishes the work).
+    // The cap is generous: a debug build's process manager handles ~35 orders/s on a busy
+    // machine, and the test confirms a few hundred.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &confirmed {
+        loop {
+            let r = client.get(format!("{}/orders/{id}/state", a.base)).send().await.unwrap();
+            let state: Value = r.json().await.unwrap();
+            match state["status"].as_str() {
+                Some("ready_to_ship") => break,
+                Some("cancelled") => panic!("{id} was cancelled with stock available: {state}"),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                let cps =
+                    admin.query("SELECT consumer, position FROM checkpoints", &[]).await.unwrap();
+                let cps: Vec<(String, i64)> = cps.iter().map(|r| (r.get(0), r.get(1))).collect();
+                panic!("{id} never became ready to ship: {state}; checkpoints {cps:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Reserved exactly once per order, and nothing released or cancelled.
+    let events: Value = client
+        .get(format!("{}/streams/p?limit=10000", a.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = events["events"].as_array().unwrap();
+    let mut reserved: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event_type"] == "StockReserved")
+        .map(|e| e["data"]["order_id"].as_str().unwrap())
+        .collect();
+    let count = reserved.len();
+    reserved.sort_unstable();
+    reserved.dedup();
+    assert_eq!(count, reserved.len(), "an order was reserved twice");
+    assert_eq!(count, confirmed.len(), "one reservation per confirmed order");
+    assert!(
+        !events.iter().any(|e| e["event_type"] == "StockReleased"),
+        "nothing was released: no order was compensated"
+    );
+    a.kill().await;
+    b.kill().await;
+}

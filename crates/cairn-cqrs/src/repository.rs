@@ -290,22 +290,27 @@ impl Repository {
             // A creating command expects no stream at all: no snapshot to look for.
             let use_snapshot = A::existence(command) != Existence::MustNotExist;
             let loaded = self.load_from::<A>(id, Until::End, use_snapshot).await?;
-            if let Some(expected) = options.expected_version
+            let refusal = if let Some(expected) = options.expected_version
                 && expected != loaded.version
             {
-                return Err(CommandError::WrongExpectedVersion {
-                    expected,
-                    actual: loaded.version,
-                });
-            }
-            match (A::existence(command), loaded.version) {
-                (Existence::MustExist, 0) => return Err(CommandError::NotFound),
-                (Existence::MustNotExist, v) if v > 0 => {
-                    return Err(CommandError::AlreadyExists { actual: v });
+                Some(CommandError::WrongExpectedVersion { expected, actual: loaded.version })
+            } else {
+                match (A::existence(command), loaded.version) {
+                    (Existence::MustExist, 0) => Some(CommandError::NotFound),
+                    (Existence::MustNotExist, v) if v > 0 => {
+                        Some(CommandError::AlreadyExists { actual: v })
+                    }
+                    _ => None,
                 }
-                _ => {}
-            }
-            let events = loaded.state.handle(command)?;
+            };
+            let decided = match refusal {
+                Some(e) => Err(e),
+                None => loaded.state.handle(command).map_err(CommandError::from),
+            };
+            let events = match decided {
+                Ok(events) => events,
+                Err(refused) => return self.unless_already_done(options, refused).await,
+            };
             if events.is_empty() {
                 return Ok(CommandOutcome {
                     aggregate_id: id.to_owned(),
@@ -366,6 +371,29 @@ impl Repository {
             }
         }
         Err(CommandError::Contention)
+    }
+}
+
+impl Repository {
+    /// A refusal of a keyed command may only mean that this very command (the same key,
+    /// sent twice at once: a retried request, or two process managers during a leadership
+    /// change) committed between the key check and the load; then the state refuses what
+    /// it already holds ("stock is already reserved for this order"). The first outcome is
+    /// the answer in that case, not the refusal.
+    async fn unless_already_done(
+        &self,
+        options: &CommandOptions,
+        refused: CommandError,
+    ) -> Result<CommandOutcome, CommandError> {
+        let Some(key) = &options.idempotency_key else { return Err(refused) };
+        match self.store.idempotent_result(key).await? {
+            Some((aggregate_id, outcome)) => Ok(CommandOutcome {
+                aggregate_id,
+                version: outcome.last_version,
+                position: outcome.position,
+            }),
+            None => Err(refused),
+        }
     }
 }
 
