@@ -859,12 +859,14 @@ impl Runner {
                 }
             };
             backoff = RETRY_BACKOFF_MIN;
-            let full = slice.events.len() == BATCH_EVENTS_MAX;
+            // A page the stores cut at their byte cap is short but not the end: whether
+            // more is visible is the head's to say, not the page's length.
+            let more = slice.events.len() == BATCH_EVENTS_MAX || slice.scanned_to < *head.borrow();
             let mut slice = slice;
             if let Some(p) = self.partition {
                 slice.events.retain(|e| p.owns(&e.aggregate_id));
             }
-            if full {
+            if more {
                 // Catching up: read the next batch while this one is applied.
                 let (store, filter, from) = (Arc::clone(store), filter.clone(), slice.scanned_to);
                 prefetched = Some(tokio::spawn(async move {
@@ -891,7 +893,7 @@ impl Runner {
             }
             position = position.max(slice.scanned_to);
             position_tx.send_replace(position);
-            if !full {
+            if !more {
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return Stop::Shutdown },
                     _ = shutdown.changed() => {}
