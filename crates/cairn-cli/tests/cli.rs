@@ -217,6 +217,13 @@ async fn dlq_commands_and_rebuild_with_wait() {
     assert!(run.ok, "{}", run.stderr);
     assert!(run.stdout.contains("rebuild of customer_view done"), "{}", run.stdout);
     assert!(run.stderr.contains("rebuild: customer_view rebuilt"), "{}", run.stderr);
+    // Returned only once the rebuilt model was swapped in.
+    let rows = get(url, "/admin/projections").await;
+    let row = rows.as_array().unwrap().iter().find(|p| p["name"] == "customer_view").unwrap();
+    assert_eq!(
+        (row["rebuilds_completed"].clone(), row["rebuilds_abandoned"].clone()),
+        (json!(1), json!(0))
+    );
     let customer = get(url, "/customers/cust-1?min_position=1").await;
     assert_eq!(customer["name"], "A");
     let started =
@@ -507,6 +514,12 @@ async fn pause_stops_a_projection_between_batches_and_resume_catches_up(
         rows.as_array().unwrap().iter().find(|p| p["name"] == "order_summary").unwrap()["status"],
         "running"
     );
+    // A paused projection cannot be swapped: `rebuild --wait` says so instead of "done".
+    let run = cairn(url, &["projections", "rebuild", "customer_view", "--wait"]).await;
+    assert_one_line_error(&run, "paused");
+    let rows = get(url, "/admin/projections").await;
+    let row = rows.as_array().unwrap().iter().find(|p| p["name"] == "customer_view").unwrap();
+    assert_eq!((row["status"].clone(), row["rebuild"].clone()), (json!("paused"), Value::Null));
     // Paused is started: the server stays ready.
     assert!(cairn(url, &["health"]).await.ok);
     let lagging = reqwest::get(format!(

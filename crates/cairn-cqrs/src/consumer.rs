@@ -129,6 +129,11 @@ struct Dlq {
     depth: AtomicU64,
     gate: tokio::sync::Mutex<()>,
     rebuild: Mutex<Option<RebuildProgress>>,
+    /// Rebuilds swapped in by this process, so a caller can tell that the one it started
+    /// is done (a status can read `running` before, during and after a rebuild).
+    rebuilds_completed: AtomicU64,
+    /// Rebuilds given up by this process (their shadow tables dropped, nothing swapped).
+    rebuilds_abandoned: AtomicU64,
     /// Whether this process runs the consumer (another process may lead it).
     leading: AtomicBool,
     /// A rebuild to start as soon as this process leads the consumer.
@@ -275,11 +280,37 @@ impl ConsumerHandle {
         })
     }
 
+    /// Rebuilds this process has swapped in since it started. Read after
+    /// [`ConsumerHandle::rebuild_progress`] shows none running, it already counts the
+    /// rebuild that just ended.
+    #[must_use]
+    pub fn rebuilds_completed(&self) -> u64 {
+        self.dlq.rebuilds_completed.load(Ordering::SeqCst)
+    }
+
+    /// Rebuilds this process has given up (nothing swapped in; the log says why).
+    #[must_use]
+    pub fn rebuilds_abandoned(&self) -> u64 {
+        self.dlq.rebuilds_abandoned.load(Ordering::SeqCst)
+    }
+
     /// Starts rebuilding the read model from position 0 into shadow tables, while the live
     /// tables keep answering; they are swapped atomically once the shadow has caught up.
-    /// Refused while a rebuild runs, while dead letters wait, or for a process manager.
+    /// Refused while a rebuild runs, while dead letters wait, for a process manager, and
+    /// while the consumer is paused or stalled: the swap needs the live consumer between
+    /// two batches at a checkpoint that moves, so such a rebuild would end (if ever) at a
+    /// time nobody chose.
     pub fn start_rebuild(&self) -> Result<(), String> {
         self.require_leader()?;
+        let refusal = match self.status() {
+            ConsumerStatus::Paused => Some("paused: resume it before rebuilding it"),
+            ConsumerStatus::Stalled => Some("stalled: its storage keeps failing"),
+            ConsumerStatus::Failed => Some("failed: restart it before rebuilding it"),
+            _ => None,
+        };
+        if let Some(why) = refusal {
+            return Err(format!("{} is {why}", self.name));
+        }
         start_rebuild(&self.dlq)
     }
 
@@ -418,6 +449,7 @@ fn start_rebuild(dlq: &Arc<Dlq>) -> Result<(), String> {
                 format!("{}#rebuild", dlq.handler.name()),
             );
             let _ = blocking(move || rm.abort_shadow(&tables, &name)).await;
+            dlq.rebuilds_abandoned.fetch_add(1, Ordering::SeqCst);
         }
         *dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner) = None;
     });
@@ -500,6 +532,7 @@ async fn rebuild(dlq: &Arc<Dlq>, shadow: Arc<dyn BatchHandler>) -> Result<(), St
     blocking(move || rm2.swap_shadow(&tables, &live, &shadow_name))
         .await
         .map_err(|e| e.to_string())?;
+    dlq.rebuilds_completed.fetch_add(1, Ordering::SeqCst);
     dlq.handler.rebuilt().await;
     tracing::info!(consumer = %name, position = target, seconds = started.elapsed().as_secs_f64(), "rebuild swapped in");
     Ok(())
@@ -660,6 +693,8 @@ pub fn spawn_partition(
         depth: AtomicU64::new(0),
         gate: tokio::sync::Mutex::new(()),
         rebuild: Mutex::new(None),
+        rebuilds_completed: AtomicU64::new(0),
+        rebuilds_abandoned: AtomicU64::new(0),
         leading: AtomicBool::new(false),
         rebuild_when_leading: AtomicBool::new(false),
         paused: watch::channel(false).0,
