@@ -17,6 +17,7 @@
 //!   dead letters past the head.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use cairn_core::readmodel::{ReadModelError, ReadModelStore, TableSpec};
@@ -127,10 +128,10 @@ pub async fn check_read_models_against_log(
         .map(|(name, (checkpoint, letters))| {
             let mut line = name.clone();
             if let Some(p) = checkpoint {
-                line.push_str(&format!(" at position {p}"));
+                let _ = write!(line, " at position {p}");
             }
             if !letters.is_empty() {
-                line.push_str(&format!(" with {} dead letter(s) past the head", letters.len()));
+                let _ = write!(line, " with {} dead letter(s) past the head", letters.len());
             }
             line
         })

@@ -563,8 +563,11 @@ async fn a_stream_longer_than_one_page_of_bytes_is_loaded_to_its_end(backend: Ba
     let events = page["events"].as_array().unwrap();
     let t = events[0]["timestamp"].as_str().unwrap().to_owned();
     // Events of one commit share its timestamp: "as of" it is the last of them.
-    let expected =
-        events.iter().filter(|e| e["timestamp"] == t.as_str()).map(|e| e["version"].clone()).last();
+    let expected = events
+        .iter()
+        .filter(|e| e["timestamp"] == t.as_str())
+        .map(|e| e["version"].clone())
+        .next_back();
     let (status, at) = s.get(&format!("/orders/o-long/state?as_of={t}")).await;
     assert_eq!(status, 200, "{at}");
     assert_eq!(Some(at["version"].clone()), expected);
