@@ -208,6 +208,12 @@ pub async fn projections(args: ProjectionsArgs) -> anyhow::Result<()> {
             );
         }
         ProjectionsAction::Rebuild { name, wait } => {
+            // Taken before the start: the rebuild is done when this count has grown.
+            let before = if wait {
+                Some(rebuild_counts(&projection_row(&client, &name).await?)?)
+            } else {
+                None
+            };
             client.call(Method::POST, &["admin", "projections", &name, "rebuild"], None).await?;
             if !wait {
                 if args.conn.json {
@@ -217,7 +223,8 @@ pub async fn projections(args: ProjectionsArgs) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let info = wait_for_rebuild(&client, &name).await?;
+            let Some(before) = before else { return Ok(()) };
+            let info = wait_for_rebuild(&client, &name, before).await?;
             if args.conn.json {
                 println!("{info}");
             } else {
@@ -232,27 +239,66 @@ pub async fn projections(args: ProjectionsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls `GET /admin/projections` until `name` is no longer rebuilding; returns its row.
-async fn wait_for_rebuild(client: &Client, name: &str) -> anyhow::Result<Value> {
+/// `name`'s row of `GET /admin/projections`.
+async fn projection_row(client: &Client, name: &str) -> anyhow::Result<Value> {
+    let body = client.get_json(&["admin", "projections"], &[]).await?;
+    array(&body)?
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .with_context(|| format!("no projection named {name}"))
+}
+
+/// Rebuilds a projection's server has (completed, abandoned).
+fn rebuild_counts(row: &Value) -> anyhow::Result<(u64, u64)> {
+    match (row["rebuilds_completed"].as_u64(), row["rebuilds_abandoned"].as_u64()) {
+        (Some(completed), Some(abandoned)) => Ok((completed, abandoned)),
+        _ => bail!("the server does not report rebuild completion (an older cairn?); cannot wait"),
+    }
+}
+
+/// Polls `GET /admin/projections` until the server has swapped `name`'s rebuild in (its
+/// completed count grew past `before`); returns its row. Fails at once when the
+/// projection is paused, stalled or failed, or when the rebuild ended without a swap: a
+/// wait that could only end by an operator's hand is not a wait for "done".
+async fn wait_for_rebuild(
+    client: &Client,
+    name: &str,
+    before: (u64, u64),
+) -> anyhow::Result<Value> {
     let mut progress = Progress::new("rebuild", "positions", None);
     loop {
-        let body = client.get_json(&["admin", "projections"], &[]).await?;
-        let Some(info) = array(&body)?.iter().find(|p| p["name"] == name).cloned() else {
-            bail!("no projection named {name}");
-        };
+        let info = projection_row(client, name).await?;
+        let (completed, abandoned) = rebuild_counts(&info)?;
+        if completed > before.0 {
+            progress.set(info["position"].as_u64().unwrap_or(0));
+            progress.finish(&format!("{name} rebuilt, at position {}", text(&info["position"])));
+            return Ok(info);
+        }
+        if abandoned > before.1 {
+            bail!(
+                "the rebuild of {name} was abandoned, nothing swapped in (the server's log says why)"
+            );
+        }
         match info["status"].as_str() {
-            Some("rebuilding") => {
+            Some("paused") => bail!(
+                "{name} is paused: its rebuild cannot be swapped in until `cairn projections resume {name}`"
+            ),
+            Some("stalled") => bail!(
+                "{name} is stalled (its storage keeps failing): its rebuild is not swapped in"
+            ),
+            Some("failed") => bail!("{name} failed: its rebuild is not swapped in"),
+            _ if info["rebuild"].is_null() && info["status"] != "rebuilding" => {
+                // Neither running nor counted: another process took the projection over.
+                bail!(
+                    "the rebuild of {name} ended without being swapped in here (did another cairn process take the projection over?)"
+                );
+            }
+            _ => {
                 if let Some(head) = info["head_position"].as_u64() {
                     progress.set_total(head);
                 }
                 progress.set(info["rebuild"]["position"].as_u64().unwrap_or(0));
-            }
-            Some("failed") => bail!("projection {name} failed during its rebuild"),
-            _ => {
-                progress.set(info["position"].as_u64().unwrap_or(0));
-                progress
-                    .finish(&format!("{name} rebuilt, at position {}", text(&info["position"])));
-                return Ok(info);
             }
         }
         tokio::time::sleep(REBUILD_POLL).await;

@@ -37,6 +37,12 @@ pub struct ServeArgs {
     /// A load that replays this many events or more takes a snapshot of the aggregate.
     #[arg(long, env = "CAIRN_SNAPSHOT_EVERY", default_value_t = cairn_cqrs::repository::SNAPSHOT_EVERY_DEFAULT)]
     snapshot_every: u64,
+    /// Accept read-model state ahead of the event log for consumers whose effects left the
+    /// read models (the process manager, the bus relay): move them back to the log's head.
+    /// Without it such state stops the start-up, naming each (projections past the head
+    /// are always rebuilt and snapshots past it always dropped). Not for an everyday start.
+    #[arg(long)]
+    repair: bool,
     /// Longest wait for in-flight requests after SIGTERM before closing anyway.
     #[arg(long, env = "CAIRN_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -144,6 +150,11 @@ async fn open_stores(args: &ServeArgs) -> anyhow::Result<Stores> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stores = open_stores(&args).await?;
+    // Before any consumer starts: nothing may follow the log from past its end.
+    if let Err(e) = cairn_server::guard::check_read_models_against_log(&stores, args.repair).await {
+        stores.events.close().await;
+        return Err(e.into());
+    }
     let store = Arc::clone(&stores.events);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -154,6 +154,49 @@ async fn read_forward_backward_from_a_version_and_limited() {
     server.kill().await;
 }
 
+/// ~4 KB events past the stores' 16 MiB page cap: `read` follows the cut pages to the end.
+async fn read_prints_a_stream_longer_than_one_page_of_bytes(backend: cairn_testkit::Backend) {
+    const EVENTS: u64 = 4_800;
+    const BATCH: u64 = 1_000;
+    // A batch of 1,000 events of ~4 KB is ~4 MB: above the default body limit.
+    const BODY_LIMIT: &str = "8388608";
+    let place = backend.place().await;
+    let server = Server::start_on(&place, &[("CAIRN_BODY_LIMIT_BYTES", BODY_LIMIT)]).await;
+    let url = server.base.as_str();
+    let pad = "x".repeat(4_000);
+    let mut version = 0;
+    while version < EVENTS {
+        let events: Vec<Value> = (version + 1..=(version + BATCH).min(EVENTS))
+            .map(|n| json!({"aggregate_type": "Ledger", "event_type": "Padded", "data": {"n": n, "pad": pad}}))
+            .collect();
+        post(
+            url,
+            "/streams/ledger-long",
+            &json!({"expected_version": version, "events": events}),
+            &[],
+        )
+        .await;
+        version = (version + BATCH).min(EVENTS);
+    }
+
+    let run = cairn(url, &["read", "ledger-long"]).await;
+    assert!(run.ok, "{}", run.stderr);
+    let versions: Vec<&str> = run.stdout.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(versions.len() as u64, EVENTS);
+    assert_eq!(versions.last(), Some(&format!("v{EVENTS}").as_str()));
+
+    let body = json_of(&cairn(url, &["read", "ledger-long", "--json"]).await);
+    let got: Vec<u64> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, (1..=EVENTS).collect::<Vec<_>>());
+    assert_eq!(body["next_version"], Value::Null);
+    server.kill().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_commands_and_rebuild_with_wait() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,6 +217,13 @@ async fn dlq_commands_and_rebuild_with_wait() {
     assert!(run.ok, "{}", run.stderr);
     assert!(run.stdout.contains("rebuild of customer_view done"), "{}", run.stdout);
     assert!(run.stderr.contains("rebuild: customer_view rebuilt"), "{}", run.stderr);
+    // Returned only once the rebuilt model was swapped in.
+    let rows = get(url, "/admin/projections").await;
+    let row = rows.as_array().unwrap().iter().find(|p| p["name"] == "customer_view").unwrap();
+    assert_eq!(
+        (row["rebuilds_completed"].clone(), row["rebuilds_abandoned"].clone()),
+        (json!(1), json!(0))
+    );
     let customer = get(url, "/customers/cust-1?min_position=1").await;
     assert_eq!(customer["name"], "A");
     let started =
@@ -424,7 +474,10 @@ async fn progress_is_a_bar_under_a_terminal() {
     server.kill().await;
 }
 
-cairn_testkit::backend_tests!(pause_stops_a_projection_between_batches_and_resume_catches_up);
+cairn_testkit::backend_tests!(
+    pause_stops_a_projection_between_batches_and_resume_catches_up,
+    read_prints_a_stream_longer_than_one_page_of_bytes,
+);
 
 async fn pause_stops_a_projection_between_batches_and_resume_catches_up(
     backend: cairn_testkit::Backend,
@@ -461,6 +514,12 @@ async fn pause_stops_a_projection_between_batches_and_resume_catches_up(
         rows.as_array().unwrap().iter().find(|p| p["name"] == "order_summary").unwrap()["status"],
         "running"
     );
+    // A paused projection cannot be swapped: `rebuild --wait` says so instead of "done".
+    let run = cairn(url, &["projections", "rebuild", "customer_view", "--wait"]).await;
+    assert_one_line_error(&run, "paused");
+    let rows = get(url, "/admin/projections").await;
+    let row = rows.as_array().unwrap().iter().find(|p| p["name"] == "customer_view").unwrap();
+    assert_eq!((row["status"].clone(), row["rebuild"].clone()), (json!("paused"), Value::Null));
     // Paused is started: the server stays ready.
     assert!(cairn(url, &["health"]).await.ok);
     let lagging = reqwest::get(format!(

@@ -185,6 +185,8 @@ pub trait ReadModelStore: Send + Sync + 'static {
     fn ensure_tables(&self, tables: &[TableSpec]) -> Result<(), ReadModelError>;
     /// The last `$all` position the consumer committed (0 when it never ran).
     fn checkpoint(&self, consumer: &str) -> Result<u64, ReadModelError>;
+    /// Every consumer's checkpoint, by name (the start-up check against the log's head).
+    fn checkpoints(&self) -> Result<Vec<(String, u64)>, ReadModelError>;
     /// Runs `f` in one transaction; when `checkpoint` is given, the consumer's checkpoint
     /// is set to it in the same transaction. An error from `f` rolls everything back.
     fn transact(

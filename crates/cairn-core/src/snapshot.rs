@@ -35,6 +35,9 @@ pub trait SnapshotStore: Send + Sync + 'static {
     fn load(&self, aggregate_id: &str) -> Result<Option<Snapshot>, ReadModelError>;
     /// Stores a snapshot, replacing an older one of the stream.
     fn save(&self, snapshot: &Snapshot) -> Result<(), ReadModelError>;
+    /// Deletes every snapshot taken at a position past `head` (of events the log no longer
+    /// holds) and returns their aggregate ids.
+    fn drop_past(&self, head: u64) -> Result<Vec<String>, ReadModelError>;
 }
 
 /// Snapshots in memory (tests).
@@ -59,5 +62,19 @@ impl SnapshotStore for MemorySnapshotStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(snapshot.aggregate_id.clone(), snapshot.clone());
         Ok(())
+    }
+
+    fn drop_past(&self, head: u64) -> Result<Vec<String>, ReadModelError> {
+        let mut snapshots =
+            self.snapshots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let past: Vec<String> = snapshots
+            .values()
+            .filter(|s| s.position > head)
+            .map(|s| s.aggregate_id.clone())
+            .collect();
+        for id in &past {
+            snapshots.remove(id);
+        }
+        Ok(past)
     }
 }

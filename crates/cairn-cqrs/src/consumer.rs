@@ -173,6 +173,11 @@ struct Dlq {
     depth: AtomicU64,
     gate: tokio::sync::Mutex<()>,
     rebuild: Mutex<Option<RebuildProgress>>,
+    /// Rebuilds swapped in by this process, so a caller can tell that the one it started
+    /// is done (a status can read `running` before, during and after a rebuild).
+    rebuilds_completed: AtomicU64,
+    /// Rebuilds given up by this process (their shadow tables dropped, nothing swapped).
+    rebuilds_abandoned: AtomicU64,
     /// Whether this process runs the consumer (another process may lead it).
     leading: AtomicBool,
     /// A rebuild to start as soon as this process leads the consumer.
@@ -323,11 +328,37 @@ impl ConsumerHandle {
         })
     }
 
+    /// Rebuilds this process has swapped in since it started. Read after
+    /// [`ConsumerHandle::rebuild_progress`] shows none running, it already counts the
+    /// rebuild that just ended.
+    #[must_use]
+    pub fn rebuilds_completed(&self) -> u64 {
+        self.dlq.rebuilds_completed.load(Ordering::SeqCst)
+    }
+
+    /// Rebuilds this process has given up (nothing swapped in; the log says why).
+    #[must_use]
+    pub fn rebuilds_abandoned(&self) -> u64 {
+        self.dlq.rebuilds_abandoned.load(Ordering::SeqCst)
+    }
+
     /// Starts rebuilding the read model from position 0 into shadow tables, while the live
     /// tables keep answering; they are swapped atomically once the shadow has caught up.
-    /// Refused while a rebuild runs, while dead letters wait, or for a process manager.
+    /// Refused while a rebuild runs, while dead letters wait, for a process manager, and
+    /// while the consumer is paused or stalled: the swap needs the live consumer between
+    /// two batches at a checkpoint that moves, so such a rebuild would end (if ever) at a
+    /// time nobody chose.
     pub fn start_rebuild(&self) -> Result<(), String> {
         self.require_leader()?;
+        let refusal = match self.status() {
+            ConsumerStatus::Paused => Some("paused: resume it before rebuilding it"),
+            ConsumerStatus::Stalled => Some("stalled: its storage keeps failing"),
+            ConsumerStatus::Failed => Some("failed: restart it before rebuilding it"),
+            _ => None,
+        };
+        if let Some(why) = refusal {
+            return Err(format!("{} is {why}", self.name));
+        }
         start_rebuild(&self.dlq)
     }
 
@@ -484,6 +515,7 @@ fn start_rebuild(dlq: &Arc<Dlq>) -> Result<(), String> {
                 format!("{}#rebuild", dlq.handler.name()),
             );
             let _ = blocking(move || rm.abort_shadow(&tables, &name)).await;
+            dlq.rebuilds_abandoned.fetch_add(1, Ordering::SeqCst);
         }
         *dlq.rebuild.lock().unwrap_or_else(PoisonError::into_inner) = None;
     });
@@ -567,6 +599,7 @@ async fn rebuild(dlq: &Arc<Dlq>, shadow: Arc<dyn BatchHandler>) -> Result<(), St
     blocking(move || rm2.swap_shadow(&tables, &live, &shadow_name))
         .await
         .map_err(|e| e.to_string())?;
+    dlq.rebuilds_completed.fetch_add(1, Ordering::SeqCst);
     dlq.handler.rebuilt().await;
     tracing::info!(consumer = %name, position = target, seconds = started.elapsed().as_secs_f64(), "rebuild swapped in");
     Ok(())
@@ -743,6 +776,8 @@ pub fn spawn_partition(
         depth: AtomicU64::new(0),
         gate: tokio::sync::Mutex::new(()),
         rebuild: Mutex::new(None),
+        rebuilds_completed: AtomicU64::new(0),
+        rebuilds_abandoned: AtomicU64::new(0),
         leading: AtomicBool::new(false),
         rebuild_when_leading: AtomicBool::new(false),
         paused: watch::channel(false).0,
@@ -942,12 +977,14 @@ impl Runner {
                 }
             };
             backoff = RETRY_BACKOFF_MIN;
-            let full = slice.events.len() == BATCH_EVENTS_MAX;
+            // A page the stores cut at their byte cap is short but not the end: whether
+            // more is visible is the head's to say, not the page's length.
+            let more = slice.events.len() == BATCH_EVENTS_MAX || slice.scanned_to < *head.borrow();
             let mut slice = slice;
             if let Some(p) = self.partition {
                 slice.events.retain(|e| p.owns(&e.aggregate_id));
             }
-            if full {
+            if more {
                 // Catching up: read the next batch while this one is applied.
                 let (store, filter, from) = (Arc::clone(store), filter.clone(), slice.scanned_to);
                 prefetched = Some(tokio::spawn(async move {
@@ -974,7 +1011,7 @@ impl Runner {
             }
             position = position.max(slice.scanned_to);
             position_tx.send_replace(position);
-            if !full {
+            if !more {
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return Stop::Shutdown },
                     _ = shutdown.changed() => {}

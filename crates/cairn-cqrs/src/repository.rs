@@ -5,8 +5,8 @@ use std::sync::Arc;
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
 use cairn_core::{
-    Append, AppendError, EventStore, ExpectedVersion, NewEvent, ReadError, RecordedEvent,
-    StreamRead,
+    Append, AppendError, Direction, EventStore, ExpectedVersion, NewEvent, ReadError,
+    RecordedEvent, StreamRead,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -236,7 +236,9 @@ impl Repository {
                     requested: A::TYPE.to_owned(),
                 }));
             }
-            let full = slice.events.len() == LOAD_PAGE_EVENTS;
+            // A page may stop short of the limit (the stores cap its bytes), so the end is
+            // where the stream's version says, never where a page happens to stop.
+            let more = slice.next_version(Direction::Forward).is_some();
             for e in &slice.events {
                 let past = match until {
                     Until::End => false,
@@ -249,7 +251,7 @@ impl Repository {
                 apply_recorded(&mut loaded, e)?;
                 replayed += 1;
             }
-            if !full {
+            if !more {
                 if until == Until::End {
                     self.maybe_snapshot(id, &loaded, replayed).await;
                 }

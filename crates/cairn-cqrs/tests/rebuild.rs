@@ -116,4 +116,12 @@ async fn a_new_projection_version_is_rebuilt_at_start_and_swapped_in(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(counts(&rm), vec![(2, 1100); 10]);
+    // The start-up rebuild and the manual one, both swapped in.
+    assert_eq!((v2.rebuilds_completed(), v2.rebuilds_abandoned()), (2, 0));
+    // A paused projection is not rebuilt: its swap would wait for an operator's resume.
+    v2.pause().unwrap();
+    let refused = v2.start_rebuild().unwrap_err();
+    assert!(refused.contains("paused"), "{refused}");
+    assert!(v2.rebuild_progress().is_none());
+    v2.resume().unwrap();
 }

@@ -278,7 +278,8 @@ impl Relay {
                 self.save(position).await?;
                 self.progress.send_modify(|p| p.position = position);
             }
-            if slice.events.len() < self.config.batch {
+            // A page cut at the stores' byte cap is short but not the end.
+            if slice.events.len() < self.config.batch && slice.scanned_to >= *head.borrow() {
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return Ok(()) },
                     _ = shutdown.changed() => {}

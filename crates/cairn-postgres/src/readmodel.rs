@@ -691,6 +691,14 @@ impl ReadModelStore for PgReadModels {
         Ok(())
     }
 
+    fn checkpoints(&self) -> Result<Vec<(String, u64)>, ReadModelError> {
+        Ok(self
+            .query_rows("SELECT consumer, position FROM checkpoints ORDER BY consumer", &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
     fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError> {
         Ok(self
             .query_rows("SELECT version FROM projection_versions WHERE name = $1", &[&name])?
@@ -840,5 +848,16 @@ impl SnapshotStore for PgReadModels {
             ],
         )
         .map(|_| ())
+    }
+
+    fn drop_past(&self, head: u64) -> Result<Vec<String>, ReadModelError> {
+        Ok(self
+            .query_rows(
+                "DELETE FROM snapshots WHERE position > $1 RETURNING aggregate_id",
+                &[&(head.min(i64::MAX as u64) as i64)],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 }

@@ -8,6 +8,7 @@ pub mod domain;
 pub mod domain_schemas;
 pub mod error;
 mod extract;
+pub mod guard;
 pub mod metrics;
 mod routes;
 pub mod schemas;

@@ -21,6 +21,7 @@ cairn_testkit::backend_tests!(
     read_your_writes_never_returns_stale_data,
     the_correlation_id_reaches_the_process_managers_events,
     temporal_queries_rebuild_the_past,
+    a_stream_longer_than_one_page_of_bytes_is_loaded_to_its_end,
     store_api_appends_to_domain_streams_are_checked,
     admin_projections_report_position_and_lag,
     metrics_are_prometheus_text,
@@ -516,6 +517,71 @@ async fn temporal_queries_rebuild_the_past(backend: Backend) {
     assert_eq!(at["version"], 2, "as_of is inclusive");
     assert_eq!(s.get("/orders/o-t/state?as_of=2000-01-01T00:00:00Z").await.0, 404);
     assert_eq!(s.get("/orders/o-t/state?as_of=yesterday").await.0, 400);
+}
+
+/// ~4 KB events past the stores' 16 MiB page cap: every load follows the cut pages.
+async fn a_stream_longer_than_one_page_of_bytes_is_loaded_to_its_end(backend: Backend) {
+    const ADDED: u64 = 4_800;
+    const BATCH: u64 = 1_000;
+    let s = TestServer::start(backend).await;
+    let (status, r) =
+        create_order(&s, "o-long", "c", json!([{"product_id": "a", "quantity": 1, "price": 1}]))
+            .await;
+    assert_eq!(status, 201, "{r}");
+    // One product whose id makes each event ~4 KB; every event adds one unit of it.
+    let product = format!("p-{}", "x".repeat(4_000));
+    let data =
+        serde_json::value::to_raw_value(&json!({"product_id": product, "quantity": 1, "price": 1}))
+            .unwrap();
+    let mut version = 1;
+    while version < ADDED + 1 {
+        let n = BATCH.min(ADDED + 1 - version);
+        let append = cairn_core::Append {
+            aggregate_id: "o-long".into(),
+            aggregate_type: "Order".into(),
+            expected: cairn_core::ExpectedVersion::Exact(version),
+            events: (0..n).map(|_| cairn_core::NewEvent::new("ItemAdded", data.clone())).collect(),
+            idempotency_key: None,
+        };
+        s.store.append(append).await.unwrap();
+        version += n;
+    }
+    let last = ADDED + 1;
+    let units = |state: &Value| {
+        state["items"].as_array().unwrap().iter().find(|l| l["product_id"] == product).unwrap()
+            ["quantity"]
+            .clone()
+    };
+
+    // Before any snapshot of the whole stream exists, so each of these reads it from the start.
+    let near_end = last - 10;
+    let (status, at) = s.get(&format!("/orders/o-long/state?version={near_end}")).await;
+    assert_eq!(status, 200, "{at}");
+    assert_eq!((at["version"].clone(), units(&at)), (json!(near_end), json!(near_end - 1)));
+
+    let (_, page) = s.get(&format!("/orders/o-long/events?from_version={near_end}")).await;
+    let events = page["events"].as_array().unwrap();
+    let t = events[0]["timestamp"].as_str().unwrap().to_owned();
+    // Events of one commit share its timestamp: "as of" it is the last of them.
+    let expected = events
+        .iter()
+        .filter(|e| e["timestamp"] == t.as_str())
+        .map(|e| e["version"].clone())
+        .next_back();
+    let (status, at) = s.get(&format!("/orders/o-long/state?as_of={t}")).await;
+    assert_eq!(status, 200, "{at}");
+    assert_eq!(Some(at["version"].clone()), expected);
+
+    let (status, now) = s.get("/orders/o-long/state").await;
+    assert_eq!(status, 200, "{now}");
+    assert_eq!(
+        (now["version"].clone(), now["current_version"].clone()),
+        (json!(last), json!(last))
+    );
+    assert_eq!(units(&now), json!(ADDED));
+
+    let (status, r) = cmd(&s, "/orders/o-long/confirm", json!({})).await;
+    assert_eq!((status, r["version"].clone()), (200, json!(last + 1)), "{r}");
 }
 
 async fn store_api_appends_to_domain_streams_are_checked(backend: Backend) {

@@ -428,6 +428,17 @@ impl ReadModelStore for SqliteReadModels {
             .map_err(storage)
     }
 
+    fn checkpoints(&self) -> Result<Vec<(String, u64)>, ReadModelError> {
+        let conn = self.writer();
+        let mut statement = conn
+            .prepare("SELECT consumer, position FROM checkpoints ORDER BY consumer")
+            .map_err(storage)?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(storage)?;
+        rows.collect::<Result<_, _>>().map_err(storage)
+    }
+
     fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError> {
         self.writer()
             .query_row("SELECT version FROM projection_versions WHERE name = ?1", [name], |r| {
@@ -685,5 +696,16 @@ impl SnapshotStore for SqliteReadModels {
         })
         .map(|_| ())
         .map_err(storage)
+    }
+
+    fn drop_past(&self, head: u64) -> Result<Vec<String>, ReadModelError> {
+        let conn = self.writer();
+        let mut statement = conn
+            .prepare("DELETE FROM snapshots WHERE position > ?1 RETURNING aggregate_id")
+            .map_err(storage)?;
+        let rows = statement
+            .query_map([head.min(i64::MAX as u64) as i64], |r| r.get(0))
+            .map_err(storage)?;
+        rows.collect::<Result<_, _>>().map_err(storage)
     }
 }

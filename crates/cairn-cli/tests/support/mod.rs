@@ -45,6 +45,20 @@ impl Server {
         }
     }
 
+    /// Starts `cairn serve` on a test place with extra `serve` arguments.
+    pub async fn start_on_with(place: &cairn_testkit::Place, extra: &[&str]) -> Self {
+        let mut args: Vec<std::ffi::OsString> = match (place.dir(), place.database_url()) {
+            (Some(dir), _) => vec!["--data-dir".into(), dir.into()],
+            (None, Some(url)) => {
+                vec!["--store".into(), "postgres".into(), "--database-url".into(), url.into()]
+            }
+            (None, None) => unreachable!("a place is a directory or a database"),
+        };
+        args.extend(extra.iter().map(Into::into));
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsString::as_os_str).collect();
+        Self::start_args(&args, &[]).await
+    }
+
     async fn start_args(store_args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Self {
         Self::start_at(free_port(), store_args, env).await
     }

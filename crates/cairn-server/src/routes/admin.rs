@@ -33,18 +33,27 @@ pub struct ProjectionInfo {
     /// While rebuilding: how far the shadow tables are, and how fast they fill.
     #[schema(value_type = Option<openapi::RebuildProgress>)]
     rebuild: Option<cairn_cqrs::consumer::RebuildProgress>,
+    /// Rebuilds this server process has swapped in since it started: a client that
+    /// started one waits for this count to grow (the status alone cannot say "done").
+    rebuilds_completed: u64,
+    /// Rebuilds this server process has given up since it started (nothing swapped in).
+    rebuilds_abandoned: u64,
 }
 
 fn info(c: &ConsumerHandle) -> ProjectionInfo {
     let (position, head_position) = (c.position(), c.head_position());
+    // The counts are read after the progress: a rebuild shown as over is already counted.
+    let (status, rebuild) = (c.status(), c.rebuild_progress());
     ProjectionInfo {
         name: c.name().to_owned(),
         position,
         head_position,
         lag: head_position.saturating_sub(position),
-        status: c.status(),
+        status,
         dlq_depth: c.dlq_depth(),
-        rebuild: c.rebuild_progress(),
+        rebuild,
+        rebuilds_completed: c.rebuilds_completed(),
+        rebuilds_abandoned: c.rebuilds_abandoned(),
     }
 }
 
@@ -69,6 +78,8 @@ pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionIn
             status: cairn_cqrs::consumer::ConsumerStatus::Running,
             dlq_depth: 0,
             rebuild: None,
+            rebuilds_completed: 0,
+            rebuilds_abandoned: 0,
         });
     }
     Json(rows)
@@ -358,7 +369,7 @@ pub async fn discard_dead_letter(
     responses(
         (status = 202, description = "The rebuild started", body = openapi::RebuildStarted),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
-        (status = 409, description = "`rebuild_refused`: e.g. one is already running", body = ErrorBody),
+        (status = 409, description = "`rebuild_refused`: one is already running, dead letters wait, or the projection is paused, stalled or failed", body = ErrorBody),
     )
 )]
 pub async fn rebuild_projection(
