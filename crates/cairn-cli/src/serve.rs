@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// A load that replays this many events or more takes a snapshot of the aggregate.
     #[arg(long, env = "CAIRN_SNAPSHOT_EVERY", default_value_t = cairn_cqrs::repository::SNAPSHOT_EVERY_DEFAULT)]
     snapshot_every: u64,
+    /// Start the process managers (order-fulfillment) paused: they issue no command until
+    /// `cairn projections resume <name>`. For a store about to receive `cairn import`.
+    #[arg(long, env = "CAIRN_PAUSE_PROCESS_MANAGERS")]
+    pause_process_managers: bool,
     /// Longest wait for in-flight requests after SIGTERM before closing anyway.
     #[arg(long, env = "CAIRN_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -153,7 +157,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (app, domain) = cairn_server::app_with_domain(
         stores,
         HttpConfig { body_limit_bytes: args.body_limit_bytes, ..HttpConfig::default() },
-        &DomainConfig { snapshot_every: args.snapshot_every },
+        &DomainConfig {
+            snapshot_every: args.snapshot_every,
+            pause_process_managers: args.pause_process_managers,
+        },
         stop_rx.clone(),
     )
     .context("cannot start the projections")?;

@@ -651,6 +651,19 @@ pub fn spawn_partition(
     shutdown: watch::Receiver<bool>,
     partition: Option<Partition>,
 ) -> ConsumerHandle {
+    spawn_with(store, handler, shutdown, partition, false)
+}
+
+/// Like [`spawn_partition`]; with `start_paused` the consumer handles nothing until
+/// [`ConsumerHandle::resume`], from its first batch on (not even one batch slips through
+/// before an operator could pause it — what a migration into this store needs).
+pub fn spawn_with(
+    store: Arc<dyn EventStore>,
+    handler: Arc<dyn BatchHandler>,
+    shutdown: watch::Receiver<bool>,
+    partition: Option<Partition>,
+    start_paused: bool,
+) -> ConsumerHandle {
     let (position_tx, position_rx) = watch::channel(0);
     let status = Arc::new(Mutex::new(ConsumerStatus::Starting));
     let dlq = Arc::new(Dlq {
@@ -662,7 +675,7 @@ pub fn spawn_partition(
         rebuild: Mutex::new(None),
         leading: AtomicBool::new(false),
         rebuild_when_leading: AtomicBool::new(false),
-        paused: watch::channel(false).0,
+        paused: watch::channel(start_paused).0,
         handover: watch::channel(false).0,
         hold_off_until: Mutex::new(None),
     });
@@ -839,6 +852,23 @@ impl Runner {
                     resumed = paused.wait_for(|p| !*p) => if resumed.is_err() { return Stop::Shutdown },
                     _ = shutdown.changed() => continue,
                 }
+                // While paused, an operator may have moved the checkpoint (a process
+                // manager's state imported with `cairn import`): go on from the stored one.
+                prefetched = None;
+                position = match self.start_position(&shutdown).await {
+                    Ok(p) => p,
+                    Err(stop) => return stop,
+                };
+                (saved, pending) = (position, false);
+                // Never backwards for `wait_for`: a stored checkpoint can trail the
+                // published position only over skipped events, which nothing waits on.
+                position_tx.send_if_modified(|p| {
+                    let newer = position > *p;
+                    if newer {
+                        *p = position;
+                    }
+                    newer
+                });
                 set(&self.status, ConsumerStatus::Running);
                 continue;
             }

@@ -455,6 +455,17 @@ pub struct RebuildStarted {
     pub status: String,
 }
 
+/// The answer to `POST /admin/process-managers/{name}/state`.
+#[derive(ToSchema)]
+pub struct StateImported {
+    /// The process manager.
+    pub name: String,
+    /// Its checkpoint now.
+    pub checkpoint: u64,
+    /// Instances saved.
+    pub saved: u64,
+}
+
 /// One row of `GET /admin/streams/stats`.
 #[derive(ToSchema)]
 pub struct StreamStats {
