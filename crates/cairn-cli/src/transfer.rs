@@ -135,15 +135,24 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     }
     for (name, checkpoint, instances) in &managers {
         for instance in instances {
-            let line = serde_json::json!({
-                "process_manager": name,
-                "table": instance["table"],
-                "key": instance["key"],
-                "state": instance["state"],
-            });
+            let line = StateLine {
+                process_manager: name,
+                table: Some(&instance["table"]),
+                key: Some(&instance["key"]),
+                state: Some(&instance["state"]),
+                checkpoint: None,
+            };
+            let line = serde_json::to_string(&line).context("encoding an instance")?;
             writeln!(out, "{line}").context("cannot write the export")?;
         }
-        let line = serde_json::json!({"process_manager": name, "checkpoint": checkpoint});
+        let line = StateLine {
+            process_manager: name,
+            table: None,
+            key: None,
+            state: None,
+            checkpoint: Some(*checkpoint),
+        };
+        let line = serde_json::to_string(&line).context("encoding a checkpoint")?;
         writeln!(out, "{line}").context("cannot write the export")?;
     }
     out.flush().context("cannot write the export")?;
@@ -159,6 +168,21 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
         if args.out.is_some() { println!("{summary}") } else { eprintln!("{summary}") }
     }
     Ok(())
+}
+
+/// A line of a process manager's state as export writes it: `process_manager` first, so
+/// that import tells these lines from events without parsing them.
+#[derive(Serialize)]
+struct StateLine<'a> {
+    process_manager: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint: Option<u64>,
 }
 
 /// A process manager's exported state: name, checkpoint, instances (`{table, key, state}`).
