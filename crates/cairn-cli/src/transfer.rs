@@ -137,9 +137,9 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
         for instance in instances {
             let line = StateLine {
                 process_manager: name,
-                table: Some(&instance["table"]),
-                key: Some(&instance["key"]),
-                state: Some(&instance["state"]),
+                table: Some(&instance.table),
+                key: Some(&instance.key),
+                state: Some(&instance.state),
                 checkpoint: None,
             };
             let line = serde_json::to_string(&line).context("encoding an instance")?;
@@ -176,17 +176,33 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
 struct StateLine<'a> {
     process_manager: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    table: Option<&'a serde_json::Value>,
+    table: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<&'a serde_json::Value>,
+    key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'a serde_json::Value>,
+    state: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     checkpoint: Option<u64>,
 }
 
-/// A process manager's exported state: name, checkpoint, instances (`{table, key, state}`).
-type ManagerState = (String, u64, Vec<serde_json::Value>);
+/// One process-manager instance; its state keeps the server's bytes (money its digits).
+#[derive(Serialize, Deserialize)]
+struct Instance {
+    table: String,
+    key: String,
+    state: Box<RawValue>,
+}
+
+/// A page of `GET /admin/process-managers/{name}/state`.
+#[derive(Deserialize)]
+struct StatePage {
+    checkpoint: u64,
+    instances: Vec<Instance>,
+    next: Option<String>,
+}
+
+/// A process manager's exported state: name, checkpoint, instances.
+type ManagerState = (String, u64, Vec<Instance>);
 
 /// Every process manager of the source and its state (none from a server that has none
 /// or does not list them).
@@ -204,15 +220,19 @@ async fn process_manager_states(client: &Client) -> anyhow::Result<Vec<ManagerSt
         let (mut checkpoint, mut instances, mut after) = (None, Vec::new(), None::<String>);
         loop {
             let query: Vec<(&str, String)> = after.iter().map(|a| ("after", a.clone())).collect();
-            let page = client
-                .get_json(&["admin", "process-managers", &name, "state"], &query)
+            let mut url = client.url(&["admin", "process-managers", &name, "state"]);
+            url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+            let (_, body) = client
+                .send(client.request(Method::GET, url))
                 .await
                 .with_context(|| format!("cannot export the state of {name}"))?;
+            let page: StatePage = serde_json::from_str(&body)
+                .with_context(|| format!("the state of {name} is not as expected"))?;
             // The first page's checkpoint: read before any instance.
-            checkpoint.get_or_insert(page["checkpoint"].as_u64().unwrap_or(0));
-            instances.extend(page["instances"].as_array().into_iter().flatten().cloned());
-            match page["next"].as_str() {
-                Some(next) => after = Some(next.to_owned()),
+            checkpoint.get_or_insert(page.checkpoint);
+            instances.extend(page.instances);
+            match page.next {
+                Some(next) => after = Some(next),
                 None => break,
             }
         }
@@ -289,8 +309,7 @@ struct Manager {
     name: String,
     /// The source checkpoint.
     checkpoint: u64,
-    /// `{table, key, state}` of each instance.
-    instances: Vec<serde_json::Value>,
+    instances: Vec<Instance>,
     /// The last event of the file at or before the source checkpoint: (stream, version).
     last_handled: Option<(String, u64)>,
     /// Whether this import paused it (and so resumes it).
@@ -334,9 +353,7 @@ fn read_managers(args: &ImportArgs) -> anyhow::Result<Vec<Manager>> {
             manager.checkpoint = checkpoint;
         }
         if let (Some(table), Some(key), Some(state)) = (m.table, m.key, m.state) {
-            let state: serde_json::Value =
-                serde_json::from_str(state.get()).context("an instance's state")?;
-            manager.instances.push(serde_json::json!({"table": table, "key": key, "state": state}));
+            manager.instances.push(Instance { table, key, state });
         }
     }
     Ok(managers)
@@ -364,6 +381,13 @@ async fn pause_manager(client: &Client, manager: &mut Manager) -> anyhow::Result
     Ok(())
 }
 
+/// Body of `POST /admin/process-managers/{name}/state`.
+#[derive(Serialize)]
+struct StateRequest<'a> {
+    checkpoint: u64,
+    instances: Vec<&'a Instance>,
+}
+
 /// Saves a process manager's instances with its checkpoint mapped onto the target;
 /// `Ok(Err(position))` when the target's manager has already handled events past that
 /// checkpoint (a re-run after it was resumed): its state is newer, and is kept.
@@ -385,10 +409,10 @@ async fn import_manager(client: &Client, manager: &Manager) -> anyhow::Result<Re
             })?
         }
     };
-    let mut chunks: Vec<Vec<&serde_json::Value>> = vec![Vec::new()];
+    let mut chunks: Vec<Vec<&Instance>> = vec![Vec::new()];
     let mut bytes = 0usize;
     for instance in &manager.instances {
-        let size = instance.to_string().len();
+        let size = instance.state.get().len() + instance.key.len() + instance.table.len();
         if bytes + size > IMPORT_STATE_BYTES_MAX && !chunks.last().is_some_and(Vec::is_empty) {
             chunks.push(Vec::new());
             bytes = 0;
@@ -397,10 +421,8 @@ async fn import_manager(client: &Client, manager: &Manager) -> anyhow::Result<Re
         chunks.last_mut().expect("one chunk at least").push(instance);
     }
     for chunk in chunks {
-        let body = serde_json::to_string(
-            &serde_json::json!({"checkpoint": checkpoint, "instances": chunk}),
-        )
-        .context("encoding a process manager's state")?;
+        let body = serde_json::to_string(&StateRequest { checkpoint, instances: chunk })
+            .context("encoding a process manager's state")?;
         let url = client.url(&["admin", "process-managers", &manager.name, "state"]);
         let response = client
             .request(Method::POST, url)
