@@ -373,7 +373,9 @@ async fn progress_is_plain_lines_when_stdout_is_not_a_terminal() {
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert!(lines.iter().any(|l| l.starts_with("export: 3/3 positions (100%)")), "{lines:?}");
     assert!(
-        lines.last().unwrap().starts_with("export: 3 events exported, up to position 3 in "),
+        lines.last().unwrap().starts_with(
+            "export: 3 events exported, up to position 3; order-fulfillment: 0 instances at checkpoint 0 in "
+        ),
         "{lines:?}"
     );
     assert!(!run.stderr.contains('\u{1b}'), "terminal escapes in {:?}", run.stderr);
