@@ -19,6 +19,7 @@
 //! event at or before P), and resumes the ones it paused: they go on after the imported
 //! history and act only on what the source had not handled yet.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
@@ -159,7 +160,8 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     drop(out);
     let mut summary = format!("{count} events exported, up to position {from}");
     for (name, checkpoint, instances) in &managers {
-        summary += &format!("; {name}: {} instances at checkpoint {checkpoint}", instances.len());
+        let _ =
+            write!(summary, "; {name}: {} instances at checkpoint {checkpoint}", instances.len());
     }
     progress.finish(&summary);
     if args.conn.json {
@@ -511,14 +513,16 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     for manager in &managers {
         match import_manager(&client, manager).await? {
             Ok(checkpoint) => {
-                summary += &format!(
+                let _ = write!(
+                    summary,
                     "; {}: {} instances, checkpoint {checkpoint}",
                     manager.name,
                     manager.instances.len()
                 );
             }
             Err(ahead) => {
-                summary += &format!(
+                let _ = write!(
+                    summary,
                     "; {}: state kept (it has already handled events up to position {ahead})",
                     manager.name
                 );
@@ -530,7 +534,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot resume {} on the target", manager.name))?;
         } else {
-            summary += &format!(
+            let _ = write!(
+                summary,
                 " (still paused: `cairn projections resume {}` once the import is complete)",
                 manager.name
             );

@@ -810,6 +810,35 @@ impl Runner {
         }
     }
 
+    /// Paused between batches (nothing in hand, the checkpoint still): waits for a resume
+    /// and answers the position to go on from (`None`: woken by shutdown instead).
+    async fn sit_out_pause(
+        &mut self,
+        paused: &mut watch::Receiver<bool>,
+        shutdown: &mut watch::Receiver<bool>,
+        position_tx: &watch::Sender<u64>,
+    ) -> Result<Option<u64>, Stop> {
+        set(&self.status, ConsumerStatus::Paused);
+        tokio::select! {
+            resumed = paused.wait_for(|p| !*p) => if resumed.is_err() { return Err(Stop::Shutdown) },
+            _ = shutdown.changed() => return Ok(None),
+        }
+        // While paused, an operator may have moved the checkpoint (a process manager's
+        // state imported with `cairn import`): go on from the stored one.
+        let position = self.start_position(shutdown).await?;
+        // Never backwards for `wait_for`: a stored checkpoint can trail the published
+        // position only over skipped events, which nothing waits on.
+        position_tx.send_if_modified(|p| {
+            let newer = position > *p;
+            if newer {
+                *p = position;
+            }
+            newer
+        });
+        set(&self.status, ConsumerStatus::Running);
+        Ok(Some(position))
+    }
+
     /// Runs the consumer from its checkpoint until shutdown or lost leadership.
     async fn lead(
         &mut self,
@@ -846,30 +875,11 @@ impl Runner {
                 return Stop::Lost;
             }
             if *paused.borrow_and_update() {
-                // Between batches: nothing is in hand, the checkpoint is still.
-                set(&self.status, ConsumerStatus::Paused);
-                tokio::select! {
-                    resumed = paused.wait_for(|p| !*p) => if resumed.is_err() { return Stop::Shutdown },
-                    _ = shutdown.changed() => continue,
-                }
-                // While paused, an operator may have moved the checkpoint (a process
-                // manager's state imported with `cairn import`): go on from the stored one.
-                prefetched = None;
-                position = match self.start_position(&shutdown).await {
-                    Ok(p) => p,
+                match self.sit_out_pause(&mut paused, &mut shutdown, position_tx).await {
                     Err(stop) => return stop,
-                };
-                (saved, pending) = (position, false);
-                // Never backwards for `wait_for`: a stored checkpoint can trail the
-                // published position only over skipped events, which nothing waits on.
-                position_tx.send_if_modified(|p| {
-                    let newer = position > *p;
-                    if newer {
-                        *p = position;
-                    }
-                    newer
-                });
-                set(&self.status, ConsumerStatus::Running);
+                    Ok(Some(p)) => (prefetched, position, saved, pending) = (None, p, p, false),
+                    Ok(None) => {}
+                }
                 continue;
             }
             head.borrow_and_update();

@@ -48,7 +48,7 @@ impl Server {
             }
             (None, None) => unreachable!("a place is a directory or a database"),
         };
-        args.extend(flags.iter().map(|f| std::ffi::OsStr::new(f)));
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
         Self::start_args(&args, env).await
     }
 

@@ -480,7 +480,7 @@ pub struct ProcessState {
     next: Option<String>,
 }
 
-fn unavailable(e: impl ToString) -> ApiError {
+fn unavailable(e: &dyn std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_model_unavailable", e.to_string())
 }
 
@@ -506,7 +506,7 @@ pub async fn process_state(
     query: QueryMap,
 ) -> Result<Json<ProcessState>, ApiError> {
     let pm = process_manager(&state, &name)?;
-    let table = instance_table(pm.name()).ok_or_else(|| unavailable("no instance table"))?;
+    let table = instance_table(pm.name()).ok_or_else(|| unavailable(&"no instance table"))?;
     let limit = query.u64("limit")?.unwrap_or(STATE_PAGE_MAX).clamp(1, STATE_PAGE_MAX) as usize;
     let list = cairn_core::readmodel::ListQuery {
         table: table.to_owned(),
@@ -521,13 +521,14 @@ pub async fn process_state(
         Ok::<_, cairn_core::readmodel::ReadModelError>((rm.checkpoint(&consumer)?, rm.list(&list)?))
     })
     .await
-    .map_err(unavailable)?
-    .map_err(unavailable)?;
+    .map_err(|e| unavailable(&e))?
+    .map_err(|e| unavailable(&e))?;
     let next = if rows.len() == limit { rows.last().map(|(k, _)| k.clone()) } else { None };
     let instances = rows
         .into_iter()
         .map(|(key, doc)| {
-            let state = serde_json::value::RawValue::from_string(doc).map_err(unavailable)?;
+            let state =
+                serde_json::value::RawValue::from_string(doc).map_err(|e| unavailable(&e))?;
             Ok(InstanceRow { table: table.to_owned(), key, state })
         })
         .collect::<Result<_, ApiError>>()?;
@@ -568,7 +569,7 @@ pub async fn import_process_state(
     crate::extract::JsonBody(body): crate::extract::JsonBody<ImportState>,
 ) -> Result<Response, ApiError> {
     let pm = process_manager(&state, &name)?;
-    let table = instance_table(pm.name()).ok_or_else(|| unavailable("no instance table"))?;
+    let table = instance_table(pm.name()).ok_or_else(|| unavailable(&"no instance table"))?;
     if let Some(other) = body.instances.iter().find(|i| i.table != table) {
         return Err(ApiError::bad_request(format!(
             "{name} keeps its instances in {table}, not {}",
@@ -603,8 +604,8 @@ pub async fn import_process_state(
         let (rm, consumer) = (Arc::clone(&rm), consumer.clone());
         tokio::task::spawn_blocking(move || rm.checkpoint(&consumer))
             .await
-            .map_err(unavailable)?
-            .map_err(unavailable)?
+            .map_err(|e| unavailable(&e))?
+            .map_err(|e| unavailable(&e))?
     };
     if current > body.checkpoint {
         return Err(ApiError::new(
@@ -628,8 +629,8 @@ pub async fn import_process_state(
         })
     })
     .await
-    .map_err(unavailable)?
-    .map_err(unavailable)?;
+    .map_err(|e| unavailable(&e))?
+    .map_err(|e| unavailable(&e))?;
     Ok(Json(serde_json::json!({"name": name, "checkpoint": checkpoint, "saved": saved}))
         .into_response())
 }
