@@ -59,6 +59,8 @@ use crate::error::ApiError;
         admin::retry_dead_letter,
         admin::discard_dead_letter,
         admin::fulfillment_instances,
+        admin::process_state,
+        admin::import_process_state,
         health::live,
         health::ready,
         serve,
