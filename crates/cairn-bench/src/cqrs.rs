@@ -229,8 +229,11 @@ async fn lifecycle(s: &Server, i: u64) -> anyhow::Result<()> {
 /// them all; with snapshots on (every 100 events) the first load takes one.
 async fn long_aggregate(table: &mut Table, dir: &Path, snapshots: bool) -> anyhow::Result<()> {
     let every = if snapshots { cairn_cqrs::repository::SNAPSHOT_EVERY_DEFAULT } else { u64::MAX };
-    let server =
-        Server::start_with(dir, &cairn_server::DomainConfig { snapshot_every: every }).await?;
+    let server = Server::start_with(
+        dir,
+        &cairn_server::DomainConfig { snapshot_every: every, ..Default::default() },
+    )
+    .await?;
     server
         .post("/orders", &json!({"order_id": "order-long", "customer_id": "c", "items": []}))
         .await?;

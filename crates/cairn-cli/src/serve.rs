@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// are always rebuilt and snapshots past it always dropped). Not for an everyday start.
     #[arg(long)]
     repair: bool,
+    /// Start the process managers (order-fulfillment) paused: they issue no command until
+    /// `cairn projections resume <name>`. For a store about to receive `cairn import`.
+    #[arg(long, env = "CAIRN_PAUSE_PROCESS_MANAGERS")]
+    pause_process_managers: bool,
     /// Longest wait for in-flight requests after SIGTERM before closing anyway.
     #[arg(long, env = "CAIRN_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -164,7 +168,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (app, domain) = cairn_server::app_with_domain(
         stores,
         HttpConfig { body_limit_bytes: args.body_limit_bytes, ..HttpConfig::default() },
-        &DomainConfig { snapshot_every: args.snapshot_every },
+        &DomainConfig {
+            snapshot_every: args.snapshot_every,
+            pause_process_managers: args.pause_process_managers,
+        },
         stop_rx.clone(),
     )
     .context("cannot start the projections")?;

@@ -8,7 +8,18 @@
 //! A re-run adds nothing: an append whose events are all stored is recognised as a retry
 //! by the store and answered with its first outcome. Positions and timestamps are the
 //! target store's own.
+//!
+//! Process managers: their commands were issued in the source, and their effects are in
+//! the exported history; the target's must not issue them again. A full export (no
+//! filter) ends with each process manager's durable state — its checkpoint (read first)
+//! and its instances — as lines `{"process_manager": NAME, "table", "key", "state"}` and a
+//! last `{"process_manager": NAME, "checkpoint": P}`. Import pauses those process managers
+//! on the target before its first append, appends the events, saves the instances with
+//! the checkpoint mapped onto the target's positions (the target position of the last
+//! event at or before P), and resumes the ones it paused: they go on after the imported
+//! history and act only on what the source had not handled yet.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
@@ -79,6 +90,12 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
         )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
+    // Before the events: a checkpoint read first never covers an event the export lacks.
+    let managers = if args.event_types.is_empty() && args.aggregate_type.is_none() {
+        process_manager_states(&client).await?
+    } else {
+        Vec::new()
+    };
     let mut progress = Progress::new("export", "positions", None);
     if head > 0 {
         progress.set_total(head);
@@ -117,9 +134,36 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
         }
         progress.set(if head > 0 { from } else { count });
     }
+    for (name, checkpoint, instances) in &managers {
+        for instance in instances {
+            let line = StateLine {
+                process_manager: name,
+                table: Some(&instance.table),
+                key: Some(&instance.key),
+                state: Some(&instance.state),
+                checkpoint: None,
+            };
+            let line = serde_json::to_string(&line).context("encoding an instance")?;
+            writeln!(out, "{line}").context("cannot write the export")?;
+        }
+        let line = StateLine {
+            process_manager: name,
+            table: None,
+            key: None,
+            state: None,
+            checkpoint: Some(*checkpoint),
+        };
+        let line = serde_json::to_string(&line).context("encoding a checkpoint")?;
+        writeln!(out, "{line}").context("cannot write the export")?;
+    }
     out.flush().context("cannot write the export")?;
     drop(out);
-    progress.finish(&format!("{count} events exported, up to position {from}"));
+    let mut summary = format!("{count} events exported, up to position {from}");
+    for (name, checkpoint, instances) in &managers {
+        let _ =
+            write!(summary, "; {name}: {} instances at checkpoint {checkpoint}", instances.len());
+    }
+    progress.finish(&summary);
     if args.conn.json {
         // stdout holds the events when there is no --out.
         let summary = serde_json::json!({"exported": count, "last_position": from});
@@ -128,9 +172,83 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A line of a process manager's state as export writes it: `process_manager` first, so
+/// that import tells these lines from events without parsing them.
+#[derive(Serialize)]
+struct StateLine<'a> {
+    process_manager: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint: Option<u64>,
+}
+
+/// One process-manager instance; its state keeps the server's bytes (money its digits).
+#[derive(Serialize, Deserialize)]
+struct Instance {
+    table: String,
+    key: String,
+    state: Box<RawValue>,
+}
+
+/// A page of `GET /admin/process-managers/{name}/state`.
+#[derive(Deserialize)]
+struct StatePage {
+    checkpoint: u64,
+    instances: Vec<Instance>,
+    next: Option<String>,
+}
+
+/// A process manager's exported state: name, checkpoint, instances.
+type ManagerState = (String, u64, Vec<Instance>);
+
+/// Every process manager of the source and its state (none from a server that has none
+/// or does not list them).
+async fn process_manager_states(client: &Client) -> anyhow::Result<Vec<ManagerState>> {
+    let rows = client.get_json(&["admin", "projections"], &[]).await?;
+    let names: Vec<String> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["kind"] == "process_manager")
+        .filter_map(|r| r["name"].as_str().map(str::to_owned))
+        .collect();
+    let mut states = Vec::new();
+    for name in names {
+        let (mut checkpoint, mut instances, mut after) = (None, Vec::new(), None::<String>);
+        loop {
+            let query: Vec<(&str, String)> = after.iter().map(|a| ("after", a.clone())).collect();
+            let mut url = client.url(&["admin", "process-managers", &name, "state"]);
+            url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+            let (_, body) = client
+                .send(client.request(Method::GET, url))
+                .await
+                .with_context(|| format!("cannot export the state of {name}"))?;
+            let page: StatePage = serde_json::from_str(&body)
+                .with_context(|| format!("the state of {name} is not as expected"))?;
+            // The first page's checkpoint: read before any instance.
+            checkpoint.get_or_insert(page.checkpoint);
+            instances.extend(page.instances);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        states.push((name, checkpoint.unwrap_or(0), instances));
+    }
+    Ok(states)
+}
+
 /// One line of an export, as import reads it.
 #[derive(Deserialize)]
 struct Line {
+    /// The source's position (for mapping a process manager's checkpoint).
+    #[serde(default)]
+    position: Option<u64>,
     event_id: String,
     aggregate_id: String,
     aggregate_type: String,
@@ -174,6 +292,164 @@ struct Tally {
     already_there: u64,
 }
 
+/// A line of a process manager's state in an export.
+#[derive(Deserialize)]
+struct ManagerLine {
+    process_manager: String,
+    #[serde(default)]
+    checkpoint: Option<u64>,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    state: Option<Box<RawValue>>,
+}
+
+/// What import does for one process manager.
+struct Manager {
+    name: String,
+    /// The source checkpoint.
+    checkpoint: u64,
+    instances: Vec<Instance>,
+    /// The last event of the file at or before the source checkpoint: (stream, version).
+    last_handled: Option<(String, u64)>,
+    /// Whether this import paused it (and so resumes it).
+    paused_here: bool,
+}
+
+fn is_manager_line(line: &str) -> bool {
+    line.trim_start().starts_with("{\"process_manager\"")
+}
+
+/// Most bytes of instances in one state request (well under the default 1 MiB body limit).
+const IMPORT_STATE_BYTES_MAX: usize = 256 * 1024;
+
+/// Reads the process managers' state lines of an export.
+fn read_managers(args: &ImportArgs) -> anyhow::Result<Vec<Manager>> {
+    let file =
+        File::open(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let mut managers: Vec<Manager> = Vec::new();
+    for (number, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", args.file.display()))?;
+        if !is_manager_line(&line) {
+            continue;
+        }
+        let m: ManagerLine = serde_json::from_str(&line).with_context(|| {
+            format!("{} line {}: not a process manager's state", args.file.display(), number + 1)
+        })?;
+        let index = if let Some(i) = managers.iter().position(|x| x.name == m.process_manager) {
+            i
+        } else {
+            managers.push(Manager {
+                name: m.process_manager.clone(),
+                checkpoint: 0,
+                instances: Vec::new(),
+                last_handled: None,
+                paused_here: false,
+            });
+            managers.len() - 1
+        };
+        let manager = &mut managers[index];
+        if let Some(checkpoint) = m.checkpoint {
+            manager.checkpoint = checkpoint;
+        }
+        if let (Some(table), Some(key), Some(state)) = (m.table, m.key, m.state) {
+            manager.instances.push(Instance { table, key, state });
+        }
+    }
+    Ok(managers)
+}
+
+/// Pauses a process manager on the target unless it is paused already (then it stays
+/// paused after the import: whoever paused it resumes it).
+async fn pause_manager(client: &Client, manager: &mut Manager) -> anyhow::Result<()> {
+    let rows = client.get_json(&["admin", "projections"], &[]).await?;
+    let row = rows.as_array().into_iter().flatten().find(|r| r["name"] == manager.name.as_str());
+    let Some(row) = row else {
+        bail!(
+            "the target has no process manager named {}: import it into a server of the same domain",
+            manager.name
+        );
+    };
+    if row["status"] == "paused" {
+        return Ok(());
+    }
+    client
+        .call(Method::POST, &["admin", "projections", &manager.name, "pause"], None)
+        .await
+        .with_context(|| format!("cannot pause {} on the target", manager.name))?;
+    manager.paused_here = true;
+    Ok(())
+}
+
+/// Body of `POST /admin/process-managers/{name}/state`.
+#[derive(Serialize)]
+struct StateRequest<'a> {
+    checkpoint: u64,
+    instances: Vec<&'a Instance>,
+}
+
+/// Saves a process manager's instances with its checkpoint mapped onto the target;
+/// `Ok(Err(position))` when the target's manager has already handled events past that
+/// checkpoint (a re-run after it was resumed): its state is newer, and is kept.
+async fn import_manager(client: &Client, manager: &Manager) -> anyhow::Result<Result<u64, u64>> {
+    let checkpoint = match &manager.last_handled {
+        None => 0,
+        Some((stream, version)) => {
+            let page = client
+                .get_json(
+                    &["streams", stream],
+                    &[("from_version", version.to_string()), ("limit", "1".to_owned())],
+                )
+                .await
+                .with_context(|| format!("cannot find {stream} v{version} on the target"))?;
+            page["events"][0]["position"].as_u64().with_context(|| {
+                format!(
+                    "{stream} v{version} is not on the target: the events were not all imported"
+                )
+            })?
+        }
+    };
+    let mut chunks: Vec<Vec<&Instance>> = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for instance in &manager.instances {
+        let size = instance.state.get().len() + instance.key.len() + instance.table.len();
+        if bytes + size > IMPORT_STATE_BYTES_MAX && !chunks.last().is_some_and(Vec::is_empty) {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        chunks.last_mut().expect("one chunk at least").push(instance);
+    }
+    for chunk in chunks {
+        let body = serde_json::to_string(&StateRequest { checkpoint, instances: chunk })
+            .context("encoding a process manager's state")?;
+        let url = client.url(&["admin", "process-managers", &manager.name, "state"]);
+        let response = client
+            .request(Method::POST, url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot reach the server: {}", crate::client::root_cause(&e))
+            })?;
+        let status = response.status();
+        let text = response.text().await.context("reading a state import's answer")?;
+        if status == StatusCode::CONFLICT {
+            let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if answer["error"] == "checkpoint_ahead" {
+                return Ok(Err(answer["checkpoint"].as_u64().unwrap_or(0)));
+            }
+        }
+        if !status.is_success() {
+            bail!("cannot import the state of {}: {}", manager.name, describe_error(status, &text));
+        }
+    }
+    Ok(Ok(checkpoint))
+}
+
 /// `cairn import FILE`.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
@@ -182,8 +458,14 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let total = BufReader::new(open()?)
         .lines()
         .map_while(Result::ok)
-        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.trim().is_empty() && !is_manager_line(l))
         .count();
+    let mut managers = read_managers(&args)?;
+    // Before the first append: a running process manager would act on the history (and
+    // its appends would collide with the imported streams).
+    for manager in &mut managers {
+        pause_manager(&client, manager).await?;
+    }
     let mut progress = Progress::new("import", "events", Some(total as u64));
     let mut tally =
         Tally { head_at_start: crate::tail::head_position(&client).await?, ..Tally::default() };
@@ -191,7 +473,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let mut batch_bytes = 0usize;
     for (number, line) in BufReader::new(open()?).lines().enumerate() {
         let line = line.with_context(|| format!("cannot read {}", args.file.display()))?;
-        if line.trim().is_empty() {
+        if line.trim().is_empty() || is_manager_line(&line) {
             continue;
         }
         let event: Line = serde_json::from_str(&line).with_context(|| {
@@ -199,6 +481,11 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         })?;
         if event.version == 0 {
             bail!("{} line {}: version 0 (versions count from 1)", args.file.display(), number + 1);
+        }
+        for manager in &mut managers {
+            if event.position.is_some_and(|p| p <= manager.checkpoint) {
+                manager.last_handled = Some((event.aggregate_id.clone(), event.version));
+            }
         }
         let follows = batch.last().is_some_and(|last| {
             last.aggregate_id == event.aggregate_id
@@ -221,10 +508,40 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         append_batch(&client, &batch, &mut tally).await?;
         progress.inc(n);
     }
-    progress.finish(&format!(
-        "{} events appended, {} already present",
-        tally.appended, tally.already_there
-    ));
+    let mut summary =
+        format!("{} events appended, {} already present", tally.appended, tally.already_there);
+    for manager in &managers {
+        match import_manager(&client, manager).await? {
+            Ok(checkpoint) => {
+                let _ = write!(
+                    summary,
+                    "; {}: {} instances, checkpoint {checkpoint}",
+                    manager.name,
+                    manager.instances.len()
+                );
+            }
+            Err(ahead) => {
+                let _ = write!(
+                    summary,
+                    "; {}: state kept (it has already handled events up to position {ahead})",
+                    manager.name
+                );
+            }
+        }
+        if manager.paused_here {
+            client
+                .call(Method::POST, &["admin", "projections", &manager.name, "resume"], None)
+                .await
+                .with_context(|| format!("cannot resume {} on the target", manager.name))?;
+        } else {
+            let _ = write!(
+                summary,
+                " (still paused: `cairn projections resume {}` once the import is complete)",
+                manager.name
+            );
+        }
+    }
+    progress.finish(&summary);
     if args.conn.json {
         println!(
             "{}",
@@ -257,7 +574,20 @@ async fn append_batch(client: &Client, batch: &[Line], tally: &mut Tally) -> any
 }
 
 fn refusal(event: &Line, why: &str) -> String {
-    format!("event {} ({} v{}) refused: {why}", event.event_id, event.aggregate_id, event.version)
+    let hint = if why.starts_with("wrong_expected_version") {
+        format!(
+            " — stream {} on the target holds other events at that version: something else \
+             wrote to it (a process manager left running during an import?); the import \
+             stopped there and nothing later was sent",
+            event.aggregate_id
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "event {} ({} v{}) refused: {why}{hint}",
+        event.event_id, event.aggregate_id, event.version
+    )
 }
 
 /// Counts a stored batch: its events were already there when the store answered with a

@@ -326,7 +326,10 @@ async fn round_trip(target: cairn_testkit::Backend) {
     assert!(run.ok, "{}", run.stderr);
     assert!(run.stderr.contains("9 events exported"), "{}", run.stderr);
     let lines = std::fs::read_to_string(file).unwrap();
-    assert_eq!(lines.lines().count(), 9);
+    // The 9 events, then the process manager's state (no instances, its checkpoint).
+    assert_eq!(lines.lines().count(), 10);
+    let last: Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert_eq!(last["process_manager"], "order-fulfillment", "{last}");
     let first: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
     for field in [
         "event_id",
@@ -414,12 +417,15 @@ async fn progress_is_plain_lines_when_stdout_is_not_a_terminal() {
     // To stdout: the events are all stdout holds; progress goes to stderr, as plain lines.
     let run = cairn(&server.base, &["export"]).await;
     assert!(run.ok, "{}", run.stderr);
-    assert_eq!(run.stdout.lines().count(), 3);
+    // 3 events and the process manager's checkpoint.
+    assert_eq!(run.stdout.lines().count(), 4);
     assert!(run.stdout.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()));
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert!(lines.iter().any(|l| l.starts_with("export: 3/3 positions (100%)")), "{lines:?}");
     assert!(
-        lines.last().unwrap().starts_with("export: 3 events exported, up to position 3 in "),
+        lines.last().unwrap().starts_with(
+            "export: 3 events exported, up to position 3; order-fulfillment: 0 instances at checkpoint 0 in "
+        ),
         "{lines:?}"
     );
     assert!(!run.stderr.contains('\u{1b}'), "terminal escapes in {:?}", run.stderr);
@@ -542,4 +548,213 @@ async fn pause_stops_a_projection_between_batches_and_resume_catches_up(
     );
     assert_one_line_error(&cairn(url, &["projections", "pause", "nope"]).await, "not_found");
     server.kill().await;
+}
+
+/// Posts a command; its answer (asserted 2xx).
+async fn command(base: &str, path: &str, body: &Value) -> Value {
+    post(base, path, body, &[]).await
+}
+
+/// Waits until `GET path` answers a JSON whose `field` is `want` (the write side is
+/// current at once; what waits is the process manager's work).
+async fn wait_field(base: &str, path: &str, field: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get(base, path).await;
+        if v[field] == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path}: {field} never {want}: {v}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until every projection and process manager has scanned the head.
+async fn wait_quiet(base: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = get(base, "/admin/projections").await;
+        let head = get(base, "/all?limit=10000").await["next_position"].as_u64().unwrap();
+        if rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "running" && r["position"].as_u64() >= Some(head))
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "consumers never caught up: {rows}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Orders per state in the migrated store.
+const MIGRATED_PER_STATE: usize = 6;
+
+/// A store with orders in every state: created, ready to ship, shipped, cancelled by the
+/// customer (before and after confirmation), cancelled by fulfillment for want of stock.
+async fn fill_orders(url: &str) -> Vec<String> {
+    for (customer, name) in [("cust-a", "A"), ("cust-b", "B")] {
+        let body =
+            json!({"customer_id": customer, "name": name, "email": format!("{customer}@x.io")});
+        command(url, "/customers", &body).await;
+    }
+    command(url, "/inventory/p-ok/restock", &json!({"quantity": 1000})).await;
+    let mut orders = Vec::new();
+    let states = ["created", "ready", "shipped", "cancelled", "cancelled_ready", "out_of_stock"];
+    for i in 0..MIGRATED_PER_STATE {
+        for state in states {
+            let id = format!("o-{state}-{i}");
+            let product = if state == "out_of_stock" { "p-none" } else { "p-ok" };
+            let customer = if i % 2 == 0 { "cust-a" } else { "cust-b" };
+            let body = json!({"order_id": id, "customer_id": customer, "items": [
+                {"product_id": product, "quantity": 2, "price": 10.05}]});
+            command(url, "/orders", &body).await;
+            let path = format!("/orders/{id}/state");
+            match state {
+                "created" => {}
+                "cancelled" => {
+                    command(url, &format!("/orders/{id}/cancel"), &json!({"reason": "changed"}))
+                        .await;
+                }
+                _ => {
+                    command(url, &format!("/orders/{id}/confirm"), &json!({})).await;
+                    let want = if state == "out_of_stock" { "cancelled" } else { "ready_to_ship" };
+                    wait_field(url, &path, "status", want).await;
+                }
+            }
+            match state {
+                "shipped" => {
+                    let body = json!({"tracking_number": format!("T{i}"), "carrier": "ups"});
+                    command(url, &format!("/orders/{id}/ship"), &body).await;
+                }
+                "cancelled_ready" => {
+                    command(url, &format!("/orders/{id}/cancel"), &json!({"reason": "late"})).await;
+                }
+                _ => {}
+            }
+            orders.push(id);
+        }
+    }
+    wait_quiet(url).await;
+    orders
+}
+
+/// What must be equal between the source and the target: the read models (without the
+/// times, which are each store's own commit times) and the fulfillment instances.
+async fn business_state(url: &str, orders: &[String]) -> Value {
+    let strip = |mut v: Value| {
+        if let Some(o) = v.as_object_mut() {
+            for time in ["created_at", "confirmed_at", "shipped_at", "updated_at"] {
+                o.remove(time);
+            }
+        }
+        v
+    };
+    let mut summaries = Vec::new();
+    let mut shipped = Vec::new();
+    for id in orders {
+        summaries.push(strip(get(url, &format!("/orders/{id}")).await));
+        let r = reqwest::get(format!("{url}/shipped-orders/{id}")).await.unwrap();
+        if r.status() == 200 {
+            shipped.push(strip(r.json().await.unwrap()));
+        }
+    }
+    let mut inventory = Vec::new();
+    for p in ["p-ok", "p-none"] {
+        let r = reqwest::get(format!("{url}/inventory/{p}")).await.unwrap();
+        inventory.push(if r.status() == 200 { r.json().await.unwrap() } else { Value::Null });
+    }
+    let customers = vec![get(url, "/customers/cust-a").await, get(url, "/customers/cust-b").await];
+    let instances = get(url, "/admin/process-managers/order-fulfillment?limit=1000").await;
+    json!({"orders": summaries, "shipped": shipped, "inventory": inventory,
+           "customers": customers, "instances": instances})
+}
+
+/// The migration of docs/deploy.md: a SQLite store with orders in every state, exported
+/// and imported into a target started with its process managers paused; the business
+/// state is the same, the target's fulfillment issued nothing for the history, a re-run
+/// adds nothing, and the resumed fulfillment works on new orders.
+async fn migrate(target: cairn_testkit::Backend) {
+    let source_dir = tempfile::tempdir().unwrap();
+    let source = Server::start(source_dir.path(), &[]).await;
+    let orders = fill_orders(&source.base).await;
+    let file = source_dir.path().join("export.ndjson");
+    let run = cairn(&source.base, &["export", "-o", file.to_str().unwrap()]).await;
+    assert!(run.ok, "{}", run.stderr);
+    let expected = business_state(&source.base, &orders).await;
+    let instances = expected["instances"].as_array().unwrap();
+    for status in ["ready_to_ship", "shipped", "cancelled"] {
+        assert!(instances.iter().any(|i| i["status"] == status), "no {status} instance");
+    }
+
+    let place = target.place().await;
+    let target = Server::start_on_args(&place, &["--pause-process-managers"], &[]).await;
+    let url = target.base.as_str();
+    // An interrupted import: the first half of the events only.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let events: Vec<&str> =
+        text.lines().filter(|l| !l.starts_with("{\"process_manager\"")).collect();
+    let half = source_dir.path().join("half.ndjson");
+    std::fs::write(&half, events[..events.len() / 2].join("\n") + "\n").unwrap();
+    let run = cairn(url, &["import", half.to_str().unwrap()]).await;
+    assert!(run.ok, "{}", run.stderr);
+    // Finished by running the whole file.
+    let run = cairn(url, &["import", file.to_str().unwrap()]).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "{} events appended, {} already present",
+            events.len() - events.len() / 2,
+            events.len() / 2
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("still paused"), "{}", run.stderr);
+    let run = cairn(url, &["projections", "resume", "order-fulfillment"]).await;
+    assert!(run.ok, "{}", run.stderr);
+    wait_quiet(url).await;
+    // Nothing was appended for the history: the same events, no StockReserved, no
+    // out_of_stock cancellation of a ready order.
+    assert_eq!(all_kept(url).await, all_kept(&source.base).await);
+    assert_eq!(business_state(url, &orders).await, expected);
+
+    // A re-run adds nothing and changes nothing.
+    let run = cairn(url, &["import", file.to_str().unwrap()]).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("0 events appended, {} already present", events.len())));
+    wait_quiet(url).await;
+    assert_eq!(all_kept(url).await, all_kept(&source.base).await);
+    assert_eq!(business_state(url, &orders).await, expected);
+
+    // The resumed process manager handles what comes next.
+    command(
+        url,
+        "/orders",
+        &json!({"order_id": "o-new", "customer_id": "cust-a",
+        "items": [{"product_id": "p-ok", "quantity": 1, "price": 1}]}),
+    )
+    .await;
+    command(url, "/orders/o-new/confirm", &json!({})).await;
+    wait_field(url, "/orders/o-new/state", "status", "ready_to_ship").await;
+    // Once it has moved on, a re-run keeps its newer state.
+    let run = cairn(url, &["import", file.to_str().unwrap()]).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stderr.contains("state kept"), "{}", run.stderr);
+    wait_field(url, "/orders/o-new/state", "status", "ready_to_ship").await;
+    source.kill().await;
+    target.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_from_sqlite_to_sqlite_keeps_orders_and_fulfillment() {
+    migrate(cairn_testkit::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_from_sqlite_to_postgres_keeps_orders_and_fulfillment() {
+    if cairn_testkit::Backend::Postgres.enabled() {
+        migrate(cairn_testkit::Backend::Postgres).await;
+    }
 }

@@ -767,6 +767,19 @@ pub fn spawn_partition(
     shutdown: watch::Receiver<bool>,
     partition: Option<Partition>,
 ) -> ConsumerHandle {
+    spawn_with(store, handler, shutdown, partition, false)
+}
+
+/// Like [`spawn_partition`]; with `start_paused` the consumer handles nothing until
+/// [`ConsumerHandle::resume`], from its first batch on (not even one batch slips through
+/// before an operator could pause it — what a migration into this store needs).
+pub fn spawn_with(
+    store: Arc<dyn EventStore>,
+    handler: Arc<dyn BatchHandler>,
+    shutdown: watch::Receiver<bool>,
+    partition: Option<Partition>,
+    start_paused: bool,
+) -> ConsumerHandle {
     let (position_tx, position_rx) = watch::channel(0);
     let status = Arc::new(Mutex::new(ConsumerStatus::Starting));
     let dlq = Arc::new(Dlq {
@@ -780,7 +793,7 @@ pub fn spawn_partition(
         rebuilds_abandoned: AtomicU64::new(0),
         leading: AtomicBool::new(false),
         rebuild_when_leading: AtomicBool::new(false),
-        paused: watch::channel(false).0,
+        paused: watch::channel(start_paused).0,
         handover: watch::channel(false).0,
         hold_off_until: Mutex::new(None),
     });
@@ -915,6 +928,35 @@ impl Runner {
         }
     }
 
+    /// Paused between batches (nothing in hand, the checkpoint still): waits for a resume
+    /// and answers the position to go on from (`None`: woken by shutdown instead).
+    async fn sit_out_pause(
+        &mut self,
+        paused: &mut watch::Receiver<bool>,
+        shutdown: &mut watch::Receiver<bool>,
+        position_tx: &watch::Sender<u64>,
+    ) -> Result<Option<u64>, Stop> {
+        set(&self.status, ConsumerStatus::Paused);
+        tokio::select! {
+            resumed = paused.wait_for(|p| !*p) => if resumed.is_err() { return Err(Stop::Shutdown) },
+            _ = shutdown.changed() => return Ok(None),
+        }
+        // While paused, an operator may have moved the checkpoint (a process manager's
+        // state imported with `cairn import`): go on from the stored one.
+        let position = self.start_position(shutdown).await?;
+        // Never backwards for `wait_for`: a stored checkpoint can trail the published
+        // position only over skipped events, which nothing waits on.
+        position_tx.send_if_modified(|p| {
+            let newer = position > *p;
+            if newer {
+                *p = position;
+            }
+            newer
+        });
+        set(&self.status, ConsumerStatus::Running);
+        Ok(Some(position))
+    }
+
     /// Runs the consumer from its checkpoint until shutdown or lost leadership.
     async fn lead(
         &mut self,
@@ -951,13 +993,11 @@ impl Runner {
                 return Stop::Lost;
             }
             if *paused.borrow_and_update() {
-                // Between batches: nothing is in hand, the checkpoint is still.
-                set(&self.status, ConsumerStatus::Paused);
-                tokio::select! {
-                    resumed = paused.wait_for(|p| !*p) => if resumed.is_err() { return Stop::Shutdown },
-                    _ = shutdown.changed() => continue,
+                match self.sit_out_pause(&mut paused, &mut shutdown, position_tx).await {
+                    Err(stop) => return stop,
+                    Ok(Some(p)) => (prefetched, position, saved, pending) = (None, p, p, false),
+                    Ok(None) => {}
                 }
-                set(&self.status, ConsumerStatus::Running);
                 continue;
             }
             head.borrow_and_update();

@@ -214,6 +214,19 @@ pub fn spawn_process_manager(
     manager: Arc<dyn ProcessManager>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<ConsumerHandle, ReadModelError> {
+    spawn_process_manager_with(repository, readmodels, manager, shutdown, false)
+}
+
+/// Like [`spawn_process_manager`]; with `start_paused` it issues no command until resumed
+/// (`cairn serve --pause-process-managers`, for importing another store's history: the
+/// history's commands were issued there, and its instances come with the import).
+pub fn spawn_process_manager_with(
+    repository: Repository,
+    readmodels: Arc<dyn ReadModelStore>,
+    manager: Arc<dyn ProcessManager>,
+    shutdown: watch::Receiver<bool>,
+    start_paused: bool,
+) -> Result<ConsumerHandle, ReadModelError> {
     readmodels.ensure_tables(&manager.tables())?;
     let store: Arc<dyn EventStore> = Arc::clone(repository.store());
     let ctx = ProcessContext {
@@ -222,5 +235,11 @@ pub fn spawn_process_manager(
         name: manager.name(),
         storage_failed: Arc::new(AtomicBool::new(false)),
     };
-    Ok(consumer::spawn(store, Arc::new(ProcessHandler { manager, ctx }), shutdown))
+    Ok(consumer::spawn_with(
+        store,
+        Arc::new(ProcessHandler { manager, ctx }),
+        shutdown,
+        None,
+        start_paused,
+    ))
 }

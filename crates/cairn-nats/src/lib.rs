@@ -10,7 +10,7 @@ pub mod consumer;
 pub mod relay;
 pub mod subject;
 
-pub use consumer::{BusConsumer, BusHandler, BusMessage};
+pub use consumer::{BusConsumer, BusHandler, BusMessage, ConsumerOptions};
 pub use relay::{Mapper, Outgoing, Relay, RelayConfig, RelayError, RelayProgress, all_events};
 pub use subject::{encode_token, event_subject};
 

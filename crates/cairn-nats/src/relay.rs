@@ -312,8 +312,10 @@ impl Relay {
                 let message = PublishMessage::build()
                     .payload(out.payload)
                     .message_id(out.id)
-                    .header("Cairn-Event-Type", out.event_type.as_str())
-                    .header("Cairn-Position", e.position.to_string().as_str());
+                    .header(crate::consumer::EVENT_TYPE_HEADER, out.event_type.as_str())
+                    .header(crate::consumer::POSITION_HEADER, e.position.to_string().as_str())
+                    .header(crate::consumer::AGGREGATE_ID_HEADER, e.aggregate_id.as_str())
+                    .header(crate::consumer::VERSION_HEADER, e.version.to_string().as_str());
                 let ack = self.js.send_publish(out.subject, message).await.map_err(nats)?;
                 busy.insert(e.aggregate_id.as_str());
                 in_flight.push_back((e.aggregate_id.as_str(), e.position, ack));

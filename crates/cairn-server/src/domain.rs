@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cairn_core::readmodel::{ReadModelError, ReadModelStore};
 use cairn_cqrs::Repository;
 use cairn_cqrs::consumer::{ConsumerHandle, ConsumerStatus};
-use cairn_cqrs::process::spawn_process_manager;
+use cairn_cqrs::process::spawn_process_manager_with;
 use cairn_cqrs::projection::spawn_projection;
 use tokio::sync::watch;
 
@@ -73,11 +73,12 @@ impl Domain {
         }
         let repository =
             Repository::with_snapshots(Arc::clone(&store), snapshots, config.snapshot_every);
-        let fulfillment = spawn_process_manager(
+        let fulfillment = spawn_process_manager_with(
             repository.clone(),
             Arc::clone(&readmodels),
             Arc::new(cairn_orders::fulfillment::OrderFulfillment),
             shutdown.clone(),
+            config.pause_process_managers,
         )?;
         Ok(Self {
             repository,
@@ -86,6 +87,11 @@ impl Domain {
             fulfillment,
             outboxes: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The process managers (consumers that issue commands), by name.
+    pub fn process_managers(&self) -> impl Iterator<Item = &ConsumerHandle> {
+        std::iter::once(&self.fulfillment)
     }
 
     /// Every background consumer, for health.

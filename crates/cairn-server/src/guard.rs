@@ -180,11 +180,11 @@ fn reset_projection(
     rm.ensure_tables(specs)?;
     let tables: Vec<&str> = specs.iter().map(|t| t.name).collect();
     let shadow = format!("{name}#rebuild");
-    rm.create_shadow(&tables)?;
+    rm.create_shadow(name, &tables)?;
     rm.transact_shadow(&shadow, Some(0), &mut |_| Ok(()))?;
     rm.swap_shadow(&tables, name, &shadow)?;
     for letter in rm.dead_letters(Some(name))? {
-        rm.resolve_dead_letter(letter.id, &mut |_| Ok(()))?;
+        rm.resolve_dead_letter(name, letter.id, &mut |_| Ok(()))?;
     }
     Ok(())
 }
@@ -198,7 +198,7 @@ fn rewind(
 ) -> Result<(), ReadModelError> {
     rm.transact(name, Some(head.min(rm.checkpoint(name)?)), &mut |_| Ok(()))?;
     for id in letters {
-        rm.resolve_dead_letter(*id, &mut |_| Ok(()))?;
+        rm.resolve_dead_letter(name, *id, &mut |_| Ok(()))?;
     }
     Ok(())
 }

@@ -75,11 +75,17 @@ pub struct Stores {
 pub struct DomainConfig {
     /// A load that replays this many events or more takes a snapshot.
     pub snapshot_every: u64,
+    /// Start the process managers paused: they issue no command until resumed through
+    /// the admin API (for a store that is about to receive another store's history).
+    pub pause_process_managers: bool,
 }
 
 impl Default for DomainConfig {
     fn default() -> Self {
-        Self { snapshot_every: cairn_cqrs::repository::SNAPSHOT_EVERY_DEFAULT }
+        Self {
+            snapshot_every: cairn_cqrs::repository::SNAPSHOT_EVERY_DEFAULT,
+            pause_process_managers: false,
+        }
     }
 }
 

@@ -611,7 +611,19 @@ async fn admin_projections_report_position_and_lag(backend: Backend) {
         list.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        vec!["customer_view", "inventory_view", "order_summary", "shipped_orders_view"]
+        vec![
+            "customer_view",
+            "inventory_view",
+            "order_summary",
+            "shipped_orders_view",
+            "order-fulfillment"
+        ]
+    );
+    let kinds: Vec<&str> =
+        list.as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        vec!["projection", "projection", "projection", "projection", "process_manager"]
     );
     let summary = list.as_array().unwrap().iter().find(|p| p["name"] == "order_summary").unwrap();
     assert!(summary["position"].as_u64().unwrap() >= r["position"].as_u64().unwrap());

@@ -27,22 +27,29 @@ impl Server {
 
     /// Starts `cairn serve` on a test place of either backend.
     pub async fn start_on(place: &cairn_testkit::Place, env: &[(&str, &str)]) -> Self {
-        match (place.dir(), place.database_url()) {
-            (Some(dir), _) => Self::start(dir, env).await,
+        Self::start_on_args(place, &[], env).await
+    }
+
+    /// Starts `cairn serve` on a test place of either backend, with extra flags.
+    pub async fn start_on_args(
+        place: &cairn_testkit::Place,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut args: Vec<&std::ffi::OsStr> = match (place.dir(), place.database_url()) {
+            (Some(dir), _) => vec!["--data-dir".as_ref(), dir.as_os_str()],
             (None, Some(url)) => {
-                Self::start_args(
-                    &[
-                        "--store".as_ref(),
-                        "postgres".as_ref(),
-                        "--database-url".as_ref(),
-                        url.as_ref(),
-                    ],
-                    env,
-                )
-                .await
+                vec![
+                    "--store".as_ref(),
+                    "postgres".as_ref(),
+                    "--database-url".as_ref(),
+                    url.as_ref(),
+                ]
             }
             (None, None) => unreachable!("a place is a directory or a database"),
-        }
+        };
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
+        Self::start_args(&args, env).await
     }
 
     /// Starts `cairn serve` on a test place with extra `serve` arguments.

@@ -38,9 +38,24 @@ pub struct ProjectionInfo {
     rebuilds_completed: u64,
     /// Rebuilds this server process has given up since it started (nothing swapped in).
     rebuilds_abandoned: u64,
+    /// What follows `$all` here: `projection`, `process_manager` (paused and resumed like
+    /// a projection, never rebuilt) or `relay` (the NATS outbox).
+    kind: ConsumerKind,
 }
 
-fn info(c: &ConsumerHandle) -> ProjectionInfo {
+/// The kinds of row in `GET /admin/projections`.
+#[derive(Serialize, Clone, Copy, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerKind {
+    /// A read model.
+    Projection,
+    /// A process manager: it issues commands.
+    ProcessManager,
+    /// A publisher of `$all` to the bus.
+    Relay,
+}
+
+fn info(c: &ConsumerHandle, kind: ConsumerKind) -> ProjectionInfo {
     let (position, head_position) = (c.position(), c.head_position());
     // The counts are read after the progress: a rebuild shown as over is already counted.
     let (status, rebuild) = (c.status(), c.rebuild_progress());
@@ -54,18 +69,22 @@ fn info(c: &ConsumerHandle) -> ProjectionInfo {
         rebuild,
         rebuilds_completed: c.rebuilds_completed(),
         rebuilds_abandoned: c.rebuilds_abandoned(),
+        kind,
     }
 }
 
-/// Lists the projections with their positions, lag, status and dead-letter depth.
+/// Lists the projections with their positions, lag, status and dead-letter depth, then
+/// the process managers and the relays in the same shape (told apart by `kind`).
 #[utoipa::path(
     get,
     path = "/admin/projections",
     tag = "operations",
-    responses((status = 200, description = "Every projection", body = Vec<ProjectionInfo>))
+    responses((status = 200, description = "Every projection, process manager and relay", body = Vec<ProjectionInfo>))
 )]
 pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionInfo>> {
-    let mut rows: Vec<ProjectionInfo> = state.domain.projections.values().map(info).collect();
+    let mut rows: Vec<ProjectionInfo> =
+        state.domain.projections.values().map(|c| info(c, ConsumerKind::Projection)).collect();
+    rows.extend(state.domain.process_managers().map(|c| info(c, ConsumerKind::ProcessManager)));
     // Publishers (the NATS relay) follow `$all` like projections do: same row shape.
     let head_position = *state.store.head().borrow();
     for o in state.domain.outboxes() {
@@ -80,6 +99,7 @@ pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionIn
             rebuild: None,
             rebuilds_completed: 0,
             rebuilds_abandoned: 0,
+            kind: ConsumerKind::Relay,
         });
     }
     Json(rows)
@@ -388,12 +408,13 @@ pub async fn rebuild_projection(
         .into_response())
 }
 
-/// Pauses a projection between batches (until resumed or restarted).
+/// Pauses a projection or a process manager between batches (until resumed or
+/// restarted; `cairn serve --pause-process-managers` starts the process managers paused).
 #[utoipa::path(
     post,
     path = "/admin/projections/{name}/pause",
     tag = "operations",
-    params(("name" = String, Path, description = "The projection")),
+    params(("name" = String, Path, description = "The projection or process manager")),
     responses(
         (status = 200, description = "Paused: it stops at the end of the batch in hand; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
@@ -407,12 +428,12 @@ pub async fn pause_projection(
     steer(&state, &name, ConsumerHandle::pause, "pause_refused")
 }
 
-/// Resumes a paused projection from its checkpoint.
+/// Resumes a paused projection or process manager from its checkpoint.
 #[utoipa::path(
     post,
     path = "/admin/projections/{name}/resume",
     tag = "operations",
-    params(("name" = String, Path, description = "The projection")),
+    params(("name" = String, Path, description = "The projection or process manager")),
     responses(
         (status = 200, description = "Resumed; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
@@ -433,13 +454,209 @@ fn steer(
     action: fn(&ConsumerHandle) -> Result<(), String>,
     refused: &'static str,
 ) -> Result<Json<ProjectionInfo>, ApiError> {
-    let consumer = state
-        .domain
-        .projections
-        .get(name)
-        .ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))?;
+    let (consumer, kind) = if let Some(p) = state.domain.projections.get(name) {
+        (p, ConsumerKind::Projection)
+    } else {
+        let pm = process_manager(state, name)?;
+        (pm, ConsumerKind::ProcessManager)
+    };
     action(consumer).map_err(|e| ApiError::new(StatusCode::CONFLICT, refused, e))?;
-    Ok(Json(info(consumer)))
+    Ok(Json(info(consumer, kind)))
+}
+
+fn process_manager<'a>(state: &'a AppState, name: &str) -> Result<&'a ConsumerHandle, ApiError> {
+    state.domain.process_managers().find(|c| c.name() == name).ok_or_else(|| {
+        ApiError::not_found(format!("no projection or process manager named {name}"))
+    })
+}
+
+/// The table holding a process manager's instances.
+fn instance_table(name: &str) -> Option<&'static str> {
+    (name == cairn_orders::fulfillment::NAME).then_some(cairn_orders::fulfillment::TABLE)
+}
+
+/// Most instances in one page of `GET /admin/process-managers/{name}/state`.
+const STATE_PAGE_MAX: u64 = 1000;
+
+/// One process-manager instance as exported and imported.
+#[derive(Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct InstanceRow {
+    /// The instance table.
+    table: String,
+    /// The instance's key (for order-fulfillment: the order id).
+    key: String,
+    /// Its state document.
+    #[schema(value_type = Object)]
+    state: Box<serde_json::value::RawValue>,
+}
+
+/// A page of a process manager's durable state.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ProcessState {
+    /// The process manager.
+    name: String,
+    /// Its stored checkpoint (read before the instances): every event up to this `$all`
+    /// position has been handled, and the instances show it.
+    checkpoint: u64,
+    /// Instances, by key.
+    instances: Vec<InstanceRow>,
+    /// The `after` of the next page; `null` on the last.
+    next: Option<String>,
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_model_unavailable", e.to_string())
+}
+
+/// A process manager's durable state (checkpoint and instances), for `cairn export`.
+#[utoipa::path(
+    get,
+    path = "/admin/process-managers/{name}/state",
+    tag = "operations",
+    params(
+        ("name" = String, Path, description = "The process manager"),
+        ("after" = Option<String>, Query, description = "Only instances with a key after this"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default and most 1000)"),
+    ),
+    responses(
+        (status = 200, description = "Its checkpoint and a page of instances", body = ProcessState),
+        (status = 404, description = "`not_found`: no such process manager", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
+    )
+)]
+pub async fn process_state(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: QueryMap,
+) -> Result<Json<ProcessState>, ApiError> {
+    let pm = process_manager(&state, &name)?;
+    let table = instance_table(pm.name()).ok_or_else(|| unavailable(&"no instance table"))?;
+    let limit = query.u64("limit")?.unwrap_or(STATE_PAGE_MAX).clamp(1, STATE_PAGE_MAX) as usize;
+    let list = cairn_core::readmodel::ListQuery {
+        table: table.to_owned(),
+        filters: Vec::new(),
+        after: query.str("after").map(str::to_owned),
+        limit,
+    };
+    let (rm, consumer) = (Arc::clone(&state.domain.readmodels), pm.name().to_owned());
+    // The checkpoint first: instances read later can only be newer, and a process manager
+    // handles an event again safely (its commands are idempotent), never one it skipped.
+    let (checkpoint, rows) = tokio::task::spawn_blocking(move || {
+        Ok::<_, cairn_core::readmodel::ReadModelError>((rm.checkpoint(&consumer)?, rm.list(&list)?))
+    })
+    .await
+    .map_err(|e| unavailable(&e))?
+    .map_err(|e| unavailable(&e))?;
+    let next = if rows.len() == limit { rows.last().map(|(k, _)| k.clone()) } else { None };
+    let instances = rows
+        .into_iter()
+        .map(|(key, doc)| {
+            let state =
+                serde_json::value::RawValue::from_string(doc).map_err(|e| unavailable(&e))?;
+            Ok(InstanceRow { table: table.to_owned(), key, state })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Json(ProcessState { name, checkpoint, instances, next }))
+}
+
+/// Body of `POST /admin/process-managers/{name}/state`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct ImportState {
+    /// The checkpoint to set: the position, in this store, of the last event the
+    /// instances have handled.
+    checkpoint: u64,
+    /// Instances to save (as they are).
+    #[serde(default)]
+    instances: Vec<InstanceRow>,
+}
+
+/// Saves imported instances of a paused process manager and sets its checkpoint, in one
+/// transaction (`cairn import`): resumed, it goes on after `checkpoint` and issues no
+/// command for the history before it.
+#[utoipa::path(
+    post,
+    path = "/admin/process-managers/{name}/state",
+    tag = "operations",
+    params(("name" = String, Path, description = "The process manager")),
+    request_body = ImportState,
+    responses(
+        (status = 200, description = "Saved", body = openapi::StateImported),
+        (status = 400, description = "`bad_request`: a table not its own, a checkpoint past the head, or a malformed body", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such process manager", body = ErrorBody),
+        (status = 409, description = "`not_paused` (pause it first), `not_leader` (another process runs it) or `checkpoint_ahead` (it has handled events past `checkpoint`)", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
+    )
+)]
+pub async fn import_process_state(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    crate::extract::JsonBody(body): crate::extract::JsonBody<ImportState>,
+) -> Result<Response, ApiError> {
+    let pm = process_manager(&state, &name)?;
+    let table = instance_table(pm.name()).ok_or_else(|| unavailable(&"no instance table"))?;
+    if let Some(other) = body.instances.iter().find(|i| i.table != table) {
+        return Err(ApiError::bad_request(format!(
+            "{name} keeps its instances in {table}, not {}",
+            other.table
+        )));
+    }
+    let head = *state.store.head().borrow();
+    if body.checkpoint > head {
+        return Err(ApiError::bad_request(format!(
+            "checkpoint {} is past this store's head ({head}): import the events first",
+            body.checkpoint
+        )));
+    }
+    if !pm.is_leader() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_leader",
+            format!(
+                "{name} runs on another cairn process sharing this database; send this request to that process"
+            ),
+        ));
+    }
+    if !pm.is_paused() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_paused",
+            format!("{name} is running: pause it first (cairn projections pause {name})"),
+        ));
+    }
+    let (rm, consumer) = (Arc::clone(&state.domain.readmodels), pm.name().to_owned());
+    let current = {
+        let (rm, consumer) = (Arc::clone(&rm), consumer.clone());
+        tokio::task::spawn_blocking(move || rm.checkpoint(&consumer))
+            .await
+            .map_err(|e| unavailable(&e))?
+            .map_err(|e| unavailable(&e))?
+    };
+    if current > body.checkpoint {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "checkpoint_ahead",
+            format!(
+                "{name} has handled events up to position {current}, past {}: its instances are newer than the imported ones",
+                body.checkpoint
+            ),
+        )
+        .with("checkpoint", current));
+    }
+    let (checkpoint, saved) = (body.checkpoint, body.instances.len());
+    let instances = body.instances;
+    tokio::task::spawn_blocking(move || {
+        rm.transact(&consumer, Some(checkpoint), &mut |txn| {
+            for i in &instances {
+                txn.put(&i.table, &i.key, i.state.get())?;
+            }
+            Ok(())
+        })
+    })
+    .await
+    .map_err(|e| unavailable(&e))?
+    .map_err(|e| unavailable(&e))?;
+    Ok(Json(serde_json::json!({"name": name, "checkpoint": checkpoint, "saved": saved}))
+        .into_response())
 }
 
 /// Lists the current schema of every registered event type.

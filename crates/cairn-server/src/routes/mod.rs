@@ -68,6 +68,8 @@ route_table! {
     post "/admin/dlq/{id}/retry" => admin::retry_dead_letter,
     delete "/admin/dlq/{id}" => admin::discard_dead_letter,
     get "/admin/process-managers/order-fulfillment" => admin::fulfillment_instances,
+    get "/admin/process-managers/{name}/state" => admin::process_state,
+    post "/admin/process-managers/{name}/state" => admin::import_process_state,
     get "/health/live" => health::live,
     get "/health/ready" => health::ready,
     get "/openapi.json" => openapi::serve,

@@ -59,6 +59,8 @@ use crate::error::ApiError;
         admin::retry_dead_letter,
         admin::discard_dead_letter,
         admin::fulfillment_instances,
+        admin::process_state,
+        admin::import_process_state,
         health::live,
         health::ready,
         serve,
@@ -453,6 +455,17 @@ pub struct RebuildStarted {
     pub name: String,
     /// `rebuilding`.
     pub status: String,
+}
+
+/// The answer to `POST /admin/process-managers/{name}/state`.
+#[derive(ToSchema)]
+pub struct StateImported {
+    /// The process manager.
+    pub name: String,
+    /// Its checkpoint now.
+    pub checkpoint: u64,
+    /// Instances saved.
+    pub saved: u64,
 }
 
 /// One row of `GET /admin/streams/stats`.

@@ -34,7 +34,7 @@ impl TestServer {
             snapshots: opened.snapshots,
         };
         // A small snapshot interval, so that the HTTP tests exercise snapshot + tail loads.
-        let domain = cairn_server::DomainConfig { snapshot_every: 3 };
+        let domain = cairn_server::DomainConfig { snapshot_every: 3, ..Default::default() };
         let (app, running) =
             cairn_server::app_with_domain(stores, config, &domain, stop_rx.clone()).unwrap();
         // On a shared store, consumers take their leadership a moment after start; admin
