@@ -176,59 +176,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .context("cannot start the projections")?;
     if let Some(url) = &args.nats_url {
-        let checkpoint_delay = std::time::Duration::from_millis(
-            std::env::var("CAIRN_FAULT_RELAY_CHECKPOINT_DELAY_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        );
-        let mut relays = vec![(
-            cairn_nats::RelayConfig {
-                stream: args.nats_public_stream.clone(),
-                subject_prefix: format!("{}public.orders", args.nats_public_namespace),
-                checkpoint_delay,
-                replicas: args.nats_replicas,
-                ..cairn_nats::RelayConfig::default()
-            },
-            integration_events(args.nats_public_namespace.clone()),
-        )];
-        if args.nats_internal {
-            relays.push((
-                cairn_nats::RelayConfig {
-                    stream: args.nats_stream.clone(),
-                    subject_prefix: args.nats_subject_prefix.clone(),
-                    checkpoint_delay,
-                    replicas: args.nats_replicas,
-                    ..cairn_nats::RelayConfig::default()
-                },
-                cairn_nats::all_events(),
-            ));
-        }
-        // Commands over NATS, served by the same router as HTTP.
-        let (url2, prefix, router, stop) =
-            (url.clone(), args.nats_commands.clone(), app.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::bus::serve_commands(&url2, prefix, router, stop).await {
-                tracing::error!(error = %e, "commands over NATS stopped");
-            }
-        });
-        for (config, mapper) in relays {
-            let stream = config.stream.clone();
-            let relay = Arc::new(
-                cairn_nats::Relay::with_mapper(
-                    url,
-                    Arc::clone(&raw_events),
-                    Arc::clone(&readmodels),
-                    config,
-                    mapper,
-                )
-                .await
-                .with_context(|| format!("cannot start the NATS relay on {url}"))?,
-            );
-            domain.add_outbox(Arc::new(RelayOutbox(Arc::clone(&relay))));
-            tokio::spawn(relay.run(stop_rx.clone()));
-            tracing::info!(nats = %url, %stream, "outbox relay started");
-        }
+        start_bus(&args, url, &app, &domain, &raw_events, &readmodels, &stop_rx).await?;
     }
     match args.store {
         StoreKind::Sqlite => {
@@ -256,6 +204,72 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     store.close().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The event bus: commands over NATS (same router as HTTP) and the outbox relays.
+async fn start_bus(
+    args: &ServeArgs,
+    url: &str,
+    app: &axum::Router,
+    domain: &Arc<cairn_server::domain::Domain>,
+    raw_events: &Arc<dyn cairn_core::EventStore>,
+    readmodels: &Arc<dyn cairn_core::readmodel::ReadModelStore>,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let checkpoint_delay = std::time::Duration::from_millis(
+        std::env::var("CAIRN_FAULT_RELAY_CHECKPOINT_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    let mut relays = vec![(
+        cairn_nats::RelayConfig {
+            stream: args.nats_public_stream.clone(),
+            subject_prefix: format!("{}public.orders", args.nats_public_namespace),
+            checkpoint_delay,
+            replicas: args.nats_replicas,
+            ..cairn_nats::RelayConfig::default()
+        },
+        integration_events(args.nats_public_namespace.clone()),
+    )];
+    if args.nats_internal {
+        relays.push((
+            cairn_nats::RelayConfig {
+                stream: args.nats_stream.clone(),
+                subject_prefix: args.nats_subject_prefix.clone(),
+                checkpoint_delay,
+                replicas: args.nats_replicas,
+                ..cairn_nats::RelayConfig::default()
+            },
+            cairn_nats::all_events(),
+        ));
+    }
+    // Commands over NATS, served by the same router as HTTP.
+    let (url2, prefix, router, stop) =
+        (url.to_owned(), args.nats_commands.clone(), app.clone(), stop_rx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = crate::bus::serve_commands(&url2, prefix, router, stop).await {
+            tracing::error!(error = %e, "commands over NATS stopped");
+        }
+    });
+    for (config, mapper) in relays {
+        let stream = config.stream.clone();
+        let relay = Arc::new(
+            cairn_nats::Relay::with_mapper(
+                url,
+                Arc::clone(raw_events),
+                Arc::clone(readmodels),
+                config,
+                mapper,
+            )
+            .await
+            .with_context(|| format!("cannot start the NATS relay on {url}"))?,
+        );
+        domain.add_outbox(Arc::new(RelayOutbox(Arc::clone(&relay))));
+        tokio::spawn(relay.run(stop_rx.clone()));
+        tracing::info!(nats = %url, %stream, "outbox relay started");
+    }
     Ok(())
 }
 

@@ -56,12 +56,12 @@ impl ProcessContext {
         let json = tokio::task::spawn_blocking(move || rm.get(table, &key))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e: ReadModelError| self.note(e))?;
+            .map_err(|e: ReadModelError| self.note(&e))?;
         json.map(|j| serde_json::from_str(&j).map_err(|e| e.to_string())).transpose()
     }
 
     /// Remembers a storage failure (see `storage_failed`) and renders the error.
-    fn note(&self, e: ReadModelError) -> String {
+    fn note(&self, e: &ReadModelError) -> String {
         if e.is_storage() {
             self.storage_failed.store(true, Ordering::SeqCst);
         }
@@ -81,7 +81,7 @@ impl ProcessContext {
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| self.note(e))
+        .map_err(|e| self.note(&e))
     }
 
     /// Runs a command for the process manager (every command it issues goes through here).

@@ -45,7 +45,7 @@ struct ProjectionHandler {
 }
 
 /// A handler's refusal is the event's fault; the storage's failures are retried.
-fn classify(e: ReadModelError) -> HandleError {
+fn classify(e: &ReadModelError) -> HandleError {
     if e.is_storage() {
         HandleError::Transient(e.to_string())
     } else {
@@ -57,7 +57,7 @@ async fn blocking(
     f: impl FnOnce() -> Result<(), ReadModelError> + Send + 'static,
 ) -> Result<(), HandleError> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(classify),
+        Ok(result) => result.map_err(|e| classify(&e)),
         // A projection that panics on an event (e.g. arithmetic on what a user sent) is
         // the event's fault: dead-lettered after a few tries, never a stall. The
         // transaction it ran in was dropped, so nothing of it was committed.
