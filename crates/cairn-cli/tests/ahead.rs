@@ -83,6 +83,11 @@ async fn state_ahead_of_the_log_is_never_accepted_silently(backend: cairn_testki
         let stores = place.open().await;
         let (rm, snapshots) = (stores.readmodels.clone(), stores.snapshots.clone());
         tokio::task::spawn_blocking(move || {
+            // Consumers' state is written only by their leader (on PostgreSQL: the session
+            // holding the lock), so the forger leads them first.
+            assert!(
+                rm.try_lead("customer_view").unwrap() && rm.try_lead("order-fulfillment").unwrap()
+            );
             rm.transact("customer_view", Some(ahead), &mut |_| Ok(())).unwrap();
             rm.transact("order-fulfillment", Some(ahead), &mut |_| Ok(())).unwrap();
             rm.park(
