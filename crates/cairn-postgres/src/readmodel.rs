@@ -781,11 +781,16 @@ impl ReadModelStore for PgReadModels {
     }
 
     fn leads(&self, consumer: &str) -> bool {
-        self.leaders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(consumer)
-            .is_some_and(|l| !l.lock().unwrap_or_else(PoisonError::into_inner).client.is_closed())
+        let leader =
+            self.leaders.lock().unwrap_or_else(PoisonError::into_inner).get(consumer).cloned();
+        leader.is_some_and(|l| match l.try_lock() {
+            Ok(guard) => !guard.client.is_closed(),
+            Err(std::sync::TryLockError::Poisoned(p)) => !p.into_inner().client.is_closed(),
+            // A transaction is running on the session (e.g. a rebuild's shadow batch): it
+            // is its own fence — it fails if the session is gone. Waiting here would block
+            // an async worker for the length of that transaction.
+            Err(std::sync::TryLockError::WouldBlock) => true,
+        })
     }
 
     fn resign(&self, consumer: &str) {
