@@ -28,6 +28,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::client::{Client, Conn, describe_error};
@@ -210,15 +211,12 @@ type ManagerState = (String, u64, Vec<Instance>);
 /// or does not list them).
 async fn process_manager_states(client: &Client) -> anyhow::Result<Vec<ManagerState>> {
     let rows = client.get_json(&["admin", "projections"], &[]).await?;
-    let names: Vec<String> = rows
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["kind"] == "process_manager")
-        .filter_map(|r| r["name"].as_str().map(str::to_owned))
-        .collect();
+    let managers: Vec<&Value> =
+        rows.as_array().into_iter().flatten().filter(|r| r["kind"] == "process_manager").collect();
     let mut states = Vec::new();
-    for name in names {
+    for row in managers {
+        let name = row["name"].as_str().unwrap_or_default().to_owned();
+        quiescent(&name, row)?;
         let (mut checkpoint, mut instances, mut after) = (None, Vec::new(), None::<String>);
         loop {
             let query: Vec<(&str, String)> = after.iter().map(|a| ("after", a.clone())).collect();
@@ -238,9 +236,38 @@ async fn process_manager_states(client: &Client) -> anyhow::Result<Vec<ManagerSt
                 None => break,
             }
         }
-        states.push((name, checkpoint.unwrap_or(0), instances));
+        let checkpoint = checkpoint.unwrap_or(0);
+        // Instances read while the manager moved on may be newer than the checkpoint; the
+        // target would then re-handle an event whose commands it has no record of.
+        let after = client.get_json(&["admin", "projections"], &[]).await?;
+        let moved = after.as_array().into_iter().flatten().find(|r| r["name"] == name.as_str());
+        if moved.is_some_and(|r| r["position"].as_u64() != Some(checkpoint)) {
+            bail!(
+                "{name} handled events while its state was exported: stop writes to the source (or pause it: cairn projections pause {name}) and export again"
+            );
+        }
+        states.push((name, checkpoint, instances));
     }
     Ok(states)
+}
+
+/// A process manager's state travels only from a standstill: no dead letters (they would
+/// be lost: the target treats everything behind the checkpoint as handled) and nothing
+/// left to handle, unless it is paused.
+fn quiescent(name: &str, row: &Value) -> anyhow::Result<()> {
+    let depth = row["dlq_depth"].as_u64().unwrap_or(0);
+    if depth > 0 {
+        bail!(
+            "{name} has {depth} dead letter(s): retry or discard them (cairn dlq list --projection {name}) before exporting"
+        );
+    }
+    let lag = row["lag"].as_u64().unwrap_or(0);
+    if row["status"] != "paused" && lag > 0 {
+        bail!(
+            "{name} is still handling events (lag {lag}): stop writes to the source and wait until its lag is 0, or pause it (cairn projections pause {name}), then export again"
+        );
+    }
+    Ok(())
 }
 
 /// One line of an export, as import reads it.

@@ -41,6 +41,10 @@ pub enum ReadModelError {
     /// The dead letter is not there any more (resolved by another call): nothing was written.
     #[error("dead letter {0} not found")]
     NoSuchDeadLetter(i64),
+    /// The backend refused a value or document (not a failure of the backend: trying again
+    /// fails again), e.g. text PostgreSQL cannot index.
+    #[error("read model storage refused the data: {0}")]
+    Rejected(String),
 }
 
 impl ReadModelError {

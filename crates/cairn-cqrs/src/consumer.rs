@@ -199,6 +199,11 @@ impl Dlq {
         !self.blocked.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
     }
 
+    /// One letter fewer (never below zero: a follower may have mirrored a smaller count).
+    fn release_one(&self) {
+        let _ = self.depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1));
+    }
+
     fn block(&self, aggregate_id: &str) {
         self.blocked.lock().unwrap_or_else(PoisonError::into_inner).insert(aggregate_id.to_owned());
     }
@@ -253,10 +258,19 @@ impl Dlq {
                     letter.position
                 )));
             };
-            match self.handler.retry(event, letter.id).await {
+            let retried = AssertUnwindSafe(self.handler.retry(event, letter.id))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(HandleError::Event(format!(
+                        "handler panicked: {}",
+                        panic_message(panic.as_ref())
+                    )))
+                });
+            match retried {
                 Ok(()) => {
                     remaining -= 1;
-                    self.depth.fetch_sub(1, Ordering::Relaxed);
+                    self.release_one();
                 }
                 Err(e) => {
                     let (rm, id, message, name) = (
@@ -419,6 +433,12 @@ impl ConsumerHandle {
         self.dlq.handover.send_replace(true);
     }
 
+    /// Waits (at most [`DEAD_LETTER_GATE_WAIT`]) until no batch is in hand and keeps it so
+    /// while the guard lives; with the consumer paused, nothing is handled after that.
+    pub async fn hold_between_batches(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        tokio::time::timeout(DEAD_LETTER_GATE_WAIT, self.dlq.gate.lock()).await.ok()
+    }
+
     /// Whether an operator paused it (it stops at the end of the batch in hand).
     #[must_use]
     pub fn is_paused(&self) -> bool {
@@ -479,7 +499,7 @@ impl ConsumerHandle {
         blocking(move || rm.resolve_dead_letter(&name, id, &mut |_| Ok(())))
             .await
             .map_err(|e| DeadLetterError::Storage(e.to_string()))?;
-        self.dlq.depth.fetch_sub(1, Ordering::Relaxed);
+        self.dlq.release_one();
         let remaining = self
             .dlq
             .replay_chain(&letter.aggregate_id)
@@ -707,11 +727,17 @@ impl Runner {
     }
 
     /// Processes a batch, parking what must be parked. Fast path: one call.
-    async fn process(&mut self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), Stop> {
+    /// `Ok(false)`: paused meanwhile, nothing handled (the checkpoint has not moved).
+    async fn process(&mut self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<bool, Stop> {
         let dlq = Arc::clone(&self.dlq);
         let _gate = dlq.gate.lock().await;
+        // Under the gate: an operator who paused the consumer and then holds the gate
+        // (e.g. to import a process manager's state) knows no batch runs after that.
+        if *dlq.paused.borrow() {
+            return Ok(false);
+        }
         if !dlq.any_blocked() && self.attempt(&events, scanned_to).await?.is_none() {
-            return Ok(());
+            return Ok(true);
         }
         // Slow path: event by event, so that one bad event (or a blocked aggregate) does
         // not hold back the others.
@@ -732,13 +758,27 @@ impl Runner {
                     }
                     tracing::error!(consumer = self.handler.name(), error = %e, "cannot park; retrying");
                     set(&self.status, ConsumerStatus::Stalled);
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = self.shutdown.changed() => return Err(Stop::Shutdown),
+                    }
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 }
             }
         }
         // The checkpoint also covers the filtered-out tail of the batch.
-        self.attempt(&[], scanned_to).await.map(|_| ())
+        self.attempt(&[], scanned_to).await.map(|_| true)
+    }
+
+    /// Moves the checkpoint over skipped events (for followers), under the gate like a
+    /// batch. `Ok(false)`: paused meanwhile, not moved.
+    async fn save_skipped(&mut self, position: u64) -> Result<bool, Stop> {
+        let dlq = Arc::clone(&self.dlq);
+        let _gate = dlq.gate.lock().await;
+        if *dlq.paused.borrow() {
+            return Ok(false);
+        }
+        self.attempt(&[], position).await.map(|_| true)
     }
 }
 
@@ -958,6 +998,7 @@ impl Runner {
     }
 
     /// Runs the consumer from its checkpoint until shutdown or lost leadership.
+    #[allow(clippy::too_many_lines)] // one loop; its state (position, prefetch, saves) spans every step
     async fn lead(
         &mut self,
         store: &Arc<dyn EventStore>,
@@ -1017,6 +1058,11 @@ impl Runner {
                 }
             };
             backoff = RETRY_BACKOFF_MIN;
+            if *paused.borrow() {
+                // Paused while the page was read: dropped unhandled, so nothing is handled
+                // once the operator has seen "paused" (the loop's top sits the pause out).
+                continue;
+            }
             // A page the stores cut at their byte cap is short but not the end: whether
             // more is visible is the head's to say, not the page's length.
             let more = slice.events.len() == BATCH_EVENTS_MAX || slice.scanned_to < *head.borrow();
@@ -1033,15 +1079,24 @@ impl Runner {
             }
             let skipped = slice.events.is_empty();
             if !skipped {
-                if let Err(stop) = self.process(slice.events, slice.scanned_to).await {
-                    return stop;
+                match self.process(slice.events, slice.scanned_to).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if let Some(next) = prefetched.take() {
+                            next.abort();
+                        }
+                        continue;
+                    }
+                    Err(stop) => return stop,
                 }
                 (saved, last_save, pending) = (slice.scanned_to, std::time::Instant::now(), false);
             }
             if skipped && followed && slice.scanned_to > saved {
                 if last_save.elapsed() >= MIRRORED_CHECKPOINT_EVERY {
-                    if let Err(stop) = self.attempt(&[], slice.scanned_to).await {
-                        return stop;
+                    match self.save_skipped(slice.scanned_to).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(stop) => return stop,
                     }
                     (saved, last_save, pending) =
                         (slice.scanned_to, std::time::Instant::now(), false);
@@ -1058,10 +1113,14 @@ impl Runner {
                     _ = paused.changed() => {}
                     _ = handover.changed() => {}
                     () = tokio::time::sleep(MIRRORED_CHECKPOINT_EVERY), if pending => {
-                        if let Err(stop) = self.attempt(&[], position).await {
-                            return stop;
+                        match self.save_skipped(position).await {
+                            Ok(true) => {
+                                (saved, last_save, pending) =
+                                    (position, std::time::Instant::now(), false);
+                            }
+                            Ok(false) => {}
+                            Err(stop) => return stop,
                         }
-                        (saved, last_save, pending) = (position, std::time::Instant::now(), false);
                     }
                 }
             }

@@ -102,7 +102,8 @@ impl ProcessContext {
         }
         let result = self.repository.execute::<A>(id, command, options).await;
         if let Err(
-            crate::CommandError::Read(_)
+            crate::CommandError::Contention
+            | crate::CommandError::Read(_)
             | crate::CommandError::Store(
                 cairn_core::AppendError::Unavailable(_)
                 | cairn_core::AppendError::Poisoned

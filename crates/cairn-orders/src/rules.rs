@@ -40,10 +40,13 @@ pub fn check_price(field: &str, price: Money) -> Result<(), DomainError> {
     }
 }
 
-/// Non-empty text of bounded length.
+/// Non-empty text of bounded length, without control characters (a `\u0000` cannot
+/// even be stored in an indexed PostgreSQL document).
 pub fn check_text(field: &str, text: &str) -> Result<(), DomainError> {
     if text.trim().is_empty() || text.len() > TEXT_MAX_LEN {
         Err(DomainError::rule(format!("{field} must be 1 to {TEXT_MAX_LEN} characters")))
+    } else if text.chars().any(char::is_control) {
+        Err(DomainError::rule(format!("{field} must not contain control characters")))
     } else {
         Ok(())
     }

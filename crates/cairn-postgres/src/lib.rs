@@ -17,7 +17,7 @@ mod store;
 pub mod testing;
 mod writer;
 
-pub use pool::{KEEPALIVE_PROBES, OpenError, PgOptions, session_config};
+pub use pool::{KEEPALIVE_PROBES, OpenError, PgOptions, server_keepalives, session_config};
 pub use readmodel::PgReadModels;
 pub use store::PgEventStore;
 

@@ -168,10 +168,8 @@ pub fn session_config(url: &str, options: &PgOptions) -> Result<tokio_postgres::
     Ok(config)
 }
 
-/// Keepalives on both ends of every session Cairn opens. The client side notices a peer
-/// that vanished; the server side (`tcp_keepalives_*`, settable per session) releases the
-/// session's advisory locks — leadership — once the client is gone. The server settings
-/// go first in `options` so that any the URL gives win.
+/// Client-side keepalives on every session Cairn opens (it notices a peer that vanished)
+/// and a connect timeout.
 fn session_settings(config: &mut tokio_postgres::Config, options: &PgOptions) {
     config
         .keepalives(true)
@@ -179,17 +177,22 @@ fn session_settings(config: &mut tokio_postgres::Config, options: &PgOptions) {
         .keepalives_interval(options.keepalive_interval)
         .keepalives_retries(KEEPALIVE_PROBES)
         .connect_timeout(options.pool_wait);
-    let server = format!(
-        "-c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={}",
+}
+
+/// Server-side keepalives for a session that holds locks (leadership): the server then
+/// releases the session — and its advisory locks — once the client is gone. Set after
+/// connecting rather than as a startup option, which poolers such as `PgBouncer` refuse;
+/// a server that refuses the `SET` (e.g. behind such a pooler) keeps its own defaults.
+pub async fn server_keepalives(client: &tokio_postgres::Client, options: &PgOptions) {
+    let sql = format!(
+        "SET tcp_keepalives_idle = {}; SET tcp_keepalives_interval = {}; SET tcp_keepalives_count = {}",
         options.keepalive_idle.as_secs().max(1),
         options.keepalive_interval.as_secs().max(1),
         KEEPALIVE_PROBES
     );
-    let combined = match config.get_options() {
-        Some(theirs) if !theirs.trim().is_empty() => format!("{server} {theirs}"),
-        _ => server,
-    };
-    config.options(combined);
+    if let Err(e) = client.batch_execute(&sql).await {
+        tracing::warn!(error = %db_error(&e), "server-side TCP keepalives not set on a leadership session");
+    }
 }
 
 pub(crate) fn db_error(e: &tokio_postgres::Error) -> String {
@@ -285,6 +288,7 @@ impl Shared {
                 tracing::debug!(error = %e, "postgres connection closed");
             }
         });
+        server_keepalives(&client, &self.options).await;
         Ok(deadpool_postgres::ClientWrapper::new(client, task))
     }
 }

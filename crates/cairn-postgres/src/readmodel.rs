@@ -23,8 +23,16 @@ use tokio_postgres::types::ToSql;
 
 use crate::pool::{Shared, db_error};
 
+/// A failure of the database is the storage's (retried); a document or value the
+/// database refuses (SQLSTATE class 22, data exception, e.g. `\u0000` in a document of an
+/// indexed table; class 23, integrity) is the event's: retried, it would fail forever.
 fn storage(e: &tokio_postgres::Error) -> ReadModelError {
-    ReadModelError::Storage(db_error(e))
+    match e.as_db_error().map(|d| d.code().code()) {
+        Some(code) if code.starts_with("22") || code.starts_with("23") => {
+            ReadModelError::Rejected(db_error(e))
+        }
+        _ => ReadModelError::Storage(db_error(e)),
+    }
 }
 
 fn live(name: &str) -> String {
@@ -742,8 +750,12 @@ impl ReadModelStore for PgReadModels {
     }
 
     fn try_lead(&self, consumer: &str) -> Result<bool, ReadModelError> {
-        if let Some(l) = self.leaders.lock().unwrap_or_else(PoisonError::into_inner).get(consumer)
-            && !l.lock().unwrap_or_else(PoisonError::into_inner).client.is_closed()
+        // The map's lock is released before the session's: `leads()` takes the map's lock
+        // from async code and must not wait for a transaction on the session.
+        let held =
+            self.leaders.lock().unwrap_or_else(PoisonError::into_inner).get(consumer).cloned();
+        if held
+            .is_some_and(|l| !l.lock().unwrap_or_else(PoisonError::into_inner).client.is_closed())
         {
             return Ok(true);
         }

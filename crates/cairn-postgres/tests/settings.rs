@@ -74,7 +74,7 @@ async fn every_session_has_tcp_keepalives_on_both_ends() {
     let Some(db) = TestDatabase::create().await else { return };
     // A plain session keeps the server's default (0 = the OS's two hours)...
     assert_ne!(show(&db.url, "tcp_keepalives_idle").await, "10");
-    // ...a session opened the way Cairn opens every one of its sessions does not.
+    // ...a session opened the way Cairn opens its leadership sessions does not.
     let options = PgOptions::default();
     let config = cairn_postgres::session_config(&db.url, &options).expect("config");
     assert_eq!(config.get_keepalives_idle(), Duration::from_secs(10));
@@ -82,6 +82,9 @@ async fn every_session_has_tcp_keepalives_on_both_ends() {
     assert_eq!(config.get_keepalives_retries(), Some(cairn_postgres::KEEPALIVE_PROBES));
     let (client, connection) = config.connect(NoTls).await.expect("connect");
     tokio::spawn(connection);
+    // What every leadership (and LISTEN) session runs right after connecting: a `SET`,
+    // not a startup option, which poolers such as PgBouncer refuse.
+    cairn_postgres::server_keepalives(&client, &options).await;
     let mut server = Vec::new();
     for setting in ["tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"] {
         server.push(

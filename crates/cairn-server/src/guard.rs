@@ -110,7 +110,7 @@ pub async fn check_read_models_against_log(
     let mut ahead: BTreeMap<String, (Option<u64>, Vec<i64>)> = BTreeMap::new();
     for (consumer, position) in checkpoints {
         // A shadow's checkpoint (`name#rebuild`) belongs to a rebuild that a restart ended.
-        if position > head && !consumer.contains('#') {
+        if position > head && !consumer.ends_with(cairn_core::readmodel::REBUILD_SUFFIX) {
             ahead.entry(consumer).or_default().0 = Some(position);
         }
     }

@@ -17,6 +17,7 @@ use support::TestServer;
 cairn_testkit::backend_tests!(
     an_unpriceable_line_is_refused_at_the_command_and_the_store_api,
     an_unpriceable_event_in_the_log_is_dead_lettered_and_nothing_stalls,
+    a_nul_in_text_is_refused_by_commands_and_never_stalls_a_projection,
 );
 
 const POISON: &str = r#"{"customer_id":"c-1","items":[{"product_id":"p-1","quantity":9223372036854775807,"price":"99999999999999"}],"total":"0"}"#;
@@ -119,5 +120,58 @@ async fn dead_letters(server: &TestServer, projection: &str) -> Vec<Value> {
             return letters;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `\u0000` is valid JSON but PostgreSQL cannot parse it as `jsonb`, which an indexed
+/// read-model table does: retried as a storage failure, it stalled the consumer for good.
+async fn a_nul_in_text_is_refused_by_commands_and_never_stalls_a_projection(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (status, _) = server
+        .post(
+            "/orders",
+            &json!({"order_id": "o-1", "customer_id": "c-1",
+                    "items": [{"product_id": "p-1", "quantity": 1, "price": "1.00"}]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) =
+        server.post("/orders/o-1/cancel", &json!({"reason": "changed\u{0}mind"})).await;
+    assert_eq!((status, body["error"].as_str()), (422, Some("rule_violation")), "{body}");
+
+    // Through the store API (no aggregate rules there): a shipment whose tracking number
+    // the order summary cannot store on PostgreSQL.
+    let line = json!({"product_id": "p-1", "quantity": 1, "price": "1.00"});
+    let append = json!({"expected_version": 0, "events": [
+        {"aggregate_type": "Order", "event_type": "OrderCreated",
+         "data": {"customer_id": "c-1", "items": [line], "total": "1.00"}},
+        {"aggregate_type": "Order", "event_type": "OrderShipped",
+         "data": {"tracking_number": "T\u{0}X", "carrier": "DHL", "items": [line], "total": "1.00"}},
+    ]});
+    let (status, body) = server.post("/streams/o-nul", &append).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, created) = server
+        .post(
+            "/orders",
+            &json!({"order_id": "o-2", "customer_id": "c-1",
+                    "items": [{"product_id": "p-1", "quantity": 1, "price": "1.00"}]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let position = created["position"].as_u64().unwrap();
+    let (status, body) =
+        server.get(&format!("/orders/o-2?min_position={position}&wait_ms=20000")).await;
+    assert_eq!(status, 200, "the projection moved past the event: {body}");
+    let (status, ready) = server.get("/health/ready").await;
+    assert_eq!((status, ready.get("stalled")), (200, None), "{ready}");
+    let (_, letters) = server.get("/admin/dlq?projection=order_summary").await;
+    let letters = letters.as_array().unwrap().clone();
+    match backend {
+        // Stored as is on the embedded store; refused, so dead-lettered, on PostgreSQL.
+        Backend::Sqlite => assert!(letters.is_empty(), "{letters:?}"),
+        Backend::Postgres => {
+            assert_eq!(letters.len(), 1, "{letters:?}");
+            assert_eq!(letters[0]["aggregate_id"], "o-nul");
+        }
     }
 }

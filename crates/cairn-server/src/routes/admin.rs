@@ -584,7 +584,7 @@ pub struct ImportState {
         (status = 400, description = "`bad_request`: a table not its own, a checkpoint past the head, or a malformed body", body = ErrorBody),
         (status = 404, description = "`not_found`: no such process manager", body = ErrorBody),
         (status = 409, description = "`not_paused` (pause it first), `not_leader` (another process runs it) or `checkpoint_ahead` (it has handled events past `checkpoint`)", body = ErrorBody),
-        (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`, or `consumer_busy`: it is still finishing the batch in hand when it was paused; nothing was imported", body = ErrorBody),
     )
 )]
 pub async fn import_process_state(
@@ -623,6 +623,15 @@ pub async fn import_process_state(
             format!("{name} is running: pause it first (cairn projections pause {name})"),
         ));
     }
+    // Paused is a flag; the batch in hand when it was set may still be running. Held
+    // between batches, no batch runs (nor writes its checkpoint) until the import is in.
+    let Some(_between) = pm.hold_between_batches().await else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "consumer_busy",
+            format!("{name} is still finishing a batch; nothing was imported, try again"),
+        ));
+    };
     let (rm, consumer) = (Arc::clone(&state.domain.readmodels), pm.name().to_owned());
     let current = {
         let (rm, consumer) = (Arc::clone(&rm), consumer.clone());
