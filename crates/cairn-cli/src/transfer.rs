@@ -241,7 +241,7 @@ async fn process_manager_states(client: &Client) -> anyhow::Result<Vec<ManagerSt
         // target would then re-handle an event whose commands it has no record of.
         let after = client.get_json(&["admin", "projections"], &[]).await?;
         let moved = after.as_array().into_iter().flatten().find(|r| r["name"] == name.as_str());
-        if moved.is_some_and(|r| r["position"].as_u64() != Some(checkpoint)) {
+        if moved.is_some_and(|r| r["position"] != row["position"]) {
             bail!(
                 "{name} handled events while its state was exported: stop writes to the source (or pause it: cairn projections pause {name}) and export again"
             );
