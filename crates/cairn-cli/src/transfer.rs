@@ -453,15 +453,7 @@ async fn import_manager(client: &Client, manager: &Manager) -> anyhow::Result<Re
         let body = serde_json::to_string(&StateRequest { checkpoint, instances: chunk })
             .context("encoding a process manager's state")?;
         let url = client.url(&["admin", "process-managers", &manager.name, "state"]);
-        let response = client
-            .request(Method::POST, url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("cannot reach the server: {}", crate::client::root_cause(&e))
-            })?;
+        let response = post_json(client, url, body).await?;
         let status = response.status();
         let text = response.text().await.context("reading a state import's answer")?;
         if status == StatusCode::CONFLICT {
@@ -648,15 +640,7 @@ async fn append(client: &Client, batch: &[Line]) -> anyhow::Result<Result<Append
     };
     let body = serde_json::to_string(&request).context("encoding an append")?;
     let url = client.url(&["streams", &first.aggregate_id]);
-    let response = client
-        .request(Method::POST, url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot reach the server: {}", crate::client::root_cause(&e))
-        })?;
+    let response = post_json(client, url, body).await?;
     let status = response.status();
     let text = response.text().await.context("reading an append's answer")?;
     if status.is_success() {
@@ -668,4 +652,20 @@ async fn append(client: &Client, batch: &[Line]) -> anyhow::Result<Result<Append
     } else {
         bail!("{}", refusal(first, &describe_error(status, &text)))
     }
+}
+
+/// POSTs a JSON body; only an unreachable server is an error here (statuses are the
+/// caller's to read).
+async fn post_json(
+    client: &Client,
+    url: reqwest::Url,
+    body: String,
+) -> anyhow::Result<reqwest::Response> {
+    client
+        .request(Method::POST, url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the server: {}", crate::client::root_cause(&e)))
 }

@@ -460,6 +460,16 @@ impl ConsumerHandle {
         }
     }
 
+    /// Dead letter `id` if it is this consumer's (`None` otherwise); acting on it needs
+    /// this process to lead the consumer. The caller holds the gate.
+    async fn own_letter(&self, id: i64) -> Result<Option<DeadLetter>, DeadLetterError> {
+        let letters =
+            self.dlq.letters().await.map_err(|e| DeadLetterError::Storage(e.to_string()))?;
+        let Some(letter) = letters.into_iter().find(|l| l.id == id) else { return Ok(None) };
+        self.require_leader_for_letters()?;
+        Ok(Some(letter))
+    }
+
     /// Its dead letters, in position order.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, String> {
         self.dlq.letters().await.map_err(|e| e.to_string())
@@ -472,10 +482,7 @@ impl ConsumerHandle {
         id: i64,
     ) -> Result<Option<DeadLetterOutcome>, DeadLetterError> {
         let _gate = gate_for_letters(&self.dlq, &self.name).await?;
-        let letters =
-            self.dlq.letters().await.map_err(|e| DeadLetterError::Storage(e.to_string()))?;
-        let Some(letter) = letters.iter().find(|l| l.id == id) else { return Ok(None) };
-        self.require_leader_for_letters()?;
+        let Some(letter) = self.own_letter(id).await? else { return Ok(None) };
         let remaining = self
             .dlq
             .replay_chain(&letter.aggregate_id)
@@ -491,10 +498,7 @@ impl ConsumerHandle {
         id: i64,
     ) -> Result<Option<DeadLetterOutcome>, DeadLetterError> {
         let _gate = gate_for_letters(&self.dlq, &self.name).await?;
-        let letters =
-            self.dlq.letters().await.map_err(|e| DeadLetterError::Storage(e.to_string()))?;
-        let Some(letter) = letters.iter().find(|l| l.id == id).cloned() else { return Ok(None) };
-        self.require_leader_for_letters()?;
+        let Some(letter) = self.own_letter(id).await? else { return Ok(None) };
         let (rm, name) = (Arc::clone(self.dlq.handler.readmodels()), self.name.clone());
         blocking(move || rm.resolve_dead_letter(&name, id, &mut |_| Ok(())))
             .await
