@@ -6,9 +6,11 @@
 //! - [`projection`]: runs a projection from its checkpoint over `$all`, each batch and its
 //!   checkpoint in one read-model transaction; exposes position and lag.
 //! - [`process`]: runs a process manager the same way, with durable instance state.
+//! - [`integration`]: public, versioned events made from stored ones, for other services.
 
 pub mod aggregate;
 pub mod consumer;
+pub mod integration;
 pub mod metadata;
 pub mod process;
 pub mod projection;

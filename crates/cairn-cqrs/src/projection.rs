@@ -8,7 +8,17 @@ use cairn_core::readmodel::{DocTxn, ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{EventStore, RecordedEvent};
 use tokio::sync::watch;
 
+use crate::aggregate::DomainEvent;
 use crate::consumer::{self, BatchHandler, ConsumerHandle, HandleError};
+
+/// Decodes a stored event into the domain event it is, as every domain read path sees it
+/// (upcast from its stored schema version, then decoded: [`DomainEvent::from_recorded`]).
+///
+/// A failure is [`ReadModelError::Handler`]: the event's fault, so the consumer
+/// dead-letters it after a few tries instead of stalling on it as on a storage failure.
+pub fn decode<E: DomainEvent>(e: &RecordedEvent) -> Result<E, ReadModelError> {
+    E::from_recorded(e).map_err(|err| ReadModelError::Handler(err.to_string()))
+}
 
 /// A read model: its tables, the events it handles, and how one event changes it.
 pub trait Projection: Send + Sync + 'static {

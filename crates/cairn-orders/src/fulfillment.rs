@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Inventory, InventoryCommand};
 use crate::order::{Line, Order, OrderCommand, OrderEvent};
-use crate::projections::decode;
+use cairn_cqrs::projection::decode;
 
 /// Instance table (one document per order), filterable by status.
 pub const TABLE: &str = "order_fulfillment";
