@@ -131,6 +131,13 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     fn from_snapshot(_json: &str) -> Option<Self> {
         None
     }
+
+    /// The state as a JSON object for people (state routes, the console); `None`: it
+    /// cannot be rendered. The default is the snapshot, which is what a serde aggregate
+    /// would print anyway; override it to show derived fields or hide internal ones.
+    fn state_json(&self) -> Option<Box<RawValue>> {
+        self.to_snapshot().and_then(|s| RawValue::from_string(s).ok())
+    }
 }
 
 /// Implements the snapshot methods of [`Aggregate`] with serde (inside the `impl` block):
@@ -206,4 +213,82 @@ macro_rules! domain_events {
                     $($extra)*
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::{Aggregate, DomainError, Existence};
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Added {
+        n: i64,
+    }
+
+    #[derive(Debug, Clone)]
+    pub enum TallyEvent {
+        Added(Added),
+    }
+
+    crate::domain_events!(TallyEvent { Added });
+
+    /// Snapshots with serde, so it renders its state by default.
+    #[derive(Default, Serialize, Deserialize)]
+    struct Tally {
+        total: i64,
+    }
+
+    impl Aggregate for Tally {
+        const TYPE: &'static str = "Tally";
+        type Event = TallyEvent;
+        type Command = i64;
+
+        fn apply(&mut self, TallyEvent::Added(e): &TallyEvent) {
+            self.total += e.n;
+        }
+
+        fn handle(&self, n: &i64) -> Result<Vec<TallyEvent>, DomainError> {
+            Ok(vec![TallyEvent::Added(Added { n: *n })])
+        }
+
+        fn existence(_: &i64) -> Existence {
+            Existence::Any
+        }
+
+        crate::serde_snapshots!();
+    }
+
+    /// Never snapshots, so by default it has nothing to render.
+    #[derive(Default)]
+    struct Opaque;
+
+    impl Aggregate for Opaque {
+        const TYPE: &'static str = "Opaque";
+        type Event = TallyEvent;
+        type Command = ();
+
+        fn apply(&mut self, _: &TallyEvent) {}
+
+        fn handle(&self, (): &()) -> Result<Vec<TallyEvent>, DomainError> {
+            Ok(Vec::new())
+        }
+
+        fn existence((): &()) -> Existence {
+            Existence::Any
+        }
+    }
+
+    #[test]
+    fn state_json_defaults_to_the_snapshot_and_to_none_without_one() {
+        let mut tally = Tally::default();
+        for event in tally.handle(&41).unwrap().into_iter().chain(tally.handle(&1).unwrap()) {
+            tally.apply(&event);
+        }
+        assert_eq!(
+            tally.state_json().map(|j| j.get().to_owned()).as_deref(),
+            Some(r#"{"total":42}"#)
+        );
+        assert!(Opaque.state_json().is_none());
+    }
 }

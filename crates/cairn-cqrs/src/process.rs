@@ -29,8 +29,51 @@ pub trait ProcessManager: Send + Sync + 'static {
     fn tables(&self) -> Vec<TableSpec>;
     /// Event types it reacts to.
     fn event_types(&self) -> Vec<&'static str>;
+    /// The instance an event belongs to (the key its state is saved under); `None`: not
+    /// this manager's, so the runner skips it (the checkpoint moves on) and
+    /// [`handle`](Self::handle) never sees it. One instance's events are handled in `$all`
+    /// order; a later runner may handle different instances concurrently, which is why
+    /// every manager names its key now.
+    fn instance_key(&self, event: &RecordedEvent) -> Option<String>;
+    /// Where its instances live: admin listing, export/import, metrics by status.
+    fn instances(&self) -> Instances;
     /// Reacts to one event. Must be safe to run again for the same event.
     async fn handle(&self, event: &RecordedEvent, ctx: &ProcessContext) -> Result<(), String>;
+}
+
+/// Where a process manager's instances live: one document per instance in `table`,
+/// keyed by [`ProcessManager::instance_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instances {
+    table: &'static str,
+    statuses: &'static [&'static str],
+}
+
+impl Instances {
+    /// Instances are the documents of `table` (one of the manager's [`ProcessManager::tables`]).
+    #[must_use]
+    pub const fn table(table: &'static str) -> Self {
+        Self { table, statuses: &[] }
+    }
+
+    /// The documents carry an indexed `status` with one of these values, so instances can
+    /// be counted and listed by status.
+    #[must_use]
+    pub const fn by_status(self, statuses: &'static [&'static str]) -> Self {
+        Self { table: self.table, statuses }
+    }
+
+    /// The instance table.
+    #[must_use]
+    pub const fn table_name(&self) -> &'static str {
+        self.table
+    }
+
+    /// The statuses an instance can have; empty when instances are not by status.
+    #[must_use]
+    pub const fn statuses(&self) -> &'static [&'static str] {
+        self.statuses
+    }
 }
 
 /// What a process manager can use while handling an event.
@@ -189,6 +232,11 @@ impl BatchHandler for ProcessHandler {
 
     async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), HandleError> {
         for event in &events {
+            if self.manager.instance_key(event).is_none() {
+                // Not one of this manager's instances: skipped like an event of another
+                // type, and the checkpoint below moves over it.
+                continue;
+            }
             self.run(event).await?;
             // One event at a time: a crash redelivers at most the event in progress.
             commit_checkpoint(&self.ctx.readmodels, self.manager.name(), event.position).await?;
@@ -197,7 +245,11 @@ impl BatchHandler for ProcessHandler {
     }
 
     async fn retry(&self, event: RecordedEvent, letter_id: i64) -> Result<(), HandleError> {
-        self.run(&event).await?;
+        // A letter parked before the manager stopped claiming the event is released
+        // without running it, as the event would be skipped if it came now.
+        if self.manager.instance_key(&event).is_some() {
+            self.run(&event).await?;
+        }
         let (rm, name) = (Arc::clone(&self.ctx.readmodels), self.manager.name());
         tokio::task::spawn_blocking(move || {
             rm.resolve_dead_letter(name, letter_id, &mut |_| Ok(()))

@@ -8,7 +8,17 @@ use cairn_core::readmodel::{DocTxn, ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{EventStore, RecordedEvent};
 use tokio::sync::watch;
 
+use crate::aggregate::DomainEvent;
 use crate::consumer::{self, BatchHandler, ConsumerHandle, HandleError};
+
+/// Decodes a stored event into the domain event it is, as every domain read path sees it
+/// (upcast from its stored schema version, then decoded: [`DomainEvent::from_recorded`]).
+///
+/// A failure is [`ReadModelError::Handler`]: the event's fault, so the consumer
+/// dead-letters it after a few tries instead of stalling on it as on a storage failure.
+pub fn decode<E: DomainEvent>(e: &RecordedEvent) -> Result<E, ReadModelError> {
+    E::from_recorded(e).map_err(|err| ReadModelError::Handler(err.to_string()))
+}
 
 /// A read model: its tables, the events it handles, and how one event changes it.
 pub trait Projection: Send + Sync + 'static {
@@ -238,5 +248,51 @@ async fn rebalance(
             tracing::info!(partition = h.name(), live, fair, "handing a partition over");
             h.hand_over(HAND_OVER_HOLD_OFF);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_core::RecordedEvent;
+    use cairn_core::readmodel::ReadModelError;
+    use cairn_core::timestamp::Timestamp;
+    use serde_json::value::RawValue;
+
+    use super::decode;
+    // Its `Deposited` has a v1 shape (`amount`) upcast to v2 (`cents`).
+    use crate::kind::tests::PurseEvent;
+
+    fn stored(data: &str, metadata: &str) -> RecordedEvent {
+        RecordedEvent {
+            event_id: uuid::Uuid::now_v7(),
+            aggregate_id: "p-1".into(),
+            aggregate_type: "Purse".into(),
+            event_type: "Deposited".into(),
+            version: 1,
+            position: 1,
+            timestamp: Timestamp::now(),
+            data: RawValue::from_string(data.into()).unwrap(),
+            metadata: RawValue::from_string(metadata.into()).unwrap(),
+        }
+    }
+
+    fn cents(event: &PurseEvent) -> i64 {
+        match event {
+            PurseEvent::Deposited(d) => d.cents,
+            PurseEvent::Closed(_) => panic!("not a deposit: {event:?}"),
+        }
+    }
+
+    #[test]
+    fn decode_upcasts_and_a_bad_event_is_the_events_fault() {
+        let v2 = decode::<PurseEvent>(&stored(r#"{"cents":7}"#, r#"{"schema_version":2}"#));
+        assert_eq!(v2.map(|e| cents(&e)).unwrap(), 7);
+        // No schema_version in the metadata means v1: upcast before decoding.
+        let v1 = decode::<PurseEvent>(&stored(r#"{"amount":7}"#, "{}"));
+        assert_eq!(v1.map(|e| cents(&e)).unwrap(), 7);
+        let bad = decode::<PurseEvent>(&stored(r#"{"cents":"seven"}"#, r#"{"schema_version":2}"#));
+        let err = bad.unwrap_err();
+        assert!(matches!(err, ReadModelError::Handler(_)), "{err:?}");
+        assert!(!err.is_storage(), "dead-lettered, never a stall");
     }
 }

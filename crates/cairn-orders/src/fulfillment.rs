@@ -12,18 +12,23 @@ use async_trait::async_trait;
 use cairn_core::RecordedEvent;
 use cairn_core::readmodel::TableSpec;
 use cairn_core::timestamp::Timestamp;
+use cairn_cqrs::Aggregate;
 use cairn_cqrs::CommandError;
-use cairn_cqrs::process::{ProcessContext, ProcessManager};
+use cairn_cqrs::process::{Instances, ProcessContext, ProcessManager};
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Inventory, InventoryCommand};
 use crate::order::{Line, Order, OrderCommand, OrderEvent};
-use crate::projections::decode;
+use cairn_cqrs::projection::decode;
 
 /// Instance table (one document per order), filterable by status.
 pub const TABLE: &str = "order_fulfillment";
 /// The manager's name (its checkpoint key and admin path).
 pub const NAME: &str = "order-fulfillment";
+
+/// Every [`FulfillmentStatus`] as stored (its serde name), for counting instances by status.
+pub const STATUSES: &[&str] =
+    &["reserving", "compensating", "ready_to_ship", "shipped", "cancelled"];
 
 /// Where an order's fulfillment is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,8 +261,19 @@ impl ProcessManager for OrderFulfillment {
         vec!["OrderConfirmed", "OrderCancelled", "OrderShipped"]
     }
 
+    /// One instance per order: the Order event's aggregate id (what [`TABLE`] is keyed
+    /// by). Another context's event of the same type name is not ours.
+    fn instance_key(&self, event: &RecordedEvent) -> Option<String> {
+        (event.aggregate_type == Order::TYPE).then(|| event.aggregate_id.clone())
+    }
+
+    fn instances(&self) -> Instances {
+        Instances::table(TABLE).by_status(STATUSES)
+    }
+
     async fn handle(&self, event: &RecordedEvent, ctx: &ProcessContext) -> Result<(), String> {
-        if event.aggregate_type != "Order" {
+        // The runner skips what `instance_key` disowns; checked again for direct callers.
+        if self.instance_key(event).is_none() {
             return Ok(());
         }
         match decode::<OrderEvent>(event).map_err(|e| e.to_string())? {
@@ -266,5 +282,51 @@ impl ProcessManager for OrderFulfillment {
             OrderEvent::OrderShipped(_) => self.on_shipped(ctx, event).await,
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_core::RecordedEvent;
+    use cairn_core::timestamp::Timestamp;
+    use cairn_cqrs::process::ProcessManager;
+    use serde_json::value::RawValue;
+    use uuid::Uuid;
+
+    use super::{FulfillmentStatus, OrderFulfillment, STATUSES, TABLE};
+
+    fn event(aggregate_type: &str) -> RecordedEvent {
+        RecordedEvent {
+            event_id: Uuid::now_v7(),
+            aggregate_id: "order-1".into(),
+            aggregate_type: aggregate_type.into(),
+            event_type: "OrderConfirmed".into(),
+            version: 1,
+            position: 1,
+            timestamp: Timestamp::now(),
+            data: RawValue::from_string("{}".into()).unwrap(),
+            metadata: RawValue::from_string("{}".into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn an_instance_is_an_order_and_its_statuses_are_every_stored_status() {
+        let manager = OrderFulfillment;
+        assert_eq!(manager.instance_key(&event("Order")).as_deref(), Some("order-1"));
+        assert_eq!(manager.instance_key(&event("Ledger")), None, "another context's event");
+        let stored: Vec<String> = [
+            FulfillmentStatus::Reserving,
+            FulfillmentStatus::Compensating,
+            FulfillmentStatus::ReadyToShip,
+            FulfillmentStatus::Shipped,
+            FulfillmentStatus::Cancelled,
+        ]
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap().as_str().unwrap().to_owned())
+        .collect();
+        assert_eq!(stored, STATUSES);
+        let instances = manager.instances();
+        assert_eq!((instances.table_name(), instances.statuses()), (TABLE, STATUSES));
+        assert!(manager.tables().iter().any(|t| t.name == TABLE && t.indexed.contains(&"status")));
     }
 }

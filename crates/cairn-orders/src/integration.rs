@@ -20,28 +20,19 @@
 
 use cairn_core::RecordedEvent;
 use cairn_core::timestamp::Timestamp;
-use cairn_cqrs::{Aggregate, DecodeError, DomainEvent};
-use serde::de::DeserializeOwned;
+// The generic half lives in cairn-cqrs; re-exported so every existing path still names
+// it, and the id namespace is the same constant, so public event ids are unchanged.
+pub use cairn_cqrs::integration::{
+    IntegrationEvent, NAMESPACE, PublicEvent, TranslateError, envelope, public_event_id,
+};
+use cairn_cqrs::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use uuid::Uuid;
 
 use crate::money::Money;
 use crate::order::{Order, OrderEvent};
 
 /// The subject every public order event is published under (a NATS wildcard).
 pub const SUBJECTS: &str = "public.orders.>";
-
-/// The namespace of public event ids: `id = UUIDv5(NAMESPACE, source_event_id ‖ event_type)`.
-pub const NAMESPACE: Uuid = Uuid::from_u128(0x6b2f_1f0e_4c1a_4e55_9a7d_3c0b_5e8f_a1d2);
-
-/// A public event type: its name, its subject and its schema version.
-pub trait PublicEvent: Serialize + DeserializeOwned {
-    /// The type name, version included (`OrderConfirmedV1`); also its schema's name.
-    const EVENT_TYPE: &'static str;
-    /// The subject it is published on (`public.orders.confirmed.v1`).
-    const SUBJECT: &'static str;
-}
 
 /// An order was created (public, v1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,59 +115,6 @@ pub const PUBLIC_EVENTS: &[(&str, &str)] = &[
     (OrderCancelledV1::EVENT_TYPE, OrderCancelledV1::SUBJECT),
 ];
 
-/// A public event ready to publish.
-#[derive(Debug, Clone)]
-pub struct IntegrationEvent {
-    /// Its own id, derived from `source_event_id` and `event_type` (see [`public_event_id`]):
-    /// the same stored event always gives the same id, the message id to de-duplicate by.
-    pub event_id: Uuid,
-    /// Where it is published (`public.orders.confirmed.v1`).
-    pub subject: String,
-    /// Its type, version included (`OrderConfirmedV1`): the name its schema is registered under.
-    pub event_type: String,
-    /// The id of the stored domain event it was made from.
-    pub source_event_id: Uuid,
-    /// The payload: the public struct as JSON, money with its exact digits.
-    pub data: Box<RawValue>,
-}
-
-impl PartialEq for IntegrationEvent {
-    fn eq(&self, other: &Self) -> bool {
-        self.event_id == other.event_id
-            && self.subject == other.subject
-            && self.event_type == other.event_type
-            && self.source_event_id == other.source_event_id
-            && self.data.get() == other.data.get()
-    }
-}
-
-impl Eq for IntegrationEvent {}
-
-/// Why a stored event could not be translated.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TranslateError {
-    /// The stored domain event does not decode (after upcasting) into the domain's event.
-    #[error("the domain event cannot be decoded: {0}")]
-    Decode(#[from] DecodeError),
-    /// The public event could not be written as JSON.
-    #[error("the public event cannot be encoded: {0}")]
-    Encode(#[from] serde_json::Error),
-}
-
-/// The id of the public event `event_type` made from the stored event `source_event_id`:
-/// UUID v5 in [`NAMESPACE`] of the source id's 16 bytes followed by the type name.
-///
-/// Deterministic, so a re-publish carries the same id; distinct from the source id, so a
-/// broker that de-duplicates by id never mistakes the public event for the domain event.
-#[must_use]
-pub fn public_event_id(source_event_id: Uuid, event_type: &str) -> Uuid {
-    let mut name = Vec::with_capacity(16 + event_type.len());
-    name.extend_from_slice(source_event_id.as_bytes());
-    name.extend_from_slice(event_type.as_bytes());
-    Uuid::new_v5(&NAMESPACE, &name)
-}
-
 /// The domain event types that have a public counterpart; every other one stays internal.
 const PUBLISHED_DOMAIN_TYPES: &[&str] =
     &["OrderCreated", "OrderConfirmed", "OrderShipped", "OrderCancelled"];
@@ -226,19 +164,6 @@ pub fn translate(event: &RecordedEvent) -> Result<Option<IntegrationEvent>, Tran
         | OrderEvent::OrderTotalCorrected(_) => return Ok(None),
     }?;
     Ok(Some(public))
-}
-
-fn envelope<E: PublicEvent>(
-    source: &RecordedEvent,
-    public: &E,
-) -> Result<IntegrationEvent, TranslateError> {
-    Ok(IntegrationEvent {
-        event_id: public_event_id(source.event_id, E::EVENT_TYPE),
-        subject: E::SUBJECT.to_owned(),
-        event_type: E::EVENT_TYPE.to_owned(),
-        source_event_id: source.event_id,
-        data: serde_json::value::to_raw_value(public)?,
-    })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use cairn_cqrs::{Aggregate, DomainError, Existence};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::money::Money;
 use crate::rules::{check_id, check_price, check_quantity, check_text};
@@ -477,6 +478,30 @@ impl Aggregate for Order {
     }
 
     cairn_cqrs::serde_snapshots!();
+
+    /// The fields of `GET /orders/{id}/state` that come from the order itself, derived
+    /// ones included (`total`, `item_count`): people read totals, not the snapshot's
+    /// `corrections`-only shape. `total` is `null` when it cannot be represented.
+    fn state_json(&self) -> Option<Box<RawValue>> {
+        #[derive(Serialize)]
+        struct OrderView<'a> {
+            status: &'static str,
+            customer_id: &'a str,
+            items: &'a [Line],
+            item_count: usize,
+            total: Option<Money>,
+            corrections: Money,
+        }
+        serde_json::value::to_raw_value(&OrderView {
+            status: self.status.as_str(),
+            customer_id: &self.customer_id,
+            items: &self.items,
+            item_count: self.items.len(),
+            total: self.checked_total(),
+            corrections: self.corrections,
+        })
+        .ok()
+    }
 
     fn existence(command: &OrderCommand) -> Existence {
         match command {

@@ -10,10 +10,10 @@ use cairn_cqrs::DomainEvent;
 use cairn_cqrs::projection::Projection;
 use serde::{Deserialize, Serialize};
 
-use super::decode;
 use crate::customer::CustomerEvent;
 use crate::money::Money;
 use crate::order::OrderEvent;
+use cairn_cqrs::projection::decode;
 
 /// The query table.
 pub const TABLE: &str = "customer_view";

@@ -6,8 +6,8 @@ use cairn_cqrs::DomainEvent;
 use cairn_cqrs::projection::Projection;
 use serde::{Deserialize, Serialize};
 
-use super::decode;
 use crate::inventory::InventoryEvent;
+use cairn_cqrs::projection::decode;
 
 /// The query table.
 pub const TABLE: &str = "inventory_view";

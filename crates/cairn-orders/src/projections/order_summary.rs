@@ -9,9 +9,9 @@ use cairn_cqrs::projection::Projection;
 use cairn_cqrs::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use super::decode;
 use crate::money::Money;
 use crate::order::{Order, OrderEvent};
+use cairn_cqrs::projection::decode;
 
 /// The query table.
 pub const TABLE: &str = "order_summary";
