@@ -47,7 +47,7 @@ pub trait Outbox: Send + Sync {
 }
 
 /// Why a consumer could not be registered.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RegisterError {
     /// Consumer names key checkpoints, dead letters and the admin paths, so two
@@ -205,5 +205,56 @@ impl Readiness {
             }
         }
         parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_cqrs::projection::spawn_projection;
+    use cairn_testkit::Backend;
+    use tokio::sync::watch;
+
+    const INSTANCES: Instances = Instances { table: "t", statuses: &["open"] };
+
+    /// One running projection of the Order context, on a fresh embedded store.
+    async fn running(
+        name: &'static str,
+    ) -> (ConsumerHandle, cairn_testkit::Place, watch::Sender<bool>) {
+        let (stores, place) = Backend::Sqlite.open().await;
+        let (stop, stop_rx) = watch::channel(false);
+        let projection = cairn_orders::projections()
+            .into_iter()
+            .find(|p| p.name() == name)
+            .expect("an Order projection of that name");
+        let handle =
+            spawn_projection(stores.events, stores.readmodels, projection, stop_rx).expect("spawn");
+        (handle, place, stop)
+    }
+
+    #[tokio::test]
+    async fn a_name_is_registered_once_whatever_the_kind() {
+        let (handle, _place, _stop) = running("order_summary").await;
+        let mut consumers = Consumers::new();
+        consumers.add_projection("order_summary", handle.clone()).unwrap();
+        let duplicate = RegisterError::Duplicate { name: "order_summary".to_owned() };
+        assert_eq!(
+            consumers.add_projection("order_summary", handle.clone()),
+            Err(duplicate.clone())
+        );
+        assert_eq!(
+            consumers.add_process_manager("order_summary", handle.clone(), INSTANCES),
+            Err(duplicate)
+        );
+        consumers.add_process_manager("manager", handle, INSTANCES).unwrap();
+        let kinds: Vec<ConsumerKind> = consumers.all().map(|(kind, _)| kind).collect();
+        assert_eq!(kinds, [ConsumerKind::Projection, ConsumerKind::ProcessManager]);
+        assert_eq!(
+            consumers.get("manager").map(|(kind, _)| kind),
+            Some(ConsumerKind::ProcessManager)
+        );
+        assert_eq!(consumers.process_manager("manager").map(|(_, i)| *i), Some(INSTANCES));
+        assert!(consumers.process_manager("order_summary").is_none(), "a projection is no manager");
+        assert!(consumers.get("nothing").is_none());
     }
 }
