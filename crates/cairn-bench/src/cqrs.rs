@@ -9,7 +9,7 @@ use cairn_core::readmodel::ReadModelStore;
 use cairn_core::{Append, EventStore, ExpectedVersion, NewEvent};
 use cairn_cqrs::consumer::ConsumerHandle;
 use cairn_server::HttpConfig;
-use cairn_server::domain::Domain;
+use cairn_server::consumers::Consumers;
 use cairn_sqlite::{SqliteEventStore, SqliteOptions, SqliteReadModels, Synchronous};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -20,7 +20,7 @@ use crate::report::{Table, rate};
 struct Server {
     base: String,
     client: reqwest::Client,
-    domain: Arc<Domain>,
+    consumers: Arc<Consumers>,
     store: Arc<dyn EventStore>,
     stop: watch::Sender<bool>,
 }
@@ -53,7 +53,7 @@ impl Server {
     ) -> anyhow::Result<Self> {
         let store = Arc::clone(&stores.events);
         let (stop, stop_rx) = watch::channel(false);
-        let (app, domain) = cairn_server::app_with_domain(
+        let (app, consumers) = cairn_server::app_with_domain(
             stores,
             HttpConfig::default(),
             snapshots,
@@ -71,7 +71,7 @@ impl Server {
                 .await;
         });
         let client = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
-        Ok(Self { base, client, domain, store, stop })
+        Ok(Self { base, client, consumers, store, stop })
     }
 
     async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
@@ -215,8 +215,10 @@ async fn lifecycle(s: &Server, i: u64) -> anyhow::Result<()> {
     let confirmed = s.post(&format!("/orders/{id}/confirm"), &json!({})).await?;
     let position = confirmed["position"].as_u64().unwrap_or_default();
     // The process manager has handled everything up to the confirmation.
-    s.domain
-        .fulfillment
+    s.consumers
+        .process_manager("order-fulfillment")
+        .ok_or_else(|| anyhow::anyhow!("no order-fulfillment process manager"))?
+        .0
         .wait_for(position, Duration::from_secs(30))
         .await
         .map_err(|p| anyhow::anyhow!("fulfillment stuck at {p}"))?;
@@ -335,7 +337,9 @@ async fn visibility(table: &mut Table, dir: &Path, seconds: u64) -> anyhow::Resu
             let r = s.post("/orders", &order_body(i)).await?;
             let answered = Instant::now();
             let position = r["position"].as_u64().unwrap_or_default();
-            s.domain.projections["order_summary"]
+            s.consumers
+                .projection("order_summary")
+                .ok_or_else(|| anyhow::anyhow!("no order_summary projection"))?
                 .wait_for(position, Duration::from_secs(30))
                 .await
                 .map_err(|p| anyhow::anyhow!("projection stuck at {p}"))?;

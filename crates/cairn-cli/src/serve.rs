@@ -155,7 +155,10 @@ async fn open_stores(args: &ServeArgs) -> anyhow::Result<Stores> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stores = open_stores(&args).await?;
     // Before any consumer starts: nothing may follow the log from past its end.
-    if let Err(e) = cairn_server::guard::check_read_models_against_log(&stores, args.repair).await {
+    let projections = cairn_server::projections();
+    if let Err(e) =
+        cairn_server::guard::check_read_models_against_log(&stores, &projections, args.repair).await
+    {
         stores.events.close().await;
         return Err(e.into());
     }
@@ -165,7 +168,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (raw_events, readmodels) = (Arc::clone(&stores.events), Arc::clone(&stores.readmodels));
-    let (app, domain) = cairn_server::app_with_domain(
+    let (app, consumers) = cairn_server::app_with_domain(
         stores,
         HttpConfig { body_limit_bytes: args.body_limit_bytes, ..HttpConfig::default() },
         &DomainConfig {
@@ -176,7 +179,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .context("cannot start the projections")?;
     if let Some(url) = &args.nats_url {
-        start_bus(&args, url, &app, &domain, &raw_events, &readmodels, &stop_rx).await?;
+        start_bus(&args, url, &app, &consumers, &raw_events, &readmodels, &stop_rx).await?;
     }
     match args.store {
         StoreKind::Sqlite => {
@@ -212,7 +215,7 @@ async fn start_bus(
     args: &ServeArgs,
     url: &str,
     app: &axum::Router,
-    domain: &Arc<cairn_server::domain::Domain>,
+    consumers: &Arc<cairn_server::consumers::Consumers>,
     raw_events: &Arc<dyn cairn_core::EventStore>,
     readmodels: &Arc<dyn cairn_core::readmodel::ReadModelStore>,
     stop_rx: &watch::Receiver<bool>,
@@ -266,7 +269,7 @@ async fn start_bus(
             .await
             .with_context(|| format!("cannot start the NATS relay on {url}"))?,
         );
-        domain.add_outbox(Arc::new(RelayOutbox(Arc::clone(&relay))));
+        consumers.add_outbox(Arc::new(RelayOutbox(Arc::clone(&relay))));
         tokio::spawn(relay.run(stop_rx.clone()));
         tracing::info!(nats = %url, %stream, "outbox relay started");
     }
@@ -293,7 +296,7 @@ fn integration_events(namespace: String) -> cairn_nats::Mapper {
 /// The relay as the server reports it.
 struct RelayOutbox(Arc<cairn_nats::Relay>);
 
-impl cairn_server::domain::Outbox for RelayOutbox {
+impl cairn_server::consumers::Outbox for RelayOutbox {
     fn name(&self) -> String {
         self.0.name()
     }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use cairn_core::readmodel::{ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{AllFilter, EventStore, ReadError};
+use cairn_cqrs::projection::Projection;
 use thiserror::Error;
 
 use crate::Stores;
@@ -87,8 +88,11 @@ async fn log_head(store: &Arc<dyn EventStore>) -> Result<u64, ReadError> {
 
 /// Checks (and repairs what is safe to repair) every checkpoint, dead letter and snapshot
 /// against the log's head; see the module documentation. Call before any consumer starts.
+/// `projections` are the server's projections (see [`crate::projections`]): only they
+/// are reset; every other consumer ahead is refused or, with `repair`, rewound.
 pub async fn check_read_models_against_log(
     stores: &Stores,
+    projections: &[Arc<dyn Projection>],
     repair: bool,
 ) -> Result<GuardReport, GuardError> {
     let (rm, snapshots) = (Arc::clone(&stores.readmodels), Arc::clone(&stores.snapshots));
@@ -121,7 +125,7 @@ pub async fn check_read_models_against_log(
         return Ok(report);
     }
     let projections: BTreeMap<&str, Vec<TableSpec>> =
-        cairn_orders::projections().iter().map(|p| (p.name(), p.tables())).collect();
+        projections.iter().map(|p| (p.name(), p.tables())).collect();
     let others: Vec<String> = ahead
         .iter()
         .filter(|(name, _)| !projections.contains_key(name.as_str()))

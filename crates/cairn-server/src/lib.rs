@@ -4,7 +4,7 @@
 //! core traits and map every error to the contract's JSON shape in one place
 //! ([`error::ApiError`]).
 
-pub mod domain;
+pub mod consumers;
 pub mod domain_schemas;
 pub mod error;
 mod extract;
@@ -19,9 +19,12 @@ use axum::Router;
 use cairn_core::EventStore;
 use cairn_core::readmodel::{ReadModelError, ReadModelStore};
 use cairn_core::snapshot::SnapshotStore;
+use cairn_cqrs::Repository;
+use cairn_cqrs::process::spawn_process_manager_with;
+use cairn_cqrs::projection::{Projection, spawn_projection};
 use tokio::sync::watch;
 
-use crate::domain::Domain;
+use crate::consumers::{Consumers, Instances, RegisterError};
 
 pub use routes::openapi;
 pub use routes::{ROUTES, router};
@@ -53,8 +56,12 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     /// Flips to `true` when the server starts shutting down; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
-    /// The reference domain (commands, read models, process manager).
-    pub domain: Arc<Domain>,
+    /// Runs commands.
+    pub repository: Repository,
+    /// Read models, checkpoints and process state.
+    pub readmodels: Arc<dyn ReadModelStore>,
+    /// Every projection, process manager and outbox, by name.
+    pub consumers: Arc<Consumers>,
     /// Event schemas.
     pub schemas: Arc<schemas::SchemaRegistry>,
 }
@@ -89,23 +96,87 @@ impl Default for DomainConfig {
     }
 }
 
-/// Starts the domain's background consumers and builds the full application.
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Creating tables, reading versions or registering schemas failed.
+    #[error(transparent)]
+    ReadModels(#[from] ReadModelError),
+    /// Two consumers share a name (a wiring bug).
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+}
+
+/// The Order Management context's process manager keeps its instances here, one
+/// `status` of these per document (what `/metrics` counts). Wired by hand until modules
+/// register their consumers (docs/design/modules.md, step 3).
+const FULFILLMENT_INSTANCES: Instances = Instances {
+    table: cairn_orders::fulfillment::TABLE,
+    statuses: &["reserving", "compensating", "ready_to_ship", "shipped", "cancelled"],
+};
+
+/// The projections this server runs (today: the Order Management context's). The
+/// start-up guard needs them before anything starts, to know which consumers it may reset.
+#[must_use]
+pub fn projections() -> Vec<Arc<dyn Projection>> {
+    cairn_orders::projections()
+}
+
+/// Creates the tables and starts every projection and process manager, registered in
+/// one [`Consumers`].
+fn start_consumers(
+    stores: Stores,
+    config: &DomainConfig,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(Repository, Consumers), StartError> {
+    let Stores { events: store, readmodels, snapshots } = stores;
+    let mut consumers = Consumers::new();
+    for projection in projections() {
+        let name = projection.name();
+        let handle = spawn_projection(
+            Arc::clone(&store),
+            Arc::clone(&readmodels),
+            projection,
+            shutdown.clone(),
+        )?;
+        consumers.add_projection(name, handle)?;
+    }
+    let repository =
+        Repository::with_snapshots(Arc::clone(&store), snapshots, config.snapshot_every);
+    let fulfillment = spawn_process_manager_with(
+        repository.clone(),
+        Arc::clone(&readmodels),
+        Arc::new(cairn_orders::fulfillment::OrderFulfillment),
+        shutdown.clone(),
+        config.pause_process_managers,
+    )?;
+    consumers.add_process_manager(
+        cairn_orders::fulfillment::NAME,
+        fulfillment,
+        FULFILLMENT_INSTANCES,
+    )?;
+    Ok((repository, consumers))
+}
+
+/// Starts the background consumers and builds the full application.
 pub fn app(
     stores: Stores,
     config: HttpConfig,
     domain: &DomainConfig,
     shutdown: watch::Receiver<bool>,
-) -> Result<Router, ReadModelError> {
+) -> Result<Router, StartError> {
     app_with_domain(stores, config, domain, shutdown).map(|(router, _)| router)
 }
 
-/// Like [`app`], also returning the running domain (benchmarks and tests observe it).
+/// Like [`app`], also returning the running consumers (benchmarks and tests observe
+/// them; the binary adds its outboxes).
 pub fn app_with_domain(
     stores: Stores,
     config: HttpConfig,
     domain: &DomainConfig,
     shutdown: watch::Receiver<bool>,
-) -> Result<(Router, Arc<Domain>), ReadModelError> {
+) -> Result<(Router, Arc<Consumers>), StartError> {
     // Every append is checked against its type's registered schema, then counted and timed.
     let registry = Arc::new(schemas::SchemaRegistry::load(Arc::clone(&stores.readmodels))?);
     // Before anything can append: the first domain event is validated like every later one.
@@ -113,15 +184,18 @@ pub fn app_with_domain(
     let metered: Arc<dyn EventStore> =
         Arc::new(metrics::ServerStore::new(Arc::clone(&stores.events), Arc::clone(&registry)));
     let _ = metrics::handle();
+    let readmodels = Arc::clone(&stores.readmodels);
     let stores = Stores { events: Arc::clone(&metered), ..stores };
-    let store = metered;
-    let running = Arc::new(Domain::start(stores, domain, &shutdown)?);
+    let (repository, consumers) = start_consumers(stores, domain, &shutdown)?;
+    let consumers = Arc::new(consumers);
     let state = AppState {
-        store,
+        store: metered,
         config: Arc::new(config),
         shutdown,
-        domain: Arc::clone(&running),
+        repository,
+        readmodels,
+        consumers: Arc::clone(&consumers),
         schemas: registry,
     };
-    Ok((router(state), running))
+    Ok((router(state), consumers))
 }

@@ -11,6 +11,7 @@ cairn_testkit::backend_tests!(
     bad_requests_get_json_errors_and_lose_nothing,
     oversized_bodies_get_413_before_or_while_reading,
     the_default_body_limit_is_one_mebibyte,
+    an_unknown_process_manager_is_a_json_404,
 );
 
 #[allow(clippy::needless_pass_by_value)] // takes the response straight from the call
@@ -124,4 +125,29 @@ async fn the_default_body_limit_is_one_mebibyte(backend: Backend) {
     expect_error(413, "payload_too_large", s.post("/streams/big", &big).await);
     let ok = json!({"events": [{"aggregate_type": "Ledger", "event_type": "Big", "data": {"pad": "x".repeat(1000 * 1000)}}]});
     assert_eq!(s.post("/streams/big", &ok).await.0, 200);
+}
+
+/// `/admin/process-managers/{name}` is a template over the registered managers: a name
+/// no manager has is the handler's own 404 (not the unknown-route fallback), in JSON,
+/// while the registered one still lists its instances.
+async fn an_unknown_process_manager_is_a_json_404(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let r = s.client.get(s.url("/admin/process-managers/no-such-manager")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(
+        r.headers()["content-type"].to_str().unwrap().starts_with("application/json"),
+        "{:?}",
+        r.headers()
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "not_found", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("process manager named no-such-manager"), "{body}");
+    // Its state (export and import) is refused the same way.
+    let (status, body) = s.get("/admin/process-managers/no-such-manager/state").await;
+    assert_eq!((status, &body["error"]), (404, &json!("not_found")), "{body}");
+    // The registered manager is served by the same route.
+    let (status, body) = s.get("/admin/process-managers/order-fulfillment").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.is_array(), "{body}");
 }

@@ -10,6 +10,7 @@ use cairn_cqrs::consumer::{ConsumerHandle, DeadLetterError};
 use serde::Serialize;
 
 use crate::AppState;
+use crate::consumers::{ConsumerKind, Instances};
 use crate::error::ApiError;
 use crate::extract::QueryMap;
 use crate::routes::openapi::{self, ErrorBody};
@@ -43,18 +44,6 @@ pub struct ProjectionInfo {
     kind: ConsumerKind,
 }
 
-/// The kinds of row in `GET /admin/projections`.
-#[derive(Serialize, Clone, Copy, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ConsumerKind {
-    /// A read model.
-    Projection,
-    /// A process manager: it issues commands.
-    ProcessManager,
-    /// A publisher of `$all` to the bus.
-    Relay,
-}
-
 fn info(c: &ConsumerHandle, kind: ConsumerKind) -> ProjectionInfo {
     let (position, head_position) = (c.position(), c.head_position());
     // The counts are read after the progress: a rebuild shown as over is already counted.
@@ -83,11 +72,10 @@ fn info(c: &ConsumerHandle, kind: ConsumerKind) -> ProjectionInfo {
 )]
 pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionInfo>> {
     let mut rows: Vec<ProjectionInfo> =
-        state.domain.projections.values().map(|c| info(c, ConsumerKind::Projection)).collect();
-    rows.extend(state.domain.process_managers().map(|c| info(c, ConsumerKind::ProcessManager)));
+        state.consumers.all().map(|(kind, c)| info(c, kind)).collect();
     // Publishers (the NATS relay) follow `$all` like projections do: same row shape.
     let head_position = *state.store.head().borrow();
-    for o in state.domain.outboxes() {
+    for o in state.consumers.outboxes() {
         let position = o.position();
         rows.push(ProjectionInfo {
             name: o.name(),
@@ -105,35 +93,34 @@ pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionIn
     Json(rows)
 }
 
-/// Lists the instances of the `OrderFulfillment` process manager.
+/// Lists the instances of a process manager (for `order-fulfillment`: one per order).
 #[utoipa::path(
     get,
-    path = "/admin/process-managers/order-fulfillment",
+    path = "/admin/process-managers/{name}",
     tag = "operations",
     params(
-        ("status" = Option<String>, Query, description = "Only instances in this status (`reserving`, `compensating`, `ready_to_ship`, `shipped`, `cancelled`)"),
+        ("name" = String, Path, description = "The process manager (`order-fulfillment`)"),
+        ("status" = Option<String>, Query, description = "Only instances in this status (for `order-fulfillment`: `reserving`, `compensating`, `ready_to_ship`, `shipped`, `cancelled`)"),
         ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
-        ("after" = Option<String>, Query, description = "Only instances of orders after this id"),
+        ("after" = Option<String>, Query, description = "Only instances with a key (for `order-fulfillment`: an order id) after this"),
     ),
     responses(
         (status = 200, description = "The instances", body = Vec<openapi::FulfillmentInstance>),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such process manager", body = ErrorBody),
         (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
     )
 )]
-pub async fn fulfillment_instances(
+pub async fn process_manager_instances(
     State(state): State<AppState>,
+    Path(name): Path<String>,
     query: QueryMap,
 ) -> Result<Response, ApiError> {
+    let (_, instances) = process_manager(&state, &name)?;
     let filters =
         query.str("status").map(|s| vec![("status".to_owned(), s.to_owned())]).unwrap_or_default();
-    let (docs, _) = super::queries::list_documents(
-        &state.domain.readmodels,
-        cairn_orders::fulfillment::TABLE,
-        filters,
-        &query,
-    )
-    .await?;
+    let (docs, _) =
+        super::queries::list_documents(&state.readmodels, instances.table, filters, &query).await?;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -179,7 +166,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     for (name, value) in state.store.gauges() {
         metrics::gauge!(name).set(value);
     }
-    for c in state.domain.projections.values() {
+    for c in state.consumers.projections() {
         let name = c.name().to_owned();
         metrics::gauge!("cairn_projection_position", "projection" => name.clone())
             .set(c.position() as f64);
@@ -196,7 +183,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 .set(if on { 1.0 } else { 0.0 });
         }
     }
-    for o in state.domain.outboxes() {
+    for o in state.consumers.outboxes() {
         let (name, position) = (o.name(), o.position());
         metrics::gauge!("cairn_relay_position", "relay" => name.clone()).set(position as f64);
         metrics::gauge!("cairn_relay_lag", "relay" => name.clone())
@@ -209,29 +196,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             0.0
         });
     }
-    let pm = &state.domain.fulfillment;
-    metrics::gauge!("cairn_process_manager_position", "process_manager" => pm.name().to_owned())
-        .set(pm.position() as f64);
-    metrics::gauge!("cairn_process_manager_lag", "process_manager" => pm.name().to_owned())
-        .set(pm.head_position().saturating_sub(pm.position()) as f64);
-    metrics::gauge!("cairn_process_manager_dlq_depth", "process_manager" => pm.name().to_owned())
-        .set(pm.dlq_depth() as f64);
-    // Instances by status: one indexed count per status, only when scraped.
-    for status in ["reserving", "compensating", "ready_to_ship", "shipped", "cancelled"] {
-        let rm = Arc::clone(&state.domain.readmodels);
-        let query = cairn_core::readmodel::ListQuery {
-            table: cairn_orders::fulfillment::TABLE.to_owned(),
-            filters: vec![("status".to_owned(), status.to_owned())],
-            after: None,
-            limit: 1_000_000,
-        };
-        let count = tokio::task::spawn_blocking(move || rm.list(&query).map(|rows| rows.len()))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(0);
-        metrics::gauge!("cairn_process_manager_instances", "process_manager" => pm.name().to_owned(), "status" => status)
-            .set(count as f64);
+    for (pm, instances) in state.consumers.process_managers() {
+        process_manager_gauges(&state, pm, instances).await;
     }
     (
         StatusCode::OK,
@@ -239,6 +205,38 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         crate::metrics::handle().render(),
     )
         .into_response()
+}
+
+/// Most instances of one status that `/metrics` counts (a listing, until the read-model
+/// store can count; docs/design/modules.md §6 item 9).
+const INSTANCE_COUNT_MAX: usize = 1_000_000;
+
+/// A process manager's gauges: position, lag, dead letters, and its instances by status
+/// (one indexed count per status, only when scraped).
+async fn process_manager_gauges(state: &AppState, pm: &ConsumerHandle, instances: &Instances) {
+    let name = pm.name().to_owned();
+    metrics::gauge!("cairn_process_manager_position", "process_manager" => name.clone())
+        .set(pm.position() as f64);
+    metrics::gauge!("cairn_process_manager_lag", "process_manager" => name.clone())
+        .set(pm.head_position().saturating_sub(pm.position()) as f64);
+    metrics::gauge!("cairn_process_manager_dlq_depth", "process_manager" => name.clone())
+        .set(pm.dlq_depth() as f64);
+    for &status in instances.statuses {
+        let rm = Arc::clone(&state.readmodels);
+        let query = cairn_core::readmodel::ListQuery {
+            table: instances.table.to_owned(),
+            filters: vec![("status".to_owned(), status.to_owned())],
+            after: None,
+            limit: INSTANCE_COUNT_MAX,
+        };
+        let count = tokio::task::spawn_blocking(move || rm.list(&query).map(|rows| rows.len()))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        metrics::gauge!("cairn_process_manager_instances", "process_manager" => name.clone(), "status" => status)
+            .set(count as f64);
+    }
 }
 
 /// Lists dead letters of one consumer (projection or process manager) or of all, in
@@ -259,12 +257,12 @@ pub async fn dead_letters(
     query: QueryMap,
 ) -> Result<Response, ApiError> {
     let letters = if let Some(name) = query.str("projection") {
-        let consumer = state.domain.consumers().find(|c| c.name() == name).ok_or_else(|| {
+        let (_, consumer) = state.consumers.get(name).ok_or_else(|| {
             ApiError::not_found(format!("no projection or process manager named {name}"))
         })?;
         consumer.dead_letters().await
     } else {
-        let rm = Arc::clone(&state.domain.readmodels);
+        let rm = Arc::clone(&state.readmodels);
         tokio::task::spawn_blocking(move || rm.dead_letters(None))
             .await
             .map_err(|e| e.to_string())
@@ -289,7 +287,7 @@ where
             >,
         >,
 {
-    for consumer in state.domain.consumers() {
+    for (_, consumer) in state.consumers.all() {
         if !consumer.is_leader() {
             // Another process runs it (or this one has not taken it yet): only say so when
             // the letter is this consumer's.
@@ -397,9 +395,8 @@ pub async fn rebuild_projection(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let projection = state
-        .domain
-        .projections
-        .get(name.as_str())
+        .consumers
+        .projection(&name)
         .ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))?;
     projection
         .start_rebuild()
@@ -454,25 +451,21 @@ fn steer(
     action: fn(&ConsumerHandle) -> Result<(), String>,
     refused: &'static str,
 ) -> Result<Json<ProjectionInfo>, ApiError> {
-    let (consumer, kind) = if let Some(p) = state.domain.projections.get(name) {
-        (p, ConsumerKind::Projection)
-    } else {
-        let pm = process_manager(state, name)?;
-        (pm, ConsumerKind::ProcessManager)
-    };
+    let (kind, consumer) = state.consumers.get(name).ok_or_else(|| {
+        ApiError::not_found(format!("no projection or process manager named {name}"))
+    })?;
     action(consumer).map_err(|e| ApiError::new(StatusCode::CONFLICT, refused, e))?;
     Ok(Json(info(consumer, kind)))
 }
 
-fn process_manager<'a>(state: &'a AppState, name: &str) -> Result<&'a ConsumerHandle, ApiError> {
-    state.domain.process_managers().find(|c| c.name() == name).ok_or_else(|| {
+/// The process manager `name` and where its instances live; 404 when there is none.
+fn process_manager<'a>(
+    state: &'a AppState,
+    name: &str,
+) -> Result<(&'a ConsumerHandle, &'a Instances), ApiError> {
+    state.consumers.process_manager(name).ok_or_else(|| {
         ApiError::not_found(format!("no projection or process manager named {name}"))
     })
-}
-
-/// The table holding a process manager's instances.
-fn instance_table(name: &str) -> Option<&'static str> {
-    (name == cairn_orders::fulfillment::NAME).then_some(cairn_orders::fulfillment::TABLE)
 }
 
 /// Most instances in one page of `GET /admin/process-managers/{name}/state`.
@@ -529,8 +522,8 @@ pub async fn process_state(
     Path(name): Path<String>,
     query: QueryMap,
 ) -> Result<Json<ProcessState>, ApiError> {
-    let pm = process_manager(&state, &name)?;
-    let table = instance_table(pm.name()).ok_or_else(|| unavailable(&"no instance table"))?;
+    let (pm, instances) = process_manager(&state, &name)?;
+    let table = instances.table;
     let limit = query.u64("limit")?.unwrap_or(STATE_PAGE_MAX).clamp(1, STATE_PAGE_MAX) as usize;
     let list = cairn_core::readmodel::ListQuery {
         table: table.to_owned(),
@@ -538,7 +531,7 @@ pub async fn process_state(
         after: query.str("after").map(str::to_owned),
         limit,
     };
-    let (rm, consumer) = (Arc::clone(&state.domain.readmodels), pm.name().to_owned());
+    let (rm, consumer) = (Arc::clone(&state.readmodels), pm.name().to_owned());
     // The checkpoint first: instances read later can only be newer, and a process manager
     // handles an event again safely (its commands are idempotent), never one it skipped.
     let (checkpoint, rows) = tokio::task::spawn_blocking(move || {
@@ -592,8 +585,8 @@ pub async fn import_process_state(
     Path(name): Path<String>,
     crate::extract::JsonBody(body): crate::extract::JsonBody<ImportState>,
 ) -> Result<Response, ApiError> {
-    let pm = process_manager(&state, &name)?;
-    let table = instance_table(pm.name()).ok_or_else(|| unavailable(&"no instance table"))?;
+    let (pm, instances) = process_manager(&state, &name)?;
+    let table = instances.table;
     if let Some(other) = body.instances.iter().find(|i| i.table != table) {
         return Err(ApiError::bad_request(format!(
             "{name} keeps its instances in {table}, not {}",
@@ -632,7 +625,7 @@ pub async fn import_process_state(
             format!("{name} is still finishing a batch; nothing was imported, try again"),
         ));
     };
-    let (rm, consumer) = (Arc::clone(&state.domain.readmodels), pm.name().to_owned());
+    let (rm, consumer) = (Arc::clone(&state.readmodels), pm.name().to_owned());
     let current = {
         let (rm, consumer) = (Arc::clone(&rm), consumer.clone());
         tokio::task::spawn_blocking(move || rm.checkpoint(&consumer))

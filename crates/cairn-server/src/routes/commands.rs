@@ -94,7 +94,7 @@ async fn execute<A: Aggregate>(
             user_id: headers.user_id,
         },
     };
-    let outcome = state.domain.repository.execute::<A>(id, &command, &options).await?;
+    let outcome = state.repository.execute::<A>(id, &command, &options).await?;
     Ok((status, Json(json!({"aggregate_id": outcome.aggregate_id, "version": outcome.version, "position": outcome.position})))
         .into_response())
 }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::AppState;
-use crate::domain::Readiness;
+use crate::consumers::Readiness;
 
 /// Liveness: the process is serving HTTP.
 #[utoipa::path(
@@ -34,7 +34,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     if let Err(e) = state.store.check_health().await {
         return not_ready(&e.to_string(), None);
     }
-    let readiness = state.domain.readiness();
+    let readiness = state.consumers.readiness();
     if !readiness.is_ready() {
         return not_ready(&readiness.message(), Some(&readiness));
     }

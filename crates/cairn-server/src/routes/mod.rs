@@ -67,7 +67,7 @@ route_table! {
     put "/admin/schemas/{event_type}" => admin::put_schema,
     post "/admin/dlq/{id}/retry" => admin::retry_dead_letter,
     delete "/admin/dlq/{id}" => admin::discard_dead_letter,
-    get "/admin/process-managers/order-fulfillment" => admin::fulfillment_instances,
+    get "/admin/process-managers/{name}" => admin::process_manager_instances,
     get "/admin/process-managers/{name}/state" => admin::process_state,
     post "/admin/process-managers/{name}/state" => admin::import_process_state,
     get "/health/live" => health::live,

@@ -58,7 +58,7 @@ use crate::error::ApiError;
         admin::put_schema,
         admin::retry_dead_letter,
         admin::discard_dead_letter,
-        admin::fulfillment_instances,
+        admin::process_manager_instances,
         admin::process_state,
         admin::import_process_state,
         health::live,

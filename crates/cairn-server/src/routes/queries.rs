@@ -84,7 +84,7 @@ async fn wait_for_position(
 
 fn projection<'a>(state: &'a AppState, name: &str) -> &'a ConsumerHandle {
     // The names are the domain's own constants; a missing one is a wiring bug caught by tests.
-    &state.domain.projections[name]
+    state.consumers.projection(name).unwrap_or_else(|| panic!("no projection named {name}"))
 }
 
 async fn get_doc(
@@ -113,7 +113,7 @@ async fn document(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let response = match get_doc(&state.domain.readmodels, table, id).await {
+    let response = match get_doc(&state.readmodels, table, id).await {
         Ok(Some(json)) => raw_json(StatusCode::OK, json),
         Ok(None) => ApiError::not_found("no such entry in the read model").into_response(),
         Err(e) => e.into_response(),
@@ -282,18 +282,15 @@ pub async fn list_orders(
             filters.push((field.to_owned(), v.to_owned()));
         }
     }
-    let response =
-        match list_documents(&state.domain.readmodels, order_summary::TABLE, filters, &query).await
-        {
-            Ok((docs, next)) => {
-                let next = serde_json::to_string(&next).unwrap_or_else(|_| "null".into());
-                raw_json(
-                    StatusCode::OK,
-                    format!(r#"{{"items":[{}],"next":{next}}}"#, docs.join(",")),
-                )
-            }
-            Err(e) => e.into_response(),
-        };
+    let response = match list_documents(&state.readmodels, order_summary::TABLE, filters, &query)
+        .await
+    {
+        Ok((docs, next)) => {
+            let next = serde_json::to_string(&next).unwrap_or_else(|_| "null".into());
+            raw_json(StatusCode::OK, format!(r#"{{"items":[{}],"next":{next}}}"#, docs.join(",")))
+        }
+        Err(e) => e.into_response(),
+    };
     with_position(response, position)
 }
 
@@ -362,7 +359,7 @@ pub async fn order_state(
         (None, Some(t)) => Until::Time(t),
         (None, None) => Until::End,
     };
-    let loaded = state.domain.repository.load_until::<Order>(&id, until).await?;
+    let loaded = state.repository.load_until::<Order>(&id, until).await?;
     let current = state.store.stream_version(&id).await?;
     if loaded.version == 0 {
         return Err(ApiError::not_found(match until {

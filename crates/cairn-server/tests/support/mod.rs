@@ -40,7 +40,7 @@ impl TestServer {
         // On a shared store, consumers take their leadership a moment after start; admin
         // tests (rebuild, DLQ) act on the leader, so start once this process leads them all.
         for _ in 0..400 {
-            if running.consumers().all(cairn_cqrs::consumer::ConsumerHandle::is_leader) {
+            if running.all().all(|(_, c)| c.is_leader()) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
