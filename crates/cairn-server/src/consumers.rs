@@ -22,16 +22,8 @@ pub enum ConsumerKind {
     Relay,
 }
 
-/// Where a process manager keeps its instances: the admin listing, export and import,
-/// and the instance counts of `/metrics` read them here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Instances {
-    /// The read-model table of its instance documents (one per key).
-    pub table: &'static str,
-    /// The values of the documents' indexed `status` field, counted per status in
-    /// `/metrics` (empty: no counts).
-    pub statuses: &'static [&'static str],
-}
+/// Where a process manager keeps its instances (from its `ProcessManager::instances`).
+pub use cairn_cqrs::process::Instances;
 
 /// A publisher of `$all` to the outside world (e.g. the NATS outbox relay): listed with the
 /// projections in `/admin/projections` and in `/metrics`.
@@ -215,7 +207,7 @@ mod tests {
     use cairn_testkit::Backend;
     use tokio::sync::watch;
 
-    const INSTANCES: Instances = Instances { table: "t", statuses: &["open"] };
+    const INSTANCES: Instances = Instances::table("t").by_status(&["open"]);
 
     /// One running projection of the Order context, on a fresh embedded store.
     async fn running(

@@ -24,7 +24,7 @@ use cairn_cqrs::process::spawn_process_manager_with;
 use cairn_cqrs::projection::{Projection, spawn_projection};
 use tokio::sync::watch;
 
-use crate::consumers::{Consumers, Instances, RegisterError};
+use crate::consumers::{Consumers, RegisterError};
 
 pub use routes::openapi;
 pub use routes::{ROUTES, router};
@@ -108,14 +108,6 @@ pub enum StartError {
     Register(#[from] RegisterError),
 }
 
-/// The Order Management context's process manager keeps its instances here, one
-/// `status` of these per document (what `/metrics` counts). Wired by hand until modules
-/// register their consumers (docs/design/modules.md, step 3).
-const FULFILLMENT_INSTANCES: Instances = Instances {
-    table: cairn_orders::fulfillment::TABLE,
-    statuses: &["reserving", "compensating", "ready_to_ship", "shipped", "cancelled"],
-};
-
 /// The projections this server runs (today: the Order Management context's). The
 /// start-up guard needs them before anything starts, to know which consumers it may reset.
 #[must_use]
@@ -144,18 +136,17 @@ fn start_consumers(
     }
     let repository =
         Repository::with_snapshots(Arc::clone(&store), snapshots, config.snapshot_every);
+    // Wired by hand until modules register their consumers (docs/design/modules.md, step 3).
+    let manager = Arc::new(cairn_orders::fulfillment::OrderFulfillment);
+    let instances = cairn_cqrs::process::ProcessManager::instances(&*manager);
     let fulfillment = spawn_process_manager_with(
         repository.clone(),
         Arc::clone(&readmodels),
-        Arc::new(cairn_orders::fulfillment::OrderFulfillment),
+        manager,
         shutdown.clone(),
         config.pause_process_managers,
     )?;
-    consumers.add_process_manager(
-        cairn_orders::fulfillment::NAME,
-        fulfillment,
-        FULFILLMENT_INSTANCES,
-    )?;
+    consumers.add_process_manager(cairn_orders::fulfillment::NAME, fulfillment, instances)?;
     Ok((repository, consumers))
 }
 

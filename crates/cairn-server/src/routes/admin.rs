@@ -120,7 +120,8 @@ pub async fn process_manager_instances(
     let filters =
         query.str("status").map(|s| vec![("status".to_owned(), s.to_owned())]).unwrap_or_default();
     let (docs, _) =
-        super::queries::list_documents(&state.readmodels, instances.table, filters, &query).await?;
+        super::queries::list_documents(&state.readmodels, instances.table_name(), filters, &query)
+            .await?;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -221,10 +222,10 @@ async fn process_manager_gauges(state: &AppState, pm: &ConsumerHandle, instances
         .set(pm.head_position().saturating_sub(pm.position()) as f64);
     metrics::gauge!("cairn_process_manager_dlq_depth", "process_manager" => name.clone())
         .set(pm.dlq_depth() as f64);
-    for &status in instances.statuses {
+    for &status in instances.statuses() {
         let rm = Arc::clone(&state.readmodels);
         let query = cairn_core::readmodel::ListQuery {
-            table: instances.table.to_owned(),
+            table: instances.table_name().to_owned(),
             filters: vec![("status".to_owned(), status.to_owned())],
             after: None,
             limit: INSTANCE_COUNT_MAX,
@@ -523,7 +524,7 @@ pub async fn process_state(
     query: QueryMap,
 ) -> Result<Json<ProcessState>, ApiError> {
     let (pm, instances) = process_manager(&state, &name)?;
-    let table = instances.table;
+    let table = instances.table_name();
     let limit = query.u64("limit")?.unwrap_or(STATE_PAGE_MAX).clamp(1, STATE_PAGE_MAX) as usize;
     let list = cairn_core::readmodel::ListQuery {
         table: table.to_owned(),
@@ -586,7 +587,7 @@ pub async fn import_process_state(
     crate::extract::JsonBody(body): crate::extract::JsonBody<ImportState>,
 ) -> Result<Response, ApiError> {
     let (pm, instances) = process_manager(&state, &name)?;
-    let table = instances.table;
+    let table = instances.table_name();
     if let Some(other) = body.instances.iter().find(|i| i.table != table) {
         return Err(ApiError::bad_request(format!(
             "{name} keeps its instances in {table}, not {}",
