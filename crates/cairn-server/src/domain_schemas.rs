@@ -67,7 +67,15 @@ pub const INTEGRATION_SCHEMAS: &[(&str, &[&str])] = &[
 /// domain events they may refuse: the server still starts. Only a storage failure is an
 /// error.
 pub fn register(registry: &SchemaRegistry) -> Result<(), ReadModelError> {
-    for (event_type, texts) in DOMAIN_SCHEMAS.iter().chain(INTEGRATION_SCHEMAS) {
+    register_tables(registry, &[DOMAIN_SCHEMAS, INTEGRATION_SCHEMAS])
+}
+
+/// Like [`register`], for the schema tables of a server's modules.
+pub fn register_tables(
+    registry: &SchemaRegistry,
+    tables: &[crate::module::SchemaTable],
+) -> Result<(), ReadModelError> {
+    for (event_type, texts) in tables.iter().flat_map(|table| table.iter()) {
         let history: Result<Vec<Value>, _> =
             texts.iter().map(|text| serde_json::from_str::<Value>(text)).collect();
         match history {

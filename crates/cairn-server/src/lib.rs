@@ -10,8 +10,11 @@ pub mod error;
 mod extract;
 pub mod guard;
 pub mod metrics;
+pub mod module;
+pub mod orders;
 mod routes;
 pub mod schemas;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -20,14 +23,15 @@ use cairn_core::EventStore;
 use cairn_core::readmodel::{ReadModelError, ReadModelStore};
 use cairn_core::snapshot::SnapshotStore;
 use cairn_cqrs::Repository;
-use cairn_cqrs::process::spawn_process_manager_with;
-use cairn_cqrs::projection::{Projection, spawn_projection};
+use cairn_cqrs::projection::Projection;
 use tokio::sync::watch;
 
 use crate::consumers::{Consumers, RegisterError};
 
+pub use module::{Module, ModuleBuilder, Permission, Route, RouteInfo, SchemaTable};
+pub use routes::CORE_ROUTES;
 pub use routes::openapi;
-pub use routes::{ROUTES, router};
+pub use server::{BuildError, RunningServer, Server, ServerBuilder};
 
 /// Default request body limit (contract §7).
 pub const BODY_LIMIT_BYTES_DEFAULT: usize = 1024 * 1024;
@@ -103,51 +107,20 @@ pub enum StartError {
     /// Creating tables, reading versions or registering schemas failed.
     #[error(transparent)]
     ReadModels(#[from] ReadModelError),
-    /// Two consumers share a name (a wiring bug).
+    /// Two consumers share a name (a wiring bug; [`Server`] refuses it at build).
     #[error(transparent)]
     Register(#[from] RegisterError),
+    /// The modules do not fit together (from [`app`], which builds and starts at once).
+    #[error(transparent)]
+    Build(#[from] BuildError),
 }
 
-/// The projections this server runs (today: the Order Management context's). The
-/// start-up guard needs them before anything starts, to know which consumers it may reset.
+/// The projections of the Order module (what `cairn serve` runs). The start-up guard
+/// needs them before anything starts, to know which consumers it may reset; a server
+/// built from modules has [`Server::check_against_log`].
 #[must_use]
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    cairn_orders::projections()
-}
-
-/// Creates the tables and starts every projection and process manager, registered in
-/// one [`Consumers`].
-fn start_consumers(
-    stores: Stores,
-    config: &DomainConfig,
-    shutdown: &watch::Receiver<bool>,
-) -> Result<(Repository, Consumers), StartError> {
-    let Stores { events: store, readmodels, snapshots } = stores;
-    let mut consumers = Consumers::new();
-    for projection in projections() {
-        let name = projection.name();
-        let handle = spawn_projection(
-            Arc::clone(&store),
-            Arc::clone(&readmodels),
-            projection,
-            shutdown.clone(),
-        )?;
-        consumers.add_projection(name, handle)?;
-    }
-    let repository =
-        Repository::with_snapshots(Arc::clone(&store), snapshots, config.snapshot_every);
-    // Wired by hand until modules register their consumers (docs/design/modules.md, step 3).
-    let manager = Arc::new(cairn_orders::fulfillment::OrderFulfillment);
-    let instances = cairn_cqrs::process::ProcessManager::instances(&*manager);
-    let fulfillment = spawn_process_manager_with(
-        repository.clone(),
-        Arc::clone(&readmodels),
-        manager,
-        shutdown.clone(),
-        config.pause_process_managers,
-    )?;
-    consumers.add_process_manager(cairn_orders::fulfillment::NAME, fulfillment, instances)?;
-    Ok((repository, consumers))
+    orders::module().projections().to_vec()
 }
 
 /// Starts the background consumers and builds the full application.
@@ -161,32 +134,19 @@ pub fn app(
 }
 
 /// Like [`app`], also returning the running consumers (benchmarks and tests observe
-/// them; the binary adds its outboxes).
+/// them; the binary adds its outboxes). A server of the Order module alone, through
+/// [`Server::builder`].
 pub fn app_with_domain(
     stores: Stores,
     config: HttpConfig,
     domain: &DomainConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Router, Arc<Consumers>), StartError> {
-    // Every append is checked against its type's registered schema, then counted and timed.
-    let registry = Arc::new(schemas::SchemaRegistry::load(Arc::clone(&stores.readmodels))?);
-    // Before anything can append: the first domain event is validated like every later one.
-    domain_schemas::register(&registry)?;
-    let metered: Arc<dyn EventStore> =
-        Arc::new(metrics::ServerStore::new(Arc::clone(&stores.events), Arc::clone(&registry)));
-    let _ = metrics::handle();
-    let readmodels = Arc::clone(&stores.readmodels);
-    let stores = Stores { events: Arc::clone(&metered), ..stores };
-    let (repository, consumers) = start_consumers(stores, domain, &shutdown)?;
-    let consumers = Arc::new(consumers);
-    let state = AppState {
-        store: metered,
-        config: Arc::new(config),
-        shutdown,
-        repository,
-        readmodels,
-        consumers: Arc::clone(&consumers),
-        schemas: registry,
-    };
-    Ok((router(state), consumers))
+    let server = Server::builder(stores)
+        .http(config)
+        .domain(domain.clone())
+        .module(orders::module())
+        .build()?;
+    let running = server.start(shutdown)?;
+    Ok((running.router(), Arc::clone(running.consumers())))
 }

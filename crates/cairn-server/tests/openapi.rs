@@ -28,10 +28,10 @@ fn documented(doc: &Value) -> BTreeSet<(String, String)> {
     out
 }
 
-/// Every `(method, path)` the router serves: [`cairn_server::ROUTES`] is the table the
-/// router is built from.
-fn routed() -> BTreeSet<(String, String)> {
-    cairn_server::ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect()
+/// Every `(method, path)` the router serves: `RunningServer::routes` lists what the router
+/// is built from.
+fn routed(s: &TestServer) -> BTreeSet<(String, String)> {
+    s.routes.iter().map(|r| (r.method.as_str().to_lowercase(), r.path.clone())).collect()
 }
 
 async fn every_route_of_the_router_is_documented_with_every_method(backend: Backend) {
@@ -47,8 +47,8 @@ async fn every_route_of_the_router_is_documented_with_every_method(backend: Back
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
 
     let documented = documented(&doc);
-    let routed = routed();
-    assert_eq!(routed.len(), cairn_server::ROUTES.len(), "a route is declared twice");
+    let routed = routed(&s);
+    assert_eq!(routed.len(), s.routes.len(), "a route is declared twice");
     let undocumented: Vec<_> = routed.difference(&documented).collect();
     assert!(undocumented.is_empty(), "routes without a #[utoipa::path]: {undocumented:?}");
     let phantom: Vec<_> = documented.difference(&routed).collect();
@@ -114,10 +114,10 @@ async fn every_schema_the_document_refers_to_is_in_it(backend: Backend) {
 }
 
 async fn every_route_in_the_table_is_served_by_the_router(backend: Backend) {
-    // The table builds the router, so this holds by construction; it guards the table's
-    // syntax (e.g. a method the macro would map to the wrong `axum::routing` function).
+    // The routes build the router, so this holds by construction; it guards the listing
+    // (e.g. a route listed under one method and served under another).
     let s = TestServer::start(backend).await;
-    for (method, path) in cairn_server::ROUTES {
+    for (method, path) in routed(&s) {
         if path.ends_with("/subscribe") {
             continue; // an endless SSE stream; its method is checked by the document test
         }
@@ -133,14 +133,29 @@ async fn every_route_in_the_table_is_served_by_the_router(backend: Backend) {
 }
 
 #[test]
-fn the_router_is_built_only_from_the_route_table() {
-    // A `.route(` written outside the `route_table!` macro would escape [`ROUTES`] and so
-    // the document test: the macro's expansion must be the only one in the router module.
-    let source = include_str!("../src/routes/mod.rs");
-    let calls: Vec<&str> = source.lines().filter(|l| l.contains(".route(")).collect();
+fn the_router_is_built_only_from_the_listed_routes() {
+    // A `.route(` or a second `Router::new()` anywhere but `routes::router` would escape
+    // `RunningServer::routes` and so the document test: the router is assembled in one loop.
+    let router_source = include_str!("../src/routes/mod.rs");
+    let calls: Vec<&str> = router_source.lines().filter(|l| l.contains(".route(")).collect();
     assert_eq!(calls.len(), 1, "{calls:#?}");
-    assert!(calls[0].contains("$(.route($path"), "{calls:#?}");
+    assert!(calls[0].contains("app.route(route.path"), "{calls:#?}");
+    let sources = [
+        router_source,
+        include_str!("../src/lib.rs"),
+        include_str!("../src/server.rs"),
+        include_str!("../src/module.rs"),
+        include_str!("../src/orders.rs"),
+        include_str!("../src/routes/admin.rs"),
+        include_str!("../src/routes/commands.rs"),
+        include_str!("../src/routes/queries.rs"),
+        include_str!("../src/routes/streams.rs"),
+        include_str!("../src/routes/health.rs"),
+        include_str!("../src/routes/openapi.rs"),
+    ];
+    let routers: usize = sources.iter().map(|s| s.matches("Router::new()").count()).sum();
+    assert_eq!(routers, 1, "one router, in routes::router");
     for other in [".nest(", ".merge(", ".route_service(", ".nest_service("] {
-        assert!(!source.contains(other), "the router uses {other}: extend ROUTES for it");
+        assert!(!sources.iter().any(|s| s.contains(other)), "a router uses {other}: add a Route");
     }
 }

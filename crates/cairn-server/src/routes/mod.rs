@@ -1,84 +1,85 @@
-//! The router: every route of the contract, the JSON fallback, and panic containment.
+//! The server's own routes (store API, admin, health, OpenAPI), the router assembled from
+//! them and the modules' routes, the JSON fallback, and panic containment.
 
 mod admin;
-mod commands;
+pub(crate) mod commands;
 mod health;
 pub mod openapi;
-mod queries;
+pub(crate) mod queries;
 mod streams;
 
 use std::any::Any;
 
-use axum::Router;
 use axum::http::{Method, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::module::{Permission, Route};
 
-/// Declares every route exactly once. The router is built from this list and [`ROUTES`]
-/// exposes it, so that a test can hold the OpenAPI document to the router: a route added
-/// here without a `#[utoipa::path]` of the same method and path fails that test.
+/// Declares every route of the server itself (store API, admin, health, OpenAPI) exactly
+/// once, with its permission. Modules add theirs; [`crate::server`] builds the router from
+/// both and `RunningServer::routes` lists them, so that a test can hold the OpenAPI
+/// document to what is served.
 macro_rules! route_table {
-    ($($method:ident $path:literal => $handler:path),+ $(,)?) => {
-        /// Every route of the router as `(method, path)`, the method in lower case as
-        /// OpenAPI writes it, the path in axum's syntax (`{param}`, which is OpenAPI's too).
-        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),+];
+    ($($method:ident $path:literal => $handler:path, $permission:ident);+ $(;)?) => {
+        /// The server's own routes as `(method, path, permission)`, the method in lower
+        /// case as OpenAPI writes it, the path in axum's syntax (`{param}`, OpenAPI's too).
+        pub const CORE_ROUTES: &[(&str, &str, Permission)] =
+            &[$((stringify!($method), $path, Permission::$permission)),+];
 
-        /// Adds every route of [`ROUTES`]; axum merges the methods of one path.
-        fn with_routes(router: Router<AppState>) -> Router<AppState> {
-            router$(.route($path, axum::routing::$method($handler)))+
+        /// The server's own routes, to be served beside the modules' ones.
+        pub(crate) fn core_routes() -> Vec<Route> {
+            vec![$(Route::new(
+                axum::http::Method::from_bytes(stringify!($method).to_uppercase().as_bytes())
+                    .expect("an HTTP method"),
+                $path,
+                $handler,
+                Permission::$permission,
+            )),+]
         }
     };
 }
 
 route_table! {
-    post "/streams/{aggregate_id}" => streams::append,
-    get "/streams/{aggregate_id}" => streams::read_stream,
-    get "/all" => streams::read_all,
-    get "/all/subscribe" => streams::subscribe,
-    post "/customers" => commands::register_customer,
-    get "/customers/{aggregate_id}" => queries::get_customer,
-    post "/customers/{aggregate_id}/email" => commands::change_email,
-    get "/inventory/{aggregate_id}" => queries::get_inventory,
-    post "/inventory/{aggregate_id}/restock" => commands::restock,
-    post "/orders" => commands::create_order,
-    get "/orders" => queries::list_orders,
-    get "/orders/{aggregate_id}" => queries::get_order,
-    post "/orders/{aggregate_id}/items" => commands::add_item,
-    delete "/orders/{aggregate_id}/items/{product_id}" => commands::remove_item,
-    post "/orders/{aggregate_id}/confirm" => commands::confirm,
-    post "/orders/{aggregate_id}/ship" => commands::ship,
-    post "/orders/{aggregate_id}/cancel" => commands::cancel,
-    post "/orders/{aggregate_id}/correct-total" => commands::correct_total,
-    get "/orders/{aggregate_id}/events" => queries::order_events,
-    get "/orders/{aggregate_id}/state" => queries::order_state,
-    get "/shipped-orders/{aggregate_id}" => queries::get_shipped_order,
-    get "/admin/projections" => admin::projections,
-    post "/admin/projections/{name}/rebuild" => admin::rebuild_projection,
-    post "/admin/projections/{name}/pause" => admin::pause_projection,
-    post "/admin/projections/{name}/resume" => admin::resume_projection,
-    get "/admin/streams/stats" => admin::stream_stats,
-    get "/metrics" => admin::metrics,
-    get "/admin/dlq" => admin::dead_letters,
-    get "/admin/schemas" => admin::schemas,
-    put "/admin/schemas/{event_type}" => admin::put_schema,
-    post "/admin/dlq/{id}/retry" => admin::retry_dead_letter,
-    delete "/admin/dlq/{id}" => admin::discard_dead_letter,
-    get "/admin/process-managers/{name}" => admin::process_manager_instances,
-    get "/admin/process-managers/{name}/state" => admin::process_state,
-    post "/admin/process-managers/{name}/state" => admin::import_process_state,
-    get "/health/live" => health::live,
-    get "/health/ready" => health::ready,
-    get "/openapi.json" => openapi::serve,
+    post "/streams/{aggregate_id}" => streams::append, Append;
+    get "/streams/{aggregate_id}" => streams::read_stream, Read;
+    get "/all" => streams::read_all, Read;
+    get "/all/subscribe" => streams::subscribe, Read;
+    get "/admin/projections" => admin::projections, Admin;
+    post "/admin/projections/{name}/rebuild" => admin::rebuild_projection, Admin;
+    post "/admin/projections/{name}/pause" => admin::pause_projection, Admin;
+    post "/admin/projections/{name}/resume" => admin::resume_projection, Admin;
+    get "/admin/streams/stats" => admin::stream_stats, Admin;
+    get "/metrics" => admin::metrics, Read;
+    get "/admin/dlq" => admin::dead_letters, Admin;
+    get "/admin/schemas" => admin::schemas, Admin;
+    put "/admin/schemas/{event_type}" => admin::put_schema, Admin;
+    post "/admin/dlq/{id}/retry" => admin::retry_dead_letter, Admin;
+    delete "/admin/dlq/{id}" => admin::discard_dead_letter, Admin;
+    get "/admin/process-managers/{name}" => admin::process_manager_instances, Admin;
+    get "/admin/process-managers/{name}/state" => admin::process_state, Admin;
+    post "/admin/process-managers/{name}/state" => admin::import_process_state, Admin;
+    get "/health/live" => health::live, Public;
+    get "/health/ready" => health::ready, Public;
+    get "/openapi.json" => openapi::serve, Public;
 }
 
-/// The application router with its state.
-pub fn router(state: AppState) -> Router {
-    with_routes(Router::new())
-        .fallback(unknown_route)
+/// Serves `routes` with the JSON fallbacks and panic containment: the one place a router
+/// is assembled, so no route can escape [`crate::server::RunningServer::routes`].
+pub(crate) fn router(routes: Vec<Route>, state: AppState) -> Router {
+    let mut app = Router::new();
+    for route in routes {
+        // The permission travels with the request; #16 checks it here.
+        // Build refuses a route without a handler (a method axum cannot route).
+        let Some(handler) = route.handler else { continue };
+        let handler = handler.layer(Extension(route.permission));
+        app = app.route(route.path, handler);
+    }
+    app.fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(TraceLayer::new_for_http())

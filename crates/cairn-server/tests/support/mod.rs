@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use cairn_core::EventStore;
-use cairn_server::HttpConfig;
+use cairn_server::{HttpConfig, RouteInfo};
 use cairn_testkit::{Backend, Place};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -14,6 +14,8 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub store: Arc<dyn EventStore>,
+    /// Every route the router serves, with its permission.
+    pub routes: Vec<RouteInfo>,
     stop: watch::Sender<bool>,
     /// The directory or database the stores live in (deleted on drop).
     pub place: Place,
@@ -35,8 +37,16 @@ impl TestServer {
         };
         // A small snapshot interval, so that the HTTP tests exercise snapshot + tail loads.
         let domain = cairn_server::DomainConfig { snapshot_every: 3, ..Default::default() };
-        let (app, running) =
-            cairn_server::app_with_domain(stores, config, &domain, stop_rx.clone()).unwrap();
+        let server = cairn_server::Server::builder(stores)
+            .http(config)
+            .domain(domain)
+            .module(cairn_server::orders::module())
+            .build()
+            .unwrap()
+            .start(stop_rx.clone())
+            .unwrap();
+        let (app, running, routes) =
+            (server.router(), Arc::clone(server.consumers()), server.routes().to_vec());
         // On a shared store, consumers take their leadership a moment after start; admin
         // tests (rebuild, DLQ) act on the leader, so start once this process leads them all.
         for _ in 0..400 {
@@ -56,7 +66,7 @@ impl TestServer {
                 .await
                 .unwrap();
         });
-        Self { base, client: reqwest::Client::new(), store, stop, place }
+        Self { base, client: reqwest::Client::new(), store, routes, stop, place }
     }
 
     pub fn url(&self, path: &str) -> String {

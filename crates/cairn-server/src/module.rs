@@ -1,0 +1,198 @@
+//! A module: one bounded context as the server sees it — its aggregates, event schemas,
+//! projections, process managers and routes. A module is a value built with
+//! [`Module::builder`], not a trait: registering `aggregate::<A>()` needs a generic
+//! method, and checks across modules (unique names) belong to the server build
+//! ([`crate::server::ServerBuilder::build`]).
+
+use std::sync::Arc;
+
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{MethodFilter, MethodRouter, on};
+use cairn_cqrs::process::ProcessManager;
+use cairn_cqrs::projection::Projection;
+use cairn_cqrs::{Aggregate, AggregateKind};
+
+use crate::AppState;
+
+/// `(event type, its schema versions oldest first)`: one entry per event type, each
+/// version a JSON Schema text. The number of versions is the type's schema version.
+pub type SchemaTable = &'static [(&'static str, &'static [&'static str])];
+
+/// Who may call a route. In #12 a route only carries it (as a request extension); #16
+/// checks it against the caller's role, so every route must say now what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Permission {
+    /// Probes and `/openapi.json`: never behind credentials.
+    Public,
+    /// Queries, aggregate state and events, the store's reads, `/metrics`.
+    Read,
+    /// Commands.
+    Write,
+    /// Raw appends through the store API.
+    Append,
+    /// Everything under `/admin`.
+    Admin,
+}
+
+/// One route of the router: a method and a path, the handler, and its permission.
+pub struct Route {
+    pub(crate) method: Method,
+    pub(crate) path: &'static str,
+    pub(crate) permission: Permission,
+    /// `None` when axum cannot route `method` (refused at build, not a panic at start).
+    pub(crate) handler: Option<MethodRouter<AppState>>,
+}
+
+impl Route {
+    /// `method path` served by `handler`, callable with `permission`. The method is given
+    /// once, so a route cannot be listed under one method and served under another. The
+    /// handler must be documented in the server's OpenAPI document
+    /// (`crates/cairn-server/tests/openapi.rs` holds every served route to it).
+    pub fn new<H, T>(method: Method, path: &'static str, handler: H, permission: Permission) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let handler = MethodFilter::try_from(method.clone()).ok().map(|f| on(f, handler));
+        Self { method, path, permission, handler }
+    }
+
+    /// Its description, as [`crate::server::RunningServer::routes`] lists it.
+    pub(crate) fn info(&self, module: Option<&'static str>) -> RouteInfo {
+        RouteInfo {
+            method: self.method.clone(),
+            path: self.path.to_owned(),
+            permission: self.permission,
+            module,
+        }
+    }
+}
+
+impl std::fmt::Debug for Route {
+    // By hand: a `MethodRouter` prints nothing useful.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("permission", &self.permission)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A served route as the running server reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteInfo {
+    /// Its method.
+    pub method: Method,
+    /// Its path in axum's syntax (`{param}`, which is OpenAPI's too).
+    pub path: String,
+    /// Who may call it.
+    pub permission: Permission,
+    /// The module that registered it; `None` for the server's own routes.
+    pub module: Option<&'static str>,
+}
+
+/// One bounded context, ready to be added to a server.
+pub struct Module {
+    pub(crate) name: &'static str,
+    pub(crate) aggregates: Vec<AggregateKind>,
+    pub(crate) schemas: Vec<SchemaTable>,
+    pub(crate) projections: Vec<Arc<dyn Projection>>,
+    pub(crate) process_managers: Vec<Arc<dyn ProcessManager>>,
+    pub(crate) routes: Vec<Route>,
+}
+
+impl Module {
+    /// Starts a module named `name` (used in build errors and logs; lower-case letters,
+    /// digits, `-` and `_`, as the server checks at build).
+    pub fn builder(name: &'static str) -> ModuleBuilder {
+        ModuleBuilder {
+            module: Module {
+                name,
+                aggregates: Vec::new(),
+                schemas: Vec::new(),
+                projections: Vec::new(),
+                process_managers: Vec::new(),
+                routes: Vec::new(),
+            },
+        }
+    }
+
+    /// Its name.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its projections (the start-up guard needs them before anything starts).
+    #[must_use]
+    pub fn projections(&self) -> &[Arc<dyn Projection>] {
+        &self.projections
+    }
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module")
+            .field("name", &self.name)
+            .field("aggregates", &self.aggregates)
+            .field("projections", &self.projections.iter().map(|p| p.name()).collect::<Vec<_>>())
+            .field(
+                "process_managers",
+                &self.process_managers.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Collects what a module registers; nothing is checked until the server is built.
+#[must_use]
+pub struct ModuleBuilder {
+    module: Module,
+}
+
+impl ModuleBuilder {
+    /// An aggregate: its commands can be run, its events are checked when appended
+    /// through the store API.
+    pub fn aggregate<A: Aggregate>(mut self) -> Self {
+        self.module.aggregates.push(AggregateKind::of::<A>());
+        self
+    }
+
+    /// Event schemas, registered in the schema registry at start (domain events, and for
+    /// now the module's public integration events too).
+    pub fn schemas(mut self, schemas: SchemaTable) -> Self {
+        self.module.schemas.push(schemas);
+        self
+    }
+
+    /// A projection, run from its checkpoint and listed in admin, `/metrics` and readiness.
+    pub fn projection(mut self, projection: Arc<dyn Projection>) -> Self {
+        self.module.projections.push(projection);
+        self
+    }
+
+    /// A process manager, run like a projection; its instances live where
+    /// `ProcessManager::instances` says.
+    pub fn process_manager(mut self, manager: Arc<dyn ProcessManager>) -> Self {
+        self.module.process_managers.push(manager);
+        self
+    }
+
+    /// An HTTP route.
+    pub fn route(mut self, route: Route) -> Self {
+        self.module.routes.push(route);
+        self
+    }
+
+    /// The module.
+    #[must_use]
+    pub fn build(self) -> Module {
+        self.module
+    }
+}

@@ -1,0 +1,121 @@
+//! The Order Management module: the reference domain's aggregates, schemas, consumers and
+//! the contract's Order routes. It lives here until it moves to its own crate
+//! (`cairn-orders-http`, docs/design/modules.md step 6); the server's own code reaches it
+//! only through [`module`].
+
+use std::sync::Arc;
+
+use axum::http::Method;
+use cairn_orders::fulfillment::OrderFulfillment;
+use cairn_orders::{Customer, Inventory, Order};
+
+use crate::domain_schemas::{DOMAIN_SCHEMAS, INTEGRATION_SCHEMAS};
+use crate::module::{Module, Permission, Route};
+use crate::routes::{commands, queries};
+
+/// The module's name.
+pub const NAME: &str = "orders";
+
+/// The Order Management context as a module.
+#[must_use]
+pub fn module() -> Module {
+    let mut builder = Module::builder(NAME)
+        .aggregate::<Order>()
+        .aggregate::<Inventory>()
+        .aggregate::<Customer>()
+        .schemas(DOMAIN_SCHEMAS)
+        // Public schemas are registered like domain ones until modules declare their
+        // integration events (docs/design/modules.md step 5).
+        .schemas(INTEGRATION_SCHEMAS)
+        .process_manager(Arc::new(OrderFulfillment));
+    for projection in cairn_orders::projections() {
+        builder = builder.projection(projection);
+    }
+    for route in routes() {
+        builder = builder.route(route);
+    }
+    builder.build()
+}
+
+/// The contract's Order routes: queries read, commands write.
+fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Method::POST, "/customers", commands::register_customer, Permission::Write),
+        Route::new(
+            Method::GET,
+            "/customers/{aggregate_id}",
+            queries::get_customer,
+            Permission::Read,
+        ),
+        Route::new(
+            Method::POST,
+            "/customers/{aggregate_id}/email",
+            commands::change_email,
+            Permission::Write,
+        ),
+        Route::new(
+            Method::GET,
+            "/inventory/{aggregate_id}",
+            queries::get_inventory,
+            Permission::Read,
+        ),
+        Route::new(
+            Method::POST,
+            "/inventory/{aggregate_id}/restock",
+            commands::restock,
+            Permission::Write,
+        ),
+        Route::new(Method::POST, "/orders", commands::create_order, Permission::Write),
+        Route::new(Method::GET, "/orders", queries::list_orders, Permission::Read),
+        Route::new(Method::GET, "/orders/{aggregate_id}", queries::get_order, Permission::Read),
+        Route::new(
+            Method::POST,
+            "/orders/{aggregate_id}/items",
+            commands::add_item,
+            Permission::Write,
+        ),
+        Route::new(
+            Method::DELETE,
+            "/orders/{aggregate_id}/items/{product_id}",
+            commands::remove_item,
+            Permission::Write,
+        ),
+        Route::new(
+            Method::POST,
+            "/orders/{aggregate_id}/confirm",
+            commands::confirm,
+            Permission::Write,
+        ),
+        Route::new(Method::POST, "/orders/{aggregate_id}/ship", commands::ship, Permission::Write),
+        Route::new(
+            Method::POST,
+            "/orders/{aggregate_id}/cancel",
+            commands::cancel,
+            Permission::Write,
+        ),
+        Route::new(
+            Method::POST,
+            "/orders/{aggregate_id}/correct-total",
+            commands::correct_total,
+            Permission::Write,
+        ),
+        Route::new(
+            Method::GET,
+            "/orders/{aggregate_id}/events",
+            queries::order_events,
+            Permission::Read,
+        ),
+        Route::new(
+            Method::GET,
+            "/orders/{aggregate_id}/state",
+            queries::order_state,
+            Permission::Read,
+        ),
+        Route::new(
+            Method::GET,
+            "/shipped-orders/{aggregate_id}",
+            queries::get_shipped_order,
+            Permission::Read,
+        ),
+    ]
+}

@@ -1,0 +1,373 @@
+//! The server built from modules: [`Server::builder`] collects them, `build` checks them
+//! against each other without touching storage, `start` registers their schemas and runs
+//! their consumers, and the [`RunningServer`] serves the core routes beside theirs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use cairn_core::EventStore;
+use cairn_cqrs::Repository;
+use cairn_cqrs::process::spawn_process_manager_with;
+use cairn_cqrs::projection::{Projection, spawn_projection};
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::consumers::Consumers;
+use crate::guard::{GuardError, GuardReport};
+use crate::module::{Module, Route, RouteInfo, SchemaTable};
+use crate::schemas::backward_incompatibilities;
+use crate::{AppState, DomainConfig, HttpConfig, StartError, Stores, domain_schemas, metrics};
+
+/// Who registered a name, in [`BuildError::Duplicate`]: the server's own routes.
+pub const CORE: &str = "core";
+
+/// Why a set of modules cannot make one server. Everything is checked at build, before
+/// any storage is touched, so a wiring mistake never half-starts a server.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// One name registered twice: an aggregate type, an event type, a consumer, or a
+    /// method and path. They share one store, one schema registry and one router, so
+    /// the second would silently shadow or corrupt the first.
+    #[error("{what} {name:?} is registered by both {first} and {second}")]
+    Duplicate {
+        /// `aggregate type`, `event type`, `consumer` or `route`.
+        what: &'static str,
+        /// The name registered twice.
+        name: String,
+        /// The module that registered it first ([`CORE`] for the server's own routes).
+        first: &'static str,
+        /// The module that registered it again.
+        second: &'static str,
+    },
+    /// An aggregate's event type whose schema history does not have one version per
+    /// schema version of the event, so appends would be stamped with the wrong version.
+    #[error("{event_type}: {schemas} schema version(s) for schema version {expected}")]
+    SchemaHistory {
+        /// The event type.
+        event_type: String,
+        /// How many versions the module registers.
+        schemas: usize,
+        /// The event's schema version (the number of versions expected).
+        expected: u32,
+    },
+    /// A schema that is not JSON or does not compile, or a version that is not BACKWARD
+    /// compatible with the one before (the registry would refuse it at start).
+    #[error("schema of {event_type} v{version}: {reason}")]
+    Schema {
+        /// The event type.
+        event_type: String,
+        /// The version at fault (1-based).
+        version: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A route axum cannot serve (it would panic when the router is built).
+    #[error("route {path}: {reason}")]
+    Route {
+        /// The route's path.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A module that is malformed in itself.
+    #[error("{module}: {reason}")]
+    Invalid {
+        /// The module's name.
+        module: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Collects the storage, settings and modules of a server.
+#[must_use]
+pub struct ServerBuilder {
+    stores: Stores,
+    http: HttpConfig,
+    domain: DomainConfig,
+    modules: Vec<Module>,
+}
+
+/// A server whose modules fit together; nothing runs yet.
+pub struct Server {
+    stores: Stores,
+    http: HttpConfig,
+    domain: DomainConfig,
+    modules: Vec<Module>,
+}
+
+/// A started server: its consumers run; serve [`RunningServer::router`].
+pub struct RunningServer {
+    router: Router,
+    state: AppState,
+    routes: Vec<RouteInfo>,
+}
+
+impl Server {
+    /// A server on `stores`, with default settings and no module.
+    pub fn builder(stores: Stores) -> ServerBuilder {
+        ServerBuilder {
+            stores,
+            http: HttpConfig::default(),
+            domain: DomainConfig::default(),
+            modules: Vec::new(),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// HTTP settings.
+    pub fn http(mut self, config: HttpConfig) -> Self {
+        self.http = config;
+        self
+    }
+
+    /// Write-side settings (snapshots, paused process managers).
+    pub fn domain(mut self, config: DomainConfig) -> Self {
+        self.domain = config;
+        self
+    }
+
+    /// Adds a module.
+    pub fn module(mut self, module: Module) -> Self {
+        self.modules.push(module);
+        self
+    }
+
+    /// Adds modules.
+    pub fn modules(mut self, modules: impl IntoIterator<Item = Module>) -> Self {
+        self.modules.extend(modules);
+        self
+    }
+
+    /// Checks every module against itself, the others and the server's own routes.
+    /// Starts nothing and touches no storage.
+    pub fn build(self) -> Result<Server, BuildError> {
+        check(&self.modules)?;
+        let Self { stores, http, domain, modules } = self;
+        Ok(Server { stores, http, domain, modules })
+    }
+}
+
+/// Module names are used in logs, errors and (later) OpenAPI tags and subjects.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Remembers who registered each name of one kind.
+struct Names {
+    what: &'static str,
+    owners: BTreeMap<String, &'static str>,
+}
+
+impl Names {
+    fn new(what: &'static str) -> Self {
+        Self { what, owners: BTreeMap::new() }
+    }
+
+    fn claim(&mut self, name: String, by: &'static str) -> Result<(), BuildError> {
+        if let Some(first) = self.owners.get(&name) {
+            return Err(BuildError::Duplicate { what: self.what, name, first, second: by });
+        }
+        self.owners.insert(name, by);
+        Ok(())
+    }
+}
+
+fn check(modules: &[Module]) -> Result<(), BuildError> {
+    let mut aggregates = Names::new("aggregate type");
+    let mut event_types = Names::new("event type");
+    let mut schema_types = Names::new("event type");
+    let mut consumers = Names::new("consumer");
+    let mut routes = Names::new("route");
+    for route in crate::routes::core_routes() {
+        routes.claim(format!("{} {}", route.method, route.path), CORE)?;
+    }
+    // Schema versions expected per aggregate event type, from every module: a schema table
+    // may describe another module's events only if nobody else does (checked below).
+    let mut expected_versions = BTreeMap::new();
+    for module in modules {
+        if !valid_name(module.name) {
+            return Err(BuildError::Invalid {
+                module: module.name,
+                reason: "a module name is lower-case letters, digits, '-' and '_'".to_owned(),
+            });
+        }
+        for kind in &module.aggregates {
+            aggregates.claim(kind.type_name().to_owned(), module.name)?;
+            for event_type in kind.event_types() {
+                event_types.claim((*event_type).to_owned(), module.name)?;
+                expected_versions.insert(*event_type, kind.schema_version(event_type));
+            }
+        }
+        for name in module.projections.iter().map(|p| p.name()) {
+            consumers.claim(name.to_owned(), module.name)?;
+        }
+        for name in module.process_managers.iter().map(|p| p.name()) {
+            consumers.claim(name.to_owned(), module.name)?;
+        }
+        for route in &module.routes {
+            check_route(route)?;
+            routes.claim(format!("{} {}", route.method, route.path), module.name)?;
+        }
+    }
+    for module in modules {
+        for (event_type, texts) in module.schemas.iter().flat_map(|table| table.iter()) {
+            schema_types.claim((*event_type).to_owned(), module.name)?;
+            check_history(event_type, texts, expected_versions.get(event_type).copied())?;
+        }
+    }
+    Ok(())
+}
+
+fn check_route(route: &Route) -> Result<(), BuildError> {
+    let refuse = |reason: String| BuildError::Route { path: route.path.to_owned(), reason };
+    if !route.path.starts_with('/') {
+        return Err(refuse("a path starts with '/'".to_owned()));
+    }
+    if route.handler.is_none() {
+        return Err(refuse(format!("method {} cannot be routed", route.method)));
+    }
+    Ok(())
+}
+
+/// One event type's schema history: as many versions as the aggregate's schema version
+/// (at least one for a type no aggregate knows, e.g. a public event), each compiling and
+/// BACKWARD compatible with the one before, as the registry will require at start.
+fn check_history(
+    event_type: &str,
+    texts: &[&str],
+    expected: Option<u32>,
+) -> Result<(), BuildError> {
+    let expected_len = expected.unwrap_or(1);
+    let wrong_length = match expected {
+        Some(version) => texts.len() != version as usize,
+        None => texts.is_empty(),
+    };
+    if wrong_length {
+        return Err(BuildError::SchemaHistory {
+            event_type: event_type.to_owned(),
+            schemas: texts.len(),
+            expected: expected_len,
+        });
+    }
+    let mut previous: Option<Value> = None;
+    for (version, text) in (1..).zip(texts) {
+        let fail = |reason: String| BuildError::Schema {
+            event_type: event_type.to_owned(),
+            version,
+            reason,
+        };
+        let schema: Value =
+            serde_json::from_str(text).map_err(|e| fail(format!("not JSON: {e}")))?;
+        jsonschema::validator_for(&schema).map_err(|e| fail(format!("does not compile: {e}")))?;
+        if let Some(old) = &previous {
+            let reasons = backward_incompatibilities(old, &schema, "");
+            if !reasons.is_empty() {
+                return Err(fail(format!("not BACKWARD compatible: {}", reasons.join("; "))));
+            }
+        }
+        previous = Some(schema);
+    }
+    Ok(())
+}
+
+impl Server {
+    /// Every projection of every module (the start-up guard resets only these).
+    #[must_use]
+    pub fn projections(&self) -> Vec<Arc<dyn Projection>> {
+        self.modules.iter().flat_map(|m| m.projections.iter().cloned()).collect()
+    }
+
+    /// The start-up guard ([`crate::guard`]) against this server's projections.
+    pub async fn check_against_log(&self, repair: bool) -> Result<GuardReport, GuardError> {
+        crate::guard::check_read_models_against_log(&self.stores, &self.projections(), repair).await
+    }
+
+    /// Registers every module's schemas, wraps the store so every append is checked,
+    /// counted and timed, and starts every projection and process manager.
+    pub fn start(self, shutdown: watch::Receiver<bool>) -> Result<RunningServer, StartError> {
+        let Self { stores, http, domain, modules } = self;
+        let registry =
+            Arc::new(crate::schemas::SchemaRegistry::load(Arc::clone(&stores.readmodels))?);
+        // Before anything can append: the first event is validated like every later one.
+        let tables: Vec<SchemaTable> = modules.iter().flat_map(|m| m.schemas.clone()).collect();
+        domain_schemas::register_tables(&registry, &tables)?;
+        let store: Arc<dyn EventStore> =
+            Arc::new(metrics::ServerStore::new(Arc::clone(&stores.events), Arc::clone(&registry)));
+        let _ = metrics::handle();
+        let readmodels = Arc::clone(&stores.readmodels);
+        let repository =
+            Repository::with_snapshots(Arc::clone(&store), stores.snapshots, domain.snapshot_every);
+        let mut consumers = Consumers::new();
+        let mut routes = crate::routes::core_routes();
+        let mut infos: Vec<RouteInfo> = routes.iter().map(|r| r.info(None)).collect();
+        for module in modules {
+            for projection in module.projections {
+                let name = projection.name();
+                let handle = spawn_projection(
+                    Arc::clone(&store),
+                    Arc::clone(&readmodels),
+                    projection,
+                    shutdown.clone(),
+                )?;
+                consumers.add_projection(name, handle)?;
+            }
+            for manager in module.process_managers {
+                let (name, instances) = (manager.name(), manager.instances());
+                let handle = spawn_process_manager_with(
+                    repository.clone(),
+                    Arc::clone(&readmodels),
+                    manager,
+                    shutdown.clone(),
+                    domain.pause_process_managers,
+                )?;
+                consumers.add_process_manager(name, handle, instances)?;
+            }
+            infos.extend(module.routes.iter().map(|r| r.info(Some(module.name))));
+            routes.extend(module.routes);
+        }
+        let state = AppState {
+            store,
+            config: Arc::new(http),
+            shutdown,
+            repository,
+            readmodels,
+            consumers: Arc::new(consumers),
+            schemas: registry,
+        };
+        let app = crate::routes::router(routes, state.clone());
+        Ok(RunningServer { router: app, state, routes: infos })
+    }
+}
+
+impl RunningServer {
+    /// The application: every route, the JSON fallbacks and panic containment.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// What every handler reaches (for other transports and tests).
+    #[must_use]
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Every served route: the server's own first, then each module's in order.
+    #[must_use]
+    pub fn routes(&self) -> &[RouteInfo] {
+        &self.routes
+    }
+
+    /// Every running projection, process manager and outbox.
+    #[must_use]
+    pub fn consumers(&self) -> &Arc<Consumers> {
+        &self.state.consumers
+    }
+}
