@@ -5,7 +5,9 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use cairn_core::readmodel::ReadModelError;
 use cairn_core::{AppendError, ReadError};
+use cairn_cqrs::CommandError;
 use serde_json::{Map, Value};
 
 /// An error on its way to becoming a JSON response.
@@ -135,5 +137,55 @@ impl From<ReadError> for ApiError {
                 )
             }
         }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::NotFound => ApiError::not_found("no such aggregate"),
+            CommandError::AlreadyExists { actual } => ApiError::new(
+                StatusCode::CONFLICT,
+                "wrong_expected_version",
+                format!("the aggregate already exists (version {actual})"),
+            )
+            .with("expected", 0)
+            .with("actual", actual),
+            CommandError::WrongExpectedVersion { expected, actual } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_expected_version", e.to_string())
+                    .with("expected", expected)
+                    .with("actual", actual)
+            }
+            CommandError::Rule(rule) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rule_violation", rule.message)
+            }
+            CommandError::Contention => {
+                ApiError::new(StatusCode::CONFLICT, "contention", e.to_string())
+            }
+            CommandError::Corrupt(d) => {
+                tracing::error!(error = %d, "aggregate cannot be loaded");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "aggregate_unloadable",
+                    "the aggregate's events cannot be read",
+                )
+            }
+            CommandError::Store(s) => s.into(),
+            CommandError::Read(r) => r.into(),
+            other => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())
+            }
+        }
+    }
+}
+
+impl From<ReadModelError> for ApiError {
+    fn from(e: ReadModelError) -> Self {
+        tracing::error!(error = %e, "read model failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "read_model_unavailable",
+            "the read model is unavailable",
+        )
     }
 }

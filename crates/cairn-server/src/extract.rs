@@ -203,3 +203,15 @@ impl FromRequestParts<AppState> for CommandHeaders {
 pub fn check_id(id: &str) -> Result<(), ApiError> {
     cairn_core::id::validate_aggregate_id(id).map_err(|e| ApiError::bad_request(e.to_string()))
 }
+
+/// The id of an aggregate a command creates: the client's, checked like a path id, or
+/// `<prefix>-<uuid v7>` minted here (time-ordered, so new ids sort last).
+pub fn id_or_mint(given: Option<String>, prefix: &str) -> Result<String, ApiError> {
+    match given {
+        Some(id) => {
+            check_id(&id)?;
+            Ok(id)
+        }
+        None => Ok(format!("{prefix}-{}", uuid::Uuid::now_v7())),
+    }
+}

@@ -4,14 +4,16 @@
 //! core traits and map every error to the contract's JSON shape in one place
 //! ([`error::ApiError`]).
 
+pub mod command;
 pub mod consumers;
 pub mod domain_schemas;
 pub mod error;
-mod extract;
+pub mod extract;
 pub mod guard;
 pub mod metrics;
 pub mod module;
 pub mod orders;
+pub mod query;
 mod routes;
 pub mod schemas;
 pub mod server;

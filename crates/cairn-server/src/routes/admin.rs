@@ -120,7 +120,7 @@ pub async fn process_manager_instances(
     let filters =
         query.str("status").map(|s| vec![("status".to_owned(), s.to_owned())]).unwrap_or_default();
     let (docs, _) =
-        super::queries::list_documents(&state.readmodels, instances.table_name(), filters, &query)
+        crate::query::list_documents(&state.readmodels, instances.table_name(), filters, &query)
             .await?;
     Ok((
         StatusCode::OK,

@@ -1,114 +1,17 @@
 //! The command API of the reference domain (contract §3).
 
-use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use cairn_cqrs::{Aggregate, CommandError, CommandMetadata, CommandOptions};
+use axum::response::Response;
 use cairn_orders::customer::CustomerCommand;
 use cairn_orders::inventory::InventoryCommand;
 use cairn_orders::order::{Line, OrderCommand};
 use cairn_orders::{Customer, Inventory, Money, Order};
 use serde::Deserialize;
-use serde_json::json;
 
-use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{AggregateIdPath, CommandHeaders, JsonBody, check_id};
+use crate::extract::{AggregateIdPath, CommandHeaders, JsonBody, check_id, id_or_mint};
 use crate::routes::openapi::{self, CommandOutcome, ErrorBody};
-
-impl From<CommandError> for ApiError {
-    fn from(e: CommandError) -> Self {
-        match e {
-            CommandError::NotFound => ApiError::not_found("no such aggregate"),
-            CommandError::AlreadyExists { actual } => ApiError::new(
-                StatusCode::CONFLICT,
-                "wrong_expected_version",
-                format!("the aggregate already exists (version {actual})"),
-            )
-            .with("expected", 0)
-            .with("actual", actual),
-            CommandError::WrongExpectedVersion { expected, actual } => {
-                ApiError::new(StatusCode::CONFLICT, "wrong_expected_version", e.to_string())
-                    .with("expected", expected)
-                    .with("actual", actual)
-            }
-            CommandError::Rule(rule) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rule_violation", rule.message)
-            }
-            CommandError::Contention => {
-                ApiError::new(StatusCode::CONFLICT, "contention", e.to_string())
-            }
-            CommandError::Corrupt(d) => {
-                tracing::error!(error = %d, "aggregate cannot be loaded");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "aggregate_unloadable",
-                    "the aggregate's events cannot be read",
-                )
-            }
-            CommandError::Store(s) => s.into(),
-            CommandError::Read(r) => r.into(),
-            other => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())
-            }
-        }
-    }
-}
-
-/// Runs a command on aggregate `A` and answers `{aggregate_id, version, position}`.
-async fn run<A: Aggregate>(
-    state: &AppState,
-    name: &'static str,
-    id: &str,
-    command: A::Command,
-    headers: CommandHeaders,
-    status: StatusCode,
-) -> Result<Response, ApiError> {
-    let started = std::time::Instant::now();
-    let result = execute::<A>(state, id, command, headers, status).await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(e) if e.status().is_client_error() => "refused",
-        Err(_) => "error",
-    };
-    crate::metrics::command_done(name, outcome, started);
-    result
-}
-
-async fn execute<A: Aggregate>(
-    state: &AppState,
-    id: &str,
-    command: A::Command,
-    headers: CommandHeaders,
-    status: StatusCode,
-) -> Result<Response, ApiError> {
-    let command_id = uuid::Uuid::now_v7().to_string();
-    let options = CommandOptions {
-        expected_version: headers.if_match,
-        // Scoped so that HTTP keys can never collide with process managers' derived keys.
-        idempotency_key: headers.idempotency_key.map(|k| format!("http:{k}")),
-        metadata: CommandMetadata {
-            correlation_id: Some(headers.correlation_id.unwrap_or_else(|| command_id.clone())),
-            causation_id: Some(command_id),
-            user_id: headers.user_id,
-        },
-    };
-    let outcome = state.repository.execute::<A>(id, &command, &options).await?;
-    Ok((status, Json(json!({"aggregate_id": outcome.aggregate_id, "version": outcome.version, "position": outcome.position})))
-        .into_response())
-}
-
-/// Mints `<prefix>-<uuid v7>` or checks a client-chosen id.
-fn id_or_mint(given: Option<String>, prefix: &str) -> Result<String, ApiError> {
-    match given {
-        Some(id) => {
-            check_id(&id)?;
-            Ok(id)
-        }
-        None => Ok(format!("{prefix}-{}", uuid::Uuid::now_v7())),
-    }
-}
+use crate::{AppState, command};
 
 /// `POST /customers` body.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -143,7 +46,7 @@ pub async fn register_customer(
     // A replayed key answers before a fresh id is minted.
     let id = id_or_mint(body.customer_id, "cust")?;
     let command = CustomerCommand::Register { name: body.name, email: body.email };
-    run::<Customer>(&state, "register_customer", &id, command, headers, StatusCode::CREATED).await
+    command::run::<Customer>(&state, "register_customer", &id, command, headers).await
 }
 
 /// `POST /customers/{id}/email` body.
@@ -174,13 +77,12 @@ pub async fn change_email(
     headers: CommandHeaders,
     JsonBody(body): JsonBody<ChangeEmail>,
 ) -> Result<Response, ApiError> {
-    run::<Customer>(
+    command::run::<Customer>(
         &state,
         "change_email",
         &id,
         CustomerCommand::ChangeEmail { email: body.email },
         headers,
-        StatusCode::OK,
     )
     .await
 }
@@ -212,13 +114,12 @@ pub async fn restock(
     headers: CommandHeaders,
     JsonBody(body): JsonBody<Restock>,
 ) -> Result<Response, ApiError> {
-    run::<Inventory>(
+    command::run::<Inventory>(
         &state,
         "restock",
         &id,
         InventoryCommand::Restock { quantity: body.quantity },
         headers,
-        StatusCode::OK,
     )
     .await
 }
@@ -277,7 +178,7 @@ pub async fn create_order(
         customer_id: body.customer_id,
         items: body.items.into_iter().map(Line::from).collect(),
     };
-    run::<Order>(&state, "create_order", &id, command, headers, StatusCode::CREATED).await
+    command::run::<Order>(&state, "create_order", &id, command, headers).await
 }
 
 /// Adds an item to a pending order (`ItemAdded`), or more of a product already on it.
@@ -301,15 +202,8 @@ pub async fn add_item(
     headers: CommandHeaders,
     JsonBody(body): JsonBody<LineBody>,
 ) -> Result<Response, ApiError> {
-    run::<Order>(
-        &state,
-        "add_item",
-        &id,
-        OrderCommand::AddItem(body.into()),
-        headers,
-        StatusCode::OK,
-    )
-    .await
+    command::run::<Order>(&state, "add_item", &id, OrderCommand::AddItem(body.into()), headers)
+        .await
 }
 
 /// Removes a product's line from a pending order (`ItemRemoved`).
@@ -337,13 +231,12 @@ pub async fn remove_item(
 ) -> Result<Response, ApiError> {
     check_id(&id)?;
     check_id(&product_id)?;
-    run::<Order>(
+    command::run::<Order>(
         &state,
         "remove_item",
         &id,
         OrderCommand::RemoveItem { product_id },
         headers,
-        StatusCode::OK,
     )
     .await
 }
@@ -368,7 +261,7 @@ pub async fn confirm(
     AggregateIdPath(id): AggregateIdPath,
     headers: CommandHeaders,
 ) -> Result<Response, ApiError> {
-    run::<Order>(&state, "confirm_order", &id, OrderCommand::Confirm, headers, StatusCode::OK).await
+    command::run::<Order>(&state, "confirm_order", &id, OrderCommand::Confirm, headers).await
 }
 
 /// `POST /orders/{id}/ship` body.
@@ -403,7 +296,7 @@ pub async fn ship(
 ) -> Result<Response, ApiError> {
     let command =
         OrderCommand::Ship { tracking_number: body.tracking_number, carrier: body.carrier };
-    run::<Order>(&state, "ship_order", &id, command, headers, StatusCode::OK).await
+    command::run::<Order>(&state, "ship_order", &id, command, headers).await
 }
 
 /// `POST /orders/{id}/cancel` body.
@@ -434,13 +327,12 @@ pub async fn cancel(
     headers: CommandHeaders,
     JsonBody(body): JsonBody<Cancel>,
 ) -> Result<Response, ApiError> {
-    run::<Order>(
+    command::run::<Order>(
         &state,
         "cancel_order",
         &id,
         OrderCommand::Cancel { reason: body.reason },
         headers,
-        StatusCode::OK,
     )
     .await
 }
@@ -478,5 +370,5 @@ pub async fn correct_total(
 ) -> Result<Response, ApiError> {
     let command =
         OrderCommand::CorrectTotal { corrected_total: body.corrected_total, reason: body.reason };
-    run::<Order>(&state, "correct_total", &id, command, headers, StatusCode::OK).await
+    command::run::<Order>(&state, "correct_total", &id, command, headers).await
 }

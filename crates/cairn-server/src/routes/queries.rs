@@ -1,125 +1,18 @@
 //! The query API (contract §4): read models with read-your-writes waits, and the
 //! write-model queries (an order's events and its state as of a version or a time).
 
-use std::time::Duration;
-
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use cairn_core::readmodel::{ListQuery, ReadModelError, ReadModelStore};
 use cairn_core::timestamp::Timestamp;
-use cairn_cqrs::consumer::ConsumerHandle;
 use cairn_cqrs::repository::Until;
 use cairn_orders::Order;
 use cairn_orders::projections::{customer_view, inventory_view, order_summary, shipped_orders};
-use std::sync::Arc;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{AggregateIdPath, QueryMap};
 use crate::routes::openapi::{self, ErrorBody};
-
-/// Default and largest `wait_ms`.
-const WAIT_MS_DEFAULT: u64 = 2000;
-const WAIT_MS_MAX: u64 = 30_000;
-/// Default and largest page of `GET /orders`.
-const LIST_LIMIT_DEFAULT: u64 = 100;
-const LIST_LIMIT_MAX: u64 = 1000;
-
-impl From<ReadModelError> for ApiError {
-    fn from(e: ReadModelError) -> Self {
-        tracing::error!(error = %e, "read model failed");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "read_model_unavailable",
-            "the read model is unavailable",
-        )
-    }
-}
-
-/// A response with the projection's position attached (every query response has it).
-fn with_position(mut response: Response, position: u64) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
-        response.headers_mut().insert("x-projection-position", v);
-    }
-    response
-}
-
-fn raw_json(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-/// Waits for read-your-writes: `min_position` (query) or `X-Min-Position` (header).
-async fn wait_for_position(
-    projection: &ConsumerHandle,
-    query: &QueryMap,
-    headers: &HeaderMap,
-) -> Result<u64, Response> {
-    let fail = |e: ApiError| with_position(e.into_response(), projection.position());
-    let from_header = match headers.get("x-min-position") {
-        None => None,
-        Some(v) => {
-            Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
-                fail(ApiError::bad_request("X-Min-Position must be a non-negative integer"))
-            })?)
-        }
-    };
-    let min_position = query.u64("min_position").map_err(fail)?.or(from_header);
-    let Some(min_position) = min_position else { return Ok(projection.position()) };
-    let wait_ms = query.u64("wait_ms").map_err(fail)?.unwrap_or(WAIT_MS_DEFAULT).min(WAIT_MS_MAX);
-    match projection.wait_for(min_position, Duration::from_millis(wait_ms)).await {
-        Ok(p) => Ok(p),
-        Err(applied) => Err(with_position(
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "projection_lagging",
-                format!("the read model reached position {applied}, not {min_position}, within {wait_ms} ms"),
-            )
-            .with("position", applied)
-            .into_response(),
-            applied,
-        )),
-    }
-}
-
-fn projection<'a>(state: &'a AppState, name: &str) -> &'a ConsumerHandle {
-    // The names are the domain's own constants; a missing one is a wiring bug caught by tests.
-    state.consumers.projection(name).unwrap_or_else(|| panic!("no projection named {name}"))
-}
-
-async fn get_doc(
-    rm: &Arc<dyn ReadModelStore>,
-    table: &'static str,
-    key: String,
-) -> Result<Option<String>, ApiError> {
-    let rm = Arc::clone(rm);
-    tokio::task::spawn_blocking(move || rm.get(table, &key))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(ApiError::from)
-}
-
-/// One document of a read model, after the read-your-writes wait.
-async fn document(
-    state: &AppState,
-    projection_name: &str,
-    table: &'static str,
-    id: String,
-    query: &QueryMap,
-    headers: &HeaderMap,
-) -> Response {
-    let handle = projection(state, projection_name);
-    let position = match wait_for_position(handle, query, headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let response = match get_doc(&state.readmodels, table, id).await {
-        Ok(Some(json)) => raw_json(StatusCode::OK, json),
-        Ok(None) => ApiError::not_found("no such entry in the read model").into_response(),
-        Err(e) => e.into_response(),
-    };
-    with_position(response, position)
-}
 
 /// An order's summary (`order_summary`), with read-your-writes.
 #[utoipa::path(
@@ -144,7 +37,8 @@ pub async fn get_order(
     query: QueryMap,
     headers: HeaderMap,
 ) -> Response {
-    document(&state, "order_summary", order_summary::TABLE, id, &query, &headers).await
+    crate::query::document(&state, "order_summary", order_summary::TABLE, id, &query, &headers)
+        .await
 }
 
 /// A shipped order with its customer (`shipped_orders_view`), with read-your-writes.
@@ -170,7 +64,15 @@ pub async fn get_shipped_order(
     query: QueryMap,
     headers: HeaderMap,
 ) -> Response {
-    document(&state, "shipped_orders_view", shipped_orders::TABLE, id, &query, &headers).await
+    crate::query::document(
+        &state,
+        "shipped_orders_view",
+        shipped_orders::TABLE,
+        id,
+        &query,
+        &headers,
+    )
+    .await
 }
 
 /// A product's stock (`inventory_view`), with read-your-writes.
@@ -196,7 +98,8 @@ pub async fn get_inventory(
     query: QueryMap,
     headers: HeaderMap,
 ) -> Response {
-    document(&state, "inventory_view", inventory_view::TABLE, id, &query, &headers).await
+    crate::query::document(&state, "inventory_view", inventory_view::TABLE, id, &query, &headers)
+        .await
 }
 
 /// A customer and their orders' totals (`customer_view`), with read-your-writes.
@@ -222,29 +125,8 @@ pub async fn get_customer(
     query: QueryMap,
     headers: HeaderMap,
 ) -> Response {
-    document(&state, "customer_view", customer_view::TABLE, id, &query, &headers).await
-}
-
-/// Lists a table as `{"items": [...], "next": cursor|null}`.
-pub(crate) async fn list_documents(
-    rm: &Arc<dyn ReadModelStore>,
-    table: &str,
-    filters: Vec<(String, String)>,
-    query: &QueryMap,
-) -> Result<(Vec<String>, Option<String>), ApiError> {
-    let limit = query.u64("limit")?.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX) as usize;
-    let list = ListQuery {
-        table: table.to_owned(),
-        filters,
-        after: query.str("after").map(str::to_owned),
-        limit,
-    };
-    let rm = Arc::clone(rm);
-    let rows = tokio::task::spawn_blocking(move || rm.list(&list)).await.map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    })??;
-    let next = if rows.len() == limit { rows.last().map(|(k, _)| k.clone()) } else { None };
-    Ok((rows.into_iter().map(|(_, doc)| doc).collect(), next))
+    crate::query::document(&state, "customer_view", customer_view::TABLE, id, &query, &headers)
+        .await
 }
 
 /// Lists orders (`order_summary`) by status and customer, in pages, with read-your-writes.
@@ -271,27 +153,9 @@ pub async fn list_orders(
     query: QueryMap,
     headers: HeaderMap,
 ) -> Response {
-    let handle = projection(&state, "order_summary");
-    let position = match wait_for_position(handle, &query, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let mut filters = Vec::new();
-    for field in ["status", "customer_id"] {
-        if let Some(v) = query.str(field) {
-            filters.push((field.to_owned(), v.to_owned()));
-        }
-    }
-    let response = match list_documents(&state.readmodels, order_summary::TABLE, filters, &query)
+    let filters = &["status", "customer_id"];
+    crate::query::list(&state, "order_summary", order_summary::TABLE, filters, &query, &headers)
         .await
-    {
-        Ok((docs, next)) => {
-            let next = serde_json::to_string(&next).unwrap_or_else(|_| "null".into());
-            raw_json(StatusCode::OK, format!(r#"{{"items":[{}],"next":{next}}}"#, docs.join(",")))
-        }
-        Err(e) => e.into_response(),
-    };
-    with_position(response, position)
 }
 
 /// An order's events, from the event store (always current).

@@ -1,0 +1,180 @@
+//! Read-model queries over HTTP, for module handlers: the read-your-writes wait
+//! (`min_position` / `X-Min-Position`, `wait_ms`, `504 projection_lagging`), the
+//! `X-Projection-Position` header, and documents and pages of a projection's tables in the
+//! contract's shapes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cairn_core::readmodel::{ListQuery, ReadModelStore};
+use cairn_cqrs::consumer::ConsumerHandle;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::QueryMap;
+
+/// `wait_ms` when a read-your-writes wait gives none.
+pub const WAIT_MS_DEFAULT: u64 = 2000;
+/// Longest read-your-writes wait: a request never holds a connection longer than this.
+pub const WAIT_MS_MAX: u64 = 30_000;
+/// Page size of a list when `limit` is not given.
+pub const LIST_LIMIT_DEFAULT: u64 = 100;
+/// Largest page of a list, whatever `limit` asks: one request reads at most this many rows.
+pub const LIST_LIMIT_MAX: u64 = 1000;
+
+/// A response with the projection's position attached (every query response has it).
+#[must_use]
+pub fn with_position(mut response: Response, position: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
+        response.headers_mut().insert("x-projection-position", v);
+    }
+    response
+}
+
+pub(crate) fn raw_json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Waits for read-your-writes: `min_position` (query) or `X-Min-Position` (header).
+pub async fn wait_for_position(
+    projection: &ConsumerHandle,
+    query: &QueryMap,
+    headers: &HeaderMap,
+) -> Result<u64, Response> {
+    let fail = |e: ApiError| with_position(e.into_response(), projection.position());
+    let from_header = match headers.get("x-min-position") {
+        None => None,
+        Some(v) => {
+            Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
+                fail(ApiError::bad_request("X-Min-Position must be a non-negative integer"))
+            })?)
+        }
+    };
+    let min_position = query.u64("min_position").map_err(fail)?.or(from_header);
+    let Some(min_position) = min_position else { return Ok(projection.position()) };
+    let wait_ms = query.u64("wait_ms").map_err(fail)?.unwrap_or(WAIT_MS_DEFAULT).min(WAIT_MS_MAX);
+    match projection.wait_for(min_position, Duration::from_millis(wait_ms)).await {
+        Ok(p) => Ok(p),
+        Err(applied) => Err(with_position(
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "projection_lagging",
+                format!("the read model reached position {applied}, not {min_position}, within {wait_ms} ms"),
+            )
+            .with("position", applied)
+            .into_response(),
+            applied,
+        )),
+    }
+}
+
+fn projection<'a>(state: &'a AppState, name: &str) -> Option<&'a ConsumerHandle> {
+    let found = state.consumers.projection(name);
+    if found.is_none() {
+        // A name no module registered is a wiring bug: a 500 names it, the server serves on.
+        tracing::error!(projection = name, "a route reads a projection that is not registered");
+    }
+    found
+}
+
+fn unregistered(name: &str) -> Response {
+    let message = format!("no projection named {name}");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message).into_response()
+}
+
+async fn get_doc(
+    rm: &Arc<dyn ReadModelStore>,
+    table: &'static str,
+    key: String,
+) -> Result<Option<String>, ApiError> {
+    let rm = Arc::clone(rm);
+    tokio::task::spawn_blocking(move || rm.get(table, &key))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// `GET` one document of `table` (a table of projection `projection_name`) under `id`,
+/// after the read-your-writes wait, with `X-Projection-Position`; `404` when absent.
+pub async fn document(
+    state: &AppState,
+    projection_name: &str,
+    table: &'static str,
+    id: String,
+    query: &QueryMap,
+    headers: &HeaderMap,
+) -> Response {
+    let Some(handle) = projection(state, projection_name) else {
+        return unregistered(projection_name);
+    };
+    let position = match wait_for_position(handle, query, headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let response = match get_doc(&state.readmodels, table, id).await {
+        Ok(Some(json)) => raw_json(StatusCode::OK, json),
+        Ok(None) => ApiError::not_found("no such entry in the read model").into_response(),
+        Err(e) => e.into_response(),
+    };
+    with_position(response, position)
+}
+
+/// Lists a table as `{"items": [...], "next": cursor|null}`.
+pub(crate) async fn list_documents(
+    rm: &Arc<dyn ReadModelStore>,
+    table: &str,
+    filters: Vec<(String, String)>,
+    query: &QueryMap,
+) -> Result<(Vec<String>, Option<String>), ApiError> {
+    let limit = query.u64("limit")?.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX) as usize;
+    let list = ListQuery {
+        table: table.to_owned(),
+        filters,
+        after: query.str("after").map(str::to_owned),
+        limit,
+    };
+    let rm = Arc::clone(rm);
+    let rows = tokio::task::spawn_blocking(move || rm.list(&list)).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    })??;
+    let next = if rows.len() == limit { rows.last().map(|(k, _)| k.clone()) } else { None };
+    Ok((rows.into_iter().map(|(_, doc)| doc).collect(), next))
+}
+
+/// `GET` a page of `table` (a table of projection `projection_name`) as
+/// `{"items": [...], "next": cursor|null}`, after the read-your-writes wait, with
+/// `X-Projection-Position`. Each of `filters` given as a query parameter keeps the rows whose
+/// indexed field equals it; `limit` (default [`LIST_LIMIT_DEFAULT`], at most
+/// [`LIST_LIMIT_MAX`]) and `after` page.
+pub async fn list(
+    state: &AppState,
+    projection_name: &str,
+    table: &'static str,
+    filters: &[&str],
+    query: &QueryMap,
+    headers: &HeaderMap,
+) -> Response {
+    let Some(handle) = projection(state, projection_name) else {
+        return unregistered(projection_name);
+    };
+    let position = match wait_for_position(handle, query, headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let mut given = Vec::new();
+    for field in filters {
+        if let Some(v) = query.str(field) {
+            given.push(((*field).to_owned(), v.to_owned()));
+        }
+    }
+    let response = match list_documents(&state.readmodels, table, given, query).await {
+        Ok((docs, next)) => {
+            let next = serde_json::to_string(&next).unwrap_or_else(|_| "null".into());
+            raw_json(StatusCode::OK, format!(r#"{{"items":[{}],"next":{next}}}"#, docs.join(",")))
+        }
+        Err(e) => e.into_response(),
+    };
+    with_position(response, position)
+}
