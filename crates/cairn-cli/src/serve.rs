@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_core::EventStore;
-use cairn_server::{DomainConfig, HttpConfig, Stores};
+use cairn_server::{DomainConfig, HttpConfig, Server, Stores};
 use cairn_sqlite::{SqliteEventStore, SqliteOptions, SqliteReadModels, Synchronous};
 use clap::{Args, ValueEnum};
 use tokio::sync::watch;
@@ -154,30 +154,34 @@ async fn open_stores(args: &ServeArgs) -> anyhow::Result<Stores> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stores = open_stores(&args).await?;
+    let store = Arc::clone(&stores.events);
+    let (raw_events, readmodels) = (Arc::clone(&stores.events), Arc::clone(&stores.readmodels));
+    let server = Server::builder(stores)
+        .http(HttpConfig { body_limit_bytes: args.body_limit_bytes, ..HttpConfig::default() })
+        .domain(DomainConfig {
+            snapshot_every: args.snapshot_every,
+            pause_process_managers: args.pause_process_managers,
+        })
+        .module(cairn_server::orders::module())
+        .build();
+    let server = match server {
+        Ok(server) => server,
+        Err(e) => {
+            store.close().await;
+            return Err(anyhow::Error::new(e).context("the modules do not fit together"));
+        }
+    };
     // Before any consumer starts: nothing may follow the log from past its end.
-    let projections = cairn_server::projections();
-    if let Err(e) =
-        cairn_server::guard::check_read_models_against_log(&stores, &projections, args.repair).await
-    {
-        stores.events.close().await;
+    if let Err(e) = server.check_against_log(args.repair).await {
+        store.close().await;
         return Err(e.into());
     }
-    let store = Arc::clone(&stores.events);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (raw_events, readmodels) = (Arc::clone(&stores.events), Arc::clone(&stores.readmodels));
-    let (app, consumers) = cairn_server::app_with_domain(
-        stores,
-        HttpConfig { body_limit_bytes: args.body_limit_bytes, ..HttpConfig::default() },
-        &DomainConfig {
-            snapshot_every: args.snapshot_every,
-            pause_process_managers: args.pause_process_managers,
-        },
-        stop_rx.clone(),
-    )
-    .context("cannot start the projections")?;
+    let running = server.start(stop_rx.clone()).context("cannot start the projections")?;
+    let (app, consumers) = (running.router(), Arc::clone(running.consumers()));
     if let Some(url) = &args.nats_url {
         start_bus(&args, url, &app, &consumers, &raw_events, &readmodels, &stop_rx).await?;
     }
