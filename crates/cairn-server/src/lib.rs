@@ -18,14 +18,15 @@ mod routes;
 pub mod schemas;
 pub mod server;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
 use cairn_core::EventStore;
 use cairn_core::readmodel::{ReadModelError, ReadModelStore};
 use cairn_core::snapshot::SnapshotStore;
-use cairn_cqrs::Repository;
 use cairn_cqrs::projection::Projection;
+use cairn_cqrs::{AggregateKind, Repository};
 use tokio::sync::watch;
 
 use crate::consumers::{Consumers, RegisterError};
@@ -70,6 +71,17 @@ pub struct AppState {
     pub consumers: Arc<Consumers>,
     /// Event schemas.
     pub schemas: Arc<schemas::SchemaRegistry>,
+    /// Every registered aggregate type, by type name: the store API checks appends to
+    /// their streams against them.
+    pub aggregates: Arc<BTreeMap<&'static str, AggregateKind>>,
+}
+
+impl AppState {
+    /// The registered aggregate type `type_name`, if a module registered it.
+    #[must_use]
+    pub fn aggregate(&self, type_name: &str) -> Option<&AggregateKind> {
+        self.aggregates.get(type_name)
+    }
 }
 
 /// The storage a server runs on.

@@ -308,7 +308,9 @@ impl Server {
         let mut consumers = Consumers::new();
         let mut routes = crate::routes::core_routes();
         let mut infos: Vec<RouteInfo> = routes.iter().map(|r| r.info(None)).collect();
+        let mut aggregates = BTreeMap::new();
         for module in modules {
+            aggregates.extend(module.aggregates.iter().map(|kind| (kind.type_name(), *kind)));
             for projection in module.projections {
                 let name = projection.name();
                 let handle = spawn_projection(
@@ -341,6 +343,7 @@ impl Server {
             readmodels,
             consumers: Arc::new(consumers),
             schemas: registry,
+            aggregates: Arc::new(aggregates),
         };
         let app = crate::routes::router(routes, state.clone());
         Ok(RunningServer { router: app, state, routes: infos })

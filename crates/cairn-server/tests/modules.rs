@@ -232,10 +232,7 @@ async fn a_modules_route_is_served_with_its_permission_beside_the_others() {
         .start(stop_rx)
         .unwrap();
     assert_eq!(running.routes().iter().filter(|r| r.module == Some("pings")).count(), 2);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = running.router();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = serve(&running).await;
     let client = reqwest::Client::new();
     // Each method of one path sees its own permission, set by the server, not the handler.
     let read = client.get(format!("{base}/pings")).send().await.unwrap();
@@ -250,4 +247,36 @@ async fn a_modules_route_is_served_with_its_permission_beside_the_others() {
     assert_ne!(body["error"], "method_not_allowed", "{body}");
     assert!(!body["message"].as_str().unwrap_or("").starts_with("no route"), "{body}");
     stop.send(true).unwrap();
+}
+
+/// Serves `running` on a loopback port; the base URL.
+async fn serve(running: &cairn_server::RunningServer) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = running.router();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn the_store_api_checks_appends_against_the_registered_aggregates_only() {
+    let append = serde_json::json!({"events": [
+        {"aggregate_type": "Order", "event_type": "OrderExploded", "data": {}}
+    ]});
+    let client = reqwest::Client::new();
+    let mut answers = Vec::new();
+    for modules in [vec![], vec![cairn_server::orders::module()]] {
+        let (stores, _place) = stores().await;
+        let (_stop, stop_rx) = watch::channel(false);
+        let running =
+            Server::builder(stores).modules(modules).build().unwrap().start(stop_rx).unwrap();
+        let base = serve(&running).await;
+        let r = client.post(format!("{base}/streams/order-x")).json(&append).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        answers.push((status, body["error"].clone()));
+    }
+    // Without the Order module an `Order` stream is free-form; with it, the type is checked.
+    assert_eq!(answers[0].0, 200, "{answers:?}");
+    assert_eq!(answers[1], (422, serde_json::json!("unknown_event_type")));
 }

@@ -1,5 +1,6 @@
 //! The generic event store API (contract §2): append, read a stream, read `$all`, subscribe.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use cairn_core::store::{APPEND_EVENTS_MAX, READ_LIMIT_MAX};
 use cairn_core::{
     AllFilter, Append, Direction, ExpectedVersion, NewEvent, RecordedEvent, StreamRead,
 };
+use cairn_cqrs::AggregateKind;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -79,6 +81,7 @@ fn to_append(
     aggregate_id: String,
     body: AppendBody,
     schemas: &SchemaRegistry,
+    aggregates: &BTreeMap<&'static str, AggregateKind>,
 ) -> Result<Append, ApiError> {
     if body.events.is_empty() {
         return Err(ApiError::bad_request("events must hold at least one event"));
@@ -98,16 +101,20 @@ fn to_append(
                 e.aggregate_type
             )));
         }
-        match cairn_orders::check_domain_event(&aggregate_type, &e.event_type, e.data.get()) {
-            Ok(_) => {}
-            Err(cairn_cqrs::DecodeError::UnknownType(t)) => {
+        // Streams of types no module registered are free-form, as the contract allows.
+        let checked = aggregates
+            .get(aggregate_type.as_str())
+            .map(|kind| kind.check_event(&e.event_type, e.data.get()));
+        match checked {
+            None | Some(Ok(())) => {}
+            Some(Err(cairn_cqrs::DecodeError::UnknownType(t))) => {
                 return Err(ApiError::new(
                     axum::http::StatusCode::UNPROCESSABLE_ENTITY,
                     "unknown_event_type",
                     format!("events[{i}]: aggregate {aggregate_type} has no event type {t:?}"),
                 ));
             }
-            Err(invalid) => {
+            Some(Err(invalid)) => {
                 // The registered schema names every fault with its JSON pointer, where the
                 // decoder names only the first: its answer is the more useful one.
                 schemas.validate(i, &e.event_type, e.data.get())?;
@@ -167,7 +174,7 @@ pub async fn append(
     AggregateIdPath(aggregate_id): AggregateIdPath,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Response, ApiError> {
-    let request = to_append(aggregate_id, body, &state.schemas)?;
+    let request = to_append(aggregate_id, body, &state.schemas, &state.aggregates)?;
     let aggregate_id = request.aggregate_id.clone();
     let outcome = state.store.append(request).await?;
     Ok(Json(AppendResponse {
