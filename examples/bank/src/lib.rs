@@ -9,6 +9,7 @@
 //! - [`balances`]: the `account_balances` projection — balances and statement lines.
 //! - [`integration`]: the public events other services may depend on.
 //! - [`rules`]: input rules shared by the aggregates.
+//! - [`schemas`]: the events' JSON Schemas (`schemas/*.json`), compiled in.
 //!
 //! Domain part only: the HTTP module and the binary come with the server's module API.
 
@@ -17,6 +18,7 @@ pub mod balances;
 pub mod integration;
 pub mod rules;
 pub mod saga;
+pub mod schemas;
 pub mod transfer;
 
 pub use account::{Account, AccountCommand, AccountEvent};
