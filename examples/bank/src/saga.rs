@@ -15,7 +15,7 @@
 
 use async_trait::async_trait;
 use cairn_core::RecordedEvent;
-use cairn_core::readmodel::TableSpec;
+use cairn_core::readmodel::{ReadModelError, TableSpec};
 use cairn_cqrs::process::{Instances, ProcessContext, ProcessManager};
 use cairn_cqrs::projection::decode;
 use cairn_cqrs::{Aggregate, CommandError};
@@ -68,6 +68,38 @@ pub struct SagaInstance {
     pub reason: Option<String>,
 }
 
+/// Why the saga could not handle an event; the runner retries it (a storage failure)
+/// or dead-letters the event after a few tries (anything else).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SagaError {
+    /// A command failed for another reason than a refusal the saga reacts to.
+    #[error("{step} on {aggregate} {id} failed: {source}")]
+    Command {
+        /// The saga's step (`debit`, `credit`, `refund`, `complete`, ...).
+        step: &'static str,
+        /// The aggregate type.
+        aggregate: &'static str,
+        /// The aggregate.
+        id: String,
+        /// Why.
+        #[source]
+        source: CommandError,
+    },
+    /// The instance state could not be loaded or saved.
+    #[error("transfer-saga instance: {0}")]
+    Instance(String),
+    /// The event does not decode.
+    #[error(transparent)]
+    Decode(#[from] ReadModelError),
+}
+
+impl SagaError {
+    fn command<A: Aggregate>(step: &'static str, id: &str, source: CommandError) -> Self {
+        Self::Command { step, aggregate: A::TYPE, id: id.to_owned(), source }
+    }
+}
+
 /// The `transfer-saga` process manager.
 pub struct TransferSaga;
 
@@ -96,8 +128,8 @@ pub fn reference(transfer_id: &str) -> String {
 }
 
 impl TransferSaga {
-    async fn save(&self, ctx: &ProcessContext, instance: &SagaInstance) -> Result<(), String> {
-        ctx.save(TABLE, &instance.transfer_id, instance.clone()).await
+    async fn save(&self, ctx: &ProcessContext, instance: &SagaInstance) -> Result<(), SagaError> {
+        ctx.save(TABLE, &instance.transfer_id, instance.clone()).await.map_err(SagaError::Instance)
     }
 
     /// Runs a Transfer transition; a refusal is a bug (the saga is the only one moving
@@ -106,14 +138,14 @@ impl TransferSaga {
         &self,
         ctx: &ProcessContext,
         event: &RecordedEvent,
-        step: &str,
+        step: &'static str,
         command: TransferCommand,
-    ) -> Result<(), String> {
-        let options = ctx.options_for(event, step);
-        ctx.execute::<Transfer>(&event.aggregate_id, &command, &options)
+    ) -> Result<(), SagaError> {
+        let (id, options) = (&event.aggregate_id, ctx.options_for(event, step));
+        ctx.execute::<Transfer>(id, &command, &options)
             .await
             .map(|_| ())
-            .map_err(|e| format!("transfer {} refused {step}: {e}", event.aggregate_id))
+            .map_err(|e| SagaError::command::<Transfer>(step, id, e))
     }
 
     async fn on_requested(
@@ -121,7 +153,7 @@ impl TransferSaga {
         ctx: &ProcessContext,
         event: &RecordedEvent,
         mut instance: SagaInstance,
-    ) -> Result<(), String> {
+    ) -> Result<(), SagaError> {
         if instance.status == SagaStatus::Debiting {
             let command = AccountCommand::Withdraw(Withdraw {
                 amount_cents: instance.amount_cents,
@@ -140,7 +172,7 @@ impl TransferSaga {
                     // Durable before acting: a redelivery must not try the debit again.
                     self.save(ctx, &instance).await?;
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(SagaError::command::<Account>("debit", &instance.from, e)),
             }
         }
         if instance.status == SagaStatus::Rejected {
@@ -155,7 +187,7 @@ impl TransferSaga {
         ctx: &ProcessContext,
         event: &RecordedEvent,
         mut instance: SagaInstance,
-    ) -> Result<(), String> {
+    ) -> Result<(), SagaError> {
         if instance.status == SagaStatus::Crediting {
             let command = AccountCommand::Deposit(Deposit {
                 amount_cents: instance.amount_cents,
@@ -176,7 +208,7 @@ impl TransferSaga {
                     // source its refund).
                     self.save(ctx, &instance).await?;
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(SagaError::command::<Account>("credit", &instance.to, e)),
             }
         }
         if instance.status == SagaStatus::Refunding {
@@ -187,7 +219,7 @@ impl TransferSaga {
             let options = ctx.options_for(event, "refund");
             ctx.execute::<Account>(&instance.from, &command, &options)
                 .await
-                .map_err(|e| format!("refund to {} failed: {e}", instance.from))?;
+                .map_err(|e| SagaError::command::<Account>("refund", &instance.from, e))?;
             let reason = instance.reason.clone().unwrap_or_else(|| "refused".into());
             self.transition(ctx, event, "refunded", TransferCommand::Refund { reason }).await?;
             instance.status = SagaStatus::Refunded;
@@ -222,10 +254,16 @@ impl ProcessManager for TransferSaga {
     }
 
     async fn handle(&self, event: &RecordedEvent, ctx: &ProcessContext) -> Result<(), String> {
+        self.on_event(event, ctx).await.map_err(|e| e.to_string())
+    }
+}
+
+impl TransferSaga {
+    async fn on_event(&self, event: &RecordedEvent, ctx: &ProcessContext) -> Result<(), SagaError> {
         // The runner skips what `instance_key` disowns; checked again for direct callers.
         let Some(key) = self.instance_key(event) else { return Ok(()) };
-        let loaded = ctx.load::<SagaInstance>(TABLE, &key).await?;
-        match decode::<TransferEvent>(event).map_err(|e| e.to_string())? {
+        let loaded = ctx.load::<SagaInstance>(TABLE, &key).await.map_err(SagaError::Instance)?;
+        match decode::<TransferEvent>(event)? {
             TransferEvent::TransferRequested(r) => {
                 let instance = if let Some(i) = loaded {
                     i
