@@ -84,10 +84,15 @@ async fn state_ahead_of_the_log_is_never_accepted_silently(backend: cairn_testki
         let (rm, snapshots) = (stores.readmodels.clone(), stores.snapshots.clone());
         tokio::task::spawn_blocking(move || {
             // Consumers' state is written only by their leader (on PostgreSQL: the session
-            // holding the lock), so the forger leads them first.
-            assert!(
-                rm.try_lead("customer_view").unwrap() && rm.try_lead("order-fulfillment").unwrap()
-            );
+            // holding the lock), so the forger leads them first; the killed server's
+            // sessions end when PostgreSQL notices the closed sockets, a moment later.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            for consumer in ["customer_view", "order-fulfillment"] {
+                while !rm.try_lead(consumer).unwrap() {
+                    assert!(std::time::Instant::now() < deadline, "{consumer}: never led");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
             rm.transact("customer_view", Some(ahead), &mut |_| Ok(())).unwrap();
             rm.transact("order-fulfillment", Some(ahead), &mut |_| Ok(())).unwrap();
             rm.park(

@@ -176,6 +176,15 @@ async fn kill_9_of_the_leader_mid_projection_the_other_process_takes_over_exactl
     follower.kill().await;
 }
 
+/// Every consumer `cairn serve` runs for the reference domain (their leadership locks).
+const CONSUMERS: [&str; 5] = [
+    "customer_view",
+    "inventory_view",
+    "order_summary",
+    "shipped_orders_view",
+    "order-fulfillment",
+];
+
 /// Pause between two orders of one client in the leadership test.
 const CONFIRM_PAUSE: Duration = Duration::from_millis(300);
 
@@ -240,15 +249,17 @@ async fn leadership_sessions_terminated_under_load_cancel_nothing_and_reserve_on
     let mut terminated = 0;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        // Every session holding a consumer's leadership lock (not the append lock, which a
-        // writer holds only for the length of a commit).
+        // Every session holding one of this schema's consumer leadership locks, and
+        // nothing else: not the append lock (a writer holds it for a commit), and nothing
+        // of other tests sharing the server.
         let rows = admin
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks
                  WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
-                   AND ((classid::bigint << 32) | objid::bigint)
-                       <> hashtextextended(current_schema() || '/cairn/append', 0)",
-                &[],
+                   AND ((classid::bigint << 32) | objid::bigint) IN (
+                       SELECT hashtextextended(current_schema() || '/cairn/lead/' || name, 0)
+                       FROM unnest($1::text[]) AS name)",
+                &[&CONSUMERS.as_slice()],
             )
             .await
             .unwrap();
