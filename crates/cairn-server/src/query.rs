@@ -79,6 +79,17 @@ fn projection<'a>(state: &'a AppState, name: &str) -> Option<&'a ConsumerHandle>
     found
 }
 
+/// The read-your-writes wait on projection `name` before a query of its tables.
+async fn projected(
+    state: &AppState,
+    name: &str,
+    query: &QueryMap,
+    headers: &HeaderMap,
+) -> Result<u64, Response> {
+    let Some(handle) = projection(state, name) else { return Err(unregistered(name)) };
+    wait_for_position(handle, query, headers).await
+}
+
 fn unregistered(name: &str) -> Response {
     let message = format!("no projection named {name}");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message).into_response()
@@ -106,10 +117,7 @@ pub async fn document(
     query: &QueryMap,
     headers: &HeaderMap,
 ) -> Response {
-    let Some(handle) = projection(state, projection_name) else {
-        return unregistered(projection_name);
-    };
-    let position = match wait_for_position(handle, query, headers).await {
+    let position = match projected(state, projection_name, query, headers).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -156,10 +164,7 @@ pub async fn list(
     query: &QueryMap,
     headers: &HeaderMap,
 ) -> Response {
-    let Some(handle) = projection(state, projection_name) else {
-        return unregistered(projection_name);
-    };
-    let position = match wait_for_position(handle, query, headers).await {
+    let position = match projected(state, projection_name, query, headers).await {
         Ok(p) => p,
         Err(r) => return r,
     };
