@@ -74,6 +74,8 @@ pub struct AppState {
     /// Every registered aggregate type, by type name: the store API checks appends to
     /// their streams against them.
     pub aggregates: Arc<BTreeMap<&'static str, AggregateKind>>,
+    /// The OpenAPI document of every served route, serialised once at start.
+    pub(crate) openapi: Arc<str>,
 }
 
 impl AppState {
@@ -81,6 +83,12 @@ impl AppState {
     #[must_use]
     pub fn aggregate(&self, type_name: &str) -> Option<&AggregateKind> {
         self.aggregates.get(type_name)
+    }
+
+    /// The OpenAPI document of every served route (`GET /openapi.json`), as JSON.
+    #[must_use]
+    pub fn openapi_json(&self) -> &str {
+        &self.openapi
     }
 }
 
@@ -124,6 +132,9 @@ pub enum StartError {
     /// Two consumers share a name (a wiring bug; [`Server`] refuses it at build).
     #[error(transparent)]
     Register(#[from] RegisterError),
+    /// The OpenAPI document cannot be serialised (a module's documentation is malformed).
+    #[error("the OpenAPI document cannot be serialised: {0}")]
+    OpenApi(serde_json::Error),
     /// The modules do not fit together (from [`app`], which builds and starts at once).
     #[error(transparent)]
     Build(#[from] BuildError),

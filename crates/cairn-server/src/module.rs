@@ -12,6 +12,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use cairn_cqrs::process::ProcessManager;
 use cairn_cqrs::projection::Projection;
 use cairn_cqrs::{Aggregate, AggregateKind};
+use utoipa::openapi::OpenApi;
 
 use crate::AppState;
 
@@ -44,6 +45,8 @@ pub struct Route {
     pub(crate) permission: Permission,
     /// `None` when axum cannot route `method` (refused at build, not a panic at start).
     pub(crate) handler: Option<MethodRouter<AppState>>,
+    /// The route's own OpenAPI paths and components (generic routes build theirs).
+    pub(crate) openapi: Option<OpenApi>,
 }
 
 impl Route {
@@ -57,7 +60,16 @@ impl Route {
         T: 'static,
     {
         let handler = MethodFilter::try_from(method.clone()).ok().map(|f| on(f, handler));
-        Self { method, path, permission, handler }
+        Self { method, path, permission, handler, openapi: None }
+    }
+
+    /// Documents the route with `doc` (its path item and the schemas it refers to),
+    /// merged into the server's document at start. Hand-written handlers are usually
+    /// documented once per module instead ([`ModuleBuilder::openapi`]).
+    #[must_use]
+    pub fn openapi(mut self, doc: OpenApi) -> Self {
+        self.openapi = Some(doc);
+        self
     }
 
     /// Its description, as [`crate::server::RunningServer::routes`] lists it.
@@ -104,6 +116,7 @@ pub struct Module {
     pub(crate) projections: Vec<Arc<dyn Projection>>,
     pub(crate) process_managers: Vec<Arc<dyn ProcessManager>>,
     pub(crate) routes: Vec<Route>,
+    pub(crate) openapi: Vec<OpenApi>,
 }
 
 impl Module {
@@ -118,6 +131,7 @@ impl Module {
                 projections: Vec::new(),
                 process_managers: Vec::new(),
                 routes: Vec::new(),
+                openapi: Vec::new(),
             },
         }
     }
@@ -187,6 +201,15 @@ impl ModuleBuilder {
     /// An HTTP route.
     pub fn route(mut self, route: Route) -> Self {
         self.module.routes.push(route);
+        self
+    }
+
+    /// OpenAPI documentation of the module's hand-written routes (typically
+    /// `MyDoc::openapi()` of a `#[derive(utoipa::OpenApi)]` listing their
+    /// `#[utoipa::path]` handlers, with the module's tags); merged into the server's
+    /// document at start.
+    pub fn openapi(mut self, doc: OpenApi) -> Self {
+        self.module.openapi.push(doc);
         self
     }
 

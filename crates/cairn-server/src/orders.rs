@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::http::Method;
 use cairn_orders::fulfillment::OrderFulfillment;
 use cairn_orders::{Customer, Inventory, Order};
+use utoipa::OpenApi;
 
 use crate::domain_schemas::{DOMAIN_SCHEMAS, INTEGRATION_SCHEMAS};
 use crate::module::{Module, Permission, Route};
@@ -27,7 +28,8 @@ pub fn module() -> Module {
         // Public schemas are registered like domain ones until modules declare their
         // integration events (docs/design/modules.md step 5).
         .schemas(INTEGRATION_SCHEMAS)
-        .process_manager(Arc::new(OrderFulfillment));
+        .process_manager(Arc::new(OrderFulfillment))
+        .openapi(OrdersDoc::openapi());
     for projection in cairn_orders::projections() {
         builder = builder.projection(projection);
     }
@@ -36,6 +38,35 @@ pub fn module() -> Module {
     }
     builder.build()
 }
+
+/// The documentation of the Order routes.
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        commands::register_customer,
+        commands::change_email,
+        commands::restock,
+        commands::create_order,
+        commands::add_item,
+        commands::remove_item,
+        commands::confirm,
+        commands::ship,
+        commands::cancel,
+        commands::correct_total,
+        queries::get_customer,
+        queries::get_inventory,
+        queries::list_orders,
+        queries::get_order,
+        queries::order_events,
+        queries::order_state,
+        queries::get_shipped_order,
+    ),
+    tags(
+        (name = "commands", description = "Order Management commands (contract §3)"),
+        (name = "queries", description = "Read models and write-model queries (contract §4)"),
+    )
+)]
+struct OrdersDoc;
 
 /// The contract's Order routes: queries read, commands write.
 fn routes() -> Vec<Route> {

@@ -309,7 +309,10 @@ impl Server {
         let mut routes = crate::routes::core_routes();
         let mut infos: Vec<RouteInfo> = routes.iter().map(|r| r.info(None)).collect();
         let mut aggregates = BTreeMap::new();
+        let mut documents = Vec::new();
         for module in modules {
+            documents.extend(module.openapi);
+            documents.extend(module.routes.iter().filter_map(|r| r.openapi.clone()));
             aggregates.extend(module.aggregates.iter().map(|kind| (kind.type_name(), *kind)));
             for projection in module.projections {
                 let name = projection.name();
@@ -344,6 +347,9 @@ impl Server {
             consumers: Arc::new(consumers),
             schemas: registry,
             aggregates: Arc::new(aggregates),
+            openapi: crate::routes::openapi::assemble(documents)
+                .map_err(StartError::OpenApi)?
+                .into(),
         };
         let app = crate::routes::router(routes, state.clone());
         Ok(RunningServer { router: app, state, routes: infos })

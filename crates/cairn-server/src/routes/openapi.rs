@@ -7,46 +7,29 @@
 //! never constructed; their doc comments are the document's descriptions.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
 
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{admin, commands, health, queries, streams};
-use crate::error::ApiError;
+use super::{admin, health, streams};
+use crate::AppState;
 
 /// The document: every handler of the router, registered in one place.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Cairn HTTP API",
-        description = "The contract of `cairn serve`: the generic event store API, the Order Management commands and queries, and operations. Every response that is not a 2xx is JSON `{\"error\", \"message\", ...}`."
+        description = "The generic event store API, operations, and the commands and queries of every module the server runs. Every response that is not a 2xx is JSON `{\"error\", \"message\", ...}`."
     ),
     paths(
         streams::append,
         streams::read_stream,
         streams::read_all,
         streams::subscribe,
-        commands::register_customer,
-        commands::change_email,
-        commands::restock,
-        commands::create_order,
-        commands::add_item,
-        commands::remove_item,
-        commands::confirm,
-        commands::ship,
-        commands::cancel,
-        commands::correct_total,
-        queries::get_customer,
-        queries::get_inventory,
-        queries::list_orders,
-        queries::get_order,
-        queries::order_events,
-        queries::order_state,
-        queries::get_shipped_order,
         admin::projections,
         admin::rebuild_projection,
         admin::pause_projection,
@@ -66,15 +49,26 @@ use crate::error::ApiError;
         serve,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&DefaultErrorResponse),
     tags(
         (name = "store", description = "Generic event store API (contract §2)"),
-        (name = "commands", description = "Order Management commands (contract §3)"),
-        (name = "queries", description = "Read models and write-model queries (contract §4)"),
         (name = "operations", description = "Health, metrics and administration (contract §5, §6)"),
     )
 )]
 pub struct ApiDoc;
+
+/// The whole document: the server's own routes ([`ApiDoc`]), then each module's
+/// documentation in order, then the §7 error shape as every operation's `default`.
+/// Built once at start, so `GET /openapi.json` only copies a string.
+pub(crate) fn assemble(
+    documents: impl IntoIterator<Item = utoipa::openapi::OpenApi>,
+) -> Result<String, serde_json::Error> {
+    let mut doc = ApiDoc::openapi();
+    for module_doc in documents {
+        utoipa::openapi::OpenApi::merge(&mut doc, module_doc);
+    }
+    DefaultErrorResponse.modify(&mut doc);
+    doc.to_json()
+}
 
 /// `GET /openapi.json`: this document.
 #[utoipa::path(
@@ -83,18 +77,9 @@ pub struct ApiDoc;
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3 document of every route", body = Object))
 )]
-pub async fn serve() -> Response {
-    // The document is fixed at compile time: serialise it once.
-    static JSON: OnceLock<Result<String, String>> = OnceLock::new();
-    match JSON.get_or_init(|| ApiDoc::openapi().to_json().map_err(|e| e.to_string())) {
-        Ok(json) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json.clone())
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "the OpenAPI document cannot be serialised");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
-                .into_response()
-        }
-    }
+pub async fn serve(State(state): State<AppState>) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], state.openapi_json().to_owned())
+        .into_response()
 }
 
 /// Adds the §7 error shape as the `default` response of every operation: any route can
