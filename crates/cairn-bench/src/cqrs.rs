@@ -53,13 +53,13 @@ impl Server {
     ) -> anyhow::Result<Self> {
         let store = Arc::clone(&stores.events);
         let (stop, stop_rx) = watch::channel(false);
-        let (app, consumers) = cairn_server::app_with_domain(
-            stores,
-            HttpConfig::default(),
-            snapshots,
-            stop_rx.clone(),
-        )
-        .map_err(anyhow::Error::msg)?;
+        let running = cairn_server::Server::builder(stores)
+            .http(HttpConfig::default())
+            .domain(snapshots.clone())
+            .module(cairn_orders_http::module())
+            .build()?
+            .start(stop_rx.clone())?;
+        let (app, consumers) = (running.router(), Arc::clone(running.consumers()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let mut shutdown = stop_rx;

@@ -162,7 +162,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             snapshot_every: args.snapshot_every,
             pause_process_managers: args.pause_process_managers,
         })
-        .module(cairn_server::orders::module())
+        .module(cairn_orders_http::module())
         .build();
     let server = match server {
         Ok(server) => server,

@@ -11,6 +11,7 @@ pub mod money;
 pub mod order;
 pub mod projections;
 pub mod rules;
+pub mod schemas;
 
 use std::sync::Arc;
 

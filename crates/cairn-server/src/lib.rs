@@ -1,4 +1,5 @@
-//! Cairn's HTTP API: the contract in `shared/spec/http-api.md`, served with axum.
+//! Cairn's HTTP API: the contract in `shared/spec/http-api.md`, served with axum, for a
+//! server built from modules ([`Server::builder`]).
 //!
 //! This is the only crate that knows HTTP. Handlers translate requests into calls on the
 //! core traits and map every error to the contract's JSON shape in one place
@@ -12,7 +13,6 @@ pub mod extract;
 pub mod guard;
 pub mod metrics;
 pub mod module;
-pub mod orders;
 pub mod query;
 mod routes;
 pub mod schemas;
@@ -21,11 +21,9 @@ pub mod server;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Router;
 use cairn_core::EventStore;
 use cairn_core::readmodel::{ReadModelError, ReadModelStore};
 use cairn_core::snapshot::SnapshotStore;
-use cairn_cqrs::projection::Projection;
 use cairn_cqrs::{AggregateKind, Repository};
 use tokio::sync::watch;
 
@@ -33,7 +31,7 @@ use crate::consumers::{Consumers, RegisterError};
 
 pub use module::{Module, ModuleBuilder, Permission, Route, RouteInfo, SchemaTable};
 pub use routes::CORE_ROUTES;
-pub use routes::openapi;
+pub use routes::{openapi, streams};
 pub use server::{BuildError, RunningServer, Server, ServerBuilder};
 
 /// Default request body limit (contract §7).
@@ -135,43 +133,4 @@ pub enum StartError {
     /// The OpenAPI document cannot be serialised (a module's documentation is malformed).
     #[error("the OpenAPI document cannot be serialised: {0}")]
     OpenApi(serde_json::Error),
-    /// The modules do not fit together (from [`app`], which builds and starts at once).
-    #[error(transparent)]
-    Build(#[from] BuildError),
-}
-
-/// The projections of the Order module (what `cairn serve` runs). The start-up guard
-/// needs them before anything starts, to know which consumers it may reset; a server
-/// built from modules has [`Server::check_against_log`].
-#[must_use]
-pub fn projections() -> Vec<Arc<dyn Projection>> {
-    orders::module().projections().to_vec()
-}
-
-/// Starts the background consumers and builds the full application.
-pub fn app(
-    stores: Stores,
-    config: HttpConfig,
-    domain: &DomainConfig,
-    shutdown: watch::Receiver<bool>,
-) -> Result<Router, StartError> {
-    app_with_domain(stores, config, domain, shutdown).map(|(router, _)| router)
-}
-
-/// Like [`app`], also returning the running consumers (benchmarks and tests observe
-/// them; the binary adds its outboxes). A server of the Order module alone, through
-/// [`Server::builder`].
-pub fn app_with_domain(
-    stores: Stores,
-    config: HttpConfig,
-    domain: &DomainConfig,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(Router, Arc<Consumers>), StartError> {
-    let server = Server::builder(stores)
-        .http(config)
-        .domain(domain.clone())
-        .module(orders::module())
-        .build()?;
-    let running = server.start(shutdown)?;
-    Ok((running.router(), Arc::clone(running.consumers())))
 }

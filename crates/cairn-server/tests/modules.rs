@@ -8,7 +8,7 @@ use axum::Extension;
 use axum::http::Method;
 use cairn_orders::Order;
 use cairn_orders::projections::order_summary::OrderSummaryProjection;
-use cairn_server::domain_schemas::DOMAIN_SCHEMAS;
+use cairn_orders::schemas::EVENTS as DOMAIN_SCHEMAS;
 use cairn_server::server::CORE;
 use cairn_server::{BuildError, Module, Permission, Route, RouteInfo, Server, Stores};
 use cairn_testkit::{Backend, Place};
@@ -29,7 +29,7 @@ async fn build_error(with_orders: bool, others: Vec<Module>) -> BuildError {
     let (stores, _place) = stores().await;
     let mut builder = Server::builder(stores);
     if with_orders {
-        builder = builder.module(cairn_server::orders::module());
+        builder = builder.module(cairn_orders_http::module());
     }
     match builder.modules(others).build() {
         Ok(_) => panic!("the modules were accepted"),
@@ -179,7 +179,7 @@ async fn every_route_has_the_permission_of_its_kind() {
     let (stores, _place) = stores().await;
     let (_stop, stop_rx) = watch::channel(false);
     let running = Server::builder(stores)
-        .module(cairn_server::orders::module())
+        .module(cairn_orders_http::module())
         .build()
         .unwrap()
         .start(stop_rx)
@@ -226,7 +226,7 @@ async fn a_modules_route_is_served_with_its_permission_beside_the_others() {
         .route(Route::new(Method::POST, "/pings", permission_of, Permission::Write))
         .build();
     let running = Server::builder(stores)
-        .modules([cairn_server::orders::module(), pings])
+        .modules([cairn_orders_http::module(), pings])
         .build()
         .unwrap()
         .start(stop_rx)
@@ -265,7 +265,7 @@ async fn the_store_api_checks_appends_against_the_registered_aggregates_only() {
     ]});
     let client = reqwest::Client::new();
     let mut answers = Vec::new();
-    for modules in [vec![], vec![cairn_server::orders::module()]] {
+    for modules in [vec![], vec![cairn_orders_http::module()]] {
         let (stores, _place) = stores().await;
         let (_stop, stop_rx) = watch::channel(false);
         let running =

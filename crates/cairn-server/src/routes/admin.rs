@@ -105,7 +105,7 @@ pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionIn
         ("after" = Option<String>, Query, description = "Only instances with a key (for `order-fulfillment`: an order id) after this"),
     ),
     responses(
-        (status = 200, description = "The instances", body = Vec<openapi::FulfillmentInstance>),
+        (status = 200, description = "The instances", body = Vec<openapi::ProcessInstance>),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 404, description = "`not_found`: no such process manager", body = ErrorBody),
         (status = 503, description = "`read_model_unavailable`", body = ErrorBody),

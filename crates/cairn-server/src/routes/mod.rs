@@ -2,11 +2,9 @@
 //! them and the modules' routes, the JSON fallback, and panic containment.
 
 mod admin;
-pub(crate) mod commands;
 mod health;
 pub mod openapi;
-pub(crate) mod queries;
-mod streams;
+pub mod streams;
 
 use std::any::Any;
 

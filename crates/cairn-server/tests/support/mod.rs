@@ -40,7 +40,7 @@ impl TestServer {
         let server = cairn_server::Server::builder(stores)
             .http(config)
             .domain(domain)
-            .module(cairn_server::orders::module())
+            .module(cairn_orders_http::module())
             .build()
             .unwrap()
             .start(stop_rx.clone())

@@ -9,10 +9,13 @@ use cairn_cqrs::repository::Until;
 use cairn_orders::Order;
 use cairn_orders::projections::{customer_view, inventory_view, order_summary, shipped_orders};
 
-use crate::AppState;
-use crate::error::ApiError;
-use crate::extract::{AggregateIdPath, QueryMap};
-use crate::routes::openapi::{self, ErrorBody};
+use cairn_server::AppState;
+use cairn_server::error::ApiError;
+use cairn_server::extract::{AggregateIdPath, QueryMap};
+use cairn_server::openapi::{self, ErrorBody};
+use cairn_server::streams;
+
+use crate::docs;
 
 /// An order's summary (`order_summary`), with read-your-writes.
 #[utoipa::path(
@@ -25,7 +28,7 @@ use crate::routes::openapi::{self, ErrorBody};
         openapi::MinPositionHeader,
     ),
     responses(
-        (status = 200, description = "The order's summary", body = openapi::OrderSummary, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 200, description = "The order's summary", body = docs::OrderSummary, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
         (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
@@ -37,8 +40,15 @@ pub async fn get_order(
     query: QueryMap,
     headers: HeaderMap,
 ) -> Response {
-    crate::query::document(&state, "order_summary", order_summary::TABLE, id, &query, &headers)
-        .await
+    cairn_server::query::document(
+        &state,
+        "order_summary",
+        order_summary::TABLE,
+        id,
+        &query,
+        &headers,
+    )
+    .await
 }
 
 /// A shipped order with its customer (`shipped_orders_view`), with read-your-writes.
@@ -52,7 +62,7 @@ pub async fn get_order(
         openapi::MinPositionHeader,
     ),
     responses(
-        (status = 200, description = "The shipped order", body = openapi::ShippedOrder, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 200, description = "The shipped order", body = docs::ShippedOrder, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
         (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
@@ -64,7 +74,7 @@ pub async fn get_shipped_order(
     query: QueryMap,
     headers: HeaderMap,
 ) -> Response {
-    crate::query::document(
+    cairn_server::query::document(
         &state,
         "shipped_orders_view",
         shipped_orders::TABLE,
@@ -86,7 +96,7 @@ pub async fn get_shipped_order(
         openapi::MinPositionHeader,
     ),
     responses(
-        (status = 200, description = "The product's stock", body = openapi::InventoryView, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 200, description = "The product's stock", body = docs::InventoryView, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
         (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
@@ -98,8 +108,15 @@ pub async fn get_inventory(
     query: QueryMap,
     headers: HeaderMap,
 ) -> Response {
-    crate::query::document(&state, "inventory_view", inventory_view::TABLE, id, &query, &headers)
-        .await
+    cairn_server::query::document(
+        &state,
+        "inventory_view",
+        inventory_view::TABLE,
+        id,
+        &query,
+        &headers,
+    )
+    .await
 }
 
 /// A customer and their orders' totals (`customer_view`), with read-your-writes.
@@ -113,7 +130,7 @@ pub async fn get_inventory(
         openapi::MinPositionHeader,
     ),
     responses(
-        (status = 200, description = "The customer", body = openapi::CustomerView, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 200, description = "The customer", body = docs::CustomerView, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
         (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
@@ -125,8 +142,15 @@ pub async fn get_customer(
     query: QueryMap,
     headers: HeaderMap,
 ) -> Response {
-    crate::query::document(&state, "customer_view", customer_view::TABLE, id, &query, &headers)
-        .await
+    cairn_server::query::document(
+        &state,
+        "customer_view",
+        customer_view::TABLE,
+        id,
+        &query,
+        &headers,
+    )
+    .await
 }
 
 /// Lists orders (`order_summary`) by status and customer, in pages, with read-your-writes.
@@ -143,7 +167,7 @@ pub async fn get_customer(
         openapi::MinPositionHeader,
     ),
     responses(
-        (status = 200, description = "A page of orders", body = openapi::OrderList, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 200, description = "A page of orders", body = docs::OrderList, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
     )
@@ -154,8 +178,15 @@ pub async fn list_orders(
     headers: HeaderMap,
 ) -> Response {
     let filters = &["status", "customer_id"];
-    crate::query::list(&state, "order_summary", order_summary::TABLE, filters, &query, &headers)
-        .await
+    cairn_server::query::list(
+        &state,
+        "order_summary",
+        order_summary::TABLE,
+        filters,
+        &query,
+        &headers,
+    )
+    .await
 }
 
 /// An order's events, from the event store (always current).
@@ -170,7 +201,7 @@ pub async fn list_orders(
         ("direction" = Option<String>, Query, description = "`forward` (default) or `backward`"),
     ),
     responses(
-        (status = 200, description = "A page of the order's stream", body = super::streams::StreamPage),
+        (status = 200, description = "A page of the order's stream", body = streams::StreamPage),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 404, description = "`not_found`: no such order", body = ErrorBody),
     )
@@ -184,7 +215,7 @@ pub async fn order_events(
     if slice.aggregate_type != <Order as cairn_cqrs::Aggregate>::TYPE {
         return Err(ApiError::not_found("no such order"));
     }
-    Ok(super::streams::read_stream(state, id, query).await?.into_response())
+    Ok(streams::read_stream(state, id, query).await?.into_response())
 }
 
 /// An order rebuilt from its events: now, as of a version, or as of a time (temporal query).
@@ -266,15 +297,15 @@ struct OrderState<'a> {
     /// Who ordered.
     customer_id: &'a str,
     /// The lines.
-    #[schema(value_type = Vec<openapi::OrderLine>)]
+    #[schema(value_type = Vec<docs::OrderLine>)]
     items: &'a [cairn_orders::order::Line],
     /// Number of lines.
     item_count: usize,
     /// Sum of the lines plus corrections.
-    #[schema(value_type = openapi::Money)]
+    #[schema(value_type = docs::Money)]
     total: cairn_orders::Money,
     /// Sum of the total corrections.
-    #[schema(value_type = openapi::Money)]
+    #[schema(value_type = docs::Money)]
     corrections: cairn_orders::Money,
     /// Timestamp of the last event applied.
     #[schema(value_type = Option<String>, format = DateTime)]

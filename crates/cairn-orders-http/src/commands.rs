@@ -8,10 +8,12 @@ use cairn_orders::order::{Line, OrderCommand};
 use cairn_orders::{Customer, Inventory, Money, Order};
 use serde::Deserialize;
 
-use crate::error::ApiError;
-use crate::extract::{AggregateIdPath, CommandHeaders, JsonBody, check_id, id_or_mint};
-use crate::routes::openapi::{self, CommandOutcome, ErrorBody};
-use crate::{AppState, command};
+use cairn_server::error::ApiError;
+use cairn_server::extract::{AggregateIdPath, CommandHeaders, JsonBody, check_id, id_or_mint};
+use cairn_server::openapi::{self, CommandOutcome, ErrorBody};
+use cairn_server::{AppState, command};
+
+use crate::docs::Money as MoneySchema;
 
 /// `POST /customers` body.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -132,7 +134,7 @@ pub struct LineBody {
     /// How many (at least 1).
     quantity: i64,
     /// Unit price: at least 0, at most 2 decimals.
-    #[schema(value_type = openapi::Money)]
+    #[schema(value_type = MoneySchema)]
     price: Money,
 }
 
@@ -341,7 +343,7 @@ pub async fn cancel(
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CorrectTotal {
     /// The right total.
-    #[schema(value_type = openapi::Money)]
+    #[schema(value_type = MoneySchema)]
     corrected_total: Money,
     /// Why.
     reason: String,

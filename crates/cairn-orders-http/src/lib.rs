@@ -1,7 +1,11 @@
-//! The Order Management module: the reference domain's aggregates, schemas, consumers and
-//! the contract's Order routes. It lives here until it moves to its own crate
-//! (`cairn-orders-http`, docs/design/modules.md step 6); the server's own code reaches it
-//! only through [`module`].
+//! The reference Order Management context as a Cairn module: the domain of `cairn-orders`
+//! (which knows no HTTP) with the contract's Order routes (§3 commands, §4 queries), their
+//! OpenAPI documentation, the event schemas, the projections, `OrderFulfillment` and the
+//! public integration events. `cairn serve` is `cairn_cli::run(vec![module()])`.
+
+mod commands;
+pub mod docs;
+mod queries;
 
 use std::sync::Arc;
 
@@ -10,9 +14,8 @@ use cairn_orders::fulfillment::OrderFulfillment;
 use cairn_orders::{Customer, Inventory, Order};
 use utoipa::OpenApi;
 
-use crate::domain_schemas::{DOMAIN_SCHEMAS, INTEGRATION_SCHEMAS};
-use crate::module::{Module, Permission, Route};
-use crate::routes::{commands, queries};
+use cairn_orders::schemas::{EVENTS, PUBLIC};
+use cairn_server::{Module, Permission, Route};
 
 /// The module's name.
 pub const NAME: &str = "orders";
@@ -24,10 +27,10 @@ pub fn module() -> Module {
         .aggregate::<Order>()
         .aggregate::<Inventory>()
         .aggregate::<Customer>()
-        .schemas(DOMAIN_SCHEMAS)
+        .schemas(EVENTS)
         // Public schemas are registered like domain ones until modules declare their
         // integration events (docs/design/modules.md step 5).
-        .schemas(INTEGRATION_SCHEMAS)
+        .schemas(PUBLIC)
         .process_manager(Arc::new(OrderFulfillment))
         .openapi(OrdersDoc::openapi());
     for projection in cairn_orders::projections() {

@@ -8,12 +8,18 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use cairn_server::domain_schemas::{DOMAIN_SCHEMAS, INTEGRATION_SCHEMAS, register};
+use cairn_orders::schemas::{EVENTS as DOMAIN_SCHEMAS, PUBLIC as INTEGRATION_SCHEMAS};
+use cairn_server::domain_schemas::register_tables;
 use cairn_server::schemas::SchemaRegistry;
 use cairn_sqlite::SqliteReadModels;
 use cairn_testkit::Backend;
 use serde_json::{Value, json};
 use support::TestServer;
+
+/// What a server of the Order module registers at start.
+fn register(registry: &SchemaRegistry) -> Result<(), cairn_core::readmodel::ReadModelError> {
+    register_tables(registry, &[DOMAIN_SCHEMAS, INTEGRATION_SCHEMAS])
+}
 
 cairn_testkit::backend_tests!(
     the_domain_event_types_are_registered_at_start,
