@@ -14,6 +14,7 @@ use cairn_cqrs::projection::Projection;
 use cairn_cqrs::{Aggregate, AggregateKind};
 
 use crate::AppState;
+pub use crate::bus::{IntegrationEvents, Translate};
 
 /// `(event type, its schema versions oldest first)`: one entry per event type, each
 /// version a JSON Schema text. The number of versions is the type's schema version.
@@ -44,6 +45,8 @@ pub struct Route {
     pub(crate) permission: Permission,
     /// `None` when axum cannot route `method` (refused at build, not a panic at start).
     pub(crate) handler: Option<MethodRouter<AppState>>,
+    /// Its command name over NATS, if it is also served there.
+    pub(crate) nats: Option<&'static str>,
 }
 
 impl Route {
@@ -57,7 +60,17 @@ impl Route {
         T: 'static,
     {
         let handler = MethodFilter::try_from(method.clone()).ok().map(|f| on(f, handler));
-        Self { method, path, permission, handler }
+        Self { method, path, permission, handler, nats: None }
+    }
+
+    /// Also served as a command over NATS: a request on
+    /// `<commands prefix>.<name>[.<aggregate id>]` is served by this route. Its path may
+    /// have one parameter, and only `{aggregate_id}` (the subject's last token); the name
+    /// is one subject token, unique across modules (both checked at build).
+    #[must_use]
+    pub fn nats(mut self, name: &'static str) -> Self {
+        self.nats = Some(name);
+        self
     }
 
     /// Its description, as [`crate::server::RunningServer::routes`] lists it.
@@ -67,6 +80,7 @@ impl Route {
             path: self.path.to_owned(),
             permission: self.permission,
             module,
+            nats: self.nats,
         }
     }
 }
@@ -78,6 +92,7 @@ impl std::fmt::Debug for Route {
             .field("method", &self.method)
             .field("path", &self.path)
             .field("permission", &self.permission)
+            .field("nats", &self.nats)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +109,8 @@ pub struct RouteInfo {
     pub permission: Permission,
     /// The module that registered it; `None` for the server's own routes.
     pub module: Option<&'static str>,
+    /// Its command name over NATS ([`Route::nats`]), if it is also served there.
+    pub nats: Option<&'static str>,
 }
 
 /// One bounded context, ready to be added to a server.
@@ -104,6 +121,8 @@ pub struct Module {
     pub(crate) projections: Vec<Arc<dyn Projection>>,
     pub(crate) process_managers: Vec<Arc<dyn ProcessManager>>,
     pub(crate) routes: Vec<Route>,
+    /// Each call of [`ModuleBuilder::integration_events`] (more than one is refused at build).
+    pub(crate) integration: Vec<IntegrationEvents>,
 }
 
 impl Module {
@@ -118,6 +137,7 @@ impl Module {
                 projections: Vec::new(),
                 process_managers: Vec::new(),
                 routes: Vec::new(),
+                integration: Vec::new(),
             },
         }
     }
@@ -146,6 +166,7 @@ impl std::fmt::Debug for Module {
                 &self.process_managers.iter().map(|p| p.name()).collect::<Vec<_>>(),
             )
             .field("routes", &self.routes)
+            .field("integration", &self.integration)
             .finish_non_exhaustive()
     }
 }
@@ -164,8 +185,7 @@ impl ModuleBuilder {
         self
     }
 
-    /// Event schemas, registered in the schema registry at start (domain events, and for
-    /// now the module's public integration events too).
+    /// Domain event schemas, registered in the schema registry at start.
     pub fn schemas(mut self, schemas: SchemaTable) -> Self {
         self.module.schemas.push(schemas);
         self
@@ -187,6 +207,14 @@ impl ModuleBuilder {
     /// An HTTP route.
     pub fn route(mut self, route: Route) -> Self {
         self.module.routes.push(route);
+        self
+    }
+
+    /// The public events the module publishes: their schemas are registered like domain
+    /// schemas, and the public relay publishes what `translate` makes of the module's own
+    /// aggregates' events, on subjects under `subject_prefix` (unique across modules).
+    pub fn integration_events(mut self, events: IntegrationEvents) -> Self {
+        self.module.integration.push(events);
         self
     }
 

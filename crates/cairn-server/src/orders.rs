@@ -10,7 +10,7 @@ use cairn_orders::fulfillment::OrderFulfillment;
 use cairn_orders::{Customer, Inventory, Order};
 
 use crate::domain_schemas::{DOMAIN_SCHEMAS, INTEGRATION_SCHEMAS};
-use crate::module::{Module, Permission, Route};
+use crate::module::{IntegrationEvents, Module, Permission, Route};
 use crate::routes::{commands, queries};
 
 /// The module's name.
@@ -24,9 +24,11 @@ pub fn module() -> Module {
         .aggregate::<Inventory>()
         .aggregate::<Customer>()
         .schemas(DOMAIN_SCHEMAS)
-        // Public schemas are registered like domain ones until modules declare their
-        // integration events (docs/design/modules.md step 5).
-        .schemas(INTEGRATION_SCHEMAS)
+        .integration_events(IntegrationEvents {
+            subject_prefix: "public.orders",
+            schemas: INTEGRATION_SCHEMAS,
+            translate: Arc::new(cairn_orders::integration::translate),
+        })
         .process_manager(Arc::new(OrderFulfillment));
     for projection in cairn_orders::projections() {
         builder = builder.projection(projection);
@@ -37,10 +39,13 @@ pub fn module() -> Module {
     builder.build()
 }
 
-/// The contract's Order routes: queries read, commands write.
+/// The contract's Order routes: queries read, commands write. The commands that existed
+/// over NATS before modules keep their names (`cairn.commands.<name>[.<id>]` is a
+/// published interface); `remove_item` was never one.
 fn routes() -> Vec<Route> {
     vec![
-        Route::new(Method::POST, "/customers", commands::register_customer, Permission::Write),
+        Route::new(Method::POST, "/customers", commands::register_customer, Permission::Write)
+            .nats("register_customer"),
         Route::new(
             Method::GET,
             "/customers/{aggregate_id}",
@@ -52,7 +57,8 @@ fn routes() -> Vec<Route> {
             "/customers/{aggregate_id}/email",
             commands::change_email,
             Permission::Write,
-        ),
+        )
+        .nats("change_email"),
         Route::new(
             Method::GET,
             "/inventory/{aggregate_id}",
@@ -64,8 +70,10 @@ fn routes() -> Vec<Route> {
             "/inventory/{aggregate_id}/restock",
             commands::restock,
             Permission::Write,
-        ),
-        Route::new(Method::POST, "/orders", commands::create_order, Permission::Write),
+        )
+        .nats("restock"),
+        Route::new(Method::POST, "/orders", commands::create_order, Permission::Write)
+            .nats("create_order"),
         Route::new(Method::GET, "/orders", queries::list_orders, Permission::Read),
         Route::new(Method::GET, "/orders/{aggregate_id}", queries::get_order, Permission::Read),
         Route::new(
@@ -73,7 +81,8 @@ fn routes() -> Vec<Route> {
             "/orders/{aggregate_id}/items",
             commands::add_item,
             Permission::Write,
-        ),
+        )
+        .nats("add_item"),
         Route::new(
             Method::DELETE,
             "/orders/{aggregate_id}/items/{product_id}",
@@ -85,20 +94,24 @@ fn routes() -> Vec<Route> {
             "/orders/{aggregate_id}/confirm",
             commands::confirm,
             Permission::Write,
-        ),
-        Route::new(Method::POST, "/orders/{aggregate_id}/ship", commands::ship, Permission::Write),
+        )
+        .nats("confirm_order"),
+        Route::new(Method::POST, "/orders/{aggregate_id}/ship", commands::ship, Permission::Write)
+            .nats("ship_order"),
         Route::new(
             Method::POST,
             "/orders/{aggregate_id}/cancel",
             commands::cancel,
             Permission::Write,
-        ),
+        )
+        .nats("cancel_order"),
         Route::new(
             Method::POST,
             "/orders/{aggregate_id}/correct-total",
             commands::correct_total,
             Permission::Write,
-        ),
+        )
+        .nats("correct_total"),
         Route::new(
             Method::GET,
             "/orders/{aggregate_id}/events",
