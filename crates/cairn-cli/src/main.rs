@@ -59,7 +59,10 @@ enum Command {
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let command = match cli.command {
-        Command::Serve(args) => return serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => {
+            return serve::run(args, vec![cairn_server::orders::module()])
+                .map(|()| ExitCode::SUCCESS);
+        }
         other => other,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
