@@ -45,7 +45,7 @@ pub struct ServeArgs {
     /// are always rebuilt and snapshots past it always dropped). Not for an everyday start.
     #[arg(long)]
     repair: bool,
-    /// Start the process managers (order-fulfillment) paused: they issue no command until
+    /// Start the process managers paused: they issue no command until
     /// `cairn projections resume <name>`. For a store about to receive `cairn import`.
     #[arg(long, env = "CAIRN_PAUSE_PROCESS_MANAGERS")]
     pause_process_managers: bool,
