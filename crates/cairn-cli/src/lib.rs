@@ -115,3 +115,19 @@ fn operator(command: Command) -> anyhow::Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::ExitCode;
+
+    use super::run_from;
+
+    #[test]
+    fn an_operator_command_that_fails_exits_with_failure() {
+        // A port nobody listens on: the command fails to reach the server.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}");
+        let code = run_from(Vec::new(), ["cairn", "health", "--url", url.as_str()]);
+        assert_eq!(code, ExitCode::FAILURE);
+    }
+}

@@ -1,33 +1,30 @@
-//! Starts the `cairn` debug binary as a child process on a free loopback port.
+//! Starts the `cairn` debug binary as a child process on a free loopback port, through
+//! `cairn_testkit::serve` (which any binary built on `cairn_cli::run` can use the same way).
 
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
-use tokio::process::{Child, Command};
+pub use cairn_testkit::serve::{ServeProcess, free_port};
+use tokio::process::Command;
 
-/// A free loopback port (the listener is closed before the child binds it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+/// The binary under test.
+pub const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 
-/// A running `cairn serve`.
-pub struct Server {
-    pub child: Child,
-    pub base: String,
-}
+/// `cairn serve`, started in the ways these tests need.
+pub struct Server;
 
 impl Server {
     /// Starts `cairn serve` on `data_dir` with extra environment variables and waits until ready.
-    pub async fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        Self::start_args(&["--data-dir".as_ref(), data_dir.as_os_str()], env).await
+    pub async fn start(data_dir: &Path, env: &[(&str, &str)]) -> ServeProcess {
+        Self::start_on_port(data_dir, free_port(), env).await
     }
 
     /// Starts `cairn serve` on a test place of either backend.
-    pub async fn start_on(place: &cairn_testkit::Place, env: &[(&str, &str)]) -> Self {
-        Self::start_on_args(place, &[], env).await
+    pub async fn start_on(place: &cairn_testkit::Place, env: &[(&str, &str)]) -> ServeProcess {
+        ServeProcess::start(CAIRN, place, &[], env).await
     }
 
     /// Starts `cairn serve` on a test place of either backend, with extra flags.
@@ -35,79 +32,20 @@ impl Server {
         place: &cairn_testkit::Place,
         flags: &[&str],
         env: &[(&str, &str)],
-    ) -> Self {
-        let mut args: Vec<&std::ffi::OsStr> = match (place.dir(), place.database_url()) {
-            (Some(dir), _) => vec!["--data-dir".as_ref(), dir.as_os_str()],
-            (None, Some(url)) => {
-                vec![
-                    "--store".as_ref(),
-                    "postgres".as_ref(),
-                    "--database-url".as_ref(),
-                    url.as_ref(),
-                ]
-            }
-            (None, None) => unreachable!("a place is a directory or a database"),
-        };
-        args.extend(flags.iter().map(std::ffi::OsStr::new));
-        Self::start_args(&args, env).await
+    ) -> ServeProcess {
+        ServeProcess::start(CAIRN, place, flags, env).await
     }
 
     /// Starts `cairn serve` on a test place with extra `serve` arguments.
-    pub async fn start_on_with(place: &cairn_testkit::Place, extra: &[&str]) -> Self {
-        let mut args: Vec<std::ffi::OsString> = match (place.dir(), place.database_url()) {
-            (Some(dir), _) => vec!["--data-dir".into(), dir.into()],
-            (None, Some(url)) => {
-                vec!["--store".into(), "postgres".into(), "--database-url".into(), url.into()]
-            }
-            (None, None) => unreachable!("a place is a directory or a database"),
-        };
-        args.extend(extra.iter().map(Into::into));
-        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsString::as_os_str).collect();
-        Self::start_args(&args, &[]).await
+    pub async fn start_on_with(place: &cairn_testkit::Place, extra: &[&str]) -> ServeProcess {
+        ServeProcess::start(CAIRN, place, extra, &[]).await
     }
 
-    async fn start_args(store_args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Self {
-        Self::start_at(free_port(), store_args, env).await
-    }
-
-    async fn start_at(port: u16, store_args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
-        command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(store_args)
-            .args(["--log", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let child = command.spawn().expect("cairn binary starts");
-        let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        for _ in 0..400 {
-            if let Ok(r) = client.get(format!("{base}/health/ready")).send().await
-                && r.status() == 200
-            {
-                return Self { child, base };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("cairn serve did not become ready on port {port}");
-    }
-
-    /// `kill -9`, and wait for the process to be gone.
-    pub async fn kill(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-    }
-}
-
-impl Server {
     /// Starts `cairn serve` on `data_dir` listening on a given `port` (to restart a server
     /// where clients expect it) and waits until ready.
-    pub async fn start_on_port(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Self {
-        Self::start_at(port, &["--data-dir".as_ref(), data_dir.as_os_str()], env).await
+    pub async fn start_on_port(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> ServeProcess {
+        let args: [OsString; 2] = ["--data-dir".into(), data_dir.into()];
+        ServeProcess::start_at(CAIRN, port, &args, env).await
     }
 }
 
@@ -123,7 +61,7 @@ pub struct Run {
 
 /// Runs `cairn ARGS` against the server at `url` (through `CAIRN_URL`), stdin closed.
 pub async fn cairn(url: &str, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let output = Command::new(CAIRN)
         .args(args)
         .env("CAIRN_URL", url)
         .stdin(Stdio::null())
