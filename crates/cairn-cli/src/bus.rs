@@ -2,29 +2,21 @@
 //! the same handlers as HTTP (each request goes through the server's router), with the
 //! same JSON bodies, idempotency keys (`Idempotency-Key` header) and error codes. The
 //! reply's body is the HTTP response's body; its `Cairn-Status` header the status code.
-//! Several processes share the subjects in one queue group.
+//! Several processes share the subjects in one queue group. The commands are the routes
+//! the modules marked `.nats(..)` ([`cairn_server::RunningServer::nats_commands`]).
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use axum::body::Body;
-use axum::http::{Method, Request};
+use axum::http::Request;
+use cairn_server::NatsCommand;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-/// How a command subject maps to a route: (command, method, path with `{}` for the id).
-const COMMANDS: &[(&str, &str, &str)] = &[
-    ("create_order", "POST", "/orders"),
-    ("add_item", "POST", "/orders/{}/items"),
-    ("confirm_order", "POST", "/orders/{}/confirm"),
-    ("ship_order", "POST", "/orders/{}/ship"),
-    ("cancel_order", "POST", "/orders/{}/cancel"),
-    ("correct_total", "POST", "/orders/{}/correct-total"),
-    ("register_customer", "POST", "/customers"),
-    ("change_email", "POST", "/customers/{}/email"),
-    ("restock", "POST", "/inventory/{}/restock"),
-];
+/// The path parameter a command subject's last token fills.
+const AGGREGATE_ID: &str = "{aggregate_id}";
 
 /// Decodes a subject token escaped with `cairn_nats::encode_token`.
 fn decode_token(token: &str) -> Option<String> {
@@ -50,6 +42,7 @@ fn decode_token(token: &str) -> Option<String> {
 /// The HTTP request a command message stands for, or a contract-shaped error body.
 fn to_request(
     prefix: &str,
+    commands: &[NatsCommand],
     message: &async_nats::Message,
 ) -> Result<Request<Body>, (u16, serde_json::Value)> {
     let not_found = |m: String| (404, serde_json::json!({"error": "not_found", "message": m}));
@@ -62,23 +55,23 @@ fn to_request(
         Some((c, id)) => (c, Some(id)),
         None => (rest, None),
     };
-    let (_, method, path) = COMMANDS
+    let NatsCommand { method, path, .. } = commands
         .iter()
-        .find(|(c, _, _)| *c == command)
+        .find(|c| c.name == command)
         .ok_or_else(|| not_found(format!("unknown command {command}")))?;
-    let path = match (path.contains("{}"), id) {
+    let path = match (path.contains(AGGREGATE_ID), id) {
         (true, Some(id)) => {
             let id = decode_token(id).ok_or_else(|| not_found(format!("bad id token {id}")))?;
-            path.replace("{}", &id)
+            path.replace(AGGREGATE_ID, &id)
         }
-        (false, None) => (*path).to_owned(),
+        (false, None) => path.clone(),
         (true, None) => {
             return Err(not_found(format!("{command} needs `.<aggregate id>` in the subject")));
         }
         (false, Some(_)) => return Err(not_found(format!("{command} takes no aggregate id"))),
     };
     let mut request = Request::builder()
-        .method(Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST))
+        .method(method.clone())
         .uri(path)
         .header("content-type", "application/json");
     if let Some(headers) = &message.headers {
@@ -93,13 +86,15 @@ fn to_request(
         .map_err(|e| (400, serde_json::json!({"error": "bad_request", "message": e.to_string()})))
 }
 
-/// Serves command requests until `shutdown`.
+/// Serves `commands` until `shutdown`.
 pub async fn serve_commands(
     url: &str,
     prefix: String,
+    commands: Vec<NatsCommand>,
     router: axum::Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let commands: Arc<[NatsCommand]> = commands.into();
     let servers: Vec<&str> = url.split(',').map(str::trim).collect();
     let client = Arc::new(async_nats::connect(servers).await.context("cannot connect to NATS")?);
     let mut requests = client
@@ -114,8 +109,9 @@ pub async fn serve_commands(
         let Some(message) = message else { return Ok(()) };
         let Some(reply) = message.reply.clone() else { continue };
         let (client, router, prefix) = (Arc::clone(&client), router.clone(), prefix.clone());
+        let commands = Arc::clone(&commands);
         tokio::spawn(async move {
-            let (status, body) = match to_request(&prefix, &message) {
+            let (status, body) = match to_request(&prefix, &commands, &message) {
                 Ok(request) => match router.oneshot(request).await {
                     Ok(response) => {
                         let status = response.status().as_u16();

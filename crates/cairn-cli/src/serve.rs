@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_core::EventStore;
-use cairn_server::{DomainConfig, HttpConfig, Server, Stores};
+use cairn_server::{
+    DomainConfig, HttpConfig, IntegrationRouter, Module, RunningServer, Server, Stores,
+};
 use cairn_sqlite::{SqliteEventStore, SqliteOptions, SqliteReadModels, Synchronous};
 use clap::{Args, ValueEnum};
 use tokio::sync::watch;
@@ -43,7 +45,7 @@ pub struct ServeArgs {
     /// are always rebuilt and snapshots past it always dropped). Not for an everyday start.
     #[arg(long)]
     repair: bool,
-    /// Start the process managers (order-fulfillment) paused: they issue no command until
+    /// Start the process managers paused: they issue no command until
     /// `cairn projections resume <name>`. For a store about to receive `cairn import`.
     #[arg(long, env = "CAIRN_PAUSE_PROCESS_MANAGERS")]
     pause_process_managers: bool,
@@ -64,7 +66,7 @@ pub struct ServeArgs {
     /// to `--nats-stream`. Internal events stay internal unless this is set.
     #[arg(long, env = "CAIRN_NATS_INTERNAL")]
     nats_internal: bool,
-    /// The JetStream stream of the public integration events (`public.orders.*`).
+    /// The JetStream stream of the modules' public integration events (e.g. `public.orders.*`).
     #[arg(long, env = "CAIRN_NATS_PUBLIC_STREAM", default_value = "CAIRN_PUBLIC")]
     nats_public_stream: String,
     /// Replicas of the streams the relay creates (3 on a three-node JetStream cluster).
@@ -113,10 +115,10 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
 }
 
 /// Runs the server until a shutdown signal, then drains in-flight work and closes the store.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
     init_logging(&args.log, args.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(args, modules))
 }
 
 async fn open_stores(args: &ServeArgs) -> anyhow::Result<Stores> {
@@ -152,7 +154,7 @@ async fn open_stores(args: &ServeArgs) -> anyhow::Result<Stores> {
     Ok(Stores { events: store, readmodels: readmodels.clone(), snapshots: readmodels })
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
     let stores = open_stores(&args).await?;
     let store = Arc::clone(&stores.events);
     let (raw_events, readmodels) = (Arc::clone(&stores.events), Arc::clone(&stores.readmodels));
@@ -162,7 +164,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             snapshot_every: args.snapshot_every,
             pause_process_managers: args.pause_process_managers,
         })
-        .module(cairn_orders_http::module())
+        .modules(modules)
         .build();
     let server = match server {
         Ok(server) => server,
@@ -181,9 +183,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = server.start(stop_rx.clone()).context("cannot start the projections")?;
-    let (app, consumers) = (running.router(), Arc::clone(running.consumers()));
+    let app = running.router();
     if let Some(url) = &args.nats_url {
-        start_bus(&args, url, &app, &consumers, &raw_events, &readmodels, &stop_rx).await?;
+        start_bus(&args, url, &running, &raw_events, &readmodels, &stop_rx).await?;
     }
     match args.store {
         StoreKind::Sqlite => {
@@ -218,8 +220,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn start_bus(
     args: &ServeArgs,
     url: &str,
-    app: &axum::Router,
-    consumers: &Arc<cairn_server::consumers::Consumers>,
+    running: &RunningServer,
     raw_events: &Arc<dyn cairn_core::EventStore>,
     readmodels: &Arc<dyn cairn_core::readmodel::ReadModelStore>,
     stop_rx: &watch::Receiver<bool>,
@@ -230,16 +231,23 @@ async fn start_bus(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     );
-    let mut relays = vec![(
-        cairn_nats::RelayConfig {
-            stream: args.nats_public_stream.clone(),
-            subject_prefix: format!("{}public.orders", args.nats_public_namespace),
-            checkpoint_delay,
-            replicas: args.nats_replicas,
-            ..cairn_nats::RelayConfig::default()
-        },
-        integration_events(args.nats_public_namespace.clone()),
-    )];
+    let mut relays = Vec::new();
+    // One public stream for every module's integration events, one subject tree each.
+    if let Some(integration) = running.integration() {
+        let namespace = &args.nats_public_namespace;
+        let prefixes = integration.subject_prefixes();
+        relays.push((
+            cairn_nats::RelayConfig {
+                stream: args.nats_public_stream.clone(),
+                subject_prefix: format!("{namespace}{}", prefixes[0]),
+                subjects: prefixes.iter().map(|p| format!("{namespace}{p}.>")).collect(),
+                checkpoint_delay,
+                replicas: args.nats_replicas,
+                ..cairn_nats::RelayConfig::default()
+            },
+            integration_events(integration, namespace.clone()),
+        ));
+    }
     if args.nats_internal {
         relays.push((
             cairn_nats::RelayConfig {
@@ -254,9 +262,10 @@ async fn start_bus(
     }
     // Commands over NATS, served by the same router as HTTP.
     let (url2, prefix, router, stop) =
-        (url.to_owned(), args.nats_commands.clone(), app.clone(), stop_rx.clone());
+        (url.to_owned(), args.nats_commands.clone(), running.router(), stop_rx.clone());
+    let commands = running.nats_commands();
     tokio::spawn(async move {
-        if let Err(e) = crate::bus::serve_commands(&url2, prefix, router, stop).await {
+        if let Err(e) = crate::bus::serve_commands(&url2, prefix, commands, router, stop).await {
             tracing::error!(error = %e, "commands over NATS stopped");
         }
     });
@@ -273,19 +282,18 @@ async fn start_bus(
             .await
             .with_context(|| format!("cannot start the NATS relay on {url}"))?,
         );
-        consumers.add_outbox(Arc::new(RelayOutbox(Arc::clone(&relay))));
+        running.consumers().add_outbox(Arc::new(RelayOutbox(Arc::clone(&relay))));
         tokio::spawn(relay.run(stop_rx.clone()));
         tracing::info!(nats = %url, %stream, "outbox relay started");
     }
     Ok(())
 }
 
-/// The reference domain's public events: the translator's output, on its own subjects.
-fn integration_events(namespace: String) -> cairn_nats::Mapper {
+/// The modules' public events: each made by the module owning the event's aggregate, on
+/// its module's subjects behind the namespace.
+fn integration_events(integration: IntegrationRouter, namespace: String) -> cairn_nats::Mapper {
     Arc::new(move |event, _config| {
-        let Some(public) =
-            cairn_orders::integration::translate(event).map_err(|e| e.to_string())?
-        else {
+        let Some(public) = integration.translate(event).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
         Ok(Some(cairn_nats::Outgoing {

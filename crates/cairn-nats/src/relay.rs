@@ -27,6 +27,10 @@ pub struct RelayConfig {
     pub stream: String,
     /// Subjects are `<prefix>.<aggregate_type>.<aggregate_id>`.
     pub subject_prefix: String,
+    /// The stream's subjects; empty means `<subject_prefix>.>`. Subjects an existing
+    /// stream lacks are added at start, none removed (another deployment's, or an older
+    /// module's, may still have messages there).
+    pub subjects: Vec<String>,
     /// Most publishes awaiting their ack.
     pub max_in_flight: usize,
     /// Events read from `$all` per batch.
@@ -40,11 +44,24 @@ pub struct RelayConfig {
     pub checkpoint_delay: Duration,
 }
 
+impl RelayConfig {
+    /// The subjects the stream must hold: [`Self::subjects`], or `<subject_prefix>.>`.
+    #[must_use]
+    pub fn stream_subjects(&self) -> Vec<String> {
+        if self.subjects.is_empty() {
+            vec![format!("{}.>", self.subject_prefix)]
+        } else {
+            self.subjects.clone()
+        }
+    }
+}
+
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             stream: "CAIRN_EVENTS".into(),
             subject_prefix: "cairn.events".into(),
+            subjects: Vec::new(),
             max_in_flight: 256,
             batch: 1000,
             duplicate_window: Duration::from_secs(120),
@@ -173,15 +190,27 @@ impl Relay {
         let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
         let client = async_nats::connect(servers).await.map_err(nats)?;
         let js = jetstream::new(client);
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![format!("{}.>", config.subject_prefix)],
-            duplicate_window: config.duplicate_window,
-            num_replicas: config.replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(nats)?;
+        let subjects = config.stream_subjects();
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: config.stream.clone(),
+                subjects: subjects.clone(),
+                duplicate_window: config.duplicate_window,
+                num_replicas: config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        // An existing stream keeps its configuration; a subject it lacks (a module added to
+        // a running deployment) would make every publish there fail, so it is added.
+        let mut existing = stream.cached_info().config.clone();
+        let missing: Vec<String> =
+            subjects.into_iter().filter(|s| !existing.subjects.contains(s)).collect();
+        if !missing.is_empty() {
+            tracing::info!(stream = %config.stream, subjects = ?missing, "adding subjects to the stream");
+            existing.subjects.extend(missing);
+            js.update_stream(&existing).await.map_err(nats)?;
+        }
         Ok(Self {
             store,
             readmodels,

@@ -140,3 +140,72 @@ async fn a_restart_from_an_older_checkpoint_is_deduplicated_by_jetstream() {
         got.iter().map(|m| m["event_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 350);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_created_with_one_subject_gains_a_second_and_both_are_published() {
+    let Some(f) = fixture() else { return };
+    let prefix = &f.config.subject_prefix;
+    let (first, second) = (format!("{prefix}.first"), format!("{prefix}.second"));
+    // Each event goes to one of the two subject trees, by aggregate.
+    let mapper: cairn_nats::Mapper = {
+        let (first, second) = (first.clone(), second.clone());
+        Arc::new(move |e, _config| {
+            let tree = if e.aggregate_id.ends_with('0') { &first } else { &second };
+            Ok(Some(cairn_nats::Outgoing {
+                subject: format!("{tree}.{}", cairn_nats::encode_token(&e.aggregate_id)),
+                id: e.event_id.to_string(),
+                event_type: e.event_type.clone(),
+                payload: bytes::Bytes::from(e.data.get().to_owned()),
+            }))
+        })
+    };
+    // A deployment with one module: the stream holds only the first tree.
+    let one = RelayConfig { subjects: vec![format!("{first}.>")], ..f.config.clone() };
+    Relay::with_mapper(
+        &f.url,
+        Arc::clone(&f.store),
+        Arc::clone(&f.readmodels),
+        one,
+        Arc::clone(&mapper),
+    )
+    .await
+    .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(&f.url).await.unwrap());
+    let subjects = |info: async_nats::jetstream::stream::Info| info.config.subjects;
+    let mut stream = js.get_stream(&f.config.stream).await.unwrap();
+    assert_eq!(subjects(stream.info().await.unwrap().clone()), [format!("{first}.>")]);
+
+    // The second module arrives: its subjects are added, the first kept.
+    let head = fill(&f.store, 2, 40).await;
+    let two = RelayConfig {
+        subjects: vec![format!("{first}.>"), format!("{second}.>")],
+        ..f.config.clone()
+    };
+    let relay = Arc::new(
+        Relay::with_mapper(&f.url, Arc::clone(&f.store), Arc::clone(&f.readmodels), two, mapper)
+            .await
+            .unwrap(),
+    );
+    let mut stream = js.get_stream(&f.config.stream).await.unwrap();
+    assert_eq!(
+        subjects(stream.info().await.unwrap().clone()),
+        [format!("{first}.>"), format!("{second}.>")]
+    );
+    // A relay of the first deployment starting again removes nothing.
+    let again = RelayConfig { subjects: vec![format!("{first}.>")], ..f.config.clone() };
+    Relay::connect(&f.url, Arc::clone(&f.store), Arc::clone(&f.readmodels), again).await.unwrap();
+    let mut stream = js.get_stream(&f.config.stream).await.unwrap();
+    assert_eq!(subjects(stream.info().await.unwrap().clone()).len(), 2);
+
+    run_until(Arc::clone(&relay), head).await;
+    assert_eq!(relay.progress().borrow().published, 40);
+    let mut s = js.get_stream(&f.config.stream).await.unwrap();
+    let mut trees = std::collections::BTreeMap::new();
+    for seq in 1..=s.info().await.unwrap().state.messages {
+        let m = s.get_raw_message(seq).await.unwrap();
+        let tree = if m.subject.starts_with(&format!("{first}.")) { "first" } else { "second" };
+        *trees.entry(tree).or_insert(0) += 1;
+    }
+    js.delete_stream(&f.config.stream).await.unwrap();
+    assert_eq!(trees, [("first", 20), ("second", 20)].into_iter().collect());
+}

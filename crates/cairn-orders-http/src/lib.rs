@@ -15,7 +15,7 @@ use cairn_orders::{Customer, Inventory, Order};
 use utoipa::OpenApi;
 
 use cairn_orders::schemas::{EVENTS, PUBLIC};
-use cairn_server::{Module, Permission, Route};
+use cairn_server::{IntegrationEvents, Module, Permission, Route};
 
 /// The module's name.
 pub const NAME: &str = "orders";
@@ -28,9 +28,11 @@ pub fn module() -> Module {
         .aggregate::<Inventory>()
         .aggregate::<Customer>()
         .schemas(EVENTS)
-        // Public schemas are registered like domain ones until modules declare their
-        // integration events (docs/design/modules.md step 5).
-        .schemas(PUBLIC)
+        .integration_events(IntegrationEvents {
+            subject_prefix: "public.orders",
+            schemas: PUBLIC,
+            translate: Arc::new(cairn_orders::integration::translate),
+        })
         .process_manager(Arc::new(OrderFulfillment))
         .openapi(OrdersDoc::openapi());
     for projection in cairn_orders::projections() {
@@ -71,10 +73,13 @@ pub fn module() -> Module {
 )]
 struct OrdersDoc;
 
-/// The contract's Order routes: queries read, commands write.
+/// The contract's Order routes: queries read, commands write. The commands that existed
+/// over NATS before modules keep their names (`cairn.commands.<name>[.<id>]` is a
+/// published interface); `remove_item` was never one.
 fn routes() -> Vec<Route> {
     vec![
-        Route::new(Method::POST, "/customers", commands::register_customer, Permission::Write),
+        Route::new(Method::POST, "/customers", commands::register_customer, Permission::Write)
+            .nats("register_customer"),
         Route::new(
             Method::GET,
             "/customers/{aggregate_id}",
@@ -86,7 +91,8 @@ fn routes() -> Vec<Route> {
             "/customers/{aggregate_id}/email",
             commands::change_email,
             Permission::Write,
-        ),
+        )
+        .nats("change_email"),
         Route::new(
             Method::GET,
             "/inventory/{aggregate_id}",
@@ -98,8 +104,10 @@ fn routes() -> Vec<Route> {
             "/inventory/{aggregate_id}/restock",
             commands::restock,
             Permission::Write,
-        ),
-        Route::new(Method::POST, "/orders", commands::create_order, Permission::Write),
+        )
+        .nats("restock"),
+        Route::new(Method::POST, "/orders", commands::create_order, Permission::Write)
+            .nats("create_order"),
         Route::new(Method::GET, "/orders", queries::list_orders, Permission::Read),
         Route::new(Method::GET, "/orders/{aggregate_id}", queries::get_order, Permission::Read),
         Route::new(
@@ -107,7 +115,8 @@ fn routes() -> Vec<Route> {
             "/orders/{aggregate_id}/items",
             commands::add_item,
             Permission::Write,
-        ),
+        )
+        .nats("add_item"),
         Route::new(
             Method::DELETE,
             "/orders/{aggregate_id}/items/{product_id}",
@@ -119,20 +128,24 @@ fn routes() -> Vec<Route> {
             "/orders/{aggregate_id}/confirm",
             commands::confirm,
             Permission::Write,
-        ),
-        Route::new(Method::POST, "/orders/{aggregate_id}/ship", commands::ship, Permission::Write),
+        )
+        .nats("confirm_order"),
+        Route::new(Method::POST, "/orders/{aggregate_id}/ship", commands::ship, Permission::Write)
+            .nats("ship_order"),
         Route::new(
             Method::POST,
             "/orders/{aggregate_id}/cancel",
             commands::cancel,
             Permission::Write,
-        ),
+        )
+        .nats("cancel_order"),
         Route::new(
             Method::POST,
             "/orders/{aggregate_id}/correct-total",
             commands::correct_total,
             Permission::Write,
-        ),
+        )
+        .nats("correct_total"),
         Route::new(
             Method::GET,
             "/orders/{aggregate_id}/events",

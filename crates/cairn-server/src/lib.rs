@@ -5,6 +5,7 @@
 //! core traits and map every error to the contract's JSON shape in one place
 //! ([`error::ApiError`]).
 
+pub mod bus;
 pub mod command;
 pub mod consumers;
 pub mod domain_schemas;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::consumers::{Consumers, RegisterError};
 
+pub use bus::{IntegrationEvents, IntegrationRouter, NatsCommand, Translate};
 pub use module::{Module, ModuleBuilder, Permission, Route, RouteInfo, SchemaTable};
 pub use routes::CORE_ROUTES;
 pub use routes::{openapi, streams};

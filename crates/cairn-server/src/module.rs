@@ -15,6 +15,7 @@ use cairn_cqrs::{Aggregate, AggregateKind};
 use utoipa::openapi::OpenApi;
 
 use crate::AppState;
+pub use crate::bus::{IntegrationEvents, Translate};
 
 /// `(event type, its schema versions oldest first)`: one entry per event type, each
 /// version a JSON Schema text. The number of versions is the type's schema version.
@@ -47,6 +48,8 @@ pub struct Route {
     pub(crate) handler: Option<MethodRouter<AppState>>,
     /// The route's own OpenAPI paths and components (generic routes build theirs).
     pub(crate) openapi: Option<OpenApi>,
+    /// Its command name over NATS, if it is also served there.
+    pub(crate) nats: Option<&'static str>,
 }
 
 impl Route {
@@ -60,7 +63,7 @@ impl Route {
         T: 'static,
     {
         let handler = MethodFilter::try_from(method.clone()).ok().map(|f| on(f, handler));
-        Self { method, path, permission, handler, openapi: None }
+        Self { method, path, permission, handler, openapi: None, nats: None }
     }
 
     /// Documents the route with `doc` (its path item and the schemas it refers to),
@@ -72,6 +75,16 @@ impl Route {
         self
     }
 
+    /// Also served as a command over NATS: a request on
+    /// `<commands prefix>.<name>[.<aggregate id>]` is served by this route. Its path may
+    /// have one parameter, and only `{aggregate_id}` (the subject's last token); the name
+    /// is one subject token, unique across modules (both checked at build).
+    #[must_use]
+    pub fn nats(mut self, name: &'static str) -> Self {
+        self.nats = Some(name);
+        self
+    }
+
     /// Its description, as [`crate::server::RunningServer::routes`] lists it.
     pub(crate) fn info(&self, module: Option<&'static str>) -> RouteInfo {
         RouteInfo {
@@ -79,6 +92,7 @@ impl Route {
             path: self.path.to_owned(),
             permission: self.permission,
             module,
+            nats: self.nats,
         }
     }
 }
@@ -90,6 +104,7 @@ impl std::fmt::Debug for Route {
             .field("method", &self.method)
             .field("path", &self.path)
             .field("permission", &self.permission)
+            .field("nats", &self.nats)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +121,8 @@ pub struct RouteInfo {
     pub permission: Permission,
     /// The module that registered it; `None` for the server's own routes.
     pub module: Option<&'static str>,
+    /// Its command name over NATS ([`Route::nats`]), if it is also served there.
+    pub nats: Option<&'static str>,
 }
 
 /// One bounded context, ready to be added to a server.
@@ -117,6 +134,8 @@ pub struct Module {
     pub(crate) process_managers: Vec<Arc<dyn ProcessManager>>,
     pub(crate) routes: Vec<Route>,
     pub(crate) openapi: Vec<OpenApi>,
+    /// Each call of [`ModuleBuilder::integration_events`] (more than one is refused at build).
+    pub(crate) integration: Vec<IntegrationEvents>,
 }
 
 impl Module {
@@ -132,6 +151,7 @@ impl Module {
                 process_managers: Vec::new(),
                 routes: Vec::new(),
                 openapi: Vec::new(),
+                integration: Vec::new(),
             },
         }
     }
@@ -160,6 +180,7 @@ impl std::fmt::Debug for Module {
                 &self.process_managers.iter().map(|p| p.name()).collect::<Vec<_>>(),
             )
             .field("routes", &self.routes)
+            .field("integration", &self.integration)
             .finish_non_exhaustive()
     }
 }
@@ -178,8 +199,7 @@ impl ModuleBuilder {
         self
     }
 
-    /// Event schemas, registered in the schema registry at start (domain events, and for
-    /// now the module's public integration events too).
+    /// Domain event schemas, registered in the schema registry at start.
     pub fn schemas(mut self, schemas: SchemaTable) -> Self {
         self.module.schemas.push(schemas);
         self
@@ -210,6 +230,14 @@ impl ModuleBuilder {
     /// document at start.
     pub fn openapi(mut self, doc: OpenApi) -> Self {
         self.module.openapi.push(doc);
+        self
+    }
+
+    /// The public events the module publishes: their schemas are registered like domain
+    /// schemas, and the public relay publishes what `translate` makes of the module's own
+    /// aggregates' events, on subjects under `subject_prefix` (unique across modules).
+    pub fn integration_events(mut self, events: IntegrationEvents) -> Self {
+        self.module.integration.push(events);
         self
     }
 

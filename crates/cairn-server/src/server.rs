@@ -14,6 +14,7 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::bus::{AGGREGATE_ID, IntegrationRouter, NatsCommand, prefixes_overlap, valid_subject};
 use crate::consumers::Consumers;
 use crate::guard::{GuardError, GuardReport};
 use crate::module::{Module, Route, RouteInfo, SchemaTable};
@@ -28,12 +29,14 @@ pub const CORE: &str = "core";
 #[derive(Debug, Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// One name registered twice: an aggregate type, an event type, a consumer, or a
-    /// method and path. They share one store, one schema registry and one router, so
-    /// the second would silently shadow or corrupt the first.
+    /// One name registered twice: an aggregate type, an event type, a consumer, a
+    /// method and path, a NATS command or a public subject prefix. They share one store,
+    /// one schema registry, one router and one bus, so the second would silently shadow
+    /// or corrupt the first.
     #[error("{what} {name:?} is registered by both {first} and {second}")]
     Duplicate {
-        /// `aggregate type`, `event type`, `consumer` or `route`.
+        /// `aggregate type`, `event type`, `consumer`, `route`, `NATS command` or
+        /// `subject prefix`.
         what: &'static str,
         /// The name registered twice.
         name: String,
@@ -64,7 +67,9 @@ pub enum BuildError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A route axum cannot serve (it would panic when the router is built).
+    /// A route axum cannot serve (it would panic when the router is built), or a NATS
+    /// route whose name is not one subject token or whose path has a parameter other
+    /// than one `{aggregate_id}` (the subject carries nothing else).
     #[error("route {path}: {reason}")]
     Route {
         /// The route's path.
@@ -72,7 +77,8 @@ pub enum BuildError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A module that is malformed in itself.
+    /// A module that is malformed in itself (e.g. integration events declared twice, or a
+    /// subject prefix that is not a plain dotted subject or overlaps another module's).
     #[error("{module}: {reason}")]
     Invalid {
         /// The module's name.
@@ -104,6 +110,7 @@ pub struct RunningServer {
     router: Router,
     state: AppState,
     routes: Vec<RouteInfo>,
+    integration: Option<IntegrationRouter>,
 }
 
 impl Server {
@@ -186,6 +193,8 @@ fn check(modules: &[Module]) -> Result<(), BuildError> {
     let mut schema_types = Names::new("event type");
     let mut consumers = Names::new("consumer");
     let mut routes = Names::new("route");
+    let mut nats_commands = Names::new("NATS command");
+    let mut prefixes = Names::new("subject prefix");
     for route in crate::routes::core_routes() {
         routes.claim(format!("{} {}", route.method, route.path), CORE)?;
     }
@@ -215,13 +224,73 @@ fn check(modules: &[Module]) -> Result<(), BuildError> {
         for route in &module.routes {
             check_route(route)?;
             routes.claim(format!("{} {}", route.method, route.path), module.name)?;
+            if let Some(name) = route.nats {
+                check_nats_route(route, name)?;
+                nats_commands.claim(name.to_owned(), module.name)?;
+            }
+        }
+        check_integration(module, &prefixes)?;
+        if let Some(events) = module.integration.first() {
+            prefixes.claim(events.subject_prefix.to_owned(), module.name)?;
         }
     }
     for module in modules {
-        for (event_type, texts) in module.schemas.iter().flat_map(|table| table.iter()) {
+        for (event_type, texts) in module_schemas(module).flat_map(|table| table.iter()) {
             schema_types.claim((*event_type).to_owned(), module.name)?;
             check_history(event_type, texts, expected_versions.get(event_type).copied())?;
         }
+    }
+    Ok(())
+}
+
+/// Every schema table of a module: its domain schemas, then its public ones.
+fn module_schemas(module: &Module) -> impl Iterator<Item = &SchemaTable> {
+    module.schemas.iter().chain(module.integration.iter().map(|events| &events.schemas))
+}
+
+/// A NATS subject names the command and at most an aggregate id, so the route's path can
+/// have no other parameter.
+fn check_nats_route(route: &Route, name: &str) -> Result<(), BuildError> {
+    let refuse = |reason: String| BuildError::Route { path: route.path.to_owned(), reason };
+    if !valid_subject(name, false) {
+        return Err(refuse(format!(
+            "NATS command {name:?} is not one subject token (no '.', '*', '>' or blanks)"
+        )));
+    }
+    let parameters: Vec<&str> = route
+        .path
+        .split('/')
+        .filter(|segment| segment.contains('{') || segment.contains('}'))
+        .collect();
+    if parameters.iter().any(|p| *p != AGGREGATE_ID) || parameters.len() > 1 {
+        return Err(refuse(format!(
+            "NATS command {name:?}: a path served over NATS has no parameter but one \
+             {AGGREGATE_ID} (it has {})",
+            parameters.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// A module declares its integration events once, on a plain dotted prefix that no other
+/// module's prefix overlaps (one stream holds them all; a subject matched by two
+/// prefixes would belong to two modules).
+fn check_integration(module: &Module, others: &Names) -> Result<(), BuildError> {
+    let invalid = |reason: String| BuildError::Invalid { module: module.name, reason };
+    if module.integration.len() > 1 {
+        return Err(invalid("integration events are declared more than once".to_owned()));
+    }
+    let Some(events) = module.integration.first() else { return Ok(()) };
+    let prefix = events.subject_prefix;
+    if !valid_subject(prefix, true) {
+        return Err(invalid(format!(
+            "subject prefix {prefix:?} is not dot-separated tokens without '*', '>' or blanks"
+        )));
+    }
+    if let Some((other, owner)) =
+        others.owners.iter().find(|(other, _)| *other != prefix && prefixes_overlap(other, prefix))
+    {
+        return Err(invalid(format!("subject prefix {prefix:?} overlaps {other:?} of {owner}")));
     }
     Ok(())
 }
@@ -297,7 +366,12 @@ impl Server {
         let registry =
             Arc::new(crate::schemas::SchemaRegistry::load(Arc::clone(&stores.readmodels))?);
         // Before anything can append: the first event is validated like every later one.
-        let tables: Vec<SchemaTable> = modules.iter().flat_map(|m| m.schemas.clone()).collect();
+        let tables: Vec<SchemaTable> = modules.iter().flat_map(module_schemas).copied().collect();
+        let integration = IntegrationRouter::new(modules.iter().filter_map(|m| {
+            let aggregates =
+                m.aggregates.iter().map(cairn_cqrs::AggregateKind::type_name).collect();
+            m.integration.first().map(|events| (m.name, aggregates, events))
+        }));
         domain_schemas::register_tables(&registry, &tables)?;
         let store: Arc<dyn EventStore> =
             Arc::new(metrics::ServerStore::new(Arc::clone(&stores.events), Arc::clone(&registry)));
@@ -352,7 +426,7 @@ impl Server {
                 .into(),
         };
         let app = crate::routes::router(routes, state.clone());
-        Ok(RunningServer { router: app, state, routes: infos })
+        Ok(RunningServer { router: app, state, routes: infos, integration })
     }
 }
 
@@ -372,6 +446,28 @@ impl RunningServer {
     #[must_use]
     pub fn routes(&self) -> &[RouteInfo] {
         &self.routes
+    }
+
+    /// Every route also served as a command over NATS, in the order of [`Self::routes`].
+    #[must_use]
+    pub fn nats_commands(&self) -> Vec<NatsCommand> {
+        self.routes
+            .iter()
+            .filter_map(|route| {
+                Some(NatsCommand {
+                    name: route.nats?,
+                    method: route.method.clone(),
+                    path: route.path.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The modules' public events, for the public relay; `None` when no module declares
+    /// integration events.
+    #[must_use]
+    pub fn integration(&self) -> Option<IntegrationRouter> {
+        self.integration.clone()
     }
 
     /// Every running projection, process manager and outbox.

@@ -6,12 +6,17 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::http::Method;
+use cairn_core::RecordedEvent;
+use cairn_core::timestamp::Timestamp;
 use cairn_orders::Order;
 use cairn_orders::projections::order_summary::OrderSummaryProjection;
 use cairn_orders::schemas::EVENTS as DOMAIN_SCHEMAS;
 use cairn_server::server::CORE;
-use cairn_server::{BuildError, Module, Permission, Route, RouteInfo, Server, Stores};
+use cairn_server::{
+    BuildError, IntegrationEvents, Module, Permission, Route, RouteInfo, Server, Stores,
+};
 use cairn_testkit::{Backend, Place};
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 async fn stores() -> (Stores, Place) {
@@ -279,4 +284,146 @@ async fn the_store_api_checks_appends_against_the_registered_aggregates_only() {
     // Without the Order module an `Order` stream is free-form; with it, the type is checked.
     assert_eq!(answers[0].0, 200, "{answers:?}");
     assert_eq!(answers[1], (422, serde_json::json!("unknown_event_type")));
+}
+
+#[tokio::test]
+async fn a_nats_route_with_a_parameter_other_than_one_aggregate_id_is_refused() {
+    for path in ["/pings/{ping_id}", "/pings/{aggregate_id}/x/{other}"] {
+        let pings = Module::builder("pings")
+            .route(Route::new(Method::POST, path, permission_of, Permission::Write).nats("ping"))
+            .build();
+        let error = build_error(false, vec![pings]).await;
+        assert!(matches!(&error, BuildError::Route { path: p, .. } if p == path), "{error:?}");
+    }
+    let dotted = Module::builder("pings")
+        .route(Route::new(Method::POST, "/pings", permission_of, Permission::Write).nats("a.b"))
+        .build();
+    let error = build_error(false, vec![dotted]).await;
+    assert!(matches!(&error, BuildError::Route { reason, .. } if reason.contains("token")));
+}
+
+#[tokio::test]
+async fn a_nats_command_name_registered_twice_is_refused() {
+    let again = Module::builder("again")
+        .route(
+            Route::new(Method::POST, "/again/{aggregate_id}", permission_of, Permission::Write)
+                .nats("ship_order"),
+        )
+        .build();
+    let error = build_error(true, vec![again]).await;
+    assert_eq!(
+        error,
+        BuildError::Duplicate {
+            what: "NATS command",
+            name: "ship_order".to_owned(),
+            first: "orders",
+            second: "again",
+        }
+    );
+}
+
+/// A module publishing `prefix`, whose translator must never be called.
+fn publisher(name: &'static str, prefix: &'static str) -> Module {
+    Module::builder(name)
+        .integration_events(IntegrationEvents {
+            subject_prefix: prefix,
+            schemas: &[],
+            translate: Arc::new(|e| panic!("asked to translate {}", e.event_type)),
+        })
+        .build()
+}
+
+#[tokio::test]
+async fn a_subject_prefix_declared_twice_or_overlapping_is_refused() {
+    let error = build_error(true, vec![publisher("again", "public.orders")]).await;
+    assert_eq!(
+        error,
+        BuildError::Duplicate {
+            what: "subject prefix",
+            name: "public.orders".to_owned(),
+            first: "orders",
+            second: "again",
+        }
+    );
+    let error = build_error(true, vec![publisher("wide", "public")]).await;
+    assert!(matches!(&error, BuildError::Invalid { module: "wide", .. }), "{error:?}");
+    let error = build_error(false, vec![publisher("wild", "public.*")]).await;
+    assert!(matches!(&error, BuildError::Invalid { module: "wild", .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn the_order_commands_over_nats_are_the_routes_marked_nats() {
+    let (stores, _place) = stores().await;
+    let (_stop, stop_rx) = watch::channel(false);
+    let running = Server::builder(stores)
+        .module(cairn_orders_http::module())
+        .build()
+        .unwrap()
+        .start(stop_rx)
+        .unwrap();
+    let commands: Vec<(&str, String, String)> = running
+        .nats_commands()
+        .into_iter()
+        .map(|c| (c.name, c.method.to_string(), c.path))
+        .collect();
+    let expected = [
+        ("register_customer", "/customers"),
+        ("change_email", "/customers/{aggregate_id}/email"),
+        ("restock", "/inventory/{aggregate_id}/restock"),
+        ("create_order", "/orders"),
+        ("add_item", "/orders/{aggregate_id}/items"),
+        ("confirm_order", "/orders/{aggregate_id}/confirm"),
+        ("ship_order", "/orders/{aggregate_id}/ship"),
+        ("cancel_order", "/orders/{aggregate_id}/cancel"),
+        ("correct_total", "/orders/{aggregate_id}/correct-total"),
+    ];
+    let expected: Vec<(&str, String, String)> =
+        expected.iter().map(|(n, p)| (*n, "POST".to_owned(), (*p).to_owned())).collect();
+    assert_eq!(commands, expected);
+    let marked: Vec<&RouteInfo> = running.routes().iter().filter(|r| r.nats.is_some()).collect();
+    assert_eq!(marked.len(), 9);
+}
+
+fn recorded(aggregate_type: &str, event_type: &str, data: &str) -> RecordedEvent {
+    RecordedEvent {
+        event_id: uuid::Uuid::now_v7(),
+        aggregate_id: "o-1".into(),
+        aggregate_type: aggregate_type.into(),
+        event_type: event_type.into(),
+        version: 1,
+        position: 1,
+        timestamp: Timestamp::now(),
+        data: RawValue::from_string(data.into()).unwrap(),
+        metadata: RawValue::from_string("{}".into()).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn integration_events_are_translated_only_by_the_module_owning_the_aggregate() {
+    let (bare, _bare_place) = stores().await;
+    let (_stop, stop_rx) = watch::channel(false);
+    let none = Server::builder(bare).build().unwrap().start(stop_rx.clone()).unwrap();
+    assert!(none.integration().is_none(), "no module publishes");
+
+    let (both, _place) = stores().await;
+    let running = Server::builder(both)
+        .modules([cairn_orders_http::module(), publisher("bank", "public.bank")])
+        .build()
+        .unwrap()
+        .start(stop_rx)
+        .unwrap();
+    let router = running.integration().expect("the Order module publishes");
+    assert_eq!(router.subject_prefixes(), ["public.orders", "public.bank"]);
+    let cancelled = recorded(
+        "Order",
+        "OrderCancelled",
+        r#"{"reason":"changed_mind","previous_status":"pending"}"#,
+    );
+    let public = router.translate(&cancelled).unwrap().expect("a public event");
+    assert!(public.subject.starts_with("public.orders."), "{}", public.subject);
+    assert_eq!(public.source_event_id, cancelled.event_id);
+    // An internal Order event stays internal; an aggregate no publisher owns reaches no
+    // translator (the bank module's would panic).
+    assert!(router.translate(&recorded("Order", "ItemRemoved", "{}")).unwrap().is_none());
+    assert!(router.translate(&recorded("Account", "Credited", "{}")).unwrap().is_none());
 }

@@ -8,6 +8,8 @@
 // Test support: every failure is a panic by design.
 #![allow(clippy::missing_panics_doc)]
 
+pub mod serve;
+
 use std::path::Path;
 use std::sync::Arc;
 

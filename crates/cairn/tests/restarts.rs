@@ -34,14 +34,16 @@ cairn_testkit::backend_tests!(
 
 async fn an_idempotency_key_holds_across_a_restart(backend: cairn_testkit::Backend) {
     let place = backend.place().await;
-    let server = Server::start_on(&place, &[]).await;
+    let mut server = Server::start_on(&place, &[]).await;
     let body =
         json!({"customer_id": "c", "items": [{"product_id": "p", "quantity": 1, "price": "9.99"}]});
     let (status, first) = post(&server.base, "/orders", body.clone(), Some("restart-key")).await;
     assert_eq!(status, 201);
-    server.kill().await;
+    // kill -9, then the same binary and flags on the same port.
+    let port = server.port();
+    server.restart().await;
+    assert_eq!(server.port(), port);
 
-    let server = Server::start_on(&place, &[]).await;
     let (status, again) = post(&server.base, "/orders", body, Some("restart-key")).await;
     assert_eq!((status, again), (201, first));
     let all = get(&server.base, "/all").await;

@@ -29,22 +29,12 @@ async fn get(base: &str, path: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-fn store_args(place: &cairn_testkit::Place) -> Vec<String> {
-    match (place.dir(), place.database_url()) {
-        (Some(dir), _) => vec!["--data-dir".into(), dir.display().to_string()],
-        (None, Some(url)) => {
-            vec!["--store".into(), "postgres".into(), "--database-url".into(), url.into()]
-        }
-        (None, None) => unreachable!("a place is a directory or a database"),
-    }
-}
-
 /// Runs `cairn serve` expecting it to refuse to start; returns its stderr.
 async fn refused_start(place: &cairn_testkit::Place) -> String {
     let port = support::free_port().to_string();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let child = tokio::process::Command::new(support::CAIRN)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log", "warn"])
-        .args(store_args(place))
+        .args(cairn_testkit::serve::place_args(place))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

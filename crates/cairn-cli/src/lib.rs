@@ -1,0 +1,133 @@
+//! The `cairn` command line as a library: a binary is `cairn_cli::run(modules)` (the
+//! `cairn` package's `main.rs` is one line of it), so an application built from its own
+//! modules gets the same `serve` and operator commands. `cairn serve` parses flags, opens
+//! a store, and serves the given modules; every other subcommand is an operator command
+//! talking to a running server over HTTP (`--url`, or `CAIRN_URL`).
+//!
+//! The binary chooses the allocator (`#[global_allocator]`), not this library: the
+//! `cairn` binary uses mimalloc, measured 1.2-1.4x faster than the system allocator on
+//! reads (docs/benchmarks.md).
+
+mod admin;
+mod bus;
+mod client;
+mod progress;
+mod serve;
+mod tail;
+mod transfer;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use cairn_server::Module;
+use clap::{Parser, Subcommand};
+
+/// Cairn: an event store and CQRS toolkit.
+///
+/// `cairn serve` runs the server; the other commands talk to a running server over HTTP
+/// (`--url`, default `http://127.0.0.1:7070`, or `CAIRN_URL`) and print readable text, or the
+/// server's JSON with `--json`.
+#[derive(Parser)]
+#[command(name = "cairn", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (embedded store by default, or PostgreSQL with `--store postgres`).
+    Serve(serve::ServeArgs),
+    /// Check that the server is ready (store reachable, every consumer started).
+    Health(admin::HealthArgs),
+    /// List projections; rebuild, pause or resume one.
+    Projections(admin::ProjectionsArgs),
+    /// List, retry or discard dead letters.
+    Dlq(admin::DlqArgs),
+    /// Statistics of the streams.
+    Streams(admin::StreamsArgs),
+    /// Read one stream's events, forward or backward.
+    Read(admin::ReadArgs),
+    /// Follow `$all` live (Server-Sent Events), reconnecting where it stopped.
+    Tail(tail::TailArgs),
+    /// List event schemas, or register a new version of one.
+    Schemas(admin::SchemasArgs),
+    /// Write every event of `$all` (or a filter) as newline-delimited JSON.
+    Export(transfer::ExportArgs),
+    /// Append the events of an export to a server, keeping ids, versions and metadata.
+    Import(transfer::ImportArgs),
+}
+
+/// Runs the command line of the process (`std::env::args_os`); `serve` serves `modules`.
+/// Exits as `cairn` always has: 0 on success, 1 with one line `cairn: error: ...` on
+/// standard error otherwise, clap's codes for usage errors, `--help` and `--version`.
+#[must_use]
+pub fn run(modules: Vec<Module>) -> ExitCode {
+    run_from(modules, std::env::args_os())
+}
+
+/// Like [`run`], on `args` (the program name first, as clap's `parse_from` takes them).
+#[must_use]
+pub fn run_from<I, T>(modules: Vec<Module>, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let command = match Cli::parse_from(args).command {
+        Command::Serve(args) => {
+            return match serve::run(args, modules) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    // As `main` returning the error printed it: every cause on its own
+                    // line, which a start-up refusal (the guard's list) needs.
+                    eprintln!("Error: {e:?}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        other => other,
+    };
+    match operator(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, joined.
+            eprintln!("cairn: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An operator command: one request (or stream) to a running server.
+fn operator(command: Command) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match command {
+            Command::Serve(_) => unreachable!("served by run_from"),
+            Command::Health(args) => admin::health(args).await,
+            Command::Projections(args) => admin::projections(args).await,
+            Command::Dlq(args) => admin::dlq(args).await,
+            Command::Streams(args) => admin::streams(args).await,
+            Command::Read(args) => admin::read(args).await,
+            Command::Tail(args) => tail::run(args).await,
+            Command::Schemas(args) => admin::schemas(args).await,
+            Command::Export(args) => transfer::export(args).await,
+            Command::Import(args) => transfer::import(args).await,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::ExitCode;
+
+    use super::run_from;
+
+    #[test]
+    fn an_operator_command_that_fails_exits_with_failure() {
+        // A port nobody listens on: the command fails to reach the server.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}");
+        let code = run_from(Vec::new(), ["cairn", "health", "--url", url.as_str()]);
+        assert_eq!(code, ExitCode::FAILURE);
+    }
+}
