@@ -47,6 +47,9 @@ pub struct Route {
     pub(crate) handler: Option<MethodRouter<AppState>>,
     /// The route's own OpenAPI paths and components (generic routes build theirs).
     pub(crate) openapi: Option<OpenApi>,
+    /// What the server checks at build against every module (generic routes name
+    /// aggregates and projections the server must have).
+    pub(crate) checks: Vec<crate::generic::RouteCheck>,
 }
 
 impl Route {
@@ -60,7 +63,7 @@ impl Route {
         T: 'static,
     {
         let handler = MethodFilter::try_from(method.clone()).ok().map(|f| on(f, handler));
-        Self { method, path, permission, handler, openapi: None }
+        Self { method, path, permission, handler, openapi: None, checks: Vec::new() }
     }
 
     /// Documents the route with `doc` (its path item and the schemas it refers to),
@@ -198,9 +201,9 @@ impl ModuleBuilder {
         self
     }
 
-    /// An HTTP route.
-    pub fn route(mut self, route: Route) -> Self {
-        self.module.routes.push(route);
+    /// An HTTP route: a hand-written [`Route`] or a generic one ([`crate::generic`]).
+    pub fn route(mut self, route: impl Into<Route>) -> Self {
+        self.module.routes.push(route.into());
         self
     }
 

@@ -72,6 +72,13 @@ pub enum BuildError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A state route ([`crate::generic::StateRoute`]) on an aggregate whose
+    /// `Aggregate::state_json` renders nothing: every answer would have no state.
+    #[error("{aggregate}: state_json renders nothing, so it cannot have a state route")]
+    StateNotRenderable {
+        /// The aggregate type.
+        aggregate: &'static str,
+    },
     /// A module that is malformed in itself.
     #[error("{module}: {reason}")]
     Invalid {
@@ -217,6 +224,7 @@ fn check(modules: &[Module]) -> Result<(), BuildError> {
             routes.claim(format!("{} {}", route.method, route.path), module.name)?;
         }
     }
+    crate::generic::check_routes(modules)?;
     for module in modules {
         for (event_type, texts) in module.schemas.iter().flat_map(|table| table.iter()) {
             schema_types.claim((*event_type).to_owned(), module.name)?;

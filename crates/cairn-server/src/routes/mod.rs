@@ -6,7 +6,7 @@ pub(crate) mod commands;
 mod health;
 pub mod openapi;
 pub(crate) mod queries;
-mod streams;
+pub(crate) mod streams;
 
 use std::any::Any;
 
