@@ -187,8 +187,8 @@ pub async fn list(
 /// Aggregate `A` number `id` rebuilt from its events (snapshots included): now, after the
 /// `version` query parameter, or as of the `as_of` one (RFC 3339), with the stream's
 /// current version. Both parameters at once, or a malformed one, is a `400`; no such
-/// aggregate, a version beyond its end or a time before its first event is a `404` worded
-/// with `A::TYPE` (`no such order`).
+/// aggregate (or a stream of another aggregate type), a version beyond its end or a time
+/// before its first event is a `404` worded with `A::TYPE` (`no such order`).
 pub async fn load_state<A: cairn_cqrs::Aggregate>(
     state: &AppState,
     id: &str,
@@ -211,7 +211,15 @@ pub async fn load_state<A: cairn_cqrs::Aggregate>(
         (None, None) => Until::End,
     };
     let kind = A::TYPE.to_lowercase();
-    let loaded = state.repository.load_until::<A>(id, until).await?;
+    let loaded = match state.repository.load_until::<A>(id, until).await {
+        Ok(loaded) => loaded,
+        // Another aggregate type's stream is not one of these: as absent as a missing one
+        // (a read must not answer with an append's conflict).
+        Err(cairn_cqrs::CommandError::Store(cairn_core::AppendError::AggregateTypeMismatch {
+            ..
+        })) => return Err(ApiError::not_found(format!("no such {kind}"))),
+        Err(e) => return Err(e.into()),
+    };
     let current = state.store.stream_version(id).await?;
     if loaded.version == 0 {
         return Err(ApiError::not_found(match until {
