@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use cairn_core::readmodel::TableSpec;
 use cairn_core::timestamp::Timestamp;
-use cairn_cqrs::Aggregate;
+use cairn_cqrs::{Aggregate, AggregateKind};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use utoipa::openapi::path::{
@@ -80,7 +80,7 @@ pub(crate) enum RouteCheck {
 /// Checks every generic route of `modules` against all of them (see [`RouteCheck`]).
 pub(crate) fn check_routes(modules: &[Module]) -> Result<(), BuildError> {
     let aggregates: BTreeSet<&str> =
-        modules.iter().flat_map(|m| m.aggregates.iter().map(|k| k.type_name())).collect();
+        modules.iter().flat_map(|m| m.aggregates.iter().map(AggregateKind::type_name)).collect();
     let projections: BTreeMap<&str, Vec<TableSpec>> =
         modules.iter().flat_map(|m| m.projections.iter().map(|p| (p.name(), p.tables()))).collect();
     for route in modules.iter().flat_map(|m| &m.routes) {
@@ -233,18 +233,14 @@ fn document_of(
 }
 
 /// Builds `route` from its parts: a generic route's OpenAPI fragment and build checks.
-fn finish(route: Route, openapi: Option<OpenApi>, mut checks: Vec<RouteCheck>) -> Route {
-    let mut route = match openapi {
-        Some(doc) => route.openapi(doc),
-        None => {
-            // Every served route is documented; OpenAPI has no operation for this method.
-            checks.push(RouteCheck::Malformed(format!(
-                "method {} cannot be documented in OpenAPI",
-                route.method
-            )));
-            route
-        }
-    };
+fn finish(mut route: Route, openapi: Option<OpenApi>, mut checks: Vec<RouteCheck>) -> Route {
+    if let Some(doc) = openapi {
+        route = route.openapi(doc);
+    } else {
+        // Every served route is documented; OpenAPI has no operation for this method.
+        let reason = format!("method {} cannot be documented in OpenAPI", route.method);
+        checks.push(RouteCheck::Malformed(reason));
+    }
     route.checks = checks;
     route
 }

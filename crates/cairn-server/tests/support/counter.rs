@@ -38,6 +38,8 @@ pub struct CounterAdded {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterReset {}
 
+// The variants are the event type names (`domain_events!`), unique server-wide.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CounterEvent {
     CounterCreated(CounterCreated),
@@ -174,7 +176,7 @@ impl Projection for Counts {
         let event: CounterEvent = decode(e)?;
         let id = e.aggregate_id.as_str();
         let mut row = txn.load::<CountRow>(COUNTS, id)?.unwrap_or_default();
-        row.counter_id = id.to_owned();
+        id.clone_into(&mut row.counter_id);
         match event {
             CounterEvent::CounterCreated(c) => {
                 if c.label == POISON && self.refuse.load(Ordering::SeqCst) {
@@ -185,7 +187,8 @@ impl Projection for Counts {
             CounterEvent::CounterAdded(a) => row.value = row.value.saturating_add(a.n),
             CounterEvent::CounterReset(_) => row.value = 0,
         }
-        row.parity = if row.value % 2 == 0 { "even" } else { "odd" }.to_owned();
+        let parity = if row.value % 2 == 0 { "even" } else { "odd" };
+        parity.clone_into(&mut row.parity);
         row.version = e.version;
         txn.save(COUNTS, id, &row)
     }
