@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use cairn_core::timestamp::Timestamp;
-use cairn_cqrs::repository::Until;
 use cairn_orders::Order;
 use cairn_orders::projections::{customer_view, inventory_view, order_summary, shipped_orders};
 
@@ -207,15 +206,11 @@ pub async fn list_orders(
     )
 )]
 pub async fn order_events(
-    state: State<AppState>,
+    State(state): State<AppState>,
     id: AggregateIdPath,
     query: QueryMap,
 ) -> Result<Response, ApiError> {
-    let slice = state.store.read_stream(&id.0, cairn_core::StreamRead::forward_from(1, 1)).await?;
-    if slice.aggregate_type != <Order as cairn_cqrs::Aggregate>::TYPE {
-        return Err(ApiError::not_found("no such order"));
-    }
-    Ok(streams::read_stream(state, id, query).await?.into_response())
+    cairn_server::query::events::<Order>(&state, id, query).await
 }
 
 /// An order rebuilt from its events: now, as of a version, or as of a time (temporal query).
@@ -239,36 +234,7 @@ pub async fn order_state(
     AggregateIdPath(id): AggregateIdPath,
     query: QueryMap,
 ) -> Result<Response, ApiError> {
-    let version = query.u64("version")?;
-    let as_of = match query.str("as_of") {
-        None => None,
-        Some(t) => Some(Timestamp::parse_rfc3339(t).map_err(|e| {
-            ApiError::bad_request(format!(
-                "as_of must be an RFC 3339 time like 2026-02-23T10:00:00Z: {e}"
-            ))
-        })?),
-    };
-    let until = match (version, as_of) {
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give version or as_of, not both")),
-        (Some(v), None) => Until::Version(v),
-        (None, Some(t)) => Until::Time(t),
-        (None, None) => Until::End,
-    };
-    let loaded = state.repository.load_until::<Order>(&id, until).await?;
-    let current = state.store.stream_version(&id).await?;
-    if loaded.version == 0 {
-        return Err(ApiError::not_found(match until {
-            Until::Time(_) if current > 0 => "the order did not exist yet at that time",
-            _ => "no such order",
-        }));
-    }
-    if let Until::Version(v) = until
-        && (v > loaded.version || v == 0)
-    {
-        return Err(ApiError::not_found(format!(
-            "the order has no version {v} (it is at version {current})"
-        )));
-    }
+    let (loaded, current) = cairn_server::query::load_state::<Order>(&state, &id, &query).await?;
     let order = loaded.state;
     Ok(axum::Json(OrderState {
         order_id: &id,

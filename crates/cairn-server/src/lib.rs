@@ -11,6 +11,7 @@ pub mod consumers;
 pub mod domain_schemas;
 pub mod error;
 pub mod extract;
+pub mod generic;
 pub mod guard;
 pub mod metrics;
 pub mod module;

@@ -50,6 +50,9 @@ pub struct Route {
     pub(crate) openapi: Option<OpenApi>,
     /// Its command name over NATS, if it is also served there.
     pub(crate) nats: Option<&'static str>,
+    /// What the server checks at build against every module (generic routes name
+    /// aggregates and projections the server must have).
+    pub(crate) checks: Vec<crate::generic::RouteCheck>,
 }
 
 impl Route {
@@ -63,7 +66,7 @@ impl Route {
         T: 'static,
     {
         let handler = MethodFilter::try_from(method.clone()).ok().map(|f| on(f, handler));
-        Self { method, path, permission, handler, openapi: None, nats: None }
+        Self { method, path, permission, handler, openapi: None, nats: None, checks: Vec::new() }
     }
 
     /// Documents the route with `doc` (its path item and the schemas it refers to),
@@ -218,9 +221,9 @@ impl ModuleBuilder {
         self
     }
 
-    /// An HTTP route.
-    pub fn route(mut self, route: Route) -> Self {
-        self.module.routes.push(route);
+    /// An HTTP route: a hand-written [`Route`] or a generic one ([`crate::generic`]).
+    pub fn route(mut self, route: impl Into<Route>) -> Self {
+        self.module.routes.push(route.into());
         self
     }
 

@@ -183,3 +183,78 @@ pub async fn list(
     };
     with_position(response, position)
 }
+
+/// Aggregate `A` number `id` rebuilt from its events (snapshots included): now, after the
+/// `version` query parameter, or as of the `as_of` one (RFC 3339), with the stream's
+/// current version. Both parameters at once, or a malformed one, is a `400`; no such
+/// aggregate (or a stream of another aggregate type), a version beyond its end or a time
+/// before its first event is a `404` worded with `A::TYPE` (`no such order`).
+pub async fn load_state<A: cairn_cqrs::Aggregate>(
+    state: &AppState,
+    id: &str,
+    query: &QueryMap,
+) -> Result<(cairn_cqrs::repository::Loaded<A>, u64), ApiError> {
+    use cairn_cqrs::repository::Until;
+    let version = query.u64("version")?;
+    let as_of = match query.str("as_of") {
+        None => None,
+        Some(t) => Some(cairn_core::timestamp::Timestamp::parse_rfc3339(t).map_err(|e| {
+            ApiError::bad_request(format!(
+                "as_of must be an RFC 3339 time like 2026-02-23T10:00:00Z: {e}"
+            ))
+        })?),
+    };
+    let until = match (version, as_of) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give version or as_of, not both")),
+        (Some(v), None) => Until::Version(v),
+        (None, Some(t)) => Until::Time(t),
+        (None, None) => Until::End,
+    };
+    let kind = A::TYPE.to_lowercase();
+    let loaded = match state.repository.load_until::<A>(id, until).await {
+        Ok(loaded) => loaded,
+        // Another aggregate type's stream is not one of these: as absent as a missing one
+        // (a read must not answer with an append's conflict).
+        Err(cairn_cqrs::CommandError::Store(cairn_core::AppendError::AggregateTypeMismatch {
+            ..
+        })) => return Err(ApiError::not_found(format!("no such {kind}"))),
+        Err(e) => return Err(e.into()),
+    };
+    let current = state.store.stream_version(id).await?;
+    if loaded.version == 0 {
+        return Err(ApiError::not_found(match until {
+            Until::Time(_) if current > 0 => format!("the {kind} did not exist yet at that time"),
+            _ => format!("no such {kind}"),
+        }));
+    }
+    if let Until::Version(v) = until
+        && (v > loaded.version || v == 0)
+    {
+        return Err(ApiError::not_found(format!(
+            "the {kind} has no version {v} (it is at version {current})"
+        )));
+    }
+    Ok((loaded, current))
+}
+
+/// A page of aggregate `A` number `id`'s stream (`from_version`, `limit`, `direction`, as
+/// `GET /streams/{id}`); `404` when there is no such stream or it belongs to another
+/// aggregate type, so a route of one aggregate never shows another's events.
+pub async fn events<A: cairn_cqrs::Aggregate>(
+    state: &AppState,
+    id: crate::extract::AggregateIdPath,
+    query: QueryMap,
+) -> Result<Response, ApiError> {
+    let first = state.store.read_stream(&id.0, cairn_core::StreamRead::forward_from(1, 1)).await;
+    let foreign = match first {
+        Ok(slice) => slice.aggregate_type != A::TYPE,
+        Err(cairn_core::ReadError::StreamNotFound) => true,
+        Err(e) => return Err(e.into()),
+    };
+    if foreign {
+        return Err(ApiError::not_found(format!("no such {}", A::TYPE.to_lowercase())));
+    }
+    let page =
+        crate::routes::streams::read_stream(axum::extract::State(state.clone()), id, query).await?;
+    Ok(page.into_response())
+}

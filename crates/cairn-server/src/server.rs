@@ -77,6 +77,13 @@ pub enum BuildError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A state route ([`crate::generic::StateRoute`]) on an aggregate whose
+    /// `Aggregate::state_json` renders nothing: every answer would have no state.
+    #[error("{aggregate}: state_json renders nothing, so it cannot have a state route")]
+    StateNotRenderable {
+        /// The aggregate type.
+        aggregate: &'static str,
+    },
     /// A module that is malformed in itself (e.g. integration events declared twice, or a
     /// subject prefix that is not a plain dotted subject or overlaps another module's).
     #[error("{module}: {reason}")]
@@ -234,6 +241,7 @@ fn check(modules: &[Module]) -> Result<(), BuildError> {
             prefixes.claim(events.subject_prefix.to_owned(), module.name)?;
         }
     }
+    crate::generic::check_routes(modules)?;
     for module in modules {
         for (event_type, texts) in module_schemas(module).flat_map(|table| table.iter()) {
             schema_types.claim((*event_type).to_owned(), module.name)?;

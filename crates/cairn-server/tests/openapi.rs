@@ -15,6 +15,13 @@ cairn_testkit::backend_tests!(
     every_route_in_the_table_is_served_by_the_router,
 );
 
+/// A server of the Order module and the generic-route `Counter` module, so both
+/// hand-written and generic routes are held to the document.
+async fn server(backend: Backend) -> TestServer {
+    let modules = vec![cairn_orders_http::module(), support::counter::plain()];
+    TestServer::with_modules(backend, cairn_server::HttpConfig::default(), modules).await
+}
+
 /// Every `(method, path)` the document declares.
 fn documented(doc: &Value) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
@@ -35,7 +42,7 @@ fn routed(s: &TestServer) -> BTreeSet<(String, String)> {
 }
 
 async fn every_route_of_the_router_is_documented_with_every_method(backend: Backend) {
-    let s = TestServer::start(backend).await;
+    let s = server(backend).await;
     let r = s.client.get(s.url("/openapi.json")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert!(
@@ -97,7 +104,7 @@ fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
 }
 
 async fn every_schema_the_document_refers_to_is_in_it(backend: Backend) {
-    let s = TestServer::start(backend).await;
+    let s = server(backend).await;
     let (status, doc) = s.get("/openapi.json").await;
     assert_eq!(status, 200);
     let mut found = Vec::new();
@@ -116,7 +123,7 @@ async fn every_schema_the_document_refers_to_is_in_it(backend: Backend) {
 async fn every_route_in_the_table_is_served_by_the_router(backend: Backend) {
     // The routes build the router, so this holds by construction; it guards the listing
     // (e.g. a route listed under one method and served under another).
-    let s = TestServer::start(backend).await;
+    let s = server(backend).await;
     for (method, path) in routed(&s) {
         if path.ends_with("/subscribe") {
             continue; // an endless SSE stream; its method is checked by the document test
@@ -149,6 +156,7 @@ fn the_router_is_built_only_from_the_listed_routes() {
         include_str!("../src/routes/streams.rs"),
         include_str!("../src/routes/health.rs"),
         include_str!("../src/routes/openapi.rs"),
+        include_str!("../src/generic.rs"),
     ];
     let routers: usize = sources.iter().map(|s| s.matches("Router::new()").count()).sum();
     assert_eq!(routers, 1, "one router, in routes::router");

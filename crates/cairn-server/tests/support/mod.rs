@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod counter;
+
 use std::sync::Arc;
 
 use cairn_core::EventStore;
@@ -27,6 +29,15 @@ impl TestServer {
     }
 
     pub async fn with_config(backend: Backend, config: HttpConfig) -> Self {
+        Self::with_modules(backend, config, vec![cairn_orders_http::module()]).await
+    }
+
+    /// A server of `modules` (the Order module is one like any other).
+    pub async fn with_modules(
+        backend: Backend,
+        config: HttpConfig,
+        modules: Vec<cairn_server::Module>,
+    ) -> Self {
         let (opened, place) = backend.open().await;
         let store = Arc::clone(&opened.events);
         let (stop, stop_rx) = watch::channel(false);
@@ -40,7 +51,7 @@ impl TestServer {
         let server = cairn_server::Server::builder(stores)
             .http(config)
             .domain(domain)
-            .module(cairn_orders_http::module())
+            .modules(modules)
             .build()
             .unwrap()
             .start(stop_rx.clone())
