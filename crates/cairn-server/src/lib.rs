@@ -13,6 +13,7 @@ pub mod guard;
 pub mod metrics;
 pub mod module;
 pub mod orders;
+mod partitions;
 pub mod query;
 mod routes;
 pub mod schemas;
@@ -31,6 +32,8 @@ use tokio::sync::watch;
 
 use crate::consumers::{Consumers, RegisterError};
 
+pub use consumers::ProjectionView;
+pub use module::ProjectionOptions;
 pub use module::{Module, ModuleBuilder, Permission, Route, RouteInfo, SchemaTable};
 pub use routes::CORE_ROUTES;
 pub use routes::openapi;
@@ -83,6 +86,13 @@ impl AppState {
     #[must_use]
     pub fn aggregate(&self, type_name: &str) -> Option<&AggregateKind> {
         self.aggregates.get(type_name)
+    }
+
+    /// The read-your-writes face of projection `name` (whole or partitioned), if a module
+    /// registered it.
+    #[must_use]
+    pub fn projection(&self, name: &str) -> Option<ProjectionView> {
+        self.consumers.view(name)
     }
 
     /// The OpenAPI document of every served route (`GET /openapi.json`), as JSON.
