@@ -421,7 +421,7 @@ pub async fn rebuild_projection(
     post,
     path = "/admin/projections/{name}/pause",
     tag = "operations",
-    params(("name" = String, Path, description = "The projection or process manager")),
+    params(("name" = String, Path, description = "The projection (a partitioned one: every partition at once), one partition of it (`name#p0of4`), or a process manager")),
     responses(
         (status = 200, description = "Paused: it stops at the end of the batch in hand; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
@@ -440,7 +440,7 @@ pub async fn pause_projection(
     post,
     path = "/admin/projections/{name}/resume",
     tag = "operations",
-    params(("name" = String, Path, description = "The projection or process manager")),
+    params(("name" = String, Path, description = "The projection (a partitioned one: every partition at once), one partition of it (`name#p0of4`), or a process manager")),
     responses(
         (status = 200, description = "Resumed; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
