@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use cairn_cqrs::consumer::{ConsumerHandle, ConsumerStatus};
 use serde::Serialize;
@@ -51,10 +52,68 @@ pub enum RegisterError {
     },
 }
 
+/// A running projection: one consumer, or one per partition (`<name>#p<i>of<n>`).
+#[derive(Clone)]
+enum Projected {
+    Whole(ConsumerHandle),
+    Partitioned(Vec<ConsumerHandle>),
+}
+
+impl Projected {
+    fn handles(&self) -> &[ConsumerHandle] {
+        match self {
+            Self::Whole(handle) => std::slice::from_ref(handle),
+            Self::Partitioned(handles) => handles,
+        }
+    }
+}
+
+/// The read-your-writes face of a projection, whole or partitioned: all a query handler
+/// needs of it. Handlers never hold a consumer handle, so the engine behind it can change.
+#[derive(Clone)]
+pub struct ProjectionView {
+    handles: Vec<ConsumerHandle>,
+}
+
+impl ProjectionView {
+    /// The last `$all` position every partition has scanned: the read model shows every
+    /// event up to it (for a whole projection, its position).
+    #[must_use]
+    pub fn position(&self) -> u64 {
+        self.handles.iter().map(ConsumerHandle::position).min().unwrap_or(0)
+    }
+
+    /// Waits until every partition has scanned `position` (each moves over the events it
+    /// skips, so the wait ends once the log has been read that far); `Err(position())`
+    /// after `timeout`, one deadline for all of them.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<u64, u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut reached = u64::MAX;
+        for handle in &self.handles {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match handle.wait_for(position, left).await {
+                Ok(p) => reached = reached.min(p),
+                Err(_) => return Err(self.position()),
+            }
+        }
+        // Every partition is past `position`; with none (never built so) it is reached.
+        Ok(if reached == u64::MAX { position } else { reached })
+    }
+}
+
+impl std::fmt::Debug for ProjectionView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionView")
+            .field("partitions", &self.handles.iter().map(ConsumerHandle::name).collect::<Vec<_>>())
+            .field("position", &self.position())
+            .finish()
+    }
+}
+
 /// Every running projection, process manager and outbox, by name.
 #[derive(Default)]
 pub struct Consumers {
-    projections: BTreeMap<&'static str, ConsumerHandle>,
+    projections: BTreeMap<&'static str, Projected>,
     process_managers: BTreeMap<&'static str, (ConsumerHandle, Instances)>,
     /// Registered after start (the binary adds the NATS relay once the router exists).
     outboxes: Mutex<Vec<Arc<dyn Outbox>>>,
@@ -68,7 +127,10 @@ impl Consumers {
     }
 
     fn check_free(&self, name: &str) -> Result<(), RegisterError> {
-        if self.projections.contains_key(name) || self.process_managers.contains_key(name) {
+        if self.projections.contains_key(name)
+            || self.process_managers.contains_key(name)
+            || self.partition(name).is_some()
+        {
             return Err(RegisterError::Duplicate { name: name.to_owned() });
         }
         Ok(())
@@ -81,8 +143,47 @@ impl Consumers {
         handle: ConsumerHandle,
     ) -> Result<(), RegisterError> {
         self.check_free(name)?;
-        self.projections.insert(name, handle);
+        self.projections.insert(name, Projected::Whole(handle));
         Ok(())
+    }
+
+    /// Registers a projection running as `partitions` (one consumer each, named
+    /// `<name>#p<i>of<n>`) under its own `name`.
+    pub fn add_partitioned_projection(
+        &mut self,
+        name: &'static str,
+        partitions: Vec<ConsumerHandle>,
+    ) -> Result<(), RegisterError> {
+        self.check_free(name)?;
+        for partition in &partitions {
+            self.check_free(partition.name())?;
+        }
+        self.projections.insert(name, Projected::Partitioned(partitions));
+        Ok(())
+    }
+
+    /// The partition of a partitioned projection named `name` (`<projection>#p<i>of<n>`).
+    fn partition(&self, name: &str) -> Option<&ConsumerHandle> {
+        let (base, _) = name.split_once("#p")?;
+        match self.projections.get(base)? {
+            Projected::Partitioned(handles) => handles.iter().find(|h| h.name() == name),
+            Projected::Whole(_) => None,
+        }
+    }
+
+    /// The read-your-writes face of projection `name`, whole or partitioned.
+    #[must_use]
+    pub fn view(&self, name: &str) -> Option<ProjectionView> {
+        self.projections.get(name).map(|p| ProjectionView { handles: p.handles().to_vec() })
+    }
+
+    /// The partitions of projection `name`, when it runs partitioned.
+    #[must_use]
+    pub fn partitions(&self, name: &str) -> Option<&[ConsumerHandle]> {
+        match self.projections.get(name)? {
+            Projected::Partitioned(handles) => Some(handles),
+            Projected::Whole(_) => None,
+        }
     }
 
     /// Registers a running process manager under `name`, with where its instances live.
@@ -97,10 +198,14 @@ impl Consumers {
         Ok(())
     }
 
-    /// The projection `name`.
+    /// The projection `name` when it runs whole (one consumer); a partitioned one has
+    /// [`Consumers::partitions`] instead, and both have [`Consumers::view`].
     #[must_use]
     pub fn projection(&self, name: &str) -> Option<&ConsumerHandle> {
-        self.projections.get(name)
+        match self.projections.get(name)? {
+            Projected::Whole(handle) => Some(handle),
+            Projected::Partitioned(_) => None,
+        }
     }
 
     /// The process manager `name` and where its instances live.
@@ -109,9 +214,9 @@ impl Consumers {
         self.process_managers.get(name).map(|(handle, instances)| (handle, instances))
     }
 
-    /// Every projection, by name.
+    /// Every projection's consumer, by name: one per partition of a partitioned one.
     pub fn projections(&self) -> impl Iterator<Item = &ConsumerHandle> {
-        self.projections.values()
+        self.projections.values().flat_map(Projected::handles)
     }
 
     /// Every process manager with where its instances live, by name.
@@ -119,18 +224,19 @@ impl Consumers {
         self.process_managers.values().map(|(handle, instances)| (handle, instances))
     }
 
-    /// Every projection, then every process manager (each by name), with its kind.
+    /// Every projection (each partition of a partitioned one), then every process manager
+    /// (each by name), with its kind.
     pub fn all(&self) -> impl Iterator<Item = (ConsumerKind, &ConsumerHandle)> {
-        self.projections
-            .values()
+        self.projections()
             .map(|c| (ConsumerKind::Projection, c))
             .chain(self.process_managers.values().map(|(c, _)| (ConsumerKind::ProcessManager, c)))
     }
 
-    /// The projection or process manager `name`, with its kind.
+    /// The projection, partition or process manager `name`, with its kind.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<(ConsumerKind, &ConsumerHandle)> {
         self.projection(name)
+            .or_else(|| self.partition(name))
             .map(|c| (ConsumerKind::Projection, c))
             .or_else(|| self.process_manager(name).map(|(c, _)| (ConsumerKind::ProcessManager, c)))
     }

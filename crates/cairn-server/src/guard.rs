@@ -10,13 +10,15 @@
 //! - a snapshot past the head is a cache of lost events: it is dropped;
 //! - a projection checkpoint (or dead letter) past the head: the projection is reset
 //!   (empty tables, no dead letters, checkpoint 0) and rebuilt from the log as it starts;
+//!   for a partitioned projection, one partition ahead resets the whole projection (its
+//!   partitions share its tables), every partition's checkpoint and dead letters included;
 //! - any other consumer past the head (the process manager, the bus relay): its effects
 //!   went outside the read models (commands, published messages) and cannot be undone
 //!   here, so start-up is refused, naming each one, unless the operator runs
 //!   `cairn serve --repair`, which moves its checkpoint back to the head and drops its
 //!   dead letters past the head.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -126,9 +128,18 @@ pub async fn check_read_models_against_log(
     }
     let projections: BTreeMap<&str, Vec<TableSpec>> =
         projections.iter().map(|p| (p.name(), p.tables())).collect();
+    // The projection a consumer belongs to: itself, or the one it is a partition of.
+    let owner = |consumer: &str| -> Option<&str> {
+        if let Some((name, _)) = projections.get_key_value(consumer) {
+            return Some(*name);
+        }
+        let (base, _) = consumer.split_once("#p")?;
+        let (name, _) = projections.get_key_value(base)?;
+        crate::partitions::is_partition_of(name, consumer).then_some(*name)
+    };
     let others: Vec<String> = ahead
         .iter()
-        .filter(|(name, _)| !projections.contains_key(name.as_str()))
+        .filter(|(name, _)| owner(name).is_none())
         .map(|(name, (checkpoint, letters))| {
             let mut line = name.clone();
             if let Some(p) = checkpoint {
@@ -143,54 +154,44 @@ pub async fn check_read_models_against_log(
     if !others.is_empty() && !repair {
         return Err(GuardError::Ahead { head, ahead: others });
     }
-    for (name, (_, past_letters)) in ahead {
-        let rm = Arc::clone(&rm);
-        let tables = projections.get(name.as_str()).cloned();
-        let consumer = name.clone();
+    let mut reset = BTreeSet::new();
+    for (name, (_, past_letters)) in &ahead {
+        if let Some(projection) = owner(name) {
+            // One partition ahead resets the whole projection: its partitions share tables.
+            if !reset.insert(projection) {
+                continue;
+            }
+            let (rm, tables, projection_name) =
+                (Arc::clone(&rm), projections[projection].clone(), projection.to_owned());
+            match blocking(move || crate::partitions::reset(&*rm, &projection_name, &tables)).await
+            {
+                Err(ReadModelError::NotLeader(consumer)) => {
+                    return Err(GuardError::Led { consumer });
+                }
+                result => result?,
+            }
+            tracing::warn!(projection, consumer = %name, head, "the projection was ahead of the event log; reset, it is rebuilt from the log");
+            report.reset_projections.push(projection.to_owned());
+            continue;
+        }
+        let (rm, consumer, past_letters) = (Arc::clone(&rm), name.clone(), past_letters.clone());
         let led = blocking(move || {
             // Leadership first: on a shared database no other process may run it meanwhile.
             if !rm.try_lead(&consumer)? {
                 return Ok(false);
             }
-            let result = match &tables {
-                Some(tables) => reset_projection(&*rm, &consumer, tables),
-                None => rewind(&*rm, &consumer, head, &past_letters),
-            };
+            let result = rewind(&*rm, &consumer, head, &past_letters);
             rm.resign(&consumer);
             result.map(|()| true)
         })
         .await?;
         if !led {
-            return Err(GuardError::Led { consumer: name });
+            return Err(GuardError::Led { consumer: name.clone() });
         }
-        if projections.contains_key(name.as_str()) {
-            tracing::warn!(projection = %name, head, "the projection was ahead of the event log; reset, it is rebuilt from the log");
-            report.reset_projections.push(name);
-        } else {
-            tracing::warn!(consumer = %name, head, "the consumer was ahead of the event log; moved back to its head (--repair)");
-            report.rewound.push(name);
-        }
+        tracing::warn!(consumer = %name, head, "the consumer was ahead of the event log; moved back to its head (--repair)");
+        report.rewound.push(name.clone());
     }
     Ok(report)
-}
-
-/// Empties a projection's tables, drops its dead letters and sets its checkpoint to 0, so
-/// it is rebuilt from the log: swapping in empty shadow tables whose checkpoint is 0.
-fn reset_projection(
-    rm: &dyn ReadModelStore,
-    name: &str,
-    specs: &[TableSpec],
-) -> Result<(), ReadModelError> {
-    rm.ensure_tables(specs)?;
-    let tables: Vec<&str> = specs.iter().map(|t| t.name).collect();
-    let shadow = format!("{name}#rebuild");
-    rm.create_shadow(name, &tables)?;
-    rm.transact_shadow(&shadow, Some(0), &mut |_| Ok(()))?;
-    rm.swap_shadow(&tables, name, &shadow)?;
-    for letter in rm.dead_letters(Some(name))? {
-        rm.resolve_dead_letter(name, letter.id, &mut |_| Ok(()))?;
-    }
-    Ok(())
 }
 
 /// Moves a consumer's checkpoint back to `head` and drops its dead letters past it.

@@ -15,6 +15,7 @@ pub mod generic;
 pub mod guard;
 pub mod metrics;
 pub mod module;
+mod partitions;
 pub mod query;
 mod routes;
 pub mod schemas;
@@ -32,6 +33,8 @@ use tokio::sync::watch;
 use crate::consumers::{Consumers, RegisterError};
 
 pub use bus::{IntegrationEvents, IntegrationRouter, NatsCommand, Translate};
+pub use consumers::ProjectionView;
+pub use module::ProjectionOptions;
 pub use module::{Module, ModuleBuilder, Permission, Route, RouteInfo, SchemaTable};
 pub use routes::CORE_ROUTES;
 pub use routes::{openapi, streams};
@@ -84,6 +87,13 @@ impl AppState {
     #[must_use]
     pub fn aggregate(&self, type_name: &str) -> Option<&AggregateKind> {
         self.aggregates.get(type_name)
+    }
+
+    /// The read-your-writes face of projection `name` (whole or partitioned), if a module
+    /// registered it.
+    #[must_use]
+    pub fn projection(&self, name: &str) -> Option<ProjectionView> {
+        self.consumers.view(name)
     }
 
     /// The OpenAPI document of every served route (`GET /openapi.json`), as JSON.

@@ -9,9 +9,9 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cairn_core::readmodel::{ListQuery, ReadModelStore};
-use cairn_cqrs::consumer::ConsumerHandle;
 
 use crate::AppState;
+use crate::consumers::ProjectionView;
 use crate::error::ApiError;
 use crate::extract::QueryMap;
 
@@ -37,9 +37,10 @@ pub(crate) fn raw_json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Waits for read-your-writes: `min_position` (query) or `X-Min-Position` (header).
+/// Waits for read-your-writes: `min_position` (query) or `X-Min-Position` (header); on a
+/// partitioned projection, until every partition has passed it.
 pub async fn wait_for_position(
-    projection: &ConsumerHandle,
+    projection: &ProjectionView,
     query: &QueryMap,
     headers: &HeaderMap,
 ) -> Result<u64, Response> {
@@ -70,8 +71,8 @@ pub async fn wait_for_position(
     }
 }
 
-fn projection<'a>(state: &'a AppState, name: &str) -> Option<&'a ConsumerHandle> {
-    let found = state.consumers.projection(name);
+fn projection(state: &AppState, name: &str) -> Option<ProjectionView> {
+    let found = state.consumers.view(name);
     if found.is_none() {
         // A name no module registered is a wiring bug: a 500 names it, the server serves on.
         tracing::error!(projection = name, "a route reads a projection that is not registered");
@@ -86,8 +87,8 @@ async fn projected(
     query: &QueryMap,
     headers: &HeaderMap,
 ) -> Result<u64, Response> {
-    let Some(handle) = projection(state, name) else { return Err(unregistered(name)) };
-    wait_for_position(handle, query, headers).await
+    let Some(view) = projection(state, name) else { return Err(unregistered(name)) };
+    wait_for_position(&view, query, headers).await
 }
 
 fn unregistered(name: &str) -> Response {

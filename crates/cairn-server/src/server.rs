@@ -9,7 +9,7 @@ use axum::Router;
 use cairn_core::EventStore;
 use cairn_cqrs::Repository;
 use cairn_cqrs::process::spawn_process_manager_with;
-use cairn_cqrs::projection::{Projection, spawn_projection};
+use cairn_cqrs::projection::Projection;
 use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -222,8 +222,14 @@ fn check(modules: &[Module]) -> Result<(), BuildError> {
                 expected_versions.insert(*event_type, kind.schema_version(event_type));
             }
         }
-        for name in module.projections.iter().map(|p| p.name()) {
-            consumers.claim(name.to_owned(), module.name)?;
+        for (projection, options) in module.projections.iter().zip(&module.projection_options) {
+            consumers.claim(projection.name().to_owned(), module.name)?;
+            if options.partition_count() == Some(0) {
+                return Err(BuildError::Invalid {
+                    module: module.name,
+                    reason: format!("projection {} cannot run in 0 partitions", projection.name()),
+                });
+            }
         }
         for name in module.process_managers.iter().map(|p| p.name()) {
             consumers.claim(name.to_owned(), module.name)?;
@@ -396,15 +402,17 @@ impl Server {
             documents.extend(module.openapi);
             documents.extend(module.routes.iter().filter_map(|r| r.openapi.clone()));
             aggregates.extend(module.aggregates.iter().map(|kind| (kind.type_name(), *kind)));
-            for projection in module.projections {
-                let name = projection.name();
-                let handle = spawn_projection(
-                    Arc::clone(&store),
-                    Arc::clone(&readmodels),
+            for (projection, options) in
+                module.projections.into_iter().zip(module.projection_options)
+            {
+                let partitions = options.partition_count();
+                crate::partitions::spawn(
+                    &mut consumers,
+                    (&store, &readmodels),
                     projection,
-                    shutdown.clone(),
+                    partitions,
+                    &shutdown,
                 )?;
-                consumers.add_projection(name, handle)?;
             }
             for manager in module.process_managers {
                 let (name, instances) = (manager.name(), manager.instances());

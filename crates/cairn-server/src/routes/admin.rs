@@ -388,17 +388,26 @@ pub async fn discard_dead_letter(
     responses(
         (status = 202, description = "The rebuild started", body = openapi::RebuildStarted),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
-        (status = 409, description = "`rebuild_refused`: one is already running, dead letters wait, or the projection is paused, stalled or failed", body = ErrorBody),
+        (status = 409, description = "`rebuild_refused`: one is already running, dead letters wait, the projection is paused, stalled or failed, or it runs in partitions (rebuilt by a version or partition-count change at start)", body = ErrorBody),
     )
 )]
 pub async fn rebuild_projection(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let projection = state
-        .consumers
-        .projection(&name)
-        .ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))?;
+    let Some(projection) = state.consumers.projection(&name) else {
+        if let Some(base) = partitioned(&state, &name) {
+            // One shadow swap cannot follow every partition's own checkpoint.
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "rebuild_refused",
+                format!(
+                    "{base} runs in partitions and is not rebuilt in place: bump its version or change its partition count, and it is rebuilt at the next start"
+                ),
+            ));
+        }
+        return Err(ApiError::not_found(format!("no projection named {name}")));
+    };
     projection
         .start_rebuild()
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "rebuild_refused", e))?;
@@ -412,7 +421,7 @@ pub async fn rebuild_projection(
     post,
     path = "/admin/projections/{name}/pause",
     tag = "operations",
-    params(("name" = String, Path, description = "The projection or process manager")),
+    params(("name" = String, Path, description = "The projection (a partitioned one: every partition at once), one partition of it (`name#p0of4`), or a process manager")),
     responses(
         (status = 200, description = "Paused: it stops at the end of the batch in hand; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
@@ -431,7 +440,7 @@ pub async fn pause_projection(
     post,
     path = "/admin/projections/{name}/resume",
     tag = "operations",
-    params(("name" = String, Path, description = "The projection or process manager")),
+    params(("name" = String, Path, description = "The projection (a partitioned one: every partition at once), one partition of it (`name#p0of4`), or a process manager")),
     responses(
         (status = 200, description = "Resumed; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
@@ -445,13 +454,59 @@ pub async fn resume_projection(
     steer(&state, &name, ConsumerHandle::resume, "resume_refused")
 }
 
-/// Applies `action` to the consumer `name` and answers with its row.
+/// The partitioned projection `name` names: itself or one of its partitions.
+fn partitioned<'a>(state: &AppState, name: &'a str) -> Option<&'a str> {
+    let base = name.split_once("#p").map_or(name, |(base, _)| base);
+    let partitions = state.consumers.partitions(base)?;
+    (base == name || partitions.iter().any(|p| p.name() == name)).then_some(base)
+}
+
+/// One row for a whole partitioned projection: the partitions summed up (its position is
+/// the slowest partition's, its status the most pressing one).
+fn partitioned_info(name: &str, partitions: &[ConsumerHandle]) -> ProjectionInfo {
+    use cairn_cqrs::consumer::ConsumerStatus as S;
+    let rows: Vec<ProjectionInfo> =
+        partitions.iter().map(|p| info(p, ConsumerKind::Projection)).collect();
+    let position = rows.iter().map(|r| r.position).min().unwrap_or(0);
+    let head_position = rows.iter().map(|r| r.head_position).max().unwrap_or(0);
+    let rank = |s: S| match s {
+        S::Failed => 0,
+        S::Stalled => 1,
+        S::Starting => 2,
+        S::Paused => 3,
+        S::Rebuilding => 4,
+        S::Running => 5,
+    };
+    ProjectionInfo {
+        name: name.to_owned(),
+        position,
+        head_position,
+        lag: head_position.saturating_sub(position),
+        status: rows.iter().map(|r| r.status).min_by_key(|s| rank(*s)).unwrap_or(S::Running),
+        dlq_depth: rows.iter().map(|r| r.dlq_depth).sum(),
+        rebuild: None,
+        rebuilds_completed: 0,
+        rebuilds_abandoned: 0,
+        kind: ConsumerKind::Projection,
+    }
+}
+
+/// Applies `action` to the consumer `name` and answers with its row. The name of a
+/// partitioned projection steers every partition and answers with one summed-up row.
 fn steer(
     state: &AppState,
     name: &str,
     action: fn(&ConsumerHandle) -> Result<(), String>,
     refused: &'static str,
 ) -> Result<Json<ProjectionInfo>, ApiError> {
+    if let Some(partitions) = state.consumers.partitions(name) {
+        // Every partition is tried: one another process leads does not keep the others.
+        let errors: Vec<String> = partitions.iter().filter_map(|p| action(p).err()).collect();
+        if !errors.is_empty() {
+            return Err(ApiError::new(StatusCode::CONFLICT, refused, errors.join("; ")));
+        }
+        return Ok(Json(partitioned_info(name, partitions)));
+    }
     let (kind, consumer) = state.consumers.get(name).ok_or_else(|| {
         ApiError::not_found(format!("no projection or process manager named {name}"))
     })?;
