@@ -271,6 +271,7 @@ pub struct CommandRoute<A: Aggregate, B> {
     permission: Permission,
     summary: Option<&'static str>,
     tag: Option<&'static str>,
+    nats: bool,
     kind: CommandKind<A, B>,
 }
 
@@ -283,6 +284,7 @@ impl<A: Aggregate, B: DeserializeOwned + ToSchema + Send + 'static> CommandRoute
             permission: Permission::Write,
             summary: None,
             tag: None,
+            nats: false,
             kind,
         }
     }
@@ -329,6 +331,12 @@ impl<A: Aggregate, B: DeserializeOwned + ToSchema + Send + 'static> CommandRoute
     /// The operation's OpenAPI tag instead of the path's first segment.
     pub fn tag(mut self, tag: &'static str) -> Self {
         self.tag = Some(tag);
+        self
+    }
+
+    /// Also served as a command over NATS under its `name` ([`Route::nats`]).
+    pub fn nats(mut self) -> Self {
+        self.nats = true;
         self
     }
 
@@ -387,7 +395,7 @@ impl<A: Aggregate, B: DeserializeOwned + ToSchema + Send + 'static> From<Command
 {
     fn from(r: CommandRoute<A, B>) -> Self {
         let openapi = r.openapi();
-        let name = r.name;
+        let (name, nats) = (r.name, r.nats);
         let mut checks = vec![RouteCheck::Aggregate(A::TYPE)];
         let route = match r.kind {
             CommandKind::Path(to_command) => {
@@ -420,6 +428,7 @@ impl<A: Aggregate, B: DeserializeOwned + ToSchema + Send + 'static> From<Command
                 Route::new(r.method, r.path, handler, r.permission)
             }
         };
+        let route = if nats { route.nats(name) } else { route };
         finish(route, openapi, checks)
     }
 }

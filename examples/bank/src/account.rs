@@ -83,14 +83,14 @@ cairn_cqrs::domain_events!(AccountEvent {
 });
 
 /// `Open`'s payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Open {
     /// Who owns the account.
     pub owner: String,
 }
 
 /// `Deposit`'s payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deposit {
     /// How much, in cents.
     pub amount_cents: i64,
@@ -100,7 +100,7 @@ pub struct Deposit {
 }
 
 /// `Withdraw`'s payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Withdraw {
     /// How much, in cents.
     pub amount_cents: i64,

@@ -26,7 +26,7 @@ pub const TABLE: &str = "account_balances";
 pub const LINES: &str = "account_statement_lines";
 
 /// A row of [`TABLE`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccountBalance {
     /// The account.
     pub account_id: String,
@@ -44,7 +44,8 @@ pub struct AccountBalance {
     pub refunded_cents: i64,
     /// The version of the account's last event.
     pub version: u64,
-    /// When its last event was recorded.
+    /// When its last event was recorded (RFC 3339).
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
 }
 
@@ -67,7 +68,7 @@ impl AccountBalance {
 }
 
 /// What a statement line records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LineKind {
     /// Money in.
@@ -79,7 +80,7 @@ pub enum LineKind {
 }
 
 /// A row of [`LINES`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatementLine {
     /// The account.
     pub account_id: String,
@@ -93,7 +94,8 @@ pub struct StatementLine {
     pub reference: Option<String>,
     /// The balance right after it.
     pub balance_after_cents: i64,
-    /// When it was recorded.
+    /// When it was recorded (RFC 3339).
+    #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
 }
 

@@ -10,12 +10,12 @@
 //! - [`integration`]: the public events other services may depend on.
 //! - [`rules`]: input rules shared by the aggregates.
 //! - [`schemas`]: the events' JSON Schemas (`schemas/*.json`), compiled in.
-//!
-//! Domain part only: the HTTP module and the binary come with the server's module API.
+//! - [`module()`]: the wiring — the Cairn module the `bank` binary serves.
 
 pub mod account;
 pub mod balances;
 pub mod integration;
+mod module;
 pub mod rules;
 pub mod saga;
 pub mod schemas;
@@ -23,5 +23,6 @@ pub mod transfer;
 
 pub use account::{Account, AccountCommand, AccountEvent};
 pub use balances::Balances;
+pub use module::module;
 pub use saga::TransferSaga;
 pub use transfer::{Transfer, TransferCommand, TransferEvent};

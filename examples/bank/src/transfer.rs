@@ -94,7 +94,7 @@ cairn_cqrs::domain_events!(TransferEvent {
 });
 
 /// `Request`'s payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Request {
     /// The account to debit.
     pub from: String,
