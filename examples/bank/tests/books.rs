@@ -5,6 +5,8 @@
 //! history is redelivered to the saga with its instances forgotten: it issues no command
 //! that changes anything.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,8 @@ use cairn_cqrs::{CommandOptions, DomainEvent, Repository};
 use cairn_testkit::Backend;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+use common::{Rng, account};
 
 /// Accounts in the test.
 const ACCOUNTS: usize = 10;
@@ -44,27 +48,6 @@ const TOP_UP_CENTS: i64 = 1_000;
 const QUIET_WITHIN: Duration = Duration::from_secs(120);
 /// How often quiet is checked.
 const POLL: Duration = Duration::from_millis(50);
-
-fn account(i: usize) -> String {
-    format!("acct-{i}")
-}
-
-/// `SplitMix64`: a fixed seed gives the same plan on every run, without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 struct Planned {
     id: String,

@@ -5,6 +5,8 @@
 //! also when the server is killed with `kill -9` in the middle of the load and every
 //! request is sent again with its `Idempotency-Key`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +16,8 @@ use cairn_testkit::Backend;
 use cairn_testkit::serve::ServeProcess;
 use serde_json::{Value, json};
 use tokio::time::Instant;
+
+use common::{Rng, account};
 
 cairn_testkit::backend_tests!(
     thirty_two_concurrent_transfers_keep_the_books,
@@ -38,23 +42,6 @@ const ATM_CENTS: i64 = 15_000;
 const QUIET_WITHIN: Duration = Duration::from_secs(120);
 /// Requests answered before the crash test kills the server.
 const KILL_AFTER: usize = 16;
-
-fn account(i: usize) -> String {
-    format!("acct-{i}")
-}
-
-/// `SplitMix64`: a fixed seed gives the same plan on every run, without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
 
 /// One request of the load: a transfer or a direct withdrawal, with its key.
 #[derive(Clone)]
