@@ -362,19 +362,17 @@ impl<A: Aggregate, B: DeserializeOwned + ToSchema + Send + 'static> CommandRoute
                 .build();
             operation = operation.request_body(Some(body));
         }
-        operation = match self.kind {
-            CommandKind::Create { .. } => operation
-                .response("201", json_response("Created", outcome()))
-                .response("409", error_response("`wrong_expected_version`: it exists")),
-            _ => operation
-                .response("200", json_response("Done", outcome()))
-                .response(
-                    "201",
-                    json_response("Done, and the command created the aggregate", outcome()),
-                )
-                .response("404", error_response("`not_found`: no such aggregate"))
-                .response("409", error_response("`wrong_expected_version`")),
+        // Whether a command creates its aggregate is known per command (`A::existence`),
+        // not per route: every command route may answer either way.
+        let created = match self.kind {
+            CommandKind::Create { .. } => "Created",
+            _ => "Done, and the command created the aggregate",
         };
+        operation = operation
+            .response("200", json_response("Done", outcome()))
+            .response("201", json_response(created, outcome()))
+            .response("404", error_response("`not_found`: no such aggregate"))
+            .response("409", error_response("`wrong_expected_version`"));
         let operation = operation
             .response("400", error_response("`bad_request`: a malformed header or body"))
             .response("422", error_response("`rule_violation`"));

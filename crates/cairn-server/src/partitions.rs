@@ -42,14 +42,22 @@ pub(crate) fn spawn(
 ) -> Result<(), StartError> {
     let rm = &**readmodels;
     let name = projection.name();
-    rm.ensure_tables(&projection.tables())?;
-    let stored_count = rm.projection_version(&count_key(name))?.filter(|n| *n > 0);
+    let specs = projection.tables();
+    rm.ensure_tables(&specs)?;
+    let stored_count = |rm: &dyn ReadModelStore| {
+        rm.projection_version(&count_key(name)).map(|n| n.filter(|n| *n > 0))
+    };
     let Some(count) = partitions else {
-        if stored_count.is_some() {
+        if stored_count(rm)?.is_some() {
             // It ran partitioned: its whole checkpoint (if any) is not what the tables show.
-            tracing::info!(projection = name, "projection no longer partitioned; replaying it");
-            reset(rm, name, &projection.tables())?;
-            rm.set_projection_version(&count_key(name), 0)?;
+            let plan = Reset {
+                lead_partitions: 0,
+                needed: &|rm| Ok(stored_count(rm)?.is_some()),
+                record: &|rm| rm.set_projection_version(&count_key(name), 0),
+            };
+            if reset_if(rm, name, &specs, &plan)? {
+                tracing::info!(projection = name, "projection no longer partitioned; replayed");
+            }
         }
         let handle = spawn_projection(
             Arc::clone(store),
@@ -60,50 +68,93 @@ pub(crate) fn spawn(
         consumers.add_projection(name, handle)?;
         return Ok(());
     };
-    let stored_version = rm.projection_version(name)?;
     let version = projection.version();
     // Nothing stored: the projection never ran here, its tables are as new.
-    if stored_version.is_some_and(|v| v != version || stored_count != Some(count)) {
-        tracing::info!(
-            projection = name,
-            from_version = stored_version,
-            to_version = version,
-            from_partitions = stored_count,
-            to_partitions = count,
-            "partitioned projection changed; resetting it to replay the log"
-        );
-        reset(rm, name, &projection.tables())?;
+    let changed = |rm: &dyn ReadModelStore| -> Result<bool, ReadModelError> {
+        let Some(stored_version) = rm.projection_version(name)? else { return Ok(false) };
+        Ok(stored_version != version || stored_count(rm)? != Some(count))
+    };
+    let record = |rm: &dyn ReadModelStore| {
+        rm.set_projection_version(name, version)?;
+        rm.set_projection_version(&count_key(name), count)
+    };
+    if changed(rm)? {
+        let plan = Reset { lead_partitions: count, needed: &changed, record: &record };
+        if reset_if(rm, name, &specs, &plan)? {
+            tracing::info!(
+                projection = name,
+                to_version = version,
+                to_partitions = count,
+                "partitioned projection changed; reset to replay the log"
+            );
+        }
+    } else {
+        record(rm)?;
     }
-    // Recorded only once the reset is done: a crash in between resets again at next start.
-    rm.set_projection_version(name, version)?;
-    rm.set_projection_version(&count_key(name), count)?;
     let handles = spawn_partitioned_projection(store, readmodels, &projection, count, shutdown)?;
     consumers.add_partitioned_projection(name, handles)?;
     Ok(())
 }
 
-/// Resets projection `name`: empty tables (swapped in empty shadows), checkpoint 0 for it
-/// and every partition of it that ever ran, and none of their dead letters. Leads each
-/// of them meanwhile, so no process runs any of them during the reset;
-/// [`ReadModelError::NotLeader`] names one that another process runs (nothing was reset).
+/// A reset decided before any lease was held, re-decided once they are.
+pub(crate) struct Reset<'a> {
+    /// Also lead `<name>#p<i>of<lead_partitions>` (the layout about to start), so no
+    /// process runs the new layout while the tables are emptied under it.
+    pub(crate) lead_partitions: u32,
+    /// Whether the reset is still needed, asked once `<name>` is led: another process
+    /// starting the same layout may have done it meanwhile (then nothing is reset).
+    pub(crate) needed: &'a dyn Fn(&dyn ReadModelStore) -> Result<bool, ReadModelError>,
+    /// Records the new layout, inside the leases and after the reset: a crash before it
+    /// resets again at the next start.
+    pub(crate) record: &'a dyn Fn(&dyn ReadModelStore) -> Result<(), ReadModelError>,
+}
+
+/// Resets projection `name` unconditionally (the start-up guard's case).
 pub(crate) fn reset(
     rm: &dyn ReadModelStore,
     name: &str,
     specs: &[TableSpec],
 ) -> Result<(), ReadModelError> {
-    let letters = rm.dead_letters(None)?;
-    let mut consumers: BTreeSet<String> = BTreeSet::from([name.to_owned()]);
-    consumers
-        .extend(rm.checkpoints()?.into_iter().map(|(c, _)| c).filter(|c| is_partition_of(name, c)));
-    consumers
-        .extend(letters.iter().map(|l| l.projection.clone()).filter(|c| is_partition_of(name, c)));
-    let mut led = Vec::new();
+    let plan = Reset { lead_partitions: 0, needed: &|_| Ok(true), record: &|_| Ok(()) };
+    reset_if(rm, name, specs, &plan).map(|_| ())
+}
+
+/// Resets projection `name` if `plan.needed` still says so once `name` is led: empty
+/// tables (swapped in empty shadows), checkpoint 0 for it and every partition of it that
+/// ever ran, and none of their dead letters; then `plan.record`. Leads each of them
+/// meanwhile, so no process runs any of them during the reset;
+/// [`ReadModelError::NotLeader`] names one that another process runs (nothing was reset).
+/// `Ok(false)`: not needed any more, nothing done.
+pub(crate) fn reset_if(
+    rm: &dyn ReadModelStore,
+    name: &str,
+    specs: &[TableSpec],
+    plan: &Reset<'_>,
+) -> Result<bool, ReadModelError> {
+    if !rm.try_lead(name)? {
+        return Err(ReadModelError::NotLeader(name.to_owned()));
+    }
+    let mut led = vec![name.to_owned()];
     let result = (|| {
-        for consumer in &consumers {
+        // Decided again under the lease: the process that did it first has recorded it.
+        if !(plan.needed)(rm)? {
+            return Ok(false);
+        }
+        let letters = rm.dead_letters(None)?;
+        let mut consumers: BTreeSet<String> = BTreeSet::from([name.to_owned()]);
+        consumers.extend(
+            rm.checkpoints()?.into_iter().map(|(c, _)| c).filter(|c| is_partition_of(name, c)),
+        );
+        consumers.extend(
+            letters.iter().map(|l| l.projection.clone()).filter(|c| is_partition_of(name, c)),
+        );
+        let count = plan.lead_partitions;
+        consumers.extend((0..count).map(|i| format!("{name}#p{i}of{count}")));
+        for consumer in consumers.iter().filter(|c| c.as_str() != name) {
             if !rm.try_lead(consumer)? {
                 return Err(ReadModelError::NotLeader(consumer.clone()));
             }
-            led.push(consumer);
+            led.push(consumer.clone());
         }
         rm.ensure_tables(specs)?;
         let tables: Vec<&str> = specs.iter().map(|t| t.name).collect();
@@ -118,9 +169,10 @@ pub(crate) fn reset(
         for letter in letters.iter().filter(|l| consumers.contains(&l.projection)) {
             rm.resolve_dead_letter(&letter.projection, letter.id, &mut |_| Ok(()))?;
         }
-        Ok(())
+        (plan.record)(rm)?;
+        Ok(true)
     })();
-    for consumer in led {
+    for consumer in &led {
         rm.resign(consumer);
     }
     result

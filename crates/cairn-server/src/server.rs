@@ -248,11 +248,41 @@ fn check(modules: &[Module]) -> Result<(), BuildError> {
         }
     }
     crate::generic::check_routes(modules)?;
+    check_router(modules)?;
     for module in modules {
         for (event_type, texts) in module_schemas(module).flat_map(|table| table.iter()) {
             schema_types.claim((*event_type).to_owned(), module.name)?;
             check_history(event_type, texts, expected_versions.get(event_type).copied())?;
         }
+    }
+    Ok(())
+}
+
+/// Builds the router's path table once with empty handlers: axum refuses (by panicking)
+/// paths that conflict without being equal — one segment with two parameter names, a
+/// parameter beside a catch-all — which only the real matcher knows. Caught here, it is a
+/// build error instead of a panic in `start`, after storage was touched.
+fn check_router(modules: &[Module]) -> Result<(), BuildError> {
+    let core = crate::routes::core_routes();
+    let all = core.iter().chain(modules.iter().flat_map(|m| m.routes.iter()));
+    let mut router = crate::routes::empty::<()>();
+    for route in all {
+        let Ok(filter) = axum::routing::MethodFilter::try_from(route.method.clone()) else {
+            continue; // refused by check_route
+        };
+        let path = route.path;
+        let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            crate::routes::add(router, path, axum::routing::on(filter, || async {}))
+        }));
+        router = added.map_err(|panic| BuildError::Route {
+            path: path.to_owned(),
+            reason: panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the router refuses this path beside the others")
+                .to_owned(),
+        })?;
     }
     Ok(())
 }

@@ -161,6 +161,22 @@ async fn a_route_axum_cannot_serve_is_refused() {
 }
 
 #[tokio::test]
+async fn paths_the_router_cannot_hold_together_are_refused_at_build() {
+    // `GET /orders/{aggregate_id}` is the Order module's: the same path under another
+    // parameter name is not a duplicate by name, but the matcher cannot hold both.
+    let renamed = Route::new(Method::PUT, "/orders/{id}", permission_of, Permission::Write);
+    let error = build_error(true, vec![Module::builder("a").route(renamed).build()]).await;
+    assert!(
+        matches!(&error, BuildError::Route { path, .. } if path == "/orders/{id}"),
+        "{error:?}"
+    );
+    // axum 0.7's `:id` syntax panics in axum 0.8.
+    let legacy = Route::new(Method::GET, "/pings/:id", permission_of, Permission::Read);
+    let error = build_error(false, vec![Module::builder("a").route(legacy).build()]).await;
+    assert!(matches!(&error, BuildError::Route { path, .. } if path == "/pings/:id"), "{error:?}");
+}
+
+#[tokio::test]
 async fn a_module_name_that_is_not_lower_case_is_refused() {
     let error = build_error(false, vec![Module::builder("Shop Floor").build()]).await;
     assert!(matches!(error, BuildError::Invalid { module: "Shop Floor", .. }), "{error:?}");

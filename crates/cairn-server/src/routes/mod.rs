@@ -10,6 +10,7 @@ use std::any::Any;
 
 use axum::http::{Method, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use axum::{Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -69,19 +70,34 @@ route_table! {
 /// Serves `routes` with the JSON fallbacks and panic containment: the one place a router
 /// is assembled, so no route can escape [`crate::server::RunningServer::routes`].
 pub(crate) fn router(routes: Vec<Route>, state: AppState) -> Router {
-    let mut app = Router::new();
+    let mut app = empty();
     for route in routes {
         // The permission travels with the request; #16 checks it here.
         // Build refuses a route without a handler (a method axum cannot route).
         let Some(handler) = route.handler else { continue };
         let handler = handler.layer(Extension(route.permission));
-        app = app.route(route.path, handler);
+        app = add(app, route.path, handler);
     }
     app.fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_response))
+}
+
+/// A router without routes.
+pub(crate) fn empty<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+}
+
+/// `app` with `handler` on `path`: the only place a path enters a router (the build check
+/// adds the same paths through it, so it refuses exactly what this would panic on).
+pub(crate) fn add<S: Clone + Send + Sync + 'static>(
+    app: Router<S>,
+    path: &str,
+    handler: MethodRouter<S>,
+) -> Router<S> {
+    app.route(path, handler)
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {
