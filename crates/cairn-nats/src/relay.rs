@@ -204,8 +204,10 @@ impl Relay {
         // An existing stream keeps its configuration; a subject it lacks (a module added to
         // a running deployment) would make every publish there fail, so it is added.
         let mut existing = stream.cached_info().config.clone();
-        let missing: Vec<String> =
-            subjects.into_iter().filter(|s| !existing.subjects.contains(s)).collect();
+        let missing: Vec<String> = subjects
+            .into_iter()
+            .filter(|s| !existing.subjects.iter().any(|held| covers(held, s)))
+            .collect();
         if !missing.is_empty() {
             tracing::info!(stream = %config.stream, subjects = ?missing, "adding subjects to the stream");
             existing.subjects.extend(missing);
@@ -359,5 +361,33 @@ impl Relay {
         .await;
         self.progress.send_modify(|p| p.published += published);
         (acked_to, result)
+    }
+}
+
+/// Whether stream subject `held` already takes every subject of `wanted` (both filters):
+/// adding an overlapping subject would be refused by the server.
+fn covers(held: &str, wanted: &str) -> bool {
+    let (mut held, mut wanted) = (held.split('.'), wanted.split('.'));
+    loop {
+        match (held.next(), wanted.next()) {
+            (Some(">"), Some(_)) | (None, None) => return true,
+            (Some(h), Some(w)) if h == w || (h == "*" && w != ">") => {}
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use super::covers;
+
+    #[test]
+    fn a_wider_stream_subject_covers_a_module_prefix() {
+        assert!(covers("public.>", "public.bank.>"));
+        assert!(covers("public.bank.>", "public.bank.>"));
+        assert!(covers("*.bank.>", "public.bank.>"));
+        assert!(!covers("public.orders.>", "public.bank.>"));
+        assert!(!covers("public.*", "public.bank.>"));
+        assert!(!covers("public.bank.>", "public.>"));
     }
 }
