@@ -1,5 +1,6 @@
-//! The reference bounded context (seed: Order Management), built only from what a user
-//! of Cairn would use: the `Aggregate` trait, projections and a process manager.
+//! The reference bounded context (the seed's Order Management, `docs/seed.md`), built
+//! only from what a user of Cairn would use: the `Aggregate` trait, projections and a
+//! process manager.
 //!
 //! This crate depends on no database driver and no HTTP crate.
 

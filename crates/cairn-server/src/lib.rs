@@ -1,5 +1,5 @@
-//! Cairn's HTTP API: the contract in `shared/spec/http-api.md`, served with axum, for a
-//! server built from modules ([`Server::builder`]).
+//! Cairn's HTTP API: the contract in `docs/http-api.md` (cited as "contract §N"), served
+//! with axum, for a server built from modules ([`Server::builder`]).
 //!
 //! This is the only crate that knows HTTP. Handlers translate requests into calls on the
 //! core traits and map every error to the contract's JSON shape in one place

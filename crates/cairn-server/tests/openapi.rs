@@ -75,7 +75,7 @@ async fn every_route_of_the_router_is_documented_with_every_method(backend: Back
         let in_path: BTreeSet<&str> =
             path.split('/').filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}')).collect();
         assert_eq!(declared, in_path, "{method} {path}: path parameters");
-        // A success response, and the §7 error shape for everything else.
+        // A success response, and the contract's §7 error shape for everything else.
         let responses = op["responses"].as_object().expect("responses");
         assert!(responses.keys().any(|k| k.starts_with('2')), "{method} {path}: no 2xx");
         assert_eq!(

@@ -57,7 +57,7 @@ use crate::AppState;
 pub struct ApiDoc;
 
 /// The whole document: the server's own routes ([`ApiDoc`]), then each module's
-/// documentation in order, then the §7 error shape as every operation's `default`.
+/// documentation in order, then the contract's §7 error shape as every operation's `default`.
 /// Built once at start, so `GET /openapi.json` only copies a string.
 pub(crate) fn assemble(
     documents: impl IntoIterator<Item = utoipa::openapi::OpenApi>,
@@ -82,7 +82,7 @@ pub async fn serve(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Adds the §7 error shape as the `default` response of every operation: any route can
+/// Adds the contract's §7 error shape as the `default` response of every operation: any route can
 /// answer an error (a malformed request, a panic, an unavailable store), always in it.
 struct DefaultErrorResponse;
 
