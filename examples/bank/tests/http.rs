@@ -42,6 +42,8 @@ const ATM_CENTS: i64 = 15_000;
 const QUIET_WITHIN: Duration = Duration::from_secs(120);
 /// Requests answered before the crash test kills the server.
 const KILL_AFTER: usize = 16;
+/// In the crash test, the delay between two requests going out.
+const SEND_SPACING: Duration = Duration::from_millis(10);
 
 /// One request of the load: a transfer or a direct withdrawal, with its key.
 #[derive(Clone)]
@@ -159,12 +161,15 @@ async fn fire(
     let client = Arc::new(Client { http: reqwest::Client::new(), base: server.base.clone() });
     let load = plan();
     let answered = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = load
-        .iter()
-        .cloned()
-        .map(|p| {
+    // For the crash, requests go out one every few milliseconds rather than all at once, so
+    // that however fast the server answers, the kill lands with requests still to come.
+    let spacing = if kill_after.is_some() { SEND_SPACING } else { Duration::ZERO };
+    let tasks: Vec<_> = (0u32..)
+        .zip(load.iter().cloned())
+        .map(|(i, p)| {
             let (client, answered) = (Arc::clone(&client), Arc::clone(&answered));
             tokio::spawn(async move {
+                tokio::time::sleep(spacing * i).await;
                 let answer = send(&client, &p).await;
                 answered.fetch_add(usize::from(answer.is_ok()), Ordering::SeqCst);
                 answer.ok()
