@@ -563,8 +563,8 @@ fn the_parser_reads_commands_answers_and_wildcards() {
     ];
     let steps = steps(1, &lines);
     assert_eq!(steps.len(), 3);
-    assert_eq!(steps[0].words.len(), 8);
-    assert_eq!(steps[0].words[7], Word::Text("{\"k\": [1,\n        2]}".into()));
+    assert_eq!(steps[0].words.len(), 9);
+    assert_eq!(steps[0].words[8], Word::Text("{\"k\": [1,\n        2]}".into()));
     assert_eq!(steps[0].shown.status, Some(409));
     assert!(steps[1].shown.json.is_none());
     assert_eq!(steps[1].shown.lines, ["http://127.0.0.1:7070: ready (ok)"]);
