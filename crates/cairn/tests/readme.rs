@@ -4,8 +4,8 @@
 //! commands (a `\` at the end of a line, or an open quote, continues a command; `#` outside
 //! quotes starts a comment) and each command is run in README order on one fresh server,
 //! `localhost:7070` / `http://127.0.0.1:7070` standing for that server and
-//! `http://127.0.0.1:7071` for a second, empty one (started with
-//! `--pause-process-managers`, as an import target must be):
+//! `http://127.0.0.1:7071` for a second, empty one on the embedded store (the target of
+//! `cairn import`):
 //!
 //! - `curl`: `-s`, `-N`, `-X METHOD`, `-H 'name: value'`, `-d 'body'` and one URL, sent
 //!   with `reqwest`; piped into `grep -E 'regex'` and `head -c N` filters;
@@ -516,7 +516,7 @@ async fn walk(backend: cairn_testkit::Backend) {
     let place = backend.place().await;
     let server: ServeProcess = Server::start_on(&place, &[]).await;
     let second_place = cairn_testkit::Backend::Sqlite.place().await;
-    let second = Server::start_on_args(&second_place, &["--pause-process-managers"], &[]).await;
+    let second = Server::start_on(&second_place, &[]).await;
     let env = Env {
         base: server.base.clone(),
         second: second.base.clone(),
