@@ -780,7 +780,7 @@ impl<A: Aggregate> EventsRoute<A> {
         ));
         params.push(query_param(
             "direction",
-            String::schema(),
+            doc::ReadDirection::schema(),
             "`forward` (default) or `backward`",
         ));
         let mut schemas = Vec::new();

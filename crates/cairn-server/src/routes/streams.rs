@@ -210,7 +210,7 @@ fn limit_param(query: &QueryMap, default: u64) -> Result<usize, ApiError> {
         ("aggregate_id" = String, Path, description = "The stream"),
         ("from_version" = Option<u64>, Query, description = "First version to read (forward: default 1; backward: default the last)"),
         ("limit" = Option<u64>, Query, description = "At most this many events (default 100, at most 10000)"),
-        ("direction" = Option<String>, Query, description = "`forward` (default) or `backward`"),
+        ("direction" = inline(Option<openapi::ReadDirection>), Query, description = "`forward` (default) or `backward`"),
     ),
     responses(
         (status = 200, description = "A page of the stream", body = StreamPage),
