@@ -13,7 +13,7 @@ use cairn_server::extract::{AggregateIdPath, CommandHeaders, JsonBody, check_id,
 use cairn_server::openapi::{self, CommandOutcome, ErrorBody};
 use cairn_server::{AppState, command};
 
-use crate::docs::Money as MoneySchema;
+use crate::docs::Price as PriceSchema;
 
 /// `POST /customers` body.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -95,6 +95,7 @@ pub async fn change_email(
 pub struct Restock {
     /// How many arrived (at least 1).
     #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "cairn_core::whole::deserialize")]
     quantity: i64,
 }
 
@@ -136,9 +137,10 @@ pub struct LineBody {
     product_id: String,
     /// How many (at least 1).
     #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "cairn_core::whole::deserialize")]
     quantity: i64,
     /// Unit price: at least 0, at most 2 decimals.
-    #[schema(value_type = MoneySchema)]
+    #[schema(value_type = PriceSchema)]
     price: Money,
 }
 
@@ -349,7 +351,7 @@ pub async fn cancel(
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CorrectTotal {
     /// The right total.
-    #[schema(value_type = MoneySchema)]
+    #[schema(value_type = PriceSchema)]
     corrected_total: Money,
     /// Why.
     reason: String,

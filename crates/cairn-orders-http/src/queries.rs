@@ -221,7 +221,7 @@ pub async fn order_events(
     params(
         ("aggregate_id" = String, Path, description = "The order"),
         ("version" = Option<u64>, Query, description = "The state after this version"),
-        ("as_of" = Option<String>, Query, format = DateTime, description = "The state after every event with a timestamp at or before this RFC 3339 time"),
+        ("as_of" = inline(Option<openapi::AsOf>), Query, description = "The state after every event with a timestamp at or before this RFC 3339 time"),
     ),
     responses(
         (status = 200, description = "The order's state", body = OrderState),

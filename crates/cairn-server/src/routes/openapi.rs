@@ -72,7 +72,46 @@ pub(crate) fn assemble(
     IdPathParameters.modify(&mut doc);
     let mut json = serde_json::to_value(&doc)?;
     spell_links(&mut json);
+    parameter_schemas(&mut json);
     serde_json::to_string(&json)
+}
+
+/// The parameters as the server reads them, whatever types the handlers declare them with:
+/// - a parameter is absent or has a value: never `null` (utoipa makes an `Option` nullable);
+/// - an integer query parameter is read by [`crate::extract::QueryMap::u64`]: any run of
+///   digits, saturating at `u64::MAX` (a limit above its maximum is clamped), so no format
+///   bounds it; an integer header (`If-Match`, `X-Min-Position`) is a `u64`: digits up to
+///   `u64::MAX`, else `400`.
+fn parameter_schemas(json: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Some(paths) = json.get_mut("paths").and_then(Value::as_object_mut) else { return };
+    let parameters = paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("parameters")?.as_array_mut())
+        .flatten();
+    for parameter in parameters {
+        let place = parameter["in"].as_str().unwrap_or_default().to_owned();
+        let Some(schema) = parameter.get_mut("schema").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        if let Some(Value::Array(types)) = schema.get_mut("type") {
+            types.retain(|t| t != "null");
+            if types.len() == 1 {
+                let only = types.remove(0);
+                schema.insert("type".to_owned(), only);
+            }
+        }
+        let unsigned = schema.get("type").is_some_and(|t| t == "integer")
+            && schema.get("minimum").is_some_and(|m| m == 0);
+        if unsigned && (place == "query" || place == "header") {
+            schema.remove("format");
+            if place == "header" {
+                schema.insert("maximum".to_owned(), Value::from(u64::MAX));
+            }
+        }
+    }
 }
 
 /// utoipa 5.5 writes a link's fields in snake case (`operation_id`, `request_body`); OpenAPI
@@ -291,6 +330,28 @@ impl PartialSchema for ExpectedVersion {
 impl ToSchema for ExpectedVersion {
     fn name() -> Cow<'static, str> {
         Cow::Borrowed("ExpectedVersion")
+    }
+}
+
+/// `as_of` of a state query: an RFC 3339 time; empty, like every empty query parameter, is
+/// absent (the current state).
+pub struct AsOf;
+
+impl PartialSchema for AsOf {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String).format(Some(
+                utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime),
+            )))
+            .item(ObjectBuilder::new().schema_type(Type::String).max_length(Some(0)))
+            .description(Some("An RFC 3339 time; empty means absent"))
+            .into()
+    }
+}
+
+impl ToSchema for AsOf {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("AsOf")
     }
 }
 
