@@ -119,7 +119,7 @@ async fn the_document_links_answers_to_reads_and_declares_what_the_server_checks
             }
             for response in operation["responses"].as_object().unwrap().values() {
                 for link in response["links"].as_object().into_iter().flat_map(|l| l.values()) {
-                    assert!(link.get("operation_id").is_none(), "{where_}: {link}", where_ = path);
+                    assert!(link.get("operation_id").is_none(), "{path}: {link}");
                     let target = link["operationId"].as_str().unwrap().to_owned();
                     operation_ids.push(format!("link:{target}"));
                 }

@@ -36,12 +36,13 @@ pub async fn run<A: Aggregate>(
     // A creating command is decided on the default state whenever it runs: one that this
     // state refuses is refused before its key is looked up, so a key never makes a request
     // that is invalid on its own look accepted.
-    if headers.idempotency_key.is_some() && A::existence(&command) == Existence::MustNotExist {
-        if let Err(refused) = A::default().handle(&command) {
-            let error = ApiError::from(cairn_cqrs::CommandError::from(refused));
-            crate::metrics::command_done(name, "refused", started);
-            return Err(error);
-        }
+    if headers.idempotency_key.is_some()
+        && A::existence(&command) == Existence::MustNotExist
+        && let Err(refused) = A::default().handle(&command)
+    {
+        let error = ApiError::from(cairn_cqrs::CommandError::from(refused));
+        crate::metrics::command_done(name, "refused", started);
+        return Err(error);
     }
     let result = execute::<A>(state, id, command, headers).await;
     let outcome = match &result {

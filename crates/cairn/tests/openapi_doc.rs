@@ -25,11 +25,11 @@ fn render(doc: &Value) -> String {
 #[tokio::test]
 async fn docs_openapi_json_is_what_cairn_serve_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]).await;
-    let r = reqwest::get(format!("{}/openapi.json", server.base)).await.unwrap();
+    let cairn = Server::start(dir.path(), &[]).await;
+    let r = reqwest::get(format!("{}/openapi.json", cairn.base)).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let served: Value = r.json().await.unwrap();
-    server.kill().await;
+    cairn.kill().await;
     let served = render(&served);
 
     let path = checked_in_path();
