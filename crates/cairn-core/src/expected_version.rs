@@ -69,6 +69,15 @@ impl<'de> Deserialize<'de> for ExpectedVersion {
                     .map(ExpectedVersion::Exact)
                     .map_err(|_| E::custom("expected_version must not be negative"))
             }
+            /// `3.0` is the integer 3 (JSON Schema counts a number without a fraction as
+            /// an integer, and so do clients that write every number as a float).
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if v.fract() == 0.0 && (0.0..=crate::whole::F64_INTEGER_MAX).contains(&v) {
+                    Ok(ExpectedVersion::Exact(v as u64))
+                } else {
+                    Err(E::custom("expected_version must be a non-negative integer"))
+                }
+            }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 match v {
                     "any" => Ok(ExpectedVersion::Any),

@@ -13,6 +13,7 @@ pub mod snapshot;
 pub mod store;
 pub mod subscription;
 pub mod timestamp;
+pub mod whole;
 
 pub use envelope::{NewEvent, RecordedEvent};
 pub use error::{AppendError, ReadError};

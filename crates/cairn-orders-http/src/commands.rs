@@ -13,12 +13,13 @@ use cairn_server::extract::{AggregateIdPath, CommandHeaders, JsonBody, check_id,
 use cairn_server::openapi::{self, CommandOutcome, ErrorBody};
 use cairn_server::{AppState, command};
 
-use crate::docs::Money as MoneySchema;
+use crate::docs::Price as PriceSchema;
 
 /// `POST /customers` body.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RegisterCustomer {
     /// Minted as `cust-<uuid v7>` when absent.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", min_length = 1, max_length = 128)]
     customer_id: Option<String>,
     /// Name.
     name: String,
@@ -93,6 +94,8 @@ pub async fn change_email(
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct Restock {
     /// How many arrived (at least 1).
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "cairn_core::whole::deserialize")]
     quantity: i64,
 }
 
@@ -130,11 +133,14 @@ pub async fn restock(
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct LineBody {
     /// The product.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", min_length = 1, max_length = 128)]
     product_id: String,
     /// How many (at least 1).
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "cairn_core::whole::deserialize")]
     quantity: i64,
     /// Unit price: at least 0, at most 2 decimals.
-    #[schema(value_type = MoneySchema)]
+    #[schema(value_type = PriceSchema)]
     price: Money,
 }
 
@@ -148,8 +154,10 @@ impl From<LineBody> for Line {
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateOrder {
     /// Minted as `order-<uuid v7>` when absent.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", min_length = 1, max_length = 128)]
     order_id: Option<String>,
     /// Who orders.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", min_length = 1, max_length = 128)]
     customer_id: String,
     /// Initial lines; repeated products are merged into one line.
     #[serde(default)]
@@ -215,7 +223,7 @@ pub async fn add_item(
     tag = "commands",
     params(
         ("aggregate_id" = String, Path, description = "The order"),
-        ("product_id" = String, Path, description = "The product whose line goes"),
+        ("product_id" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$", min_length = 1, max_length = 128, description = "The product whose line goes"),
         openapi::CommandHeaders,
     ),
     responses(
@@ -343,7 +351,7 @@ pub async fn cancel(
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CorrectTotal {
     /// The right total.
-    #[schema(value_type = MoneySchema)]
+    #[schema(value_type = PriceSchema)]
     corrected_total: Money,
     /// Why.
     reason: String,

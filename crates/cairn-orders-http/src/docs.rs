@@ -34,6 +34,39 @@ impl ToSchema for Money {
     }
 }
 
+/// A price or a corrected total in a request: at least 0, at most 10^12, with at most two
+/// decimals (contract §3; a number outside these is `422 rule_violation`), as a JSON number
+/// or a string holding one.
+pub struct Price;
+
+impl PartialSchema for Price {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .minimum(Some(0))
+                    .maximum(Some(1_000_000_000_000_u64))
+                    .multiple_of(Some(0.01)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^[0-9]{1,13}(\.[0-9]{1,2})?$")),
+            )
+            .description(Some(
+                "An exact decimal from 0 to 10^12 with at most 2 decimals: a JSON number, or a string holding one",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Price {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Price")
+    }
+}
+
 /// `order_summary`: one order as the read model holds it.
 #[derive(ToSchema)]
 pub struct OrderSummary {

@@ -34,7 +34,7 @@ pub fn module() -> Module {
             translate: Arc::new(cairn_orders::integration::translate),
         })
         .process_manager(Arc::new(OrderFulfillment))
-        .openapi(OrdersDoc::openapi());
+        .openapi(documentation());
     for projection in cairn_orders::projections() {
         builder = builder.projection(projection);
     }
@@ -72,6 +72,51 @@ pub fn module() -> Module {
     )
 )]
 struct OrdersDoc;
+
+/// [`OrdersDoc`] with its links: a command's answer names the aggregate the reads and the
+/// next commands need, and its `position` is the `min_position` that makes a read of the
+/// read model see the command (contract §4, read-your-writes).
+fn documentation() -> utoipa::openapi::OpenApi {
+    use cairn_server::openapi::link;
+    let mut doc = OrdersDoc::openapi();
+    let id = ("aggregate_id", "$response.body#/aggregate_id");
+    let seen = ("min_position", "$response.body#/position");
+    let customer =
+        [("post", "/customers", "201"), ("post", "/customers/{aggregate_id}/email", "200")];
+    for from in customer {
+        link(&mut doc, from, "get_customer", &[id, seen]);
+    }
+    link(&mut doc, customer[0], "change_email", &[id]);
+    let restocked = ("post", "/inventory/{aggregate_id}/restock", "200");
+    link(&mut doc, restocked, "get_inventory", &[id, seen]);
+    link(&mut doc, restocked, "restock", &[id]);
+    let created = ("post", "/orders", "201");
+    let order_commands = [
+        created,
+        ("post", "/orders/{aggregate_id}/items", "200"),
+        ("delete", "/orders/{aggregate_id}/items/{product_id}", "200"),
+        ("post", "/orders/{aggregate_id}/confirm", "200"),
+        ("post", "/orders/{aggregate_id}/ship", "200"),
+        ("post", "/orders/{aggregate_id}/cancel", "200"),
+        ("post", "/orders/{aggregate_id}/correct-total", "200"),
+    ];
+    for from in order_commands {
+        link(&mut doc, from, "get_order", &[id, seen]);
+        link(&mut doc, from, "order_events", &[id]);
+        link(&mut doc, from, "order_state", &[id]);
+    }
+    link(&mut doc, created, "list_orders", &[("customer_id", "$request.body#/customer_id"), seen]);
+    for next in ["add_item", "confirm", "cancel", "correct_total"] {
+        link(&mut doc, created, next, &[id]);
+    }
+    let added = order_commands[1];
+    link(&mut doc, added, "remove_item", &[id, ("product_id", "$request.body#/product_id")]);
+    link(&mut doc, added, "confirm", &[id]);
+    link(&mut doc, order_commands[3], "ship", &[id]);
+    let shipped = order_commands[4];
+    link(&mut doc, shipped, "get_shipped_order", &[id, seen]);
+    doc
+}
 
 /// The contract's Order routes: queries read, commands write. The commands that existed
 /// over NATS before modules keep their names (`cairn.commands.<name>[.<id>]` is a

@@ -197,7 +197,7 @@ pub async fn list_orders(
         ("aggregate_id" = String, Path, description = "The order"),
         ("from_version" = Option<u64>, Query, description = "First version to read"),
         ("limit" = Option<u64>, Query, description = "At most this many events (default 100, at most 10000)"),
-        ("direction" = Option<String>, Query, description = "`forward` (default) or `backward`"),
+        ("direction" = inline(Option<openapi::ReadDirection>), Query, description = "`forward` (default) or `backward`"),
     ),
     responses(
         (status = 200, description = "A page of the order's stream", body = streams::StreamPage),
@@ -221,7 +221,7 @@ pub async fn order_events(
     params(
         ("aggregate_id" = String, Path, description = "The order"),
         ("version" = Option<u64>, Query, description = "The state after this version"),
-        ("as_of" = Option<String>, Query, format = DateTime, description = "The state after every event with a timestamp at or before this RFC 3339 time"),
+        ("as_of" = inline(Option<openapi::AsOf>), Query, description = "The state after every event with a timestamp at or before this RFC 3339 time"),
     ),
     responses(
         (status = 200, description = "The order's state", body = OrderState),

@@ -21,9 +21,29 @@ pub async fn run<A: Aggregate>(
     name: &'static str,
     id: &str,
     command: A::Command,
-    headers: CommandHeaders,
+    mut headers: CommandHeaders,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
+    // A key names one command on one aggregate: the same key sent with another command, or
+    // to another aggregate, is a new command, never a replay of the first one's outcome
+    // (which would answer for another aggregate, or accept a body it never checked). A
+    // creating command's id may be minted afresh on each retry, so its name alone scopes it.
+    let scope = match A::existence(&command) {
+        Existence::MustNotExist => name.to_owned(),
+        _ => format!("{name}:{id}"),
+    };
+    headers.idempotency_key = headers.idempotency_key.map(|key| format!("{scope}:{key}"));
+    // A creating command is decided on the default state whenever it runs: one that this
+    // state refuses is refused before its key is looked up, so a key never makes a request
+    // that is invalid on its own look accepted.
+    if headers.idempotency_key.is_some()
+        && A::existence(&command) == Existence::MustNotExist
+        && let Err(refused) = A::default().handle(&command)
+    {
+        let error = ApiError::from(cairn_cqrs::CommandError::from(refused));
+        crate::metrics::command_done(name, "refused", started);
+        return Err(error);
+    }
     let result = execute::<A>(state, id, command, headers).await;
     let outcome = match &result {
         Ok(_) => "ok",

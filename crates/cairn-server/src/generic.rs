@@ -670,7 +670,7 @@ impl<A: Aggregate> StateRoute<A> {
         params.push(query_param("version", u64::schema(), "The state after this version"));
         params.push(query_param(
             "as_of",
-            text().into(),
+            doc::AsOf::schema(),
             "The state after every event at or before this RFC 3339 time",
         ));
         let kind = A::TYPE.to_lowercase();
@@ -780,7 +780,7 @@ impl<A: Aggregate> EventsRoute<A> {
         ));
         params.push(query_param(
             "direction",
-            String::schema(),
+            doc::ReadDirection::schema(),
             "`forward` (default) or `backward`",
         ));
         let mut schemas = Vec::new();

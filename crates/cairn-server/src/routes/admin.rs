@@ -613,6 +613,7 @@ pub async fn process_state(
 pub struct ImportState {
     /// The checkpoint to set: the position, in this store, of the last event the
     /// instances have handled.
+    #[serde(deserialize_with = "cairn_core::whole::deserialize")]
     checkpoint: u64,
     /// Instances to save (as they are).
     #[serde(default)]
@@ -732,6 +733,7 @@ pub async fn schemas(State(state): State<AppState>) -> Json<Vec<serde_json::Valu
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct PutSchema {
     /// The next version (the current one + 1; 1 for a new type).
+    #[serde(deserialize_with = "cairn_core::whole::deserialize")]
     version: u32,
     /// A JSON Schema of the events' `data`.
     #[schema(value_type = Object)]
@@ -746,7 +748,7 @@ pub struct PutSchema {
     put,
     path = "/admin/schemas/{event_type}",
     tag = "operations",
-    params(("event_type" = String, Path, description = "The event type")),
+    params(("event_type" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,100}$", min_length = 1, max_length = 100, description = "The event type")),
     request_body = PutSchema,
     responses(
         (status = 200, description = "Registered (or already registered)", body = openapi::SchemaRegistered),

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
@@ -63,11 +64,122 @@ pub(crate) fn assemble(
     documents: impl IntoIterator<Item = utoipa::openapi::OpenApi>,
 ) -> Result<String, serde_json::Error> {
     let mut doc = ApiDoc::openapi();
+    store_links(&mut doc);
     for module_doc in documents {
         utoipa::openapi::OpenApi::merge(&mut doc, module_doc);
     }
     DefaultErrorResponse.modify(&mut doc);
-    doc.to_json()
+    IdPathParameters.modify(&mut doc);
+    let mut json = serde_json::to_value(&doc)?;
+    spell_links(&mut json);
+    parameter_schemas(&mut json);
+    serde_json::to_string(&json)
+}
+
+/// The parameters as the server reads them, whatever types the handlers declare them with:
+/// - a parameter is absent or has a value: never `null` (utoipa makes an `Option` nullable);
+/// - an integer query parameter is read by [`crate::extract::QueryMap::u64`]: any run of
+///   digits, saturating at `u64::MAX` (a limit above its maximum is clamped), so no format
+///   bounds it; an integer header (`If-Match`, `X-Min-Position`) is a `u64`: digits up to
+///   `u64::MAX`, else `400`.
+fn parameter_schemas(json: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Some(paths) = json.get_mut("paths").and_then(Value::as_object_mut) else { return };
+    let parameters = paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("parameters")?.as_array_mut())
+        .flatten();
+    for parameter in parameters {
+        let place = parameter["in"].as_str().unwrap_or_default().to_owned();
+        let Some(schema) = parameter.get_mut("schema").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        if let Some(Value::Array(types)) = schema.get_mut("type") {
+            types.retain(|t| t != "null");
+            if types.len() == 1 {
+                let only = types.remove(0);
+                schema.insert("type".to_owned(), only);
+            }
+        }
+        let unsigned = schema.get("type").is_some_and(|t| t == "integer")
+            && schema.get("minimum").is_some_and(|m| m == 0);
+        if unsigned && (place == "query" || place == "header") {
+            schema.remove("format");
+            if place == "header" {
+                schema.insert("maximum".to_owned(), Value::from(u64::MAX));
+            }
+        }
+    }
+}
+
+/// utoipa 5.5 writes a link's fields in snake case (`operation_id`, `request_body`); OpenAPI
+/// spells them `operationId`, `operationRef` and `requestBody`, and a client (or
+/// schemathesis) ignores a link without them.
+fn spell_links(json: &mut serde_json::Value) {
+    let Some(paths) = json.get_mut("paths").and_then(serde_json::Value::as_object_mut) else {
+        return;
+    };
+    let responses = paths
+        .values_mut()
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let Some(links) = response.get_mut("links").and_then(serde_json::Value::as_object_mut)
+        else {
+            continue;
+        };
+        for link in links.values_mut().filter_map(serde_json::Value::as_object_mut) {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(snake) {
+                    link.insert(camel.to_owned(), value);
+                }
+            }
+        }
+    }
+}
+
+/// An OpenAPI link on the `status` answer of `method path` of `doc`: a client (or a
+/// stateful tester) that got that answer can call `operation_id` with `parameters`, each a
+/// runtime expression (`$response.body#/aggregate_id`, `$request.path.aggregate_id`, ...).
+/// Does nothing when `doc` has no such answer, so a module's links never invent operations.
+pub fn link(
+    doc: &mut utoipa::openapi::OpenApi,
+    (method, path, status): (&str, &str, &str),
+    operation_id: &str,
+    parameters: &[(&str, &str)],
+) {
+    let Some(item) = doc.paths.paths.get_mut(path) else { return };
+    let operation = match method {
+        "get" => &mut item.get,
+        "post" => &mut item.post,
+        "put" => &mut item.put,
+        "delete" => &mut item.delete,
+        "patch" => &mut item.patch,
+        _ => return,
+    };
+    let Some(operation) = operation else { return };
+    let Some(RefOr::T(response)) = operation.responses.responses.get_mut(status) else {
+        return;
+    };
+    let mut builder = LinkBuilder::new().operation_id(operation_id);
+    for (name, expression) in parameters {
+        builder = builder.parameter(*name, *expression);
+    }
+    response.links.insert(operation_id.to_owned(), builder.build().into());
+}
+
+/// The links of the store API: an append's answer names the stream the reads need.
+fn store_links(doc: &mut utoipa::openapi::OpenApi) {
+    let appended = ("post", "/streams/{aggregate_id}", "200");
+    link(doc, appended, "read_stream", &[("aggregate_id", "$response.body#/aggregate_id")]);
 }
 
 /// `GET /openapi.json`: this document.
@@ -80,6 +192,43 @@ pub(crate) fn assemble(
 pub async fn serve(State(state): State<AppState>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], state.openapi_json().to_owned())
         .into_response()
+}
+
+/// What an aggregate id matches (contract §3); anything else is refused with
+/// `400 bad_request` on a path and `422 rule_violation` in a command's body.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9._:@-]{1,128}$";
+
+/// The schema of an aggregate id: a string matching [`ID_PATTERN`].
+#[must_use]
+pub fn id_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(ID_PATTERN))
+        .min_length(Some(1))
+        .max_length(Some(128))
+        .into()
+}
+
+/// Every `{aggregate_id}` path parameter is read by [`crate::extract::AggregateIdPath`] (or
+/// checked with [`crate::extract::check_id`]), which refuses an id outside [`ID_PATTERN`]
+/// with `400`: the document says so, for every module's routes.
+struct IdPathParameters;
+
+impl Modify for IdPathParameters {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete];
+            for operation in operations.into_iter().flatten() {
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    if parameter.parameter_in == utoipa::openapi::path::ParameterIn::Path
+                        && parameter.name == crate::generic::ID_PARAM
+                    {
+                        parameter.schema = Some(id_schema());
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Adds the contract's §7 error shape as the `default` response of every operation: any route can
@@ -184,6 +333,38 @@ impl ToSchema for ExpectedVersion {
     }
 }
 
+/// `as_of` of a state query: an RFC 3339 time; empty, like every empty query parameter, is
+/// absent (the current state).
+pub struct AsOf;
+
+impl PartialSchema for AsOf {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String).format(Some(
+                utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime),
+            )))
+            .item(ObjectBuilder::new().schema_type(Type::String).max_length(Some(0)))
+            .description(Some("An RFC 3339 time; empty means absent"))
+            .into()
+    }
+}
+
+impl ToSchema for AsOf {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("AsOf")
+    }
+}
+
+/// The direction of a stream read.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadDirection {
+    /// From `from_version` (default 1) towards the end.
+    Forward,
+    /// From `from_version` (default: the last) towards the start.
+    Backward,
+}
+
 /// A stored event (contract §1).
 #[derive(ToSchema)]
 pub struct Event {
@@ -222,7 +403,8 @@ pub struct CommandOutcome {
     pub position: u64,
 }
 
-/// The headers every command takes (contract §3).
+/// The headers every command takes (contract §3). The text headers hold 1 to 200 visible
+/// ASCII characters (inner spaces allowed); anything else is `400 bad_request`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct CommandHeaders {
@@ -231,12 +413,15 @@ pub struct CommandHeaders {
     pub if_match: Option<u64>,
     /// A repeated command with the same key gets the first response and appends nothing.
     #[param(rename = "Idempotency-Key")]
+    #[param(pattern = "^[!-~]([ -~]{0,198}[!-~])?$")]
     pub idempotency_key: Option<String>,
     /// Copied into `metadata.correlation_id` of every event the command causes.
     #[param(rename = "X-Correlation-Id")]
+    #[param(pattern = "^[!-~]([ -~]{0,198}[!-~])?$")]
     pub correlation_id: Option<String>,
     /// Copied into `metadata.user_id`.
     #[param(rename = "X-User-Id")]
+    #[param(pattern = "^[!-~]([ -~]{0,198}[!-~])?$")]
     pub user_id: Option<String>,
 }
 

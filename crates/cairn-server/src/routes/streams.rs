@@ -33,10 +33,12 @@ const ALL_READ_LIMIT_DEFAULT: u64 = 1000;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendBody {
+    /// Absent means `"any"`.
     #[serde(default)]
-    #[schema(value_type = Option<openapi::ExpectedVersion>)]
+    #[schema(value_type = openapi::ExpectedVersion)]
     expected_version: ExpectedVersion,
     /// 1 to 1000 events of one aggregate type, appended atomically.
+    #[schema(min_items = 1, max_items = 1000)]
     events: Vec<EventBody>,
 }
 
@@ -48,8 +50,10 @@ pub struct EventBody {
     #[schema(value_type = Option<String>, format = "uuid")]
     event_id: Option<Uuid>,
     /// The stream's aggregate type (the same for every event of the append).
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,100}$", min_length = 1, max_length = 100)]
     aggregate_type: String,
     /// Past-tense name of what happened.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,100}$", min_length = 1, max_length = 100)]
     event_type: String,
     /// The payload, stored byte for byte.
     #[schema(value_type = Object)]
@@ -208,9 +212,9 @@ fn limit_param(query: &QueryMap, default: u64) -> Result<usize, ApiError> {
     tag = "store",
     params(
         ("aggregate_id" = String, Path, description = "The stream"),
-        ("from_version" = Option<u64>, Query, description = "First version to read (forward: default 1; backward: default the last)"),
+        ("from_version" = Option<u64>, Query, description = "First version to read (forward: default 1, and 0 reads from 1; backward: default the last, and 0 is an empty last page)"),
         ("limit" = Option<u64>, Query, description = "At most this many events (default 100, at most 10000)"),
-        ("direction" = Option<String>, Query, description = "`forward` (default) or `backward`"),
+        ("direction" = inline(Option<openapi::ReadDirection>), Query, description = "`forward` (default) or `backward`"),
     ),
     responses(
         (status = 200, description = "A page of the stream", body = StreamPage),
@@ -238,7 +242,10 @@ pub async fn read_stream(
         // Versions start at 1; from_version=0 reads from the start.
         from_version = Some(from_version.unwrap_or(1).max(1));
     } else if from_version == Some(0) {
-        return Err(ApiError::bad_request("from_version must be at least 1 when reading backward"));
+        // Nothing comes before version 1: an empty last page (as EventStoreDB answers a
+        // backward read from before the start), once the stream is known to exist.
+        state.store.read_stream(&aggregate_id, StreamRead::forward_from(1, 1)).await?;
+        return Ok(Json(StreamPage { events: Vec::new(), next_version: None }));
     }
     let slice = state
         .store
