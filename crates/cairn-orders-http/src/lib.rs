@@ -44,34 +44,56 @@ pub fn module() -> Module {
     builder.build()
 }
 
-/// The documentation of the Order routes.
-#[derive(OpenApi)]
-#[openapi(
-    paths(
-        commands::register_customer,
-        commands::change_email,
-        commands::restock,
-        commands::create_order,
-        commands::add_item,
-        commands::remove_item,
-        commands::confirm,
-        commands::ship,
-        commands::cancel,
-        commands::correct_total,
-        queries::get_customer,
-        queries::get_inventory,
-        queries::list_orders,
-        queries::get_order,
-        queries::order_events,
-        queries::order_state,
-        queries::get_shipped_order,
-    ),
-    tags(
-        (name = "commands", description = "Order Management commands (contract §3)"),
-        (name = "queries", description = "Read models and write-model queries (contract §4)"),
-    )
-)]
-struct OrdersDoc;
+/// Declares every Order route exactly once: its method, path, handler (whose
+/// `#[utoipa::path]` documents it), permission and, for a command that existed over NATS
+/// before modules, its NATS name (`cairn.commands.<name>[.<id>]` is a published interface;
+/// `remove_item` was never one). [`routes`] and [`OrdersDoc`] are generated from it, so a
+/// route and its documentation cannot part.
+macro_rules! route_table {
+    ($(
+        $method:ident $path:literal => $module:ident :: $handler:ident, $permission:ident
+        $(, nats $nats:literal)?
+    );+ $(;)?) => {
+        /// The contract's Order routes: queries read, commands write.
+        fn routes() -> Vec<Route> {
+            vec![$(
+                Route::new(Method::$method, $path, $module::$handler, Permission::$permission)
+                    $(.nats($nats))?
+            ),+]
+        }
+
+        /// The documentation of the Order routes.
+        #[derive(OpenApi)]
+        #[openapi(
+            paths($($module::$handler),+),
+            tags(
+                (name = "commands", description = "Order Management commands (contract §3)"),
+                (name = "queries", description = "Read models and write-model queries (contract §4)"),
+            )
+        )]
+        struct OrdersDoc;
+    };
+}
+
+route_table! {
+    POST "/customers" => commands::register_customer, Write, nats "register_customer";
+    GET "/customers/{aggregate_id}" => queries::get_customer, Read;
+    POST "/customers/{aggregate_id}/email" => commands::change_email, Write, nats "change_email";
+    GET "/inventory/{aggregate_id}" => queries::get_inventory, Read;
+    POST "/inventory/{aggregate_id}/restock" => commands::restock, Write, nats "restock";
+    POST "/orders" => commands::create_order, Write, nats "create_order";
+    GET "/orders" => queries::list_orders, Read;
+    GET "/orders/{aggregate_id}" => queries::get_order, Read;
+    POST "/orders/{aggregate_id}/items" => commands::add_item, Write, nats "add_item";
+    DELETE "/orders/{aggregate_id}/items/{product_id}" => commands::remove_item, Write;
+    POST "/orders/{aggregate_id}/confirm" => commands::confirm, Write, nats "confirm_order";
+    POST "/orders/{aggregate_id}/ship" => commands::ship, Write, nats "ship_order";
+    POST "/orders/{aggregate_id}/cancel" => commands::cancel, Write, nats "cancel_order";
+    POST "/orders/{aggregate_id}/correct-total" => commands::correct_total, Write, nats "correct_total";
+    GET "/orders/{aggregate_id}/events" => queries::order_events, Read;
+    GET "/orders/{aggregate_id}/state" => queries::order_state, Read;
+    GET "/shipped-orders/{aggregate_id}" => queries::get_shipped_order, Read;
+}
 
 /// [`OrdersDoc`] with its links: a command's answer names the aggregate the reads and the
 /// next commands need, and its `position` is the `min_position` that makes a read of the
@@ -116,98 +138,4 @@ fn documentation() -> utoipa::openapi::OpenApi {
     let shipped = order_commands[4];
     link(&mut doc, shipped, "get_shipped_order", &[id, seen]);
     doc
-}
-
-/// The contract's Order routes: queries read, commands write. The commands that existed
-/// over NATS before modules keep their names (`cairn.commands.<name>[.<id>]` is a
-/// published interface); `remove_item` was never one.
-fn routes() -> Vec<Route> {
-    vec![
-        Route::new(Method::POST, "/customers", commands::register_customer, Permission::Write)
-            .nats("register_customer"),
-        Route::new(
-            Method::GET,
-            "/customers/{aggregate_id}",
-            queries::get_customer,
-            Permission::Read,
-        ),
-        Route::new(
-            Method::POST,
-            "/customers/{aggregate_id}/email",
-            commands::change_email,
-            Permission::Write,
-        )
-        .nats("change_email"),
-        Route::new(
-            Method::GET,
-            "/inventory/{aggregate_id}",
-            queries::get_inventory,
-            Permission::Read,
-        ),
-        Route::new(
-            Method::POST,
-            "/inventory/{aggregate_id}/restock",
-            commands::restock,
-            Permission::Write,
-        )
-        .nats("restock"),
-        Route::new(Method::POST, "/orders", commands::create_order, Permission::Write)
-            .nats("create_order"),
-        Route::new(Method::GET, "/orders", queries::list_orders, Permission::Read),
-        Route::new(Method::GET, "/orders/{aggregate_id}", queries::get_order, Permission::Read),
-        Route::new(
-            Method::POST,
-            "/orders/{aggregate_id}/items",
-            commands::add_item,
-            Permission::Write,
-        )
-        .nats("add_item"),
-        Route::new(
-            Method::DELETE,
-            "/orders/{aggregate_id}/items/{product_id}",
-            commands::remove_item,
-            Permission::Write,
-        ),
-        Route::new(
-            Method::POST,
-            "/orders/{aggregate_id}/confirm",
-            commands::confirm,
-            Permission::Write,
-        )
-        .nats("confirm_order"),
-        Route::new(Method::POST, "/orders/{aggregate_id}/ship", commands::ship, Permission::Write)
-            .nats("ship_order"),
-        Route::new(
-            Method::POST,
-            "/orders/{aggregate_id}/cancel",
-            commands::cancel,
-            Permission::Write,
-        )
-        .nats("cancel_order"),
-        Route::new(
-            Method::POST,
-            "/orders/{aggregate_id}/correct-total",
-            commands::correct_total,
-            Permission::Write,
-        )
-        .nats("correct_total"),
-        Route::new(
-            Method::GET,
-            "/orders/{aggregate_id}/events",
-            queries::order_events,
-            Permission::Read,
-        ),
-        Route::new(
-            Method::GET,
-            "/orders/{aggregate_id}/state",
-            queries::order_state,
-            Permission::Read,
-        ),
-        Route::new(
-            Method::GET,
-            "/shipped-orders/{aggregate_id}",
-            queries::get_shipped_order,
-            Permission::Read,
-        ),
-    ]
 }

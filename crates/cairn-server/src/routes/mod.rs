@@ -20,11 +20,12 @@ use crate::error::ApiError;
 use crate::module::{Permission, Route};
 
 /// Declares every route of the server itself (store API, admin, health, OpenAPI) exactly
-/// once, with its permission. Modules add theirs; [`crate::server`] builds the router from
-/// both and `RunningServer::routes` lists them, so that a test can hold the OpenAPI
-/// document to what is served.
+/// once, with its permission and its handler, whose `#[utoipa::path]` documents it. Modules
+/// add theirs; [`crate::server`] builds the router from both, `RunningServer::routes` lists
+/// them, and [`openapi::ApiDoc`] documents the same handlers ([`CorePaths`]), so that a
+/// route and its documentation cannot part.
 macro_rules! route_table {
-    ($($method:ident $path:literal => $handler:path, $permission:ident);+ $(;)?) => {
+    ($($method:ident $path:literal => $module:ident :: $handler:ident, $permission:ident);+ $(;)?) => {
         /// The server's own routes as `(method, path, permission)`, the method in lower
         /// case as OpenAPI writes it, the path in axum's syntax (`{param}`, OpenAPI's too).
         pub const CORE_ROUTES: &[(&str, &str, Permission)] =
@@ -36,10 +37,16 @@ macro_rules! route_table {
                 axum::http::Method::from_bytes(stringify!($method).to_uppercase().as_bytes())
                     .expect("an HTTP method"),
                 $path,
-                $handler,
+                $module::$handler,
                 Permission::$permission,
             )),+]
         }
+
+        /// The documentation of [`CORE_ROUTES`]: their handlers' `#[utoipa::path]`s, with
+        /// the schemas they name.
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths($($module::$handler),+))]
+        pub struct CorePaths;
     };
 }
 
