@@ -40,8 +40,10 @@ pub fn empty_object() -> Box<RawValue> {
 
 /// A stored event, exactly as the contract's §1 shapes it on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Event))]
 pub struct RecordedEvent {
     /// The id given at append time.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "uuid"))]
     pub event_id: Uuid,
     /// The stream (one aggregate instance) the event belongs to.
     pub aggregate_id: String,
@@ -53,11 +55,16 @@ pub struct RecordedEvent {
     pub version: u64,
     /// Global (`$all`) order; strictly increasing in the order readers see events.
     pub position: u64,
-    /// When the store committed it; never decreases along `$all`.
+    /// When the store committed it (RFC 3339 UTC with microseconds); never decreases
+    /// along `$all`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub timestamp: Timestamp,
     /// The payload as stored.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: Box<RawValue>,
-    /// The metadata object as stored.
+    /// The metadata object as stored (`correlation_id`, `causation_id`, `user_id`,
+    /// `schema_version`, ...).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: Box<RawValue>,
 }
 

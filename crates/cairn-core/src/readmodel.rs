@@ -155,8 +155,9 @@ pub struct ListQuery {
 /// failed event, the rest were parked behind it so that the aggregate's events are never
 /// applied out of order.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
-    /// Its id.
+    /// Its id (for retry and discard).
     pub id: i64,
     /// The projection or process manager.
     pub projection: String,
@@ -170,9 +171,11 @@ pub struct DeadLetter {
     pub error: String,
     /// Times it was tried.
     pub attempts: u32,
-    /// First failure.
+    /// First failure (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub first_failed_at: crate::timestamp::Timestamp,
-    /// Latest failure.
+    /// Latest failure (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub last_failed_at: crate::timestamp::Timestamp,
 }
 

@@ -223,6 +223,7 @@ pub struct AllSlice {
 
 /// One row of the stream statistics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamStats {
     /// The stream.
     pub aggregate_id: String,

@@ -38,6 +38,7 @@ pub const DEAD_LETTER_GATE_WAIT: Duration = Duration::from_secs(2);
 
 /// What a consumer is doing (contract §6 names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConsumerStatus {
     /// Loading its checkpoint.
@@ -127,6 +128,7 @@ pub trait BatchHandler: Send + Sync + 'static {
 
 /// A rebuild in progress.
 #[derive(Debug, Clone, Copy, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RebuildProgress {
     /// `$all` position the shadow tables have reached.
     pub position: u64,
@@ -291,6 +293,7 @@ impl Dlq {
 
 /// What became of a retried or discarded dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetterOutcome {
     /// Dead letters of that aggregate still waiting (0 = it flows again).
     pub remaining: usize,

@@ -30,10 +30,11 @@ pub struct CommandOptions {
     pub metadata: CommandMetadata,
 }
 
-/// What a command did.
+/// What a command did: the answer to a command (contract §3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommandOutcome {
-    /// The aggregate.
+    /// The aggregate the command ran on (minted when the request named none).
     pub aggregate_id: String,
     /// Its version after the command.
     pub version: u64,

@@ -27,7 +27,7 @@ use crate::docs;
         openapi::MinPositionHeader,
     ),
     responses(
-        (status = 200, description = "The order's summary", body = docs::OrderSummary, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 200, description = "The order's summary", body = cairn_orders::projections::order_summary::OrderSummary, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
         (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
@@ -61,7 +61,7 @@ pub async fn get_order(
         openapi::MinPositionHeader,
     ),
     responses(
-        (status = 200, description = "The shipped order", body = docs::ShippedOrder, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 200, description = "The shipped order", body = cairn_orders::projections::shipped_orders::ShippedOrder, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
         (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
@@ -95,7 +95,7 @@ pub async fn get_shipped_order(
         openapi::MinPositionHeader,
     ),
     responses(
-        (status = 200, description = "The product's stock", body = docs::InventoryView, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 200, description = "The product's stock", body = cairn_orders::projections::inventory_view::InventoryRow, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
         (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
@@ -129,7 +129,7 @@ pub async fn get_inventory(
         openapi::MinPositionHeader,
     ),
     responses(
-        (status = 200, description = "The customer", body = docs::CustomerView, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
+        (status = 200, description = "The customer", body = cairn_orders::projections::customer_view::CustomerRow, headers(("X-Projection-Position" = u64, description = "The position the read model has applied"))),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 404, description = "`not_found`: not in the read model", body = ErrorBody),
         (status = 504, description = "`projection_lagging`: `min_position` not reached within `wait_ms`", body = ErrorBody),
@@ -263,15 +263,13 @@ struct OrderState<'a> {
     /// Who ordered.
     customer_id: &'a str,
     /// The lines.
-    #[schema(value_type = Vec<docs::OrderLine>)]
+    #[schema(value_type = Vec<cairn_orders::order::Line>)]
     items: &'a [cairn_orders::order::Line],
     /// Number of lines.
     item_count: usize,
     /// Sum of the lines plus corrections.
-    #[schema(value_type = docs::Money)]
     total: cairn_orders::Money,
     /// Sum of the total corrections.
-    #[schema(value_type = docs::Money)]
     corrections: cairn_orders::Money,
     /// Timestamp of the last event applied.
     #[schema(value_type = Option<String>, format = DateTime)]

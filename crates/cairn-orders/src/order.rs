@@ -43,6 +43,7 @@ impl OrderStatus {
 
 /// One order line: one per product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = OrderLine))]
 pub struct Line {
     /// The product (an Inventory aggregate id).
     pub product_id: String,

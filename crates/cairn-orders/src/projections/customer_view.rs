@@ -22,6 +22,7 @@ const ORDERS: &str = "customer_view_orders";
 
 /// A row of `customer_view` (contract §4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = CustomerView))]
 pub struct CustomerRow {
     /// The customer.
     pub customer_id: String,

@@ -14,6 +14,7 @@ pub const TABLE: &str = "inventory_view";
 
 /// A row of `inventory_view` (contract §4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = InventoryView))]
 pub struct InventoryRow {
     /// The product.
     pub product_id: String,

@@ -20,12 +20,13 @@ const STATE: &str = "order_summary_state";
 
 /// A row of `order_summary` (contract §4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderSummary {
     /// The order.
     pub order_id: String,
     /// Who ordered.
     pub customer_id: String,
-    /// Status name.
+    /// Status name: `pending`, `confirmed`, `ready_to_ship`, `shipped` or `cancelled`.
     pub status: String,
     /// Number of order lines.
     pub item_count: usize,
@@ -35,13 +36,17 @@ pub struct OrderSummary {
     pub tracking_number: Option<String>,
     /// Set when shipped.
     pub carrier: Option<String>,
-    /// When created.
+    /// When created (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
-    /// When confirmed.
+    /// When confirmed (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub confirmed_at: Option<Timestamp>,
-    /// When shipped.
+    /// When shipped (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub shipped_at: Option<Timestamp>,
-    /// Time of the last event.
+    /// Time of the last event (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at: Timestamp,
     /// Version of the last event.
     pub version: u64,

@@ -22,6 +22,7 @@ const OWNERS: &str = "shipped_orders_owners";
 
 /// A row of `shipped_orders_view` (contract §4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShippedOrder {
     /// The order.
     pub order_id: String,
@@ -39,7 +40,8 @@ pub struct ShippedOrder {
     pub tracking_number: String,
     /// Carrier.
     pub carrier: String,
-    /// When shipped.
+    /// When shipped (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub shipped_at: Timestamp,
 }
 

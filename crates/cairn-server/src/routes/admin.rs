@@ -15,6 +15,35 @@ use crate::error::ApiError;
 use crate::extract::QueryMap;
 use crate::routes::openapi::{self, ErrorBody};
 
+/// The answer to `POST /admin/projections/{name}/rebuild`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RebuildStarted {
+    /// The projection.
+    name: String,
+    /// `rebuilding`.
+    status: &'static str,
+}
+
+/// The answer to `POST /admin/process-managers/{name}/state`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StateImported {
+    /// The process manager.
+    name: String,
+    /// Its checkpoint now.
+    checkpoint: u64,
+    /// Instances saved.
+    saved: u64,
+}
+
+/// The answer to `PUT /admin/schemas/{event_type}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SchemaRegistered {
+    /// The event type.
+    event_type: String,
+    /// The version now current.
+    version: u32,
+}
+
 /// One row of `GET /admin/projections`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ProjectionInfo {
@@ -27,12 +56,10 @@ pub struct ProjectionInfo {
     /// `head_position - position`.
     lag: u64,
     /// Where it is in its life.
-    #[schema(value_type = openapi::ConsumerStatus)]
     status: cairn_cqrs::consumer::ConsumerStatus,
     /// Dead letters waiting.
     dlq_depth: u64,
     /// While rebuilding: how far the shadow tables are, and how fast they fill.
-    #[schema(value_type = Option<openapi::RebuildProgress>)]
     rebuild: Option<cairn_cqrs::consumer::RebuildProgress>,
     /// Rebuilds this server process has swapped in since it started: a client that
     /// started one waits for this count to grow (the status alone cannot say "done").
@@ -141,7 +168,7 @@ const STATS_TOP_MAX: u64 = 1000;
     tag = "operations",
     params(("top" = Option<u64>, Query, description = "How many streams (default 20, at most 1000)")),
     responses(
-        (status = 200, description = "The largest streams, largest first", body = Vec<openapi::StreamStats>),
+        (status = 200, description = "The largest streams, largest first", body = Vec<cairn_core::StreamStats>),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
         (status = 503, description = "`store_unavailable`", body = ErrorBody),
     )
@@ -248,7 +275,7 @@ async fn process_manager_gauges(state: &AppState, pm: &ConsumerHandle, instances
     tag = "operations",
     params(("projection" = Option<String>, Query, description = "Only this projection's or process manager's")),
     responses(
-        (status = 200, description = "The dead letters", body = Vec<openapi::DeadLetter>),
+        (status = 200, description = "The dead letters", body = Vec<cairn_core::readmodel::DeadLetter>),
         (status = 404, description = "`not_found`: no such projection or process manager", body = ErrorBody),
         (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
     )
@@ -339,7 +366,7 @@ where
     tag = "operations",
     params(("id" = i64, Path, description = "The dead letter")),
     responses(
-        (status = 200, description = "Re-run", body = openapi::DeadLetterOutcome),
+        (status = 200, description = "Re-run", body = cairn_cqrs::consumer::DeadLetterOutcome),
         (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
         (status = 409, description = "`not_leader`: another process runs its consumer", body = ErrorBody),
@@ -361,7 +388,7 @@ pub async fn retry_dead_letter(
     tag = "operations",
     params(("id" = i64, Path, description = "The dead letter")),
     responses(
-        (status = 200, description = "Discarded", body = openapi::DeadLetterOutcome),
+        (status = 200, description = "Discarded", body = cairn_cqrs::consumer::DeadLetterOutcome),
         (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
         (status = 409, description = "`not_leader`: another process runs its consumer", body = ErrorBody),
@@ -386,7 +413,7 @@ pub async fn discard_dead_letter(
     tag = "operations",
     params(("name" = String, Path, description = "The projection")),
     responses(
-        (status = 202, description = "The rebuild started", body = openapi::RebuildStarted),
+        (status = 202, description = "The rebuild started", body = RebuildStarted),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
         (status = 409, description = "`rebuild_refused`: one is already running, dead letters wait, the projection is paused, stalled or failed, or it runs in partitions (rebuilt by a version or partition-count change at start)", body = ErrorBody),
     )
@@ -411,8 +438,7 @@ pub async fn rebuild_projection(
     projection
         .start_rebuild()
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "rebuild_refused", e))?;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"name": name, "status": "rebuilding"})))
-        .into_response())
+    Ok((StatusCode::ACCEPTED, Json(RebuildStarted { name, status: "rebuilding" })).into_response())
 }
 
 /// Pauses a projection or a process manager between batches (until resumed or
@@ -630,7 +656,7 @@ pub struct ImportState {
     params(("name" = String, Path, description = "The process manager")),
     request_body = ImportState,
     responses(
-        (status = 200, description = "Saved", body = openapi::StateImported),
+        (status = 200, description = "Saved", body = StateImported),
         (status = 400, description = "`bad_request`: a table not its own, a checkpoint past the head, or a malformed body", body = ErrorBody),
         (status = 404, description = "`not_found`: no such process manager", body = ErrorBody),
         (status = 409, description = "`not_paused` (pause it first), `not_leader` (another process runs it) or `checkpoint_ahead` (it has handled events past `checkpoint`)", body = ErrorBody),
@@ -714,8 +740,8 @@ pub async fn import_process_state(
     .await
     .map_err(|e| unavailable(&e))?
     .map_err(|e| unavailable(&e))?;
-    Ok(Json(serde_json::json!({"name": name, "checkpoint": checkpoint, "saved": saved}))
-        .into_response())
+    let saved = u64::try_from(saved).unwrap_or(u64::MAX);
+    Ok(Json(StateImported { name, checkpoint, saved }).into_response())
 }
 
 /// Lists the current schema of every registered event type.
@@ -751,7 +777,7 @@ pub struct PutSchema {
     params(("event_type" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,100}$", min_length = 1, max_length = 100, description = "The event type")),
     request_body = PutSchema,
     responses(
-        (status = 200, description = "Registered (or already registered)", body = openapi::SchemaRegistered),
+        (status = 200, description = "Registered (or already registered)", body = SchemaRegistered),
         (status = 400, description = "`bad_request`: not a valid JSON Schema, or a malformed body", body = ErrorBody),
         (status = 409, description = "`version_conflict` (not the next version) or `schema_incompatible` (with `reasons`)", body = ErrorBody),
     )
@@ -773,10 +799,7 @@ pub async fn put_schema(
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })?;
     match result {
-        Ok(()) => {
-            Ok(Json(serde_json::json!({"event_type": event_type, "version": version}))
-                .into_response())
-        }
+        Ok(()) => Ok(Json(SchemaRegistered { event_type, version }).into_response()),
         Err(crate::schemas::RegisterError::Invalid(m)) => {
             Err(ApiError::bad_request(format!("not a valid JSON Schema: {m}")))
         }

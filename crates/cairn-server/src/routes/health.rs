@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::AppState;
 use crate::consumers::Readiness;
@@ -14,10 +14,10 @@ use crate::consumers::Readiness;
     get,
     path = "/health/live",
     tag = "operations",
-    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = crate::routes::openapi::Health))
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Health))
 )]
-pub async fn live() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+pub async fn live() -> Json<Health> {
+    Json(Health::ok())
 }
 
 /// Readiness: the store is reachable and every projection and process manager started.
@@ -26,8 +26,8 @@ pub async fn live() -> Json<serde_json::Value> {
     path = "/health/ready",
     tag = "operations",
     responses(
-        (status = 200, description = "Ready; a consumer whose storage keeps failing is named in `stalled`", body = crate::routes::openapi::Health),
-        (status = 503, description = "Not ready: the store is unreachable, or a consumer is starting or has `failed` (named in `starting` / `failed`)", body = crate::routes::openapi::Health),
+        (status = 200, description = "Ready; a consumer whose storage keeps failing is named in `stalled`", body = Health),
+        (status = 503, description = "Not ready: the store is unreachable, or a consumer is starting or has `failed` (named in `starting` / `failed`)", body = Health),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
@@ -38,24 +38,59 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     if !readiness.is_ready() {
         return not_ready(&readiness.message(), Some(&readiness));
     }
-    let mut body = json!({"status": "ok"});
+    let mut body = Health::ok();
     if !readiness.stalled.is_empty() {
-        body["stalled"] = json!(readiness.stalled);
-        body["message"] = json!(readiness.message());
+        body.message = Some(readiness.message());
+        body.stalled = Some(readiness.stalled);
     }
     Json(body).into_response()
 }
 
 fn not_ready(message: &str, readiness: Option<&Readiness>) -> Response {
-    let mut body = json!({"status": "unavailable", "error": "not_ready", "message": message});
-    if let Some(r) = readiness {
-        for (key, names) in
-            [("failed", &r.failed), ("starting", &r.starting), ("stalled", &r.stalled)]
-        {
-            if !names.is_empty() {
-                body[key] = json!(names);
-            }
+    let named = |names: &[String]| (!names.is_empty()).then(|| names.to_vec());
+    let body = Health {
+        status: "unavailable",
+        error: Some("not_ready"),
+        message: Some(message.to_owned()),
+        stalled: readiness.and_then(|r| named(&r.stalled)),
+        starting: readiness.and_then(|r| named(&r.starting)),
+        failed: readiness.and_then(|r| named(&r.failed)),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// The body of the health probes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` (with `error` and `message`).
+    status: &'static str,
+    /// `not_ready` when not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    /// Why it is not ready, or which consumers are stalled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    /// Consumers retrying their storage (ready, but lagging).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stalled: Option<Vec<String>>,
+    /// Consumers still starting (not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    starting: Option<Vec<String>>,
+    /// Consumers stopped for good (not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<Vec<String>>,
+}
+
+impl Health {
+    /// `{"status": "ok"}`.
+    fn ok() -> Self {
+        Self {
+            status: "ok",
+            error: None,
+            message: None,
+            stalled: None,
+            starting: None,
+            failed: None,
         }
     }
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }

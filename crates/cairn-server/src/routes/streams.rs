@@ -194,7 +194,6 @@ pub async fn append(
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct StreamPage {
     /// The events, in the direction read.
-    #[schema(value_type = Vec<openapi::Event>)]
     events: Vec<RecordedEvent>,
     /// Where the next page starts; `null` at the end.
     next_version: Option<u64>,
@@ -282,7 +281,6 @@ fn all_filter(query: &QueryMap) -> AllFilter {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AllPage {
     /// Events with a position above `from_position`, ascending.
-    #[schema(value_type = Vec<openapi::Event>)]
     events: Vec<RecordedEvent>,
     /// The last position returned, or `from_position` when none was.
     next_position: u64,
