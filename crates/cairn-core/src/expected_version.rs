@@ -93,6 +93,37 @@ impl<'de> Deserialize<'de> for ExpectedVersion {
     }
 }
 
+/// In the OpenAPI document: an integer, `"any"`, `"no_stream"` or `"exists"`, as
+/// [`ExpectedVersion`] reads and writes it.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ExpectedVersion {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).description(Some(
+                    "The version of the stream's last event (0 = must not exist)",
+                )),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::String).enum_values(Some([
+                "any",
+                "no_stream",
+                "exists",
+            ])))
+            .description(Some(
+                "What the writer believes about the stream's version; absent means \"any\"",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ExpectedVersion {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("ExpectedVersion")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ExpectedVersion::{self, Any, Exact, NoStream, StreamExists};

@@ -35,7 +35,6 @@ const ALL_READ_LIMIT_DEFAULT: u64 = 1000;
 pub struct AppendBody {
     /// Absent means `"any"`.
     #[serde(default)]
-    #[schema(value_type = openapi::ExpectedVersion)]
     expected_version: ExpectedVersion,
     /// 1 to 1000 events of one aggregate type, appended atomically.
     #[schema(min_items = 1, max_items = 1000)]
