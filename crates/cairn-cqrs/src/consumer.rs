@@ -325,6 +325,10 @@ impl ConsumerHandle {
         if status == ConsumerStatus::Running && self.is_paused() {
             // Paused by an operator: it stops at the end of the batch in hand.
             ConsumerStatus::Paused
+        } else if status == ConsumerStatus::Paused && !self.is_paused() {
+            // Resumed: the loop wakes and says so itself a moment later; answering
+            // `paused` until then would contradict the resume just accepted.
+            ConsumerStatus::Running
         } else if status == ConsumerStatus::Running && self.rebuild_progress().is_some() {
             ConsumerStatus::Rebuilding
         } else {
