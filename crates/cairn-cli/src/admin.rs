@@ -97,8 +97,8 @@ pub struct StreamsArgs {
 enum StreamsAction {
     /// The largest streams, largest first.
     Stats {
-        /// How many streams (at most 1000).
-        #[arg(long, default_value_t = 20)]
+        /// How many streams (1 to 1000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
         top: u64,
     },
 }
@@ -156,10 +156,10 @@ pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let body = client.get_json(&["health", "ready"], &[]).await?;
     if args.conn.json {
-        println!("{body}");
+        outln!("{body}")?;
     } else {
         let status = body.get("status").and_then(Value::as_str).unwrap_or("ok");
-        println!("{}: ready ({status})", args.conn.url);
+        outln!("{}: ready ({status})", args.conn.url)?;
     }
     Ok(())
 }
@@ -171,7 +171,7 @@ pub async fn projections(args: ProjectionsArgs) -> anyhow::Result<()> {
         ProjectionsAction::List => {
             let body = client.get_json(&["admin", "projections"], &[]).await?;
             if args.conn.json {
-                println!("{body}");
+                outln!("{body}")?;
                 return Ok(());
             }
             let rows = array(&body)?
@@ -187,7 +187,7 @@ pub async fn projections(args: ProjectionsArgs) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "STATUS", "POSITION", "HEAD", "LAG", "DLQ"], rows);
+            print_table(&["NAME", "STATUS", "POSITION", "HEAD", "LAG", "DLQ"], rows)?;
         }
         ProjectionsAction::Pause { name } => {
             let row =
@@ -196,7 +196,7 @@ pub async fn projections(args: ProjectionsArgs) -> anyhow::Result<()> {
                 args.conn.json,
                 &row,
                 &format!("{name} paused at position {}", text(&row["position"])),
-            );
+            )?;
         }
         ProjectionsAction::Resume { name } => {
             let row =
@@ -205,7 +205,7 @@ pub async fn projections(args: ProjectionsArgs) -> anyhow::Result<()> {
                 args.conn.json,
                 &row,
                 &format!("{name} resumed from position {}", text(&row["position"])),
-            );
+            )?;
         }
         ProjectionsAction::Rebuild { name, wait } => {
             // Taken before the start: the rebuild is done when this count has grown.
@@ -217,22 +217,22 @@ pub async fn projections(args: ProjectionsArgs) -> anyhow::Result<()> {
             client.call(Method::POST, &["admin", "projections", &name, "rebuild"], None).await?;
             if !wait {
                 if args.conn.json {
-                    println!("{}", serde_json::json!({"projection": name, "rebuild": "started"}));
+                    outln!("{}", serde_json::json!({"projection": name, "rebuild": "started"}))?;
                 } else {
-                    println!("rebuild of {name} started (watch it with `cairn projections`)");
+                    outln!("rebuild of {name} started (watch it with `cairn projections`)")?;
                 }
                 return Ok(());
             }
             let Some(before) = before else { return Ok(()) };
             let info = wait_for_rebuild(&client, &name, before).await?;
             if args.conn.json {
-                println!("{info}");
+                outln!("{info}")?;
             } else {
-                println!(
+                outln!(
                     "rebuild of {name} done: position {}, status {}",
                     text(&info["position"]),
                     text(&info["status"])
-                );
+                )?;
             }
         }
     }
@@ -314,7 +314,7 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
                 projection.into_iter().map(|p| ("projection", p)).collect();
             let body = client.get_json(&["admin", "dlq"], &query).await?;
             if args.conn.json {
-                println!("{body}");
+                outln!("{body}")?;
                 return Ok(());
             }
             let rows = array(&body)?
@@ -334,15 +334,15 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
             print_table(
                 &["ID", "PROJECTION", "POSITION", "AGGREGATE", "EVENT_TYPE", "ATTEMPTS", "ERROR"],
                 rows,
-            );
+            )?;
         }
         DlqAction::Retry { id } => {
             let body = client.call(Method::POST, &["admin", "dlq", &id, "retry"], None).await?;
-            report_done(args.conn.json, &body, &format!("dead letter {id} retried"));
+            report_done(args.conn.json, &body, &format!("dead letter {id} retried"))?;
         }
         DlqAction::Discard { id } => {
             let body = client.call(Method::DELETE, &["admin", "dlq", &id], None).await?;
-            report_done(args.conn.json, &body, &format!("dead letter {id} discarded"));
+            report_done(args.conn.json, &body, &format!("dead letter {id} discarded"))?;
         }
     }
     Ok(())
@@ -354,7 +354,7 @@ pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
     let StreamsAction::Stats { top } = args.action;
     let body = client.get_json(&["admin", "streams", "stats"], &[("top", top.to_string())]).await?;
     if args.conn.json {
-        println!("{body}");
+        outln!("{body}")?;
         return Ok(());
     }
     let rows = array(&body)?
@@ -368,7 +368,7 @@ pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print_table(&["STREAM", "TYPE", "EVENTS", "VERSION"], rows);
+    print_table(&["STREAM", "TYPE", "EVENTS", "VERSION"], rows)?;
     Ok(())
 }
 
@@ -404,7 +404,7 @@ pub async fn read(args: ReadArgs) -> anyhow::Result<()> {
         let got = page.events.len() as u64;
         if !args.conn.json {
             for event in &page.events {
-                println!("{}", event_line(event.get())?);
+                outln!("{}", event_line(event.get())?)?;
             }
         }
         events.extend(page.events);
@@ -418,7 +418,7 @@ pub async fn read(args: ReadArgs) -> anyhow::Result<()> {
     if args.conn.json {
         let events: Vec<&str> = events.iter().map(|e| e.get()).collect();
         let next = next_version.map_or_else(|| "null".to_owned(), |v| v.to_string());
-        println!("{{\"events\":[{}],\"next_version\":{next}}}", events.join(","));
+        outln!("{{\"events\":[{}],\"next_version\":{next}}}", events.join(","))?;
     }
     Ok(())
 }
@@ -430,7 +430,7 @@ pub async fn schemas(args: SchemasArgs) -> anyhow::Result<()> {
         SchemasAction::List => {
             let body = client.get_json(&["admin", "schemas"], &[]).await?;
             if args.conn.json {
-                println!("{body}");
+                outln!("{body}")?;
                 return Ok(());
             }
             let rows = array(&body)?
@@ -443,7 +443,7 @@ pub async fn schemas(args: SchemasArgs) -> anyhow::Result<()> {
                     vec![text(&s["event_type"]), text(&s["version"]), versions.join(",")]
                 })
                 .collect();
-            print_table(&["EVENT_TYPE", "VERSION", "VERSIONS"], rows);
+            print_table(&["EVENT_TYPE", "VERSION", "VERSIONS"], rows)?;
         }
         SchemasAction::Put { event_type, file, version } => {
             let content = std::fs::read_to_string(&file)
@@ -464,7 +464,7 @@ pub async fn schemas(args: SchemasArgs) -> anyhow::Result<()> {
                 args.conn.json,
                 &answer,
                 &format!("schema {event_type} version {} registered", text(&body["version"])),
-            );
+            )?;
         }
     }
     Ok(())
@@ -499,12 +499,13 @@ pub fn event_line(event: &str) -> anyhow::Result<String> {
     ))
 }
 
-fn report_done(json: bool, body: &Value, line: &str) {
+fn report_done(json: bool, body: &Value, line: &str) -> std::io::Result<()> {
     if json {
-        println!("{}", if body.is_null() { serde_json::json!({"ok": true}) } else { body.clone() });
+        outln!("{}", if body.is_null() { serde_json::json!({"ok": true}) } else { body.clone() })?;
     } else {
-        println!("{line}");
+        outln!("{line}")?;
     }
+    Ok(())
 }
 
 fn array(body: &Value) -> anyhow::Result<&Vec<Value>> {
@@ -521,10 +522,9 @@ fn text(value: &Value) -> String {
 }
 
 /// Prints left-aligned columns (or a note when there are no rows).
-fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
     if rows.is_empty() {
-        println!("(none)");
-        return;
+        return outln!("(none)");
     }
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
@@ -535,10 +535,11 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     let line = |cells: Vec<String>| {
         let padded: Vec<String> =
             cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end())
     };
-    line(headers.iter().map(|h| (*h).to_owned()).collect());
+    line(headers.iter().map(|h| (*h).to_owned()).collect())?;
     for row in rows {
-        line(row);
+        line(row)?;
     }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! Commands over NATS: request/reply on `<prefix>.<command>[.<aggregate id>]`, served by
+//! Commands over NATS: request/reply on `<prefix>.<command>[.<parameter>…]`, served by
 //! the same handlers as HTTP (each request goes through the server's router), with the
 //! same JSON bodies, idempotency keys (`Idempotency-Key` header) and error codes. The
 //! reply's body is the HTTP response's body; its `Cairn-Status` header the status code.
@@ -15,8 +15,11 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-/// The path parameter a command subject's last token fills.
-const AGGREGATE_ID: &str = "{aggregate_id}";
+/// Characters escaped when a decoded token becomes a path segment: everything but
+/// unreserved ones, so an id holding `/`, `?` or `%` stays one segment of its own route
+/// (`o1/ship` must not reach `/orders/o1/ship`).
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// Decodes a subject token escaped with `cairn_nats::encode_token`.
 fn decode_token(token: &str) -> Option<String> {
@@ -51,25 +54,31 @@ fn to_request(
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix('.'))
         .ok_or_else(|| not_found(format!("{} is not a command subject", message.subject)))?;
-    let (command, id) = match rest.split_once('.') {
-        Some((c, id)) => (c, Some(id)),
-        None => (rest, None),
+    let mut tokens = rest.split('.');
+    let command = tokens.next().unwrap_or_default();
+    let tokens: Vec<&str> = tokens.collect();
+    let Some(found) = commands.iter().find(|c| c.name == command) else {
+        let known: Vec<String> = commands.iter().map(NatsCommand::subject_shape).collect();
+        return Err(not_found(format!(
+            "unknown command {command}; the commands are {prefix}.{}",
+            known.join(format!(", {prefix}.").as_str())
+        )));
     };
-    let NatsCommand { method, path, .. } = commands
-        .iter()
-        .find(|c| c.name == command)
-        .ok_or_else(|| not_found(format!("unknown command {command}")))?;
-    let path = match (path.contains(AGGREGATE_ID), id) {
-        (true, Some(id)) => {
-            let id = decode_token(id).ok_or_else(|| not_found(format!("bad id token {id}")))?;
-            path.replace(AGGREGATE_ID, &id)
-        }
-        (false, None) => path.clone(),
-        (true, None) => {
-            return Err(not_found(format!("{command} needs `.<aggregate id>` in the subject")));
-        }
-        (false, Some(_)) => return Err(not_found(format!("{command} takes no aggregate id"))),
-    };
+    let parameters = found.parameters();
+    if tokens.len() != parameters.len() {
+        return Err(not_found(format!(
+            "{command} takes {} token(s) after its name: {prefix}.{}",
+            parameters.len(),
+            found.subject_shape()
+        )));
+    }
+    let mut path = found.path.clone();
+    for (name, token) in parameters.iter().zip(&tokens) {
+        let value = decode_token(token).ok_or_else(|| not_found(format!("bad token {token}")))?;
+        let segment = percent_encoding::utf8_percent_encode(&value, SEGMENT).to_string();
+        path = path.replace(&format!("{{{name}}}"), &segment);
+    }
+    let method = &found.method;
     let mut request = Request::builder()
         .method(method.clone())
         .uri(path)

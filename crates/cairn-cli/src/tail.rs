@@ -16,14 +16,14 @@ pub struct TailArgs {
     /// Only these event types (repeat the flag or separate with commas).
     #[arg(long = "event-type", value_name = "TYPE", value_delimiter = ',')]
     event_types: Vec<String>,
-    /// Only events of this aggregate type.
-    #[arg(long = "aggregate-type", value_name = "TYPE")]
-    aggregate_type: Option<String>,
+    /// Only events of these aggregate types (repeat the flag or separate with commas).
+    #[arg(long = "aggregate-type", value_name = "TYPE", value_delimiter = ',')]
+    aggregate_types: Vec<String>,
     /// Start after this `$all` position (default: the current head, i.e. new events only;
     /// `0` replays everything first).
     #[arg(long = "from", value_name = "POSITION")]
     from_position: Option<u64>,
-    /// Stop after this many events.
+    /// Stop after this many events (`0`: print none and exit, as `head -n 0` does).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
     #[command(flatten)]
@@ -39,6 +39,9 @@ const LINE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Runs `cairn tail` until `--count` events are printed (or forever).
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
+    if args.count == Some(0) {
+        return Ok(());
+    }
     let mut last = match args.from_position {
         Some(p) => p,
         None => head_position(&client).await?,
@@ -51,6 +54,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         match follow(&client, &args, &mut last, &mut printed, &mut connected_once).await {
             Outcome::Done => return Ok(()),
             Outcome::Refused(why) => anyhow::bail!("{why}"),
+            Outcome::Unwritable(e) => return Err(e.into()),
             Outcome::Dropped(why) if !connected_once => {
                 anyhow::bail!("cannot reach {}: {why}", args.conn.url)
             }
@@ -75,6 +79,8 @@ enum Outcome {
     Dropped(String),
     /// The server refused the subscription: give up.
     Refused(String),
+    /// Standard output failed (closed by its reader, as `| head -1` does).
+    Unwritable(std::io::Error),
 }
 
 /// One connection: prints events until `--count`, or until the connection ends.
@@ -92,8 +98,8 @@ async fn follow(
         if !args.event_types.is_empty() {
             query.append_pair("event_type", &args.event_types.join(","));
         }
-        if let Some(t) = &args.aggregate_type {
-            query.append_pair("aggregate_type", t);
+        if !args.aggregate_types.is_empty() {
+            query.append_pair("aggregate_type", &args.aggregate_types.join(","));
         }
     }
     let request = client
@@ -129,13 +135,16 @@ async fn follow(
                     let position = frame.id.take().and_then(|id| id.parse().ok()).or_else(|| {
                         serde_json::from_str::<PositionOnly>(&data).ok().map(|p| p.position)
                     });
-                    if args.conn.json {
-                        println!("{data}");
+                    let written = if args.conn.json {
+                        outln!("{data}")
                     } else {
                         match crate::admin::event_line(&data) {
-                            Ok(line) => println!("{line}"),
+                            Ok(line) => outln!("{line}"),
                             Err(e) => return Outcome::Refused(format!("{e:#}")),
                         }
+                    };
+                    if let Err(e) = written {
+                        return Outcome::Unwritable(e);
                     }
                     if let Some(p) = position {
                         *last = p;

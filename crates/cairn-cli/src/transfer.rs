@@ -45,9 +45,9 @@ pub struct ExportArgs {
     /// whole streams.
     #[arg(long = "event-type", value_name = "TYPE", value_delimiter = ',')]
     event_types: Vec<String>,
-    /// Only events of this aggregate type.
-    #[arg(long = "aggregate-type", value_name = "TYPE")]
-    aggregate_type: Option<String>,
+    /// Only events of these aggregate types (repeat the flag or separate with commas).
+    #[arg(long = "aggregate-type", value_name = "TYPE", value_delimiter = ',')]
+    aggregate_types: Vec<String>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -92,7 +92,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
     // Before the events: a checkpoint read first never covers an event the export lacks.
-    let managers = if args.event_types.is_empty() && args.aggregate_type.is_none() {
+    let managers = if args.event_types.is_empty() && args.aggregate_types.is_empty() {
         process_manager_states(&client).await?
     } else {
         Vec::new()
@@ -108,8 +108,8 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
         if !args.event_types.is_empty() {
             query.push(("event_type", args.event_types.join(",")));
         }
-        if let Some(t) = &args.aggregate_type {
-            query.push(("aggregate_type", t.clone()));
+        if !args.aggregate_types.is_empty() {
+            query.push(("aggregate_type", args.aggregate_types.join(",")));
         }
         let mut url = client.url(&["all"]);
         url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
@@ -168,7 +168,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     if args.conn.json {
         // stdout holds the events when there is no --out.
         let summary = serde_json::json!({"exported": count, "last_position": from});
-        if args.out.is_some() { println!("{summary}") } else { eprintln!("{summary}") }
+        if args.out.is_some() { outln!("{summary}")? } else { eprintln!("{summary}") }
     }
     Ok(())
 }
@@ -562,10 +562,10 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     }
     progress.finish(&summary);
     if args.conn.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"appended": tally.appended, "already_present": tally.already_there})
-        );
+        )?;
     }
     Ok(())
 }

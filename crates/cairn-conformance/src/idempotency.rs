@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use cairn_core::ExpectedVersion::{Any, Exact};
-use cairn_core::{AllFilter, AppendError, EventStore};
+use cairn_core::{AllFilter, AppendError, EventStore, NewEvent};
 use uuid::Uuid;
 
-use crate::fixtures::{append_n, append_of, event_with_id};
+use crate::fixtures::{append_n, append_of, event_with_id, raw};
 
 /// Re-sending an append whose events are stored returns the original outcome and stores nothing.
 pub async fn retried_append_returns_original_outcome(store: Arc<dyn EventStore>) {
@@ -37,6 +37,38 @@ pub async fn retry_is_recognised_after_other_writes(store: Arc<dyn EventStore>) 
         store.append(append_of("late", Any, vec![event_with_id(id, "Tick", 1)])).await.unwrap();
     assert_eq!((again.last_version, again.position), (first.last_version, first.position));
     assert_eq!(store.stream_version("late").await.unwrap(), 6);
+}
+
+/// The same ids at the same place with other content are not a retry: refused, naming the
+/// changed event, and the stored event keeps its data. The same content in another key
+/// order and spacing still is a retry.
+pub async fn changed_content_under_stored_ids_is_refused(store: Arc<dyn EventStore>) {
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let with = |event_type: &str, data: &str, id: Uuid| NewEvent {
+        event_id: id,
+        event_type: event_type.to_owned(),
+        data: raw(data),
+        metadata: raw("{}"),
+    };
+    let first = vec![with("Tick", r#"{"n":1,"s":"x"}"#, a), with("Tick", r#"{"n":2}"#, b)];
+    store.append(append_of("changed", Exact(0), first)).await.unwrap();
+
+    let other_data = vec![with("Tick", r#"{"n":1,"s":"x"}"#, a), with("Tick", r#"{"n":3}"#, b)];
+    let err = store.append(append_of("changed", Exact(0), other_data)).await.unwrap_err();
+    assert_eq!(
+        err,
+        AppendError::EventChanged { event_id: b, aggregate_id: "changed".into(), version: 2 }
+    );
+    let other_type = vec![with("Tock", r#"{"n":1,"s":"x"}"#, a)];
+    let err = store.append(append_of("changed", Any, other_type)).await.unwrap_err();
+    assert!(matches!(err, AppendError::EventChanged { event_id, .. } if event_id == a), "{err:?}");
+
+    let reordered = vec![with("Tick", r#"{ "s": "x", "n": 1 }"#, a), with("Tick", r#"{"n":2}"#, b)];
+    let again = store.append(append_of("changed", Exact(0), reordered)).await.unwrap();
+    assert!(again.deduplicated);
+    let stored = store.read_all(0, 100, &AllFilter::default()).await.unwrap().events;
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[1].data.get(), r#"{"n":2}"#);
 }
 
 /// An id stored in one stream cannot be appended to another.

@@ -71,6 +71,7 @@ macro_rules! conformance_suite {
             idempotency::retried_append_returns_original_outcome,
             idempotency::retry_is_recognised_after_other_writes,
             idempotency::reused_id_in_another_stream_is_refused,
+            idempotency::changed_content_under_stored_ids_is_refused,
             idempotency::partial_overlap_is_refused_and_stores_nothing,
             idempotency::idempotency_key_is_recorded_with_the_append,
             atomicity::failed_append_stores_none_of_its_events,

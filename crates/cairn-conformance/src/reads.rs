@@ -62,9 +62,9 @@ pub async fn read_all_filters_by_event_and_aggregate_type(store: Arc<dyn EventSt
     store.append(mk("o-1", "Order", &["OrderCreated", "ItemAdded"])).await.unwrap();
     store.append(mk("c-1", "Customer", &["CustomerRegistered"])).await.unwrap();
     store.append(mk("o-2", "Order", &["OrderCreated", "OrderConfirmed"])).await.unwrap();
-    let filter = |types: &[&str], agg: Option<&str>| AllFilter {
+    let filter = |types: &[&str], aggs: &[&str]| AllFilter {
         event_types: types.iter().map(|s| (*s).to_owned()).collect(),
-        aggregate_type: agg.map(str::to_owned),
+        aggregate_types: aggs.iter().map(|s| (*s).to_owned()).collect(),
     };
     let kinds = |f: AllFilter| {
         let store = Arc::clone(&store);
@@ -75,18 +75,28 @@ pub async fn read_all_filters_by_event_and_aggregate_type(store: Arc<dyn EventSt
         }
     };
     assert_eq!(
-        kinds(filter(&["OrderCreated"], None)).await,
+        kinds(filter(&["OrderCreated"], &[])).await,
         vec![("o-1".into(), "OrderCreated".into()), ("o-2".into(), "OrderCreated".into())]
     );
     assert_eq!(
-        kinds(filter(&[], Some("Customer"))).await,
+        kinds(filter(&[], &["Customer"])).await,
         vec![("c-1".into(), "CustomerRegistered".into())]
     );
     assert_eq!(
-        kinds(filter(&["CustomerRegistered", "OrderConfirmed"], None)).await,
+        kinds(filter(&["CustomerRegistered", "OrderConfirmed"], &[])).await,
         vec![("c-1".into(), "CustomerRegistered".into()), ("o-2".into(), "OrderConfirmed".into())]
     );
-    assert!(kinds(filter(&["CustomerRegistered"], Some("Order"))).await.is_empty());
+    assert!(kinds(filter(&["CustomerRegistered"], &["Order"])).await.is_empty());
+    // A list of aggregate types matches any of them, as a list of event types does.
+    assert_eq!(
+        kinds(filter(&[], &["Customer", "Order"])).await.len(),
+        5,
+        "aggregate_type=Customer,Order is every event of either type"
+    );
+    assert_eq!(
+        kinds(filter(&["OrderCreated", "CustomerRegistered"], &["Customer", "Nothing"])).await,
+        vec![("c-1".into(), "CustomerRegistered".into())]
+    );
 }
 
 /// `$all` pages: position > from, ascending, limited, and `scanned_to` tells how far.

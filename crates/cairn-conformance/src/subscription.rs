@@ -46,7 +46,7 @@ pub async fn catch_up_then_live_without_gap_or_duplicate(store: Arc<dyn EventSto
 /// A filtered subscriber moves past events it does not want and still wakes for new ones.
 pub async fn filtered_subscription_moves_past_unwanted_events(store: Arc<dyn EventStore>) {
     append_n(&store, "noise", 50).await;
-    let filter = AllFilter { event_types: vec!["Wanted".into()], aggregate_type: None };
+    let filter = AllFilter { event_types: vec!["Wanted".into()], aggregate_types: Vec::new() };
     let mut sub = Box::pin(subscribe_all(Arc::clone(&store), 0, filter));
     let writer_store = Arc::clone(&store);
     tokio::spawn(async move {

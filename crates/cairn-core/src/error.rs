@@ -31,6 +31,19 @@ pub enum AppendError {
         /// The first clashing id.
         event_id: Uuid,
     },
+    /// An event id is already stored, in this stream at this place, but with another type
+    /// or other data: not a retry (a retry resends the same events), and not stored.
+    #[error(
+        "event {event_id} is already stored ({aggregate_id} v{version}) with another type or other data; a retry must resend the same event"
+    )]
+    EventChanged {
+        /// The changed event.
+        event_id: Uuid,
+        /// Where the stored one is.
+        aggregate_id: String,
+        /// Its version there.
+        version: u64,
+    },
     /// The idempotency key was used before: nothing was stored, here is what the first
     /// append with that key stored.
     #[error("idempotency key already used for stream {aggregate_id}")]

@@ -77,6 +77,8 @@ impl EventStore for MemoryEventStore {
                             aggregate_id: ev.aggregate_id.clone(),
                             version: ev.version,
                             position: ev.position,
+                            event_type: ev.event_type.clone(),
+                            data: ev.data.get().to_owned(),
                         }
                     })
                 })

@@ -92,6 +92,30 @@ pub struct StoredLocation {
     pub version: u64,
     /// Its `$all` position.
     pub position: u64,
+    /// Its type, as stored.
+    pub event_type: String,
+    /// Its data, as stored (JSON text).
+    pub data: String,
+}
+
+impl StoredLocation {
+    /// Whether `event` is the stored event again: same type, same data as JSON (key order
+    /// and whitespace aside). A retry resends what it sent; the same id with other
+    /// content is a different event, and taking it for a retry would hide the change.
+    fn holds(&self, event: &NewEvent) -> bool {
+        if self.event_type != event.event_type {
+            return false;
+        }
+        let sent = event.data.get();
+        self.data == sent
+            || matches!(
+                (
+                    serde_json::from_str::<serde_json::Value>(&self.data),
+                    serde_json::from_str::<serde_json::Value>(sent),
+                ),
+                (Ok(stored), Ok(sent)) if stored == sent
+            )
+    }
 }
 
 /// Decides what an append whose first event id is already stored means.
@@ -102,7 +126,8 @@ pub struct StoredLocation {
 /// [`AppendError::DuplicateEventId`].
 ///
 /// `found[i]` is where `append.events[i]` is stored, if it is. A retry is recognised only
-/// when every event is stored, in this stream, at consecutive versions in request order;
+/// when every event is stored, in this stream, at consecutive versions in request order,
+/// with the type and data it carries now ([`AppendError::EventChanged`] otherwise);
 /// anything else is a [`AppendError::DuplicateEventId`]. Shared by every backend so that
 /// they agree on the rule.
 pub fn recognise_retry(
@@ -118,6 +143,13 @@ pub fn recognise_retry(
             && prev.is_none_or(|p| loc.version == p.version + 1);
         if !in_sequence {
             return Err(AppendError::DuplicateEventId { event_id: event.event_id });
+        }
+        if !loc.holds(event) {
+            return Err(AppendError::EventChanged {
+                event_id: event.event_id,
+                aggregate_id: loc.aggregate_id.clone(),
+                version: loc.version,
+            });
         }
         prev = Some(loc);
     }
@@ -190,8 +222,8 @@ impl StreamSlice {
 pub struct AllFilter {
     /// Only these event types (empty = all).
     pub event_types: Vec<String>,
-    /// Only this aggregate type.
-    pub aggregate_type: Option<String>,
+    /// Only these aggregate types (empty = all).
+    pub aggregate_types: Vec<String>,
 }
 
 impl AllFilter {
@@ -199,13 +231,13 @@ impl AllFilter {
     #[must_use]
     pub fn matches(&self, e: &RecordedEvent) -> bool {
         (self.event_types.is_empty() || self.event_types.contains(&e.event_type))
-            && self.aggregate_type.as_ref().is_none_or(|t| *t == e.aggregate_type)
+            && (self.aggregate_types.is_empty() || self.aggregate_types.contains(&e.aggregate_type))
     }
 
     /// True when nothing is filtered out.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.event_types.is_empty() && self.aggregate_type.is_none()
+        self.event_types.is_empty() && self.aggregate_types.is_empty()
     }
 }
 

@@ -597,7 +597,7 @@ async fn rebuild(dlq: &Arc<Dlq>, shadow: Arc<dyn BatchHandler>) -> Result<(), St
     let name = dlq.handler.name().to_owned();
     let tables = dlq.handler.tables();
     let rm = Arc::clone(dlq.handler.readmodels());
-    let filter = AllFilter { event_types: dlq.handler.event_types(), aggregate_type: None };
+    let filter = AllFilter { event_types: dlq.handler.event_types(), aggregate_types: Vec::new() };
     {
         let (rm, tables) = (Arc::clone(&rm), tables.clone());
         let name = name.clone();
@@ -1015,7 +1015,8 @@ impl Runner {
         store: &Arc<dyn EventStore>,
         position_tx: &watch::Sender<u64>,
     ) -> Stop {
-        let filter = AllFilter { event_types: self.handler.event_types(), aggregate_type: None };
+        let filter =
+            AllFilter { event_types: self.handler.event_types(), aggregate_types: Vec::new() };
         let mut shutdown = self.shutdown.clone();
         let mut head = store.head();
         let mut paused = self.dlq.paused.subscribe();

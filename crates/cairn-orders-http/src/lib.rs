@@ -85,7 +85,7 @@ route_table! {
     GET "/orders" => queries::list_orders, Read;
     GET "/orders/{aggregate_id}" => queries::get_order, Read;
     POST "/orders/{aggregate_id}/items" => commands::add_item, Write, nats "add_item";
-    DELETE "/orders/{aggregate_id}/items/{product_id}" => commands::remove_item, Write;
+    DELETE "/orders/{aggregate_id}/items/{product_id}" => commands::remove_item, Write, nats "remove_item";
     POST "/orders/{aggregate_id}/confirm" => commands::confirm, Write, nats "confirm_order";
     POST "/orders/{aggregate_id}/ship" => commands::ship, Write, nats "ship_order";
     POST "/orders/{aggregate_id}/cancel" => commands::cancel, Write, nats "cancel_order";

@@ -152,9 +152,9 @@ impl EventStore for PgEventStore {
             conditions.push_str(" AND event_type = ANY($3)");
             args.push(&filter.event_types);
         }
-        if let Some(t) = &filter.aggregate_type {
-            let _ = write!(conditions, " AND aggregate_type = ${}", args.len() + 1);
-            args.push(t);
+        if !filter.aggregate_types.is_empty() {
+            let _ = write!(conditions, " AND aggregate_type = ANY(${})", args.len() + 1);
+            args.push(&filter.aggregate_types);
         }
         // One statement, one snapshot: the head returned is the head the page was read at,
         // so `scanned_to` never claims a position the page could not see.

@@ -214,8 +214,7 @@ const STREAM_HEADS_SQL: &str = "SELECT h.aggregate_id, h.aggregate_type, h.versi
      FROM unnest($1::text[]) AS s(id),
           LATERAL (SELECT aggregate_id, aggregate_type, version FROM events
                    WHERE aggregate_id = s.id ORDER BY version DESC LIMIT 1) h";
-const EVENT_IDS_SQL: &str =
-    "SELECT event_id, aggregate_id, version, position FROM events WHERE event_id = ANY($1)";
+const EVENT_IDS_SQL: &str = "SELECT event_id, aggregate_id, version, position, event_type, data FROM events WHERE event_id = ANY($1)";
 const KEYS_SQL: &str = "SELECT key, aggregate_id, first_version, last_version, position
      FROM idempotency_keys WHERE key = ANY($1)";
 const INSERT_SQL: &str = "WITH inserted AS (INSERT INTO events
@@ -308,6 +307,8 @@ async fn try_commit(
                     aggregate_id: r.get(1),
                     version: r.get::<_, i64>(2) as u64,
                     position: r.get::<_, i64>(3) as u64,
+                    event_type: r.get(4),
+                    data: r.get(5),
                 },
             )
         })
@@ -357,7 +358,13 @@ async fn try_commit(
             rows.metadata.push(e.metadata.get().to_owned());
             locations.insert(
                 e.event_id,
-                StoredLocation { aggregate_id: append.aggregate_id.clone(), version, position },
+                StoredLocation {
+                    aggregate_id: append.aggregate_id.clone(),
+                    version,
+                    position,
+                    event_type: e.event_type.clone(),
+                    data: e.data.get().to_owned(),
+                },
             );
         }
         let outcome = AppendOutcome {

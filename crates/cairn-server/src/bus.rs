@@ -40,8 +40,9 @@ impl std::fmt::Debug for IntegrationEvents {
 }
 
 /// A route also served as a command over NATS: a request on
-/// `<commands prefix>.<name>[.<aggregate id>]` is served as `method path`, with
-/// `{aggregate_id}` in `path` replaced by the subject's last token.
+/// `<commands prefix>.<name>[.<parameter>…]` is served as `method path`, each of the
+/// path's parameters (in path order) filled from one subject token after the name:
+/// `remove_item.<order id>.<product id>` for `/orders/{aggregate_id}/items/{product_id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NatsCommand {
@@ -49,20 +50,37 @@ pub struct NatsCommand {
     pub name: &'static str,
     /// The route's method.
     pub method: Method,
-    /// The route's path in axum's syntax; at most one parameter, `{aggregate_id}`.
+    /// The route's path in axum's syntax (`/orders/{aggregate_id}/items`).
     pub path: String,
 }
 
 impl NatsCommand {
-    /// Whether the subject must carry an aggregate id after the command's name.
+    /// The path's parameter names in order: the subject tokens after the command's name.
     #[must_use]
-    pub fn takes_aggregate_id(&self) -> bool {
-        self.path.contains(AGGREGATE_ID)
+    pub fn parameters(&self) -> Vec<&str> {
+        path_parameters(&self.path)
+    }
+
+    /// The subject's shape after the prefix, for docs and errors:
+    /// `remove_item.<aggregate_id>.<product_id>`.
+    #[must_use]
+    pub fn subject_shape(&self) -> String {
+        let mut shape = self.name.to_owned();
+        for p in self.parameters() {
+            shape.push_str(".<");
+            shape.push_str(p);
+            shape.push('>');
+        }
+        shape
     }
 }
 
-/// The only path parameter a NATS command may have.
-pub(crate) const AGGREGATE_ID: &str = "{aggregate_id}";
+/// The parameter names of an axum path (`{name}` segments), in order.
+pub(crate) fn path_parameters(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .collect()
+}
 
 /// Why [`IntegrationRouter::translate`] could not make a public event.
 #[derive(Debug, thiserror::Error)]

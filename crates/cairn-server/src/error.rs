@@ -87,6 +87,14 @@ impl From<AppendError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "duplicate_event_id", message)
                     .with("event_id", event_id.to_string())
             }
+            // The same code as any other reuse of an id: the client's fix is the same (a
+            // new id, or the original content); the fields say where the stored one is.
+            AppendError::EventChanged { event_id, aggregate_id, version } => {
+                Self::new(StatusCode::CONFLICT, "duplicate_event_id", message)
+                    .with("event_id", event_id.to_string())
+                    .with("stored_in", aggregate_id)
+                    .with("stored_version", version)
+            }
             AppendError::IdempotencyKeyUsed { aggregate_id, outcome } => {
                 Self::new(StatusCode::CONFLICT, "idempotency_key_used", message)
                     .with("aggregate_id", aggregate_id)

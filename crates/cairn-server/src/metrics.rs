@@ -62,7 +62,8 @@ fn outcome_of(result: &Result<AppendOutcome, AppendError>) -> &'static str {
         Err(
             AppendError::Invalid(_)
             | AppendError::AggregateTypeMismatch { .. }
-            | AppendError::DuplicateEventId { .. },
+            | AppendError::DuplicateEventId { .. }
+            | AppendError::EventChanged { .. },
         ) => "rejected",
         Err(_) => "error",
     }

@@ -14,7 +14,9 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::bus::{AGGREGATE_ID, IntegrationRouter, NatsCommand, prefixes_overlap, valid_subject};
+use crate::bus::{
+    IntegrationRouter, NatsCommand, path_parameters, prefixes_overlap, valid_subject,
+};
 use crate::consumers::Consumers;
 use crate::guard::{GuardError, GuardReport};
 use crate::module::{Module, Route, RouteInfo, SchemaTable};
@@ -292,8 +294,8 @@ fn module_schemas(module: &Module) -> impl Iterator<Item = &SchemaTable> {
     module.schemas.iter().chain(module.integration.iter().map(|events| &events.schemas))
 }
 
-/// A NATS subject names the command and at most an aggregate id, so the route's path can
-/// have no other parameter.
+/// A NATS subject is the command's name and one token per path parameter, so a parameter
+/// must be a whole segment (`{name}`, not `v{n}`) that a token can fill.
 fn check_nats_route(route: &Route, name: &str) -> Result<(), BuildError> {
     let refuse = |reason: String| BuildError::Route { path: route.path.to_owned(), reason };
     if !valid_subject(name, false) {
@@ -301,16 +303,11 @@ fn check_nats_route(route: &Route, name: &str) -> Result<(), BuildError> {
             "NATS command {name:?} is not one subject token (no '.', '*', '>' or blanks)"
         )));
     }
-    let parameters: Vec<&str> = route
-        .path
-        .split('/')
-        .filter(|segment| segment.contains('{') || segment.contains('}'))
-        .collect();
-    if parameters.iter().any(|p| *p != AGGREGATE_ID) || parameters.len() > 1 {
+    let braced = route.path.split('/').filter(|s| s.contains('{') || s.contains('}')).count();
+    if braced != path_parameters(route.path).len() {
         return Err(refuse(format!(
-            "NATS command {name:?}: a path served over NATS has no parameter but one \
-             {AGGREGATE_ID} (it has {})",
-            parameters.join(", ")
+            "NATS command {name:?}: every path parameter must be a whole segment, `{{name}}`, \
+             for a subject token to fill it"
         )));
     }
     Ok(())

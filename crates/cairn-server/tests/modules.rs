@@ -303,8 +303,8 @@ async fn the_store_api_checks_appends_against_the_registered_aggregates_only() {
 }
 
 #[tokio::test]
-async fn a_nats_route_with_a_parameter_other_than_one_aggregate_id_is_refused() {
-    for path in ["/pings/{ping_id}", "/pings/{aggregate_id}/x/{other}"] {
+async fn a_nats_route_whose_parameter_is_not_a_whole_segment_is_refused() {
+    for path in ["/pings/v{ping_id}", "/pings/{aggregate_id}/x/{other}.json"] {
         let pings = Module::builder("pings")
             .route(Route::new(Method::POST, path, permission_of, Permission::Write).nats("ping"))
             .build();
@@ -388,16 +388,34 @@ async fn the_order_commands_over_nats_are_the_routes_marked_nats() {
         ("restock", "/inventory/{aggregate_id}/restock"),
         ("create_order", "/orders"),
         ("add_item", "/orders/{aggregate_id}/items"),
+        ("remove_item", "/orders/{aggregate_id}/items/{product_id}"),
         ("confirm_order", "/orders/{aggregate_id}/confirm"),
         ("ship_order", "/orders/{aggregate_id}/ship"),
         ("cancel_order", "/orders/{aggregate_id}/cancel"),
         ("correct_total", "/orders/{aggregate_id}/correct-total"),
     ];
-    let expected: Vec<(&str, String, String)> =
-        expected.iter().map(|(n, p)| (*n, "POST".to_owned(), (*p).to_owned())).collect();
+    let expected: Vec<(&str, String, String)> = expected
+        .iter()
+        .map(|(n, p)| {
+            let method = if *n == "remove_item" { "DELETE" } else { "POST" };
+            (*n, method.to_owned(), (*p).to_owned())
+        })
+        .collect();
     assert_eq!(commands, expected);
     let marked: Vec<&RouteInfo> = running.routes().iter().filter(|r| r.nats.is_some()).collect();
-    assert_eq!(marked.len(), 9);
+    assert_eq!(marked.len(), 10);
+    // Every command over HTTP (a route that writes) is a command over NATS too.
+    let writes: Vec<&RouteInfo> = running
+        .routes()
+        .iter()
+        .filter(|r| r.module.is_some() && r.permission == Permission::Write)
+        .collect();
+    assert_eq!(writes.len(), 10);
+    assert!(writes.iter().all(|r| r.nats.is_some()), "{writes:?}");
+    assert_eq!(
+        running.nats_commands().iter().find(|c| c.name == "remove_item").unwrap().subject_shape(),
+        "remove_item.<aggregate_id>.<product_id>"
+    );
 }
 
 fn recorded(aggregate_type: &str, event_type: &str, data: &str) -> RecordedEvent {

@@ -314,9 +314,13 @@ impl EventStore for SqliteEventStore {
                     }
                     sql.push(')');
                 }
-                if let Some(t) = &filter.aggregate_type {
-                    sql.push_str(" AND aggregate_type = ?");
-                    args.push(t.clone().into());
+                if !filter.aggregate_types.is_empty() {
+                    sql.push_str(" AND aggregate_type IN (");
+                    for (i, t) in filter.aggregate_types.iter().enumerate() {
+                        sql.push_str(if i == 0 { "?" } else { ", ?" });
+                        args.push(t.clone().into());
+                    }
+                    sql.push(')');
                 }
                 sql.push_str(" ORDER BY position LIMIT ?");
                 args.push((limit as i64).into());

@@ -316,8 +316,9 @@ pub fn recorded_key(
 /// When the append's first event id is already stored: the retry's answer (its original
 /// outcome, or a duplicate-id rejection). `None` when the id is new.
 fn retry_of_stored(conn: &Connection, append: &Append) -> rusqlite::Result<Option<Applied>> {
-    let mut by_id = conn
-        .prepare_cached("SELECT aggregate_id, version, position FROM events WHERE event_id = ?1")?;
+    let mut by_id = conn.prepare_cached(
+        "SELECT aggregate_id, version, position, event_type, data FROM events WHERE event_id = ?1",
+    )?;
     let mut locate = |id: &uuid::Uuid| {
         by_id
             .query_row([id.as_bytes()], |r| {
@@ -325,6 +326,8 @@ fn retry_of_stored(conn: &Connection, append: &Append) -> rusqlite::Result<Optio
                     aggregate_id: r.get(0)?,
                     version: r.get::<_, i64>(1)? as u64,
                     position: r.get::<_, i64>(2)? as u64,
+                    event_type: r.get(3)?,
+                    data: r.get(4)?,
                 })
             })
             .optional()

@@ -269,8 +269,44 @@ async fn commands_arrive_over_nats_request_reply_with_http_semantics() {
         request(format!("{commands}.create_order"), json!({"customer_id": 7}), None).await;
     assert_eq!(status, 400, "{err}");
     assert!(err["error"].is_string() && err["message"].is_string());
+    // Every HTTP command has its subject: remove_item's two path parameters are two tokens.
+    let (status, removed) = request(
+        format!("{commands}.remove_item.{}.q", cairn_nats::encode_token("o.n-1")),
+        json!({}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{removed}");
+    assert_eq!(removed["version"], 3);
+    let (status, err) = request(
+        format!("{commands}.remove_item.{}", cairn_nats::encode_token("o.n-1")),
+        json!({}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{err}");
+    assert!(err["message"].as_str().unwrap().contains("remove_item.<aggregate_id>.<product_id>"));
+    // A decoded id is one path segment: `o.n-1/cancel?` pasted raw would make
+    // `/orders/o.n-1/cancel?/confirm` and cancel the order; escaped, it is an id (invalid).
+    let (status, err) = request(
+        format!("{commands}.confirm_order.{}", cairn_nats::encode_token("o.n-1/cancel?")),
+        json!({"reason": "attack"}),
+        None,
+    )
+    .await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("bad_request")), "{err}");
+    // An unknown command's error lists the valid ones.
     let (status, err) = request(format!("{commands}.launch_rocket"), json!({}), None).await;
     assert_eq!((status, err["error"].as_str()), (404, Some("not_found")));
+    let message = err["message"].as_str().unwrap();
+    for shape in [
+        "create_order",
+        "add_item.<aggregate_id>",
+        "remove_item.<aggregate_id>.<product_id>",
+        "ship_order.<aggregate_id>",
+    ] {
+        assert!(message.contains(&format!("{commands}.{shape}")), "{message}");
+    }
     // And HTTP sees the same order.
     let http: Value = reqwest::get(format!("{}/orders/o.n-1/events", server.base))
         .await
@@ -278,7 +314,7 @@ async fn commands_arrive_over_nats_request_reply_with_http_semantics() {
         .json()
         .await
         .unwrap();
-    assert_eq!(http["events"].as_array().map_or(0, Vec::len), 2, "{http}");
+    assert_eq!(http["events"].as_array().map_or(0, Vec::len), 3, "{http}");
     let js = async_nats::jetstream::new(client);
     let _ = js.delete_stream(&public).await;
     server.kill().await;

@@ -266,14 +266,17 @@ pub async fn read_stream(
 
 fn all_filter(query: &QueryMap) -> AllFilter {
     AllFilter {
-        event_types: query
-            .str("event_type")
-            .map(|v| {
-                v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
-            })
-            .unwrap_or_default(),
-        aggregate_type: query.str("aggregate_type").map(str::to_owned),
+        event_types: list(query, "event_type"),
+        aggregate_types: list(query, "aggregate_type"),
     }
+}
+
+/// A comma-separated query parameter (`event_type=A,B`): any of the names matches.
+fn list(query: &QueryMap, name: &str) -> Vec<String> {
+    query
+        .str(name)
+        .map(|v| v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// A page of `$all`.
@@ -294,7 +297,7 @@ pub struct AllPage {
         ("from_position" = Option<u64>, Query, description = "Return events after this position (default 0)"),
         ("limit" = Option<u64>, Query, description = "At most this many events (default 1000, at most 10000)"),
         ("event_type" = Option<String>, Query, description = "Only these event types (comma-separated)"),
-        ("aggregate_type" = Option<String>, Query, description = "Only this aggregate type"),
+        ("aggregate_type" = Option<String>, Query, description = "Only these aggregate types (comma-separated)"),
     ),
     responses(
         (status = 200, description = "A page of `$all`", body = AllPage),
@@ -322,7 +325,7 @@ pub async fn read_all(
     params(
         ("from_position" = Option<u64>, Query, description = "Send events after this position (default 0)"),
         ("event_type" = Option<String>, Query, description = "Only these event types (comma-separated)"),
-        ("aggregate_type" = Option<String>, Query, description = "Only this aggregate type"),
+        ("aggregate_type" = Option<String>, Query, description = "Only these aggregate types (comma-separated)"),
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position (wins over `from_position`)"),
     ),
     responses(
