@@ -416,6 +416,15 @@ async fn the_order_commands_over_nats_are_the_routes_marked_nats() {
         running.nats_commands().iter().find(|c| c.name == "remove_item").unwrap().subject_shape(),
         "remove_item.<aggregate_id>.<product_id>"
     );
+    // docs/deploy.md lists every one, with its route.
+    let deploy = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/deploy.md"),
+    )
+    .unwrap();
+    for c in running.nats_commands() {
+        let row = format!("| `cairn.commands.{}` | `{} {}` |", c.subject_shape(), c.method, c.path);
+        assert!(deploy.contains(&row), "docs/deploy.md lacks {row}");
+    }
 }
 
 fn recorded(aggregate_type: &str, event_type: &str, data: &str) -> RecordedEvent {

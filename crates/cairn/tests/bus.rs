@@ -199,6 +199,29 @@ async fn an_order_s_integration_events_reach_a_bus_consumer_and_internal_ones_do
     server.kill().await;
 }
 
+/// One command over NATS: its `Cairn-Status` and JSON body.
+async fn command_request(
+    client: async_nats::Client,
+    subject: String,
+    body: Value,
+    key: Option<&'static str>,
+) -> (u16, Value) {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(k) = key {
+        headers.insert("Idempotency-Key", k);
+    }
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request_with_headers(subject, headers, body.to_string().into()),
+    )
+    .await
+    .expect("a reply")
+    .expect("request");
+    let status: u16 =
+        reply.headers.as_ref().unwrap().get("Cairn-Status").unwrap().as_str().parse().unwrap();
+    (status, serde_json::from_slice::<Value>(&reply.payload).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_arrive_over_nats_request_reply_with_http_semantics() {
     let Some(nats) = cairn_nats::testing::nats_url() else { return };
@@ -215,30 +238,7 @@ async fn commands_arrive_over_nats_request_reply_with_http_semantics() {
     let server = support::Server::start(dir.path(), &env).await;
     let client = async_nats::connect(&nats).await.unwrap();
     let request = |subject: String, body: Value, key: Option<&'static str>| {
-        let client = client.clone();
-        async move {
-            let mut headers = async_nats::HeaderMap::new();
-            if let Some(k) = key {
-                headers.insert("Idempotency-Key", k);
-            }
-            let reply = tokio::time::timeout(
-                Duration::from_secs(10),
-                client.request_with_headers(subject, headers, body.to_string().into()),
-            )
-            .await
-            .expect("a reply")
-            .expect("request");
-            let status: u16 = reply
-                .headers
-                .as_ref()
-                .unwrap()
-                .get("Cairn-Status")
-                .unwrap()
-                .as_str()
-                .parse()
-                .unwrap();
-            (status, serde_json::from_slice::<Value>(&reply.payload).unwrap())
-        }
+        command_request(client.clone(), subject, body, key)
     };
     let order = json!({"order_id": "o.n-1", "customer_id": "c", "items": [{"product_id": "p", "quantity": 1, "price": 5}]});
     let (status, created) =
