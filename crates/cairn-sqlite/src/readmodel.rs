@@ -12,9 +12,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    DeadLetter, DocTxn, ListQuery, ReadModelError, ReadModelStore, TableSpec, TxnFn,
-    validate_identifier,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Generations, Leases, ListQuery,
+    ReadModelError, SchemaStore, TableSpec, TxnFn, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
@@ -162,9 +163,9 @@ impl SqliteReadModels {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
-        let mut txn = Txn { conn: &tx, tables: &tables, shadow_mode, pending: HashMap::new() };
+        let mut txn = WriteBehind::new(Txn { conn: &tx, tables: &tables, shadow_mode });
         f(&mut txn)?;
-        txn.flush(None)?;
+        txn.flush()?;
         if let Some(position) = checkpoint {
             tx.prepare_cached(
                 "INSERT INTO checkpoints (consumer, position) VALUES (?1, ?2)
@@ -177,16 +178,12 @@ impl SqliteReadModels {
     }
 }
 
-/// A transaction with a write-behind buffer: documents written during a batch stay in
-/// memory and reach SQLite once, at the end, however many events touched them (a batch
-/// of 500 events on 100 orders writes 100 rows, not 500).
+/// What a transaction reads and writes on SQLite, behind the shared write-behind buffer.
 struct Txn<'a> {
     conn: &'a Connection,
     tables: &'a HashMap<String, TableState>,
     /// Writes go to the shadow generation of tables being rebuilt.
     shadow_mode: bool,
-    /// table -> key -> new document (`None` = deleted).
-    pending: HashMap<String, HashMap<String, Option<String>>>,
 }
 
 impl Txn<'_> {
@@ -197,71 +194,43 @@ impl Txn<'_> {
             None => physical(table, 0),
         }
     }
-
-    /// Writes the buffered changes of `table` (or of every table) to SQLite.
-    fn flush(&mut self, only: Option<&str>) -> Result<(), ReadModelError> {
-        let tables: Vec<String> = match only {
-            Some(t) => vec![t.to_owned()],
-            None => self.pending.keys().cloned().collect(),
-        };
-        for table in tables {
-            let Some(docs) = self.pending.remove(&table) else { continue };
-            let target = self.physical(&table);
-            let upsert = format!(
-                "INSERT INTO {target} (key, doc) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
-            );
-            let delete = format!("DELETE FROM {target} WHERE key = ?1");
-            for (key, doc) in docs {
-                match doc {
-                    Some(json) => {
-                        self.conn.prepare_cached(&upsert).and_then(|mut s| s.execute([&key, &json]))
-                    }
-                    None => self.conn.prepare_cached(&delete).and_then(|mut s| s.execute([&key])),
-                }
-                .map_err(storage)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn check(&self, table: &str, field: Option<&str>) -> Result<(), ReadModelError> {
-        let state = self
-            .tables
-            .get(table)
-            .ok_or_else(|| ReadModelError::Unknown(format!("table {table}")))?;
-        if let Some(f) = field
-            && !state.indexed.iter().any(|x| x == f)
-        {
-            return Err(ReadModelError::Unknown(format!("{table}.{f} is not indexed")));
-        }
-        Ok(())
-    }
 }
 
-impl DocTxn for Txn<'_> {
-    fn get(&mut self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
-        self.check(table, None)?;
-        if let Some(doc) = self.pending.get(table).and_then(|docs| docs.get(key)) {
-            return Ok(doc.clone());
-        }
+impl TxnStorage for Txn<'_> {
+    fn indexed(&self, table: &str) -> Option<&[String]> {
+        self.tables.get(table).map(|t| t.indexed.as_slice())
+    }
+
+    fn read(&mut self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
         self.conn
             .prepare_cached(&format!("SELECT doc FROM {} WHERE key = ?1", self.physical(table)))
             .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
             .map_err(storage)
     }
 
-    fn put(&mut self, table: &str, key: &str, json: &str) -> Result<(), ReadModelError> {
-        self.check(table, None)?;
-        self.pending
-            .entry(table.to_owned())
-            .or_default()
-            .insert(key.to_owned(), Some(json.to_owned()));
-        Ok(())
-    }
-
-    fn delete(&mut self, table: &str, key: &str) -> Result<(), ReadModelError> {
-        self.check(table, None)?;
-        self.pending.entry(table.to_owned()).or_default().insert(key.to_owned(), None);
+    fn write(
+        &mut self,
+        table: &str,
+        upserts: Vec<(String, String)>,
+        deletes: Vec<String>,
+    ) -> Result<(), ReadModelError> {
+        let target = self.physical(table);
+        let upsert = format!(
+            "INSERT INTO {target} (key, doc) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
+        );
+        for (key, json) in upserts {
+            self.conn
+                .prepare_cached(&upsert)
+                .and_then(|mut s| s.execute([&key, &json]))
+                .map_err(storage)?;
+        }
+        let delete = format!("DELETE FROM {target} WHERE key = ?1");
+        for key in deletes {
+            self.conn
+                .prepare_cached(&delete)
+                .and_then(|mut s| s.execute([&key]))
+                .map_err(storage)?;
+        }
         Ok(())
     }
 
@@ -271,9 +240,6 @@ impl DocTxn for Txn<'_> {
         field: &str,
         value: &str,
     ) -> Result<Vec<(String, String)>, ReadModelError> {
-        self.check(table, Some(field))?;
-        // The index only sees what reached SQLite.
-        self.flush(Some(table))?;
         self.conn
             .prepare_cached(&format!(
                 "SELECT key, doc FROM {} WHERE json_extract(doc, '$.{field}') = ?1 ORDER BY key",
@@ -284,7 +250,7 @@ impl DocTxn for Txn<'_> {
     }
 }
 
-impl ReadModelStore for SqliteReadModels {
+impl Documents for SqliteReadModels {
     fn ensure_tables(&self, tables: &[TableSpec]) -> Result<(), ReadModelError> {
         let conn = self.writer();
         let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
@@ -313,6 +279,195 @@ impl ReadModelStore for SqliteReadModels {
         Ok(())
     }
 
+    fn transact(
+        &self,
+        consumer: &str,
+        checkpoint: Option<u64>,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
+        self.run_transaction(consumer, checkpoint, false, f)
+    }
+
+    fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
+        validate_identifier(table)?;
+        let sql = format!("SELECT doc FROM {} WHERE key = ?1", self.current_physical(table)?);
+        let key = key.to_owned();
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached(&sql)
+                    .and_then(|mut s| s.query_row([&key], |r| r.get(0)).optional())
+                    .map_err(storage)
+            },
+            ReadModelError::Storage,
+        )
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Vec<(String, String)>, ReadModelError> {
+        validate_identifier(&query.table)?;
+        let declared = self.declared();
+        let fields = &declared
+            .get(&query.table)
+            .ok_or_else(|| ReadModelError::Unknown(query.table.clone()))?
+            .indexed;
+        let mut sql =
+            format!("SELECT key, doc FROM {} WHERE 1 = 1", self.current_physical(&query.table)?);
+        let mut args: Vec<String> = Vec::new();
+        for (field, value) in &query.filters {
+            if !fields.contains(field) {
+                return Err(ReadModelError::Unknown(format!(
+                    "{}.{field} is not indexed",
+                    query.table
+                )));
+            }
+            args.push(value.clone());
+            let _ = write!(sql, " AND json_extract(doc, '$.{field}') = ?{}", args.len());
+        }
+        if let Some(after) = &query.after {
+            args.push(after.clone());
+            let _ = write!(sql, " AND key > ?{}", args.len());
+        }
+        let _ = write!(sql, " ORDER BY key LIMIT {}", query.limit);
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached(&sql)
+                    .and_then(|mut s| {
+                        s.query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
+                            .collect()
+                    })
+                    .map_err(storage)
+            },
+            ReadModelError::Storage,
+        )
+    }
+}
+
+impl Checkpoints for SqliteReadModels {
+    fn checkpoint(&self, consumer: &str) -> Result<u64, ReadModelError> {
+        let consumer = consumer.to_owned();
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached("SELECT position FROM checkpoints WHERE consumer = ?1")
+                    .and_then(|mut s| s.query_row([&consumer], |r| r.get::<_, i64>(0)).optional())
+                    .map(|p| p.unwrap_or(0) as u64)
+                    .map_err(storage)
+            },
+            ReadModelError::Storage,
+        )
+    }
+
+    fn checkpoints(&self) -> Result<Vec<(String, u64)>, ReadModelError> {
+        let conn = self.writer();
+        let mut statement = conn
+            .prepare("SELECT consumer, position FROM checkpoints ORDER BY consumer")
+            .map_err(storage)?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(storage)?;
+        rows.collect::<Result<_, _>>().map_err(storage)
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        // The directory's lock admits one process, and it is this one: no other writer
+        // to watch.
+        None
+    }
+}
+
+impl DeadLetters for SqliteReadModels {
+    fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError> {
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        tx.prepare_cached(
+            "INSERT INTO dead_letters (consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut s| {
+            s.execute(rusqlite::params![
+                letter.projection,
+                letter.position as i64,
+                letter.aggregate_id,
+                letter.event_type,
+                letter.error,
+                letter.attempts,
+                letter.first_failed_at.as_micros(),
+                letter.last_failed_at.as_micros()
+            ])
+        })
+        .map_err(storage)?;
+        let id = tx.last_insert_rowid();
+        tx.prepare_cached(
+            "INSERT INTO checkpoints (consumer, position) VALUES (?1, ?2)
+             ON CONFLICT (consumer) DO UPDATE SET position = max(position, excluded.position)",
+        )
+        .and_then(|mut s| s.execute(rusqlite::params![letter.projection, checkpoint as i64]))
+        .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        Ok(id)
+    }
+
+    fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let consumer = consumer.map(str::to_owned);
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached(
+                    "SELECT id, consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us
+                     FROM dead_letters WHERE ?1 IS NULL OR consumer = ?1 ORDER BY consumer, position",
+                )
+                .and_then(|mut s| s.query_map([&consumer], dead_letter_from_row)?.collect())
+                .map_err(storage)
+            },
+            ReadModelError::Storage,
+        )
+    }
+
+    fn resolve_dead_letter(
+        &self,
+        consumer: &str,
+        id: i64,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
+        let tables = self.declared();
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        let mut txn = WriteBehind::new(Txn { conn: &tx, tables: &tables, shadow_mode: false });
+        f(&mut txn)?;
+        txn.flush()?;
+        let deleted = tx
+            .execute(
+                "DELETE FROM dead_letters WHERE id = ?1 AND consumer = ?2",
+                rusqlite::params![id, consumer],
+            )
+            .map_err(storage)?;
+        if deleted == 0 {
+            // Dropping `tx` rolls `f`'s changes back: the letter was resolved meanwhile.
+            return Err(ReadModelError::NoSuchDeadLetter(id));
+        }
+        tx.commit().map_err(storage)
+    }
+
+    fn dead_letter_failed(
+        &self,
+        consumer: &str,
+        id: i64,
+        error: &str,
+    ) -> Result<(), ReadModelError> {
+        let updated = self
+            .writer()
+            .execute(
+                "UPDATE dead_letters SET attempts = attempts + 1, error = ?2, last_failed_us = ?3
+                 WHERE id = ?1 AND consumer = ?4",
+                rusqlite::params![id, error, Timestamp::now().as_micros(), consumer],
+            )
+            .map_err(storage)?;
+        if updated == 0 { Err(ReadModelError::NoSuchDeadLetter(id)) } else { Ok(()) }
+    }
+}
+
+impl Generations for SqliteReadModels {
     fn create_shadow(&self, _consumer: &str, tables: &[&str]) -> Result<(), ReadModelError> {
         let conn = self.writer();
         let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
@@ -403,6 +558,46 @@ impl ReadModelStore for SqliteReadModels {
         Ok(())
     }
 
+    fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError> {
+        self.writer()
+            .query_row("SELECT version FROM projection_versions WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(storage)
+    }
+
+    fn set_projection_version(&self, name: &str, version: u32) -> Result<(), ReadModelError> {
+        self.writer()
+            .execute(
+                "INSERT INTO projection_versions (name, version) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+                rusqlite::params![name, version],
+            )
+            .map(|_| ())
+            .map_err(storage)
+    }
+}
+
+/// One process owns the data directory (its lock refuses a second), so that process
+/// leads every consumer: there is no one to hand a consumer over to.
+impl Leases for SqliteReadModels {
+    fn try_lead(&self, _consumer: &str) -> Result<bool, ReadModelError> {
+        Ok(true)
+    }
+
+    fn leads(&self, _consumer: &str) -> bool {
+        true
+    }
+
+    fn resign(&self, _consumer: &str) {}
+
+    fn live_members(&self) -> Result<usize, ReadModelError> {
+        Ok(1)
+    }
+}
+
+impl SchemaStore for SqliteReadModels {
     fn schemas(&self) -> Result<Vec<(String, u32, String)>, ReadModelError> {
         let conn = self.writer();
         let mut stmt = conn
@@ -426,204 +621,6 @@ impl ReadModelStore for SqliteReadModels {
             )
             .map(|n| n == 1)
             .map_err(storage)
-    }
-
-    fn checkpoints(&self) -> Result<Vec<(String, u64)>, ReadModelError> {
-        let conn = self.writer();
-        let mut statement = conn
-            .prepare("SELECT consumer, position FROM checkpoints ORDER BY consumer")
-            .map_err(storage)?;
-        let rows = statement
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
-            .map_err(storage)?;
-        rows.collect::<Result<_, _>>().map_err(storage)
-    }
-
-    fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError> {
-        self.writer()
-            .query_row("SELECT version FROM projection_versions WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(storage)
-    }
-
-    fn set_projection_version(&self, name: &str, version: u32) -> Result<(), ReadModelError> {
-        self.writer()
-            .execute(
-                "INSERT INTO projection_versions (name, version) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET version = excluded.version",
-                rusqlite::params![name, version],
-            )
-            .map(|_| ())
-            .map_err(storage)
-    }
-
-    fn checkpoint(&self, consumer: &str) -> Result<u64, ReadModelError> {
-        let consumer = consumer.to_owned();
-        self.readers.run_here(
-            move |conn| {
-                conn.prepare_cached("SELECT position FROM checkpoints WHERE consumer = ?1")
-                    .and_then(|mut s| s.query_row([&consumer], |r| r.get::<_, i64>(0)).optional())
-                    .map(|p| p.unwrap_or(0) as u64)
-                    .map_err(storage)
-            },
-            ReadModelError::Storage,
-        )
-    }
-
-    fn transact(
-        &self,
-        consumer: &str,
-        checkpoint: Option<u64>,
-        f: TxnFn<'_>,
-    ) -> Result<(), ReadModelError> {
-        self.run_transaction(consumer, checkpoint, false, f)
-    }
-
-    fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError> {
-        let mut conn = self.writer();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(storage)?;
-        tx.prepare_cached(
-            "INSERT INTO dead_letters (consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .and_then(|mut s| {
-            s.execute(rusqlite::params![
-                letter.projection,
-                letter.position as i64,
-                letter.aggregate_id,
-                letter.event_type,
-                letter.error,
-                letter.attempts,
-                letter.first_failed_at.as_micros(),
-                letter.last_failed_at.as_micros()
-            ])
-        })
-        .map_err(storage)?;
-        let id = tx.last_insert_rowid();
-        tx.prepare_cached(
-            "INSERT INTO checkpoints (consumer, position) VALUES (?1, ?2)
-             ON CONFLICT (consumer) DO UPDATE SET position = max(position, excluded.position)",
-        )
-        .and_then(|mut s| s.execute(rusqlite::params![letter.projection, checkpoint as i64]))
-        .map_err(storage)?;
-        tx.commit().map_err(storage)?;
-        Ok(id)
-    }
-
-    fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, ReadModelError> {
-        let consumer = consumer.map(str::to_owned);
-        self.readers.run_here(
-            move |conn| {
-                conn.prepare_cached(
-                    "SELECT id, consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us
-                     FROM dead_letters WHERE ?1 IS NULL OR consumer = ?1 ORDER BY consumer, position",
-                )
-                .and_then(|mut s| s.query_map([&consumer], dead_letter_from_row)?.collect())
-                .map_err(storage)
-            },
-            ReadModelError::Storage,
-        )
-    }
-
-    fn resolve_dead_letter(
-        &self,
-        consumer: &str,
-        id: i64,
-        f: TxnFn<'_>,
-    ) -> Result<(), ReadModelError> {
-        let tables = self.declared();
-        let mut conn = self.writer();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(storage)?;
-        let mut txn =
-            Txn { conn: &tx, tables: &tables, shadow_mode: false, pending: HashMap::new() };
-        f(&mut txn)?;
-        txn.flush(None)?;
-        let deleted = tx
-            .execute(
-                "DELETE FROM dead_letters WHERE id = ?1 AND consumer = ?2",
-                rusqlite::params![id, consumer],
-            )
-            .map_err(storage)?;
-        if deleted == 0 {
-            // Dropping `tx` rolls `f`'s changes back: the letter was resolved meanwhile.
-            return Err(ReadModelError::NoSuchDeadLetter(id));
-        }
-        tx.commit().map_err(storage)
-    }
-
-    fn dead_letter_failed(
-        &self,
-        consumer: &str,
-        id: i64,
-        error: &str,
-    ) -> Result<(), ReadModelError> {
-        let updated = self
-            .writer()
-            .execute(
-                "UPDATE dead_letters SET attempts = attempts + 1, error = ?2, last_failed_us = ?3
-                 WHERE id = ?1 AND consumer = ?4",
-                rusqlite::params![id, error, Timestamp::now().as_micros(), consumer],
-            )
-            .map_err(storage)?;
-        if updated == 0 { Err(ReadModelError::NoSuchDeadLetter(id)) } else { Ok(()) }
-    }
-
-    fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
-        validate_identifier(table)?;
-        let sql = format!("SELECT doc FROM {} WHERE key = ?1", self.current_physical(table)?);
-        let key = key.to_owned();
-        self.readers.run_here(
-            move |conn| {
-                conn.prepare_cached(&sql)
-                    .and_then(|mut s| s.query_row([&key], |r| r.get(0)).optional())
-                    .map_err(storage)
-            },
-            ReadModelError::Storage,
-        )
-    }
-
-    fn list(&self, query: &ListQuery) -> Result<Vec<(String, String)>, ReadModelError> {
-        validate_identifier(&query.table)?;
-        let declared = self.declared();
-        let fields = &declared
-            .get(&query.table)
-            .ok_or_else(|| ReadModelError::Unknown(query.table.clone()))?
-            .indexed;
-        let mut sql =
-            format!("SELECT key, doc FROM {} WHERE 1 = 1", self.current_physical(&query.table)?);
-        let mut args: Vec<String> = Vec::new();
-        for (field, value) in &query.filters {
-            if !fields.contains(field) {
-                return Err(ReadModelError::Unknown(format!(
-                    "{}.{field} is not indexed",
-                    query.table
-                )));
-            }
-            args.push(value.clone());
-            let _ = write!(sql, " AND json_extract(doc, '$.{field}') = ?{}", args.len());
-        }
-        if let Some(after) = &query.after {
-            args.push(after.clone());
-            let _ = write!(sql, " AND key > ?{}", args.len());
-        }
-        let _ = write!(sql, " ORDER BY key LIMIT {}", query.limit);
-        self.readers.run_here(
-            move |conn| {
-                conn.prepare_cached(&sql)
-                    .and_then(|mut s| {
-                        s.query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
-                            .collect()
-                    })
-                    .map_err(storage)
-            },
-            ReadModelError::Storage,
-        )
     }
 }
 
