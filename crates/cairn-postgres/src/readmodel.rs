@@ -715,8 +715,23 @@ impl Leases for PgReadModels {
     }
 
     fn resign(&self, consumer: &str) {
-        // Dropping the session releases its lock.
-        self.leaders.lock().unwrap_or_else(PoisonError::into_inner).remove(consumer);
+        let leader = self.leaders.lock().unwrap_or_else(PoisonError::into_inner).remove(consumer);
+        let Some(leader) = leader else { return };
+        // Unlocked explicitly: dropping the session releases the lock only once the server
+        // notices the closed connection, and until then nobody (this process included)
+        // could take the consumer. Waits for a transaction running on the session.
+        let guard = leader.lock().unwrap_or_else(PoisonError::into_inner);
+        if !guard.client.is_closed() {
+            let name = format!("lead/{consumer}");
+            let unlocked = self.shared.wait(guard.client.query_one(
+                "SELECT pg_advisory_unlock(hashtextextended(current_schema() || '/cairn/' || $1, 0))",
+                &[&name],
+            ));
+            if let Err(e) = unlocked {
+                // The session is dropped below: the server releases the lock when it sees.
+                tracing::debug!(consumer, error = %db_error(&e), "cannot unlock; dropping the session");
+            }
+        }
     }
 
     fn live_members(&self) -> Result<usize, ReadModelError> {
