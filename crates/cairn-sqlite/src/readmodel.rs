@@ -509,6 +509,11 @@ impl Generations for SqliteReadModels {
             let state = declared
                 .get(*name)
                 .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
+            // Without a shadow, the next generation's table does not exist: making it live
+            // would leave the projection without a table.
+            if !state.shadow {
+                return Err(ReadModelError::Unknown(format!("shadow of table {name}")));
+            }
             tx.execute(
                 "INSERT INTO table_generations (name, generation) VALUES (?1, ?2)
                  ON CONFLICT (name) DO UPDATE SET generation = excluded.generation",
@@ -521,9 +526,11 @@ impl Generations for SqliteReadModels {
             ))
             .map_err(storage)?;
         }
+        // A rebuild that never committed a checkpoint rebuilt nothing: the live consumer
+        // starts from 0, as the tables it now reads are empty.
         tx.execute(
             "INSERT INTO checkpoints (consumer, position)
-             SELECT ?1, position FROM checkpoints WHERE consumer = ?2
+             VALUES (?1, coalesce((SELECT position FROM checkpoints WHERE consumer = ?2), 0))
              ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
             [live, shadow_consumer],
         )

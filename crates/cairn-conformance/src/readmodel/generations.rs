@@ -152,6 +152,32 @@ pub fn rebuilds_in_a_row(rm: &Rm) {
     assert_eq!(keys(rm, "orders"), ["round2"], "declaring again keeps the latest generation");
 }
 
+/// A rebuild swapped in before it committed any checkpoint rebuilt nothing: the live
+/// consumer starts again from 0 (keeping its old checkpoint would skip every event it
+/// had applied to the tables just thrown away).
+pub fn swap_without_a_rebuild_checkpoint_starts_from_zero(rm: &Rm) {
+    declare(rm);
+    lead(rm, LIVE);
+    put_all(rm, LIVE, Some(40), "orders", &[("old", &order("open", "ann"))]);
+    rm.create_shadow(LIVE, &["orders"]).unwrap();
+    rm.swap_shadow(&["orders"], LIVE, &shadow_consumer()).unwrap();
+    assert!(keys(rm, "orders").is_empty());
+    assert_eq!(rm.checkpoint(LIVE).unwrap(), 0);
+}
+
+/// Swapping a table that has no shadow is refused, and the live table stays.
+pub fn swap_without_a_shadow_is_refused(rm: &Rm) {
+    declare(rm);
+    lead(rm, LIVE);
+    put_all(rm, LIVE, Some(40), "orders", &[("old", &order("open", "ann"))]);
+    rm.transact_shadow(&shadow_consumer(), Some(3), &mut |_| Ok(())).unwrap();
+    assert!(rm.swap_shadow(&["orders"], LIVE, &shadow_consumer()).is_err());
+    assert_eq!(keys(rm, "orders"), ["old"]);
+    assert_eq!(rm.checkpoint(LIVE).unwrap(), 40);
+    put_all(rm, LIVE, Some(41), "orders", &[("new", &order("open", "ann"))]);
+    assert_eq!(keys(rm, "orders"), ["new", "old"], "the live table still takes writes");
+}
+
 /// The projection version a read model was built with is recorded per projection.
 pub fn projection_versions(rm: &Rm) {
     assert_eq!(rm.projection_version("p").unwrap(), None);
