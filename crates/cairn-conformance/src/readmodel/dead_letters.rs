@@ -13,7 +13,8 @@ fn without_id(letters: Vec<DeadLetter>) -> Vec<DeadLetter> {
 pub fn park_lists_and_moves_the_checkpoint_forward_only(rm: &Rm) {
     declare(rm);
     lead(rm, "c");
-    let (first, second, late) = (letter("c", 10, "a1"), letter("c", 12, "a2"), letter("c", 11, "a1"));
+    let (first, second, late) =
+        (letter("c", 10, "a1"), letter("c", 12, "a2"), letter("c", 11, "a1"));
     let id1 = rm.park(10, &first).unwrap();
     assert_eq!(rm.checkpoint("c").unwrap(), 10);
     let id2 = rm.park(12, &second).unwrap();
@@ -67,9 +68,10 @@ pub fn resolve_runs_the_change_and_removes_the_letter(rm: &Rm) {
     rm.resolve_dead_letter("c", id, &mut |txn| txn.put("orders", "a1", &order("open", "ann")))
         .unwrap();
     assert!(rm.get("orders", "a1").unwrap().is_some());
-    assert_eq!(rm.dead_letters(Some("c")).unwrap().iter().map(|l| l.id).collect::<Vec<_>>(), [
-        other
-    ]);
+    assert_eq!(
+        rm.dead_letters(Some("c")).unwrap().iter().map(|l| l.id).collect::<Vec<_>>(),
+        [other]
+    );
     assert_eq!(rm.checkpoint("c").unwrap(), 6, "resolving does not move the checkpoint");
 }
 
@@ -80,9 +82,8 @@ pub fn resolving_a_gone_letter_rolls_back(rm: &Rm) {
     lead(rm, "c");
     let id = rm.park(4, &letter("c", 4, "a1")).unwrap();
     rm.resolve_dead_letter("c", id, &mut |_| Ok(())).unwrap();
-    let again = rm.resolve_dead_letter("c", id, &mut |txn| {
-        txn.put("orders", "twice", &order("open", "ann"))
-    });
+    let again = rm
+        .resolve_dead_letter("c", id, &mut |txn| txn.put("orders", "twice", &order("open", "ann")));
     assert_eq!(again, Err(ReadModelError::NoSuchDeadLetter(id)));
     assert_eq!(rm.get("orders", "twice").unwrap(), None, "rolled back");
     assert!(rm.dead_letters(None).unwrap().is_empty());
@@ -101,5 +102,8 @@ pub fn failed_retry_is_counted(rm: &Rm) {
     assert_eq!(stored.error, "worse");
     assert_eq!(stored.first_failed_at, parked.first_failed_at);
     assert!(stored.last_failed_at > parked.last_failed_at, "the retry's time is recorded");
-    assert_eq!(rm.dead_letter_failed("c", id + 1000, "x"), Err(ReadModelError::NoSuchDeadLetter(id + 1000)));
+    assert_eq!(
+        rm.dead_letter_failed("c", id + 1000, "x"),
+        Err(ReadModelError::NoSuchDeadLetter(id + 1000))
+    );
 }

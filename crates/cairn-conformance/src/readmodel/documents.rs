@@ -100,12 +100,7 @@ pub fn list_orders_pages_and_filters(rm: &Rm) {
     assert_eq!(page(rm, &[("status", "open")], Some("k3"), 1), ["k4"]);
     assert!(page(rm, &[("status", "cancelled")], None, 100).is_empty());
     let (_, doc) = rm
-        .list(&ListQuery {
-            table: "orders".to_owned(),
-            filters: vec![],
-            after: None,
-            limit: 1,
-        })
+        .list(&ListQuery { table: "orders".to_owned(), filters: vec![], after: None, limit: 1 })
         .unwrap()
         .remove(0);
     assert_eq!(doc, order("open", "ann"), "list returns the documents too");
@@ -156,7 +151,7 @@ pub fn unknown_tables_and_fields_are_refused(rm: &Rm) {
         TableSpec { name: "ok", indexed: &["bad-field"] },
         TableSpec { name: "", indexed: &[] },
     ] {
-        let refused = rm.ensure_tables(&[spec.clone()]);
+        let refused = rm.ensure_tables(std::slice::from_ref(&spec));
         assert!(matches!(refused, Err(ReadModelError::Unknown(_))), "{spec:?}: {refused:?}");
     }
 }

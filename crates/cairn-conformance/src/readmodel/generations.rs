@@ -34,7 +34,13 @@ fn shadow_put(rm: &Rm, checkpoint: Option<u64>, docs: &[(&str, &str)]) {
 pub fn swap_replaces_live_tables_and_hands_over_the_checkpoint(rm: &Rm) {
     declare(rm);
     lead(rm, LIVE);
-    put_all(rm, LIVE, Some(50), "orders", &[("old1", &order("open", "ann")), ("old2", &order("paid", "bob"))]);
+    put_all(
+        rm,
+        LIVE,
+        Some(50),
+        "orders",
+        &[("old1", &order("open", "ann")), ("old2", &order("paid", "bob"))],
+    );
     rm.create_shadow(LIVE, &["orders"]).unwrap();
     shadow_put(rm, Some(20), &[("new1", &order("open", "cy"))]);
     let mut in_shadow = Vec::new();
@@ -137,7 +143,7 @@ pub fn rebuilds_in_a_row(rm: &Rm) {
         rm.create_shadow(LIVE, &["orders", "lines"]).unwrap();
         shadow_put(rm, Some(round + 1), &[(&key, &order("open", "ann"))]);
         rm.swap_shadow(&["orders", "lines"], LIVE, &shadow_consumer()).unwrap();
-        assert_eq!(keys(rm, "orders"), [key.clone()]);
+        assert_eq!(keys(rm, "orders"), [key.as_str()]);
         assert_eq!(rm.checkpoint(LIVE).unwrap(), round + 1);
         let mut found = Vec::new();
         rm.transact(LIVE, None, &mut |txn| {
@@ -146,7 +152,7 @@ pub fn rebuilds_in_a_row(rm: &Rm) {
         })
         .unwrap();
         assert_eq!(found.len(), 1, "round {round}");
-        assert_eq!(keys(rm, "lines"), [key.clone()]);
+        assert_eq!(keys(rm, "lines"), [key.as_str()]);
     }
     declare(rm);
     assert_eq!(keys(rm, "orders"), ["round2"], "declaring again keeps the latest generation");

@@ -68,7 +68,10 @@ impl MemoryReadModels {
     /// An empty store, and this process's handle on it.
     #[must_use]
     pub fn new() -> Self {
-        Self::join(Arc::new(Shared { db: Mutex::new(Db::default()), changes: watch::Sender::new(0) }))
+        Self::join(Arc::new(Shared {
+            db: Mutex::new(Db::default()),
+            changes: watch::Sender::new(0),
+        }))
     }
 
     /// A handle on the same store for another process: it competes with this one for
@@ -112,7 +115,6 @@ impl MemoryReadModels {
     /// Runs `f` on the documents (the shadows, in `shadow_mode`), then `after` on the
     /// database; a failure of either undoes every change.
     fn run(
-        &self,
         db: &mut Db,
         shadow_mode: bool,
         f: TxnFn<'_>,
@@ -185,7 +187,7 @@ fn matches_field(json: &str, field: &str, value: &str) -> bool {
     match doc.get(field) {
         Some(serde_json::Value::String(s)) => s == value,
         Some(serde_json::Value::Null) | None => false,
-        Some(other) => other.to_string() == value,
+        Some(other) => serde_json::to_string(other).is_ok_and(|text| text == value),
     }
 }
 
@@ -257,7 +259,7 @@ impl Documents for MemoryReadModels {
     ) -> Result<(), ReadModelError> {
         let mut db = self.db();
         self.fence(&db, consumer)?;
-        self.run(&mut db, false, f, |db| {
+        Self::run(&mut db, false, f, |db| {
             if let Some(position) = checkpoint {
                 db.checkpoints.insert(consumer.to_owned(), position);
             }
@@ -272,16 +274,25 @@ impl Documents for MemoryReadModels {
 
     fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
         let db = self.db();
-        let t = db.tables.get(table).ok_or_else(|| ReadModelError::Unknown(format!("table {table}")))?;
+        let t = db
+            .tables
+            .get(table)
+            .ok_or_else(|| ReadModelError::Unknown(format!("table {table}")))?;
         Ok(t.live.get(key).cloned())
     }
 
     fn list(&self, query: &ListQuery) -> Result<Vec<(String, String)>, ReadModelError> {
         let db = self.db();
-        let t = db.tables.get(&query.table).ok_or_else(|| ReadModelError::Unknown(query.table.clone()))?;
+        let t = db
+            .tables
+            .get(&query.table)
+            .ok_or_else(|| ReadModelError::Unknown(query.table.clone()))?;
         for (field, _) in &query.filters {
             if !t.indexed.contains(field) {
-                return Err(ReadModelError::Unknown(format!("{}.{field} is not indexed", query.table)));
+                return Err(ReadModelError::Unknown(format!(
+                    "{}.{field} is not indexed",
+                    query.table
+                )));
             }
         }
         let after = query.after.as_deref();
@@ -332,7 +343,9 @@ impl DeadLetters for MemoryReadModels {
             .filter(|l| consumer.is_none_or(|c| l.projection == c))
             .cloned()
             .collect();
-        letters.sort_by(|a, b| (&a.projection, a.position, a.id).cmp(&(&b.projection, b.position, b.id)));
+        letters.sort_by(|a, b| {
+            (&a.projection, a.position, a.id).cmp(&(&b.projection, b.position, b.id))
+        });
         Ok(letters)
     }
 
@@ -344,7 +357,7 @@ impl DeadLetters for MemoryReadModels {
     ) -> Result<(), ReadModelError> {
         let mut db = self.db();
         self.fence(&db, consumer)?;
-        self.run(&mut db, false, f, |db| {
+        Self::run(&mut db, false, f, |db| {
             match db.dead_letters.get(&id) {
                 Some(l) if l.projection == consumer => {}
                 _ => return Err(ReadModelError::NoSuchDeadLetter(id)),
@@ -397,7 +410,7 @@ impl Generations for MemoryReadModels {
     ) -> Result<(), ReadModelError> {
         let mut db = self.db();
         self.fence(&db, consumer)?;
-        self.run(&mut db, true, f, |db| {
+        Self::run(&mut db, true, f, |db| {
             if let Some(position) = checkpoint {
                 db.checkpoints.insert(consumer.to_owned(), position);
             }
