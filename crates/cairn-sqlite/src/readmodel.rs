@@ -469,18 +469,27 @@ impl DeadLetters for SqliteReadModels {
 
 impl Generations for SqliteReadModels {
     fn create_shadow(&self, _consumer: &str, tables: &[&str]) -> Result<(), ReadModelError> {
-        let conn = self.writer();
+        let mut conn = self.writer();
         let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        // All the shadows or none: a rebuild never swaps in half a generation.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
         for name in tables {
             let state = declared
-                .get_mut(*name)
+                .get(*name)
                 .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
             let shadow = physical(name, state.generation + 1);
             // A leftover of an interrupted rebuild is dropped: the rebuild starts from 0.
-            conn.execute_batch(&format!("DROP TABLE IF EXISTS {shadow};")).map_err(storage)?;
-            conn.execute_batch(&create_table_sql(name, state.generation + 1, &state.indexed))
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS {shadow};")).map_err(storage)?;
+            tx.execute_batch(&create_table_sql(name, state.generation + 1, &state.indexed))
                 .map_err(storage)?;
-            state.shadow = true;
+        }
+        tx.commit().map_err(storage)?;
+        for name in tables {
+            if let Some(state) = declared.get_mut(*name) {
+                state.shadow = true;
+            }
         }
         Ok(())
     }
@@ -548,20 +557,28 @@ impl Generations for SqliteReadModels {
     }
 
     fn abort_shadow(&self, tables: &[&str], shadow_consumer: &str) -> Result<(), ReadModelError> {
-        let conn = self.writer();
+        let mut conn = self.writer();
         let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
         for name in tables {
-            if let Some(state) = declared.get_mut(*name) {
-                conn.execute_batch(&format!(
+            if let Some(state) = declared.get(*name) {
+                tx.execute_batch(&format!(
                     "DROP TABLE IF EXISTS {};",
                     physical(name, state.generation + 1)
                 ))
                 .map_err(storage)?;
+            }
+        }
+        tx.execute("DELETE FROM checkpoints WHERE consumer = ?1", [shadow_consumer])
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        for name in tables {
+            if let Some(state) = declared.get_mut(*name) {
                 state.shadow = false;
             }
         }
-        conn.execute("DELETE FROM checkpoints WHERE consumer = ?1", [shadow_consumer])
-            .map_err(storage)?;
         Ok(())
     }
 

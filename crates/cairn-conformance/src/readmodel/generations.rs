@@ -1,7 +1,7 @@
 //! Generations: a rebuild fills shadow tables beside the live ones, then swaps them in
 //! with the checkpoint, or drops them.
 
-use cairn_core::readmodel::{ListQuery, REBUILD_SUFFIX};
+use cairn_core::readmodel::{ListQuery, REBUILD_SUFFIX, ReadModelError};
 
 use super::{Rm, declare, lead, order, put_all, refused};
 
@@ -182,6 +182,18 @@ pub fn swap_without_a_shadow_is_refused(rm: &Rm) {
     assert_eq!(rm.checkpoint(LIVE).unwrap(), 40);
     put_all(rm, LIVE, Some(41), "orders", &[("new", &order("open", "ann"))]);
     assert_eq!(keys(rm, "orders"), ["new", "old"], "the live table still takes writes");
+}
+
+/// A rebuild of several tables, one of them unknown, creates no shadow at all.
+pub fn shadows_of_an_unknown_table_are_all_refused(rm: &Rm) {
+    declare(rm);
+    lead(rm, LIVE);
+    put_all(rm, LIVE, Some(40), "orders", &[("old", &order("open", "ann"))]);
+    let refused = rm.create_shadow(LIVE, &["orders", "nowhere"]);
+    assert!(matches!(refused, Err(ReadModelError::Unknown(_))), "{refused:?}");
+    rm.transact_shadow(&shadow_consumer(), Some(3), &mut |_| Ok(())).unwrap();
+    assert!(rm.swap_shadow(&["orders"], LIVE, &shadow_consumer()).is_err(), "no shadow of orders");
+    assert_eq!(keys(rm, "orders"), ["old"]);
 }
 
 /// The projection version a read model was built with is recorded per projection.

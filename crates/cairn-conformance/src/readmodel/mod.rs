@@ -165,6 +165,7 @@ macro_rules! readmodel_suite {
             generations::rebuilds_in_a_row,
             generations::swap_without_a_rebuild_checkpoint_starts_from_zero,
             generations::swap_without_a_shadow_is_refused,
+            generations::shadows_of_an_unknown_table_are_all_refused,
             generations::projection_versions,
             leases::a_store_leads_what_it_takes,
             leases::live_members_counts_this_process,
