@@ -192,6 +192,30 @@ pub fn failed_transaction_after_a_find_writes_nothing(rm: &Rm) {
     assert!(rm.checkpoints().unwrap().iter().all(|(c, _)| c != "c"));
 }
 
+/// A closure that panics (a handler bug the engine catches) writes nothing either, and
+/// the store goes on serving.
+pub fn panicking_transaction_writes_nothing(rm: &Rm) {
+    declare(rm);
+    lead(rm, "c");
+    put_all(rm, "c", Some(2), "orders", &[("a", &order("open", "ann"))]);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rm.transact("c", Some(8), &mut |txn| {
+            txn.put("orders", "b", &order("open", "bob"))?;
+            txn.delete("orders", "a")?;
+            // Makes the buffered writes reach the backend before the panic.
+            txn.find("orders", "status", "open")?;
+            panic!("handler bug");
+        })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(rm.get("orders", "b").unwrap(), None);
+    assert!(rm.get("orders", "a").unwrap().is_some());
+    assert_eq!(rm.checkpoint("c").unwrap(), 2);
+    put_all(rm, "c", Some(3), "orders", &[("c", &order("open", "cy"))]);
+    assert!(rm.get("orders", "c").unwrap().is_some(), "the store still takes writes");
+    assert_eq!(rm.checkpoint("c").unwrap(), 3);
+}
+
 /// Declaring the tables again (every start-up does) keeps what they hold.
 pub fn ensure_tables_again_keeps_documents(rm: &Rm) {
     declare(rm);

@@ -148,6 +148,7 @@ macro_rules! readmodel_suite {
             documents::unknown_tables_and_fields_are_refused,
             documents::failed_transaction_writes_nothing,
             documents::failed_transaction_after_a_find_writes_nothing,
+            documents::panicking_transaction_writes_nothing,
             documents::ensure_tables_again_keeps_documents,
             documents::prefetch_does_not_hide_writes,
             checkpoints::checkpoint_moves_with_its_batch,

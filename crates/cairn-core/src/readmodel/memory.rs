@@ -113,26 +113,23 @@ impl MemoryReadModels {
     }
 
     /// Runs `f` on the documents (the shadows, in `shadow_mode`), then `after` on the
-    /// database; a failure of either undoes every change.
+    /// checkpoints and dead letters; a failure of either, or a panic, undoes every change
+    /// (a panicking handler is caught by the engine, which goes on with this store).
     fn run(
         db: &mut Db,
         shadow_mode: bool,
         f: TxnFn<'_>,
-        after: impl FnOnce(&mut Db) -> Result<(), ReadModelError>,
+        after: impl FnOnce(
+            &mut BTreeMap<String, u64>,
+            &mut BTreeMap<i64, DeadLetter>,
+        ) -> Result<(), ReadModelError>,
     ) -> Result<(), ReadModelError> {
-        let mut txn =
-            WriteBehind::new(MemTxn { tables: &mut db.tables, shadow_mode, undo: Vec::new() });
-        let written = f(&mut txn).and_then(|()| txn.flush());
-        let storage = txn.into_storage();
-        if let Err(e) = written {
-            storage.undo();
-            return Err(e);
-        }
-        let undo = storage.undo;
-        if let Err(e) = after(db) {
-            MemTxn { tables: &mut db.tables, shadow_mode, undo }.undo();
-            return Err(e);
-        }
+        let Db { tables, checkpoints, dead_letters, .. } = db;
+        let mut txn = WriteBehind::new(MemTxn { tables, shadow_mode, undo: Some(Vec::new()) });
+        f(&mut txn)?;
+        txn.flush()?;
+        after(checkpoints, dead_letters)?;
+        txn.into_storage().commit();
         Ok(())
     }
 }
@@ -147,12 +144,13 @@ impl Drop for MemoryReadModels {
     }
 }
 
-/// Which generation of a table a transaction writes, and how to put back what it wrote.
+/// Which generation of a table a transaction writes, and how to put back what it wrote:
+/// dropped before [`MemTxn::commit`] (an error, a panic), it undoes its writes.
 struct MemTxn<'a> {
     tables: &'a mut HashMap<String, Table>,
     shadow_mode: bool,
-    /// (table, key, previous document), in the order written.
-    undo: Vec<(String, String, Option<String>)>,
+    /// (table, key, previous document), in the order written; `None` once committed.
+    undo: Option<Vec<(String, String, Option<String>)>>,
 }
 
 impl MemTxn<'_> {
@@ -168,8 +166,15 @@ impl MemTxn<'_> {
         })
     }
 
-    fn undo(mut self) {
-        for (table, key, previous) in std::mem::take(&mut self.undo).into_iter().rev() {
+    fn commit(mut self) {
+        self.undo = None;
+    }
+}
+
+impl Drop for MemTxn<'_> {
+    fn drop(&mut self) {
+        let Some(undo) = self.undo.take() else { return };
+        for (table, key, previous) in undo.into_iter().rev() {
             if let Ok(docs) = self.docs(&table) {
                 match previous {
                     Some(doc) => docs.insert(key, doc),
@@ -216,7 +221,9 @@ impl TxnStorage for MemTxn<'_> {
             let previous = docs.remove(&key);
             undo.push((table.to_owned(), key, previous));
         }
-        self.undo.extend(undo);
+        if let Some(log) = &mut self.undo {
+            log.extend(undo);
+        }
         Ok(())
     }
 
@@ -259,9 +266,9 @@ impl Documents for MemoryReadModels {
     ) -> Result<(), ReadModelError> {
         let mut db = self.db();
         self.fence(&db, consumer)?;
-        Self::run(&mut db, false, f, |db| {
+        Self::run(&mut db, false, f, |checkpoints, _| {
             if let Some(position) = checkpoint {
-                db.checkpoints.insert(consumer.to_owned(), position);
+                checkpoints.insert(consumer.to_owned(), position);
             }
             Ok(())
         })?;
@@ -357,13 +364,12 @@ impl DeadLetters for MemoryReadModels {
     ) -> Result<(), ReadModelError> {
         let mut db = self.db();
         self.fence(&db, consumer)?;
-        Self::run(&mut db, false, f, |db| {
-            match db.dead_letters.get(&id) {
-                Some(l) if l.projection == consumer => {}
-                _ => return Err(ReadModelError::NoSuchDeadLetter(id)),
+        Self::run(&mut db, false, f, |_, letters| match letters.get(&id) {
+            Some(l) if l.projection == consumer => {
+                letters.remove(&id);
+                Ok(())
             }
-            db.dead_letters.remove(&id);
-            Ok(())
+            _ => Err(ReadModelError::NoSuchDeadLetter(id)),
         })
     }
 
@@ -410,9 +416,9 @@ impl Generations for MemoryReadModels {
     ) -> Result<(), ReadModelError> {
         let mut db = self.db();
         self.fence(&db, consumer)?;
-        Self::run(&mut db, true, f, |db| {
+        Self::run(&mut db, true, f, |checkpoints, _| {
             if let Some(position) = checkpoint {
-                db.checkpoints.insert(consumer.to_owned(), position);
+                checkpoints.insert(consumer.to_owned(), position);
             }
             Ok(())
         })?;
