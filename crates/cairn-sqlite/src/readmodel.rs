@@ -67,6 +67,31 @@ fn create_table_sql(name: &str, generation: u64, indexed: &[String]) -> String {
     ddl
 }
 
+/// The condition on indexed `field` for the text `value`, appended to `sql` with its
+/// arguments. `json_extract` gives a JSON number as an SQL number, which never equals
+/// text: an integer field must also match its digits, as it does on PostgreSQL (where
+/// `->>` gives text). Only digits get the two-value `IN`: it costs a sort of the matches
+/// (the index no longer yields them in key order), which a text filter need not pay.
+fn field_condition(
+    sql: &mut String,
+    args: &mut Vec<rusqlite::types::Value>,
+    field: &str,
+    value: &str,
+) {
+    use rusqlite::types::Value;
+    args.push(Value::Text(value.to_owned()));
+    let text = args.len();
+    match value.parse::<i64>().ok().filter(|i| i.to_string() == value) {
+        Some(integer) => {
+            args.push(Value::Integer(integer));
+            let _ = write!(sql, "json_extract(doc, '$.{field}') IN (?{text}, ?{})", args.len());
+        }
+        None => {
+            let _ = write!(sql, "json_extract(doc, '$.{field}') = ?{text}");
+        }
+    }
+}
+
 impl SqliteReadModels {
     /// Opens (creating if needed) `readmodels.db` in `dir`. The caller holds the data
     /// directory's lock (it opened the event store first).
@@ -240,12 +265,15 @@ impl TxnStorage for Txn<'_> {
         field: &str,
         value: &str,
     ) -> Result<Vec<(String, String)>, ReadModelError> {
+        let mut sql = format!("SELECT key, doc FROM {} WHERE ", self.physical(table));
+        let mut args = Vec::new();
+        field_condition(&mut sql, &mut args, field, value);
+        sql.push_str(" ORDER BY key");
         self.conn
-            .prepare_cached(&format!(
-                "SELECT key, doc FROM {} WHERE json_extract(doc, '$.{field}') = ?1 ORDER BY key",
-                self.physical(table)
-            ))
-            .and_then(|mut s| s.query_map([value], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+            })
             .map_err(storage)
     }
 }
@@ -311,7 +339,7 @@ impl Documents for SqliteReadModels {
             .indexed;
         let mut sql =
             format!("SELECT key, doc FROM {} WHERE 1 = 1", self.current_physical(&query.table)?);
-        let mut args: Vec<String> = Vec::new();
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
         for (field, value) in &query.filters {
             if !fields.contains(field) {
                 return Err(ReadModelError::Unknown(format!(
@@ -319,11 +347,11 @@ impl Documents for SqliteReadModels {
                     query.table
                 )));
             }
-            args.push(value.clone());
-            let _ = write!(sql, " AND json_extract(doc, '$.{field}') = ?{}", args.len());
+            sql.push_str(" AND ");
+            field_condition(&mut sql, &mut args, field, value);
         }
         if let Some(after) = &query.after {
-            args.push(after.clone());
+            args.push(rusqlite::types::Value::Text(after.clone()));
             let _ = write!(sql, " AND key > ?{}", args.len());
         }
         let _ = write!(sql, " ORDER BY key LIMIT {}", query.limit);

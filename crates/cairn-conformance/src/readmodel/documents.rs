@@ -106,6 +106,29 @@ pub fn list_orders_pages_and_filters(rm: &Rm) {
     assert_eq!(doc, order("open", "ann"), "list returns the documents too");
 }
 
+/// A filter value is compared with the field's JSON text: an integer field matches its
+/// digits (a query string cannot say whether `7` is a number).
+pub fn integer_fields_match_their_digits(rm: &Rm) {
+    declare(rm);
+    lead(rm, "c");
+    let (number, text, other) = (
+        r#"{"status":"open","customer":7}"#,
+        r#"{"status":"open","customer":"7"}"#,
+        r#"{"status":"open","customer":70}"#,
+    );
+    put_all(rm, "c", None, "orders", &[("k1", number), ("k2", text), ("k3", other)]);
+    assert_eq!(page(rm, &[("customer", "7")], None, 10), ["k1", "k2"]);
+    assert_eq!(page(rm, &[("customer", "70")], None, 10), ["k3"]);
+    assert!(page(rm, &[("customer", "07")], None, 10).is_empty());
+    let mut found = Vec::new();
+    rm.transact("c", None, &mut |txn| {
+        found = txn.find("orders", "customer", "7")?;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(found.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["k1", "k2"]);
+}
+
 /// `find` returns every match of an indexed field, by key.
 pub fn find_returns_matches_by_key(rm: &Rm) {
     declare(rm);

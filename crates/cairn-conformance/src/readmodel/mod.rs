@@ -145,6 +145,7 @@ macro_rules! readmodel_suite {
             documents::a_transaction_reads_its_own_writes,
             documents::list_orders_pages_and_filters,
             documents::find_returns_matches_by_key,
+            documents::integer_fields_match_their_digits,
             documents::unknown_tables_and_fields_are_refused,
             documents::failed_transaction_writes_nothing,
             documents::failed_transaction_after_a_find_writes_nothing,
