@@ -1,4 +1,5 @@
-//! The conformance suite: one set of behavioural tests that every `EventStore` backend runs.
+//! The conformance suites: one set of behavioural tests that every `EventStore` backend
+//! runs, and one that every read-model backend runs ([`readmodel`]).
 //!
 //! A backend's test file calls [`conformance_suite!`] with an async factory that returns a
 //! fresh, empty [`Harness`]; the macro expands to one `#[tokio::test]` per check, so each
@@ -15,6 +16,7 @@ pub mod concurrency;
 pub mod fixtures;
 pub mod idempotency;
 pub mod model;
+pub mod readmodel;
 pub mod reads;
 pub mod subscription;
 pub mod versions;

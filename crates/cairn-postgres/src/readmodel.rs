@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    DeadLetter, DocTxn, ListQuery, ReadModelError, ReadModelStore, TableSpec, TxnFn,
-    leadership_key, validate_identifier,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Generations, Leases, ListQuery,
+    ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
@@ -66,7 +67,7 @@ struct Leader {
     client: ClientWrapper,
 }
 
-/// Read models on PostgreSQL (implements [`ReadModelStore`] and [`SnapshotStore`]).
+/// Read models on PostgreSQL (every read-model trait, and [`SnapshotStore`]).
 pub struct PgReadModels {
     shared: Arc<Shared>,
     tables: Mutex<HashMap<String, TableState>>,
@@ -209,16 +210,9 @@ impl PgReadModels {
         let tables = self.declared();
         let conn = self.conn_for(consumer)?;
         self.in_transaction(conn, |this, tx| {
-            let mut txn = Txn {
-                rm: this,
-                tx,
-                tables: &tables,
-                shadow_mode,
-                pending: HashMap::new(),
-                cache: HashMap::new(),
-            };
+            let mut txn = WriteBehind::new(Txn { rm: this, tx, tables: &tables, shadow_mode });
             f(&mut txn)?;
-            txn.flush(None)?;
+            txn.flush()?;
             if let Some(position) = checkpoint {
                 this.set_checkpoint(tx, consumer, position)?;
             }
@@ -247,16 +241,13 @@ impl PgReadModels {
     }
 }
 
-/// A transaction with a write-behind buffer: each document touched by a batch is written
-/// once, in one multi-row statement per table.
+/// What a transaction reads and writes on PostgreSQL, behind the shared write-behind
+/// buffer: each table's buffered changes in one multi-row statement.
 struct Txn<'a> {
     rm: &'a PgReadModels,
     tx: &'a Transaction<'a>,
     tables: &'a HashMap<String, TableState>,
     shadow_mode: bool,
-    pending: HashMap<String, HashMap<String, Option<String>>>,
-    /// Documents read (or prefetched) in this transaction; `None` = known to be absent.
-    cache: HashMap<String, HashMap<String, Option<String>>>,
 }
 
 impl Txn<'_> {
@@ -266,80 +257,14 @@ impl Txn<'_> {
             _ => live(table),
         }
     }
-
-    fn check(&self, table: &str, field: Option<&str>) -> Result<(), ReadModelError> {
-        let state = self
-            .tables
-            .get(table)
-            .ok_or_else(|| ReadModelError::Unknown(format!("table {table}")))?;
-        if let Some(f) = field
-            && !state.indexed.iter().any(|x| x == f)
-        {
-            return Err(ReadModelError::Unknown(format!("{table}.{f} is not indexed")));
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self, only: Option<&str>) -> Result<(), ReadModelError> {
-        let tables: Vec<String> = match only {
-            Some(t) => vec![t.to_owned()],
-            None => self.pending.keys().cloned().collect(),
-        };
-        for table in tables {
-            let Some(docs) = self.pending.remove(&table) else { continue };
-            // What is written now is what the database holds for the rest of the transaction.
-            self.cache.entry(table.clone()).or_default().extend(docs.clone());
-            let target = self.physical(&table);
-            let (mut keys, mut values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
-            for (key, doc) in docs {
-                match doc {
-                    Some(json) => {
-                        keys.push(key);
-                        values.push(json);
-                    }
-                    None => deleted.push(key),
-                }
-            }
-            let sql = if keys.is_empty() {
-                None
-            } else {
-                Some(format!(
-                    "INSERT INTO {target} (key, doc) SELECT * FROM unnest($1::text[], $2::text[])
-                     ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
-                ))
-            };
-            let tx = self.tx;
-            self.rm
-                .shared
-                .wait(async {
-                    if let Some(sql) = &sql {
-                        let stmt = tx.prepare(sql).await?;
-                        tx.execute(&stmt, &[&keys, &values]).await?;
-                    }
-                    if !deleted.is_empty() {
-                        tx.execute(
-                            &format!("DELETE FROM {target} WHERE key = ANY($1)"),
-                            &[&deleted],
-                        )
-                        .await?;
-                    }
-                    Ok::<_, tokio_postgres::Error>(())
-                })
-                .map_err(|e| storage(&e))?;
-        }
-        Ok(())
-    }
 }
 
-impl DocTxn for Txn<'_> {
-    fn get(&mut self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
-        self.check(table, None)?;
-        if let Some(doc) = self.pending.get(table).and_then(|docs| docs.get(key)) {
-            return Ok(doc.clone());
-        }
-        if let Some(doc) = self.cache.get(table).and_then(|docs| docs.get(key)) {
-            return Ok(doc.clone());
-        }
+impl TxnStorage for Txn<'_> {
+    fn indexed(&self, table: &str) -> Option<&[String]> {
+        self.tables.get(table).map(|t| t.indexed.as_slice())
+    }
+
+    fn read(&mut self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
         let sql = format!("SELECT doc FROM {} WHERE key = $1", self.physical(table));
         let tx = self.tx;
         self.rm
@@ -352,14 +277,11 @@ impl DocTxn for Txn<'_> {
             .map_err(|e| storage(&e))
     }
 
-    fn prefetch(&mut self, table: &str, keys: &[&str]) -> Result<(), ReadModelError> {
-        self.check(table, None)?;
-        let cached = self.cache.entry(table.to_owned()).or_default();
-        let missing: Vec<&str> =
-            keys.iter().copied().filter(|k| !cached.contains_key(*k)).collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
+    fn read_many(
+        &mut self,
+        table: &str,
+        keys: &[&str],
+    ) -> Result<Option<Vec<(String, String)>>, ReadModelError> {
         let sql = format!("SELECT key, doc FROM {} WHERE key = ANY($1)", self.physical(table));
         let tx = self.tx;
         let rows = self
@@ -367,32 +289,41 @@ impl DocTxn for Txn<'_> {
             .shared
             .wait(async {
                 let stmt = tx.prepare_cached(&sql).await?;
-                tx.query(&stmt, &[&missing]).await
+                tx.query(&stmt, &[&keys]).await
             })
             .map_err(|e| storage(&e))?;
-        let cached = self.cache.entry(table.to_owned()).or_default();
-        for k in missing {
-            cached.insert(k.to_owned(), None);
-        }
-        for r in rows {
-            cached.insert(r.get(0), Some(r.get(1)));
-        }
-        Ok(())
+        Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
     }
 
-    fn put(&mut self, table: &str, key: &str, json: &str) -> Result<(), ReadModelError> {
-        self.check(table, None)?;
-        self.pending
-            .entry(table.to_owned())
-            .or_default()
-            .insert(key.to_owned(), Some(json.to_owned()));
-        Ok(())
-    }
-
-    fn delete(&mut self, table: &str, key: &str) -> Result<(), ReadModelError> {
-        self.check(table, None)?;
-        self.pending.entry(table.to_owned()).or_default().insert(key.to_owned(), None);
-        Ok(())
+    fn write(
+        &mut self,
+        table: &str,
+        upserts: Vec<(String, String)>,
+        deletes: Vec<String>,
+    ) -> Result<(), ReadModelError> {
+        let target = self.physical(table);
+        let (keys, values): (Vec<String>, Vec<String>) = upserts.into_iter().unzip();
+        let tx = self.tx;
+        self.rm
+            .shared
+            .wait(async {
+                if !keys.is_empty() {
+                    let stmt = tx
+                        .prepare_cached(&format!(
+                            "INSERT INTO {target} (key, doc) SELECT * FROM unnest($1::text[], $2::text[])
+                             ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
+                        ))
+                        .await?;
+                    tx.execute(&stmt, &[&keys, &values]).await?;
+                }
+                if !deletes.is_empty() {
+                    let stmt =
+                        tx.prepare_cached(&format!("DELETE FROM {target} WHERE key = ANY($1)")).await?;
+                    tx.execute(&stmt, &[&deletes]).await?;
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            })
+            .map_err(|e| storage(&e))
     }
 
     fn find(
@@ -401,8 +332,6 @@ impl DocTxn for Txn<'_> {
         field: &str,
         value: &str,
     ) -> Result<Vec<(String, String)>, ReadModelError> {
-        self.check(table, Some(field))?;
-        self.flush(Some(table))?;
         let sql = format!(
             "SELECT key, doc FROM {} WHERE ((doc::jsonb) ->> '{field}') = $1 ORDER BY key",
             self.physical(table)
@@ -419,7 +348,7 @@ impl DocTxn for Txn<'_> {
     }
 }
 
-impl ReadModelStore for PgReadModels {
+impl Documents for PgReadModels {
     fn ensure_tables(&self, tables: &[TableSpec]) -> Result<(), ReadModelError> {
         for spec in tables {
             validate_identifier(spec.name)?;
@@ -454,13 +383,6 @@ impl ReadModelStore for PgReadModels {
             );
         }
         Ok(())
-    }
-
-    fn checkpoint(&self, consumer: &str) -> Result<u64, ReadModelError> {
-        Ok(self
-            .query_rows("SELECT position FROM checkpoints WHERE consumer = $1", &[&consumer])?
-            .first()
-            .map_or(0, |r| r.get::<_, i64>(0) as u64))
     }
 
     fn transact(
@@ -504,7 +426,30 @@ impl ReadModelStore for PgReadModels {
         let _ = write!(sql, " ORDER BY key LIMIT {}", query.limit);
         Ok(self.query_rows(&sql, &args)?.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+}
 
+impl Checkpoints for PgReadModels {
+    fn checkpoint(&self, consumer: &str) -> Result<u64, ReadModelError> {
+        Ok(self
+            .query_rows("SELECT position FROM checkpoints WHERE consumer = $1", &[&consumer])?
+            .first()
+            .map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn checkpoints(&self) -> Result<Vec<(String, u64)>, ReadModelError> {
+        Ok(self
+            .query_rows("SELECT consumer, position FROM checkpoints ORDER BY consumer", &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.checkpoint_changes())
+    }
+}
+
+impl DeadLetters for PgReadModels {
     fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError> {
         let conn = self.conn_for(&letter.projection)?;
         self.in_transaction(conn, |this, tx| {
@@ -567,16 +512,10 @@ impl ReadModelStore for PgReadModels {
         let tables = self.declared();
         let conn = self.conn_for(consumer)?;
         self.in_transaction(conn, |this, tx| {
-            let mut txn = Txn {
-                rm: this,
-                tx,
-                tables: &tables,
-                shadow_mode: false,
-                pending: HashMap::new(),
-                cache: HashMap::new(),
-            };
+            let mut txn =
+                WriteBehind::new(Txn { rm: this, tx, tables: &tables, shadow_mode: false });
             f(&mut txn)?;
-            txn.flush(None)?;
+            txn.flush()?;
             let deleted = this.exec(
                 tx,
                 "DELETE FROM dead_letters WHERE id = $1 AND consumer = $2",
@@ -607,7 +546,9 @@ impl ReadModelStore for PgReadModels {
         })?;
         if updated == 0 { Err(ReadModelError::NoSuchDeadLetter(id)) } else { Ok(()) }
     }
+}
 
+impl Generations for PgReadModels {
     fn create_shadow(&self, consumer: &str, tables: &[&str]) -> Result<(), ReadModelError> {
         let declared = self.declared();
         let conn = self.conn_for(consumer)?;
@@ -699,14 +640,6 @@ impl ReadModelStore for PgReadModels {
         Ok(())
     }
 
-    fn checkpoints(&self) -> Result<Vec<(String, u64)>, ReadModelError> {
-        Ok(self
-            .query_rows("SELECT consumer, position FROM checkpoints ORDER BY consumer", &[])?
-            .iter()
-            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
-            .collect())
-    }
-
     fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError> {
         Ok(self
             .query_rows("SELECT version FROM projection_versions WHERE name = $1", &[&name])?
@@ -722,33 +655,9 @@ impl ReadModelStore for PgReadModels {
         )
         .map(|_| ())
     }
+}
 
-    fn schemas(&self) -> Result<Vec<(String, u32, String)>, ReadModelError> {
-        Ok(self
-            .query_rows(
-                "SELECT event_type, version, schema FROM event_schemas ORDER BY event_type, version",
-                &[],
-            )?
-            .iter()
-            .map(|r| (r.get(0), r.get::<_, i32>(1) as u32, r.get(2)))
-            .collect())
-    }
-
-    fn put_schema(
-        &self,
-        event_type: &str,
-        version: u32,
-        schema: &str,
-    ) -> Result<bool, ReadModelError> {
-        Ok(!self
-            .query_rows(
-                "INSERT INTO event_schemas (event_type, version, schema) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING RETURNING version",
-                &[&event_type, &(version as i32), &schema],
-            )?
-            .is_empty())
-    }
-
+impl Leases for PgReadModels {
     fn try_lead(&self, consumer: &str) -> Result<bool, ReadModelError> {
         // The map's lock is released before the session's: `leads()` takes the map's lock
         // from async code and must not wait for a transaction on the session.
@@ -806,8 +715,23 @@ impl ReadModelStore for PgReadModels {
     }
 
     fn resign(&self, consumer: &str) {
-        // Dropping the session releases its lock.
-        self.leaders.lock().unwrap_or_else(PoisonError::into_inner).remove(consumer);
+        let leader = self.leaders.lock().unwrap_or_else(PoisonError::into_inner).remove(consumer);
+        let Some(leader) = leader else { return };
+        // Unlocked explicitly: dropping the session releases the lock only once the server
+        // notices the closed connection, and until then nobody (this process included)
+        // could take the consumer. Waits for a transaction running on the session.
+        let guard = leader.lock().unwrap_or_else(PoisonError::into_inner);
+        if !guard.client.is_closed() {
+            let name = format!("lead/{consumer}");
+            let unlocked = self.shared.wait(guard.client.query_one(
+                "SELECT pg_advisory_unlock(hashtextextended(current_schema() || '/cairn/' || $1, 0))",
+                &[&name],
+            ));
+            if let Err(e) = unlocked {
+                // The session is dropped below: the server releases the lock when it sees.
+                tracing::debug!(consumer, error = %db_error(&e), "cannot unlock; dropping the session");
+            }
+        }
     }
 
     fn live_members(&self) -> Result<usize, ReadModelError> {
@@ -817,9 +741,33 @@ impl ReadModelStore for PgReadModels {
         let rows = self.query_rows("SELECT count(*) FROM members WHERE seen_us > $1", &[&since])?;
         Ok(rows.first().map_or(1, |r| r.get::<_, i64>(0) as usize).max(1))
     }
+}
 
-    fn changes(&self) -> Option<watch::Receiver<u64>> {
-        Some(self.checkpoint_changes())
+impl SchemaStore for PgReadModels {
+    fn schemas(&self) -> Result<Vec<(String, u32, String)>, ReadModelError> {
+        Ok(self
+            .query_rows(
+                "SELECT event_type, version, schema FROM event_schemas ORDER BY event_type, version",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i32>(1) as u32, r.get(2)))
+            .collect())
+    }
+
+    fn put_schema(
+        &self,
+        event_type: &str,
+        version: u32,
+        schema: &str,
+    ) -> Result<bool, ReadModelError> {
+        Ok(!self
+            .query_rows(
+                "INSERT INTO event_schemas (event_type, version, schema) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING RETURNING version",
+                &[&event_type, &(version as i32), &schema],
+            )?
+            .is_empty())
     }
 }
 

@@ -12,9 +12,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    DeadLetter, DocTxn, ListQuery, ReadModelError, ReadModelStore, TableSpec, TxnFn,
-    validate_identifier,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Generations, Leases, ListQuery,
+    ReadModelError, SchemaStore, TableSpec, TxnFn, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
@@ -64,6 +65,31 @@ fn create_table_sql(name: &str, generation: u64, indexed: &[String]) -> String {
         );
     }
     ddl
+}
+
+/// The condition on indexed `field` for the text `value`, appended to `sql` with its
+/// arguments. `json_extract` gives a JSON number as an SQL number, which never equals
+/// text: an integer field must also match its digits, as it does on PostgreSQL (where
+/// `->>` gives text). Only digits get the two-value `IN`: it costs a sort of the matches
+/// (the index no longer yields them in key order), which a text filter need not pay.
+fn field_condition(
+    sql: &mut String,
+    args: &mut Vec<rusqlite::types::Value>,
+    field: &str,
+    value: &str,
+) {
+    use rusqlite::types::Value;
+    args.push(Value::Text(value.to_owned()));
+    let text = args.len();
+    match value.parse::<i64>().ok().filter(|i| i.to_string() == value) {
+        Some(integer) => {
+            args.push(Value::Integer(integer));
+            let _ = write!(sql, "json_extract(doc, '$.{field}') IN (?{text}, ?{})", args.len());
+        }
+        None => {
+            let _ = write!(sql, "json_extract(doc, '$.{field}') = ?{text}");
+        }
+    }
 }
 
 impl SqliteReadModels {
@@ -162,9 +188,9 @@ impl SqliteReadModels {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
-        let mut txn = Txn { conn: &tx, tables: &tables, shadow_mode, pending: HashMap::new() };
+        let mut txn = WriteBehind::new(Txn { conn: &tx, tables: &tables, shadow_mode });
         f(&mut txn)?;
-        txn.flush(None)?;
+        txn.flush()?;
         if let Some(position) = checkpoint {
             tx.prepare_cached(
                 "INSERT INTO checkpoints (consumer, position) VALUES (?1, ?2)
@@ -177,16 +203,12 @@ impl SqliteReadModels {
     }
 }
 
-/// A transaction with a write-behind buffer: documents written during a batch stay in
-/// memory and reach SQLite once, at the end, however many events touched them (a batch
-/// of 500 events on 100 orders writes 100 rows, not 500).
+/// What a transaction reads and writes on SQLite, behind the shared write-behind buffer.
 struct Txn<'a> {
     conn: &'a Connection,
     tables: &'a HashMap<String, TableState>,
     /// Writes go to the shadow generation of tables being rebuilt.
     shadow_mode: bool,
-    /// table -> key -> new document (`None` = deleted).
-    pending: HashMap<String, HashMap<String, Option<String>>>,
 }
 
 impl Txn<'_> {
@@ -197,71 +219,43 @@ impl Txn<'_> {
             None => physical(table, 0),
         }
     }
-
-    /// Writes the buffered changes of `table` (or of every table) to SQLite.
-    fn flush(&mut self, only: Option<&str>) -> Result<(), ReadModelError> {
-        let tables: Vec<String> = match only {
-            Some(t) => vec![t.to_owned()],
-            None => self.pending.keys().cloned().collect(),
-        };
-        for table in tables {
-            let Some(docs) = self.pending.remove(&table) else { continue };
-            let target = self.physical(&table);
-            let upsert = format!(
-                "INSERT INTO {target} (key, doc) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
-            );
-            let delete = format!("DELETE FROM {target} WHERE key = ?1");
-            for (key, doc) in docs {
-                match doc {
-                    Some(json) => {
-                        self.conn.prepare_cached(&upsert).and_then(|mut s| s.execute([&key, &json]))
-                    }
-                    None => self.conn.prepare_cached(&delete).and_then(|mut s| s.execute([&key])),
-                }
-                .map_err(storage)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn check(&self, table: &str, field: Option<&str>) -> Result<(), ReadModelError> {
-        let state = self
-            .tables
-            .get(table)
-            .ok_or_else(|| ReadModelError::Unknown(format!("table {table}")))?;
-        if let Some(f) = field
-            && !state.indexed.iter().any(|x| x == f)
-        {
-            return Err(ReadModelError::Unknown(format!("{table}.{f} is not indexed")));
-        }
-        Ok(())
-    }
 }
 
-impl DocTxn for Txn<'_> {
-    fn get(&mut self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
-        self.check(table, None)?;
-        if let Some(doc) = self.pending.get(table).and_then(|docs| docs.get(key)) {
-            return Ok(doc.clone());
-        }
+impl TxnStorage for Txn<'_> {
+    fn indexed(&self, table: &str) -> Option<&[String]> {
+        self.tables.get(table).map(|t| t.indexed.as_slice())
+    }
+
+    fn read(&mut self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
         self.conn
             .prepare_cached(&format!("SELECT doc FROM {} WHERE key = ?1", self.physical(table)))
             .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
             .map_err(storage)
     }
 
-    fn put(&mut self, table: &str, key: &str, json: &str) -> Result<(), ReadModelError> {
-        self.check(table, None)?;
-        self.pending
-            .entry(table.to_owned())
-            .or_default()
-            .insert(key.to_owned(), Some(json.to_owned()));
-        Ok(())
-    }
-
-    fn delete(&mut self, table: &str, key: &str) -> Result<(), ReadModelError> {
-        self.check(table, None)?;
-        self.pending.entry(table.to_owned()).or_default().insert(key.to_owned(), None);
+    fn write(
+        &mut self,
+        table: &str,
+        upserts: Vec<(String, String)>,
+        deletes: Vec<String>,
+    ) -> Result<(), ReadModelError> {
+        let target = self.physical(table);
+        let upsert = format!(
+            "INSERT INTO {target} (key, doc) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
+        );
+        for (key, json) in upserts {
+            self.conn
+                .prepare_cached(&upsert)
+                .and_then(|mut s| s.execute([&key, &json]))
+                .map_err(storage)?;
+        }
+        let delete = format!("DELETE FROM {target} WHERE key = ?1");
+        for key in deletes {
+            self.conn
+                .prepare_cached(&delete)
+                .and_then(|mut s| s.execute([&key]))
+                .map_err(storage)?;
+        }
         Ok(())
     }
 
@@ -271,20 +265,20 @@ impl DocTxn for Txn<'_> {
         field: &str,
         value: &str,
     ) -> Result<Vec<(String, String)>, ReadModelError> {
-        self.check(table, Some(field))?;
-        // The index only sees what reached SQLite.
-        self.flush(Some(table))?;
+        let mut sql = format!("SELECT key, doc FROM {} WHERE ", self.physical(table));
+        let mut args = Vec::new();
+        field_condition(&mut sql, &mut args, field, value);
+        sql.push_str(" ORDER BY key");
         self.conn
-            .prepare_cached(&format!(
-                "SELECT key, doc FROM {} WHERE json_extract(doc, '$.{field}') = ?1 ORDER BY key",
-                self.physical(table)
-            ))
-            .and_then(|mut s| s.query_map([value], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+            })
             .map_err(storage)
     }
 }
 
-impl ReadModelStore for SqliteReadModels {
+impl Documents for SqliteReadModels {
     fn ensure_tables(&self, tables: &[TableSpec]) -> Result<(), ReadModelError> {
         let conn = self.writer();
         let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
@@ -313,152 +307,69 @@ impl ReadModelStore for SqliteReadModels {
         Ok(())
     }
 
-    fn create_shadow(&self, _consumer: &str, tables: &[&str]) -> Result<(), ReadModelError> {
-        let conn = self.writer();
-        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        for name in tables {
-            let state = declared
-                .get_mut(*name)
-                .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
-            let shadow = physical(name, state.generation + 1);
-            // A leftover of an interrupted rebuild is dropped: the rebuild starts from 0.
-            conn.execute_batch(&format!("DROP TABLE IF EXISTS {shadow};")).map_err(storage)?;
-            conn.execute_batch(&create_table_sql(name, state.generation + 1, &state.indexed))
-                .map_err(storage)?;
-            state.shadow = true;
-        }
-        Ok(())
-    }
-
-    fn transact_shadow(
+    fn transact(
         &self,
         consumer: &str,
         checkpoint: Option<u64>,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
-        self.run_transaction(consumer, checkpoint, true, f)
+        self.run_transaction(consumer, checkpoint, false, f)
     }
 
-    fn swap_shadow(
-        &self,
-        tables: &[&str],
-        live: &str,
-        shadow_consumer: &str,
-    ) -> Result<(), ReadModelError> {
-        let mut conn = self.writer();
-        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(storage)?;
-        for name in tables {
-            let state = declared
-                .get(*name)
-                .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
-            tx.execute(
-                "INSERT INTO table_generations (name, generation) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET generation = excluded.generation",
-                rusqlite::params![name, (state.generation + 1) as i64],
-            )
-            .map_err(storage)?;
-            tx.execute_batch(&format!(
-                "DROP TABLE IF EXISTS {};",
-                physical(name, state.generation)
-            ))
-            .map_err(storage)?;
-        }
-        tx.execute(
-            "INSERT INTO checkpoints (consumer, position)
-             SELECT ?1, position FROM checkpoints WHERE consumer = ?2
-             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
-            [live, shadow_consumer],
+    fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
+        validate_identifier(table)?;
+        let sql = format!("SELECT doc FROM {} WHERE key = ?1", self.current_physical(table)?);
+        let key = key.to_owned();
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached(&sql)
+                    .and_then(|mut s| s.query_row([&key], |r| r.get(0)).optional())
+                    .map_err(storage)
+            },
+            ReadModelError::Storage,
         )
-        .map_err(storage)?;
-        tx.execute("DELETE FROM checkpoints WHERE consumer = ?1", [shadow_consumer])
-            .map_err(storage)?;
-        tx.commit().map_err(storage)?;
-        for name in tables {
-            if let Some(state) = declared.get_mut(*name) {
-                state.generation += 1;
-                state.shadow = false;
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Vec<(String, String)>, ReadModelError> {
+        validate_identifier(&query.table)?;
+        let declared = self.declared();
+        let fields = &declared
+            .get(&query.table)
+            .ok_or_else(|| ReadModelError::Unknown(query.table.clone()))?
+            .indexed;
+        let mut sql =
+            format!("SELECT key, doc FROM {} WHERE 1 = 1", self.current_physical(&query.table)?);
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        for (field, value) in &query.filters {
+            if !fields.contains(field) {
+                return Err(ReadModelError::Unknown(format!(
+                    "{}.{field} is not indexed",
+                    query.table
+                )));
             }
+            sql.push_str(" AND ");
+            field_condition(&mut sql, &mut args, field, value);
         }
-        Ok(())
-    }
-
-    fn abort_shadow(&self, tables: &[&str], shadow_consumer: &str) -> Result<(), ReadModelError> {
-        let conn = self.writer();
-        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        for name in tables {
-            if let Some(state) = declared.get_mut(*name) {
-                conn.execute_batch(&format!(
-                    "DROP TABLE IF EXISTS {};",
-                    physical(name, state.generation + 1)
-                ))
-                .map_err(storage)?;
-                state.shadow = false;
-            }
+        if let Some(after) = &query.after {
+            args.push(rusqlite::types::Value::Text(after.clone()));
+            let _ = write!(sql, " AND key > ?{}", args.len());
         }
-        conn.execute("DELETE FROM checkpoints WHERE consumer = ?1", [shadow_consumer])
-            .map_err(storage)?;
-        Ok(())
+        let _ = write!(sql, " ORDER BY key LIMIT {}", query.limit);
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached(&sql)
+                    .and_then(|mut s| {
+                        s.query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
+                            .collect()
+                    })
+                    .map_err(storage)
+            },
+            ReadModelError::Storage,
+        )
     }
+}
 
-    fn schemas(&self) -> Result<Vec<(String, u32, String)>, ReadModelError> {
-        let conn = self.writer();
-        let mut stmt = conn
-            .prepare("SELECT event_type, version, schema FROM event_schemas ORDER BY event_type, version")
-            .map_err(storage)?;
-        let rows =
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(storage)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(storage)
-    }
-
-    fn put_schema(
-        &self,
-        event_type: &str,
-        version: u32,
-        schema: &str,
-    ) -> Result<bool, ReadModelError> {
-        self.writer()
-            .execute(
-                "INSERT INTO event_schemas (event_type, version, schema) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                rusqlite::params![event_type, version, schema],
-            )
-            .map(|n| n == 1)
-            .map_err(storage)
-    }
-
-    fn checkpoints(&self) -> Result<Vec<(String, u64)>, ReadModelError> {
-        let conn = self.writer();
-        let mut statement = conn
-            .prepare("SELECT consumer, position FROM checkpoints ORDER BY consumer")
-            .map_err(storage)?;
-        let rows = statement
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
-            .map_err(storage)?;
-        rows.collect::<Result<_, _>>().map_err(storage)
-    }
-
-    fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError> {
-        self.writer()
-            .query_row("SELECT version FROM projection_versions WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(storage)
-    }
-
-    fn set_projection_version(&self, name: &str, version: u32) -> Result<(), ReadModelError> {
-        self.writer()
-            .execute(
-                "INSERT INTO projection_versions (name, version) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET version = excluded.version",
-                rusqlite::params![name, version],
-            )
-            .map(|_| ())
-            .map_err(storage)
-    }
-
+impl Checkpoints for SqliteReadModels {
     fn checkpoint(&self, consumer: &str) -> Result<u64, ReadModelError> {
         let consumer = consumer.to_owned();
         self.readers.run_here(
@@ -472,15 +383,25 @@ impl ReadModelStore for SqliteReadModels {
         )
     }
 
-    fn transact(
-        &self,
-        consumer: &str,
-        checkpoint: Option<u64>,
-        f: TxnFn<'_>,
-    ) -> Result<(), ReadModelError> {
-        self.run_transaction(consumer, checkpoint, false, f)
+    fn checkpoints(&self) -> Result<Vec<(String, u64)>, ReadModelError> {
+        let conn = self.writer();
+        let mut statement = conn
+            .prepare("SELECT consumer, position FROM checkpoints ORDER BY consumer")
+            .map_err(storage)?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(storage)?;
+        rows.collect::<Result<_, _>>().map_err(storage)
     }
 
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        // The directory's lock admits one process, and it is this one: no other writer
+        // to watch.
+        None
+    }
+}
+
+impl DeadLetters for SqliteReadModels {
     fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError> {
         let mut conn = self.writer();
         let tx = conn
@@ -540,10 +461,9 @@ impl ReadModelStore for SqliteReadModels {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
-        let mut txn =
-            Txn { conn: &tx, tables: &tables, shadow_mode: false, pending: HashMap::new() };
+        let mut txn = WriteBehind::new(Txn { conn: &tx, tables: &tables, shadow_mode: false });
         f(&mut txn)?;
-        txn.flush(None)?;
+        txn.flush()?;
         let deleted = tx
             .execute(
                 "DELETE FROM dead_letters WHERE id = ?1 AND consumer = ?2",
@@ -573,57 +493,186 @@ impl ReadModelStore for SqliteReadModels {
             .map_err(storage)?;
         if updated == 0 { Err(ReadModelError::NoSuchDeadLetter(id)) } else { Ok(()) }
     }
+}
 
-    fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
-        validate_identifier(table)?;
-        let sql = format!("SELECT doc FROM {} WHERE key = ?1", self.current_physical(table)?);
-        let key = key.to_owned();
-        self.readers.run_here(
-            move |conn| {
-                conn.prepare_cached(&sql)
-                    .and_then(|mut s| s.query_row([&key], |r| r.get(0)).optional())
-                    .map_err(storage)
-            },
-            ReadModelError::Storage,
-        )
+impl Generations for SqliteReadModels {
+    fn create_shadow(&self, _consumer: &str, tables: &[&str]) -> Result<(), ReadModelError> {
+        let mut conn = self.writer();
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        // All the shadows or none: a rebuild never swaps in half a generation.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        for name in tables {
+            let state = declared
+                .get(*name)
+                .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
+            let shadow = physical(name, state.generation + 1);
+            // A leftover of an interrupted rebuild is dropped: the rebuild starts from 0.
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS {shadow};")).map_err(storage)?;
+            tx.execute_batch(&create_table_sql(name, state.generation + 1, &state.indexed))
+                .map_err(storage)?;
+        }
+        tx.commit().map_err(storage)?;
+        for name in tables {
+            if let Some(state) = declared.get_mut(*name) {
+                state.shadow = true;
+            }
+        }
+        Ok(())
     }
 
-    fn list(&self, query: &ListQuery) -> Result<Vec<(String, String)>, ReadModelError> {
-        validate_identifier(&query.table)?;
-        let declared = self.declared();
-        let fields = &declared
-            .get(&query.table)
-            .ok_or_else(|| ReadModelError::Unknown(query.table.clone()))?
-            .indexed;
-        let mut sql =
-            format!("SELECT key, doc FROM {} WHERE 1 = 1", self.current_physical(&query.table)?);
-        let mut args: Vec<String> = Vec::new();
-        for (field, value) in &query.filters {
-            if !fields.contains(field) {
-                return Err(ReadModelError::Unknown(format!(
-                    "{}.{field} is not indexed",
-                    query.table
-                )));
+    fn transact_shadow(
+        &self,
+        consumer: &str,
+        checkpoint: Option<u64>,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
+        self.run_transaction(consumer, checkpoint, true, f)
+    }
+
+    fn swap_shadow(
+        &self,
+        tables: &[&str],
+        live: &str,
+        shadow_consumer: &str,
+    ) -> Result<(), ReadModelError> {
+        let mut conn = self.writer();
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        for name in tables {
+            let state = declared
+                .get(*name)
+                .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
+            // Without a shadow, the next generation's table does not exist: making it live
+            // would leave the projection without a table.
+            if !state.shadow {
+                return Err(ReadModelError::Unknown(format!("shadow of table {name}")));
             }
-            args.push(value.clone());
-            let _ = write!(sql, " AND json_extract(doc, '$.{field}') = ?{}", args.len());
+            tx.execute(
+                "INSERT INTO table_generations (name, generation) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET generation = excluded.generation",
+                rusqlite::params![name, (state.generation + 1) as i64],
+            )
+            .map_err(storage)?;
+            tx.execute_batch(&format!(
+                "DROP TABLE IF EXISTS {};",
+                physical(name, state.generation)
+            ))
+            .map_err(storage)?;
         }
-        if let Some(after) = &query.after {
-            args.push(after.clone());
-            let _ = write!(sql, " AND key > ?{}", args.len());
-        }
-        let _ = write!(sql, " ORDER BY key LIMIT {}", query.limit);
-        self.readers.run_here(
-            move |conn| {
-                conn.prepare_cached(&sql)
-                    .and_then(|mut s| {
-                        s.query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
-                            .collect()
-                    })
-                    .map_err(storage)
-            },
-            ReadModelError::Storage,
+        // A rebuild that never committed a checkpoint rebuilt nothing: the live consumer
+        // starts from 0, as the tables it now reads are empty.
+        tx.execute(
+            "INSERT INTO checkpoints (consumer, position)
+             VALUES (?1, coalesce((SELECT position FROM checkpoints WHERE consumer = ?2), 0))
+             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
+            [live, shadow_consumer],
         )
+        .map_err(storage)?;
+        tx.execute("DELETE FROM checkpoints WHERE consumer = ?1", [shadow_consumer])
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        for name in tables {
+            if let Some(state) = declared.get_mut(*name) {
+                state.generation += 1;
+                state.shadow = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn abort_shadow(&self, tables: &[&str], shadow_consumer: &str) -> Result<(), ReadModelError> {
+        let mut conn = self.writer();
+        let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        for name in tables {
+            if let Some(state) = declared.get(*name) {
+                tx.execute_batch(&format!(
+                    "DROP TABLE IF EXISTS {};",
+                    physical(name, state.generation + 1)
+                ))
+                .map_err(storage)?;
+            }
+        }
+        tx.execute("DELETE FROM checkpoints WHERE consumer = ?1", [shadow_consumer])
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        for name in tables {
+            if let Some(state) = declared.get_mut(*name) {
+                state.shadow = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn projection_version(&self, name: &str) -> Result<Option<u32>, ReadModelError> {
+        self.writer()
+            .query_row("SELECT version FROM projection_versions WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(storage)
+    }
+
+    fn set_projection_version(&self, name: &str, version: u32) -> Result<(), ReadModelError> {
+        self.writer()
+            .execute(
+                "INSERT INTO projection_versions (name, version) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+                rusqlite::params![name, version],
+            )
+            .map(|_| ())
+            .map_err(storage)
+    }
+}
+
+/// One process owns the data directory (its lock refuses a second), so that process
+/// leads every consumer: there is no one to hand a consumer over to.
+impl Leases for SqliteReadModels {
+    fn try_lead(&self, _consumer: &str) -> Result<bool, ReadModelError> {
+        Ok(true)
+    }
+
+    fn leads(&self, _consumer: &str) -> bool {
+        true
+    }
+
+    fn resign(&self, _consumer: &str) {}
+
+    fn live_members(&self) -> Result<usize, ReadModelError> {
+        Ok(1)
+    }
+}
+
+impl SchemaStore for SqliteReadModels {
+    fn schemas(&self) -> Result<Vec<(String, u32, String)>, ReadModelError> {
+        let conn = self.writer();
+        let mut stmt = conn
+            .prepare("SELECT event_type, version, schema FROM event_schemas ORDER BY event_type, version")
+            .map_err(storage)?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(storage)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+    }
+
+    fn put_schema(
+        &self,
+        event_type: &str,
+        version: u32,
+        schema: &str,
+    ) -> Result<bool, ReadModelError> {
+        self.writer()
+            .execute(
+                "INSERT INTO event_schemas (event_type, version, schema) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                rusqlite::params![event_type, version, schema],
+            )
+            .map(|n| n == 1)
+            .map_err(storage)
     }
 }
 

@@ -1,0 +1,59 @@
+//! Events a consumer could not handle, parked so that processing goes on.
+
+use super::{ReadModelError, TxnFn};
+
+/// An event a consumer could not handle, parked so that processing goes on.
+///
+/// Rows of one (consumer, aggregate) form a chain in position order: the first is the
+/// failed event, the rest were parked behind it so that the aggregate's events are never
+/// applied out of order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeadLetter {
+    /// Its id (for retry and discard).
+    pub id: i64,
+    /// The projection or process manager.
+    pub projection: String,
+    /// The event's `$all` position.
+    pub position: u64,
+    /// The event's stream.
+    pub aggregate_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The last error (for a parked event: which dead letter it waits behind).
+    pub error: String,
+    /// Times it was tried.
+    pub attempts: u32,
+    /// First failure (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub first_failed_at: crate::timestamp::Timestamp,
+    /// Latest failure (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub last_failed_at: crate::timestamp::Timestamp,
+}
+
+/// The dead letter queue of every consumer.
+pub trait DeadLetters: Send + Sync {
+    /// Parks an event in the dead letter queue and moves the consumer's checkpoint past
+    /// it (never back), in one transaction. `letter.id` is ignored; the new id is returned.
+    fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError>;
+    /// Dead letters in (consumer, position) order, of one consumer or of all.
+    fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, ReadModelError>;
+    /// Runs `f` and removes `consumer`'s dead letter `id`, in one transaction (a successful
+    /// retry, or a discard with a no-op `f`). Written only while this process leads
+    /// `consumer` ([`ReadModelError::NotLeader`] otherwise); a letter that is gone fails
+    /// with [`ReadModelError::NoSuchDeadLetter`] and rolls `f`'s changes back.
+    fn resolve_dead_letter(
+        &self,
+        consumer: &str,
+        id: i64,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError>;
+    /// Records one more failed attempt of `consumer`'s dead letter `id` (leader only).
+    fn dead_letter_failed(
+        &self,
+        consumer: &str,
+        id: i64,
+        error: &str,
+    ) -> Result<(), ReadModelError>;
+}
