@@ -25,8 +25,8 @@ use async_nats::jetstream::{
 };
 use bytes::Bytes;
 use cairn_core::readmodel::{ReadModelError, ReadModelStore, TableSpec};
-use futures_util::StreamExt;
 use cairn_core::{AllFilter, EventStore, RecordedEvent};
+use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::subject::event_subject;
@@ -356,10 +356,9 @@ impl Relay {
         blocking(move || {
             let position = rm.checkpoint(&name)?;
             let mark = match rm.get(SEQUENCE_TABLE, &name)? {
-                Some(json) => Some(
-                    serde_json::from_str::<SequenceMark>(&json)
-                        .map_err(|e| ReadModelError::Decode(format!("{SEQUENCE_TABLE}/{name}: {e}")))?,
-                ),
+                Some(json) => Some(serde_json::from_str::<SequenceMark>(&json).map_err(|e| {
+                    ReadModelError::Decode(format!("{SEQUENCE_TABLE}/{name}: {e}"))
+                })?),
                 None => None,
             };
             Ok((position, mark.filter(|m| m.position == position).map(|m| m.sequence)))
@@ -417,11 +416,16 @@ impl Relay {
         }
         let mut messages = consumer.messages().await.map_err(nats)?;
         loop {
-            let next = tokio::time::timeout(SCAN_IDLE_TIMEOUT, messages.next())
-                .await
-                .map_err(|_| RelayError::Nats(format!("reading the stream's tail stalled for {SCAN_IDLE_TIMEOUT:?}")))?;
+            let next =
+                tokio::time::timeout(SCAN_IDLE_TIMEOUT, messages.next()).await.map_err(|_| {
+                    RelayError::Nats(format!(
+                        "reading the stream's tail stalled for {SCAN_IDLE_TIMEOUT:?}"
+                    ))
+                })?;
             let Some(message) = next else {
-                return Err(RelayError::Nats("the stream's tail ended before its last message".into()));
+                return Err(RelayError::Nats(
+                    "the stream's tail ended before its last message".into(),
+                ));
             };
             let message = message.map_err(nats)?;
             let info = message.info().map_err(nats)?;

@@ -53,9 +53,14 @@ fn fixture() -> Option<Fixture> {
 impl Fixture {
     async fn relay(&self, config: RelayConfig) -> Arc<Relay> {
         Arc::new(
-            Relay::connect(&self.url, Arc::clone(&self.store), Arc::clone(&self.readmodels), config)
-                .await
-                .unwrap(),
+            Relay::connect(
+                &self.url,
+                Arc::clone(&self.store),
+                Arc::clone(&self.readmodels),
+                config,
+            )
+            .await
+            .unwrap(),
         )
     }
 
@@ -71,7 +76,13 @@ impl Fixture {
         let mut copies = BTreeMap::new();
         for seq in state.first_sequence..=state.last_sequence {
             let m = s.get_raw_message(seq).await.unwrap();
-            let at: u64 = m.headers.get(cairn_nats::consumer::POSITION_HEADER).unwrap().as_str().parse().unwrap();
+            let at: u64 = m
+                .headers
+                .get(cairn_nats::consumer::POSITION_HEADER)
+                .unwrap()
+                .as_str()
+                .parse()
+                .unwrap();
             *copies.entry(at).or_insert(0) += 1;
         }
         copies
@@ -117,8 +128,7 @@ fn exactly_once(copies: &BTreeMap<u64, usize>, head: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_stopped_between_acks_and_checkpoint_resumes_after_the_window_without_duplicates()
-{
+async fn a_relay_stopped_between_acks_and_checkpoint_resumes_after_the_window_without_duplicates() {
     let Some(f) = fixture() else { return };
     // A checkpoint with its sequence mark, as any running relay has.
     let first = fill(&f.store, 10).await;
@@ -127,8 +137,9 @@ async fn a_relay_stopped_between_acks_and_checkpoint_resumes_after_the_window_wi
     // The next batch is published and acknowledged, then the relay dies before its
     // checkpoint (it waits a minute there; the task is dropped mid-wait).
     let head = fill(&f.store, 30).await;
-    let slow =
-        f.relay(RelayConfig { checkpoint_delay: Duration::from_secs(60), ..f.config.clone() }).await;
+    let slow = f
+        .relay(RelayConfig { checkpoint_delay: Duration::from_secs(60), ..f.config.clone() })
+        .await;
     let (_stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(Arc::clone(&slow).run(stop_rx));
     tokio::time::timeout(Duration::from_secs(20), async {
