@@ -144,7 +144,7 @@ impl Tail {
     /// with checkpoint `position`: at most `high` (the highest sequence of the
     /// acknowledged prefix, or the scan's end) and below every known message past it.
     fn mark(&mut self, position: u64, high: u64) -> u64 {
-        self.published = self.published.split_off(&(position + 1));
+        self.published = self.published.split_off(&position.saturating_add(1));
         let below_rest = self.published.values().min().map_or(u64::MAX, |s| s.saturating_sub(1));
         high.min(below_rest)
     }
@@ -355,12 +355,13 @@ impl Relay {
         let (rm, name) = (Arc::clone(&self.readmodels), self.name());
         blocking(move || {
             let position = rm.checkpoint(&name)?;
-            let mark = match rm.get(SEQUENCE_TABLE, &name)? {
-                Some(json) => Some(serde_json::from_str::<SequenceMark>(&json).map_err(|e| {
-                    ReadModelError::Decode(format!("{SEQUENCE_TABLE}/{name}: {e}"))
-                })?),
-                None => None,
-            };
+            // A mark that cannot be read only costs a scan of the whole stream; failing
+            // the round instead would stop the relay for good.
+            let mark = rm.get(SEQUENCE_TABLE, &name)?.and_then(|json| {
+                serde_json::from_str::<SequenceMark>(&json)
+                    .inspect_err(|e| tracing::warn!(relay = %name, error = %e, "unreadable sequence mark; scanning the whole stream"))
+                    .ok()
+            });
             Ok((position, mark.filter(|m| m.position == position).map(|m| m.sequence)))
         })
         .await
@@ -383,12 +384,12 @@ impl Relay {
                 first
             }
             Some(seq) => {
-                if seq + 1 < first {
+                if seq.saturating_add(1) < first {
                     // Purged or aged out: what was there is gone and will be published
                     // again (once: nothing of it is left to duplicate).
                     tracing::warn!(stream = %self.config.stream, checkpoint_sequence = seq, first, "messages after the relay's checkpoint are gone from the stream");
                 }
-                (seq + 1).max(first)
+                seq.saturating_add(1).max(first)
             }
             None => first,
         };
