@@ -437,11 +437,9 @@ impl Relay {
                 .as_ref()
                 .and_then(|h| h.get(crate::consumer::POSITION_HEADER))
                 .and_then(|v| v.as_str().parse::<u64>().ok());
-            if let (true, Some(at)) = (ours, at) {
-                if at > position {
-                    // Delivered in sequence order: the first holder is the lowest.
-                    tail.published.entry(at).or_insert(seq);
-                }
+            if let Some(at) = at.filter(|&at| ours && at > position) {
+                // Delivered in sequence order: the first holder is the lowest.
+                tail.published.entry(at).or_insert(seq);
             }
             // Messages others publish meanwhile are past `last`: not ours to wait for.
             if seq >= last || pending == 0 {

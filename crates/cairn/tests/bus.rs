@@ -101,7 +101,10 @@ async fn kill_9_between_publish_and_checkpoint_loses_and_duplicates_nothing() {
         .and_then(|v| v.parse().ok())
         .expect("relay metric");
     // Only 20 events are new since the kill: the rest were found in the stream's tail.
-    assert_eq!(republished, 20.0, "the restarted relay published only the new events");
+    assert!(
+        (republished - 20.0).abs() < 0.5,
+        "the restarted relay published only the new events: {republished}"
+    );
 
     let mut s = js.get_stream(&stream).await.unwrap();
     let count = s.info().await.unwrap().state.messages;

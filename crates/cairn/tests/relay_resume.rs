@@ -113,7 +113,10 @@ async fn killed_between_ack_and_checkpoint_and_resumed_after_the_duplicate_windo
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .expect("relay metric");
-    assert_eq!(published, 20.0, "the restarted relay published only the 20 new events");
+    assert!(
+        (published - 20.0).abs() < 0.5,
+        "the restarted relay published only the 20 new events: {published}"
+    );
     js.delete_stream(&stream).await.unwrap();
     let _ = js.delete_stream(&public).await;
     server.kill().await;
