@@ -30,10 +30,24 @@ async fn append(client: &reqwest::Client, base: &str, range: std::ops::Range<usi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_between_ack_and_checkpoint_and_resumed_after_the_duplicate_window_publishes_each_event_once()
+async fn killed_between_ack_and_checkpoint_and_resumed_after_the_window_publishes_each_event_once()
+{
+    kill_between_ack_and_checkpoint(cairn_testkit::Backend::Sqlite).await;
+}
+
+/// The same on PostgreSQL: the checkpoint and its mark in one PostgreSQL transaction,
+/// leadership released by the killed process's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_killed_between_ack_and_checkpoint_and_resumed_after_the_window_publishes_each_event_once()
  {
+    if cairn_testkit::Backend::Postgres.enabled() {
+        kill_between_ack_and_checkpoint(cairn_testkit::Backend::Postgres).await;
+    }
+}
+
+async fn kill_between_ack_and_checkpoint(backend: cairn_testkit::Backend) {
     let Some(nats) = cairn_nats::testing::nats_url() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let place = backend.place().await;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let stream = format!("CAIRN_TR_{}", id.to_uppercase());
     let prefix = format!("t{id}.events");
@@ -52,7 +66,7 @@ async fn killed_between_ack_and_checkpoint_and_resumed_after_the_duplicate_windo
     // Every batch waits 1.5 s between its acks and its checkpoint.
     let mut env = base_env.to_vec();
     env.push(("CAIRN_FAULT_RELAY_CHECKPOINT_DELAY_MS", "1500"));
-    let server = support::Server::start(dir.path(), &env).await;
+    let server = support::Server::start_on(&place, &env).await;
     let client = reqwest::Client::new();
     append(&client, &server.base, 0..60).await;
 
@@ -78,7 +92,7 @@ async fn killed_between_ack_and_checkpoint_and_resumed_after_the_duplicate_windo
 
     // Past the window, JetStream no longer recognises a re-published id.
     tokio::time::sleep(Duration::from_secs(WINDOW_SECS + 1)).await;
-    let server = support::Server::start(dir.path(), &base_env).await;
+    let server = support::Server::start_on(&place, &base_env).await;
     append(&client, &server.base, 60..80).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
