@@ -504,8 +504,7 @@ impl Relay {
     /// Publishes `events` in order, skipping those `tail` shows already in the stream;
     /// returns the acknowledged prefix and the first failure, if any.
     async fn publish(&self, events: &[RecordedEvent], tail: &Tail) -> Acked {
-        // (aggregate, position, ack): no ack for an event already in the stream.
-        let mut in_flight: VecDeque<(&str, u64, Result<PublishAckFuture, u64>)> = VecDeque::new();
+        let mut in_flight: VecDeque<(&str, u64, Sent)> = VecDeque::new();
         let mut busy: HashSet<&str> = HashSet::new();
         let mut acked = Acked { position: 0, sequence: 0, result: Ok(()) };
         let (mut published, mut skipped) = (0, 0);
@@ -513,7 +512,7 @@ impl Relay {
             for e in events {
                 if let Some(&seq) = tail.published.get(&e.position) {
                     // Stored before the crash: counts as acknowledged once all before it are.
-                    in_flight.push_back((e.aggregate_id.as_str(), e.position, Err(seq)));
+                    in_flight.push_back((e.aggregate_id.as_str(), e.position, Sent::Stored(seq)));
                     skipped += 1;
                     continue;
                 }
@@ -535,7 +534,7 @@ impl Relay {
                     .header(crate::consumer::VERSION_HEADER, e.version.to_string().as_str());
                 let ack = self.js.send_publish(out.subject, message).await.map_err(nats)?;
                 busy.insert(e.aggregate_id.as_str());
-                in_flight.push_back((e.aggregate_id.as_str(), e.position, Ok(ack)));
+                in_flight.push_back((e.aggregate_id.as_str(), e.position, Sent::Awaiting(ack)));
             }
             while let Some(front) = in_flight.pop_front() {
                 settle(front, &mut busy, &mut acked, &mut published).await?;
@@ -552,6 +551,14 @@ impl Relay {
     }
 }
 
+/// An event of the in-flight queue.
+enum Sent {
+    /// Published; its ack is awaited.
+    Awaiting(PublishAckFuture),
+    /// Found in the stream on resume, at this sequence: not published again.
+    Stored(u64),
+}
+
 /// The acknowledged prefix of a batch.
 struct Acked {
     /// Every event up to this position is in the stream (0: none of the batch).
@@ -564,19 +571,19 @@ struct Acked {
 
 /// Waits for the oldest in-flight publish and extends the acknowledged prefix over it.
 async fn settle<'a>(
-    (aggregate, at, ack): (&'a str, u64, Result<PublishAckFuture, u64>),
+    (aggregate, at, sent): (&'a str, u64, Sent),
     busy: &mut HashSet<&'a str>,
     acked: &mut Acked,
     published: &mut u64,
 ) -> Result<(), RelayError> {
-    let sequence = match ack {
-        Ok(ack) => {
+    let sequence = match sent {
+        Sent::Awaiting(ack) => {
             let sequence = ack.await.map_err(nats)?.sequence;
             busy.remove(aggregate);
             *published += 1;
             sequence
         }
-        Err(known) => known,
+        Sent::Stored(sequence) => sequence,
     };
     acked.position = at;
     acked.sequence = acked.sequence.max(sequence);
@@ -608,5 +615,35 @@ mod subject_tests {
         assert!(!covers("public.orders.>", "public.bank.>"));
         assert!(!covers("public.*", "public.bank.>"));
         assert!(!covers("public.bank.>", "public.>"));
+    }
+}
+
+#[cfg(test)]
+mod mark_tests {
+    use super::Tail;
+
+    fn tail(entries: &[(u64, u64)], last_sequence: u64) -> Tail {
+        Tail { published: entries.iter().copied().collect(), last_sequence }
+    }
+
+    #[test]
+    fn the_mark_stays_below_every_known_message_past_the_checkpoint() {
+        // The stream held 12 at 21 and 14 at 23 (13 a hole); this round stored 11 at 24
+        // and 13 at 25. A checkpoint at 13 must keep 14 (at 23) after its mark.
+        let mut t = tail(&[(12, 21), (14, 23)], 23);
+        assert_eq!(t.mark(13, 25), 22);
+        assert_eq!(t.published.keys().copied().collect::<Vec<_>>(), [14]);
+        // Once 14 is covered too, the prefix's highest sequence is the mark.
+        assert_eq!(t.mark(14, 25), 25);
+        assert!(t.published.is_empty());
+    }
+
+    #[test]
+    fn with_nothing_past_the_checkpoint_the_mark_is_the_highest_sequence() {
+        let mut t = tail(&[(3, 7)], 9);
+        assert_eq!(t.mark(3, 9), 9);
+        assert_eq!(tail(&[], 0).mark(u64::MAX, 0), 0);
+        // A message at sequence 1 past the checkpoint: the mark is 0 (scan everything).
+        assert_eq!(tail(&[(5, 1)], 4).mark(4, 4), 0);
     }
 }
