@@ -72,6 +72,11 @@ pub struct ServeArgs {
     /// Replicas of the streams the relay creates (3 on a three-node JetStream cluster).
     #[arg(long, env = "CAIRN_NATS_REPLICAS", default_value_t = 1)]
     nats_replicas: usize,
+    /// JetStream duplicate window of the relay's streams, in seconds (also applied to an
+    /// existing stream). A second line of defence: the relay's resume scan is what keeps
+    /// it from publishing an event twice.
+    #[arg(long, env = "CAIRN_NATS_DUPLICATE_WINDOW_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    nats_duplicate_window_secs: u64,
     /// Subject prefix of commands over NATS (request/reply on `<prefix>.<command>[.<id>]`).
     #[arg(long, env = "CAIRN_NATS_COMMANDS", default_value = "cairn.commands")]
     nats_commands: String,
@@ -237,6 +242,7 @@ async fn start_bus(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     );
+    let duplicate_window = std::time::Duration::from_secs(args.nats_duplicate_window_secs);
     let mut relays = Vec::new();
     // One public stream for every module's integration events, one subject tree each.
     if let Some(integration) = running.integration() {
@@ -249,6 +255,7 @@ async fn start_bus(
                 subjects: prefixes.iter().map(|p| format!("{namespace}{p}.>")).collect(),
                 checkpoint_delay,
                 replicas: args.nats_replicas,
+                duplicate_window,
                 ..cairn_nats::RelayConfig::default()
             },
             integration_events(integration, namespace.clone()),
@@ -261,6 +268,7 @@ async fn start_bus(
                 subject_prefix: args.nats_subject_prefix.clone(),
                 checkpoint_delay,
                 replicas: args.nats_replicas,
+                duplicate_window,
                 ..cairn_nats::RelayConfig::default()
             },
             cairn_nats::all_events(),

@@ -3,15 +3,20 @@
 //!
 //! Command handlers never talk to the broker: an append is done when the store committed
 //! it, and the relay catches up from its checkpoint (kept in the read-model store, like a
-//! projection's). `Nats-Msg-Id` = event id, so a re-publish after a crash is dropped by
-//! JetStream's duplicate window; the checkpoint only ever covers acknowledged events.
+//! projection's). The checkpoint only ever covers acknowledged events, and records a
+//! stream sequence beside them; on resume the relay reads the stream after it and does
+//! not publish again what is already there, so a crash never duplicates an event, however
+//! long the relay stays down (`docs/design/relay.md`). `Nats-Msg-Id` = event id, so
+//! JetStream's duplicate window is a second line of defence.
 
 pub mod consumer;
 pub mod relay;
 pub mod subject;
 
 pub use consumer::{BusConsumer, BusHandler, BusMessage, ConsumerOptions};
-pub use relay::{Mapper, Outgoing, Relay, RelayConfig, RelayError, RelayProgress, all_events};
+pub use relay::{
+    Mapper, Outgoing, Relay, RelayConfig, RelayError, RelayProgress, SequenceMark, Tail, all_events,
+};
 pub use subject::{encode_token, event_subject};
 
 /// Test support: which NATS server the tests use, and private `nats-server`s for tests

@@ -1,21 +1,32 @@
-//! The outbox relay: `$all` → a JetStream stream, in order, exactly once after dedup.
+//! The outbox relay: `$all` → a JetStream stream, in order, each event exactly once.
 //!
 //! Publishes are pipelined: up to `max_in_flight` unacknowledged, and at most one per
 //! aggregate (a second event of an aggregate waits for the first one's ack), so a
 //! failure can never let a later event of an aggregate overtake an earlier one. The
-//! checkpoint advances only over the acknowledged prefix; after any failure the relay
-//! resumes from there, and JetStream drops what it already has (`Nats-Msg-Id` = event
-//! id, within the stream's duplicate window). One process runs the relay at a time
-//! (the read-model store's leadership, as for projections).
+//! checkpoint advances only over the acknowledged prefix, and records, in the same
+//! transaction, a stream sequence below every message of this relay past that prefix.
+//! Every round (after a crash, a failure or a change of leader) first reads the stream
+//! after that sequence to learn which positions are already there, and publishes only
+//! the others: neither an outage longer than JetStream's duplicate window nor the holes
+//! pipelining leaves can duplicate or skip an event. JetStream's de-duplication
+//! (`Nats-Msg-Id` = event id) stays as a second line of defence. One process runs the
+//! relay at a time (the read-model store's leadership, as for projections). See
+//! `docs/design/relay.md`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull},
+    context::PublishAckFuture,
+    message::PublishMessage,
+};
 use bytes::Bytes;
-use cairn_core::readmodel::{ReadModelError, ReadModelStore};
+use cairn_core::readmodel::{ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{AllFilter, EventStore, RecordedEvent};
+use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::subject::event_subject;
@@ -35,7 +46,10 @@ pub struct RelayConfig {
     pub max_in_flight: usize,
     /// Events read from `$all` per batch.
     pub batch: usize,
-    /// The stream's duplicate window: how long a re-publish is recognised.
+    /// The stream's duplicate window: how long JetStream recognises a re-published
+    /// message id. Set on the stream when it is created, and on an existing stream whose
+    /// window differs. Not what keeps the relay from duplicating (its resume scan is),
+    /// only a second line of defence.
     pub duplicate_window: Duration,
     /// Stream replicas (3 on a three-node cluster).
     pub replicas: usize,
@@ -92,6 +106,48 @@ pub struct RelayProgress {
     pub published: u64,
     /// Whether this process runs the relay (another may lead it).
     pub leading: bool,
+    /// Events this process found already in the stream when it resumed, and so did not
+    /// publish again.
+    pub already_published: u64,
+}
+
+/// The read-model table holding each relay's [`SequenceMark`], keyed by relay name.
+pub const SEQUENCE_TABLE: &str = "cairn_relay_sequences";
+
+/// Longest wait for the next message while reading the stream's tail on resume: a scan
+/// that stalls fails the round (retried with backoff) instead of hanging the relay.
+pub const SCAN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the relay saves next to its `$all` checkpoint, in the same transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SequenceMark {
+    /// The `$all` checkpoint this mark was written with. A checkpoint that no longer
+    /// matches it (rewound by the start-up guard, or set by hand) makes the mark void.
+    pub position: u64,
+    /// A stream sequence below every message this relay stored for a position after
+    /// `position`: the resume scan starts after it.
+    pub sequence: u64,
+}
+
+/// The relay's messages found in the stream past the checkpoint on resume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tail {
+    /// `$all` position → the lowest stream sequence holding it.
+    pub published: BTreeMap<u64, u64>,
+    /// The stream's last sequence when the scan began: everything the relay publishes
+    /// from now on lands after it.
+    pub last_sequence: u64,
+}
+
+impl Tail {
+    /// Drops the positions the checkpoint now covers, and returns the sequence to save
+    /// with checkpoint `position`: at most `high` (the highest sequence of the
+    /// acknowledged prefix, or the scan's end) and below every known message past it.
+    fn mark(&mut self, position: u64, high: u64) -> u64 {
+        self.published = self.published.split_off(&position.saturating_add(1));
+        let below_rest = self.published.values().min().map_or(u64::MAX, |s| s.saturating_sub(1));
+        high.min(below_rest)
+    }
 }
 
 /// One message to publish for an event.
@@ -208,11 +264,25 @@ impl Relay {
             .into_iter()
             .filter(|s| !existing.subjects.iter().any(|held| covers(held, s)))
             .collect();
+        let mut changed = false;
         if !missing.is_empty() {
             tracing::info!(stream = %config.stream, subjects = ?missing, "adding subjects to the stream");
             existing.subjects.extend(missing);
+            changed = true;
+        }
+        // The flag is the one place the window is set: an operator changing it expects
+        // the running stream to follow.
+        if existing.duplicate_window != config.duplicate_window {
+            tracing::info!(stream = %config.stream, from = ?existing.duplicate_window, to = ?config.duplicate_window, "changing the stream's duplicate window");
+            existing.duplicate_window = config.duplicate_window;
+            changed = true;
+        }
+        if changed {
             js.update_stream(&existing).await.map_err(nats)?;
         }
+        let rm = Arc::clone(&readmodels);
+        blocking(move || rm.ensure_tables(&[TableSpec { name: SEQUENCE_TABLE, indexed: &[] }]))
+            .await?;
         Ok(Self {
             store,
             readmodels,
@@ -269,17 +339,126 @@ impl Relay {
         }
     }
 
-    async fn save(&self, position: u64) -> Result<(), RelayError> {
+    /// Moves the checkpoint to `position` and its sequence mark to `sequence`, in one
+    /// transaction: a crash leaves both old or both new.
+    async fn save(&self, position: u64, sequence: u64) -> Result<(), RelayError> {
         let (rm, name) = (Arc::clone(&self.readmodels), self.name());
-        blocking(move || rm.transact(&name, Some(position), &mut |_| Ok(()))).await
+        let doc = serde_json::to_string(&SequenceMark { position, sequence }).map_err(store)?;
+        blocking(move || {
+            rm.transact(&name, Some(position), &mut |txn| txn.put(SEQUENCE_TABLE, &name, &doc))
+        })
+        .await
+    }
+
+    /// The checkpoint, and the sequence to scan after when its mark belongs to it.
+    async fn load(&self) -> Result<(u64, Option<u64>), RelayError> {
+        let (rm, name) = (Arc::clone(&self.readmodels), self.name());
+        blocking(move || {
+            let position = rm.checkpoint(&name)?;
+            // A mark that cannot be read only costs a scan of the whole stream; failing
+            // the round instead would stop the relay for good.
+            let mark = rm.get(SEQUENCE_TABLE, &name)?.and_then(|json| {
+                serde_json::from_str::<SequenceMark>(&json)
+                    .inspect_err(|e| tracing::warn!(relay = %name, error = %e, "unreadable sequence mark; scanning the whole stream"))
+                    .ok()
+            });
+            Ok((position, mark.filter(|m| m.position == position).map(|m| m.sequence)))
+        })
+        .await
+    }
+
+    /// Reads the stream after `after` (from its first message when `None`) and collects
+    /// the positions past `position` this relay's subjects already hold. Only headers are
+    /// fetched: the scan costs a few bytes a message.
+    pub async fn scan_tail(&self, after: Option<u64>, position: u64) -> Result<Tail, RelayError> {
+        let mut stream = self.js.get_stream(&self.config.stream).await.map_err(nats)?;
+        let state = stream.info().await.map_err(nats)?.state.clone();
+        let (first, last) = (state.first_sequence, state.last_sequence);
+        let mut tail = Tail { published: BTreeMap::new(), last_sequence: last };
+        let start = match after {
+            Some(seq) if seq > last => {
+                // The stream is younger than the checkpoint (deleted and created again):
+                // it holds nothing the checkpoint covers, and anything of ours in it was
+                // published since, so all of it is read.
+                tracing::warn!(stream = %self.config.stream, checkpoint_sequence = seq, last, "the stream is behind the relay's checkpoint (recreated?): reading it whole");
+                first
+            }
+            Some(seq) => {
+                if seq.saturating_add(1) < first {
+                    // Purged or aged out: what was there is gone and will be published
+                    // again (once: nothing of it is left to duplicate).
+                    tracing::warn!(stream = %self.config.stream, checkpoint_sequence = seq, first, "messages after the relay's checkpoint are gone from the stream");
+                }
+                seq.saturating_add(1).max(first)
+            }
+            None => first,
+        };
+        if state.messages == 0 || start > last {
+            return Ok(tail);
+        }
+        let subjects = self.config.stream_subjects();
+        // One filter subject is all a 2.9 server takes; with several, the scan reads
+        // every subject and keeps this relay's.
+        let filter_subject = match subjects.as_slice() {
+            [one] => one.clone(),
+            _ => String::new(),
+        };
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject,
+                headers_only: true,
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(tail);
+        }
+        let mut messages = consumer.messages().await.map_err(nats)?;
+        loop {
+            let next =
+                tokio::time::timeout(SCAN_IDLE_TIMEOUT, messages.next()).await.map_err(|_| {
+                    RelayError::Nats(format!(
+                        "reading the stream's tail stalled for {SCAN_IDLE_TIMEOUT:?}"
+                    ))
+                })?;
+            let Some(message) = next else {
+                return Err(RelayError::Nats(
+                    "the stream's tail ended before its last message".into(),
+                ));
+            };
+            let message = message.map_err(nats)?;
+            let info = message.info().map_err(nats)?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let ours = subjects.iter().any(|s| covers(s, message.subject.as_str()));
+            let at = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(crate::consumer::POSITION_HEADER))
+                .and_then(|v| v.as_str().parse::<u64>().ok());
+            if let Some(at) = at.filter(|&at| ours && at > position) {
+                // Delivered in sequence order: the first holder is the lowest.
+                tail.published.entry(at).or_insert(seq);
+            }
+            // Messages others publish meanwhile are past `last`: not ours to wait for.
+            if seq >= last || pending == 0 {
+                return Ok(tail);
+            }
+        }
     }
 
     /// Publishes from the checkpoint until shutdown (`Ok`) or a failure (`Err`, with the
     /// acknowledged prefix saved).
     async fn pump(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), RelayError> {
-        let (rm, name) = (Arc::clone(&self.readmodels), self.name());
-        let mut position = blocking(move || rm.checkpoint(&name)).await?;
+        let (mut position, after) = self.load().await?;
         self.progress.send_modify(|p| p.position = position);
+        let mut tail = self.scan_tail(after, position).await?;
+        if !tail.published.is_empty() {
+            tracing::info!(relay = %self.name(), position, count = tail.published.len(), "events past the checkpoint are already in the stream; not publishing them again");
+        }
+        // The highest stream sequence of the acknowledged prefix (or the scan's end).
+        let mut high = tail.last_sequence;
         let mut head = self.store.head();
         loop {
             if *shutdown.borrow() {
@@ -292,11 +471,13 @@ impl Relay {
                 .await
                 .map_err(store)?;
             if !slice.events.is_empty() {
-                let (acked_to, result) = self.publish(&slice.events).await;
-                if let Err(e) = result {
-                    if acked_to > position {
-                        self.save(acked_to).await?;
-                        self.progress.send_modify(|p| p.position = acked_to);
+                let acked = self.publish(&slice.events, &tail).await;
+                high = high.max(acked.sequence);
+                if let Err(e) = acked.result {
+                    if acked.position > position {
+                        let sequence = tail.mark(acked.position, high);
+                        self.save(acked.position, sequence).await?;
+                        self.progress.send_modify(|p| p.position = acked.position);
                     }
                     return Err(e);
                 }
@@ -306,7 +487,8 @@ impl Relay {
                     tokio::time::sleep(self.config.checkpoint_delay).await;
                 }
                 position = slice.scanned_to;
-                self.save(position).await?;
+                let sequence = tail.mark(position, high);
+                self.save(position, sequence).await?;
                 self.progress.send_modify(|p| p.position = position);
             }
             // A page cut at the stores' byte cap is short but not the end.
@@ -319,23 +501,26 @@ impl Relay {
         }
     }
 
-    /// Publishes `events` in order; returns the acknowledged prefix's last position and
-    /// the first failure, if any.
-    async fn publish(&self, events: &[RecordedEvent]) -> (u64, Result<(), RelayError>) {
-        let mut in_flight: VecDeque<(&str, u64, PublishAckFuture)> = VecDeque::new();
+    /// Publishes `events` in order, skipping those `tail` shows already in the stream;
+    /// returns the acknowledged prefix and the first failure, if any.
+    async fn publish(&self, events: &[RecordedEvent], tail: &Tail) -> Acked {
+        let mut in_flight: VecDeque<(&str, u64, Sent)> = VecDeque::new();
         let mut busy: HashSet<&str> = HashSet::new();
-        let mut acked_to = 0;
-        let mut published = 0;
+        let mut acked = Acked { position: 0, sequence: 0, result: Ok(()) };
+        let (mut published, mut skipped) = (0, 0);
         let result = async {
             for e in events {
+                if let Some(&seq) = tail.published.get(&e.position) {
+                    // Stored before the crash: counts as acknowledged once all before it are.
+                    in_flight.push_back((e.aggregate_id.as_str(), e.position, Sent::Stored(seq)));
+                    skipped += 1;
+                    continue;
+                }
                 while in_flight.len() >= self.config.max_in_flight.max(1)
                     || busy.contains(e.aggregate_id.as_str())
                 {
-                    let Some((aggregate, at, ack)) = in_flight.pop_front() else { break };
-                    ack.await.map_err(nats)?;
-                    busy.remove(aggregate);
-                    acked_to = at;
-                    published += 1;
+                    let Some(front) = in_flight.pop_front() else { break };
+                    settle(front, &mut busy, &mut acked, &mut published).await?;
                 }
                 let Some(out) = (self.mapper)(e, &self.config).map_err(RelayError::Store)? else {
                     continue;
@@ -349,19 +534,60 @@ impl Relay {
                     .header(crate::consumer::VERSION_HEADER, e.version.to_string().as_str());
                 let ack = self.js.send_publish(out.subject, message).await.map_err(nats)?;
                 busy.insert(e.aggregate_id.as_str());
-                in_flight.push_back((e.aggregate_id.as_str(), e.position, ack));
+                in_flight.push_back((e.aggregate_id.as_str(), e.position, Sent::Awaiting(ack)));
             }
-            while let Some((_, at, ack)) = in_flight.pop_front() {
-                ack.await.map_err(nats)?;
-                acked_to = at;
-                published += 1;
+            while let Some(front) = in_flight.pop_front() {
+                settle(front, &mut busy, &mut acked, &mut published).await?;
             }
             Ok(())
         }
         .await;
-        self.progress.send_modify(|p| p.published += published);
-        (acked_to, result)
+        self.progress.send_modify(|p| {
+            p.published += published;
+            p.already_published += skipped;
+        });
+        acked.result = result;
+        acked
     }
+}
+
+/// An event of the in-flight queue.
+enum Sent {
+    /// Published; its ack is awaited.
+    Awaiting(PublishAckFuture),
+    /// Found in the stream on resume, at this sequence: not published again.
+    Stored(u64),
+}
+
+/// The acknowledged prefix of a batch.
+struct Acked {
+    /// Every event up to this position is in the stream (0: none of the batch).
+    position: u64,
+    /// The highest stream sequence among them.
+    sequence: u64,
+    /// The first failure.
+    result: Result<(), RelayError>,
+}
+
+/// Waits for the oldest in-flight publish and extends the acknowledged prefix over it.
+async fn settle<'a>(
+    (aggregate, at, sent): (&'a str, u64, Sent),
+    busy: &mut HashSet<&'a str>,
+    acked: &mut Acked,
+    published: &mut u64,
+) -> Result<(), RelayError> {
+    let sequence = match sent {
+        Sent::Awaiting(ack) => {
+            let sequence = ack.await.map_err(nats)?.sequence;
+            busy.remove(aggregate);
+            *published += 1;
+            sequence
+        }
+        Sent::Stored(sequence) => sequence,
+    };
+    acked.position = at;
+    acked.sequence = acked.sequence.max(sequence);
+    Ok(())
 }
 
 /// Whether stream subject `held` already takes every subject of `wanted` (both filters):
@@ -389,5 +615,35 @@ mod subject_tests {
         assert!(!covers("public.orders.>", "public.bank.>"));
         assert!(!covers("public.*", "public.bank.>"));
         assert!(!covers("public.bank.>", "public.>"));
+    }
+}
+
+#[cfg(test)]
+mod mark_tests {
+    use super::Tail;
+
+    fn tail(entries: &[(u64, u64)], last_sequence: u64) -> Tail {
+        Tail { published: entries.iter().copied().collect(), last_sequence }
+    }
+
+    #[test]
+    fn the_mark_stays_below_every_known_message_past_the_checkpoint() {
+        // The stream held 12 at 21 and 14 at 23 (13 a hole); this round stored 11 at 24
+        // and 13 at 25. A checkpoint at 13 must keep 14 (at 23) after its mark.
+        let mut t = tail(&[(12, 21), (14, 23)], 23);
+        assert_eq!(t.mark(13, 25), 22);
+        assert_eq!(t.published.keys().copied().collect::<Vec<_>>(), [14]);
+        // Once 14 is covered too, the prefix's highest sequence is the mark.
+        assert_eq!(t.mark(14, 25), 25);
+        assert!(t.published.is_empty());
+    }
+
+    #[test]
+    fn with_nothing_past_the_checkpoint_the_mark_is_the_highest_sequence() {
+        let mut t = tail(&[(3, 7)], 9);
+        assert_eq!(t.mark(3, 9), 9);
+        assert_eq!(tail(&[], 0).mark(u64::MAX, 0), 0);
+        // A message at sequence 1 past the checkpoint: the mark is 0 (scan everything).
+        assert_eq!(tail(&[(5, 1)], 4).mark(4, 4), 0);
     }
 }

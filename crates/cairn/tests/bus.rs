@@ -1,7 +1,7 @@
 //! `cairn serve --nats-url`: the outbox relay inside the server. Killed with `-9` between
-//! publish and checkpoint, the restarted server re-publishes from its checkpoint and
-//! JetStream drops the duplicates: every event is in the stream exactly once, in order
-//! per aggregate. Uses the machine's NATS (`CAIRN_TEST_NATS_URL`), its own stream.
+//! publish and checkpoint, the restarted server finds in the stream what it published
+//! past its checkpoint and does not publish it again: every event is in the stream
+//! exactly once, in order per aggregate. Uses the machine's NATS (`CAIRN_TEST_NATS_URL`), its own stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,11 +100,10 @@ async fn kill_9_between_publish_and_checkpoint_loses_and_duplicates_nothing() {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .expect("relay metric");
-    // Only 20 events are new since the kill: the rest were re-published from the old
-    // checkpoint (and dropped by JetStream as duplicates).
+    // Only 20 events are new since the kill: the rest were found in the stream's tail.
     assert!(
-        republished > 20.0,
-        "the restarted relay re-published from its old checkpoint: {republished}"
+        (republished - 20.0).abs() < 0.5,
+        "the restarted relay published only the new events: {republished}"
     );
 
     let mut s = js.get_stream(&stream).await.unwrap();
