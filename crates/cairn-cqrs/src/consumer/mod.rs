@@ -199,21 +199,17 @@ pub fn spawn_with(
     start_paused: bool,
 ) -> ConsumerHandle {
     let (position_tx, position_rx) = watch::channel(0);
+    let (name, head) = (handler.name().to_owned(), store.head());
     let shared = Arc::new(Shared {
-        store: Arc::clone(&store),
-        handler: Arc::clone(&handler),
+        store,
+        handler,
         status: watch::channel(Machine::new(start_paused)).0,
         gate: tokio::sync::Mutex::new(()),
         letters: DeadLetterQueue::default(),
         rebuilds: Rebuilds::default(),
         leadership: Leadership::default(),
     });
-    let handle = ConsumerHandle {
-        name: handler.name().to_owned(),
-        position: position_rx,
-        head: store.head(),
-        shared: Arc::clone(&shared),
-    };
+    let handle = ConsumerHandle { name, position: position_rx, head, shared: Arc::clone(&shared) };
     runner::Runner::start(shared, shutdown, partition, position_tx);
     handle
 }

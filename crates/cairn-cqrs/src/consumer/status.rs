@@ -137,16 +137,16 @@ impl Machine {
     }
 
     /// Whether an operator asked it to stop (the loop stops at the end of the batch in hand).
-    pub(crate) const fn pause_requested(&self) -> bool {
+    pub(crate) const fn pause_requested(self) -> bool {
         self.pause_requested
     }
 
-    pub(crate) const fn rebuild(&self) -> Rebuild {
+    pub(crate) const fn rebuild(self) -> Rebuild {
         self.rebuild
     }
 
     /// The status the contract serves.
-    pub(crate) const fn served(&self) -> ConsumerStatus {
+    pub(crate) const fn served(self) -> ConsumerStatus {
         match (self.phase, self.pause_requested, self.rebuild) {
             (Phase::Starting, ..) => ConsumerStatus::Starting,
             (Phase::Stalled, ..) => ConsumerStatus::Stalled,
