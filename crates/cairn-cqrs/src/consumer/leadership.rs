@@ -170,3 +170,23 @@ impl Runner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{LeaderInfo, Leadership};
+
+    #[test]
+    fn the_fence_counts_terms_and_since_holds_only_while_leading() {
+        let l = Leadership::default();
+        assert_eq!(l.info(), LeaderInfo { leading: false, since: None, fence: 0 });
+        l.took();
+        let first = l.info();
+        assert!(first.leading && first.since.is_some() && first.fence == 1, "{first:?}");
+        l.lost();
+        assert_eq!(l.info(), LeaderInfo { leading: false, since: None, fence: 1 });
+        l.took();
+        let second = l.info();
+        assert_eq!((second.leading, second.fence), (true, 2));
+        assert!(second.since >= first.since);
+    }
+}
