@@ -1,20 +1,14 @@
 //! Why handling failed, and why an operator's command did nothing.
 
 /// Why handling failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandleError {
     /// The consumer's own storage failed: retried until it works (the consumer stalls).
+    #[error("{0}")]
     Transient(String),
     /// The handler refused an event: retried a few times, then dead-lettered.
+    #[error("{0}")]
     Event(String),
-}
-
-impl std::fmt::Display for HandleError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Transient(m) | Self::Event(m) => f.write_str(m),
-        }
-    }
 }
 
 /// Why a command on a consumer (pause, resume, rebuild, a dead-letter retry or discard)

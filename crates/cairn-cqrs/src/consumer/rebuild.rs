@@ -26,6 +26,32 @@ pub struct RebuildProgress {
     pub rate: f64,
 }
 
+/// Why a rebuild was given up (its shadow tables are dropped, nothing is swapped in).
+#[derive(Debug, thiserror::Error)]
+enum Abandoned {
+    /// An event the live model took fails in the rebuilt one: a rebuild cannot park it.
+    #[error("an event fails in the rebuilt model: {0}")]
+    Event(String),
+    /// Reading `$all` or writing the shadow tables kept failing.
+    #[error("{0}")]
+    Storage(String),
+}
+
+impl From<HandleError> for Abandoned {
+    fn from(e: HandleError) -> Self {
+        match e {
+            HandleError::Event(e) => Self::Event(e),
+            HandleError::Transient(e) => Self::Storage(e),
+        }
+    }
+}
+
+impl From<cairn_core::ReadError> for Abandoned {
+    fn from(e: cairn_core::ReadError) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
 /// What this process knows of the consumer's rebuilds; whether one runs is the status
 /// machine's to say.
 #[derive(Default)]
@@ -166,11 +192,10 @@ async fn feed(
     filter: &AllFilter,
     from: u64,
     to: u64,
-) -> Result<(), String> {
+) -> Result<(), Abandoned> {
     let mut position = from;
     while position < to {
-        let slice =
-            store.read_all(position, BATCH_EVENTS_MAX, filter).await.map_err(|e| e.to_string())?;
+        let slice = store.read_all(position, BATCH_EVENTS_MAX, filter).await?;
         let events: Vec<RecordedEvent> =
             slice.events.into_iter().filter(|e| e.position <= to).collect();
         let checkpoint = slice.scanned_to.min(to);
@@ -178,15 +203,13 @@ async fn feed(
         loop {
             match shadow.handle(events.clone(), checkpoint).await {
                 Ok(()) => break,
-                Err(HandleError::Event(e)) => {
-                    return Err(format!("an event fails in the rebuilt model: {e}"));
-                }
+                Err(HandleError::Event(e)) => return Err(Abandoned::Event(e)),
                 Err(HandleError::Transient(e)) if attempts < 20 => {
                     attempts += 1;
                     tracing::warn!(error = %e, "rebuild batch failed; retrying");
                     tokio::time::sleep(RETRY_BACKOFF_MIN * attempts).await;
                 }
-                Err(HandleError::Transient(e)) => return Err(e),
+                Err(HandleError::Transient(e)) => return Err(Abandoned::Storage(e)),
             }
         }
         if checkpoint <= position {
@@ -199,7 +222,7 @@ async fn feed(
 
 /// The rebuild: shadow from 0 up to the live checkpoint, then, with the live consumer
 /// held between batches, the last stretch and the atomic swap.
-async fn rebuild(shared: &Arc<Shared>, shadow: Arc<dyn BatchHandler>) -> Result<(), String> {
+async fn rebuild(shared: &Arc<Shared>, shadow: Arc<dyn BatchHandler>) -> Result<(), Abandoned> {
     let name = shared.name().to_owned();
     let tables = shared.handler.tables();
     let rm = Arc::clone(shared.handler.readmodels());
@@ -207,15 +230,15 @@ async fn rebuild(shared: &Arc<Shared>, shadow: Arc<dyn BatchHandler>) -> Result<
     {
         let (rm, tables) = (Arc::clone(&rm), tables.clone());
         let name = name.clone();
-        blocking(move || rm.create_shadow(&name, &tables)).await.map_err(|e| e.to_string())?;
+        blocking(move || rm.create_shadow(&name, &tables)).await?;
     }
     // A fresh shadow checkpoint at 0.
-    shadow.handle(Vec::new(), 0).await.map_err(|e| e.to_string())?;
+    shadow.handle(Vec::new(), 0).await?;
     let started = std::time::Instant::now();
     let mut position = 0;
     loop {
         let (rm2, live) = (Arc::clone(&rm), name.clone());
-        let target = blocking(move || rm2.checkpoint(&live)).await.map_err(|e| e.to_string())?;
+        let target = blocking(move || rm2.checkpoint(&live)).await?;
         if target.saturating_sub(position) <= BATCH_EVENTS_MAX as u64 {
             break;
         }
@@ -231,12 +254,10 @@ async fn rebuild(shared: &Arc<Shared>, shadow: Arc<dyn BatchHandler>) -> Result<
     // Hold the live consumer between batches: its checkpoint is now still.
     let _gate = shared.gate.lock().await;
     let (rm2, live) = (Arc::clone(&rm), name.clone());
-    let target = blocking(move || rm2.checkpoint(&live)).await.map_err(|e| e.to_string())?;
+    let target = blocking(move || rm2.checkpoint(&live)).await?;
     feed(&shared.store, &shadow, &filter, position, target).await?;
     let (rm2, live, shadow_name) = (Arc::clone(&rm), name.clone(), format!("{name}#rebuild"));
-    blocking(move || rm2.swap_shadow(&tables, &live, &shadow_name))
-        .await
-        .map_err(|e| e.to_string())?;
+    blocking(move || rm2.swap_shadow(&tables, &live, &shadow_name)).await?;
     shared.rebuilds.completed.fetch_add(1, Ordering::SeqCst);
     shared.handler.rebuilt().await;
     tracing::info!(consumer = %name, position = target, seconds = started.elapsed().as_secs_f64(), "rebuild swapped in");
