@@ -242,3 +242,64 @@ impl ApiError {
         Some(error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use cairn_cqrs::consumer::ControlError;
+
+    use super::ApiError;
+
+    #[test]
+    fn control_errors_map_to_one_code_each_whatever_the_endpoint() {
+        let consumer = || "c".to_owned();
+        let cases = [
+            (ControlError::NotLeader { consumer: consumer() }, 409, "not_leader", None),
+            (
+                ControlError::Rebuilding { consumer: consumer() },
+                409,
+                "rebuild_refused",
+                Some("rebuilding"),
+            ),
+            (
+                ControlError::HasDeadLetters { consumer: consumer() },
+                409,
+                "rebuild_refused",
+                Some("dead_letters"),
+            ),
+            (ControlError::Paused { consumer: consumer() }, 409, "rebuild_refused", Some("paused")),
+            (
+                ControlError::Stalled { consumer: consumer() },
+                409,
+                "rebuild_refused",
+                Some("stalled"),
+            ),
+            (
+                ControlError::Partitioned { consumer: consumer() },
+                409,
+                "rebuild_refused",
+                Some("partitioned"),
+            ),
+            (ControlError::Busy { consumer: consumer() }, 503, "consumer_busy", None),
+            (ControlError::Storage("disk gone".into()), 503, "read_model_unavailable", None),
+        ];
+        for (error, status, code, reason) in cases {
+            let e = ApiError::from(error);
+            assert_eq!((e.status, e.code), (StatusCode::from_u16(status).unwrap(), code));
+            assert_eq!(e.extra.get("reason").and_then(|r| r.as_str()), reason, "{code}");
+        }
+        // The partitions of one projection: every message, the first one's code.
+        let all = ApiError::from_control_errors(vec![
+            ControlError::NotLeader { consumer: "p#p0of2".into() },
+            ControlError::NotLeader { consumer: "p#p1of2".into() },
+        ])
+        .unwrap();
+        assert_eq!(all.code, "not_leader");
+        assert!(
+            all.message.contains("p#p0of2") && all.message.contains("p#p1of2"),
+            "{}",
+            all.message
+        );
+        assert!(ApiError::from_control_errors(Vec::new()).is_none());
+    }
+}
