@@ -127,6 +127,10 @@ impl ConsumerHandle {
 
 /// Starts the rebuild asked for before this process led the consumer, if any.
 pub(super) fn start_queued(shared: &Arc<Shared>) {
+    // Every leadership term starts here: most have nothing queued, and nothing to say.
+    if shared.status.borrow().rebuild() != Rebuild::AwaitingLeadership {
+        return;
+    }
     if let Err(e) = start(shared, true) {
         tracing::warn!(consumer = shared.name(), error = %e, "rebuild not started");
     }
@@ -152,11 +156,12 @@ fn start(shared: &Arc<Shared>, queued: bool) -> Result<bool, ControlError> {
     // Checked and moved under the machine's lock: two callers never both start one.
     let mut outcome = Ok(false);
     shared.status.send_if_modified(|m| match (m.rebuild(), queued) {
-        (Rebuild::Running, _) => {
+        (Rebuild::Running, false) => {
             outcome = Err(ControlError::Rebuilding { consumer: consumer.clone() });
             false
         }
-        (Rebuild::Idle, true) => false,
+        // Nothing queued, or the handle and the loop both started the queued one: done.
+        (Rebuild::Idle | Rebuild::Running, true) => false,
         _ => {
             outcome = Ok(true);
             m.apply(Transition::RebuildStarted)
