@@ -193,7 +193,7 @@ impl From<ReadModelError> for ApiError {
 
 /// The one place a refused consumer command (pause, resume, rebuild, dead-letter retry or
 /// discard, state import) becomes HTTP: `409 not_leader` whatever the endpoint; the
-/// rebuild refusals `409 rebuild_refused` with a `reason`; `503 consumer_busy` and
+/// rebuild refusals `409 rebuild_refused` with a `reason`; `409 not_paused` (an import); `503 consumer_busy` and
 /// `503 read_model_unavailable` for what may pass on its own.
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
@@ -205,6 +205,9 @@ impl From<ControlError> for ApiError {
         match e {
             ControlError::NotLeader { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "not_leader", message)
+            }
+            ControlError::NotPaused { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_paused", message)
             }
             ControlError::Rebuilding { .. } => refused("rebuilding"),
             ControlError::HasDeadLetters { .. } => refused("dead_letters"),
@@ -280,6 +283,7 @@ mod tests {
                 "rebuild_refused",
                 Some("partitioned"),
             ),
+            (ControlError::NotPaused { consumer: consumer() }, 409, "not_paused", None),
             (ControlError::Busy { consumer: consumer() }, 503, "consumer_busy", None),
             (ControlError::Storage("disk gone".into()), 503, "read_model_unavailable", None),
         ];

@@ -24,10 +24,19 @@ impl ConsumerHandle {
         Ok(())
     }
 
-    /// Waits (at most [`DEAD_LETTER_GATE_WAIT`]) until no batch is in hand and keeps it so
-    /// while the guard lives; with the consumer paused, nothing is handled after that.
-    pub async fn hold_between_batches(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        tokio::time::timeout(DEAD_LETTER_GATE_WAIT, self.shared.gate.lock()).await.ok()
+    /// Holds the paused consumer still: waits (at most [`DEAD_LETTER_GATE_WAIT`]) until the
+    /// batch in hand when it was paused is done, and keeps it so while the guard lives —
+    /// nothing is handled, nor any checkpoint written, until it is dropped. For an operator
+    /// rewriting the consumer's state (a process manager's import).
+    pub async fn hold_paused(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ControlError> {
+        self.require_leader()?;
+        if !self.is_paused() {
+            return Err(ControlError::NotPaused { consumer: self.name.clone() });
+        }
+        // Paused is a request; the batch in hand when it was made may still be running.
+        tokio::time::timeout(DEAD_LETTER_GATE_WAIT, self.shared.gate.lock())
+            .await
+            .map_err(|_| ControlError::Busy { consumer: self.name.clone() })
     }
 
     /// Whether an operator paused it (it stops at the end of the batch in hand).

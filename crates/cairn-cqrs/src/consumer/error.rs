@@ -61,6 +61,12 @@ pub enum ControlError {
         /// The consumer.
         consumer: String,
     },
+    /// The command needs the consumer paused first (a process manager's state import).
+    #[error("{consumer} is running: pause it first")]
+    NotPaused {
+        /// The consumer.
+        consumer: String,
+    },
     /// A partitioned projection is not rebuilt in place: one shadow swap cannot follow
     /// every partition's own checkpoint (a version or partition-count change rebuilds it
     /// at the next start).

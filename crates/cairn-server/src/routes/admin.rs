@@ -678,25 +678,8 @@ pub async fn import_process_state(
             body.checkpoint
         )));
     }
-    if !pm.is_leader() {
-        return Err(ControlError::NotLeader { consumer: name }.into());
-    }
-    if !pm.is_paused() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_paused",
-            format!("{name} is running: pause it first (cairn projections pause {name})"),
-        ));
-    }
-    // Paused is a flag; the batch in hand when it was set may still be running. Held
-    // between batches, no batch runs (nor writes its checkpoint) until the import is in.
-    let Some(_between) = pm.hold_between_batches().await else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "consumer_busy",
-            format!("{name} is still finishing a batch; nothing was imported, try again"),
-        ));
-    };
+    // Leading, paused, and no batch in hand: nothing runs until the import is in.
+    let _between = pm.hold_paused().await?;
     let (rm, consumer) = (Arc::clone(&state.readmodels), pm.name().to_owned());
     let current = {
         let (rm, consumer) = (Arc::clone(&rm), consumer.clone());
