@@ -24,7 +24,10 @@ pub struct LeaderInfo {
     /// Whether this process runs the consumer (the others sharing its database follow).
     pub leading: bool,
     /// When this process last became its leader (RFC 3339); `null` while it does not lead.
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
     pub since: Option<Timestamp>,
     /// Leadership terms this process has begun for the consumer since it started: 0 =
     /// never led it, and it grows by one each time it takes the consumer (back). Local to
