@@ -496,7 +496,7 @@ pub async fn catch_up(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
 pub async fn rebuild(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
     let (store, handle, stop, head, _) = order_summary_caught_up(log_dir, rm_dir).await?;
     let start = Instant::now();
-    handle.start_rebuild().map_err(anyhow::Error::msg)?;
+    handle.start_rebuild()?;
     while handle.rebuild_progress().is_some() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cairn_core::readmodel::{DocTxn, DocTxnExt, ReadModelError, TableSpec};
 use cairn_core::{Append, ExpectedVersion, NewEvent, RecordedEvent};
-use cairn_cqrs::consumer::{ConsumerHandle, Partition};
+use cairn_cqrs::consumer::{ConsumerHandle, ControlError, Partition};
 use cairn_cqrs::projection::{Projection, spawn_partitioned_projection};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
@@ -196,6 +196,18 @@ async fn a_joining_process_is_handed_its_fair_share_and_the_model_stays_exact() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Each partition: one leader, in its first term; the other process says it follows,
+    // and a command sent there is refused as `NotLeader`. A handed its two over, so their
+    // fence still names the term it had.
+    for (on_a, on_b) in handles_a.iter().zip(&handles_b) {
+        let (la, lb) = (on_a.leadership(), on_b.leadership());
+        assert!(la.leading != lb.leading, "{}: {la:?} {lb:?}", on_a.name());
+        let (leader, follower, lf) = if la.leading { (la, on_b, lb) } else { (lb, on_a, la) };
+        assert!(leader.since.is_some() && leader.fence == 1, "{leader:?}");
+        assert!(lf.since.is_none(), "{lf:?}");
+        assert!(matches!(follower.pause(), Err(ControlError::NotLeader { .. })));
+    }
+    assert_eq!(handles_a.iter().map(|h| h.leadership().fence).collect::<Vec<_>>(), [1; 4]);
     let expected = writer.await.unwrap();
     let head = *a.events.head().borrow();
     // Each partition is caught up on whichever process leads it (the other mirrors it).

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use cairn_core::readmodel::ReadModelError;
 use cairn_core::{AppendError, ReadError};
 use cairn_cqrs::CommandError;
+use cairn_cqrs::consumer::ControlError;
 use serde_json::{Map, Value};
 
 /// An error on its way to becoming a JSON response.
@@ -195,5 +196,122 @@ impl From<ReadModelError> for ApiError {
             "read_model_unavailable",
             "the read model is unavailable",
         )
+    }
+}
+
+/// The one place a refused consumer command (pause, resume, rebuild, dead-letter retry or
+/// discard, state import) becomes HTTP: `409 not_leader` whatever the endpoint; the
+/// rebuild refusals `409 rebuild_refused` with a `reason`; `409 not_paused` (an import); `503 consumer_busy` and
+/// `503 read_model_unavailable` for what may pass on its own.
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let message = e.to_string();
+        let refused = |reason: &str| {
+            ApiError::new(StatusCode::CONFLICT, "rebuild_refused", message.clone())
+                .with("reason", reason)
+        };
+        match e {
+            ControlError::NotLeader { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_leader", message)
+            }
+            ControlError::NotPaused { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_paused", message)
+            }
+            ControlError::Rebuilding { .. } => refused("rebuilding"),
+            ControlError::HasDeadLetters { .. } => refused("dead_letters"),
+            ControlError::Paused { .. } => refused("paused"),
+            ControlError::Stalled { .. } => refused("stalled"),
+            ControlError::Failed { .. } => refused("failed"),
+            ControlError::ProcessManager { .. } => refused("process_manager"),
+            ControlError::Partitioned { .. } => refused("partitioned"),
+            ControlError::Busy { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "consumer_busy", message)
+            }
+            ControlError::Storage(_) => {
+                tracing::error!(error = %message, "consumer storage failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "read_model_unavailable",
+                    "the read model is unavailable",
+                )
+            }
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        }
+    }
+}
+
+impl ApiError {
+    /// Several consumers' refusals as one answer (the partitions of one projection): the
+    /// first one's code, every message. `None` when nothing was refused.
+    pub fn from_control_errors(errors: Vec<ControlError>) -> Option<Self> {
+        let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        let first = errors.into_iter().next()?;
+        let mut error = Self::from(first);
+        if error.status != StatusCode::SERVICE_UNAVAILABLE {
+            error.message = message;
+        }
+        Some(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use cairn_cqrs::consumer::ControlError;
+
+    use super::ApiError;
+
+    #[test]
+    fn control_errors_map_to_one_code_each_whatever_the_endpoint() {
+        let consumer = || "c".to_owned();
+        let cases = [
+            (ControlError::NotLeader { consumer: consumer() }, 409, "not_leader", None),
+            (
+                ControlError::Rebuilding { consumer: consumer() },
+                409,
+                "rebuild_refused",
+                Some("rebuilding"),
+            ),
+            (
+                ControlError::HasDeadLetters { consumer: consumer() },
+                409,
+                "rebuild_refused",
+                Some("dead_letters"),
+            ),
+            (ControlError::Paused { consumer: consumer() }, 409, "rebuild_refused", Some("paused")),
+            (
+                ControlError::Stalled { consumer: consumer() },
+                409,
+                "rebuild_refused",
+                Some("stalled"),
+            ),
+            (
+                ControlError::Partitioned { consumer: consumer() },
+                409,
+                "rebuild_refused",
+                Some("partitioned"),
+            ),
+            (ControlError::NotPaused { consumer: consumer() }, 409, "not_paused", None),
+            (ControlError::Busy { consumer: consumer() }, 503, "consumer_busy", None),
+            (ControlError::Storage("disk gone".into()), 503, "read_model_unavailable", None),
+        ];
+        for (error, status, code, reason) in cases {
+            let e = ApiError::from(error);
+            assert_eq!((e.status, e.code), (StatusCode::from_u16(status).unwrap(), code));
+            assert_eq!(e.extra.get("reason").and_then(|r| r.as_str()), reason, "{code}");
+        }
+        // The partitions of one projection: every message, the first one's code.
+        let all = ApiError::from_control_errors(vec![
+            ControlError::NotLeader { consumer: "p#p0of2".into() },
+            ControlError::NotLeader { consumer: "p#p1of2".into() },
+        ])
+        .unwrap();
+        assert_eq!(all.code, "not_leader");
+        assert!(
+            all.message.contains("p#p0of2") && all.message.contains("p#p1of2"),
+            "{}",
+            all.message
+        );
+        assert!(ApiError::from_control_errors(Vec::new()).is_none());
     }
 }

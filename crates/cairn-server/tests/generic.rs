@@ -236,6 +236,7 @@ async fn a_document_waits_for_min_position_and_answers_504_when_the_projection_l
 
     let (status, row) = s.post("/admin/projections/counts/resume", &json!({})).await;
     assert_eq!(status, 200, "{row}");
+    assert_eq!(row["status"], "running", "a resumed projection says so at once: {row}");
     let (status, headers, doc) =
         send(s.client.get(s.url(&format!("/counters/c-ryw?min_position={later}&wait_ms=10000"))))
             .await;
@@ -400,6 +401,13 @@ async fn the_modules_consumers_are_listed_rebuilt_and_measured(backend: Backend)
     .await;
     let counts = list.as_array().unwrap().iter().find(|p| p["name"] == "counts").unwrap();
     assert_eq!((&counts["status"], &counts["rebuild"]), (&json!("running"), &Value::Null));
+    // One process: it leads every consumer, since it took them, in its first term.
+    for row in list.as_array().unwrap() {
+        let leader = &row["leader"];
+        assert_eq!((&leader["leading"], &leader["fence"]), (&json!(true), &json!(1)), "{row}");
+        let since = leader["since"].as_str().unwrap_or_default();
+        assert!(cairn_core::timestamp::Timestamp::parse_rfc3339(since).is_ok(), "{row}");
+    }
     let (status, after) = s.get("/counters/c-op").await;
     assert_eq!((status, after["label"].as_str()), (200, Some("x")), "{after}");
     assert_eq!(after["value"], 0, "the rebuilt model has every event: {after}");
@@ -410,6 +418,10 @@ async fn the_modules_consumers_are_listed_rebuilt_and_measured(backend: Backend)
         r#"cairn_projection_position{projection="counts"}"#,
         r#"cairn_projection_dlq_depth{projection="counts"}"#,
         r#"cairn_process_manager_instances{process_manager="echo",status="reset"}"#,
+        r#"cairn_consumer_leader{consumer="counts"} 1"#,
+        r#"cairn_consumer_leader{consumer="echo"} 1"#,
+        r#"cairn_consumer_fence{consumer="counts"} 1"#,
+        r#"cairn_consumer_leader_since_seconds{consumer="counts"}"#,
         r#"cairn_commands_total{command="create_counter",outcome="ok"}"#,
         r#"cairn_commands_total{command="reset_counter",outcome="ok"}"#,
     ] {

@@ -322,3 +322,104 @@ async fn leadership_sessions_terminated_under_load_cancel_nothing_and_reserve_on
     a.kill().await;
     b.kill().await;
 }
+
+/// Each process's `leader` field per consumer: (leading, since is set, fence).
+async fn leaders(client: &reqwest::Client, base: &str) -> Vec<(String, bool, bool, u64)> {
+    let rows: Value =
+        client.get(format!("{base}/admin/projections")).send().await.unwrap().json().await.unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] != "relay")
+        .map(|r| {
+            let leader = &r["leader"];
+            (
+                r["name"].as_str().unwrap().to_owned(),
+                leader["leading"].as_bool().unwrap(),
+                leader["since"].is_string(),
+                leader["fence"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The value of `metric{consumer="name"}` in a Prometheus text.
+fn gauge(metrics: &str, metric: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{metric}{{consumer=\"{name}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_on_one_database_exactly_one_says_it_leads_each_consumer() {
+    let backend = cairn_testkit::Backend::Postgres;
+    if !backend.enabled() {
+        return;
+    }
+    let place = backend.place().await;
+    let a = support::Server::start_on(&place, &[]).await;
+    let b = support::Server::start_on(&place, &[]).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+
+    // Partitions may still be rebalancing between the two: wait for a settled answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (on_a, on_b) = loop {
+        let (on_a, on_b) = (leaders(&client, &a.base).await, leaders(&client, &b.base).await);
+        let names: Vec<&String> = on_a.iter().map(|(n, ..)| n).collect();
+        assert_eq!(names, on_b.iter().map(|(n, ..)| n).collect::<Vec<_>>(), "same consumers");
+        let settled = on_a.iter().zip(&on_b).all(|(x, y)| x.1 != y.1);
+        if settled {
+            break (on_a, on_b);
+        }
+        assert!(Instant::now() < deadline, "no single leader per consumer: {on_a:?} {on_b:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(on_a.len() >= CONSUMERS.len(), "{on_a:?}");
+    for (name, leading, since, fence) in on_a.iter().chain(&on_b) {
+        // `since` is set exactly while leading; a leader has begun at least one term.
+        assert_eq!(leading, since, "{name}: since is null unless it leads");
+        assert!(!leading || *fence >= 1, "{name}: a leader's fence counts its terms");
+    }
+    // The first process took every unpartitioned consumer before the second started.
+    for name in CONSUMERS.iter().filter(|n| **n != "order_summary") {
+        let row = on_a.iter().find(|(n, ..)| n == name);
+        if let Some((_, leading, _, fence)) = row {
+            assert!(leading, "{name} is led by the first process");
+            assert_eq!(*fence, 1, "{name}: one term so far");
+        }
+    }
+
+    // The same in /metrics: per consumer, exactly one process reports 1.
+    let metrics_a = client.get(format!("{}/metrics", a.base)).send().await.unwrap();
+    let metrics_a = metrics_a.text().await.unwrap();
+    let metrics_b = client.get(format!("{}/metrics", b.base)).send().await.unwrap();
+    let metrics_b = metrics_b.text().await.unwrap();
+    for (name, leading, _, fence) in &on_a {
+        let (x, y) = (
+            gauge(&metrics_a, "cairn_consumer_leader", name),
+            gauge(&metrics_b, "cairn_consumer_leader", name),
+        );
+        assert_eq!(x.zip(y).map(|(x, y)| x + y), Some(1.0), "{name}: {x:?} + {y:?}");
+        assert_eq!(x, Some(if *leading { 1.0 } else { 0.0 }), "{name}");
+        assert_eq!(gauge(&metrics_a, "cairn_consumer_fence", name), Some(*fence as f64), "{name}");
+        let since = gauge(&metrics_a, "cairn_consumer_leader_since_seconds", name).unwrap();
+        assert_eq!(since > 0.0, *leading, "{name}: {since}");
+    }
+
+    // A command sent to the process that does not lead: `409 not_leader`, whatever the
+    // endpoint.
+    let name = "customer_view";
+    let a_leads = on_a.iter().find(|(n, ..)| n == name).unwrap().1;
+    let follower = if a_leads { &b } else { &a };
+    for action in ["pause", "resume", "rebuild"] {
+        let r = client
+            .post(format!("{}/admin/projections/{name}/{action}", follower.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409, "{action}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "not_leader", "{action}: {body}");
+    }
+    a.kill().await;
+    b.kill().await;
+}

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cairn_cqrs::consumer::{ConsumerHandle, DeadLetterError};
+use cairn_cqrs::consumer::{ConsumerHandle, ControlError, LeaderInfo};
 use serde::Serialize;
 
 use crate::AppState;
@@ -69,6 +69,10 @@ pub struct ProjectionInfo {
     /// What follows `$all` here: `projection`, `process_manager` (paused and resumed like
     /// a projection, never rebuilt) or `relay` (the NATS outbox).
     kind: ConsumerKind,
+    /// Whether this server process runs it (the others sharing its database follow its
+    /// checkpoint), since when, and its fence (the leadership terms this process has begun
+    /// for it: 0 = never led it).
+    leader: LeaderInfo,
 }
 
 fn info(c: &ConsumerHandle, kind: ConsumerKind) -> ProjectionInfo {
@@ -86,6 +90,7 @@ fn info(c: &ConsumerHandle, kind: ConsumerKind) -> ProjectionInfo {
         rebuilds_completed: c.rebuilds_completed(),
         rebuilds_abandoned: c.rebuilds_abandoned(),
         kind,
+        leader: c.leadership(),
     }
 }
 
@@ -115,6 +120,8 @@ pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionIn
             rebuilds_completed: 0,
             rebuilds_abandoned: 0,
             kind: ConsumerKind::Relay,
+            // A relay says only whether it publishes here; its terms are not counted.
+            leader: LeaderInfo { leading: o.leading(), since: None, fence: 0 },
         });
     }
     Json(rows)
@@ -211,6 +218,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 .set(if on { 1.0 } else { 0.0 });
         }
     }
+    for (_, c) in state.consumers.all() {
+        leader_gauges(c);
+    }
     for o in state.consumers.outboxes() {
         let (name, position) = (o.name(), o.position());
         metrics::gauge!("cairn_relay_position", "relay" => name.clone()).set(position as f64);
@@ -233,6 +243,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         crate::metrics::handle().render(),
     )
         .into_response()
+}
+
+/// Whether this process leads a projection (each partition) or process manager, since
+/// when (Unix seconds; 0 while it does not) and its fence.
+fn leader_gauges(c: &ConsumerHandle) {
+    let (name, leader) = (c.name().to_owned(), c.leadership());
+    metrics::gauge!("cairn_consumer_leader", "consumer" => name.clone()).set(if leader.leading {
+        1.0
+    } else {
+        0.0
+    });
+    let since = leader.since.map_or(0.0, |t| t.as_micros() as f64 / 1e6);
+    metrics::gauge!("cairn_consumer_leader_since_seconds", "consumer" => name.clone()).set(since);
+    metrics::gauge!("cairn_consumer_fence", "consumer" => name).set(leader.fence as f64);
 }
 
 /// Most instances of one status that `/metrics` counts (a listing, until the read-model
@@ -288,15 +312,14 @@ pub async fn dead_letters(
         let (_, consumer) = state.consumers.get(name).ok_or_else(|| {
             ApiError::not_found(format!("no projection or process manager named {name}"))
         })?;
-        consumer.dead_letters().await
+        consumer.dead_letters().await?
     } else {
         let rm = Arc::clone(&state.readmodels);
         tokio::task::spawn_blocking(move || rm.dead_letters(None))
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-    }
-    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_model_unavailable", e))?;
+            .map_err(|e| ControlError::Storage(e.to_string()))?
+            .map_err(|e| ControlError::Storage(e.to_string()))?
+    };
     Ok(Json(letters).into_response())
 }
 
@@ -309,51 +332,21 @@ async fn on_letter<F, Fut>(state: &AppState, id: i64, op: F) -> Result<Response,
 where
     F: Fn(cairn_cqrs::consumer::ConsumerHandle) -> Fut,
     Fut: std::future::Future<
-            Output = Result<
-                Option<cairn_cqrs::consumer::DeadLetterOutcome>,
-                cairn_cqrs::consumer::DeadLetterError,
-            >,
+            Output = Result<Option<cairn_cqrs::consumer::DeadLetterOutcome>, ControlError>,
         >,
 {
     for (_, consumer) in state.consumers.all() {
         if !consumer.is_leader() {
             // Another process runs it (or this one has not taken it yet): only say so when
             // the letter is this consumer's.
-            let letters = consumer.dead_letters().await.map_err(|e| {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_model_unavailable", e)
-            })?;
+            let letters = consumer.dead_letters().await?;
             if letters.iter().any(|l| l.id == id) {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not_leader",
-                    format!(
-                        "{} runs on another cairn process sharing this database; send this request to that process",
-                        consumer.name()
-                    ),
-                ));
+                return Err(ControlError::NotLeader { consumer: consumer.name().to_owned() }.into());
             }
             continue;
         }
-        match op(consumer.clone()).await {
-            Ok(Some(outcome)) => return Ok(Json(outcome).into_response()),
-            Ok(None) => {}
-            Err(e @ DeadLetterError::NotLeader(_)) => {
-                return Err(ApiError::new(StatusCode::CONFLICT, "not_leader", e.to_string()));
-            }
-            Err(e @ DeadLetterError::Busy(_)) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "consumer_busy",
-                    e.to_string(),
-                ));
-            }
-            Err(e) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "read_model_unavailable",
-                    e.to_string(),
-                ));
-            }
+        if let Some(outcome) = op(consumer.clone()).await? {
+            return Ok(Json(outcome).into_response());
         }
     }
     Err(ApiError::not_found(format!("no dead letter {id}")))
@@ -415,7 +408,7 @@ pub async fn discard_dead_letter(
     responses(
         (status = 202, description = "The rebuild started", body = RebuildStarted),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
-        (status = 409, description = "`rebuild_refused`: one is already running, dead letters wait, the projection is paused, stalled or failed, or it runs in partitions (rebuilt by a version or partition-count change at start)", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs it; or `rebuild_refused` with a `reason`: `rebuilding` (one is already running), `dead_letters` (they wait), `paused`, `stalled`, `failed`, or `partitioned` (it runs in partitions: rebuilt by a version or partition-count change at start)", body = ErrorBody),
     )
 )]
 pub async fn rebuild_projection(
@@ -424,20 +417,11 @@ pub async fn rebuild_projection(
 ) -> Result<Response, ApiError> {
     let Some(projection) = state.consumers.projection(&name) else {
         if let Some(base) = partitioned(&state, &name) {
-            // One shadow swap cannot follow every partition's own checkpoint.
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "rebuild_refused",
-                format!(
-                    "{base} runs in partitions and is not rebuilt in place: bump its version or change its partition count, and it is rebuilt at the next start"
-                ),
-            ));
+            return Err(ControlError::Partitioned { consumer: base.to_owned() }.into());
         }
         return Err(ApiError::not_found(format!("no projection named {name}")));
     };
-    projection
-        .start_rebuild()
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "rebuild_refused", e))?;
+    projection.start_rebuild()?;
     Ok((StatusCode::ACCEPTED, Json(RebuildStarted { name, status: "rebuilding" })).into_response())
 }
 
@@ -451,14 +435,14 @@ pub async fn rebuild_projection(
     responses(
         (status = 200, description = "Paused: it stops at the end of the batch in hand; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
-        (status = 409, description = "`pause_refused`: another process leads it", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs it", body = ErrorBody),
     )
 )]
 pub async fn pause_projection(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ProjectionInfo>, ApiError> {
-    steer(&state, &name, ConsumerHandle::pause, "pause_refused")
+    steer(&state, &name, ConsumerHandle::pause)
 }
 
 /// Resumes a paused projection or process manager from its checkpoint.
@@ -470,14 +454,14 @@ pub async fn pause_projection(
     responses(
         (status = 200, description = "Resumed; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
-        (status = 409, description = "`resume_refused`: another process leads it", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs it", body = ErrorBody),
     )
 )]
 pub async fn resume_projection(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ProjectionInfo>, ApiError> {
-    steer(&state, &name, ConsumerHandle::resume, "resume_refused")
+    steer(&state, &name, ConsumerHandle::resume)
 }
 
 /// The partitioned projection `name` names: itself or one of its partitions.
@@ -514,6 +498,18 @@ fn partitioned_info(name: &str, partitions: &[ConsumerHandle]) -> ProjectionInfo
         rebuilds_completed: 0,
         rebuilds_abandoned: 0,
         kind: ConsumerKind::Projection,
+        leader: partitions_leader(&rows),
+    }
+}
+
+/// Leadership of a partitioned projection as a whole: led here when every partition is
+/// (since the last of them was taken); its fence is the highest partition's.
+fn partitions_leader(rows: &[ProjectionInfo]) -> LeaderInfo {
+    let leading = !rows.is_empty() && rows.iter().all(|r| r.leader.leading);
+    LeaderInfo {
+        leading,
+        since: if leading { rows.iter().filter_map(|r| r.leader.since).max() } else { None },
+        fence: rows.iter().map(|r| r.leader.fence).max().unwrap_or(0),
     }
 }
 
@@ -522,21 +518,20 @@ fn partitioned_info(name: &str, partitions: &[ConsumerHandle]) -> ProjectionInfo
 fn steer(
     state: &AppState,
     name: &str,
-    action: fn(&ConsumerHandle) -> Result<(), String>,
-    refused: &'static str,
+    action: fn(&ConsumerHandle) -> Result<(), ControlError>,
 ) -> Result<Json<ProjectionInfo>, ApiError> {
     if let Some(partitions) = state.consumers.partitions(name) {
         // Every partition is tried: one another process leads does not keep the others.
-        let errors: Vec<String> = partitions.iter().filter_map(|p| action(p).err()).collect();
-        if !errors.is_empty() {
-            return Err(ApiError::new(StatusCode::CONFLICT, refused, errors.join("; ")));
+        let errors: Vec<ControlError> = partitions.iter().filter_map(|p| action(p).err()).collect();
+        if let Some(refused) = ApiError::from_control_errors(errors) {
+            return Err(refused);
         }
         return Ok(Json(partitioned_info(name, partitions)));
     }
     let (kind, consumer) = state.consumers.get(name).ok_or_else(|| {
         ApiError::not_found(format!("no projection or process manager named {name}"))
     })?;
-    action(consumer).map_err(|e| ApiError::new(StatusCode::CONFLICT, refused, e))?;
+    action(consumer)?;
     Ok(Json(info(consumer, kind)))
 }
 
@@ -683,31 +678,8 @@ pub async fn import_process_state(
             body.checkpoint
         )));
     }
-    if !pm.is_leader() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_leader",
-            format!(
-                "{name} runs on another cairn process sharing this database; send this request to that process"
-            ),
-        ));
-    }
-    if !pm.is_paused() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_paused",
-            format!("{name} is running: pause it first (cairn projections pause {name})"),
-        ));
-    }
-    // Paused is a flag; the batch in hand when it was set may still be running. Held
-    // between batches, no batch runs (nor writes its checkpoint) until the import is in.
-    let Some(_between) = pm.hold_between_batches().await else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "consumer_busy",
-            format!("{name} is still finishing a batch; nothing was imported, try again"),
-        ));
-    };
+    // Leading, paused, and no batch in hand: nothing runs until the import is in.
+    let _between = pm.hold_paused().await?;
     let (rm, consumer) = (Arc::clone(&state.readmodels), pm.name().to_owned());
     let current = {
         let (rm, consumer) = (Arc::clone(&rm), consumer.clone());

@@ -1,0 +1,195 @@
+//! Leadership: one process runs each consumer; the others follow its checkpoint until
+//! they can take over, and a leader can hand the consumer over (rebalancing partitions).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use cairn_core::timestamp::Timestamp;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::runner::Runner;
+use super::status::Transition;
+use super::{ConsumerHandle, blocking};
+
+/// How often a process that does not lead a consumer tries to take it over.
+const TAKEOVER_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a follower re-reads the leader's checkpoint without a notification.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+
+/// Whether this process leads a consumer, since when, and in which term.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaderInfo {
+    /// Whether this process runs the consumer (the others sharing its database follow).
+    pub leading: bool,
+    /// When this process last became its leader (RFC 3339); `null` while it does not lead.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
+    pub since: Option<Timestamp>,
+    /// Leadership terms this process has begun for the consumer since it started: 0 =
+    /// never led it, and it grows by one each time it takes the consumer (back). Local to
+    /// this process for now, not yet a token checked by the store on each write.
+    pub fence: u64,
+}
+
+/// This process's side of a consumer's leadership.
+#[derive(Default)]
+pub(super) struct Leadership {
+    /// One lock, so that `leading`, `since` and `fence` are always read together.
+    term: Mutex<LeaderInfo>,
+    /// Set to hand leadership over to another process (rebalancing partitions).
+    handover: watch::Sender<bool>,
+    /// After a handover, this process does not try to lead again before this.
+    hold_off_until: Mutex<Option<Instant>>,
+}
+
+impl Leadership {
+    pub(super) fn info(&self) -> LeaderInfo {
+        *self.term.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn is_leader(&self) -> bool {
+        self.info().leading
+    }
+
+    fn took(&self) {
+        let mut term = self.term.lock().unwrap_or_else(PoisonError::into_inner);
+        *term = LeaderInfo { leading: true, since: Some(Timestamp::now()), fence: term.fence + 1 };
+    }
+
+    /// Keeps the fence: it names the last term this process had.
+    pub(super) fn lost(&self) {
+        let mut term = self.term.lock().unwrap_or_else(PoisonError::into_inner);
+        (term.leading, term.since) = (false, None);
+    }
+
+    pub(super) fn handover(&self) -> watch::Receiver<bool> {
+        self.handover.subscribe()
+    }
+
+    /// A handover asked for has been seen: the flag is down again for the next term.
+    pub(super) fn handed_over(&self) {
+        self.handover.send_replace(false);
+    }
+
+    fn held_off(&self) -> bool {
+        self.hold_off_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| Instant::now() < t)
+    }
+}
+
+impl ConsumerHandle {
+    /// Whether this process runs the consumer; when several processes share a database,
+    /// one leads each consumer and the others mirror its progress.
+    #[must_use]
+    pub fn is_leader(&self) -> bool {
+        self.shared.leadership.is_leader()
+    }
+
+    /// Whether this process leads the consumer, since when, and its fence.
+    #[must_use]
+    pub fn leadership(&self) -> LeaderInfo {
+        self.shared.leadership.info()
+    }
+
+    /// Gives leadership up at the end of the batch in hand and does not take it back for
+    /// `hold_off`, so that another process can (rebalancing partitions).
+    pub fn hand_over(&self, hold_off: Duration) {
+        let leadership = &self.shared.leadership;
+        *leadership.hold_off_until.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Instant::now() + hold_off);
+        leadership.handover.send_replace(true);
+    }
+
+    /// `Err(NotLeader)` unless this process runs the consumer.
+    pub(super) fn require_leader(&self) -> Result<(), super::ControlError> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(super::ControlError::NotLeader { consumer: self.name.clone() })
+        }
+    }
+}
+
+impl Runner {
+    /// Until this process leads the consumer: mirror the leader's checkpoint and dead
+    /// letter count. `false` = shutting down; `true` = this process now leads it.
+    pub(super) async fn follow(&mut self) -> bool {
+        let rm = Arc::clone(self.shared.handler.readmodels());
+        let name = self.shared.name().to_owned();
+        let mut changes = rm.changes();
+        let mut next_try = tokio::time::Instant::now();
+        let mut announced = false;
+        loop {
+            if *self.shutdown.borrow() {
+                return false;
+            }
+            if !self.shared.leadership.held_off() && tokio::time::Instant::now() >= next_try {
+                let (rm, candidate) = (Arc::clone(&rm), name.clone());
+                match blocking(move || rm.try_lead(&candidate)).await {
+                    Ok(true) => {
+                        self.shared.leadership.took();
+                        return true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(consumer = %name, error = %e, "cannot try to lead"),
+                }
+                next_try = tokio::time::Instant::now() + TAKEOVER_INTERVAL;
+                if !announced {
+                    tracing::info!(consumer = %name, "another process leads this consumer; following it");
+                    announced = true;
+                }
+            }
+            let (rm2, name2) = (Arc::clone(&rm), name.clone());
+            if let Ok((p, depth)) = blocking(move || {
+                Ok((rm2.checkpoint(&name2)?, rm2.dead_letters(Some(&name2))?.len() as u64))
+            })
+            .await
+            {
+                self.publish_forward(p);
+                self.shared.letters.mirror(depth);
+                self.shared.apply(Transition::Mirrored);
+            }
+            let wait =
+                FOLLOW_POLL.min(next_try.saturating_duration_since(tokio::time::Instant::now()));
+            let checkpoint_moved = async {
+                match changes.as_mut() {
+                    Some(c) => {
+                        let _ = c.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = checkpoint_moved => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LeaderInfo, Leadership};
+
+    #[test]
+    fn the_fence_counts_terms_and_since_holds_only_while_leading() {
+        let l = Leadership::default();
+        assert_eq!(l.info(), LeaderInfo { leading: false, since: None, fence: 0 });
+        l.took();
+        let first = l.info();
+        assert!(first.leading && first.since.is_some() && first.fence == 1, "{first:?}");
+        l.lost();
+        assert_eq!(l.info(), LeaderInfo { leading: false, since: None, fence: 1 });
+        l.took();
+        let second = l.info();
+        assert_eq!((second.leading, second.fence), (true, 2));
+        assert!(second.since >= first.since);
+    }
+}
