@@ -61,9 +61,10 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Three processes on a private cluster, each through its own proxy.
 struct Cluster {
-    pg: PgCluster,
-    proxies: Vec<Proxy>,
+    // Dropped in this order: the processes before the database they would complain about.
     servers: Vec<ServeProcess>,
+    proxies: Vec<Proxy>,
+    pg: PgCluster,
 }
 
 impl Cluster {
@@ -84,7 +85,7 @@ impl Cluster {
             servers.push(ServeProcess::start_at(support::CAIRN, support::free_port(), &args, &[]).await);
             proxies.push(proxy);
         }
-        Some(Self { pg, proxies, servers })
+        Some(Self { servers, proxies, pg })
     }
 
     fn direct_url(&self) -> String {

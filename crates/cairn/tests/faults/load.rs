@@ -52,7 +52,7 @@ pub struct Load {
 }
 
 enum Outcome {
-    Acked(Ack),
+    Acked,
     Refused,
     GaveUp,
 }
@@ -121,8 +121,8 @@ impl Load {
                             version: v["version"].as_u64().unwrap(),
                             position: v["position"].as_u64().unwrap(),
                         };
-                        self.record.acked.lock().unwrap().push(ack.clone());
-                        return Outcome::Acked(ack);
+                        self.record.acked.lock().unwrap().push(ack);
+                        return Outcome::Acked;
                     }
                 }
                 Ok(r)
@@ -172,7 +172,7 @@ impl Load {
                     p,
                 )
                 .await;
-            assert!(matches!(out, Outcome::Acked(_)), "initial restock of {p}");
+            assert!(matches!(out, Outcome::Acked), "initial restock of {p}");
         }
     }
 
@@ -197,7 +197,7 @@ impl Load {
         let body = json!({"customer_id": customer, "name": format!("Client {w}"), "email": format!("c{w}@example.com")});
         if !matches!(
             self.command(w, "/customers", body, &format!("reg-{w}"), "CustomerRegistered", &customer).await,
-            Outcome::Acked(_)
+            Outcome::Acked
         ) {
             return;
         }
@@ -209,7 +209,7 @@ impl Load {
             let first = if dice.roll(3) == 0 { HOT[dice.roll(2) as usize] } else { COLD[0] };
             let quantity = if HOT.contains(&first) { 1 + dice.roll(3) } else { 1 };
             let body = json!({"order_id": id, "customer_id": customer, "items": [{"product_id": first, "quantity": quantity, "price": "2.50"}]});
-            if !matches!(self.command(at, "/orders", body, &format!("{id}-create"), "OrderCreated", &id).await, Outcome::Acked(_)) {
+            if !matches!(self.command(at, "/orders", body, &format!("{id}-create"), "OrderCreated", &id).await, Outcome::Acked) {
                 continue;
             }
             let second = COLD[1 + dice.roll(3) as usize];
@@ -219,7 +219,7 @@ impl Load {
                 .await;
             if !matches!(
                 self.command(at + 2, &format!("/orders/{id}/confirm"), json!({}), &format!("{id}-confirm"), "OrderConfirmed", &id).await,
-                Outcome::Acked(_)
+                Outcome::Acked
             ) {
                 continue;
             }
