@@ -82,8 +82,10 @@ impl PgCluster {
 
     /// Restarts the server (`fast`: clean shutdown; `immediate`: crash and WAL recovery).
     pub fn restart(&self, mode: &str) -> Result<(), String> {
-        // pg_ctl remembers the start options (postmaster.opts).
-        self.run("pg_ctl", &["-D", &self.data(), "-w", "-m", mode, "restart"])
+        // pg_ctl remembers the start options (postmaster.opts) but not the log file, and
+        // a server writing to our pipe would keep `output()` waiting forever.
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-m", mode, "restart"])
     }
 
     fn data(&self) -> String {
