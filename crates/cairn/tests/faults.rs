@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 mod support;
 
@@ -52,8 +52,11 @@ const CONSUMERS: [&str; 5] = [
 
 /// Client tasks running order lifecycles.
 const CLIENTS: usize = 6;
+/// Longest one test may take: five of them stay under the suite's 5 minutes even at the
+/// cap (measured: about 25 s each), and a hang fails instead of holding CI.
+const CAP: Duration = Duration::from_secs(58);
 /// Longest a cluster may take to settle after the load stops.
-const SETTLE: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_secs(25);
 
 /// One test at a time: five clusters of three debug servers at once would measure the
 /// machine, not Cairn.
@@ -72,7 +75,9 @@ impl Cluster {
         let pg = match PgCluster::start() {
             Ok(pg) => pg,
             Err(why) => {
-                eprintln!("\n*** SKIPPED: fault injection needs a private PostgreSQL cluster: {why} ***\n");
+                eprintln!(
+                    "\n*** SKIPPED: fault injection needs a private PostgreSQL cluster: {why} ***\n"
+                );
                 return None;
             }
         };
@@ -81,8 +86,17 @@ impl Cluster {
         for _ in 0..3 {
             let proxy = Proxy::start(pg.port).await;
             let url = PgCluster::url_at(proxy.port);
-            let args = ["--store", "postgres", "--database-url", url.as_str(), "--drain-timeout-secs", "5"];
-            servers.push(ServeProcess::start_at(support::CAIRN, support::free_port(), &args, &[]).await);
+            let args = [
+                "--store",
+                "postgres",
+                "--database-url",
+                url.as_str(),
+                "--drain-timeout-secs",
+                "5",
+            ];
+            servers.push(
+                ServeProcess::start_at(support::CAIRN, support::free_port(), &args, &[]).await,
+            );
             proxies.push(proxy);
         }
         Some(Self { servers, proxies, pg })
@@ -100,9 +114,15 @@ impl Cluster {
     async fn leader_of(&self, consumer: &str) -> Option<usize> {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
         for (k, s) in self.servers.iter().enumerate() {
-            let Ok(r) = client.get(format!("{}/admin/projections", s.base)).send().await else { continue };
+            let Ok(r) = client.get(format!("{}/admin/projections", s.base)).send().await else {
+                continue;
+            };
             let Ok(rows) = r.json::<Value>().await else { continue };
-            let leads = rows.as_array().into_iter().flatten().any(|r| r["name"] == consumer && r["leader"]["leading"] == true);
+            let leads = rows
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["name"] == consumer && r["leader"]["leading"] == true);
             if leads {
                 return Some(k);
             }
@@ -112,7 +132,9 @@ impl Cluster {
 
     /// Terminates every session holding a consumer's leadership lock; how many.
     async fn terminate_leader_sessions(&self) -> usize {
-        let Ok((admin, conn)) = tokio_postgres::connect(&self.direct_url(), tokio_postgres::NoTls).await else {
+        let Ok((admin, conn)) =
+            tokio_postgres::connect(&self.direct_url(), tokio_postgres::NoTls).await
+        else {
             return 0;
         };
         let conn = tokio::spawn(conn);
@@ -181,6 +203,13 @@ enum Fault {
 /// failure the checker found.
 async fn run(fault: Fault) {
     let _serial = SERIAL.lock().await;
+    // A hang is a failure, not a CI job waiting for its global timeout.
+    tokio::time::timeout(CAP, run_once(fault))
+        .await
+        .unwrap_or_else(|_| panic!("{fault:?}: over the cap of {CAP:?}"));
+}
+
+async fn run_once(fault: Fault) {
     let started = Instant::now();
     let Some(mut cluster) = Cluster::start().await else { return };
     let load = load::Load::new(cluster.bases());
@@ -193,7 +222,8 @@ async fn run(fault: Fault) {
         Arc::clone(&checkpoints),
         Arc::clone(&stop_watch),
     ));
-    let mut tasks: Vec<_> = (0..CLIENTS).map(|w| tokio::spawn(Arc::clone(&load).client(w))).collect();
+    let mut tasks: Vec<_> =
+        (0..CLIENTS).map(|w| tokio::spawn(Arc::clone(&load).client(w))).collect();
     tasks.push(tokio::spawn(Arc::clone(&load).restocker()));
 
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -232,7 +262,12 @@ async fn run(fault: Fault) {
     assert!(injected >= 2, "{fault:?}: too few faults injected ({injected})");
     assert!(acked >= 100, "{fault:?}: too little load ({acked} commands acknowledged)");
     assert!(out_of_stock >= 1, "the hot products never ran out: the load is too gentle");
-    assert!(failures.is_empty(), "{fault:?}: {} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{fault:?}: {} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Injects `fault` repeatedly, over about 12 s of load; returns how many were injected.
@@ -251,14 +286,15 @@ async fn inject(fault: Fault, cluster: &mut Cluster) -> usize {
             for mode in ["fast", "immediate"] {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 let t = Instant::now();
-                cluster.pg.restart(mode).expect("the private cluster restarts");
+                cluster.pg.restart(mode).await.expect("the private cluster restarts");
                 eprintln!("faults: PostgreSQL restarted ({mode}) in {:?}", t.elapsed());
                 injected += 1;
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
         }
         Fault::SigtermDuringRebuild => {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+            let client =
+                reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
             for round in 0..3 {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let name = ["order_summary", "inventory_view", "customer_view"][round];
@@ -269,15 +305,26 @@ async fn inject(fault: Fault, cluster: &mut Cluster) -> usize {
                     .await;
                 let accepted = r.as_ref().is_ok_and(|r| r.status() == 202);
                 if !accepted {
-                    eprintln!("faults: rebuild of {name} not accepted: {:?}", r.map(|r| r.status()));
+                    eprintln!(
+                        "faults: rebuild of {name} not accepted: {:?}",
+                        r.map(|r| r.status())
+                    );
                     continue;
                 }
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 let server = &mut cluster.servers[k];
                 let pid = server.child.id().expect("alive").to_string();
-                assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-                let exited = tokio::time::timeout(Duration::from_secs(15), server.child.wait()).await;
-                let status = exited.expect("SIGTERM ends a rebuilding process within its drain").unwrap();
+                assert!(
+                    std::process::Command::new("kill")
+                        .args(["-TERM", &pid])
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+                let exited =
+                    tokio::time::timeout(Duration::from_secs(15), server.child.wait()).await;
+                let status =
+                    exited.expect("SIGTERM ends a rebuilding process within its drain").unwrap();
                 eprintln!("faults: SIGTERM during the rebuild of {name}: {status}");
                 injected += 1;
                 server.restart().await;
@@ -339,4 +386,59 @@ async fn d_kill_9_loop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e_half_open_leader_session() {
     run(Fault::HalfOpenLeader).await;
+}
+
+/// The checker can fail: a forged log with an acknowledged command missing, a command
+/// appended twice, a reservation made twice, and a checkpoint that went back.
+#[test]
+fn the_checker_sees_lost_commands_double_effects_and_checkpoints_going_back() {
+    let ack = |key: &str, event_type, version, position| load::Ack {
+        key: key.to_owned(),
+        event_type,
+        aggregate_id: "o".to_owned(),
+        version,
+        position,
+    };
+    let record = load::Record::default();
+    record
+        .acked
+        .lock()
+        .unwrap()
+        .extend([ack("create", "OrderCreated", 1, 1), ack("confirm", "OrderConfirmed", 3, 4)]);
+    let event = |position: u64,
+                 aggregate: &str,
+                 event_type: &str,
+                 version: u64,
+                 data: Value,
+                 key: &str| {
+        json!({"position": position, "event_id": format!("e{position}"), "aggregate_id": aggregate,
+               "aggregate_type": "Test", "event_type": event_type, "version": version,
+               "data": data, "metadata": {"correlation_id": key}})
+    };
+    let all = [
+        event(
+            1,
+            "o",
+            "OrderCreated",
+            1,
+            json!({"items": [{"product_id": "p", "quantity": 1}]}),
+            "create",
+        ),
+        event(2, "o", "OrderCreated", 2, json!({"items": []}), "create"),
+        event(3, "p", "StockReserved", 1, json!({"order_id": "o", "quantity": 1}), "x"),
+        event(4, "p", "StockReserved", 2, json!({"order_id": "o", "quantity": 1}), "x"),
+    ];
+    let mut failures = Vec::new();
+    checker::commands_exactly_once(&all, &record, &mut failures);
+    assert!(failures.iter().any(|f| f.contains("confirm") && f.contains("lost")), "{failures:?}");
+    assert!(failures.iter().any(|f| f.contains("create has 2 events")), "{failures:?}");
+    failures.clear();
+    checker::effects_at_most_once(&all, &mut failures);
+    assert!(failures.iter().any(|f| f.contains("p for o")), "{failures:?}");
+    let cps = checker::Checkpoints::default();
+    cps.seen.lock().unwrap().insert("order_summary".into(), vec![3, 7, 5]);
+    cps.seen.lock().unwrap().insert("order_summary#rebuild".into(), vec![3, 7, 0, 2]);
+    failures.clear();
+    checker::checkpoints_monotonic(&cps, &mut failures);
+    assert_eq!(failures, ["checkpoint of order_summary moved back from 7 to 5"]);
 }

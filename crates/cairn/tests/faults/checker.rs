@@ -200,7 +200,9 @@ fn facts(all: &[Value], failures: &mut Vec<String>) -> Facts {
                 o.cancelled += 1;
                 o.cancel_reason = d["reason"].as_str().map(str::to_owned);
             }
-            "StockAdded" => products.entry(agg).or_default().on_hand += qty(&d["quantity"]).unwrap_or(0),
+            "StockAdded" => {
+                products.entry(agg).or_default().on_hand += qty(&d["quantity"]).unwrap_or(0)
+            }
             "StockReserved" | "StockReleased" | "StockShipped" => {
                 let order = s(&d["order_id"]).to_owned();
                 let p = products.entry(agg.clone()).or_default();
@@ -225,24 +227,40 @@ fn facts(all: &[Value], failures: &mut Vec<String>) -> Facts {
     for ((product, order), history) in &effects {
         let ok = matches!(
             history.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
-            ["StockReserved"] | ["StockReserved", "StockReleased"] | ["StockReserved", "StockShipped"]
+            ["StockReserved"]
+                | ["StockReserved", "StockReleased"]
+                | ["StockReserved", "StockShipped"]
         );
         if !ok {
-            failures.push(format!("{product} for {order}: {history:?} (an effect twice or out of order)"));
+            failures.push(format!(
+                "{product} for {order}: {history:?} (an effect twice or out of order)"
+            ));
         }
     }
     for (id, o) in &orders {
         if o.ready > 1 || o.cancelled > 1 {
-            failures.push(format!("{id}: {} OrderReadyToShip, {} OrderCancelled", o.ready, o.cancelled));
+            failures.push(format!(
+                "{id}: {} OrderReadyToShip, {} OrderCancelled",
+                o.ready, o.cancelled
+            ));
         }
     }
     Facts { orders, products }
 }
 
+/// The process manager's effects, each at most once and in an order that makes sense.
+pub fn effects_at_most_once(all: &[Value], failures: &mut Vec<String>) {
+    let _ = facts(all, failures);
+}
+
 /// Stock and fulfillment against the log: each product's reserved stock (read model) is
 /// the sum of its live reservations; a live reservation belongs to an order ready to ship;
 /// every fulfillment instance is in the state its order's events justify.
-pub async fn stock_and_fulfillment(base: &str, all: &[Value], failures: &mut Vec<String>) -> (usize, usize) {
+pub async fn stock_and_fulfillment(
+    base: &str,
+    all: &[Value],
+    failures: &mut Vec<String>,
+) -> (usize, usize) {
     let f = facts(all, failures);
     let client = reqwest::Client::new();
     let head = all.last().map_or(0, |e| e["position"].as_u64().unwrap());
@@ -258,7 +276,8 @@ pub async fn stock_and_fulfillment(base: &str, all: &[Value], failures: &mut Vec
             .json()
             .await
             .unwrap();
-        if view["reserved"].as_i64() != Some(reserved) || view["on_hand"].as_i64() != Some(on_hand) {
+        if view["reserved"].as_i64() != Some(reserved) || view["on_hand"].as_i64() != Some(on_hand)
+        {
             failures.push(format!(
                 "{p}: read model says on_hand {} reserved {}, the log says {on_hand} and {reserved}",
                 view["on_hand"], view["reserved"]
@@ -273,7 +292,9 @@ pub async fn stock_and_fulfillment(base: &str, all: &[Value], failures: &mut Vec
     let mut after = String::new();
     loop {
         let page: Value = client
-            .get(format!("{base}/admin/process-managers/order-fulfillment?limit=1000&after={after}"))
+            .get(format!(
+                "{base}/admin/process-managers/order-fulfillment?limit=1000&after={after}"
+            ))
             .send()
             .await
             .unwrap()
@@ -290,14 +311,14 @@ pub async fn stock_and_fulfillment(base: &str, all: &[Value], failures: &mut Vec
         }
     }
     let live_of = |order: &str| -> BTreeMap<String, i64> {
-        f.products
-            .iter()
-            .filter_map(|(p, x)| x.live.get(order).map(|q| (p.clone(), *q)))
-            .collect()
+        f.products.iter().filter_map(|(p, x)| x.live.get(order).map(|q| (p.clone(), *q))).collect()
     };
     let mut shipped_lines = BTreeMap::<String, BTreeSet<String>>::new();
     for e in all.iter().filter(|e| e["event_type"] == "StockShipped") {
-        shipped_lines.entry(s(&e["data"]["order_id"]).to_owned()).or_default().insert(s(&e["aggregate_id"]).to_owned());
+        shipped_lines
+            .entry(s(&e["data"]["order_id"]).to_owned())
+            .or_default()
+            .insert(s(&e["aggregate_id"]).to_owned());
     }
     for (id, o) in &f.orders {
         let live = live_of(id);
@@ -317,7 +338,9 @@ pub async fn stock_and_fulfillment(base: &str, all: &[Value], failures: &mut Vec
         let instance = instances.get(id);
         let status = instance.map(|i| s(&i["status"]));
         if status != expected {
-            failures.push(format!("{id}: fulfillment instance {status:?}, its events justify {expected:?}"));
+            failures.push(format!(
+                "{id}: fulfillment instance {status:?}, its events justify {expected:?}"
+            ));
         }
         let reserved_by_instance: BTreeSet<String> = instance
             .and_then(|i| i["reserved"].as_array())
@@ -326,12 +349,17 @@ pub async fn stock_and_fulfillment(base: &str, all: &[Value], failures: &mut Vec
             .map(|p| s(p).to_owned())
             .collect();
         if reserved_by_instance != live.keys().cloned().collect() {
-            failures.push(format!("{id}: instance holds {reserved_by_instance:?}, live reservations {live:?}"));
+            failures.push(format!(
+                "{id}: instance holds {reserved_by_instance:?}, live reservations {live:?}"
+            ));
         }
         match expected {
             Some("ready_to_ship") => {
                 if live != o.lines {
-                    failures.push(format!("{id}: ready to ship with reservations {live:?} for lines {:?}", o.lines));
+                    failures.push(format!(
+                        "{id}: ready to ship with reservations {live:?} for lines {:?}",
+                        o.lines
+                    ));
                 }
             }
             Some("shipped") => {
@@ -352,7 +380,8 @@ pub async fn stock_and_fulfillment(base: &str, all: &[Value], failures: &mut Vec
             failures.push(format!("instance {id} for an order never confirmed"));
         }
     }
-    let out_of_stock = f.orders.values().filter(|o| o.cancel_reason.as_deref() == Some("out_of_stock")).count();
+    let out_of_stock =
+        f.orders.values().filter(|o| o.cancel_reason.as_deref() == Some("out_of_stock")).count();
     (f.orders.len(), out_of_stock)
 }
 
@@ -367,7 +396,8 @@ pub fn checkpoints_monotonic(cps: &Checkpoints, failures: &mut Vec<String>) -> u
         }
         for w in history.windows(2) {
             if w[1] < w[0] {
-                failures.push(format!("checkpoint of {consumer} moved back from {} to {}", w[0], w[1]));
+                failures
+                    .push(format!("checkpoint of {consumer} moved back from {} to {}", w[0], w[1]));
             }
         }
     }
@@ -388,7 +418,8 @@ pub async fn read_models_equal_a_replay(base: &str, all: &[Value], failures: &mu
     let run = support::cairn(&replay.base, &["import", file]).await;
     assert!(run.ok, "import: {}", run.stderr);
     let client = reqwest::Client::new();
-    let (cluster_head, replay_head) = (head(&client, base).await, head(&client, &replay.base).await);
+    let (cluster_head, replay_head) =
+        (head(&client, base).await, head(&client, &replay.base).await);
     let mut paths: Vec<String> = Vec::new();
     let mut seen = BTreeSet::new();
     for e in all {
@@ -417,22 +448,23 @@ pub async fn read_models_equal_a_replay(base: &str, all: &[Value], failures: &mu
         }
     }
     if differ > 5 {
-        failures.push(format!("... {differ} of {} read-model answers differ from a fresh replay", paths.len()));
+        failures.push(format!(
+            "... {differ} of {} read-model answers differ from a fresh replay",
+            paths.len()
+        ));
     }
     replay.kill().await;
 }
 
 async fn head(client: &reqwest::Client, base: &str) -> u64 {
-    let v: Value = client.get(format!("{base}/admin/projections")).send().await.unwrap().json().await.unwrap();
+    let v: Value =
+        client.get(format!("{base}/admin/projections")).send().await.unwrap().json().await.unwrap();
     v.as_array().unwrap().iter().filter_map(|p| p["head_position"].as_u64()).max().unwrap_or(0)
 }
 
 async fn get(client: &reqwest::Client, base: &str, path: &str, head: u64) -> (u16, Value) {
-    let r = client
-        .get(format!("{base}{path}?min_position={head}&wait_ms=30000"))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        client.get(format!("{base}{path}?min_position={head}&wait_ms=30000")).send().await.unwrap();
     let status = r.status().as_u16();
     let mut v = r.json().await.unwrap_or(Value::Null);
     // An import appends with new timestamps (and positions): what a replay must reproduce

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 pub const HOT: [&str; 2] = ["hot-0", "hot-1"];
 /// Products that never run out.
 pub const COLD: [&str; 4] = ["cold-0", "cold-1", "cold-2", "cold-3"];
-pub const HOT_STOCK: u64 = 25;
+pub const HOT_STOCK: u64 = 10;
 
 /// An acknowledged (2xx) command and its answer.
 #[derive(Debug, Clone)]
@@ -180,11 +180,18 @@ impl Load {
     pub async fn restocker(self: Arc<Self>) {
         let mut n = 0;
         while !self.stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
             let p = HOT[n % HOT.len()];
             let key = format!("restock-{n}");
             let _ = self
-                .command(n, &format!("/inventory/{p}/restock"), json!({"quantity": 3}), &key, "StockAdded", p)
+                .command(
+                    n,
+                    &format!("/inventory/{p}/restock"),
+                    json!({"quantity": 1}),
+                    &key,
+                    "StockAdded",
+                    p,
+                )
                 .await;
             n += 1;
         }
@@ -192,11 +199,20 @@ impl Load {
 
     /// One client: whole order lifecycles until stopped.
     pub async fn client(self: Arc<Self>, w: usize) {
-        let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let mut dice =
+            Dice(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
         let customer = format!("c-{w}");
         let body = json!({"customer_id": customer, "name": format!("Client {w}"), "email": format!("c{w}@example.com")});
         if !matches!(
-            self.command(w, "/customers", body, &format!("reg-{w}"), "CustomerRegistered", &customer).await,
+            self.command(
+                w,
+                "/customers",
+                body,
+                &format!("reg-{w}"),
+                "CustomerRegistered",
+                &customer
+            )
+            .await,
             Outcome::Acked
         ) {
             return;
@@ -206,19 +222,38 @@ impl Load {
             let at = w + n;
             let id = format!("o-{w}-{n}");
             n += 1;
-            let first = if dice.roll(3) == 0 { HOT[dice.roll(2) as usize] } else { COLD[0] };
+            let first = if dice.roll(2) == 0 { HOT[dice.roll(2) as usize] } else { COLD[0] };
             let quantity = if HOT.contains(&first) { 1 + dice.roll(3) } else { 1 };
             let body = json!({"order_id": id, "customer_id": customer, "items": [{"product_id": first, "quantity": quantity, "price": "2.50"}]});
-            if !matches!(self.command(at, "/orders", body, &format!("{id}-create"), "OrderCreated", &id).await, Outcome::Acked) {
+            if !matches!(
+                self.command(at, "/orders", body, &format!("{id}-create"), "OrderCreated", &id)
+                    .await,
+                Outcome::Acked
+            ) {
                 continue;
             }
             let second = COLD[1 + dice.roll(3) as usize];
             let body = json!({"product_id": second, "quantity": 1, "price": "1.25"});
             let _ = self
-                .command(at + 1, &format!("/orders/{id}/items"), body, &format!("{id}-add"), "ItemAdded", &id)
+                .command(
+                    at + 1,
+                    &format!("/orders/{id}/items"),
+                    body,
+                    &format!("{id}-add"),
+                    "ItemAdded",
+                    &id,
+                )
                 .await;
             if !matches!(
-                self.command(at + 2, &format!("/orders/{id}/confirm"), json!({}), &format!("{id}-confirm"), "OrderConfirmed", &id).await,
+                self.command(
+                    at + 2,
+                    &format!("/orders/{id}/confirm"),
+                    json!({}),
+                    &format!("{id}-confirm"),
+                    "OrderConfirmed",
+                    &id
+                )
+                .await,
                 Outcome::Acked
             ) {
                 continue;
@@ -237,13 +272,27 @@ impl Load {
                 Some("ready_to_ship") if dice.roll(4) != 0 => {
                     let body = json!({"tracking_number": format!("t-{id}"), "carrier": "ups"});
                     let _ = self
-                        .command(at + 3, &format!("/orders/{id}/ship"), body, &format!("{id}-ship"), "OrderShipped", &id)
+                        .command(
+                            at + 3,
+                            &format!("/orders/{id}/ship"),
+                            body,
+                            &format!("{id}-ship"),
+                            "OrderShipped",
+                            &id,
+                        )
                         .await;
                 }
                 Some("cancelled") => {}
                 _ => {
                     let _ = self
-                        .command(at + 3, &format!("/orders/{id}/cancel"), json!({"reason": "changed_mind"}), &format!("{id}-cancel"), "OrderCancelled", &id)
+                        .command(
+                            at + 3,
+                            &format!("/orders/{id}/cancel"),
+                            json!({"reason": "changed_mind"}),
+                            &format!("{id}-cancel"),
+                            "OrderCancelled",
+                            &id,
+                        )
                         .await;
                 }
             }

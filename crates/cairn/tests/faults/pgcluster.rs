@@ -70,7 +70,16 @@ impl PgCluster {
         let log = cluster.dir.path().join("server.log");
         cluster.run(
             "pg_ctl",
-            &["-D", &cluster.data(), "-l", &log.display().to_string(), "-w", "-o", &options, "start"],
+            &[
+                "-D",
+                &cluster.data(),
+                "-l",
+                &log.display().to_string(),
+                "-w",
+                "-o",
+                &options,
+                "start",
+            ],
         )?;
         Ok(cluster)
     }
@@ -81,11 +90,18 @@ impl PgCluster {
     }
 
     /// Restarts the server (`fast`: clean shutdown; `immediate`: crash and WAL recovery).
-    pub fn restart(&self, mode: &str) -> Result<(), String> {
+    pub async fn restart(&self, mode: &str) -> Result<(), String> {
         // pg_ctl remembers the start options (postmaster.opts) but not the log file, and
         // a server writing to our pipe would keep `output()` waiting forever.
         let log = self.dir.path().join("server.log").display().to_string();
-        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-m", mode, "restart"])
+        let data = self.data();
+        let args = ["-D", data.as_str(), "-l", &log, "-w", "-t", "30", "-m", mode, "restart"];
+        let mut c = tokio::process::Command::from(self.command(&self.bindir.join("pg_ctl"), &args));
+        let out = c.kill_on_drop(true).output().await.map_err(|e| e.to_string())?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!("pg_ctl restart: {}: {}", out.status, String::from_utf8_lossy(&out.stderr)))
     }
 
     fn data(&self) -> String {
@@ -97,7 +113,8 @@ impl PgCluster {
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
-        let out = self.command(&self.bindir.join(tool), args).output().map_err(|e| e.to_string())?;
+        let out =
+            self.command(&self.bindir.join(tool), args).output().map_err(|e| e.to_string())?;
         if out.status.success() {
             return Ok(());
         }
@@ -128,7 +145,11 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let _ = self.command(&self.bindir.join("pg_ctl"), &["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+        let _ = self
+            .command(
+                &self.bindir.join("pg_ctl"),
+                &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
