@@ -130,6 +130,34 @@ impl Cluster {
         None
     }
 
+    /// A process other than `not` that says it leads `consumer`.
+    async fn leader_of_among(&self, consumer: &str, not: usize) -> Option<usize> {
+        for k in (0..self.servers.len()).filter(|k| *k != not) {
+            let rows = self.projections(k).await;
+            if rows.iter().any(|r| r["name"] == consumer && r["leader"]["leading"] == true) {
+                return Some(k);
+            }
+        }
+        None
+    }
+
+    /// `status` of `consumer` on process `k`.
+    async fn status_of(&self, k: usize, consumer: &str) -> Option<String> {
+        let rows = self.projections(k).await;
+        rows.iter()
+            .find(|r| r["name"] == consumer)
+            .and_then(|r| r["status"].as_str().map(str::to_owned))
+    }
+
+    async fn projections(&self, k: usize) -> Vec<Value> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
+        let Ok(r) = client.get(format!("{}/admin/projections", self.servers[k].base)).send().await
+        else {
+            return Vec::new();
+        };
+        r.json::<Value>().await.ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+    }
+
     /// Terminates every session holding a consumer's leadership lock; how many.
     async fn terminate_leader_sessions(&self) -> usize {
         let Ok((admin, conn)) =
@@ -311,7 +339,15 @@ async fn inject(fault: Fault, cluster: &mut Cluster) -> usize {
                     );
                     continue;
                 }
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                // SIGTERM while the rebuild runs (the status says so), not after it ended.
+                let mut rebuilding = false;
+                for _ in 0..50 {
+                    rebuilding = cluster.status_of(k, name).await.as_deref() == Some("rebuilding");
+                    if rebuilding {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 let server = &mut cluster.servers[k];
                 let pid = server.child.id().expect("alive").to_string();
                 assert!(
@@ -325,8 +361,16 @@ async fn inject(fault: Fault, cluster: &mut Cluster) -> usize {
                     tokio::time::timeout(Duration::from_secs(15), server.child.wait()).await;
                 let status =
                     exited.expect("SIGTERM ends a rebuilding process within its drain").unwrap();
-                eprintln!("faults: SIGTERM during the rebuild of {name}: {status}");
-                injected += 1;
+                eprintln!(
+                    "faults: SIGTERM to {name}'s leader (rebuilding: {rebuilding}): {status}"
+                );
+                assert!(
+                    status.success(),
+                    "a SIGTERM during a rebuild ends the process cleanly: {status}"
+                );
+                if rebuilding {
+                    injected += 1;
+                }
                 server.restart().await;
             }
         }
@@ -341,22 +385,47 @@ async fn inject(fault: Fault, cluster: &mut Cluster) -> usize {
             }
         }
         Fault::HalfOpenLeader => {
-            for _ in 0..2 {
+            for round in 0..2 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let k = cluster.leader_of("order-fulfillment").await.unwrap_or(0);
                 let proxy = &cluster.proxies[k];
                 // Partitioned: the server still sees live sessions and keeps their locks.
                 proxy.set(Mode::Hole);
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                // The server gives up on its peer; the process does not know yet, and
-                // another process may take the lead meanwhile.
-                proxy.set(Mode::CutServerSide);
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                // The network heals: the process sees its sessions end and reconnects.
-                proxy.set(Mode::CloseAll);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if round == 0 {
+                    // The server gives up on its peer (as its keepalive would); the process
+                    // does not know yet, and another process takes the lead meanwhile.
+                    proxy.set(Mode::CutServerSide);
+                } else {
+                    // Only the leadership sessions end at the server; the process's pool
+                    // connections survive the partition, so whatever it wrote into them
+                    // while it still believed it led arrives after another took over.
+                    cluster.terminate_leader_sessions().await;
+                }
+                let cut = Instant::now();
+                let mut takeover = None;
+                while cut.elapsed() < Duration::from_secs(3) {
+                    if takeover.is_none() {
+                        if let Some(other) = cluster.leader_of_among("order-fulfillment", k).await {
+                            takeover = Some((other, cut.elapsed()));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                eprintln!(
+                    "faults: round {round}: process {k} partitioned, its leadership ended at the server; takeover: {takeover:?}"
+                );
+                let proxy = &cluster.proxies[k];
+                if round == 0 {
+                    // The network heals: the process sees its sessions end and reconnects.
+                    proxy.set(Mode::CloseAll);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Round 1: the held bytes flow again, late.
                 proxy.set(Mode::Forward);
-                injected += 1;
+                if takeover.is_some() {
+                    injected += 1;
+                }
             }
         }
     }
