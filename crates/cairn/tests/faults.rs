@@ -206,7 +206,7 @@ impl Cluster {
             if quiet {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let head = checker::read_all(&self.servers[0].base).await.len();
-                tokio::time::sleep(Duration::from_millis(1000)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 if checker::read_all(&self.servers[0].base).await.len() == head {
                     return Ok(());
                 }
@@ -299,6 +299,7 @@ async fn run_once(fault: Fault) {
 }
 
 /// Injects `fault` repeatedly, over about 12 s of load; returns how many were injected.
+#[allow(clippy::too_many_lines)] // one schedule per fault, side by side
 async fn inject(fault: Fault, cluster: &mut Cluster) -> usize {
     let mut injected = 0;
     match fault {
@@ -405,10 +406,10 @@ async fn inject(fault: Fault, cluster: &mut Cluster) -> usize {
                 let cut = Instant::now();
                 let mut takeover = None;
                 while cut.elapsed() < Duration::from_secs(3) {
-                    if takeover.is_none() {
-                        if let Some(other) = cluster.leader_of_among("order-fulfillment", k).await {
-                            takeover = Some((other, cut.elapsed()));
-                        }
+                    if takeover.is_none()
+                        && let Some(other) = cluster.leader_of_among("order-fulfillment", k).await
+                    {
+                        takeover = Some((other, cut.elapsed()));
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

@@ -201,7 +201,7 @@ fn facts(all: &[Value], failures: &mut Vec<String>) -> Facts {
                 o.cancel_reason = d["reason"].as_str().map(str::to_owned);
             }
             "StockAdded" => {
-                products.entry(agg).or_default().on_hand += qty(&d["quantity"]).unwrap_or(0)
+                products.entry(agg).or_default().on_hand += qty(&d["quantity"]).unwrap_or(0);
             }
             "StockReserved" | "StockReleased" | "StockShipped" => {
                 let order = s(&d["order_id"]).to_owned();
@@ -227,9 +227,7 @@ fn facts(all: &[Value], failures: &mut Vec<String>) -> Facts {
     for ((product, order), history) in &effects {
         let ok = matches!(
             history.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
-            ["StockReserved"]
-                | ["StockReserved", "StockReleased"]
-                | ["StockReserved", "StockShipped"]
+            ["StockReserved"] | ["StockReserved", "StockReleased" | "StockShipped"]
         );
         if !ok {
             failures.push(format!(
@@ -256,6 +254,7 @@ pub fn effects_at_most_once(all: &[Value], failures: &mut Vec<String>) {
 /// Stock and fulfillment against the log: each product's reserved stock (read model) is
 /// the sum of its live reservations; a live reservation belongs to an order ready to ship;
 /// every fulfillment instance is in the state its order's events justify.
+#[allow(clippy::too_many_lines)] // one judgement per order, read top to bottom
 pub async fn stock_and_fulfillment(
     base: &str,
     all: &[Value],
@@ -306,7 +305,7 @@ pub async fn stock_and_fulfillment(
             break;
         }
         for i in page {
-            after = s(&i["order_id"]).to_owned();
+            s(&i["order_id"]).clone_into(&mut after);
             instances.insert(after.clone(), i);
         }
     }

@@ -147,12 +147,11 @@ impl Load {
     async fn status(&self, start: usize, id: &str) -> Option<String> {
         for k in 0..self.bases.len() {
             let base = &self.bases[(start + k) % self.bases.len()];
-            if let Ok(r) = self.client.get(format!("{base}/orders/{id}/state")).send().await {
-                if let Ok(v) = r.json::<Value>().await {
-                    if let Some(s) = v["status"].as_str() {
-                        return Some(s.to_owned());
-                    }
-                }
+            if let Ok(r) = self.client.get(format!("{base}/orders/{id}/state")).send().await
+                && let Ok(v) = r.json::<Value>().await
+                && let Some(s) = v["status"].as_str()
+            {
+                return Some(s.to_owned());
             }
         }
         None
