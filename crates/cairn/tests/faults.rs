@@ -50,6 +50,13 @@ const CONSUMERS: [&str; 5] = [
     "order-fulfillment",
 ];
 
+/// Under terminated leadership sessions every command of the fulfillment process manager waits a
+/// little (the fault hook), so that a deposition often lands between two of an order's
+/// reservations: the window where a deposed leader's late effect would be doubled. Not
+/// more: the process manager would become the bottleneck and the load too gentle (the
+/// half-open leader already stalls a third of it).
+const PM_DELAY_MS: &str = "10";
+
 /// Client tasks running order lifecycles.
 const CLIENTS: usize = 6;
 /// Longest one test may take: five of them stay under the suite's 5 minutes even at the
@@ -71,7 +78,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start() -> Option<Self> {
+    async fn start(fault: Fault) -> Option<Self> {
+        let env: &[(&str, &str)] = match fault {
+            Fault::TerminateLeaderSessions => &[("CAIRN_FAULT_PM_COMMAND_DELAY_MS", PM_DELAY_MS)],
+            _ => &[],
+        };
         let pg = match PgCluster::start() {
             Ok(pg) => pg,
             Err(why) => {
@@ -95,7 +106,7 @@ impl Cluster {
                 "5",
             ];
             servers.push(
-                ServeProcess::start_at(support::CAIRN, support::free_port(), &args, &[]).await,
+                ServeProcess::start_at(support::CAIRN, support::free_port(), &args, env).await,
             );
             proxies.push(proxy);
         }
@@ -239,7 +250,7 @@ async fn run(fault: Fault) {
 
 async fn run_once(fault: Fault) {
     let started = Instant::now();
-    let Some(mut cluster) = Cluster::start().await else { return };
+    let Some(mut cluster) = Cluster::start(fault).await else { return };
     let load = load::Load::new(cluster.bases());
     load.stock().await;
 
