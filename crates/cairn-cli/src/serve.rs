@@ -179,7 +179,9 @@ fn advertise_url(args: &ServeArgs) -> anyhow::Result<Option<String>> {
         let url = url.trim_end_matches('/');
         // The forwarding client speaks plain HTTP only (no TLS in this build).
         let rest = url.strip_prefix("http://").with_context(|| {
-            format!("--advertise-url {url:?}: an http:// URL is expected (e.g. http://10.0.0.7:7070)")
+            format!(
+                "--advertise-url {url:?}: an http:// URL is expected (e.g. http://10.0.0.7:7070)"
+            )
         })?;
         anyhow::ensure!(
             !rest.is_empty() && !rest.contains(['/', '?', '#', ' ']),

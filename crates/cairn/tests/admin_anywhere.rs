@@ -146,8 +146,7 @@ async fn an_admin_action_sent_to_the_process_that_does_not_lead_is_carried_out_b
     let id = letters.as_array().unwrap().first().expect("the forged dead letter")["id"]
         .as_i64()
         .unwrap();
-    let r =
-        client.post(format!("{}/admin/dlq/{id}/retry", follower.base)).send().await.unwrap();
+    let r = client.post(format!("{}/admin/dlq/{id}/retry", follower.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["cairn-handled-by"], leader.base.as_str());
     for process in [leader, follower] {
@@ -185,8 +184,7 @@ async fn an_admin_action_sent_to_the_process_that_does_not_lead_is_carried_out_b
         r["rebuilds_completed"] == 1 && r["status"] == "running"
     })
     .await;
-    until(&client, &follower.base, "running after the rebuild", |r| r["status"] == "running")
-        .await;
+    until(&client, &follower.base, "running after the rebuild", |r| r["status"] == "running").await;
     let customer = get(&client, &follower.base, "/customers/c-1").await;
     assert_eq!(customer["name"], "A", "{customer}");
 

@@ -411,6 +411,24 @@ async fn two_processes_on_one_database_exactly_one_says_it_leads_each_consumer()
     let name = "customer_view";
     let a_leads = on_a.iter().find(|(n, ..)| n == name).unwrap().1;
     let (leader, follower) = if a_leads { (&a, &b) } else { (&b, &a) };
+    // The leader publishes its URL within a moment of taking the consumer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows: Value = client
+            .get(format!("{}/admin/projections", follower.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let row = rows.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap();
+        if row["leader"]["url"] == leader.base.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader's URL never published: {row}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for action in ["pause", "resume", "rebuild"] {
         let r = client
             .post(format!("{}/admin/projections/{name}/{action}", follower.base))
