@@ -119,12 +119,11 @@ impl LeaderRegistry {
         let doc = tokio::task::spawn_blocking(move || rm.get(LEADERS_TABLE, &key)).await;
         match doc {
             Ok(Ok(Some(doc))) => serde_json::from_str(&doc).ok(),
-            Ok(Ok(None)) => None,
             Ok(Err(e)) => {
                 tracing::warn!(consumer, error = %e, "cannot read the leader registry");
                 None
             }
-            Err(_) => None,
+            Ok(Ok(None)) | Err(_) => None,
         }
     }
 
