@@ -217,3 +217,20 @@ pub fn spawn_publisher(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_cqrs::consumer::ConsumerStatus as S;
+
+    use super::{LeaderRecord, status_name};
+
+    #[test]
+    fn every_status_published_is_read_back() {
+        for status in [S::Starting, S::Running, S::Rebuilding, S::Paused, S::Stalled, S::Failed] {
+            let record = LeaderRecord { url: None, since: None, status: status_name(status) };
+            assert_eq!(record.consumer_status(), Some(status), "{}", record.status);
+        }
+        let newer = LeaderRecord { url: None, since: None, status: "hibernating".into() };
+        assert_eq!(newer.consumer_status(), None, "a status of a newer version is not guessed");
+    }
+}

@@ -445,8 +445,8 @@ where
         (status = 200, description = "Re-run", body = cairn_cqrs::consumer::DeadLetterOutcome),
         (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
-        (status = 409, description = "`not_leader`: another process runs its consumer", body = ErrorBody),
-        (status = 503, description = "`read_model_unavailable`, or `consumer_busy`: the consumer held a batch for longer than 2 s; nothing was done", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs its consumer and the request cannot be forwarded there (its URL is unknown, or the request carries `Cairn-Forwarded`); `leader` = its URL or `null`", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`, `consumer_busy` (the consumer held a batch for longer than 2 s; nothing was done), or `leader_unreachable` (forwarded to the process that runs its consumer, `leader`, which did not answer within 10 s)", body = ErrorBody),
     )
 )]
 pub async fn retry_dead_letter(
@@ -468,8 +468,8 @@ pub async fn retry_dead_letter(
         (status = 200, description = "Discarded", body = cairn_cqrs::consumer::DeadLetterOutcome),
         (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
-        (status = 409, description = "`not_leader`: another process runs its consumer", body = ErrorBody),
-        (status = 503, description = "`read_model_unavailable`, or `consumer_busy`: the consumer held a batch for longer than 2 s; nothing was done", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs its consumer and the request cannot be forwarded there (its URL is unknown, or the request carries `Cairn-Forwarded`); `leader` = its URL or `null`", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`, `consumer_busy` (the consumer held a batch for longer than 2 s; nothing was done), or `leader_unreachable` (forwarded to the process that runs its consumer, `leader`, which did not answer within 10 s)", body = ErrorBody),
     )
 )]
 pub async fn discard_dead_letter(
@@ -493,7 +493,8 @@ pub async fn discard_dead_letter(
     responses(
         (status = 202, description = "The rebuild started", body = RebuildStarted),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
-        (status = 409, description = "`not_leader`: another process runs it; or `rebuild_refused` with a `reason`: `rebuilding` (one is already running), `dead_letters` (they wait), `paused`, `stalled`, `failed`, or `partitioned` (it runs in partitions: rebuilt by a version or partition-count change at start)", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs it and the request cannot be forwarded there (its URL is unknown, or the request carries `Cairn-Forwarded`); `leader` = its URL or `null`; or `rebuild_refused` with a `reason`: `rebuilding` (one is already running), `dead_letters` (they wait), `paused`, `stalled`, `failed`, or `partitioned` (it runs in partitions: rebuilt by a version or partition-count change at start)", body = ErrorBody),
+        (status = 503, description = "`leader_unreachable`: forwarded to the process that runs it (`leader`), which did not answer within 10 s", body = ErrorBody),
     )
 )]
 pub async fn rebuild_projection(
@@ -528,7 +529,8 @@ pub async fn rebuild_projection(
     responses(
         (status = 200, description = "Paused: it stops at the end of the batch in hand; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
-        (status = 409, description = "`not_leader`: another process runs it", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs it and the request cannot be forwarded there (its URL is unknown, or the request carries `Cairn-Forwarded`); `leader` = its URL or `null`", body = ErrorBody),
+        (status = 503, description = "`leader_unreachable`: forwarded to the process that runs it (`leader`), which did not answer within 10 s", body = ErrorBody),
     )
 )]
 pub async fn pause_projection(
@@ -548,7 +550,8 @@ pub async fn pause_projection(
     responses(
         (status = 200, description = "Resumed; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
-        (status = 409, description = "`not_leader`: another process runs it", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs it and the request cannot be forwarded there (its URL is unknown, or the request carries `Cairn-Forwarded`); `leader` = its URL or `null`", body = ErrorBody),
+        (status = 503, description = "`leader_unreachable`: forwarded to the process that runs it (`leader`), which did not answer within 10 s", body = ErrorBody),
     )
 )]
 pub async fn resume_projection(

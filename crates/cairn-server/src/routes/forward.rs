@@ -183,3 +183,15 @@ pub fn path_segment(name: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::path_segment;
+
+    #[test]
+    fn a_partition_name_is_one_path_segment() {
+        assert_eq!(path_segment("tallies#p2of4"), "tallies%23p2of4");
+        assert_eq!(path_segment("a/b?c d%"), "a%2Fb%3Fc%20d%25");
+        assert_eq!(path_segment("order-fulfillment"), "order-fulfillment");
+    }
+}
