@@ -204,3 +204,34 @@ async fn an_admin_action_sent_to_the_process_that_does_not_lead_is_carried_out_b
     assert!(r.headers().get("cairn-handled-by").is_none(), "carried out here");
     survivor.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_cannot_be_reached_is_named_in_a_503() {
+    let backend = cairn_testkit::Backend::Postgres;
+    if !backend.enabled() {
+        return;
+    }
+    let place = backend.place().await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    // The first process leads every consumer, under a URL nothing answers at.
+    let nowhere = format!("http://127.0.0.1:{}", support::free_port());
+    let leader = support::Server::start_on_args(&place, &["--advertise-url", &nowhere], &[]).await;
+    until(&client, &leader.base, "the lead", |r| r["leader"]["url"] == nowhere.as_str()).await;
+    let follower = support::Server::start_on(&place, &[]).await;
+    until(&client, &follower.base, "the leader's URL", |r| {
+        r["leader"]["leading"] == false && r["leader"]["url"] == nowhere.as_str()
+    })
+    .await;
+    let r = client
+        .post(format!("{}/admin/projections/{VIEW}/pause", follower.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "leader_unreachable", "{body}");
+    assert_eq!(body["leader"], nowhere.as_str(), "{body}");
+    assert_eq!(row(&client, &leader.base).await["status"], "running", "nothing was paused");
+    follower.kill().await;
+    leader.kill().await;
+}
