@@ -46,7 +46,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server (embedded store by default, or PostgreSQL with `--store postgres`).
-    Serve(serve::ServeArgs),
+    // Boxed: its many flags make it far larger than the other commands.
+    Serve(Box<serve::ServeArgs>),
     /// Check that the server is ready (store reachable, every consumer started).
     Health(admin::HealthArgs),
     /// List projections; rebuild, pause or resume one.
@@ -84,7 +85,7 @@ where
 {
     let command = match Cli::parse_from(args).command {
         Command::Serve(args) => {
-            return match serve::run(args, modules) {
+            return match serve::run(*args, modules) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // As `main` returning the error printed it: every cause on its own

@@ -19,6 +19,13 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// The base URL the other `cairn serve` processes sharing the database reach this one
+    /// at (e.g. `http://10.0.0.7:7070`; plain `http` only): an admin request for a
+    /// consumer this process leads, sent to another process, is forwarded here. Defaults to
+    /// `http://<--listen>` unless that address is unspecified (`0.0.0.0`, `::`); then,
+    /// without it, such requests answer `409 not_leader` on the other processes.
+    #[arg(long, env = "CAIRN_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// Where events and read models live: `sqlite` (embedded, one directory) or
     /// `postgres` (one database shared by any number of `cairn serve` processes).
     #[arg(long, env = "CAIRN_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
@@ -165,12 +172,47 @@ async fn open_stores(args: &ServeArgs) -> anyhow::Result<Stores> {
     Ok(Stores { events: store, readmodels: readmodels.clone(), snapshots: readmodels })
 }
 
+/// This process's base URL for the others (`--advertise-url`, or `http://<--listen>`
+/// when that names one host and port); `None` when it cannot know it.
+fn advertise_url(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    if let Some(url) = &args.advertise_url {
+        let url = url.trim_end_matches('/');
+        // The forwarding client speaks plain HTTP only (no TLS in this build).
+        let rest = url.strip_prefix("http://").with_context(|| {
+            format!(
+                "--advertise-url {url:?}: an http:// URL is expected (e.g. http://10.0.0.7:7070)"
+            )
+        })?;
+        anyhow::ensure!(
+            !rest.is_empty() && !rest.contains(['/', '?', '#', ' ']),
+            "--advertise-url {url:?}: a base URL is expected, with no path (e.g. http://10.0.0.7:7070)"
+        );
+        return Ok(Some(url.to_owned()));
+    }
+    // An unspecified address names no host to reach, and port 0 no port (the one the system
+    // picks is known only once bound).
+    if args.listen.ip().is_unspecified() || args.listen.port() == 0 {
+        if args.store == StoreKind::Postgres {
+            tracing::warn!(
+                listen = %args.listen,
+                "no --advertise-url: admin requests sent to the other processes for the consumers this one leads answer 409 not_leader instead of being forwarded here"
+            );
+        }
+        return Ok(None);
+    }
+    Ok(Some(format!("http://{}", args.listen)))
+}
+
 async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
     let stores = open_stores(&args).await?;
     let store = Arc::clone(&stores.events);
     let (raw_events, readmodels) = (Arc::clone(&stores.events), Arc::clone(&stores.readmodels));
     let server = Server::builder(stores)
-        .http(HttpConfig { body_limit_bytes: args.body_limit_bytes, ..HttpConfig::default() })
+        .http(HttpConfig {
+            body_limit_bytes: args.body_limit_bytes,
+            advertise_url: advertise_url(&args)?,
+            ..HttpConfig::default()
+        })
         .domain(DomainConfig {
             snapshot_every: args.snapshot_every,
             pause_process_managers: args.pause_process_managers,

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod generic;
 pub mod guard;
+pub mod leaders;
 pub mod metrics;
 pub mod module;
 mod partitions;
@@ -50,11 +51,21 @@ pub struct HttpConfig {
     pub body_limit_bytes: usize,
     /// Interval of SSE keep-alive comments.
     pub sse_keep_alive_secs: u64,
+    /// The base URL other processes sharing the database reach this one at
+    /// (`cairn serve --advertise-url`, e.g. `http://10.0.0.7:7070`): published for the
+    /// consumers it leads, so that an admin request sent to another process is forwarded
+    /// here. `None`: admin requests for the consumers it leads are not forwarded to it
+    /// (the other processes answer `409 not_leader`).
+    pub advertise_url: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT, sse_keep_alive_secs: 15 }
+        Self {
+            body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT,
+            sse_keep_alive_secs: 15,
+            advertise_url: None,
+        }
     }
 }
 
@@ -80,6 +91,8 @@ pub struct AppState {
     pub aggregates: Arc<BTreeMap<&'static str, AggregateKind>>,
     /// The OpenAPI document of every served route, serialised once at start.
     pub(crate) openapi: Arc<str>,
+    /// Where each consumer's leader is reached (admin requests are forwarded there).
+    pub leaders: Arc<leaders::LeaderRegistry>,
 }
 
 impl AppState {

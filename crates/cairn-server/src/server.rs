@@ -455,18 +455,29 @@ impl Server {
             infos.extend(module.routes.iter().map(|r| r.info(Some(module.name))));
             routes.extend(module.routes);
         }
+        // Before the publisher writes to it, and on every process (followers list it).
+        crate::leaders::ensure_table(readmodels.as_ref())?;
+        let leaders = Arc::new(crate::leaders::LeaderRegistry::new(http.advertise_url.clone()));
+        let consumers = Arc::new(consumers);
+        crate::leaders::spawn_publisher(
+            Arc::clone(&leaders),
+            Arc::clone(&consumers),
+            Arc::clone(&readmodels),
+            shutdown.clone(),
+        );
         let state = AppState {
             store,
             config: Arc::new(http),
             shutdown,
             repository,
             readmodels,
-            consumers: Arc::new(consumers),
+            consumers,
             schemas: registry,
             aggregates: Arc::new(aggregates),
             openapi: crate::routes::openapi::assemble(documents)
                 .map_err(StartError::OpenApi)?
                 .into(),
+            leaders,
         };
         let app = crate::routes::router(routes, state.clone());
         Ok(RunningServer { router: app, state, routes: infos, integration })

@@ -2,7 +2,8 @@
 //! every event lands, each partition is a row in `/admin/projections`, read-your-writes
 //! waits for every partition, rebuild is refused, a changed partition count or version
 //! replays to the same read model, the start-up guard resets the whole projection when
-//! one partition is ahead, and a partition's dead letters retry.
+//! one partition is ahead, a partition's dead letters retry, and (PostgreSQL) a pause sent
+//! to either of two processes reaches every partition's leader.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,63 @@ cairn_testkit::backend_tests!(
     a_changed_partition_count_or_version_replays_to_the_same_read_model,
     a_partition_ahead_of_the_log_resets_the_whole_projection,
 );
+
+/// Two servers on one PostgreSQL database, each leading some partitions: a pause or resume
+/// of the whole projection sent to either reaches every partition's leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_projection_is_paused_through_either_process() {
+    let backend = Backend::Postgres;
+    if !backend.enabled() {
+        return;
+    }
+    let (stores_a, place) = stores(backend).await;
+    let a = Running::start_with(&stores_a, module(Some(4), 1, &Arc::default()), true).await;
+    let opened = place.open().await;
+    let stores_b = Stores {
+        events: opened.events,
+        readmodels: opened.readmodels,
+        snapshots: opened.snapshots,
+    };
+    let b = Running::start_with(&stores_b, module(Some(4), 1, &Arc::default()), false).await;
+    // The partitions spread over both processes, and each knows where every one is led.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (on_a, on_b) = (a.rows().await, b.rows().await);
+        let partitions = |rows: &[Value]| -> Vec<Value> {
+            rows.iter().filter(|r| r["name"].as_str().unwrap().contains('#')).cloned().collect()
+        };
+        let (pa, pb) = (partitions(&on_a), partitions(&on_b));
+        let led = |rows: &[Value]| rows.iter().filter(|r| r["leader"]["leading"] == true).count();
+        let known = pa.iter().chain(&pb).all(|r| {
+            let url = &r["leader"]["url"];
+            url == a.base.as_str() && (r["leader"]["leading"] == true) == pa.contains(r)
+                || url == b.base.as_str() && (r["leader"]["leading"] == true) == pb.contains(r)
+        });
+        if led(&pa) >= 1 && led(&pb) >= 1 && led(&pa) + led(&pb) == 4 && known {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never spread: {pa:?} {pb:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (via, action, status) in [(&a, "pause", "paused"), (&b, "resume", "running")] {
+        let (code, row) = via.post(&format!("/admin/projections/{NAME}/{action}")).await;
+        assert_eq!(code, 200, "{action}: {row}");
+        assert_eq!(row["status"], status, "{action}: {row}");
+        for server in [&a, &b] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !server.rows().await.iter().all(|r| r["status"] == status) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{action}: {:?}",
+                    server.rows().await
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    b.stop().await;
+    a.stop().await;
+}
 
 const NAME: &str = "tallies";
 
@@ -124,21 +182,31 @@ impl Drop for Running {
 
 impl Running {
     async fn start(stores: &Stores, module: Module) -> Self {
+        Self::start_with(stores, module, true).await
+    }
+
+    /// Starts a server advertising its own loopback URL; waits until it leads every
+    /// partition when `lead_all`.
+    async fn start_with(stores: &Stores, module: Module, lead_all: bool) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let server = Server::builder(stores.clone()).module(module).build().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let http = cairn_server::HttpConfig {
+            advertise_url: Some(base.clone()),
+            ..cairn_server::HttpConfig::default()
+        };
+        let server = Server::builder(stores.clone()).http(http).module(module).build().unwrap();
         let report = server.check_against_log(false).await.unwrap();
         assert!(report.reset_projections.is_empty(), "{report:?}");
         let running = server.start(stop_rx.clone()).unwrap();
         let consumers = Arc::clone(running.consumers());
         // Dead-letter retries and pauses act on the leader: start once this process leads.
         for _ in 0..400 {
-            if consumers.all().all(|(_, c)| c.is_leader()) {
+            if !lead_all || consumers.all().all(|(_, c)| c.is_leader()) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let app = running.router();
         let mut shutdown = stop_rx;
         tokio::spawn(async move {

@@ -405,20 +405,41 @@ async fn two_processes_on_one_database_exactly_one_says_it_leads_each_consumer()
         assert_eq!(since > 0.0, *leading, "{name}: {since}");
     }
 
-    // A command sent to the process that does not lead: `409 not_leader`, whatever the
-    // endpoint.
+    // A command forwarded to the process that does not lead (a stale leader registry):
+    // `409 not_leader` with the leader's URL, whatever the endpoint, never forwarded again
+    // (admin_anywhere.rs: a command sent there directly is forwarded to the leader).
     let name = "customer_view";
     let a_leads = on_a.iter().find(|(n, ..)| n == name).unwrap().1;
-    let follower = if a_leads { &b } else { &a };
+    let (leader, follower) = if a_leads { (&a, &b) } else { (&b, &a) };
+    // The leader publishes its URL within a moment of taking the consumer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows: Value = client
+            .get(format!("{}/admin/projections", follower.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let row = rows.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap();
+        if row["leader"]["url"] == leader.base.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader's URL never published: {row}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for action in ["pause", "resume", "rebuild"] {
         let r = client
             .post(format!("{}/admin/projections/{name}/{action}", follower.base))
+            .header("Cairn-Forwarded", "1")
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 409, "{action}");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"], "not_leader", "{action}: {body}");
+        assert_eq!(body["leader"], leader.base.as_str(), "{action}: {body}");
     }
     a.kill().await;
     b.kill().await;

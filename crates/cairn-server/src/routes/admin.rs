@@ -1,18 +1,22 @@
 //! Operator endpoints (contract §5, §6): projections and process-manager instances.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cairn_cqrs::consumer::{ConsumerHandle, ControlError, LeaderInfo};
+use cairn_core::timestamp::Timestamp;
+use cairn_cqrs::consumer::{ConsumerHandle, ConsumerStatus, ControlError, LeaderInfo};
 use serde::Serialize;
 
 use crate::AppState;
 use crate::consumers::{ConsumerKind, Instances};
 use crate::error::ApiError;
 use crate::extract::QueryMap;
+use crate::leaders::{LeaderRecord, LeaderRegistry};
+use crate::routes::forward::{Forwarding, path_segment};
 use crate::routes::openapi::{self, ErrorBody};
 
 /// The answer to `POST /admin/projections/{name}/rebuild`.
@@ -70,15 +74,83 @@ pub struct ProjectionInfo {
     /// a projection, never rebuilt) or `relay` (the NATS outbox).
     kind: ConsumerKind,
     /// Whether this server process runs it (the others sharing its database follow its
-    /// checkpoint), since when, and its fence (the leadership terms this process has begun
-    /// for it: 0 = never led it).
-    leader: LeaderInfo,
+    /// checkpoint), since when, its fence (the leadership terms this process has begun
+    /// for it: 0 = never led it), and where its leader is reached.
+    leader: ConsumerLeader,
 }
 
-fn info(c: &ConsumerHandle, kind: ConsumerKind) -> ProjectionInfo {
+/// The `leader` of a row of `GET /admin/projections`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConsumerLeader {
+    /// Whether this process runs the consumer (the others sharing its database follow).
+    leading: bool,
+    /// When this process last became its leader (RFC 3339); `null` while it does not lead.
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
+    since: Option<Timestamp>,
+    /// Leadership terms this process has begun for the consumer since it started: 0 =
+    /// never led it, and it grows by one each time it takes the consumer (back). Local to
+    /// this process for now, not yet a token checked by the store on each write.
+    fence: u64,
+    /// The advertised base URL (`cairn serve --advertise-url`) of the process that leads
+    /// it, this one or another, as that process last published it; `null` when unknown
+    /// (no leader published one yet, the leader has no advertised URL, or the partitions
+    /// of a partitioned projection are led by different processes).
+    #[schema(required = true)]
+    url: Option<String>,
+}
+
+impl ConsumerLeader {
+    fn new(info: LeaderInfo, url: Option<String>) -> Self {
+        Self { leading: info.leading, since: info.since, fence: info.fence, url }
+    }
+}
+
+/// What the leader registry says, for the rows of one answer.
+struct Known {
+    /// This process's advertised URL.
+    own: Option<String>,
+    /// Each consumer's published row.
+    rows: BTreeMap<String, LeaderRecord>,
+}
+
+impl Known {
+    /// Only this process's URL (for rows of consumers it leads).
+    fn own(state: &AppState) -> Self {
+        Self { own: state.leaders.advertise_url().map(str::to_owned), rows: BTreeMap::new() }
+    }
+
+    /// Every published row, read now.
+    async fn load(state: &AppState) -> Self {
+        Self { rows: LeaderRegistry::all(&state.readmodels).await, ..Self::own(state) }
+    }
+
+    /// The row another process published for `consumer` (one naming this process, which
+    /// no longer leads it, is stale).
+    fn other(&self, consumer: &str) -> Option<&LeaderRecord> {
+        self.rows.get(consumer).filter(|r| r.url.is_none() || r.url != self.own)
+    }
+}
+
+fn info(c: &ConsumerHandle, kind: ConsumerKind, known: &Known) -> ProjectionInfo {
     let (position, head_position) = (c.position(), c.head_position());
     // The counts are read after the progress: a rebuild shown as over is already counted.
     let (status, rebuild) = (c.status(), c.rebuild_progress());
+    let leadership = c.leadership();
+    let (status, url) = if leadership.leading {
+        (status, known.own.clone())
+    } else {
+        let record = known.other(c.name());
+        // The consumer's status is its leader's (paused, rebuilding there); what this
+        // process says of its own following (starting, stalled, failed) stays.
+        let status = match (status, record.and_then(LeaderRecord::consumer_status)) {
+            (
+                ConsumerStatus::Running | ConsumerStatus::Paused | ConsumerStatus::Rebuilding,
+                Some(theirs),
+            ) => theirs,
+            (ours, _) => ours,
+        };
+        (status, record.and_then(|r| r.url.clone()))
+    };
     ProjectionInfo {
         name: c.name().to_owned(),
         position,
@@ -90,7 +162,7 @@ fn info(c: &ConsumerHandle, kind: ConsumerKind) -> ProjectionInfo {
         rebuilds_completed: c.rebuilds_completed(),
         rebuilds_abandoned: c.rebuilds_abandoned(),
         kind,
-        leader: c.leadership(),
+        leader: ConsumerLeader::new(leadership, url),
     }
 }
 
@@ -103,8 +175,9 @@ fn info(c: &ConsumerHandle, kind: ConsumerKind) -> ProjectionInfo {
     responses((status = 200, description = "Every projection, process manager and relay", body = Vec<ProjectionInfo>))
 )]
 pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionInfo>> {
+    let known = Known::load(&state).await;
     let mut rows: Vec<ProjectionInfo> =
-        state.consumers.all().map(|(kind, c)| info(c, kind)).collect();
+        state.consumers.all().map(|(kind, c)| info(c, kind, &known)).collect();
     // Publishers (the NATS relay) follow `$all` like projections do: same row shape.
     let head_position = *state.store.head().borrow();
     for o in state.consumers.outboxes() {
@@ -120,8 +193,12 @@ pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionIn
             rebuilds_completed: 0,
             rebuilds_abandoned: 0,
             kind: ConsumerKind::Relay,
-            // A relay says only whether it publishes here; its terms are not counted.
-            leader: LeaderInfo { leading: o.leading(), since: None, fence: 0 },
+            // A relay says only whether it publishes here; its terms are not counted, and
+            // it publishes no row in the leader registry (no admin action steers it).
+            leader: ConsumerLeader::new(
+                LeaderInfo { leading: o.leading(), since: None, fence: 0 },
+                if o.leading() { known.own.clone() } else { None },
+            ),
         });
     }
     Json(rows)
@@ -328,7 +405,12 @@ fn letter_id(raw: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("dead letter ids are integers, got {raw:?}")))
 }
 
-async fn on_letter<F, Fut>(state: &AppState, id: i64, op: F) -> Result<Response, ApiError>
+async fn on_letter<F, Fut>(
+    state: &AppState,
+    forwarding: &Forwarding,
+    id: i64,
+    op: F,
+) -> Result<Response, ApiError>
 where
     F: Fn(cairn_cqrs::consumer::ConsumerHandle) -> Fut,
     Fut: std::future::Future<
@@ -341,7 +423,8 @@ where
             // the letter is this consumer's.
             let letters = consumer.dead_letters().await?;
             if letters.iter().any(|l| l.id == id) {
-                return Err(ControlError::NotLeader { consumer: consumer.name().to_owned() }.into());
+                let refused = ControlError::NotLeader { consumer: consumer.name().to_owned() };
+                return Ok(forwarding.to_leader(state, consumer.name(), refused.into()).await);
             }
             continue;
         }
@@ -362,16 +445,17 @@ where
         (status = 200, description = "Re-run", body = cairn_cqrs::consumer::DeadLetterOutcome),
         (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
-        (status = 409, description = "`not_leader`: another process runs its consumer", body = ErrorBody),
-        (status = 503, description = "`read_model_unavailable`, or `consumer_busy`: the consumer held a batch for longer than 2 s; nothing was done", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs its consumer and the request cannot be forwarded there (its URL is unknown, or the request carries `Cairn-Forwarded`); `leader` = its URL or `null`", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`, `consumer_busy` (the consumer held a batch for longer than 2 s; nothing was done), or `leader_unreachable` (forwarded to the process that runs its consumer, `leader`, which did not answer within 10 s)", body = ErrorBody),
     )
 )]
 pub async fn retry_dead_letter(
     State(state): State<AppState>,
+    forwarding: Forwarding,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = letter_id(&id)?;
-    on_letter(&state, id, |c| async move { c.retry_dead_letter(id).await }).await
+    on_letter(&state, &forwarding, id, |c| async move { c.retry_dead_letter(id).await }).await
 }
 
 /// Discards a dead letter; what was parked behind it flows again.
@@ -384,16 +468,17 @@ pub async fn retry_dead_letter(
         (status = 200, description = "Discarded", body = cairn_cqrs::consumer::DeadLetterOutcome),
         (status = 400, description = "`bad_request`: the id is not an integer", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
-        (status = 409, description = "`not_leader`: another process runs its consumer", body = ErrorBody),
-        (status = 503, description = "`read_model_unavailable`, or `consumer_busy`: the consumer held a batch for longer than 2 s; nothing was done", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs its consumer and the request cannot be forwarded there (its URL is unknown, or the request carries `Cairn-Forwarded`); `leader` = its URL or `null`", body = ErrorBody),
+        (status = 503, description = "`read_model_unavailable`, `consumer_busy` (the consumer held a batch for longer than 2 s; nothing was done), or `leader_unreachable` (forwarded to the process that runs its consumer, `leader`, which did not answer within 10 s)", body = ErrorBody),
     )
 )]
 pub async fn discard_dead_letter(
     State(state): State<AppState>,
+    forwarding: Forwarding,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = letter_id(&id)?;
-    on_letter(&state, id, |c| async move { c.discard_dead_letter(id).await }).await
+    on_letter(&state, &forwarding, id, |c| async move { c.discard_dead_letter(id).await }).await
 }
 
 /// Rebuilds a projection from position 0.
@@ -408,11 +493,13 @@ pub async fn discard_dead_letter(
     responses(
         (status = 202, description = "The rebuild started", body = RebuildStarted),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
-        (status = 409, description = "`not_leader`: another process runs it; or `rebuild_refused` with a `reason`: `rebuilding` (one is already running), `dead_letters` (they wait), `paused`, `stalled`, `failed`, or `partitioned` (it runs in partitions: rebuilt by a version or partition-count change at start)", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs it and the request cannot be forwarded there (its URL is unknown, or the request carries `Cairn-Forwarded`); `leader` = its URL or `null`; or `rebuild_refused` with a `reason`: `rebuilding` (one is already running), `dead_letters` (they wait), `paused`, `stalled`, `failed`, or `partitioned` (it runs in partitions: rebuilt by a version or partition-count change at start)", body = ErrorBody),
+        (status = 503, description = "`leader_unreachable`: forwarded to the process that runs it (`leader`), which did not answer within 10 s", body = ErrorBody),
     )
 )]
 pub async fn rebuild_projection(
     State(state): State<AppState>,
+    forwarding: Forwarding,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let Some(projection) = state.consumers.projection(&name) else {
@@ -421,7 +508,14 @@ pub async fn rebuild_projection(
         }
         return Err(ApiError::not_found(format!("no projection named {name}")));
     };
-    projection.start_rebuild()?;
+    match projection.start_rebuild() {
+        Ok(()) => {}
+        Err(refused @ ControlError::NotLeader { .. }) => {
+            return Ok(forwarding.to_leader(&state, projection.name(), refused.into()).await);
+        }
+        Err(refused) => return Err(refused.into()),
+    }
+    state.leaders.changed();
     Ok((StatusCode::ACCEPTED, Json(RebuildStarted { name, status: "rebuilding" })).into_response())
 }
 
@@ -435,14 +529,16 @@ pub async fn rebuild_projection(
     responses(
         (status = 200, description = "Paused: it stops at the end of the batch in hand; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
-        (status = 409, description = "`not_leader`: another process runs it", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs it and the request cannot be forwarded there (its URL is unknown, or the request carries `Cairn-Forwarded`); `leader` = its URL or `null`", body = ErrorBody),
+        (status = 503, description = "`leader_unreachable`: forwarded to the process that runs it (`leader`), which did not answer within 10 s", body = ErrorBody),
     )
 )]
 pub async fn pause_projection(
     State(state): State<AppState>,
+    forwarding: Forwarding,
     Path(name): Path<String>,
-) -> Result<Json<ProjectionInfo>, ApiError> {
-    steer(&state, &name, ConsumerHandle::pause)
+) -> Response {
+    steer(&state, &forwarding, &name, Steer::Pause).await
 }
 
 /// Resumes a paused projection or process manager from its checkpoint.
@@ -454,14 +550,16 @@ pub async fn pause_projection(
     responses(
         (status = 200, description = "Resumed; its row", body = ProjectionInfo),
         (status = 404, description = "`not_found`: no such projection", body = ErrorBody),
-        (status = 409, description = "`not_leader`: another process runs it", body = ErrorBody),
+        (status = 409, description = "`not_leader`: another process runs it and the request cannot be forwarded there (its URL is unknown, or the request carries `Cairn-Forwarded`); `leader` = its URL or `null`", body = ErrorBody),
+        (status = 503, description = "`leader_unreachable`: forwarded to the process that runs it (`leader`), which did not answer within 10 s", body = ErrorBody),
     )
 )]
 pub async fn resume_projection(
     State(state): State<AppState>,
+    forwarding: Forwarding,
     Path(name): Path<String>,
-) -> Result<Json<ProjectionInfo>, ApiError> {
-    steer(&state, &name, ConsumerHandle::resume)
+) -> Response {
+    steer(&state, &forwarding, &name, Steer::Resume).await
 }
 
 /// The partitioned projection `name` names: itself or one of its partitions.
@@ -473,10 +571,10 @@ fn partitioned<'a>(state: &AppState, name: &'a str) -> Option<&'a str> {
 
 /// One row for a whole partitioned projection: the partitions summed up (its position is
 /// the slowest partition's, its status the most pressing one).
-fn partitioned_info(name: &str, partitions: &[ConsumerHandle]) -> ProjectionInfo {
+fn partitioned_info(name: &str, partitions: &[ConsumerHandle], known: &Known) -> ProjectionInfo {
     use cairn_cqrs::consumer::ConsumerStatus as S;
     let rows: Vec<ProjectionInfo> =
-        partitions.iter().map(|p| info(p, ConsumerKind::Projection)).collect();
+        partitions.iter().map(|p| info(p, ConsumerKind::Projection, known)).collect();
     let position = rows.iter().map(|r| r.position).min().unwrap_or(0);
     let head_position = rows.iter().map(|r| r.head_position).max().unwrap_or(0);
     let rank = |s: S| match s {
@@ -503,36 +601,119 @@ fn partitioned_info(name: &str, partitions: &[ConsumerHandle]) -> ProjectionInfo
 }
 
 /// Leadership of a partitioned projection as a whole: led here when every partition is
-/// (since the last of them was taken); its fence is the highest partition's.
-fn partitions_leader(rows: &[ProjectionInfo]) -> LeaderInfo {
+/// (since the last of them was taken); its fence is the highest partition's; its URL the
+/// one process that leads every partition, if one does.
+fn partitions_leader(rows: &[ProjectionInfo]) -> ConsumerLeader {
     let leading = !rows.is_empty() && rows.iter().all(|r| r.leader.leading);
-    LeaderInfo {
+    let first_url = rows.first().and_then(|r| r.leader.url.clone());
+    let url = first_url.filter(|u| rows.iter().all(|r| r.leader.url.as_ref() == Some(u)));
+    ConsumerLeader {
         leading,
         since: if leading { rows.iter().filter_map(|r| r.leader.since).max() } else { None },
         fence: rows.iter().map(|r| r.leader.fence).max().unwrap_or(0),
+        url,
     }
 }
 
-/// Applies `action` to the consumer `name` and answers with its row. The name of a
-/// partitioned projection steers every partition and answers with one summed-up row.
-fn steer(
-    state: &AppState,
-    name: &str,
-    action: fn(&ConsumerHandle) -> Result<(), ControlError>,
-) -> Result<Json<ProjectionInfo>, ApiError> {
-    if let Some(partitions) = state.consumers.partitions(name) {
-        // Every partition is tried: one another process leads does not keep the others.
-        let errors: Vec<ControlError> = partitions.iter().filter_map(|p| action(p).err()).collect();
-        if let Some(refused) = ApiError::from_control_errors(errors) {
-            return Err(refused);
+/// An operator's pause or resume.
+#[derive(Clone, Copy)]
+enum Steer {
+    Pause,
+    Resume,
+}
+
+impl Steer {
+    fn apply(self, consumer: &ConsumerHandle) -> Result<(), ControlError> {
+        match self {
+            Self::Pause => consumer.pause(),
+            Self::Resume => consumer.resume(),
         }
-        return Ok(Json(partitioned_info(name, partitions)));
     }
-    let (kind, consumer) = state.consumers.get(name).ok_or_else(|| {
-        ApiError::not_found(format!("no projection or process manager named {name}"))
-    })?;
-    action(consumer)?;
-    Ok(Json(info(consumer, kind)))
+
+    /// Its last path segment.
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+        }
+    }
+}
+
+/// Applies `action` to the consumer `name` and answers with its row; a consumer another
+/// process leads gets the request forwarded to that process. The name of a partitioned
+/// projection steers every partition (each one another process leads through that
+/// process) and answers with one summed-up row.
+async fn steer(state: &AppState, forwarding: &Forwarding, name: &str, action: Steer) -> Response {
+    if let Some(partitions) = state.consumers.partitions(name) {
+        return steer_partitions(state, forwarding, name, partitions, action).await;
+    }
+    let Some((kind, consumer)) = state.consumers.get(name) else {
+        return ApiError::not_found(format!("no projection or process manager named {name}"))
+            .into_response();
+    };
+    match action.apply(consumer) {
+        Ok(()) => {
+            state.leaders.changed();
+            Json(info(consumer, kind, &Known::own(state))).into_response()
+        }
+        Err(refused @ ControlError::NotLeader { .. }) => {
+            forwarding.to_leader(state, consumer.name(), refused.into()).await
+        }
+        Err(refused) => ApiError::from(refused).into_response(),
+    }
+}
+
+/// [`steer`] for every partition of a partitioned projection: the ones led here at once,
+/// each other one by `POST /admin/projections/<partition>/<verb>` to its own leader.
+async fn steer_partitions(
+    state: &AppState,
+    forwarding: &Forwarding,
+    name: &str,
+    partitions: &[ConsumerHandle],
+    action: Steer,
+) -> Response {
+    let mut known = Known::own(state);
+    // Every partition is tried: one another process leads does not keep the others.
+    let mut errors = Vec::new();
+    let mut failed_forward: Option<Response> = None;
+    for partition in partitions {
+        let refused = match action.apply(partition) {
+            Ok(()) => {
+                state.leaders.changed();
+                continue;
+            }
+            Err(refused @ ControlError::NotLeader { .. }) if !forwarding.was_forwarded() => refused,
+            Err(refused) => {
+                errors.push(refused);
+                continue;
+            }
+        };
+        let path =
+            format!("/admin/projections/{}/{}", path_segment(partition.name()), action.verb());
+        match forwarding.send(state, partition.name(), Method::POST, &path, refused.into()).await {
+            Ok(answer) if answer.status.is_success() => {
+                // This process shows the partition as its leader just answered.
+                let row: serde_json::Value =
+                    serde_json::from_slice(&answer.body).unwrap_or_default();
+                let status = row["status"].as_str().unwrap_or("running").to_owned();
+                let record = LeaderRecord { url: Some(answer.url), since: None, status };
+                known.rows.insert(partition.name().to_owned(), record);
+            }
+            Ok(answer) => {
+                failed_forward.get_or_insert(answer.into_response());
+            }
+            Err(refused) => {
+                failed_forward.get_or_insert(refused.into_response());
+            }
+        }
+    }
+    if let Some(refused) = ApiError::from_control_errors(errors) {
+        return refused.into_response();
+    }
+    if let Some(failed) = failed_forward {
+        return failed;
+    }
+    Json(partitioned_info(name, partitions, &known)).into_response()
 }
 
 /// The process manager `name` and where its instances live; 404 when there is none.

@@ -2,6 +2,7 @@
 //! them and the modules' routes, the JSON fallback, and panic containment.
 
 mod admin;
+mod forward;
 mod health;
 pub mod openapi;
 pub mod streams;
