@@ -712,8 +712,17 @@ impl Leases for SqliteReadModels {
     }
 
     fn resign(&self, consumer: &str) {
-        // The next `try_lead` begins a new term, which fences this one's writes.
-        self.held.lock().unwrap_or_else(PoisonError::into_inner).remove(consumer);
+        // The term ends now, not at the next `try_lead`: a write of it still in flight (a
+        // cancelled rebuild's batch) is refused from here on.
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.remove(consumer).is_some() {
+            let ended = self
+                .writer()
+                .execute("UPDATE leases SET epoch = epoch + 1 WHERE consumer = ?1", [consumer]);
+            if let Err(e) = ended {
+                tracing::warn!(consumer, error = %e, "cannot end the leadership term");
+            }
+        }
     }
 
     fn live_members(&self) -> Result<usize, ReadModelError> {

@@ -679,7 +679,7 @@ pub async fn import_process_state(
         )));
     }
     // Leading, paused, and no batch in hand: nothing runs until the import is in.
-    let _between = pm.hold_paused().await?;
+    let (_between, fence) = pm.hold_paused().await?;
     let (rm, consumer) = (Arc::clone(&state.readmodels), pm.name().to_owned());
     let current = {
         let (rm, consumer) = (Arc::clone(&rm), consumer.clone());
@@ -702,7 +702,9 @@ pub async fn import_process_state(
     let (checkpoint, saved) = (body.checkpoint, body.instances.len());
     let instances = body.instances;
     tokio::task::spawn_blocking(move || {
-        rm.transact(&consumer, Some(checkpoint), &mut |txn| {
+        // Under the fence of the term that holds the manager paused: refused if this
+        // process lost the manager meanwhile.
+        rm.transact(&fence, &consumer, Some(checkpoint), &mut |txn| {
             for i in &instances {
                 txn.put(&i.table, &i.key, i.state.get())?;
             }
