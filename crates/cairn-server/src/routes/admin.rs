@@ -70,8 +70,8 @@ pub struct ProjectionInfo {
     /// a projection, never rebuilt) or `relay` (the NATS outbox).
     kind: ConsumerKind,
     /// Whether this server process runs it (the others sharing its database follow its
-    /// checkpoint), since when, and its fence (the leadership terms this process has begun
-    /// for it: 0 = never led it).
+    /// checkpoint), since when, and its fence (the epoch of this process's latest term as
+    /// its leader: 0 = never led it).
     leader: LeaderInfo,
 }
 
