@@ -103,7 +103,7 @@ pub fn put_all(
     table: &str,
     docs: &[(&str, &str)],
 ) {
-    rm.transact(&fence(&rm, consumer), consumer, checkpoint, &mut |txn| {
+    rm.transact(&fence(rm, consumer), consumer, checkpoint, &mut |txn| {
         for (key, json) in docs {
             txn.put(table, key, json)?;
         }
