@@ -89,13 +89,57 @@ fn spawn(
     spawn_projection(Arc::clone(store), Arc::clone(rm), Arc::new(Counter), stop).unwrap()
 }
 
+/// How process A loses the projection in the middle of its rebuild.
+enum Deposal {
+    /// A hands it over (rebalancing): A resigns, B takes it.
+    HandOver,
+    /// PostgreSQL: A's leadership session is killed under it (`pg_terminate_backend`).
+    Terminate(String),
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deposed_leaders_rebuild_is_cancelled_and_the_next_leader_starts_it_over() {
-    let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
-    let head = ticks(&store, 3000).await;
     let a_rm = MemoryReadModels::new();
     let b_rm: Arc<dyn ReadModelStore> = Arc::new(a_rm.another_process());
-    let a_rm: Arc<dyn ReadModelStore> = Arc::new(a_rm);
+    deposed_mid_rebuild(Arc::new(a_rm), b_rm, Deposal::HandOver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgres_a_killed_leaders_rebuild_never_swaps_and_the_next_leader_starts_it_over() {
+    let backend = cairn_testkit::Backend::Postgres;
+    if !backend.enabled() {
+        return;
+    }
+    let place = backend.place().await;
+    let url = place.database_url().expect("a database").to_owned();
+    let (a_rm, b_rm) = (place.readmodels().await, place.readmodels().await);
+    deposed_mid_rebuild(a_rm, b_rm, Deposal::Terminate(url)).await;
+}
+
+/// Kills every session holding this schema's leadership lock of `counter`.
+async fn terminate_leader(url: &str) -> usize {
+    let (admin, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+               AND ((classid::bigint << 32) | objid::bigint)
+                   = hashtextextended(current_schema() || '/cairn/lead/counter', 0)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .len()
+}
+
+async fn deposed_mid_rebuild(
+    a_rm: Arc<dyn ReadModelStore>,
+    b_rm: Arc<dyn ReadModelStore>,
+    deposal: Deposal,
+) {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let head = ticks(&store, 3000).await;
     let (_stop, stop_rx) = watch::channel(false);
     let a = spawn(&store, &a_rm, stop_rx.clone());
     a.wait_for(head, Duration::from_secs(10)).await.unwrap();
@@ -108,11 +152,15 @@ async fn a_deposed_leaders_rebuild_is_cancelled_and_the_next_leader_starts_it_ov
     APPLY_DELAY_US.store(500, Ordering::SeqCst);
     a.start_rebuild().unwrap();
     until("A's rebuild is recorded", Duration::from_secs(5), || recorded(&a_rm)).await;
-    a.hand_over(Duration::from_secs(30));
-    until("B leads", Duration::from_secs(10), || b.is_leader()).await;
-    until("A's rebuild is cancelled", Duration::from_secs(10), || a.rebuilds_cancelled() == 1)
+    match deposal {
+        Deposal::HandOver => a.hand_over(Duration::from_secs(30)),
+        Deposal::Terminate(url) => {
+            assert_eq!(terminate_leader(&url).await, 1, "A's leadership session");
+        }
+    }
+    until("B leads", Duration::from_secs(15), || b.is_leader()).await;
+    until("A's rebuild is cancelled", Duration::from_secs(15), || a.rebuilds_cancelled() == 1)
         .await;
-    assert!(!a.is_leader());
     assert!(a.rebuild_progress().is_none(), "A runs no rebuild any more");
 
     // B finds the interrupted rebuild and starts it over, from an emptied shadow.
@@ -121,6 +169,9 @@ async fn a_deposed_leaders_rebuild_is_cancelled_and_the_next_leader_starts_it_ov
     until("B's rebuild is swapped in", Duration::from_secs(20), || b.rebuilds_completed() == 1)
         .await;
     b.wait_for(more, Duration::from_secs(10)).await.unwrap();
+    // A killed session is noticed at the next write at the latest (refused: its fence
+    // is stale); A's rebuild noticed it at its own next write.
+    until("A knows it was deposed", Duration::from_secs(10), || !a.is_leader()).await;
     assert_eq!(counts(&b_rm), vec![350; 10], "what a fresh replay gives: each event once");
     assert!(!recorded(&b_rm), "no rebuild is under way any more");
     assert_eq!(a.rebuilds_completed(), 0, "A never swapped");

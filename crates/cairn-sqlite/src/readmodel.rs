@@ -714,11 +714,14 @@ impl Leases for SqliteReadModels {
     fn resign(&self, consumer: &str) {
         // The term ends now, not at the next `try_lead`: a write of it still in flight (a
         // cancelled rebuild's batch) is refused from here on.
+        // Only this term: a newer one (another handle on the directory took the consumer
+        // since) is not this handle's to end.
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if held.remove(consumer).is_some() {
-            let ended = self
-                .writer()
-                .execute("UPDATE leases SET epoch = epoch + 1 WHERE consumer = ?1", [consumer]);
+        if let Some(epoch) = held.remove(consumer) {
+            let ended = self.writer().execute(
+                "UPDATE leases SET epoch = epoch + 1 WHERE consumer = ?1 AND epoch = ?2",
+                rusqlite::params![consumer, epoch as i64],
+            );
             if let Err(e) = ended {
                 tracing::warn!(consumer, error = %e, "cannot end the leadership term");
             }

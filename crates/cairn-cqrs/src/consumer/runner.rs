@@ -58,10 +58,11 @@ impl Runner {
                 tracing::info!(consumer = runner.shared.name(), "leading");
                 rebuild::start_queued(&runner.shared).await;
                 let stop = runner.lead().await;
-                // The rebuild belongs to the term: it ends with it (its shadow stays,
-                // recorded by its checkpoint, for the next leader to start over).
-                rebuild::cancel(&runner.shared);
                 runner.shared.leadership.lost();
+                // The rebuild belongs to the term: it ends with it, before the lease is
+                // given back (its shadow stays, recorded by its checkpoint, for the next
+                // leader to start over).
+                rebuild::cancel(&runner.shared);
                 let (rm, name) = (
                     Arc::clone(runner.shared.handler.readmodels()),
                     runner.shared.name().to_owned(),
