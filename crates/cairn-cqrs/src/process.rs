@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use cairn_core::readmodel::{DocTxnExt, ReadModelError, ReadModelStore, TableSpec};
+use cairn_core::readmodel::{DocTxnExt, Fence, ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{EventStore, RecordedEvent};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -86,6 +86,12 @@ pub struct ProcessContext {
     /// Set when storage (not the event) made the handler fail, so that the failure is
     /// retried as a stall instead of dead-lettering a good event.
     storage_failed: Arc<AtomicBool>,
+    /// The leadership term the event is handled in: instance state is saved under it,
+    /// and refused once that term is over. `None` only outside a handled event.
+    fence: Option<Fence>,
+    /// Set when a write was refused for want of leadership: the runner stops instead of
+    /// retrying or dead-lettering.
+    deposed: Arc<AtomicBool>,
 }
 
 impl ProcessContext {
@@ -105,6 +111,9 @@ impl ProcessContext {
 
     /// Remembers a storage failure (see `storage_failed`) and renders the error.
     fn note(&self, e: &ReadModelError) -> String {
+        if e.is_deposed() {
+            self.deposed.store(true, Ordering::SeqCst);
+        }
         if e.is_storage() {
             self.storage_failed.store(true, Ordering::SeqCst);
         }
@@ -119,8 +128,11 @@ impl ProcessContext {
         state: T,
     ) -> Result<(), String> {
         let (rm, key, name) = (Arc::clone(&self.readmodels), key.to_owned(), self.name);
+        let Some(fence) = self.fence.clone() else {
+            return Err(self.note(&ReadModelError::NotLeader(name.to_owned())));
+        };
         tokio::task::spawn_blocking(move || {
-            rm.transact(name, None, &mut |txn| txn.save(table, &key, &state))
+            rm.transact(&fence, name, None, &mut |txn| txn.save(table, &key, &state))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -137,10 +149,11 @@ impl ProcessContext {
         if let Some(delay) = fault_command_delay() {
             tokio::time::sleep(delay).await;
         }
-        // Not a fence (the consumer-engine redesign makes the store check a token), but it
-        // stops a manager that has noticed it was deposed from issuing more commands.
-        if !self.readmodels.leads(self.name) {
+        // Not the fence of the append itself (see docs/design/consumers.md, "Fencing"), but
+        // it stops a manager that has noticed it was deposed from issuing more commands.
+        if self.fence.is_none() || !self.readmodels.leads(self.name) {
             self.storage_failed.store(true, Ordering::SeqCst);
+            self.deposed.store(true, Ordering::SeqCst);
             return Err(crate::CommandError::NotLeader(self.name.to_owned()));
         }
         let result = self.repository.execute::<A>(id, command, options).await;
@@ -192,10 +205,15 @@ struct ProcessHandler {
 impl ProcessHandler {
     /// Runs the manager on one event; a failure caused by storage is transient (retried),
     /// any other is the event's (dead-lettered after a few tries).
-    async fn run(&self, event: &RecordedEvent) -> Result<(), HandleError> {
-        self.ctx.storage_failed.store(false, Ordering::SeqCst);
-        self.manager.handle(event, &self.ctx).await.map_err(|e| {
-            if self.ctx.storage_failed.swap(false, Ordering::SeqCst) {
+    async fn run(&self, fence: &Fence, event: &RecordedEvent) -> Result<(), HandleError> {
+        let ctx = ProcessContext { fence: Some(fence.clone()), ..self.ctx.clone() };
+        ctx.storage_failed.store(false, Ordering::SeqCst);
+        ctx.deposed.store(false, Ordering::SeqCst);
+        self.manager.handle(event, &ctx).await.map_err(|e| {
+            if ctx.deposed.swap(false, Ordering::SeqCst) {
+                ctx.storage_failed.store(false, Ordering::SeqCst);
+                HandleError::Deposed(e)
+            } else if ctx.storage_failed.swap(false, Ordering::SeqCst) {
                 HandleError::Transient(e)
             } else {
                 HandleError::Event(e)
@@ -206,14 +224,17 @@ impl ProcessHandler {
 
 async fn commit_checkpoint(
     rm: &Arc<dyn ReadModelStore>,
+    fence: &Fence,
     name: &'static str,
     checkpoint: u64,
 ) -> Result<(), HandleError> {
-    let rm = Arc::clone(rm);
-    tokio::task::spawn_blocking(move || rm.transact(name, Some(checkpoint), &mut |_| Ok(())))
-        .await
-        .map_err(|e| HandleError::Transient(e.to_string()))?
-        .map_err(|e| HandleError::Transient(e.to_string()))
+    let (rm, fence) = (Arc::clone(rm), fence.clone());
+    tokio::task::spawn_blocking(move || {
+        rm.transact(&fence, name, Some(checkpoint), &mut |_| Ok(()))
+    })
+    .await
+    .map_err(|e| HandleError::Transient(e.to_string()))?
+    .map_err(|e| HandleError::of_write(&e))
 }
 
 #[async_trait]
@@ -230,33 +251,45 @@ impl BatchHandler for ProcessHandler {
         &self.ctx.readmodels
     }
 
-    async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), HandleError> {
+    async fn handle(
+        &self,
+        fence: &Fence,
+        events: Vec<RecordedEvent>,
+        scanned_to: u64,
+    ) -> Result<(), HandleError> {
         for event in &events {
             if self.manager.instance_key(event).is_none() {
                 // Not one of this manager's instances: skipped like an event of another
                 // type, and the checkpoint below moves over it.
                 continue;
             }
-            self.run(event).await?;
+            self.run(fence, event).await?;
             // One event at a time: a crash redelivers at most the event in progress.
-            commit_checkpoint(&self.ctx.readmodels, self.manager.name(), event.position).await?;
+            commit_checkpoint(&self.ctx.readmodels, fence, self.manager.name(), event.position)
+                .await?;
         }
-        commit_checkpoint(&self.ctx.readmodels, self.manager.name(), scanned_to).await
+        commit_checkpoint(&self.ctx.readmodels, fence, self.manager.name(), scanned_to).await
     }
 
-    async fn retry(&self, event: RecordedEvent, letter_id: i64) -> Result<(), HandleError> {
+    async fn retry(
+        &self,
+        fence: &Fence,
+        event: RecordedEvent,
+        letter_id: i64,
+    ) -> Result<(), HandleError> {
         // A letter parked before the manager stopped claiming the event is released
         // without running it, as the event would be skipped if it came now.
         if self.manager.instance_key(&event).is_some() {
-            self.run(&event).await?;
+            self.run(fence, &event).await?;
         }
-        let (rm, name) = (Arc::clone(&self.ctx.readmodels), self.manager.name());
+        let (rm, name, fence) =
+            (Arc::clone(&self.ctx.readmodels), self.manager.name(), fence.clone());
         tokio::task::spawn_blocking(move || {
-            rm.resolve_dead_letter(name, letter_id, &mut |_| Ok(()))
+            rm.resolve_dead_letter(&fence, name, letter_id, &mut |_| Ok(()))
         })
         .await
         .map_err(|e| HandleError::Transient(e.to_string()))?
-        .map_err(|e| HandleError::Transient(e.to_string()))
+        .map_err(|e| HandleError::of_write(&e))
     }
 }
 
@@ -287,6 +320,8 @@ pub fn spawn_process_manager_with(
         readmodels,
         name: manager.name(),
         storage_failed: Arc::new(AtomicBool::new(false)),
+        fence: None,
+        deposed: Arc::new(AtomicBool::new(false)),
     };
     Ok(consumer::spawn_with(
         store,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use cairn_core::readmodel::{DocTxn, ReadModelError, ReadModelStore, TableSpec};
+use cairn_core::readmodel::{DocTxn, Fence, ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{EventStore, RecordedEvent};
 use tokio::sync::watch;
 
@@ -56,7 +56,9 @@ struct ProjectionHandler {
 
 /// A handler's refusal is the event's fault; the storage's failures are retried.
 fn classify(e: &ReadModelError) -> HandleError {
-    if e.is_storage() {
+    if e.is_deposed() {
+        HandleError::Deposed(e.to_string())
+    } else if e.is_storage() {
         HandleError::Transient(e.to_string())
     } else {
         HandleError::Event(e.to_string())
@@ -93,12 +95,18 @@ impl BatchHandler for ProjectionHandler {
         &self.readmodels
     }
 
-    async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), HandleError> {
-        let (rm, projection, name, shadow) = (
+    async fn handle(
+        &self,
+        fence: &Fence,
+        events: Vec<RecordedEvent>,
+        scanned_to: u64,
+    ) -> Result<(), HandleError> {
+        let (rm, projection, name, shadow, fence) = (
             Arc::clone(&self.readmodels),
             Arc::clone(&self.projection),
             self.name.clone(),
             self.shadow,
+            fence.clone(),
         );
         blocking(move || {
             let mut apply = |txn: &mut dyn DocTxn| {
@@ -113,19 +121,30 @@ impl BatchHandler for ProjectionHandler {
                 projection.apply_batch(&events, txn)
             };
             if shadow {
-                rm.transact_shadow(&name, Some(scanned_to), &mut apply)
+                rm.transact_shadow(&fence, &name, Some(scanned_to), &mut apply)
             } else {
-                rm.transact(&name, Some(scanned_to), &mut apply)
+                rm.transact(&fence, &name, Some(scanned_to), &mut apply)
             }
         })
         .await
     }
 
-    async fn retry(&self, event: RecordedEvent, letter_id: i64) -> Result<(), HandleError> {
-        let (rm, projection, name) =
-            (Arc::clone(&self.readmodels), Arc::clone(&self.projection), self.name.clone());
+    async fn retry(
+        &self,
+        fence: &Fence,
+        event: RecordedEvent,
+        letter_id: i64,
+    ) -> Result<(), HandleError> {
+        let (rm, projection, name, fence) = (
+            Arc::clone(&self.readmodels),
+            Arc::clone(&self.projection),
+            self.name.clone(),
+            fence.clone(),
+        );
         blocking(move || {
-            rm.resolve_dead_letter(&name, letter_id, &mut |txn| projection.apply(&event, txn))
+            rm.resolve_dead_letter(&fence, &name, letter_id, &mut |txn| {
+                projection.apply(&event, txn)
+            })
         })
         .await
     }

@@ -196,14 +196,16 @@ async fn a_joining_process_is_handed_its_fair_share_and_the_model_stays_exact() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Each partition: one leader, in its first term; the other process says it follows,
-    // and a command sent there is refused as `NotLeader`. A handed its two over, so their
-    // fence still names the term it had.
+    // Each partition: one leader; the other process says it follows, and a command sent
+    // there is refused as `NotLeader`. The fence is the store's count of the partition's
+    // terms: A's is the first, and a partition A handed over is in its second, on B, while
+    // A's fence still names the term it had.
     for (on_a, on_b) in handles_a.iter().zip(&handles_b) {
         let (la, lb) = (on_a.leadership(), on_b.leadership());
         assert!(la.leading != lb.leading, "{}: {la:?} {lb:?}", on_a.name());
         let (leader, follower, lf) = if la.leading { (la, on_b, lb) } else { (lb, on_a, la) };
-        assert!(leader.since.is_some() && leader.fence == 1, "{leader:?}");
+        let term = if la.leading { 1 } else { 2 };
+        assert!(leader.since.is_some() && leader.fence == term, "{leader:?}");
         assert!(lf.since.is_none(), "{lf:?}");
         assert!(matches!(follower.pause(), Err(ControlError::NotLeader { .. })));
     }

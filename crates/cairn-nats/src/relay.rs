@@ -24,7 +24,7 @@ use async_nats::jetstream::{
     message::PublishMessage,
 };
 use bytes::Bytes;
-use cairn_core::readmodel::{ReadModelError, ReadModelStore, TableSpec};
+use cairn_core::readmodel::{Fence, ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{AllFilter, EventStore, RecordedEvent};
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -314,15 +314,15 @@ impl Relay {
                 return;
             }
             let (rm, name) = (Arc::clone(&self.readmodels), self.name());
-            if !matches!(blocking(move || rm.try_lead(&name)).await, Ok(true)) {
+            let Ok(Some(fence)) = blocking(move || rm.try_lead(&name)).await else {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
-            }
+            };
             self.progress.send_modify(|p| p.leading = true);
-            match self.pump(&mut shutdown).await {
+            match self.pump(&fence, &mut shutdown).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(relay = %self.name(), error = %e, "relay round failed; resuming from the last acknowledged event");
@@ -341,11 +341,13 @@ impl Relay {
 
     /// Moves the checkpoint to `position` and its sequence mark to `sequence`, in one
     /// transaction: a crash leaves both old or both new.
-    async fn save(&self, position: u64, sequence: u64) -> Result<(), RelayError> {
-        let (rm, name) = (Arc::clone(&self.readmodels), self.name());
+    async fn save(&self, fence: &Fence, position: u64, sequence: u64) -> Result<(), RelayError> {
+        let (rm, name, fence) = (Arc::clone(&self.readmodels), self.name(), fence.clone());
         let doc = serde_json::to_string(&SequenceMark { position, sequence }).map_err(store)?;
         blocking(move || {
-            rm.transact(&name, Some(position), &mut |txn| txn.put(SEQUENCE_TABLE, &name, &doc))
+            rm.transact(&fence, &name, Some(position), &mut |txn| {
+                txn.put(SEQUENCE_TABLE, &name, &doc)
+            })
         })
         .await
     }
@@ -450,7 +452,11 @@ impl Relay {
 
     /// Publishes from the checkpoint until shutdown (`Ok`) or a failure (`Err`, with the
     /// acknowledged prefix saved).
-    async fn pump(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), RelayError> {
+    async fn pump(
+        &self,
+        fence: &Fence,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), RelayError> {
         let (mut position, after) = self.load().await?;
         self.progress.send_modify(|p| p.position = position);
         let mut tail = self.scan_tail(after, position).await?;
@@ -476,7 +482,7 @@ impl Relay {
                 if let Err(e) = acked.result {
                     if acked.position > position {
                         let sequence = tail.mark(acked.position, high);
-                        self.save(acked.position, sequence).await?;
+                        self.save(fence, acked.position, sequence).await?;
                         self.progress.send_modify(|p| p.position = acked.position);
                     }
                     return Err(e);
@@ -488,7 +494,7 @@ impl Relay {
                 }
                 position = slice.scanned_to;
                 let sequence = tail.mark(position, high);
-                self.save(position, sequence).await?;
+                self.save(fence, position, sequence).await?;
                 self.progress.send_modify(|p| p.position = position);
             }
             // A page cut at the stores' byte cap is short but not the end.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    Checkpoints, DeadLetter, DeadLetters, Documents, Generations, Leases, ListQuery,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, Leases, ListQuery,
     ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
@@ -62,9 +62,11 @@ struct TableState {
     shadow: bool,
 }
 
-/// A consumer this process leads: the session holding its advisory lock.
+/// A consumer this process leads: the session holding its advisory lock, and the term it
+/// began when it took it.
 struct Leader {
     client: ClientWrapper,
+    fence: Fence,
 }
 
 /// Read models on PostgreSQL (every read-model trait, and [`SnapshotStore`]).
@@ -114,7 +116,8 @@ impl PgReadModels {
     /// The session a consumer's writes go through: the one holding its leadership lock,
     /// and never a pooled connection. Without that session the write could land after
     /// another process took the consumer over (two leaders applying the same events).
-    fn conn_for(&self, consumer: &str) -> Result<Conn, ReadModelError> {
+    fn conn_for(&self, fence: &Fence, consumer: &str) -> Result<Conn, ReadModelError> {
+        fence.covers(consumer)?;
         let key = leadership_key(consumer);
         let leader = self.leaders.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned();
         match leader {
@@ -182,6 +185,23 @@ impl PgReadModels {
             .map_err(|e| storage(&e))
     }
 
+    /// Refuses the transaction unless `fence` is the consumer's current term. `FOR SHARE`
+    /// holds the lease row until the commit: a new term's `UPDATE` of the epoch waits for
+    /// this write to end, so no write of an old term lands after a new term began.
+    fn check_fence(&self, tx: &Transaction<'_>, fence: &Fence) -> Result<(), ReadModelError> {
+        let current: Option<i64> = self
+            .shared
+            .wait(async {
+                let stmt = tx
+                    .prepare_cached("SELECT epoch FROM leases WHERE consumer = $1 FOR SHARE")
+                    .await?;
+                tx.query_opt(&stmt, &[&fence.consumer()]).await
+            })
+            .map_err(|e| storage(&e))?
+            .map(|r| r.get(0));
+        fence.check(current.map(|e| e as u64))
+    }
+
     fn set_checkpoint(
         &self,
         tx: &Transaction<'_>,
@@ -202,14 +222,16 @@ impl PgReadModels {
 
     fn run_transaction(
         &self,
+        fence: &Fence,
         consumer: &str,
         checkpoint: Option<u64>,
         shadow_mode: bool,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
         let tables = self.declared();
-        let conn = self.conn_for(consumer)?;
+        let conn = self.conn_for(fence, consumer)?;
         self.in_transaction(conn, |this, tx| {
+            this.check_fence(tx, fence)?;
             let mut txn = WriteBehind::new(Txn { rm: this, tx, tables: &tables, shadow_mode });
             f(&mut txn)?;
             txn.flush()?;
@@ -387,11 +409,12 @@ impl Documents for PgReadModels {
 
     fn transact(
         &self,
+        fence: &Fence,
         consumer: &str,
         checkpoint: Option<u64>,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
-        self.run_transaction(consumer, checkpoint, false, f)
+        self.run_transaction(fence, consumer, checkpoint, false, f)
     }
 
     fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
@@ -450,9 +473,15 @@ impl Checkpoints for PgReadModels {
 }
 
 impl DeadLetters for PgReadModels {
-    fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError> {
-        let conn = self.conn_for(&letter.projection)?;
+    fn park(
+        &self,
+        fence: &Fence,
+        checkpoint: u64,
+        letter: &DeadLetter,
+    ) -> Result<i64, ReadModelError> {
+        let conn = self.conn_for(fence, &letter.projection)?;
         self.in_transaction(conn, |this, tx| {
+            this.check_fence(tx, fence)?;
             let id: i64 = this
                 .shared
                 .wait(tx.query_one(
@@ -505,13 +534,15 @@ impl DeadLetters for PgReadModels {
 
     fn resolve_dead_letter(
         &self,
+        fence: &Fence,
         consumer: &str,
         id: i64,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
         let tables = self.declared();
-        let conn = self.conn_for(consumer)?;
+        let conn = self.conn_for(fence, consumer)?;
         self.in_transaction(conn, |this, tx| {
+            this.check_fence(tx, fence)?;
             let mut txn =
                 WriteBehind::new(Txn { rm: this, tx, tables: &tables, shadow_mode: false });
             f(&mut txn)?;
@@ -531,12 +562,14 @@ impl DeadLetters for PgReadModels {
 
     fn dead_letter_failed(
         &self,
+        fence: &Fence,
         consumer: &str,
         id: i64,
         error: &str,
     ) -> Result<(), ReadModelError> {
-        let conn = self.conn_for(consumer)?;
+        let conn = self.conn_for(fence, consumer)?;
         let updated = self.in_transaction(conn, |this, tx| {
+            this.check_fence(tx, fence)?;
             this.exec(
                 tx,
                 "UPDATE dead_letters SET attempts = attempts + 1, error = $2, last_failed_us = $3
@@ -549,10 +582,16 @@ impl DeadLetters for PgReadModels {
 }
 
 impl Generations for PgReadModels {
-    fn create_shadow(&self, consumer: &str, tables: &[&str]) -> Result<(), ReadModelError> {
+    fn create_shadow(
+        &self,
+        fence: &Fence,
+        consumer: &str,
+        tables: &[&str],
+    ) -> Result<(), ReadModelError> {
         let declared = self.declared();
-        let conn = self.conn_for(consumer)?;
+        let conn = self.conn_for(fence, consumer)?;
         self.in_transaction(conn, |this, tx| {
+            this.check_fence(tx, fence)?;
             for name in tables {
                 let state = declared
                     .get(*name)
@@ -577,22 +616,25 @@ impl Generations for PgReadModels {
 
     fn transact_shadow(
         &self,
+        fence: &Fence,
         consumer: &str,
         checkpoint: Option<u64>,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
-        self.run_transaction(consumer, checkpoint, true, f)
+        self.run_transaction(fence, consumer, checkpoint, true, f)
     }
 
     fn swap_shadow(
         &self,
+        fence: &Fence,
         tables: &[&str],
         live_consumer: &str,
         shadow_consumer: &str,
     ) -> Result<(), ReadModelError> {
         let declared = self.declared();
-        let conn = self.conn_for(live_consumer)?;
+        let conn = self.conn_for(fence, live_consumer)?;
         self.in_transaction(conn, |this, tx| {
+            this.check_fence(tx, fence)?;
             for name in tables {
                 let state = declared
                     .get(*name)
@@ -624,10 +666,16 @@ impl Generations for PgReadModels {
         Ok(())
     }
 
-    fn abort_shadow(&self, tables: &[&str], shadow_consumer: &str) -> Result<(), ReadModelError> {
+    fn abort_shadow(
+        &self,
+        fence: &Fence,
+        tables: &[&str],
+        shadow_consumer: &str,
+    ) -> Result<(), ReadModelError> {
         // A deposed leader must not drop the shadow its successor may be writing.
-        let conn = self.conn_for(shadow_consumer)?;
+        let conn = self.conn_for(fence, shadow_consumer)?;
         self.in_transaction(conn, |this, tx| {
+            this.check_fence(tx, fence)?;
             for name in tables {
                 this.shared
                     .wait(tx.batch_execute(&format!("DROP TABLE IF EXISTS {};", shadow(name))))
@@ -658,15 +706,16 @@ impl Generations for PgReadModels {
 }
 
 impl Leases for PgReadModels {
-    fn try_lead(&self, consumer: &str) -> Result<bool, ReadModelError> {
+    fn try_lead(&self, consumer: &str) -> Result<Option<Fence>, ReadModelError> {
         // The map's lock is released before the session's: `leads()` takes the map's lock
         // from async code and must not wait for a transaction on the session.
         let held =
             self.leaders.lock().unwrap_or_else(PoisonError::into_inner).get(consumer).cloned();
-        if held
-            .is_some_and(|l| !l.lock().unwrap_or_else(PoisonError::into_inner).client.is_closed())
-        {
-            return Ok(true);
+        if let Some(l) = held {
+            let leader = l.lock().unwrap_or_else(PoisonError::into_inner);
+            if !leader.client.is_closed() {
+                return Ok(Some(leader.fence.clone()));
+            }
         }
         let reused = self
             .candidates
@@ -687,18 +736,37 @@ impl Leases for PgReadModels {
             ))
             .map_err(|e| storage(&e))?
             .get(0);
-        if acquired {
-            self.leaders
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(consumer.to_owned(), Arc::new(Mutex::new(Leader { client })));
-        } else {
+        if !acquired {
             self.candidates
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(consumer.to_owned(), client);
+            return Ok(None);
         }
-        Ok(acquired)
+        // A new term, begun while holding the lock: every write of an earlier term (this
+        // process's or another's) now fails its fence check.
+        let begun = self.shared.wait(client.query_one(
+            "INSERT INTO leases (consumer, epoch) VALUES ($1, 1)
+             ON CONFLICT (consumer) DO UPDATE SET epoch = leases.epoch + 1 RETURNING epoch",
+            &[&consumer],
+        ));
+        let epoch: i64 = match begun {
+            Ok(row) => row.get(0),
+            Err(e) => {
+                // Without a recorded term there is no fence: give the lock back.
+                let _ = self.shared.wait(client.query_one(
+                    "SELECT pg_advisory_unlock(hashtextextended(current_schema() || '/cairn/' || $1, 0))",
+                    &[&name],
+                ));
+                return Err(storage(&e));
+            }
+        };
+        let fence = Fence::issued(consumer, epoch as u64);
+        self.leaders.lock().unwrap_or_else(PoisonError::into_inner).insert(
+            consumer.to_owned(),
+            Arc::new(Mutex::new(Leader { client, fence: fence.clone() })),
+        );
+        Ok(Some(fence))
     }
 
     fn leads(&self, consumer: &str) -> bool {

@@ -3,7 +3,7 @@
 use tokio_postgres::Client;
 
 /// Each migration runs once, in order, in its own transaction.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// Version 1: the event log, idempotency keys, and everything consumers keep.
 ///
@@ -73,6 +73,16 @@ const V2: &str = "
 CREATE TABLE members (
     id      text   PRIMARY KEY,
     seen_us bigint NOT NULL
+);
+";
+
+/// Version 3: each consumer's leadership term. A process that takes a consumer's advisory
+/// lock bumps its epoch; every consumer write compares its fence with it in the write's
+/// transaction, so a deposed leader's writes are refused.
+const V3: &str = "
+CREATE TABLE leases (
+    consumer text   PRIMARY KEY,
+    epoch    bigint NOT NULL
 );
 ";
 

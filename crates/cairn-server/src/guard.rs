@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use cairn_core::readmodel::{ReadModelError, ReadModelStore, TableSpec};
+use cairn_core::readmodel::{Fence, ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{AllFilter, EventStore, ReadError};
 use cairn_cqrs::projection::Projection;
 use thiserror::Error;
@@ -177,10 +177,10 @@ pub async fn check_read_models_against_log(
         let (rm, consumer, past_letters) = (Arc::clone(&rm), name.clone(), past_letters.clone());
         let led = blocking(move || {
             // Leadership first: on a shared database no other process may run it meanwhile.
-            if !rm.try_lead(&consumer)? {
+            let Some(fence) = rm.try_lead(&consumer)? else {
                 return Ok(false);
-            }
-            let result = rewind(&*rm, &consumer, head, &past_letters);
+            };
+            let result = rewind(&*rm, &fence, &consumer, head, &past_letters);
             rm.resign(&consumer);
             result.map(|()| true)
         })
@@ -197,13 +197,14 @@ pub async fn check_read_models_against_log(
 /// Moves a consumer's checkpoint back to `head` and drops its dead letters past it.
 fn rewind(
     rm: &dyn ReadModelStore,
+    fence: &Fence,
     name: &str,
     head: u64,
     letters: &[i64],
 ) -> Result<(), ReadModelError> {
-    rm.transact(name, Some(head.min(rm.checkpoint(name)?)), &mut |_| Ok(()))?;
+    rm.transact(fence, name, Some(head.min(rm.checkpoint(name)?)), &mut |_| Ok(()))?;
     for id in letters {
-        rm.resolve_dead_letter(name, *id, &mut |_| Ok(()))?;
+        rm.resolve_dead_letter(fence, name, *id, &mut |_| Ok(()))?;
     }
     Ok(())
 }

@@ -175,11 +175,11 @@ pub fn spawn_publisher(
             for (_, consumer) in consumers.all() {
                 let name = consumer.name().to_owned();
                 let leader = consumer.leadership();
-                if !leader.leading {
+                let Some(fence) = consumer.fence().filter(|_| leader.leading) else {
                     // Written again when it leads again, whatever it last wrote.
                     published.remove(&name);
                     continue;
-                }
+                };
                 let record = LeaderRecord {
                     url: registry.advertise_url.clone(),
                     since: leader.since,
@@ -194,7 +194,7 @@ pub fn spawn_publisher(
                     serde_json::to_string(&record).unwrap_or_default(),
                 );
                 let written = tokio::task::spawn_blocking(move || {
-                    rm.transact(&key, None, &mut |txn| txn.put(LEADERS_TABLE, &key, &doc))
+                    rm.transact(&fence, &key, None, &mut |txn| txn.put(LEADERS_TABLE, &key, &doc))
                 })
                 .await;
                 match written {

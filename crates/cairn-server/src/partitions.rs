@@ -131,10 +131,11 @@ pub(crate) fn reset_if(
     specs: &[TableSpec],
     plan: &Reset<'_>,
 ) -> Result<bool, ReadModelError> {
-    if !rm.try_lead(name)? {
+    let Some(fence) = rm.try_lead(name)? else {
         return Err(ReadModelError::NotLeader(name.to_owned()));
-    }
+    };
     let mut led = vec![name.to_owned()];
+    let mut fences = std::collections::BTreeMap::from([(name.to_owned(), fence.clone())]);
     let result = (|| {
         // Decided again under the lease: the process that did it first has recorded it.
         if !(plan.needed)(rm)? {
@@ -151,23 +152,27 @@ pub(crate) fn reset_if(
         let count = plan.lead_partitions;
         consumers.extend((0..count).map(|i| format!("{name}#p{i}of{count}")));
         for consumer in consumers.iter().filter(|c| c.as_str() != name) {
-            if !rm.try_lead(consumer)? {
+            let Some(f) = rm.try_lead(consumer)? else {
                 return Err(ReadModelError::NotLeader(consumer.clone()));
-            }
+            };
             led.push(consumer.clone());
+            fences.insert(consumer.clone(), f);
         }
+        let fence_of =
+            |c: &str| fences.get(c).ok_or_else(|| ReadModelError::NotLeader(c.to_owned()));
         rm.ensure_tables(specs)?;
         let tables: Vec<&str> = specs.iter().map(|t| t.name).collect();
         let shadow = format!("{name}{}", cairn_core::readmodel::REBUILD_SUFFIX);
-        rm.create_shadow(name, &tables)?;
-        rm.transact_shadow(&shadow, Some(0), &mut |_| Ok(()))?;
+        rm.create_shadow(&fence, name, &tables)?;
+        rm.transact_shadow(&fence, &shadow, Some(0), &mut |_| Ok(()))?;
         // Also sets `name`'s checkpoint to 0.
-        rm.swap_shadow(&tables, name, &shadow)?;
+        rm.swap_shadow(&fence, &tables, name, &shadow)?;
         for consumer in consumers.iter().filter(|c| c.as_str() != name) {
-            rm.transact(consumer, Some(0), &mut |_| Ok(()))?;
+            rm.transact(fence_of(consumer)?, consumer, Some(0), &mut |_| Ok(()))?;
         }
         for letter in letters.iter().filter(|l| consumers.contains(&l.projection)) {
-            rm.resolve_dead_letter(&letter.projection, letter.id, &mut |_| Ok(()))?;
+            let f = fence_of(&letter.projection)?;
+            rm.resolve_dead_letter(f, &letter.projection, letter.id, &mut |_| Ok(()))?;
         }
         (plan.record)(rm)?;
         Ok(true)

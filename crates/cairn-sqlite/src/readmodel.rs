@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    Checkpoints, DeadLetter, DeadLetters, Documents, Generations, Leases, ListQuery,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, Leases, ListQuery,
     ReadModelError, SchemaStore, TableSpec, TxnFn, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
@@ -33,6 +33,8 @@ pub struct SqliteReadModels {
     /// Declared tables: indexed fields, current generation, and whether a shadow
     /// (generation + 1) is being rebuilt.
     tables: Mutex<HashMap<String, TableState>>,
+    /// Consumers this process leads, and the epoch of its term for each.
+    held: Mutex<HashMap<String, u64>>,
     path: PathBuf,
 }
 
@@ -106,6 +108,10 @@ impl SqliteReadModels {
                  consumer TEXT PRIMARY KEY,
                  position INTEGER NOT NULL
              ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS leases (
+                 consumer TEXT PRIMARY KEY,
+                 epoch    INTEGER NOT NULL
+             ) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS event_schemas (
                  event_type TEXT NOT NULL,
                  version    INTEGER NOT NULL,
@@ -150,6 +156,7 @@ impl SqliteReadModels {
             write: Mutex::new(conn),
             readers: Arc::new(ReadPool::new(path.clone(), 8)),
             tables: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
             path,
         })
     }
@@ -178,6 +185,7 @@ impl SqliteReadModels {
 
     fn run_transaction(
         &self,
+        fence: &Fence,
         consumer: &str,
         checkpoint: Option<u64>,
         shadow_mode: bool,
@@ -188,6 +196,7 @@ impl SqliteReadModels {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
+        check_fence(&tx, fence, consumer)?;
         let mut txn = WriteBehind::new(Txn { conn: &tx, tables: &tables, shadow_mode });
         f(&mut txn)?;
         txn.flush()?;
@@ -201,6 +210,19 @@ impl SqliteReadModels {
         }
         tx.commit().map_err(storage)
     }
+}
+
+/// Refuses the transaction unless `fence` is the current term of `consumer`'s leadership.
+/// One process owns the directory, but a term it gave up (a handed-over partition, a
+/// rebuild task outliving its term) must not write into the next one: checked inside
+/// the write's own IMMEDIATE transaction, which no new term can interleave with.
+fn check_fence(conn: &Connection, fence: &Fence, consumer: &str) -> Result<(), ReadModelError> {
+    fence.covers(consumer)?;
+    let current: Option<i64> = conn
+        .prepare_cached("SELECT epoch FROM leases WHERE consumer = ?1")
+        .and_then(|mut s| s.query_row([fence.consumer()], |r| r.get(0)).optional())
+        .map_err(storage)?;
+    fence.check(current.map(|e| e as u64))
 }
 
 /// What a transaction reads and writes on SQLite, behind the shared write-behind buffer.
@@ -309,11 +331,12 @@ impl Documents for SqliteReadModels {
 
     fn transact(
         &self,
+        fence: &Fence,
         consumer: &str,
         checkpoint: Option<u64>,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
-        self.run_transaction(consumer, checkpoint, false, f)
+        self.run_transaction(fence, consumer, checkpoint, false, f)
     }
 
     fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
@@ -402,11 +425,17 @@ impl Checkpoints for SqliteReadModels {
 }
 
 impl DeadLetters for SqliteReadModels {
-    fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError> {
+    fn park(
+        &self,
+        fence: &Fence,
+        checkpoint: u64,
+        letter: &DeadLetter,
+    ) -> Result<i64, ReadModelError> {
         let mut conn = self.writer();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
+        check_fence(&tx, fence, &letter.projection)?;
         tx.prepare_cached(
             "INSERT INTO dead_letters (consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -452,6 +481,7 @@ impl DeadLetters for SqliteReadModels {
 
     fn resolve_dead_letter(
         &self,
+        fence: &Fence,
         consumer: &str,
         id: i64,
         f: TxnFn<'_>,
@@ -461,6 +491,7 @@ impl DeadLetters for SqliteReadModels {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
+        check_fence(&tx, fence, consumer)?;
         let mut txn = WriteBehind::new(Txn { conn: &tx, tables: &tables, shadow_mode: false });
         f(&mut txn)?;
         txn.flush()?;
@@ -479,30 +510,44 @@ impl DeadLetters for SqliteReadModels {
 
     fn dead_letter_failed(
         &self,
+        fence: &Fence,
         consumer: &str,
         id: i64,
         error: &str,
     ) -> Result<(), ReadModelError> {
-        let updated = self
-            .writer()
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        check_fence(&tx, fence, consumer)?;
+        let updated = tx
             .execute(
                 "UPDATE dead_letters SET attempts = attempts + 1, error = ?2, last_failed_us = ?3
                  WHERE id = ?1 AND consumer = ?4",
                 rusqlite::params![id, error, Timestamp::now().as_micros(), consumer],
             )
             .map_err(storage)?;
-        if updated == 0 { Err(ReadModelError::NoSuchDeadLetter(id)) } else { Ok(()) }
+        if updated == 0 {
+            return Err(ReadModelError::NoSuchDeadLetter(id));
+        }
+        tx.commit().map_err(storage)
     }
 }
 
 impl Generations for SqliteReadModels {
-    fn create_shadow(&self, _consumer: &str, tables: &[&str]) -> Result<(), ReadModelError> {
+    fn create_shadow(
+        &self,
+        fence: &Fence,
+        consumer: &str,
+        tables: &[&str],
+    ) -> Result<(), ReadModelError> {
         let mut conn = self.writer();
         let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         // All the shadows or none: a rebuild never swaps in half a generation.
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
+        check_fence(&tx, fence, consumer)?;
         for name in tables {
             let state = declared
                 .get(*name)
@@ -524,15 +569,17 @@ impl Generations for SqliteReadModels {
 
     fn transact_shadow(
         &self,
+        fence: &Fence,
         consumer: &str,
         checkpoint: Option<u64>,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
-        self.run_transaction(consumer, checkpoint, true, f)
+        self.run_transaction(fence, consumer, checkpoint, true, f)
     }
 
     fn swap_shadow(
         &self,
+        fence: &Fence,
         tables: &[&str],
         live: &str,
         shadow_consumer: &str,
@@ -542,6 +589,7 @@ impl Generations for SqliteReadModels {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
+        check_fence(&tx, fence, live)?;
         for name in tables {
             let state = declared
                 .get(*name)
@@ -584,12 +632,18 @@ impl Generations for SqliteReadModels {
         Ok(())
     }
 
-    fn abort_shadow(&self, tables: &[&str], shadow_consumer: &str) -> Result<(), ReadModelError> {
+    fn abort_shadow(
+        &self,
+        fence: &Fence,
+        tables: &[&str],
+        shadow_consumer: &str,
+    ) -> Result<(), ReadModelError> {
         let mut conn = self.writer();
         let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
+        check_fence(&tx, fence, shadow_consumer)?;
         for name in tables {
             if let Some(state) = declared.get(*name) {
                 tx.execute_batch(&format!(
@@ -632,17 +686,47 @@ impl Generations for SqliteReadModels {
 }
 
 /// One process owns the data directory (its lock refuses a second), so that process
-/// leads every consumer: there is no one to hand a consumer over to.
+/// leads every consumer: there is no one to hand a consumer over to. Terms still count
+/// (the `leases` table), so that a write of a term this process gave up is refused.
 impl Leases for SqliteReadModels {
-    fn try_lead(&self, _consumer: &str) -> Result<bool, ReadModelError> {
-        Ok(true)
+    fn try_lead(&self, consumer: &str) -> Result<Option<Fence>, ReadModelError> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(epoch) = held.get(consumer) {
+            return Ok(Some(Fence::issued(consumer, *epoch)));
+        }
+        let epoch: i64 = self
+            .writer()
+            .query_row(
+                "INSERT INTO leases (consumer, epoch) VALUES (?1, 1)
+                 ON CONFLICT (consumer) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+                [consumer],
+                |r| r.get(0),
+            )
+            .map_err(storage)?;
+        held.insert(consumer.to_owned(), epoch as u64);
+        Ok(Some(Fence::issued(consumer, epoch as u64)))
     }
 
     fn leads(&self, _consumer: &str) -> bool {
         true
     }
 
-    fn resign(&self, _consumer: &str) {}
+    fn resign(&self, consumer: &str) {
+        // The term ends now, not at the next `try_lead`: a write of it still in flight (a
+        // cancelled rebuild's batch) is refused from here on.
+        // Only this term: a newer one (another handle on the directory took the consumer
+        // since) is not this handle's to end.
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(epoch) = held.remove(consumer) {
+            let ended = self.writer().execute(
+                "UPDATE leases SET epoch = epoch + 1 WHERE consumer = ?1 AND epoch = ?2",
+                rusqlite::params![consumer, epoch as i64],
+            );
+            if let Err(e) = ended {
+                tracing::warn!(consumer, error = %e, "cannot end the leadership term");
+            }
+        }
+    }
 
     fn live_members(&self) -> Result<usize, ReadModelError> {
         Ok(1)

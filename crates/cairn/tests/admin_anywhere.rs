@@ -56,12 +56,16 @@ async fn forge_dead_letter(place: &cairn_testkit::Place, position: u64) {
     tokio::task::spawn_blocking(move || {
         // The killed server's sessions end when PostgreSQL notices the closed sockets.
         let deadline = Instant::now() + SETTLE;
-        while !rm.try_lead(VIEW).unwrap() {
+        let fence = loop {
+            if let Some(fence) = rm.try_lead(VIEW).unwrap() {
+                break fence;
+            }
             assert!(Instant::now() < deadline, "{VIEW}: never led");
             std::thread::sleep(Duration::from_millis(50));
-        }
+        };
         let checkpoint = rm.checkpoint(VIEW).unwrap();
         rm.park(
+            &fence,
             checkpoint,
             &DeadLetter {
                 id: 0,

@@ -77,15 +77,21 @@ async fn state_ahead_of_the_log_is_never_accepted_silently(backend: cairn_testki
             // holding the lock), so the forger leads them first; the killed server's
             // sessions end when PostgreSQL notices the closed sockets, a moment later.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let mut fences = Vec::new();
             for consumer in ["customer_view", "order-fulfillment"] {
-                while !rm.try_lead(consumer).unwrap() {
+                loop {
+                    if let Some(fence) = rm.try_lead(consumer).unwrap() {
+                        fences.push(fence);
+                        break;
+                    }
                     assert!(std::time::Instant::now() < deadline, "{consumer}: never led");
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
             }
-            rm.transact("customer_view", Some(ahead), &mut |_| Ok(())).unwrap();
-            rm.transact("order-fulfillment", Some(ahead), &mut |_| Ok(())).unwrap();
+            rm.transact(&fences[0], "customer_view", Some(ahead), &mut |_| Ok(())).unwrap();
+            rm.transact(&fences[1], "order-fulfillment", Some(ahead), &mut |_| Ok(())).unwrap();
             rm.park(
+                &fences[0],
                 ahead,
                 &cairn_core::readmodel::DeadLetter {
                     id: 0,

@@ -301,8 +301,8 @@ async fn thirty_two_concurrent_transfers_keep_the_books(backend: Backend) {
     }
     // Writing under the saga's name needs its leadership (PostgreSQL): taken for the
     // rewind, given back for the new runner to take.
-    assert!(rm.try_lead(saga::NAME).unwrap(), "nobody else leads the saga");
-    rm.transact(saga::NAME, Some(0), &mut |txn| {
+    let fence = rm.try_lead(saga::NAME).unwrap().expect("nobody else leads the saga");
+    rm.transact(&fence, saga::NAME, Some(0), &mut |txn| {
         transfers.iter().try_for_each(|t| txn.delete(saga::TABLE, &t.id))
     })
     .unwrap();

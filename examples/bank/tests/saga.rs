@@ -114,8 +114,8 @@ async fn every_branch_ends_and_a_refusal_is_not_asked_again(backend: Backend) {
     }
     // Writing under the saga's name needs its leadership (PostgreSQL): taken for the
     // rewind, given back for the new runner to take.
-    assert!(rm.try_lead(saga::NAME).unwrap(), "nobody else leads the saga");
-    rm.transact(saga::NAME, Some(0), &mut |_| Ok(())).unwrap();
+    let fence = rm.try_lead(saga::NAME).unwrap().expect("nobody else leads the saga");
+    rm.transact(&fence, saga::NAME, Some(0), &mut |_| Ok(())).unwrap();
     rm.resign(saga::NAME);
     let (_stop_again, stop_rx) = watch::channel(false);
     let replay =

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Rm, declare, lead, order, put_all};
+use super::{Rm, declare, fence, lead, order, put_all};
 
 /// A checkpoint is 0 before the first commit, moves with its batch, and stays put when
 /// a transaction gives none.
@@ -14,7 +14,7 @@ pub fn checkpoint_moves_with_its_batch(rm: &Rm) {
     assert_eq!(rm.checkpoint("c").unwrap(), 5);
     put_all(rm, "c", None, "orders", &[("b", &order("open", "ann"))]);
     assert_eq!(rm.checkpoint("c").unwrap(), 5, "no checkpoint given: unchanged");
-    rm.transact("c", Some(9), &mut |_| Ok(())).unwrap();
+    rm.transact(&fence(rm, "c"), "c", Some(9), &mut |_| Ok(())).unwrap();
     assert_eq!(rm.checkpoint("c").unwrap(), 9, "an empty batch moves it too");
     assert_eq!(rm.checkpoint("other").unwrap(), 0, "per consumer");
 }
@@ -24,10 +24,10 @@ pub fn checkpoints_lists_every_consumer(rm: &Rm) {
     declare(rm);
     for (consumer, position) in [("zeta", 4), ("alpha", 7), ("mid#p0of2", 2)] {
         lead(rm, consumer);
-        rm.transact(consumer, Some(position), &mut |_| Ok(())).unwrap();
+        rm.transact(&fence(rm, consumer), consumer, Some(position), &mut |_| Ok(())).unwrap();
     }
     lead(rm, "silent");
-    rm.transact("silent", None, &mut |_| Ok(())).unwrap();
+    rm.transact(&fence(rm, "silent"), "silent", None, &mut |_| Ok(())).unwrap();
     assert_eq!(
         rm.checkpoints().unwrap(),
         [("alpha".to_owned(), 7), ("mid#p0of2".to_owned(), 2), ("zeta".to_owned(), 4)]
@@ -44,7 +44,7 @@ pub fn changes_tick_on_commit(rm: &Rm) {
         return;
     };
     changes.mark_unchanged();
-    rm.transact("c", Some(3), &mut |_| Ok(())).unwrap();
+    rm.transact(&fence(rm, "c"), "c", Some(3), &mut |_| Ok(())).unwrap();
     let ticked = tokio::runtime::Handle::current()
         .block_on(async { tokio::time::timeout(Duration::from_secs(10), changes.changed()).await });
     assert!(matches!(ticked, Ok(Ok(()))), "no tick after a committed checkpoint");

@@ -2,7 +2,7 @@
 
 use cairn_core::readmodel::{DeadLetter, ReadModelError};
 
-use super::{Rm, declare, lead, letter, order, refused};
+use super::{Rm, declare, fence, lead, letter, order, refused};
 
 fn without_id(letters: Vec<DeadLetter>) -> Vec<DeadLetter> {
     letters.into_iter().map(|l| DeadLetter { id: 0, ..l }).collect()
@@ -15,12 +15,12 @@ pub fn park_lists_and_moves_the_checkpoint_forward_only(rm: &Rm) {
     lead(rm, "c");
     let (first, second, late) =
         (letter("c", 10, "a1"), letter("c", 12, "a2"), letter("c", 11, "a1"));
-    let id1 = rm.park(10, &first).unwrap();
+    let id1 = rm.park(&fence(rm, &first.projection), 10, &first).unwrap();
     assert_eq!(rm.checkpoint("c").unwrap(), 10);
-    let id2 = rm.park(12, &second).unwrap();
+    let id2 = rm.park(&fence(rm, &second.projection), 12, &second).unwrap();
     assert_ne!(id1, id2, "each letter has its own id");
     assert_eq!(rm.checkpoint("c").unwrap(), 12);
-    let id3 = rm.park(11, &late).unwrap();
+    let id3 = rm.park(&fence(rm, &late.projection), 11, &late).unwrap();
     assert_eq!(rm.checkpoint("c").unwrap(), 12, "parking never moves a checkpoint back");
     let listed = rm.dead_letters(Some("c")).unwrap();
     assert_eq!(listed.iter().map(|l| l.id).collect::<Vec<_>>(), [id1, id3, id2], "by position");
@@ -32,8 +32,8 @@ pub fn dead_letters_are_kept_per_consumer(rm: &Rm) {
     declare(rm);
     lead(rm, "b");
     lead(rm, "a");
-    let ib = rm.park(5, &letter("b", 5, "x")).unwrap();
-    let ia = rm.park(7, &letter("a", 7, "x")).unwrap();
+    let ib = rm.park(&fence(rm, &letter("b", 5, "x").projection), 5, &letter("b", 5, "x")).unwrap();
+    let ia = rm.park(&fence(rm, &letter("a", 7, "x").projection), 7, &letter("a", 7, "x")).unwrap();
     assert_eq!(rm.dead_letters(Some("a")).unwrap().iter().map(|l| l.id).collect::<Vec<_>>(), [ia]);
     assert_eq!(rm.dead_letters(Some("b")).unwrap().iter().map(|l| l.id).collect::<Vec<_>>(), [ib]);
     assert!(rm.dead_letters(Some("nobody")).unwrap().is_empty());
@@ -44,10 +44,10 @@ pub fn dead_letters_are_kept_per_consumer(rm: &Rm) {
     );
     assert_eq!(rm.checkpoint("a").unwrap(), 7);
     assert_eq!(rm.checkpoint("b").unwrap(), 5);
-    let wrong = rm.resolve_dead_letter("a", ib, &mut |_| Ok(()));
+    let wrong = rm.resolve_dead_letter(&fence(rm, "a"), "a", ib, &mut |_| Ok(()));
     assert_eq!(wrong, Err(ReadModelError::NoSuchDeadLetter(ib)), "b's letter is not a's");
     assert_eq!(rm.dead_letters(Some("b")).unwrap().len(), 1);
-    let wrong = rm.dead_letter_failed("a", ib, "nope");
+    let wrong = rm.dead_letter_failed(&fence(rm, "a"), "a", ib, "nope");
     assert_eq!(wrong, Err(ReadModelError::NoSuchDeadLetter(ib)));
 }
 
@@ -56,17 +56,21 @@ pub fn dead_letters_are_kept_per_consumer(rm: &Rm) {
 pub fn resolve_runs_the_change_and_removes_the_letter(rm: &Rm) {
     declare(rm);
     lead(rm, "c");
-    let id = rm.park(4, &letter("c", 4, "a1")).unwrap();
-    let other = rm.park(6, &letter("c", 6, "a2")).unwrap();
-    let failed = rm.resolve_dead_letter("c", id, &mut |txn| {
+    let id =
+        rm.park(&fence(rm, &letter("c", 4, "a1").projection), 4, &letter("c", 4, "a1")).unwrap();
+    let other =
+        rm.park(&fence(rm, &letter("c", 6, "a2").projection), 6, &letter("c", 6, "a2")).unwrap();
+    let failed = rm.resolve_dead_letter(&fence(rm, "c"), "c", id, &mut |txn| {
         txn.put("orders", "a1", &order("open", "ann"))?;
         Err(refused())
     });
     assert_eq!(failed, Err(refused()));
     assert_eq!(rm.get("orders", "a1").unwrap(), None, "a failed retry writes nothing");
     assert_eq!(rm.dead_letters(Some("c")).unwrap().len(), 2, "and keeps its letter");
-    rm.resolve_dead_letter("c", id, &mut |txn| txn.put("orders", "a1", &order("open", "ann")))
-        .unwrap();
+    rm.resolve_dead_letter(&fence(rm, "c"), "c", id, &mut |txn| {
+        txn.put("orders", "a1", &order("open", "ann"))
+    })
+    .unwrap();
     assert!(rm.get("orders", "a1").unwrap().is_some());
     assert_eq!(
         rm.dead_letters(Some("c")).unwrap().iter().map(|l| l.id).collect::<Vec<_>>(),
@@ -80,10 +84,12 @@ pub fn resolve_runs_the_change_and_removes_the_letter(rm: &Rm) {
 pub fn resolving_a_gone_letter_rolls_back(rm: &Rm) {
     declare(rm);
     lead(rm, "c");
-    let id = rm.park(4, &letter("c", 4, "a1")).unwrap();
-    rm.resolve_dead_letter("c", id, &mut |_| Ok(())).unwrap();
-    let again = rm
-        .resolve_dead_letter("c", id, &mut |txn| txn.put("orders", "twice", &order("open", "ann")));
+    let id =
+        rm.park(&fence(rm, &letter("c", 4, "a1").projection), 4, &letter("c", 4, "a1")).unwrap();
+    rm.resolve_dead_letter(&fence(rm, "c"), "c", id, &mut |_| Ok(())).unwrap();
+    let again = rm.resolve_dead_letter(&fence(rm, "c"), "c", id, &mut |txn| {
+        txn.put("orders", "twice", &order("open", "ann"))
+    });
     assert_eq!(again, Err(ReadModelError::NoSuchDeadLetter(id)));
     assert_eq!(rm.get("orders", "twice").unwrap(), None, "rolled back");
     assert!(rm.dead_letters(None).unwrap().is_empty());
@@ -94,16 +100,16 @@ pub fn failed_retry_is_counted(rm: &Rm) {
     declare(rm);
     lead(rm, "c");
     let parked = letter("c", 4, "a1");
-    let id = rm.park(4, &parked).unwrap();
-    rm.dead_letter_failed("c", id, "still bad").unwrap();
-    rm.dead_letter_failed("c", id, "worse").unwrap();
+    let id = rm.park(&fence(rm, &parked.projection), 4, &parked).unwrap();
+    rm.dead_letter_failed(&fence(rm, "c"), "c", id, "still bad").unwrap();
+    rm.dead_letter_failed(&fence(rm, "c"), "c", id, "worse").unwrap();
     let stored = rm.dead_letters(Some("c")).unwrap().remove(0);
     assert_eq!(stored.attempts, parked.attempts + 2);
     assert_eq!(stored.error, "worse");
     assert_eq!(stored.first_failed_at, parked.first_failed_at);
     assert!(stored.last_failed_at > parked.last_failed_at, "the retry's time is recorded");
     assert_eq!(
-        rm.dead_letter_failed("c", id + 1000, "x"),
+        rm.dead_letter_failed(&fence(rm, "c"), "c", id + 1000, "x"),
         Err(ReadModelError::NoSuchDeadLetter(id + 1000))
     );
 }

@@ -2,7 +2,7 @@
 
 use cairn_core::readmodel::{ListQuery, ReadModelError, TableSpec};
 
-use super::{Rm, declare, lead, order, put_all, refused};
+use super::{Rm, declare, fence, lead, order, put_all, refused};
 
 fn page(rm: &Rm, filters: &[(&str, &str)], after: Option<&str>, limit: usize) -> Vec<String> {
     rm.list(&ListQuery {
@@ -26,7 +26,7 @@ pub fn put_get_and_delete(rm: &Rm) {
     assert_eq!(rm.get("orders", "a").unwrap().as_deref(), Some(a.as_str()));
     assert_eq!(rm.get("orders", "b").unwrap().as_deref(), Some(b.as_str()));
     assert_eq!(rm.get("orders", "zz").unwrap(), None);
-    rm.transact("c", None, &mut |txn| {
+    rm.transact(&fence(rm, "c"), "c", None, &mut |txn| {
         txn.delete("orders", "a")?;
         txn.delete("orders", "never-there")
     })
@@ -46,7 +46,7 @@ pub fn documents_are_kept_byte_for_byte(rm: &Rm) {
     put_all(rm, "c", None, "lines", &[("l1", doc)]);
     assert_eq!(rm.get("lines", "l1").unwrap().as_deref(), Some(doc));
     let mut seen = None;
-    rm.transact("c", None, &mut |txn| {
+    rm.transact(&fence(rm, "c"), "c", None, &mut |txn| {
         seen = txn.get("lines", "l1")?;
         Ok(())
     })
@@ -60,7 +60,7 @@ pub fn a_transaction_reads_its_own_writes(rm: &Rm) {
     lead(rm, "c");
     put_all(rm, "c", None, "orders", &[("a", &order("open", "ann"))]);
     let mut seen = Vec::new();
-    rm.transact("c", None, &mut |txn| {
+    rm.transact(&fence(rm, "c"), "c", None, &mut |txn| {
         txn.put("orders", "b", &order("open", "bob"))?;
         seen.push(txn.get("orders", "b")?.is_some());
         txn.delete("orders", "a")?;
@@ -121,7 +121,7 @@ pub fn integer_fields_match_their_digits(rm: &Rm) {
     assert_eq!(page(rm, &[("customer", "70")], None, 10), ["k3"]);
     assert!(page(rm, &[("customer", "07")], None, 10).is_empty());
     let mut found = Vec::new();
-    rm.transact("c", None, &mut |txn| {
+    rm.transact(&fence(rm, "c"), "c", None, &mut |txn| {
         found = txn.find("orders", "customer", "7")?;
         Ok(())
     })
@@ -136,13 +136,13 @@ pub fn find_returns_matches_by_key(rm: &Rm) {
     let (open_b, open_a, paid) = (order("open", "bob"), order("open", "ann"), order("paid", "ann"));
     put_all(rm, "c", None, "orders", &[("z", &open_b), ("m", &paid), ("a", &open_a)]);
     let mut found = Vec::new();
-    rm.transact("c", None, &mut |txn| {
+    rm.transact(&fence(rm, "c"), "c", None, &mut |txn| {
         found = txn.find("orders", "customer", "ann")?;
         Ok(())
     })
     .unwrap();
     assert_eq!(found, [("a".to_owned(), open_a.clone()), ("m".to_owned(), paid.clone())]);
-    rm.transact("c", None, &mut |txn| {
+    rm.transact(&fence(rm, "c"), "c", None, &mut |txn| {
         found = txn.find("orders", "status", "open")?;
         Ok(())
     })
@@ -155,12 +155,18 @@ pub fn unknown_tables_and_fields_are_refused(rm: &Rm) {
     declare(rm);
     lead(rm, "c");
     let unknown = |r: Result<(), ReadModelError>| matches!(r, Err(ReadModelError::Unknown(_)));
-    assert!(unknown(rm.transact("c", None, &mut |txn| txn.put("nowhere", "k", "{}"))));
-    assert!(unknown(rm.transact("c", None, &mut |txn| txn.get("nowhere", "k").map(|_| ()))));
     assert!(unknown(
-        rm.transact("c", None, &mut |txn| txn.find("orders", "total", "1").map(|_| ()))
+        rm.transact(&fence(rm, "c"), "c", None, &mut |txn| txn.put("nowhere", "k", "{}"))
     ));
-    assert!(unknown(rm.transact("c", None, &mut |txn| txn.find("lines", "x", "1").map(|_| ()))));
+    assert!(unknown(
+        rm.transact(&fence(rm, "c"), "c", None, &mut |txn| txn.get("nowhere", "k").map(|_| ()))
+    ));
+    assert!(unknown(rm.transact(&fence(rm, "c"), "c", None, &mut |txn| {
+        txn.find("orders", "total", "1").map(|_| ())
+    })));
+    assert!(unknown(rm.transact(&fence(rm, "c"), "c", None, &mut |txn| {
+        txn.find("lines", "x", "1").map(|_| ())
+    })));
     let listed = rm.list(&ListQuery {
         table: "orders".to_owned(),
         filters: vec![("total".to_owned(), "10.10".to_owned())],
@@ -184,7 +190,7 @@ pub fn failed_transaction_writes_nothing(rm: &Rm) {
     declare(rm);
     lead(rm, "c");
     put_all(rm, "c", Some(3), "orders", &[("a", &order("open", "ann"))]);
-    let result = rm.transact("c", Some(7), &mut |txn| {
+    let result = rm.transact(&fence(rm, "c"), "c", Some(7), &mut |txn| {
         txn.put("orders", "b", &order("open", "bob"))?;
         txn.delete("orders", "a")?;
         txn.put("lines", "l", "{}")?;
@@ -201,7 +207,7 @@ pub fn failed_transaction_writes_nothing(rm: &Rm) {
 pub fn failed_transaction_after_a_find_writes_nothing(rm: &Rm) {
     declare(rm);
     lead(rm, "c");
-    let result = rm.transact("c", Some(9), &mut |txn| {
+    let result = rm.transact(&fence(rm, "c"), "c", Some(9), &mut |txn| {
         txn.put("orders", "b", &order("open", "bob"))?;
         let found = txn.find("orders", "status", "open")?;
         assert_eq!(found.len(), 1);
@@ -222,7 +228,7 @@ pub fn panicking_transaction_writes_nothing(rm: &Rm) {
     lead(rm, "c");
     put_all(rm, "c", Some(2), "orders", &[("a", &order("open", "ann"))]);
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rm.transact("c", Some(8), &mut |txn| {
+        rm.transact(&fence(rm, "c"), "c", Some(8), &mut |txn| {
             txn.put("orders", "b", &order("open", "bob"))?;
             txn.delete("orders", "a")?;
             // Makes the buffered writes reach the backend before the panic.
@@ -258,7 +264,7 @@ pub fn prefetch_does_not_hide_writes(rm: &Rm) {
     let (old, new) = (order("open", "ann"), order("paid", "ann"));
     put_all(rm, "c", None, "orders", &[("a", &old)]);
     let mut seen = Vec::new();
-    rm.transact("c", None, &mut |txn| {
+    rm.transact(&fence(rm, "c"), "c", None, &mut |txn| {
         txn.put("orders", "a", &new)?;
         txn.delete("orders", "gone")?;
         txn.prefetch("orders", &["a", "b", "gone"])?;
@@ -270,7 +276,7 @@ pub fn prefetch_does_not_hide_writes(rm: &Rm) {
     .unwrap();
     assert_eq!(seen, [Some(new.clone()), None, None]);
     let mut again = None;
-    rm.transact("c", None, &mut |txn| {
+    rm.transact(&fence(rm, "c"), "c", None, &mut |txn| {
         txn.prefetch("orders", &["a"])?;
         again = txn.get("orders", "a")?;
         Ok(())

@@ -3,7 +3,7 @@
 
 use cairn_core::readmodel::{ListQuery, REBUILD_SUFFIX, ReadModelError};
 
-use super::{Rm, declare, lead, order, put_all, refused};
+use super::{Rm, declare, fence, lead, order, put_all, refused};
 
 const LIVE: &str = "p";
 
@@ -20,12 +20,17 @@ fn keys(rm: &Rm, table: &str) -> Vec<String> {
 }
 
 fn shadow_put(rm: &Rm, checkpoint: Option<u64>, docs: &[(&str, &str)]) {
-    rm.transact_shadow(&shadow_consumer(), checkpoint, &mut |txn| {
-        for (key, json) in docs {
-            txn.put("orders", key, json)?;
-        }
-        Ok(())
-    })
+    rm.transact_shadow(
+        &fence(rm, &shadow_consumer()),
+        &shadow_consumer(),
+        checkpoint,
+        &mut |txn| {
+            for (key, json) in docs {
+                txn.put("orders", key, json)?;
+            }
+            Ok(())
+        },
+    )
     .unwrap();
 }
 
@@ -41,10 +46,10 @@ pub fn swap_replaces_live_tables_and_hands_over_the_checkpoint(rm: &Rm) {
         "orders",
         &[("old1", &order("open", "ann")), ("old2", &order("paid", "bob"))],
     );
-    rm.create_shadow(LIVE, &["orders"]).unwrap();
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders"]).unwrap();
     shadow_put(rm, Some(20), &[("new1", &order("open", "cy"))]);
     let mut in_shadow = Vec::new();
-    rm.transact_shadow(&shadow_consumer(), Some(30), &mut |txn| {
+    rm.transact_shadow(&fence(rm, &shadow_consumer()), &shadow_consumer(), Some(30), &mut |txn| {
         in_shadow.push(txn.get("orders", "new1")?.is_some());
         in_shadow.push(txn.get("orders", "old1")?.is_some());
         in_shadow.push(txn.find("orders", "status", "open")?.len() == 1);
@@ -57,7 +62,7 @@ pub fn swap_replaces_live_tables_and_hands_over_the_checkpoint(rm: &Rm) {
     assert_eq!(rm.checkpoint(&shadow_consumer()).unwrap(), 30);
     assert_eq!(rm.checkpoint(LIVE).unwrap(), 51);
 
-    rm.swap_shadow(&["orders"], LIVE, &shadow_consumer()).unwrap();
+    rm.swap_shadow(&fence(rm, LIVE), &["orders"], LIVE, &shadow_consumer()).unwrap();
     assert_eq!(keys(rm, "orders"), ["new1", "new2"], "the shadow is live");
     assert_eq!(rm.checkpoint(LIVE).unwrap(), 30, "with the rebuild's checkpoint");
     assert!(
@@ -80,7 +85,7 @@ pub fn swap_replaces_live_tables_and_hands_over_the_checkpoint(rm: &Rm) {
     put_all(rm, LIVE, Some(31), "orders", &[("after", &order("open", "dee"))]);
     assert_eq!(keys(rm, "orders"), ["after", "new1", "new2"]);
     let mut found = Vec::new();
-    rm.transact(LIVE, None, &mut |txn| {
+    rm.transact(&fence(rm, LIVE), LIVE, None, &mut |txn| {
         found = txn.find("orders", "status", "open")?;
         Ok(())
     })
@@ -92,15 +97,20 @@ pub fn swap_replaces_live_tables_and_hands_over_the_checkpoint(rm: &Rm) {
 pub fn failed_shadow_transaction_writes_nothing(rm: &Rm) {
     declare(rm);
     lead(rm, LIVE);
-    rm.create_shadow(LIVE, &["orders"]).unwrap();
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders"]).unwrap();
     shadow_put(rm, Some(5), &[("kept", &order("open", "ann"))]);
-    let failed = rm.transact_shadow(&shadow_consumer(), Some(9), &mut |txn| {
-        txn.put("orders", "lost", &order("open", "ann"))?;
-        Err(refused())
-    });
+    let failed = rm.transact_shadow(
+        &fence(rm, &shadow_consumer()),
+        &shadow_consumer(),
+        Some(9),
+        &mut |txn| {
+            txn.put("orders", "lost", &order("open", "ann"))?;
+            Err(refused())
+        },
+    );
     assert_eq!(failed, Err(refused()));
     assert_eq!(rm.checkpoint(&shadow_consumer()).unwrap(), 5);
-    rm.swap_shadow(&["orders"], LIVE, &shadow_consumer()).unwrap();
+    rm.swap_shadow(&fence(rm, LIVE), &["orders"], LIVE, &shadow_consumer()).unwrap();
     assert_eq!(keys(rm, "orders"), ["kept"]);
 }
 
@@ -110,9 +120,9 @@ pub fn abort_drops_the_shadow(rm: &Rm) {
     declare(rm);
     lead(rm, LIVE);
     put_all(rm, LIVE, Some(8), "orders", &[("live", &order("open", "ann"))]);
-    rm.create_shadow(LIVE, &["orders"]).unwrap();
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders"]).unwrap();
     shadow_put(rm, Some(3), &[("shadow", &order("open", "bob"))]);
-    rm.abort_shadow(&["orders"], &shadow_consumer()).unwrap();
+    rm.abort_shadow(&fence(rm, &shadow_consumer()), &["orders"], &shadow_consumer()).unwrap();
     assert_eq!(keys(rm, "orders"), ["live"]);
     assert_eq!(rm.checkpoint(LIVE).unwrap(), 8);
     assert_eq!(rm.checkpoint(&shadow_consumer()).unwrap(), 0);
@@ -126,11 +136,11 @@ pub fn abort_drops_the_shadow(rm: &Rm) {
 pub fn leftover_shadow_is_emptied(rm: &Rm) {
     declare(rm);
     lead(rm, LIVE);
-    rm.create_shadow(LIVE, &["orders"]).unwrap();
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders"]).unwrap();
     shadow_put(rm, Some(3), &[("first_try", &order("open", "ann"))]);
-    rm.create_shadow(LIVE, &["orders"]).unwrap();
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders"]).unwrap();
     shadow_put(rm, Some(4), &[("second_try", &order("open", "ann"))]);
-    rm.swap_shadow(&["orders"], LIVE, &shadow_consumer()).unwrap();
+    rm.swap_shadow(&fence(rm, LIVE), &["orders"], LIVE, &shadow_consumer()).unwrap();
     assert_eq!(keys(rm, "orders"), ["second_try"]);
 }
 
@@ -140,13 +150,13 @@ pub fn rebuilds_in_a_row(rm: &Rm) {
     lead(rm, LIVE);
     for round in 0..3_u64 {
         let key = format!("round{round}");
-        rm.create_shadow(LIVE, &["orders", "lines"]).unwrap();
+        rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders", "lines"]).unwrap();
         shadow_put(rm, Some(round + 1), &[(&key, &order("open", "ann"))]);
-        rm.swap_shadow(&["orders", "lines"], LIVE, &shadow_consumer()).unwrap();
+        rm.swap_shadow(&fence(rm, LIVE), &["orders", "lines"], LIVE, &shadow_consumer()).unwrap();
         assert_eq!(keys(rm, "orders"), [key.as_str()]);
         assert_eq!(rm.checkpoint(LIVE).unwrap(), round + 1);
         let mut found = Vec::new();
-        rm.transact(LIVE, None, &mut |txn| {
+        rm.transact(&fence(rm, LIVE), LIVE, None, &mut |txn| {
             found = txn.find("orders", "customer", "ann")?;
             txn.put("lines", &key, "{}")
         })
@@ -165,8 +175,8 @@ pub fn swap_without_a_rebuild_checkpoint_starts_from_zero(rm: &Rm) {
     declare(rm);
     lead(rm, LIVE);
     put_all(rm, LIVE, Some(40), "orders", &[("old", &order("open", "ann"))]);
-    rm.create_shadow(LIVE, &["orders"]).unwrap();
-    rm.swap_shadow(&["orders"], LIVE, &shadow_consumer()).unwrap();
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders"]).unwrap();
+    rm.swap_shadow(&fence(rm, LIVE), &["orders"], LIVE, &shadow_consumer()).unwrap();
     assert!(keys(rm, "orders").is_empty());
     assert_eq!(rm.checkpoint(LIVE).unwrap(), 0);
 }
@@ -176,8 +186,14 @@ pub fn swap_without_a_shadow_is_refused(rm: &Rm) {
     declare(rm);
     lead(rm, LIVE);
     put_all(rm, LIVE, Some(40), "orders", &[("old", &order("open", "ann"))]);
-    rm.transact_shadow(&shadow_consumer(), Some(3), &mut |_| Ok(())).unwrap();
-    assert!(rm.swap_shadow(&["orders"], LIVE, &shadow_consumer()).is_err());
+    rm.transact_shadow(
+        &fence(rm, &shadow_consumer()),
+        &shadow_consumer(),
+        Some(3),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert!(rm.swap_shadow(&fence(rm, LIVE), &["orders"], LIVE, &shadow_consumer()).is_err());
     assert_eq!(keys(rm, "orders"), ["old"]);
     assert_eq!(rm.checkpoint(LIVE).unwrap(), 40);
     put_all(rm, LIVE, Some(41), "orders", &[("new", &order("open", "ann"))]);
@@ -189,10 +205,19 @@ pub fn shadows_of_an_unknown_table_are_all_refused(rm: &Rm) {
     declare(rm);
     lead(rm, LIVE);
     put_all(rm, LIVE, Some(40), "orders", &[("old", &order("open", "ann"))]);
-    let refused = rm.create_shadow(LIVE, &["orders", "nowhere"]);
+    let refused = rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders", "nowhere"]);
     assert!(matches!(refused, Err(ReadModelError::Unknown(_))), "{refused:?}");
-    rm.transact_shadow(&shadow_consumer(), Some(3), &mut |_| Ok(())).unwrap();
-    assert!(rm.swap_shadow(&["orders"], LIVE, &shadow_consumer()).is_err(), "no shadow of orders");
+    rm.transact_shadow(
+        &fence(rm, &shadow_consumer()),
+        &shadow_consumer(),
+        Some(3),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert!(
+        rm.swap_shadow(&fence(rm, LIVE), &["orders"], LIVE, &shadow_consumer()).is_err(),
+        "no shadow of orders"
+    );
     assert_eq!(keys(rm, "orders"), ["old"]);
 }
 
@@ -213,10 +238,10 @@ pub fn another_process_sees_the_swap(rm: &Rm, peer: Rm) {
     lead(rm, LIVE);
     put_all(rm, LIVE, Some(5), "orders", &[("old", &order("open", "ann"))]);
     assert_eq!(keys(&peer, "orders"), ["old"]);
-    rm.create_shadow(LIVE, &["orders"]).unwrap();
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders"]).unwrap();
     shadow_put(rm, Some(2), &[("new", &order("open", "ann"))]);
     assert_eq!(keys(&peer, "orders"), ["old"]);
-    rm.swap_shadow(&["orders"], LIVE, &shadow_consumer()).unwrap();
+    rm.swap_shadow(&fence(rm, LIVE), &["orders"], LIVE, &shadow_consumer()).unwrap();
     assert_eq!(keys(&peer, "orders"), ["new"]);
     assert_eq!(peer.checkpoint(LIVE).unwrap(), 2);
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_core::readmodel::{REBUILD_SUFFIX, ReadModelError};
+use cairn_core::readmodel::{Fence, REBUILD_SUFFIX, ReadModelError};
 
 use super::{Rm, declare, lead, letter, order, put_all};
 
@@ -17,14 +17,24 @@ fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// A process leads what it takes, again and again, and after resigning can take it back.
+/// Whether `try_lead` granted the consumer.
+fn takes(rm: &Rm, consumer: &str) -> bool {
+    rm.try_lead(consumer).unwrap().is_some()
+}
+
+/// A process leads what it takes, again and again (the same term), and after resigning
+/// can take it back, in a new term with a greater epoch.
 pub fn a_store_leads_what_it_takes(rm: &Rm) {
-    assert!(rm.try_lead("c").unwrap());
-    assert!(rm.try_lead("c").unwrap(), "taking what it leads is no error");
+    let first = rm.try_lead("c").unwrap().expect("a fresh store grants c");
+    assert_eq!(first.consumer(), "c");
+    assert_eq!(rm.try_lead("c").unwrap(), Some(first.clone()), "taking what it leads: same term");
     assert!(rm.leads("c"));
     rm.resign("c");
-    assert!(rm.try_lead("c").unwrap(), "nobody else took it");
+    let second = rm.try_lead("c").unwrap().expect("nobody else took it");
+    assert!(second.epoch() > first.epoch(), "a new term: {first:?} then {second:?}");
     assert!(rm.leads("c"));
+    let other = lead(rm, "d");
+    assert_eq!(other.consumer(), "d", "terms are per consumer");
 }
 
 /// A store counts at least its own process.
@@ -34,26 +44,27 @@ pub fn live_members_counts_this_process(rm: &Rm) {
 
 /// Two processes: exactly one leads a consumer; leadership is per consumer.
 pub fn one_process_leads_a_consumer(rm: &Rm, peer: Rm) {
-    assert!(rm.try_lead("c").unwrap());
-    assert!(!peer.try_lead("c").unwrap(), "c has a leader");
-    assert!(!peer.try_lead("c").unwrap(), "still");
+    assert!(takes(rm, "c"));
+    assert!(!takes(&peer, "c"), "c has a leader");
+    assert!(!takes(&peer, "c"), "still");
     assert!(rm.leads("c"));
     assert!(!peer.leads("c"));
-    assert!(peer.try_lead("d").unwrap(), "d is another consumer");
-    assert!(!rm.try_lead("d").unwrap());
+    assert!(takes(&peer, "d"), "d is another consumer");
+    assert!(!takes(rm, "d"));
     assert!(rm.leads("c") && peer.leads("d") && !rm.leads("d"));
 }
 
 /// Resigning hands the consumer to the next process that tries; the one that resigned
 /// no longer leads it and cannot take it back.
 pub fn resign_hands_over(rm: &Rm, peer: Rm) {
-    lead(rm, "c");
-    assert!(!peer.try_lead("c").unwrap());
+    let old = lead(rm, "c");
+    assert!(!takes(&peer, "c"));
     rm.resign("c");
     assert!(!rm.leads("c"));
-    eventually("the peer takes c over", || peer.try_lead("c").unwrap());
+    eventually("the peer takes c over", || takes(&peer, "c"));
     assert!(peer.leads("c"));
-    assert!(!rm.try_lead("c").unwrap(), "the peer leads c now");
+    assert!(lead(&peer, "c").epoch() > old.epoch(), "the peer's term comes after");
+    assert!(!takes(rm, "c"), "the peer leads c now");
     assert!(!rm.leads("c"));
     peer.resign("nothing-led");
     assert!(peer.leads("c"), "resigning another consumer changes nothing");
@@ -61,32 +72,47 @@ pub fn resign_hands_over(rm: &Rm, peer: Rm) {
 
 /// A process that ends (its handle dropped, its sessions closed) releases what it led.
 pub fn a_process_that_ends_releases_its_leases(rm: &Rm, peer: Rm) {
-    assert!(peer.try_lead("c").unwrap());
-    assert!(!rm.try_lead("c").unwrap());
+    assert!(takes(&peer, "c"));
+    assert!(!takes(rm, "c"));
     drop(peer);
-    eventually("c is free once its leader is gone", || rm.try_lead("c").unwrap());
+    eventually("c is free once its leader is gone", || takes(rm, "c"));
     assert!(rm.leads("c"));
 }
 
+/// Whether a write was refused for want of leadership (not leading, or a stale term).
+fn deposed<T: std::fmt::Debug>(r: Result<T, ReadModelError>) -> bool {
+    match r {
+        Err(e) => e.is_deposed(),
+        Ok(v) => panic!("written without leadership: {v:?}"),
+    }
+}
+
+/// Tries every kind of consumer write under `stale` on `rm`, asserting each is refused.
+fn every_write_is_refused(rm: &Rm, stale: &Fence, parked: i64) {
+    let rebuild = format!("c{REBUILD_SUFFIX}");
+    assert!(deposed(rm.transact(stale, "c", Some(99), &mut |txn| txn.put("orders", "b", "{}"))));
+    assert!(deposed(rm.park(stale, 100, &letter("c", 100, "b"))));
+    assert!(deposed(
+        rm.resolve_dead_letter(stale, "c", parked, &mut |txn| { txn.put("orders", "b", "{}") })
+    ));
+    assert!(deposed(rm.dead_letter_failed(stale, "c", parked, "x")));
+    assert!(deposed(rm.create_shadow(stale, "c", &["orders"])));
+    assert!(deposed(rm.transact_shadow(stale, &rebuild, Some(1), &mut |_| Ok(()))));
+    assert!(deposed(rm.swap_shadow(stale, &["orders"], "c", &rebuild)));
+    assert!(deposed(rm.abort_shadow(stale, &["orders"], &rebuild)));
+}
+
 /// A process that does not lead a consumer cannot write under its name (nor under its
-/// rebuild's): nothing it tried is stored.
+/// rebuild's), even with the leader's own fence in hand: nothing it tried is stored. Once
+/// the leader resigns and the peer takes over, the old leader's fence is refused too.
 pub fn a_follower_cannot_write(rm: &Rm, peer: Rm) {
     declare(rm);
     declare(&peer);
-    lead(rm, "c");
+    let fence = lead(rm, "c");
     put_all(rm, "c", Some(4), "orders", &[("a", &order("open", "ann"))]);
-    let parked = rm.park(5, &letter("c", 5, "a")).unwrap();
-    let not_leader = |r: Result<(), ReadModelError>| matches!(r, Err(ReadModelError::NotLeader(_)));
+    let parked = rm.park(&fence, 5, &letter("c", 5, "a")).unwrap();
 
-    assert!(not_leader(peer.transact("c", Some(99), &mut |txn| txn.put("orders", "b", "{}"))));
-    assert!(not_leader(peer.park(100, &letter("c", 100, "b")).map(|_| ())));
-    assert!(not_leader(peer.resolve_dead_letter("c", parked, &mut |_| Ok(()))));
-    assert!(not_leader(peer.dead_letter_failed("c", parked, "x")));
-    assert!(not_leader(peer.create_shadow("c", &["orders"])));
-    let rebuild = format!("c{REBUILD_SUFFIX}");
-    assert!(not_leader(peer.transact_shadow(&rebuild, Some(1), &mut |_| Ok(()))));
-    assert!(not_leader(peer.swap_shadow(&["orders"], "c", &rebuild)));
-    assert!(not_leader(peer.abort_shadow(&["orders"], &rebuild)));
+    every_write_is_refused(&peer, &fence, parked);
 
     assert_eq!(rm.get("orders", "b").unwrap(), None);
     assert_eq!(rm.checkpoint("c").unwrap(), 5);
@@ -97,10 +123,67 @@ pub fn a_follower_cannot_write(rm: &Rm, peer: Rm) {
 
     // Once the leader resigns and the peer takes over, the roles swap.
     rm.resign("c");
-    eventually("the peer takes c over", || peer.try_lead("c").unwrap());
+    eventually("the peer takes c over", || takes(&peer, "c"));
     put_all(&peer, "c", Some(6), "orders", &[("b", "{}")]);
-    assert!(not_leader(rm.transact("c", Some(99), &mut |_| Ok(()))));
+    every_write_is_refused(rm, &fence, parked);
     assert_eq!(rm.checkpoint("c").unwrap(), 6);
+}
+
+/// A deposed term's fence is refused for every kind of write even in the process that
+/// leads the consumer again (a task of the old term still running): only the live
+/// term's fence writes, and a fence of one consumer is no proof for another.
+pub fn a_stale_fence_writes_nothing(rm: &Rm) {
+    declare(rm);
+    let old = lead(rm, "c");
+    put_all(rm, "c", Some(4), "orders", &[("a", &order("open", "ann"))]);
+    let parked = rm.park(&old, 5, &letter("c", 5, "a")).unwrap();
+    rm.resign("c");
+    let new = lead(rm, "c");
+    assert!(new.epoch() > old.epoch(), "{old:?} then {new:?}");
+
+    every_write_is_refused(rm, &old, parked);
+    let stale = rm.transact(&old, "c", Some(99), &mut |_| Ok(()));
+    assert!(matches!(stale, Err(ReadModelError::Fenced { .. })), "{stale:?}");
+    assert_eq!(rm.get("orders", "b").unwrap(), None, "nothing of the old term landed");
+    assert_eq!(rm.checkpoint("c").unwrap(), 5);
+    assert_eq!(rm.dead_letters(Some("c")).unwrap().len(), 1);
+    assert_eq!(rm.dead_letters(Some("c")).unwrap()[0].attempts, letter("c", 5, "a").attempts);
+
+    // The live term writes; another consumer's fence proves nothing about this one.
+    put_all(rm, "c", Some(7), "orders", &[("b", "{}")]);
+    assert_eq!(rm.checkpoint("c").unwrap(), 7);
+    let other = lead(rm, "d");
+    assert!(deposed(rm.transact(&other, "c", Some(99), &mut |_| Ok(()))));
+    assert_eq!(rm.checkpoint("c").unwrap(), 7);
+}
+
+/// A rebuild's shadow belongs to the term that made it: once the consumer changed hands,
+/// the old term cannot fill, swap or drop it, and the new term's `create_shadow` starts
+/// over from an empty shadow.
+pub fn a_deposed_rebuild_cannot_swap(rm: &Rm) {
+    declare(rm);
+    let old = lead(rm, "c");
+    put_all(rm, "c", Some(10), "orders", &[("live", &order("open", "ann"))]);
+    let rebuild = format!("c{REBUILD_SUFFIX}");
+    rm.create_shadow(&old, "c", &["orders"]).unwrap();
+    rm.transact_shadow(&old, &rebuild, Some(3), &mut |txn| txn.put("orders", "half", "{}"))
+        .unwrap();
+    rm.resign("c");
+    let new = lead(rm, "c");
+
+    assert!(deposed(rm.swap_shadow(&old, &["orders"], "c", &rebuild)));
+    assert!(deposed(rm.transact_shadow(&old, &rebuild, Some(4), &mut |_| Ok(()))));
+    assert!(deposed(rm.abort_shadow(&old, &["orders"], &rebuild)));
+    assert_eq!(rm.get("orders", "live").unwrap().as_deref(), Some(order("open", "ann").as_str()));
+    assert_eq!(rm.checkpoint("c").unwrap(), 10, "no swap happened");
+
+    rm.create_shadow(&new, "c", &["orders"]).unwrap();
+    rm.transact_shadow(&new, &rebuild, Some(10), &mut |txn| txn.put("orders", "fresh", "{}"))
+        .unwrap();
+    rm.swap_shadow(&new, &["orders"], "c", &rebuild).unwrap();
+    assert_eq!(rm.get("orders", "half").unwrap(), None, "the old term's shadow was emptied");
+    assert!(rm.get("orders", "fresh").unwrap().is_some());
+    assert_eq!(rm.checkpoint("c").unwrap(), 10);
 }
 
 /// Every process on the store is counted (partitions are spread by it).

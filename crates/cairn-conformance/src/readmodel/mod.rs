@@ -23,7 +23,7 @@ pub mod schemas;
 use std::sync::Arc;
 
 use cairn_core::readmodel::{
-    DeadLetter, MemoryReadModels, ReadModelError, ReadModelStore, TableSpec,
+    DeadLetter, Fence, MemoryReadModels, ReadModelError, ReadModelStore, TableSpec, leadership_key,
 };
 use cairn_core::timestamp::Timestamp;
 
@@ -77,8 +77,16 @@ pub fn declare(rm: &Rm) {
 }
 
 /// Takes `consumer`'s leadership, which a shared backend requires before any write.
-pub fn lead(rm: &Rm, consumer: &str) {
-    assert!(rm.try_lead(consumer).expect("try_lead"), "a fresh store grants {consumer}");
+pub fn lead(rm: &Rm, consumer: &str) -> Fence {
+    rm.try_lead(consumer)
+        .expect("try_lead")
+        .unwrap_or_else(|| panic!("a fresh store grants {consumer}"))
+}
+
+/// The fence of this process's current term of the consumer that covers `consumer`
+/// (taking the lead if nobody has it): what the checks write under.
+pub fn fence(rm: &Rm, consumer: &str) -> Fence {
+    lead(rm, leadership_key(consumer))
 }
 
 /// An order document.
@@ -95,7 +103,7 @@ pub fn put_all(
     table: &str,
     docs: &[(&str, &str)],
 ) {
-    rm.transact(consumer, checkpoint, &mut |txn| {
+    rm.transact(&fence(rm, consumer), consumer, checkpoint, &mut |txn| {
         for (key, json) in docs {
             txn.put(table, key, json)?;
         }
@@ -171,6 +179,8 @@ macro_rules! readmodel_suite {
             generations::projection_versions,
             leases::a_store_leads_what_it_takes,
             leases::live_members_counts_this_process,
+            leases::a_stale_fence_writes_nothing,
+            leases::a_deposed_rebuild_cannot_swap,
             schemas::put_schema_registers_each_version_once,
         );
     };

@@ -1,6 +1,6 @@
 //! Events a consumer could not handle, parked so that processing goes on.
 
-use super::{ReadModelError, TxnFn};
+use super::{Fence, ReadModelError, TxnFn};
 
 /// An event a consumer could not handle, parked so that processing goes on.
 ///
@@ -35,23 +35,31 @@ pub struct DeadLetter {
 /// The dead letter queue of every consumer.
 pub trait DeadLetters: Send + Sync {
     /// Parks an event in the dead letter queue and moves the consumer's checkpoint past
-    /// it (never back), in one transaction. `letter.id` is ignored; the new id is returned.
-    fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError>;
+    /// it (never back), in one transaction, under `fence` (the live term of
+    /// `letter.projection`). `letter.id` is ignored; the new id is returned.
+    fn park(
+        &self,
+        fence: &Fence,
+        checkpoint: u64,
+        letter: &DeadLetter,
+    ) -> Result<i64, ReadModelError>;
     /// Dead letters in (consumer, position) order, of one consumer or of all.
     fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, ReadModelError>;
     /// Runs `f` and removes `consumer`'s dead letter `id`, in one transaction (a successful
-    /// retry, or a discard with a no-op `f`). Written only while this process leads
-    /// `consumer` ([`ReadModelError::NotLeader`] otherwise); a letter that is gone fails
+    /// retry, or a discard with a no-op `f`). Written only under `fence`, the live term of
+    /// `consumer` ([`ReadModelError::Fenced`] otherwise); a letter that is gone fails
     /// with [`ReadModelError::NoSuchDeadLetter`] and rolls `f`'s changes back.
     fn resolve_dead_letter(
         &self,
+        fence: &Fence,
         consumer: &str,
         id: i64,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError>;
-    /// Records one more failed attempt of `consumer`'s dead letter `id` (leader only).
+    /// Records one more failed attempt of `consumer`'s dead letter `id` (under `fence`).
     fn dead_letter_failed(
         &self,
+        fence: &Fence,
         consumer: &str,
         id: i64,
         error: &str,

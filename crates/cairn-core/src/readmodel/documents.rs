@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::ReadModelError;
+use super::{Fence, ReadModelError};
 
 /// A table of documents and the fields it can be filtered by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,10 +110,12 @@ pub trait Documents: Send + Sync {
     fn ensure_tables(&self, tables: &[TableSpec]) -> Result<(), ReadModelError>;
     /// Runs `f` in one transaction; when `checkpoint` is given, the consumer's checkpoint
     /// is set to it in the same transaction. An error from `f` rolls everything back.
-    /// A backend shared by several processes writes only while this one leads
-    /// `consumer` ([`ReadModelError::NotLeader`] otherwise).
+    /// Written only under `fence`, the live term of `consumer`'s leadership, checked in
+    /// the same transaction ([`ReadModelError::Fenced`] or [`ReadModelError::NotLeader`]
+    /// otherwise, and nothing is written).
     fn transact(
         &self,
+        fence: &Fence,
         consumer: &str,
         checkpoint: Option<u64>,
         f: TxnFn<'_>,

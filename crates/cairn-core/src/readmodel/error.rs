@@ -21,6 +21,17 @@ pub enum ReadModelError {
     /// This process no longer leads the consumer (another may): nothing was written.
     #[error("this process does not lead {0}")]
     NotLeader(String),
+    /// The write carried the fence of a leadership term that is over (another term of
+    /// the consumer began since): nothing was written.
+    #[error("{consumer}: fence of term {epoch} is stale (the current term is {current})")]
+    Fenced {
+        /// The consumer.
+        consumer: String,
+        /// The term the write was made in.
+        epoch: u64,
+        /// The store's current term (0: none recorded).
+        current: u64,
+    },
     /// The dead letter is not there any more (resolved by another call): nothing was written.
     #[error("dead letter {0} not found")]
     NoSuchDeadLetter(i64),
@@ -35,6 +46,16 @@ impl ReadModelError {
     /// re-checked), not the event's: a handler's refusal or a bad document is the event's.
     #[must_use]
     pub fn is_storage(&self) -> bool {
-        matches!(self, Self::Storage(_) | Self::NotLeader(_) | Self::NoSuchDeadLetter(_))
+        matches!(
+            self,
+            Self::Storage(_) | Self::NotLeader(_) | Self::Fenced { .. } | Self::NoSuchDeadLetter(_)
+        )
+    }
+
+    /// Whether the write was refused because this process no longer leads the consumer
+    /// (or leads it in a newer term than the writer's): the writer must stop, not retry.
+    #[must_use]
+    pub fn is_deposed(&self) -> bool {
+        matches!(self, Self::NotLeader(_) | Self::Fenced { .. })
     }
 }

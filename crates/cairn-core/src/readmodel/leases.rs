@@ -1,6 +1,6 @@
 //! Which process runs which consumer.
 
-use super::{REBUILD_SUFFIX, ReadModelError};
+use super::{Fence, REBUILD_SUFFIX, ReadModelError};
 
 /// The consumer whose leadership covers writes made under `consumer`'s name.
 #[must_use]
@@ -14,9 +14,11 @@ pub fn leadership_key(consumer: &str) -> &str {
 /// process run every consumer. An embedded backend (one process per store) grants
 /// everything, and says so.
 pub trait Leases: Send + Sync {
-    /// Tries to make this process the one that runs `consumer`: `true` when it now leads
-    /// it (or already did).
-    fn try_lead(&self, consumer: &str) -> Result<bool, ReadModelError>;
+    /// Tries to make this process the one that runs `consumer`: its fence when it now
+    /// leads it (the same fence when it already did), `None` when another process does.
+    /// Each new term gets a greater epoch than every earlier term of the consumer, on
+    /// any process, and is recorded durably before the fence is returned.
+    fn try_lead(&self, consumer: &str) -> Result<Option<Fence>, ReadModelError>;
     /// Whether this process still leads `consumer` (its leadership can be lost with its
     /// database session).
     fn leads(&self, consumer: &str) -> bool;

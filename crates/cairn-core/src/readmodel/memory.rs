@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::write_behind::{TxnStorage, WriteBehind};
 use super::{
-    Checkpoints, DeadLetter, DeadLetters, Documents, Generations, Leases, ListQuery,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, Leases, ListQuery,
     ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key, validate_identifier,
 };
 use crate::timestamp::Timestamp;
@@ -36,6 +36,8 @@ struct Db {
     schemas: BTreeMap<(String, u32), String>,
     /// consumer -> the handle that leads it
     leases: HashMap<String, u64>,
+    /// consumer -> its current leadership term (never reset: a term's number is not reused)
+    epochs: HashMap<String, u64>,
     members: BTreeSet<u64>,
     last_member: u64,
 }
@@ -98,14 +100,16 @@ impl MemoryReadModels {
         self.shared.db.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Refuses a write under `consumer`'s name unless this handle leads it.
-    fn fence(&self, db: &Db, consumer: &str) -> Result<(), ReadModelError> {
+    /// Refuses a write under `consumer`'s name unless `fence` is the current term of its
+    /// leadership and this handle still holds it. Called with the store's lock held, so
+    /// the check and the write are one step.
+    fn fence(&self, db: &Db, fence: &Fence, consumer: &str) -> Result<(), ReadModelError> {
+        fence.covers(consumer)?;
         let key = leadership_key(consumer);
-        if db.leases.get(key) == Some(&self.member) {
-            Ok(())
-        } else {
-            Err(ReadModelError::NotLeader(key.to_owned()))
+        if db.leases.get(key) != Some(&self.member) {
+            return Err(ReadModelError::NotLeader(key.to_owned()));
         }
+        fence.check(db.epochs.get(key).copied())
     }
 
     fn tick(&self) {
@@ -260,12 +264,13 @@ impl Documents for MemoryReadModels {
 
     fn transact(
         &self,
+        fence: &Fence,
         consumer: &str,
         checkpoint: Option<u64>,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
         let mut db = self.db();
-        self.fence(&db, consumer)?;
+        self.fence(&db, fence, consumer)?;
         Self::run(&mut db, false, f, |checkpoints, _| {
             if let Some(position) = checkpoint {
                 checkpoints.insert(consumer.to_owned(), position);
@@ -329,9 +334,14 @@ impl Checkpoints for MemoryReadModels {
 }
 
 impl DeadLetters for MemoryReadModels {
-    fn park(&self, checkpoint: u64, letter: &DeadLetter) -> Result<i64, ReadModelError> {
+    fn park(
+        &self,
+        fence: &Fence,
+        checkpoint: u64,
+        letter: &DeadLetter,
+    ) -> Result<i64, ReadModelError> {
         let mut db = self.db();
-        self.fence(&db, &letter.projection)?;
+        self.fence(&db, fence, &letter.projection)?;
         db.last_letter += 1;
         let id = db.last_letter;
         db.dead_letters.insert(id, DeadLetter { id, ..letter.clone() });
@@ -358,12 +368,13 @@ impl DeadLetters for MemoryReadModels {
 
     fn resolve_dead_letter(
         &self,
+        fence: &Fence,
         consumer: &str,
         id: i64,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
         let mut db = self.db();
-        self.fence(&db, consumer)?;
+        self.fence(&db, fence, consumer)?;
         Self::run(&mut db, false, f, |_, letters| match letters.get(&id) {
             Some(l) if l.projection == consumer => {
                 letters.remove(&id);
@@ -375,12 +386,13 @@ impl DeadLetters for MemoryReadModels {
 
     fn dead_letter_failed(
         &self,
+        fence: &Fence,
         consumer: &str,
         id: i64,
         error: &str,
     ) -> Result<(), ReadModelError> {
         let mut db = self.db();
-        self.fence(&db, consumer)?;
+        self.fence(&db, fence, consumer)?;
         match db.dead_letters.get_mut(&id) {
             Some(l) if l.projection == consumer => {
                 l.attempts += 1;
@@ -394,9 +406,14 @@ impl DeadLetters for MemoryReadModels {
 }
 
 impl Generations for MemoryReadModels {
-    fn create_shadow(&self, consumer: &str, tables: &[&str]) -> Result<(), ReadModelError> {
+    fn create_shadow(
+        &self,
+        fence: &Fence,
+        consumer: &str,
+        tables: &[&str],
+    ) -> Result<(), ReadModelError> {
         let mut db = self.db();
-        self.fence(&db, consumer)?;
+        self.fence(&db, fence, consumer)?;
         if let Some(name) = tables.iter().find(|t| !db.tables.contains_key(**t)) {
             return Err(ReadModelError::Unknown(format!("table {name}")));
         }
@@ -410,12 +427,13 @@ impl Generations for MemoryReadModels {
 
     fn transact_shadow(
         &self,
+        fence: &Fence,
         consumer: &str,
         checkpoint: Option<u64>,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
         let mut db = self.db();
-        self.fence(&db, consumer)?;
+        self.fence(&db, fence, consumer)?;
         Self::run(&mut db, true, f, |checkpoints, _| {
             if let Some(position) = checkpoint {
                 checkpoints.insert(consumer.to_owned(), position);
@@ -431,12 +449,13 @@ impl Generations for MemoryReadModels {
 
     fn swap_shadow(
         &self,
+        fence: &Fence,
         tables: &[&str],
         live: &str,
         shadow_consumer: &str,
     ) -> Result<(), ReadModelError> {
         let mut db = self.db();
-        self.fence(&db, live)?;
+        self.fence(&db, fence, live)?;
         if let Some(name) =
             tables.iter().find(|t| db.tables.get(**t).is_none_or(|t| t.shadow.is_none()))
         {
@@ -456,9 +475,14 @@ impl Generations for MemoryReadModels {
         Ok(())
     }
 
-    fn abort_shadow(&self, tables: &[&str], shadow_consumer: &str) -> Result<(), ReadModelError> {
+    fn abort_shadow(
+        &self,
+        fence: &Fence,
+        tables: &[&str],
+        shadow_consumer: &str,
+    ) -> Result<(), ReadModelError> {
         let mut db = self.db();
-        self.fence(&db, shadow_consumer)?;
+        self.fence(&db, fence, shadow_consumer)?;
         for name in tables {
             if let Some(t) = db.tables.get_mut(*name) {
                 t.shadow = None;
@@ -479,10 +503,19 @@ impl Generations for MemoryReadModels {
 }
 
 impl Leases for MemoryReadModels {
-    fn try_lead(&self, consumer: &str) -> Result<bool, ReadModelError> {
+    fn try_lead(&self, consumer: &str) -> Result<Option<Fence>, ReadModelError> {
         let mut db = self.db();
-        let holder = db.leases.entry(consumer.to_owned()).or_insert(self.member);
-        Ok(*holder == self.member)
+        match db.leases.get(consumer) {
+            Some(holder) if *holder != self.member => return Ok(None),
+            Some(_) => {}
+            None => {
+                // A new term: a greater epoch than any before it.
+                db.leases.insert(consumer.to_owned(), self.member);
+                *db.epochs.entry(consumer.to_owned()).or_insert(0) += 1;
+            }
+        }
+        let epoch = db.epochs.get(consumer).copied().unwrap_or(0);
+        Ok(Some(Fence::issued(consumer, epoch)))
     }
 
     fn leads(&self, consumer: &str) -> bool {

@@ -1,6 +1,7 @@
 //! An operator's pause and resume: the handle's side (asking) and the loop's (sitting a
 //! pause out between batches).
 
+use cairn_core::readmodel::Fence;
 use tokio::sync::watch;
 
 use super::runner::{Runner, Stop};
@@ -27,16 +28,20 @@ impl ConsumerHandle {
     /// Holds the paused consumer still: waits (at most [`DEAD_LETTER_GATE_WAIT`]) until the
     /// batch in hand when it was paused is done, and keeps it so while the guard lives —
     /// nothing is handled, nor any checkpoint written, until it is dropped. For an operator
-    /// rewriting the consumer's state (a process manager's import).
-    pub async fn hold_paused(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ControlError> {
-        self.require_leader()?;
+    /// rewriting the consumer's state (a process manager's import), which it writes under
+    /// the fence that comes with the gate.
+    pub async fn hold_paused(
+        &self,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Fence), ControlError> {
+        let fence = self.require_leader()?;
         if !self.is_paused() {
             return Err(ControlError::NotPaused { consumer: self.name.clone() });
         }
         // Paused is a request; the batch in hand when it was made may still be running.
-        tokio::time::timeout(DEAD_LETTER_GATE_WAIT, self.shared.gate.lock())
+        let gate = tokio::time::timeout(DEAD_LETTER_GATE_WAIT, self.shared.gate.lock())
             .await
-            .map_err(|_| ControlError::Busy { consumer: self.name.clone() })
+            .map_err(|_| ControlError::Busy { consumer: self.name.clone() })?;
+        Ok((gate, fence))
     }
 
     /// Whether an operator paused it (it stops at the end of the batch in hand).

@@ -9,7 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cairn_core::readmodel::DeadLetter;
+use cairn_core::readmodel::{DeadLetter, Fence};
 use cairn_core::timestamp::Timestamp;
 use cairn_core::{AllFilter, RecordedEvent};
 use futures_util::FutureExt as _;
@@ -82,6 +82,7 @@ impl Shared {
     /// Parks `event` and blocks its aggregate behind it.
     pub(super) async fn park(
         &self,
+        fence: &Fence,
         event: &RecordedEvent,
         error: String,
         attempts: u32,
@@ -98,8 +99,9 @@ impl Shared {
             first_failed_at: now,
             last_failed_at: now,
         };
-        let (rm, position) = (Arc::clone(self.handler.readmodels()), event.position);
-        blocking(move || rm.park(position, &letter)).await?;
+        let (rm, position, fence) =
+            (Arc::clone(self.handler.readmodels()), event.position, fence.clone());
+        blocking(move || rm.park(&fence, position, &letter)).await?;
         self.letters
             .blocked
             .lock()
@@ -111,7 +113,7 @@ impl Shared {
 
     /// Re-runs the chain of `aggregate_id`'s dead letters in order, stopping at the first
     /// that still fails. Returns how many remain.
-    async fn replay_chain(&self, aggregate_id: &str) -> Result<usize, HandleError> {
+    async fn replay_chain(&self, fence: &Fence, aggregate_id: &str) -> Result<usize, HandleError> {
         let chain: Vec<DeadLetter> =
             self.letters().await?.into_iter().filter(|l| l.aggregate_id == aggregate_id).collect();
         let mut remaining = chain.len();
@@ -129,7 +131,7 @@ impl Shared {
                     letter.position
                 )));
             };
-            let retried = AssertUnwindSafe(self.handler.retry(event, letter.id))
+            let retried = AssertUnwindSafe(self.handler.retry(fence, event, letter.id))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|panic| {
@@ -143,14 +145,16 @@ impl Shared {
                     remaining -= 1;
                     self.letters.release_one();
                 }
+                Err(e @ HandleError::Deposed(_)) => return Err(e),
                 Err(e) => {
-                    let (rm, id, message, name) = (
+                    let (rm, id, message, name, fence) = (
                         Arc::clone(self.handler.readmodels()),
                         letter.id,
                         e.to_string(),
                         self.name().to_owned(),
+                        fence.clone(),
                     );
-                    blocking(move || rm.dead_letter_failed(&name, id, &message)).await?;
+                    blocking(move || rm.dead_letter_failed(&fence, &name, id, &message)).await?;
                     return Ok(remaining);
                 }
             }
@@ -180,12 +184,13 @@ impl ConsumerHandle {
     }
 
     /// Dead letter `id` if it is this consumer's (`None` otherwise); acting on it needs
-    /// this process to lead the consumer. The caller holds the gate.
-    async fn own_letter(&self, id: i64) -> Result<Option<DeadLetter>, ControlError> {
+    /// this process to lead the consumer: the letter comes with the fence of its term.
+    /// The caller holds the gate.
+    async fn own_letter(&self, id: i64) -> Result<Option<(DeadLetter, Fence)>, ControlError> {
         let letters = self.shared.letters().await?;
         let Some(letter) = letters.into_iter().find(|l| l.id == id) else { return Ok(None) };
-        self.require_leader()?;
-        Ok(Some(letter))
+        let fence = self.require_leader()?;
+        Ok(Some((letter, fence)))
     }
 
     /// Re-runs dead letter `id` and the events parked behind it, in order.
@@ -195,8 +200,8 @@ impl ConsumerHandle {
         id: i64,
     ) -> Result<Option<DeadLetterOutcome>, ControlError> {
         let _gate = self.gate_for_letters().await?;
-        let Some(letter) = self.own_letter(id).await? else { return Ok(None) };
-        let remaining = self.shared.replay_chain(&letter.aggregate_id).await?;
+        let Some((letter, fence)) = self.own_letter(id).await? else { return Ok(None) };
+        let remaining = self.shared.replay_chain(&fence, &letter.aggregate_id).await?;
         Ok(Some(DeadLetterOutcome { remaining }))
     }
 
@@ -207,11 +212,12 @@ impl ConsumerHandle {
         id: i64,
     ) -> Result<Option<DeadLetterOutcome>, ControlError> {
         let _gate = self.gate_for_letters().await?;
-        let Some(letter) = self.own_letter(id).await? else { return Ok(None) };
-        let (rm, name) = (Arc::clone(self.shared.handler.readmodels()), self.name.clone());
-        blocking(move || rm.resolve_dead_letter(&name, id, &mut |_| Ok(()))).await?;
+        let Some((letter, fence)) = self.own_letter(id).await? else { return Ok(None) };
+        let (rm, name, held) =
+            (Arc::clone(self.shared.handler.readmodels()), self.name.clone(), fence.clone());
+        blocking(move || rm.resolve_dead_letter(&held, &name, id, &mut |_| Ok(()))).await?;
         self.shared.letters.release_one();
-        let remaining = self.shared.replay_chain(&letter.aggregate_id).await?;
+        let remaining = self.shared.replay_chain(&fence, &letter.aggregate_id).await?;
         Ok(Some(DeadLetterOutcome { remaining }))
     }
 }

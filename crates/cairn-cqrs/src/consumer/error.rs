@@ -9,6 +9,19 @@ pub enum HandleError {
     /// The handler refused an event: retried a few times, then dead-lettered.
     #[error("{0}")]
     Event(String),
+    /// The write was refused because its fence is not the consumer's current term: this
+    /// process was deposed. Never retried under the same fence; the runner goes back to
+    /// following.
+    #[error("{0}")]
+    Deposed(String),
+}
+
+impl HandleError {
+    /// The failure of a read-model write, by what it means to the runner.
+    #[must_use]
+    pub fn of_write(e: &cairn_core::readmodel::ReadModelError) -> Self {
+        if e.is_deposed() { Self::Deposed(e.to_string()) } else { Self::Transient(e.to_string()) }
+    }
 }
 
 /// Why a command on a consumer (pause, resume, rebuild, a dead-letter retry or discard)

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use cairn_core::readmodel::Fence;
 use cairn_core::timestamp::Timestamp;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -29,41 +30,60 @@ pub struct LeaderInfo {
         schema(value_type = Option<String>, format = DateTime, required = true)
     )]
     pub since: Option<Timestamp>,
-    /// Leadership terms this process has begun for the consumer since it started: 0 =
-    /// never led it, and it grows by one each time it takes the consumer (back). Local to
-    /// this process for now, not yet a token checked by the store on each write.
+    /// The epoch of this process's latest term as the consumer's leader (0 = it never
+    /// led it): the store's count of terms of the consumer across every process. Each
+    /// write the consumer makes carries this term's fence, which the store compares with
+    /// the current term inside the write's transaction.
     pub fence: u64,
 }
 
 /// This process's side of a consumer's leadership.
 #[derive(Default)]
 pub(super) struct Leadership {
-    /// One lock, so that `leading`, `since` and `fence` are always read together.
-    term: Mutex<LeaderInfo>,
+    /// One lock, so that `leading`, `since`, `fence` and the fence itself are always read
+    /// together.
+    term: Mutex<Term>,
     /// Set to hand leadership over to another process (rebalancing partitions).
     handover: watch::Sender<bool>,
     /// After a handover, this process does not try to lead again before this.
     hold_off_until: Mutex<Option<Instant>>,
 }
 
+/// What is known of the current term: the info served, and the fence writes carry
+/// (`None` while this process does not lead).
+#[derive(Default)]
+struct Term {
+    info: LeaderInfo,
+    fence: Option<Fence>,
+}
+
 impl Leadership {
     pub(super) fn info(&self) -> LeaderInfo {
-        *self.term.lock().unwrap_or_else(PoisonError::into_inner)
+        self.term.lock().unwrap_or_else(PoisonError::into_inner).info
     }
 
     pub(super) fn is_leader(&self) -> bool {
         self.info().leading
     }
 
-    fn took(&self) {
-        let mut term = self.term.lock().unwrap_or_else(PoisonError::into_inner);
-        *term = LeaderInfo { leading: true, since: Some(Timestamp::now()), fence: term.fence + 1 };
+    /// The fence of the term this process is in, if it leads the consumer: what every
+    /// write of the consumer carries.
+    pub(super) fn fence(&self) -> Option<Fence> {
+        self.term.lock().unwrap_or_else(PoisonError::into_inner).fence.clone()
     }
 
-    /// Keeps the fence: it names the last term this process had.
+    fn took(&self, fence: Fence) {
+        let mut term = self.term.lock().unwrap_or_else(PoisonError::into_inner);
+        let info =
+            LeaderInfo { leading: true, since: Some(Timestamp::now()), fence: fence.epoch() };
+        *term = Term { info, fence: Some(fence) };
+    }
+
+    /// Keeps the epoch: it names the last term this process had. The fence goes: nothing
+    /// this process starts from now on can write under it.
     pub(super) fn lost(&self) {
         let mut term = self.term.lock().unwrap_or_else(PoisonError::into_inner);
-        (term.leading, term.since) = (false, None);
+        (term.info.leading, term.info.since, term.fence) = (false, None, None);
     }
 
     pub(super) fn handover(&self) -> watch::Receiver<bool> {
@@ -97,6 +117,14 @@ impl ConsumerHandle {
         self.shared.leadership.info()
     }
 
+    /// The fence of this process's current term as the consumer's leader (`None` when it
+    /// does not lead): for a write that belongs to the consumer's term, such as its row
+    /// in the server's leader registry, which a deposed process must not overwrite.
+    #[must_use]
+    pub fn fence(&self) -> Option<Fence> {
+        self.shared.leadership.fence()
+    }
+
     /// Gives leadership up at the end of the batch in hand and does not take it back for
     /// `hold_off`, so that another process can (rebalancing partitions).
     pub fn hand_over(&self, hold_off: Duration) {
@@ -106,13 +134,12 @@ impl ConsumerHandle {
         leadership.handover.send_replace(true);
     }
 
-    /// `Err(NotLeader)` unless this process runs the consumer.
-    pub(super) fn require_leader(&self) -> Result<(), super::ControlError> {
-        if self.is_leader() {
-            Ok(())
-        } else {
-            Err(super::ControlError::NotLeader { consumer: self.name.clone() })
-        }
+    /// The fence of this process's term, or `Err(NotLeader)` unless it runs the consumer.
+    pub(super) fn require_leader(&self) -> Result<Fence, super::ControlError> {
+        self.shared
+            .leadership
+            .fence()
+            .ok_or_else(|| super::ControlError::NotLeader { consumer: self.name.clone() })
     }
 }
 
@@ -132,11 +159,11 @@ impl Runner {
             if !self.shared.leadership.held_off() && tokio::time::Instant::now() >= next_try {
                 let (rm, candidate) = (Arc::clone(&rm), name.clone());
                 match blocking(move || rm.try_lead(&candidate)).await {
-                    Ok(true) => {
-                        self.shared.leadership.took();
+                    Ok(Some(fence)) => {
+                        self.shared.leadership.took(fence);
                         return true;
                     }
-                    Ok(false) => {}
+                    Ok(None) => {}
                     Err(e) => tracing::warn!(consumer = %name, error = %e, "cannot try to lead"),
                 }
                 next_try = tokio::time::Instant::now() + TAKEOVER_INTERVAL;
@@ -176,18 +203,24 @@ impl Runner {
 
 #[cfg(test)]
 mod tests {
+    use cairn_core::readmodel::{Leases, MemoryReadModels};
+
     use super::{LeaderInfo, Leadership};
 
     #[test]
-    fn the_fence_counts_terms_and_since_holds_only_while_leading() {
-        let l = Leadership::default();
+    fn the_fence_is_the_stores_term_and_since_holds_only_while_leading() {
+        let (rm, l) = (MemoryReadModels::new(), Leadership::default());
         assert_eq!(l.info(), LeaderInfo { leading: false, since: None, fence: 0 });
-        l.took();
+        assert_eq!(l.fence(), None);
+        l.took(rm.try_lead("c").unwrap().unwrap());
         let first = l.info();
         assert!(first.leading && first.since.is_some() && first.fence == 1, "{first:?}");
+        assert_eq!(l.fence().map(|f| f.epoch()), Some(1));
         l.lost();
         assert_eq!(l.info(), LeaderInfo { leading: false, since: None, fence: 1 });
-        l.took();
+        assert_eq!(l.fence(), None, "a lost term's fence is not handed out");
+        rm.resign("c");
+        l.took(rm.try_lead("c").unwrap().unwrap());
         let second = l.info();
         assert_eq!((second.leading, second.fence), (true, 2));
         assert!(second.since >= first.since);

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn_core::readmodel::ReadModelStore;
+use cairn_core::readmodel::{Fence, ReadModelStore};
 use cairn_core::{EventStore, RecordedEvent};
 use tokio::sync::watch;
 
@@ -69,10 +69,22 @@ pub trait BatchHandler: Send + Sync + 'static {
     fn event_types(&self) -> Vec<String>;
     /// Where its checkpoint and dead letters live.
     fn readmodels(&self) -> &Arc<dyn ReadModelStore>;
-    /// Handles `events` and commits the checkpoint `scanned_to` with their effects.
-    async fn handle(&self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<(), HandleError>;
-    /// Handles one dead-lettered event again; on success the letter goes with its effects.
-    async fn retry(&self, event: RecordedEvent, letter_id: i64) -> Result<(), HandleError>;
+    /// Handles `events` and commits the checkpoint `scanned_to` with their effects, every
+    /// write under `fence` (the term the engine leads the consumer in).
+    async fn handle(
+        &self,
+        fence: &Fence,
+        events: Vec<RecordedEvent>,
+        scanned_to: u64,
+    ) -> Result<(), HandleError>;
+    /// Handles one dead-lettered event again; on success the letter goes with its effects
+    /// (under `fence`).
+    async fn retry(
+        &self,
+        fence: &Fence,
+        event: RecordedEvent,
+        letter_id: i64,
+    ) -> Result<(), HandleError>;
     /// A handler writing the same read model into shadow tables (for a rebuild), with its
     /// own checkpoint; `None` for consumers that must never be re-run (process managers).
     fn shadow(&self) -> Option<Arc<dyn BatchHandler>> {
@@ -86,14 +98,15 @@ pub trait BatchHandler: Send + Sync + 'static {
     async fn rebuilt(&self) {}
 }
 
-/// Blocking read-model calls from async code.
+/// Blocking read-model calls from async code; a write refused for want of leadership is
+/// [`HandleError::Deposed`] (the writer stops), any other failure transient.
 async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, cairn_core::readmodel::ReadModelError> + Send + 'static,
 ) -> Result<R, HandleError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| HandleError::Transient(e.to_string()))?
-        .map_err(|e| HandleError::Transient(e.to_string()))
+        .map_err(|e| HandleError::of_write(&e))
 }
 
 /// What the loop and its handles share; each part belongs to one file's job.

@@ -1,9 +1,19 @@
 //! Rebuilds: the read model filled again from position 0 into shadow tables while the live
 //! ones keep answering, then swapped in atomically with the live consumer held still.
+//!
+//! A rebuild belongs to a leadership term: it writes (shadow batches, swap, abort) under
+//! the term's fence, so a deposed leader's rebuild can neither fill nor swap; it is
+//! cancelled when the term ends (lost, handed over, shut down). The shadow's checkpoint
+//! (`<name>#rebuild`) is the durable record that a rebuild is under way: it exists from
+//! the rebuild's first write until its swap or abort, so whichever process leads next
+//! sees an interrupted rebuild and starts it over (its `create_shadow` empties the
+//! leftover shadow). At most one rebuild per projection writes at a time, across
+//! processes: only the current term's fence writes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cairn_core::readmodel::{Fence, REBUILD_SUFFIX};
 use cairn_core::{AllFilter, EventStore, RecordedEvent};
 use serde::Serialize;
 
@@ -35,6 +45,9 @@ enum Abandoned {
     /// Reading `$all` or writing the shadow tables kept failing.
     #[error("{0}")]
     Storage(String),
+    /// The term it belonged to is over: the next leader starts it over.
+    #[error("leadership lost: {0}")]
+    Deposed(String),
 }
 
 impl From<HandleError> for Abandoned {
@@ -42,6 +55,7 @@ impl From<HandleError> for Abandoned {
         match e {
             HandleError::Event(e) => Self::Event(e),
             HandleError::Transient(e) => Self::Storage(e),
+            HandleError::Deposed(e) => Self::Deposed(e),
         }
     }
 }
@@ -62,6 +76,11 @@ pub(super) struct Rebuilds {
     completed: AtomicU64,
     /// Rebuilds given up by this process (their shadow tables dropped, nothing swapped).
     abandoned: AtomicU64,
+    /// Rebuilds of this process cancelled because its term ended (nothing swapped; the
+    /// next leader starts them over).
+    cancelled: AtomicU64,
+    /// The running rebuild's task, cancelled when the term it belongs to ends.
+    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl ConsumerHandle {
@@ -98,6 +117,13 @@ impl ConsumerHandle {
         self.shared.rebuilds.abandoned.load(Ordering::SeqCst)
     }
 
+    /// Rebuilds this process has cancelled because its leadership term ended (lost,
+    /// handed over, shutdown): nothing swapped in; the next leader starts them over.
+    #[must_use]
+    pub fn rebuilds_cancelled(&self) -> u64 {
+        self.shared.rebuilds.cancelled.load(Ordering::SeqCst)
+    }
+
     /// Starts rebuilding the read model from position 0 into shadow tables, while the live
     /// tables keep answering; they are swapped atomically once the shadow has caught up.
     /// Refused while a rebuild runs, while dead letters wait, for a process manager, and
@@ -105,7 +131,7 @@ impl ConsumerHandle {
     /// two batches at a checkpoint that moves, so such a rebuild would end (if ever) at a
     /// time nobody chose.
     pub fn start_rebuild(&self) -> Result<(), ControlError> {
-        self.require_leader()?;
+        let _ = self.require_leader()?;
         let consumer = self.name.clone();
         match self.status() {
             ConsumerStatus::Paused => return Err(ControlError::Paused { consumer }),
@@ -120,13 +146,28 @@ impl ConsumerHandle {
     pub fn rebuild_when_leading(&self) {
         self.shared.apply(Transition::RebuildQueued);
         if self.is_leader() {
-            start_queued(&self.shared);
+            start_awaiting(&self.shared);
         }
     }
 }
 
-/// Starts the rebuild asked for before this process led the consumer, if any.
-pub(super) fn start_queued(shared: &Arc<Shared>) {
+/// At the start of a term: starts the rebuild asked for before this process led the
+/// consumer, or the one an earlier term (of any process) left unfinished, if any.
+pub(super) async fn start_queued(shared: &Arc<Shared>) {
+    if shared.handler.shadow().is_some() {
+        let (rm, shadow) =
+            (Arc::clone(shared.handler.readmodels()), format!("{}{REBUILD_SUFFIX}", shared.name()));
+        let recorded = blocking(move || Ok(rm.checkpoints()?.iter().any(|(c, _)| *c == shadow)));
+        if let Ok(true) = recorded.await {
+            tracing::info!(consumer = shared.name(), "an interrupted rebuild is started over");
+            shared.apply(Transition::RebuildQueued);
+        }
+    }
+    start_awaiting(shared);
+}
+
+/// Starts the rebuild waiting for leadership, if any.
+fn start_awaiting(shared: &Arc<Shared>) {
     // Every leadership term starts here: most have nothing queued, and nothing to say.
     if shared.status.borrow().rebuild() != Rebuild::AwaitingLeadership {
         return;
@@ -134,6 +175,22 @@ pub(super) fn start_queued(shared: &Arc<Shared>) {
     if let Err(e) = start(shared, true) {
         tracing::warn!(consumer = shared.name(), error = %e, "rebuild not started");
     }
+}
+
+/// Ends the term's rebuild, if one runs: its task is aborted (a write it has in flight
+/// is refused by the store once the term is over), nothing is swapped in, and the shadow
+/// and its checkpoint stay for the next leader to start over.
+pub(super) fn cancel(shared: &Arc<Shared>) {
+    let task = shared.rebuilds.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let Some(task) = task else { return };
+    if task.is_finished() {
+        return;
+    }
+    task.abort();
+    shared.rebuilds.cancelled.fetch_add(1, Ordering::SeqCst);
+    *shared.rebuilds.progress.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    shared.apply(Transition::RebuildEnded);
+    tracing::warn!(consumer = shared.name(), "rebuild cancelled: the leadership term ended");
 }
 
 /// Starts a rebuild (see [`ConsumerHandle::start_rebuild`]); the caller leads the consumer.
@@ -149,6 +206,9 @@ fn start(shared: &Arc<Shared>, queued: bool) -> Result<bool, ControlError> {
     };
     let Some(shadow) = shared.handler.shadow() else {
         return refused(ControlError::ProcessManager { consumer });
+    };
+    let Some(fence) = shared.leadership.fence() else {
+        return refused(ControlError::NotLeader { consumer });
     };
     if shared.letters.depth() > 0 {
         return refused(ControlError::HasDeadLetters { consumer });
@@ -172,26 +232,39 @@ fn start(shared: &Arc<Shared>, queued: bool) -> Result<bool, ControlError> {
     }
     *shared.rebuilds.progress.lock().unwrap_or_else(PoisonError::into_inner) =
         Some(RebuildProgress { position: 0, rate: 0.0 });
-    let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        if let Err(e) = rebuild(&shared, shadow).await {
-            tracing::error!(consumer = shared.name(), error = %e, "rebuild abandoned");
-            let (rm, tables, name) = (
-                Arc::clone(shared.handler.readmodels()),
-                shared.handler.tables(),
-                format!("{}#rebuild", shared.name()),
-            );
-            let _ = blocking(move || rm.abort_shadow(&tables, &name)).await;
-            shared.rebuilds.abandoned.fetch_add(1, Ordering::SeqCst);
+    let task_shared = Arc::clone(shared);
+    // The slot is held while spawning, so `cancel` never misses the task it must end.
+    let mut slot = shared.rebuilds.task.lock().unwrap_or_else(PoisonError::into_inner);
+    let task = tokio::spawn(async move {
+        let shared = task_shared;
+        match rebuild(&shared, shadow, &fence).await {
+            Ok(()) => {}
+            Err(Abandoned::Deposed(e)) => {
+                // Not given up: the next leader starts it over from the record it left.
+                tracing::warn!(consumer = shared.name(), error = %e, "rebuild ended with the term");
+                shared.rebuilds.cancelled.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => {
+                tracing::error!(consumer = shared.name(), error = %e, "rebuild abandoned");
+                let (rm, tables, name) = (
+                    Arc::clone(shared.handler.readmodels()),
+                    shared.handler.tables(),
+                    format!("{}{REBUILD_SUFFIX}", shared.name()),
+                );
+                let _ = blocking(move || rm.abort_shadow(&fence, &tables, &name)).await;
+                shared.rebuilds.abandoned.fetch_add(1, Ordering::SeqCst);
+            }
         }
         *shared.rebuilds.progress.lock().unwrap_or_else(PoisonError::into_inner) = None;
         shared.apply(Transition::RebuildEnded);
     });
+    *slot = Some(task.abort_handle());
     Ok(true)
 }
 
 /// Feeds `shadow` every event with position in `(from, to]`.
 async fn feed(
+    fence: &Fence,
     store: &Arc<dyn EventStore>,
     shadow: &Arc<dyn BatchHandler>,
     filter: &AllFilter,
@@ -206,9 +279,10 @@ async fn feed(
         let checkpoint = slice.scanned_to.min(to);
         let mut attempts = 0;
         loop {
-            match shadow.handle(events.clone(), checkpoint).await {
+            match shadow.handle(fence, events.clone(), checkpoint).await {
                 Ok(()) => break,
                 Err(HandleError::Event(e)) => return Err(Abandoned::Event(e)),
+                Err(HandleError::Deposed(e)) => return Err(Abandoned::Deposed(e)),
                 Err(HandleError::Transient(e)) if attempts < 20 => {
                     attempts += 1;
                     tracing::warn!(error = %e, "rebuild batch failed; retrying");
@@ -227,19 +301,23 @@ async fn feed(
 
 /// The rebuild: shadow from 0 up to the live checkpoint, then, with the live consumer
 /// held between batches, the last stretch and the atomic swap.
-async fn rebuild(shared: &Arc<Shared>, shadow: Arc<dyn BatchHandler>) -> Result<(), Abandoned> {
+async fn rebuild(
+    shared: &Arc<Shared>,
+    shadow: Arc<dyn BatchHandler>,
+    fence: &Fence,
+) -> Result<(), Abandoned> {
     let name = shared.name().to_owned();
     let tables = shared.handler.tables();
     let rm = Arc::clone(shared.handler.readmodels());
     let filter =
         AllFilter { event_types: shared.handler.event_types(), aggregate_types: Vec::new() };
     {
-        let (rm, tables) = (Arc::clone(&rm), tables.clone());
+        let (rm, tables, fence) = (Arc::clone(&rm), tables.clone(), fence.clone());
         let name = name.clone();
-        blocking(move || rm.create_shadow(&name, &tables)).await?;
+        blocking(move || rm.create_shadow(&fence, &name, &tables)).await?;
     }
-    // A fresh shadow checkpoint at 0.
-    shadow.handle(Vec::new(), 0).await?;
+    // A fresh shadow checkpoint at 0: from here on, the record of a rebuild under way.
+    shadow.handle(fence, Vec::new(), 0).await?;
     let started = std::time::Instant::now();
     let mut position = 0;
     loop {
@@ -249,7 +327,7 @@ async fn rebuild(shared: &Arc<Shared>, shadow: Arc<dyn BatchHandler>) -> Result<
             break;
         }
         let to = target.min(position + 20 * BATCH_EVENTS_MAX as u64);
-        feed(&shared.store, &shadow, &filter, position, to).await?;
+        feed(fence, &shared.store, &shadow, &filter, position, to).await?;
         position = to;
         *shared.rebuilds.progress.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(RebuildProgress {
@@ -261,9 +339,12 @@ async fn rebuild(shared: &Arc<Shared>, shadow: Arc<dyn BatchHandler>) -> Result<
     let _gate = shared.gate.lock().await;
     let (rm2, live) = (Arc::clone(&rm), name.clone());
     let target = blocking(move || rm2.checkpoint(&live)).await?;
-    feed(&shared.store, &shadow, &filter, position, target).await?;
-    let (rm2, live, shadow_name) = (Arc::clone(&rm), name.clone(), format!("{name}#rebuild"));
-    blocking(move || rm2.swap_shadow(&tables, &live, &shadow_name)).await?;
+    feed(fence, &shared.store, &shadow, &filter, position, target).await?;
+    let (rm2, live, shadow_name) =
+        (Arc::clone(&rm), name.clone(), format!("{name}{REBUILD_SUFFIX}"));
+    // Refused unless `fence` is still the live term: a deposed leader never swaps.
+    let fence = fence.clone();
+    blocking(move || rm2.swap_shadow(&fence, &tables, &live, &shadow_name)).await?;
     shared.rebuilds.completed.fetch_add(1, Ordering::SeqCst);
     shared.handler.rebuilt().await;
     tracing::info!(consumer = %name, position = target, seconds = started.elapsed().as_secs_f64(), "rebuild swapped in");

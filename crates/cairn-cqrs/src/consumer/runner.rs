@@ -6,6 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_core::readmodel::Fence;
 use cairn_core::{AllFilter, RecordedEvent};
 use futures_util::FutureExt as _;
 use tokio::sync::watch;
@@ -55,9 +56,13 @@ impl Runner {
                     return;
                 }
                 tracing::info!(consumer = runner.shared.name(), "leading");
-                rebuild::start_queued(&runner.shared);
+                rebuild::start_queued(&runner.shared).await;
                 let stop = runner.lead().await;
                 runner.shared.leadership.lost();
+                // The rebuild belongs to the term: it ends with it, before the lease is
+                // given back (its shadow stays, recorded by its checkpoint, for the next
+                // leader to start over).
+                rebuild::cancel(&runner.shared);
                 let (rm, name) = (
                     Arc::clone(runner.shared.handler.readmodels()),
                     runner.shared.name().to_owned(),
@@ -131,6 +136,7 @@ impl Runner {
         let mut control = self.shared.status.subscribe();
         let mut handover = self.shared.leadership.handover();
         let mut backoff = RETRY_BACKOFF_MIN;
+        let Some(fence) = self.shared.leadership.fence() else { return Stop::Lost };
         let mut position = match self.start_position(&shutdown).await {
             Ok(p) => p,
             Err(stop) => return stop,
@@ -198,7 +204,7 @@ impl Runner {
             }
             let skipped = slice.events.is_empty();
             if !skipped {
-                match self.process(slice.events, slice.scanned_to).await {
+                match self.process(&fence, slice.events, slice.scanned_to).await {
                     Ok(true) => {}
                     Ok(false) => {
                         if let Some(next) = prefetched.take() {
@@ -212,7 +218,7 @@ impl Runner {
             }
             if skipped && followed && slice.scanned_to > saved {
                 if last_save.elapsed() >= MIRRORED_CHECKPOINT_EVERY {
-                    match self.save_skipped(slice.scanned_to).await {
+                    match self.save_skipped(&fence, slice.scanned_to).await {
                         Ok(true) => {}
                         Ok(false) => continue,
                         Err(stop) => return stop,
@@ -231,7 +237,7 @@ impl Runner {
                     _ = control.changed() => {}
                     _ = handover.changed() => {}
                     () = tokio::time::sleep(MIRRORED_CHECKPOINT_EVERY), if pending => {
-                        match self.save_skipped(position).await {
+                        match self.save_skipped(&fence, position).await {
                             Ok(true) => {
                                 (saved, last_save, pending) = (position, Instant::now(), false);
                             }
@@ -248,6 +254,7 @@ impl Runner {
     /// transient one until it works. Returns the event error that remained, if any.
     async fn attempt(
         &mut self,
+        fence: &Fence,
         events: &[RecordedEvent],
         scanned_to: u64,
     ) -> Result<Option<String>, Stop> {
@@ -256,15 +263,16 @@ impl Runner {
         loop {
             // A panicking handler is the event's fault like a refusing one: retried a few
             // times, then dead-lettered; never a stall, never a dead loop.
-            let handled = AssertUnwindSafe(self.shared.handler.handle(events.to_vec(), scanned_to))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| {
-                    Err(HandleError::Event(format!(
-                        "handler panicked: {}",
-                        panic_message(panic.as_ref())
-                    )))
-                });
+            let handled =
+                AssertUnwindSafe(self.shared.handler.handle(fence, events.to_vec(), scanned_to))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        Err(HandleError::Event(format!(
+                            "handler panicked: {}",
+                            panic_message(panic.as_ref())
+                        )))
+                    });
             let error = match handled {
                 Ok(()) => {
                     self.shared.apply(Transition::Progressed);
@@ -273,8 +281,11 @@ impl Runner {
                 Err(e) => e,
             };
             // Whatever failed, a process that lost the consumer must not try again: its
-            // successor is handling these events now.
-            if !self.shared.handler.readmodels().leads(self.shared.name()) {
+            // successor is handling these events now (and the store refuses this term's
+            // writes anyway).
+            if matches!(error, HandleError::Deposed(_))
+                || !self.shared.handler.readmodels().leads(self.shared.name())
+            {
                 return Err(Stop::Lost);
             }
             match error {
@@ -284,6 +295,7 @@ impl Runner {
                         return Ok(Some(e));
                     }
                 }
+                HandleError::Deposed(_) => return Err(Stop::Lost),
                 HandleError::Transient(e) => {
                     tracing::error!(consumer = self.shared.name(), error = %e, "storage failed; retrying");
                     self.shared.apply(Transition::StorageFailed);
@@ -299,7 +311,12 @@ impl Runner {
 
     /// Processes a batch, parking what must be parked. Fast path: one call.
     /// `Ok(false)`: paused meanwhile, nothing handled (the checkpoint has not moved).
-    async fn process(&mut self, events: Vec<RecordedEvent>, scanned_to: u64) -> Result<bool, Stop> {
+    async fn process(
+        &mut self,
+        fence: &Fence,
+        events: Vec<RecordedEvent>,
+        scanned_to: u64,
+    ) -> Result<bool, Stop> {
         let shared = Arc::clone(&self.shared);
         let _gate = shared.gate.lock().await;
         // Under the gate: an operator who paused the consumer and then holds the gate
@@ -307,7 +324,9 @@ impl Runner {
         if shared.status.borrow().pause_requested() {
             return Ok(false);
         }
-        if !shared.letters.any_blocked() && self.attempt(&events, scanned_to).await?.is_none() {
+        if !shared.letters.any_blocked()
+            && self.attempt(fence, &events, scanned_to).await?.is_none()
+        {
             return Ok(true);
         }
         // Slow path: event by event, so that one bad event (or a blocked aggregate) does
@@ -316,15 +335,17 @@ impl Runner {
             let error = if shared.letters.is_blocked(&event.aggregate_id) {
                 Some((format!("parked behind an earlier dead letter of {}", event.aggregate_id), 0))
             } else {
-                self.attempt(std::slice::from_ref(&event), event.position)
+                self.attempt(fence, std::slice::from_ref(&event), event.position)
                     .await?
                     .map(|e| (e, EVENT_ATTEMPTS_MAX))
             };
             if let Some((error, attempts)) = error {
                 tracing::warn!(consumer = shared.name(), position = event.position, %error, "event dead-lettered");
                 let mut backoff = RETRY_BACKOFF_MIN;
-                while let Err(e) = shared.park(&event, error.clone(), attempts).await {
-                    if !shared.handler.readmodels().leads(shared.name()) {
+                while let Err(e) = shared.park(fence, &event, error.clone(), attempts).await {
+                    if matches!(e, HandleError::Deposed(_))
+                        || !shared.handler.readmodels().leads(shared.name())
+                    {
                         return Err(Stop::Lost);
                     }
                     tracing::error!(consumer = shared.name(), error = %e, "cannot park; retrying");
@@ -338,17 +359,17 @@ impl Runner {
             }
         }
         // The checkpoint also covers the filtered-out tail of the batch.
-        self.attempt(&[], scanned_to).await.map(|_| true)
+        self.attempt(fence, &[], scanned_to).await.map(|_| true)
     }
 
     /// Moves the checkpoint over skipped events (for followers), under the gate like a
     /// batch. `Ok(false)`: paused meanwhile, not moved.
-    async fn save_skipped(&mut self, position: u64) -> Result<bool, Stop> {
+    async fn save_skipped(&mut self, fence: &Fence, position: u64) -> Result<bool, Stop> {
         let shared = Arc::clone(&self.shared);
         let _gate = shared.gate.lock().await;
         if shared.status.borrow().pause_requested() {
             return Ok(false);
         }
-        self.attempt(&[], position).await.map(|_| true)
+        self.attempt(fence, &[], position).await.map(|_| true)
     }
 }

@@ -74,8 +74,8 @@ pub struct ProjectionInfo {
     /// a projection, never rebuilt) or `relay` (the NATS outbox).
     kind: ConsumerKind,
     /// Whether this server process runs it (the others sharing its database follow its
-    /// checkpoint), since when, its fence (the leadership terms this process has begun
-    /// for it: 0 = never led it), and where its leader is reached.
+    /// checkpoint), since when, its fence (the epoch of this process's latest term as its
+    /// leader: 0 = never led it), and where its leader is reached.
     leader: ConsumerLeader,
 }
 
@@ -87,9 +87,9 @@ pub struct ConsumerLeader {
     /// When this process last became its leader (RFC 3339); `null` while it does not lead.
     #[schema(value_type = Option<String>, format = DateTime, required = true)]
     since: Option<Timestamp>,
-    /// Leadership terms this process has begun for the consumer since it started: 0 =
-    /// never led it, and it grows by one each time it takes the consumer (back). Local to
-    /// this process for now, not yet a token checked by the store on each write.
+    /// The epoch of this process's latest leadership term of the consumer (0 = never led
+    /// it): the store counts terms across every process sharing the consumer and refuses a
+    /// write made under an earlier term's fence.
     fence: u64,
     /// The advertised base URL (`cairn serve --advertise-url`) of the process that leads
     /// it, this one or another, as that process last published it; `null` when unknown
@@ -860,7 +860,7 @@ pub async fn import_process_state(
         )));
     }
     // Leading, paused, and no batch in hand: nothing runs until the import is in.
-    let _between = pm.hold_paused().await?;
+    let (_between, fence) = pm.hold_paused().await?;
     let (rm, consumer) = (Arc::clone(&state.readmodels), pm.name().to_owned());
     let current = {
         let (rm, consumer) = (Arc::clone(&rm), consumer.clone());
@@ -883,7 +883,9 @@ pub async fn import_process_state(
     let (checkpoint, saved) = (body.checkpoint, body.instances.len());
     let instances = body.instances;
     tokio::task::spawn_blocking(move || {
-        rm.transact(&consumer, Some(checkpoint), &mut |txn| {
+        // Under the fence of the term that holds the manager paused: refused if this
+        // process lost the manager meanwhile.
+        rm.transact(&fence, &consumer, Some(checkpoint), &mut |txn| {
             for i in &instances {
                 txn.put(&i.table, &i.key, i.state.get())?;
             }

@@ -1,0 +1,183 @@
+//! A rebuild belongs to its leadership term: when process A loses the projection, A's
+//! rebuild is cancelled and never swaps; process B, the next leader, finds the record of
+//! the interrupted rebuild and starts it over; the result equals a fresh replay.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use cairn_core::readmodel::{
+    DocTxn, DocTxnExt, MemoryReadModels, REBUILD_SUFFIX, ReadModelError, ReadModelStore, TableSpec,
+};
+use cairn_core::{Append, EventStore, ExpectedVersion, MemoryEventStore, NewEvent, RecordedEvent};
+use cairn_cqrs::consumer::ConsumerHandle;
+use cairn_cqrs::projection::{Projection, spawn_projection};
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+
+/// Microseconds each event takes to apply: raised so that a rebuild is still running
+/// when its leader is deposed.
+static APPLY_DELAY_US: AtomicU64 = AtomicU64::new(0);
+
+/// Counts events per stream.
+struct Counter;
+
+impl Projection for Counter {
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+
+    fn tables(&self) -> Vec<TableSpec> {
+        vec![TableSpec { name: "counter", indexed: &[] }]
+    }
+
+    fn event_types(&self) -> Vec<&'static str> {
+        vec!["Tick"]
+    }
+
+    fn apply(&self, e: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError> {
+        let delay = APPLY_DELAY_US.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_micros(delay));
+        }
+        let count: u64 = txn.load("counter", &e.aggregate_id)?.unwrap_or(0);
+        txn.save("counter", &e.aggregate_id, &(count + 1))
+    }
+}
+
+async fn ticks(store: &Arc<dyn EventStore>, n: usize) -> u64 {
+    let mut last = 0;
+    for i in 0..n {
+        let append = Append {
+            aggregate_id: format!("s-{}", i % 10),
+            aggregate_type: "Thing".into(),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent::new("Tick", RawValue::from_string("{}".into()).unwrap())],
+            idempotency_key: None,
+        };
+        last = store.append(append).await.unwrap().position;
+    }
+    last
+}
+
+fn counts(rm: &Arc<dyn ReadModelStore>) -> Vec<u64> {
+    (0..10)
+        .map(|i| {
+            serde_json::from_str(&rm.get("counter", &format!("s-{i}")).unwrap().unwrap()).unwrap()
+        })
+        .collect()
+}
+
+async fn until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn recorded(rm: &Arc<dyn ReadModelStore>) -> bool {
+    let shadow = format!("counter{REBUILD_SUFFIX}");
+    rm.checkpoints().unwrap().iter().any(|(c, _)| *c == shadow)
+}
+
+fn spawn(
+    store: &Arc<dyn EventStore>,
+    rm: &Arc<dyn ReadModelStore>,
+    stop: watch::Receiver<bool>,
+) -> ConsumerHandle {
+    spawn_projection(Arc::clone(store), Arc::clone(rm), Arc::new(Counter), stop).unwrap()
+}
+
+/// How process A loses the projection in the middle of its rebuild.
+enum Deposal {
+    /// A hands it over (rebalancing): A resigns, B takes it.
+    HandOver,
+    /// PostgreSQL: A's leadership session is killed under it (`pg_terminate_backend`).
+    Terminate(String),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_leaders_rebuild_is_cancelled_and_the_next_leader_starts_it_over() {
+    let a_rm = MemoryReadModels::new();
+    let b_rm: Arc<dyn ReadModelStore> = Arc::new(a_rm.another_process());
+    deposed_mid_rebuild(Arc::new(a_rm), b_rm, Deposal::HandOver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgres_a_killed_leaders_rebuild_never_swaps_and_the_next_leader_starts_it_over() {
+    let backend = cairn_testkit::Backend::Postgres;
+    if !backend.enabled() {
+        return;
+    }
+    let place = backend.place().await;
+    let url = place.database_url().expect("a database").to_owned();
+    let (a_rm, b_rm) = (place.readmodels().await, place.readmodels().await);
+    deposed_mid_rebuild(a_rm, b_rm, Deposal::Terminate(url)).await;
+}
+
+/// Kills every session holding this schema's leadership lock of `counter`.
+async fn terminate_leader(url: &str) -> usize {
+    let (admin, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+               AND ((classid::bigint << 32) | objid::bigint)
+                   = hashtextextended(current_schema() || '/cairn/lead/counter', 0)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .len()
+}
+
+async fn deposed_mid_rebuild(
+    a_rm: Arc<dyn ReadModelStore>,
+    b_rm: Arc<dyn ReadModelStore>,
+    deposal: Deposal,
+) {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let head = ticks(&store, 3000).await;
+    let (_stop, stop_rx) = watch::channel(false);
+    let a = spawn(&store, &a_rm, stop_rx.clone());
+    a.wait_for(head, Duration::from_secs(10)).await.unwrap();
+    assert!(a.is_leader());
+    let b = spawn(&store, &b_rm, stop_rx);
+    assert_eq!(counts(&a_rm), vec![300; 10]);
+
+    // A rebuild on A, slow enough (about a second per 2000-event batch) to be deposed
+    // in the middle of it.
+    APPLY_DELAY_US.store(500, Ordering::SeqCst);
+    a.start_rebuild().unwrap();
+    until("A's rebuild is recorded", Duration::from_secs(5), || recorded(&a_rm)).await;
+    match deposal {
+        Deposal::HandOver => a.hand_over(Duration::from_secs(30)),
+        Deposal::Terminate(url) => {
+            assert_eq!(terminate_leader(&url).await, 1, "A's leadership session");
+        }
+    }
+    until("B leads", Duration::from_secs(15), || b.is_leader()).await;
+    until("A's rebuild is cancelled", Duration::from_secs(15), || a.rebuilds_cancelled() == 1)
+        .await;
+    assert!(a.rebuild_progress().is_none(), "A runs no rebuild any more");
+
+    // B finds the interrupted rebuild and starts it over, from an emptied shadow.
+    APPLY_DELAY_US.store(0, Ordering::SeqCst);
+    let more = ticks(&store, 500).await;
+    until("B's rebuild is swapped in", Duration::from_secs(20), || b.rebuilds_completed() == 1)
+        .await;
+    b.wait_for(more, Duration::from_secs(10)).await.unwrap();
+    // A killed session is noticed at the next write at the latest (refused: its fence
+    // is stale); A's rebuild noticed it at its own next write.
+    until("A knows it was deposed", Duration::from_secs(10), || !a.is_leader()).await;
+    assert_eq!(counts(&b_rm), vec![350; 10], "what a fresh replay gives: each event once");
+    assert!(!recorded(&b_rm), "no rebuild is under way any more");
+    assert_eq!(a.rebuilds_completed(), 0, "A never swapped");
+    assert_eq!(b.rebuilds_abandoned(), 0);
+    // Long after, A's cancelled rebuild has still swapped nothing in.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!((a.rebuilds_completed(), b.rebuilds_completed()), (0, 1));
+    assert_eq!(counts(&a_rm), vec![350; 10]);
+}
