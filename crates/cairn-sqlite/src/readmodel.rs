@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, Leases, ListQuery,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases, ListQuery,
     ReadModelError, SchemaStore, TableSpec, TxnFn, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
@@ -689,10 +689,14 @@ impl Generations for SqliteReadModels {
 /// leads every consumer: there is no one to hand a consumer over to. Terms still count
 /// (the `leases` table), so that a write of a term this process gave up is refused.
 impl Leases for SqliteReadModels {
-    fn try_lead(&self, consumer: &str) -> Result<Option<Fence>, ReadModelError> {
+    fn begin_term(
+        &self,
+        consumer: &str,
+        issuer: LeaseIssuer<'_>,
+    ) -> Result<Option<Fence>, ReadModelError> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(epoch) = held.get(consumer) {
-            return Ok(Some(Fence::issued(consumer, *epoch)));
+            return Ok(Some(Fence::issued(consumer, *epoch, issuer)));
         }
         let epoch: i64 = self
             .writer()
@@ -704,7 +708,7 @@ impl Leases for SqliteReadModels {
             )
             .map_err(storage)?;
         held.insert(consumer.to_owned(), epoch as u64);
-        Ok(Some(Fence::issued(consumer, epoch as u64)))
+        Ok(Some(Fence::issued(consumer, epoch as u64, issuer)))
     }
 
     fn leads(&self, _consumer: &str) -> bool {
