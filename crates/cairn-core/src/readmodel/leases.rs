@@ -10,9 +10,10 @@ pub fn leadership_key(consumer: &str) -> &str {
 
 /// Leadership of consumers: each consumer is run by one process at a time.
 ///
-/// No method has a default: a backend that forgot to say would otherwise let every
-/// process run every consumer. An embedded backend (one process per store) grants
-/// everything, and says so.
+/// No backend method has a default: a backend that forgot to say would otherwise let
+/// every process run every consumer. An embedded backend (one process per store) grants
+/// everything, and says so. The one provided method, [`Self::try_lead`], is cairn-core's
+/// wrapper around the backend's [`Self::begin_term`].
 pub trait Leases: Send + Sync {
     /// Tries to make this process the one that runs `consumer`: its fence when it now
     /// leads it (the same fence when it already did), `None` when another process does.
