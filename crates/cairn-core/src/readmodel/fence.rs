@@ -13,13 +13,13 @@ use std::sync::Arc;
 /// [`super::Leases::begin_term`]), so a write without proof of leadership cannot be
 /// expressed. User code cannot mint one:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0624
 /// use cairn_core::readmodel::{Fence, LeaseIssuer};
 /// // `LeaseIssuer::new` is private to cairn-core: only `Leases::try_lead` calls it.
 /// let fence = Fence::issued("orders", 1, LeaseIssuer::new());
 /// ```
 ///
-/// ```compile_fail
+/// ```compile_fail,E0451
 /// use cairn_core::readmodel::{Fence, LeaseIssuer};
 /// // Nor can the token be built from its parts: its fields are private.
 /// let fence = Fence::issued("orders", 1, LeaseIssuer { _call: std::marker::PhantomData });
