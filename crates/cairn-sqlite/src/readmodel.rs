@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases, ListQuery,
-    ReadModelError, SchemaStore, TableSpec, TxnFn, validate_identifier,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases,
+    ListQuery, ReadModelError, SchemaStore, TableSpec, TxnFn, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
@@ -603,8 +603,10 @@ impl Generations for SqliteReadModels {
             // DDL is transactional in SQLite: readers see the old table or the new one,
             // and a crash leaves the old one live with its checkpoint.
             let (old, new) = (live(name), shadow(name));
-            tx.execute_batch(&format!("DROP TABLE IF EXISTS {old}; ALTER TABLE {new} RENAME TO {old};"))
-                .map_err(storage)?;
+            tx.execute_batch(&format!(
+                "DROP TABLE IF EXISTS {old}; ALTER TABLE {new} RENAME TO {old};"
+            ))
+            .map_err(storage)?;
         }
         // A rebuild that never committed a checkpoint rebuilt nothing: the live consumer
         // starts from 0, as the tables it now reads are empty.

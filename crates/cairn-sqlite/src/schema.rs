@@ -155,10 +155,7 @@ fn rm_v2(conn: &Connection) -> rusqlite::Result<()> {
     candidates.retain(|t: &String| !t.contains("__g"));
     for table in candidates {
         let Some(name) = table.strip_prefix("rm_") else { continue };
-        let generation = generations
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(0, |(_, g)| *g);
+        let generation = generations.iter().find(|(n, _)| n == name).map_or(0, |(_, g)| *g);
         let next = format!("rm_{name}__g{}", generation + 1);
         if exists(&next)? {
             conn.execute_batch(&format!("DROP TABLE {next};"))?;
@@ -166,6 +163,9 @@ fn rm_v2(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch("DROP TABLE table_generations;")
 }
+
+/// One version's change of `readmodels.db`, run inside its transaction.
+type MigrationStep = fn(&Connection) -> rusqlite::Result<()>;
 
 /// Creates or upgrades `readmodels.db`'s schema, each version in one transaction;
 /// refuses a file written by a newer Cairn.
@@ -177,8 +177,7 @@ pub fn migrate_read_models(conn: &mut Connection) -> Result<(), String> {
             "the read-model file has schema version {current}, this build knows up to {READ_MODEL_SCHEMA_VERSION}: use a newer cairn"
         ));
     }
-    let steps: [(i64, fn(&Connection) -> rusqlite::Result<()>); 2] =
-        [(1, |c| c.execute_batch(RM_V1)), (2, rm_v2)];
+    let steps: [(i64, MigrationStep); 2] = [(1, |c| c.execute_batch(RM_V1)), (2, rm_v2)];
     for (version, step) in steps {
         if current < version {
             let tx = conn

@@ -329,7 +329,10 @@ pub fn indexes_answer_after_two_swaps(rm: &Rm) {
         shadow_put(
             rm,
             Some(round),
-            &[(&format!("open{round}"), &order("open", customer)), ("paid", &order("paid", customer))],
+            &[
+                (&format!("open{round}"), &order("open", customer)),
+                ("paid", &order("paid", customer)),
+            ],
         );
         rm.swap_shadow(&fence(rm, LIVE), &["orders", "lines"], LIVE, &shadow_consumer()).unwrap();
     }

@@ -34,6 +34,8 @@ impl Fence {
     /// The fence of the term `epoch` a [`super::Leases`] backend has just durably begun
     /// (or still holds) for `consumer`, inside its [`super::Leases::begin_term`]: the
     /// `issuer` that call was given is spent on it.
+    // Taken by value on purpose: spending the token is what limits it to one fence.
+    #[allow(clippy::needless_pass_by_value)]
     #[must_use]
     pub fn issued(consumer: &str, epoch: u64, issuer: LeaseIssuer<'_>) -> Self {
         let LeaseIssuer { _call } = issuer;

@@ -13,8 +13,8 @@ use tokio::sync::watch;
 
 use super::write_behind::{TxnStorage, WriteBehind};
 use super::{
-    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases, ListQuery,
-    ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key, validate_identifier,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases,
+    ListQuery, ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key, validate_identifier,
 };
 use crate::timestamp::Timestamp;
 
