@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, Leases, ListQuery,
-    ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key, validate_identifier,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases,
+    ListQuery, ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
@@ -706,7 +706,11 @@ impl Generations for PgReadModels {
 }
 
 impl Leases for PgReadModels {
-    fn try_lead(&self, consumer: &str) -> Result<Option<Fence>, ReadModelError> {
+    fn begin_term(
+        &self,
+        consumer: &str,
+        issuer: LeaseIssuer<'_>,
+    ) -> Result<Option<Fence>, ReadModelError> {
         // The map's lock is released before the session's: `leads()` takes the map's lock
         // from async code and must not wait for a transaction on the session.
         let held =
@@ -761,7 +765,7 @@ impl Leases for PgReadModels {
                 return Err(storage(&e));
             }
         };
-        let fence = Fence::issued(consumer, epoch as u64);
+        let fence = Fence::issued(consumer, epoch as u64, issuer);
         self.leaders.lock().unwrap_or_else(PoisonError::into_inner).insert(
             consumer.to_owned(),
             Arc::new(Mutex::new(Leader { client, fence: fence.clone() })),

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, Leases, ListQuery,
-    ReadModelError, SchemaStore, TableSpec, TxnFn, validate_identifier,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases,
+    ListQuery, ReadModelError, SchemaStore, TableSpec, TxnFn, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
@@ -30,8 +30,7 @@ pub const READ_MODEL_FILE: &str = "readmodels.db";
 pub struct SqliteReadModels {
     write: Mutex<Connection>,
     readers: Arc<ReadPool>,
-    /// Declared tables: indexed fields, current generation, and whether a shadow
-    /// (generation + 1) is being rebuilt.
+    /// Declared tables: indexed fields, and whether a shadow is being rebuilt.
     tables: Mutex<HashMap<String, TableState>>,
     /// Consumers this process leads, and the epoch of its term for each.
     held: Mutex<HashMap<String, u64>>,
@@ -46,27 +45,81 @@ fn storage(e: impl std::fmt::Display) -> ReadModelError {
 #[derive(Debug, Clone)]
 struct TableState {
     indexed: Vec<String>,
-    generation: u64,
+    /// A rebuild of this process created the table's shadow, which shadow writes go to.
     shadow: bool,
 }
 
-/// The physical table of a logical table at a generation (generation 0 keeps the plain name).
-fn physical(name: &str, generation: u64) -> String {
-    if generation == 0 { format!("rm_{name}") } else { format!("rm_{name}__g{generation}") }
+/// The live table of logical table `name`.
+fn live(name: &str) -> String {
+    format!("rm_{name}")
 }
 
-fn create_table_sql(name: &str, generation: u64, indexed: &[String]) -> String {
-    let table = physical(name, generation);
-    let mut ddl = format!(
+/// The table a rebuild of `name` fills; the swap renames it to [`live`].
+fn shadow(name: &str) -> String {
+    format!("rm_{name}__shadow")
+}
+
+/// Names tried for a new index before giving up (two are ever in use for one field:
+/// the live table's and its shadow's).
+const INDEX_NAME_TRIES: u32 = 16;
+
+/// Creates `table` (a physical name) if missing, and an index for each of `indexed` it
+/// lacks.
+///
+/// SQLite index names are global to the file and cannot be renamed (there is no `ALTER
+/// INDEX ... RENAME`), and `ALTER TABLE ... RENAME` keeps a table's index names. So a
+/// shadow's indexes, renamed with it into the live table, keep the names they were
+/// created under, and the next shadow's indexes need other names: an index is looked
+/// for by what it indexes (its table and its `'$.field'` expression in `sqlite_master`),
+/// never by name, and a new one takes the first free name of `<table>_<field>`,
+/// `<table>_<field>__2`, ... The live and shadow tables of a field alternate between two
+/// of them; rebuilding the index at the swap instead would hold the write lock for a
+/// full index build.
+fn create_table(conn: &Connection, table: &str, indexed: &[String]) -> Result<(), ReadModelError> {
+    conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID;"
-    );
+    ))
+    .map_err(storage)?;
     for field in indexed {
-        let _ = write!(
-            ddl,
-            "CREATE INDEX IF NOT EXISTS {table}_{field} ON {table} (json_extract(doc, '$.{field}'), key);"
-        );
+        let has_index: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master
+                 WHERE type = 'index' AND tbl_name = ?1 AND instr(sql, ?2) > 0)",
+                rusqlite::params![table, format!("'$.{field}'")],
+                |r| r.get(0),
+            )
+            .map_err(storage)?;
+        if has_index {
+            continue;
+        }
+        let mut chosen = None;
+        for attempt in 1..=INDEX_NAME_TRIES {
+            let name = if attempt == 1 {
+                format!("{table}_{field}")
+            } else {
+                format!("{table}_{field}__{attempt}")
+            };
+            let taken: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?1)",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .map_err(storage)?;
+            if !taken {
+                chosen = Some(name);
+                break;
+            }
+        }
+        let name = chosen.ok_or_else(|| {
+            ReadModelError::Storage(format!("no free index name for {table}.{field}"))
+        })?;
+        conn.execute_batch(&format!(
+            "CREATE INDEX {name} ON {table} (json_extract(doc, '$.{field}'), key);"
+        ))
+        .map_err(storage)?;
     }
-    ddl
+    Ok(())
 }
 
 /// The condition on indexed `field` for the text `value`, appended to `sql` with its
@@ -100,55 +153,13 @@ impl SqliteReadModels {
     pub fn open(dir: &Path) -> Result<Self, ReadModelError> {
         std::fs::create_dir_all(dir).map_err(storage)?;
         let path = dir.join(READ_MODEL_FILE);
-        let conn = Connection::open(&path).map_err(storage)?;
+        let mut conn = Connection::open(&path).map_err(storage)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;
-             PRAGMA temp_store = MEMORY;
-             CREATE TABLE IF NOT EXISTS checkpoints (
-                 consumer TEXT PRIMARY KEY,
-                 position INTEGER NOT NULL
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS leases (
-                 consumer TEXT PRIMARY KEY,
-                 epoch    INTEGER NOT NULL
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS event_schemas (
-                 event_type TEXT NOT NULL,
-                 version    INTEGER NOT NULL,
-                 schema     TEXT NOT NULL,
-                 PRIMARY KEY (event_type, version)
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS table_generations (
-                 name       TEXT PRIMARY KEY,
-                 generation INTEGER NOT NULL
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS projection_versions (
-                 name    TEXT PRIMARY KEY,
-                 version INTEGER NOT NULL
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS dead_letters (
-                 id              INTEGER PRIMARY KEY,
-                 consumer        TEXT NOT NULL,
-                 position        INTEGER NOT NULL,
-                 aggregate_id    TEXT NOT NULL,
-                 event_type      TEXT NOT NULL,
-                 error           TEXT NOT NULL,
-                 attempts        INTEGER NOT NULL,
-                 first_failed_us INTEGER NOT NULL,
-                 last_failed_us  INTEGER NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS dead_letters_by_consumer ON dead_letters (consumer, position);
-             CREATE TABLE IF NOT EXISTS snapshots (
-                 aggregate_id     TEXT PRIMARY KEY,
-                 aggregate_type   TEXT NOT NULL,
-                 snapshot_version INTEGER NOT NULL,
-                 version          INTEGER NOT NULL,
-                 position         INTEGER NOT NULL,
-                 timestamp_us     INTEGER NOT NULL,
-                 state            TEXT NOT NULL
-             ) WITHOUT ROWID;",
+             PRAGMA temp_store = MEMORY;",
         )
         .map_err(storage)?;
+        crate::schema::migrate_read_models(&mut conn).map_err(ReadModelError::Storage)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(storage)?;
         // Every table has its own statements (get, upsert, delete, find): keep them all.
         conn.set_prepared_statement_cache_capacity(256);
@@ -176,11 +187,14 @@ impl SqliteReadModels {
         self.tables.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// The live table of a declared logical table (readers never see a shadow).
     fn current_physical(&self, table: &str) -> Result<String, ReadModelError> {
         let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        let state =
-            tables.get(table).ok_or_else(|| ReadModelError::Unknown(format!("table {table}")))?;
-        Ok(physical(table, state.generation))
+        if tables.contains_key(table) {
+            Ok(live(table))
+        } else {
+            Err(ReadModelError::Unknown(format!("table {table}")))
+        }
     }
 
     fn run_transaction(
@@ -229,16 +243,15 @@ fn check_fence(conn: &Connection, fence: &Fence, consumer: &str) -> Result<(), R
 struct Txn<'a> {
     conn: &'a Connection,
     tables: &'a HashMap<String, TableState>,
-    /// Writes go to the shadow generation of tables being rebuilt.
+    /// Writes go to the shadow of tables being rebuilt.
     shadow_mode: bool,
 }
 
 impl Txn<'_> {
     fn physical(&self, table: &str) -> String {
         match self.tables.get(table) {
-            Some(st) if self.shadow_mode && st.shadow => physical(table, st.generation + 1),
-            Some(st) => physical(table, st.generation),
-            None => physical(table, 0),
+            Some(st) if self.shadow_mode && st.shadow => shadow(table),
+            _ => live(table),
         }
     }
 }
@@ -309,22 +322,10 @@ impl Documents for SqliteReadModels {
             for field in spec.indexed {
                 validate_identifier(field)?;
             }
-            let generation: i64 = conn
-                .query_row(
-                    "SELECT generation FROM table_generations WHERE name = ?1",
-                    [spec.name],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(storage)?
-                .unwrap_or(0);
             let indexed: Vec<String> = spec.indexed.iter().map(|f| (*f).to_owned()).collect();
-            conn.execute_batch(&create_table_sql(spec.name, generation as u64, &indexed))
-                .map_err(storage)?;
-            declared.insert(
-                spec.name.to_owned(),
-                TableState { indexed, generation: generation as u64, shadow: false },
-            );
+            create_table(&conn, &live(spec.name), &indexed)?;
+            let shadow = declared.get(spec.name).is_some_and(|t| t.shadow);
+            declared.insert(spec.name.to_owned(), TableState { indexed, shadow });
         }
         Ok(())
     }
@@ -543,7 +544,7 @@ impl Generations for SqliteReadModels {
     ) -> Result<(), ReadModelError> {
         let mut conn = self.writer();
         let mut declared = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        // All the shadows or none: a rebuild never swaps in half a generation.
+        // All the shadows or none: a rebuild never swaps in half a read model.
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
@@ -552,11 +553,11 @@ impl Generations for SqliteReadModels {
             let state = declared
                 .get(*name)
                 .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
-            let shadow = physical(name, state.generation + 1);
-            // A leftover of an interrupted rebuild is dropped: the rebuild starts from 0.
-            tx.execute_batch(&format!("DROP TABLE IF EXISTS {shadow};")).map_err(storage)?;
-            tx.execute_batch(&create_table_sql(name, state.generation + 1, &state.indexed))
+            // A leftover of an interrupted rebuild (this process's, or one that crashed
+            // before its swap) is dropped: the rebuild starts from 0.
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS {};", shadow(name)))
                 .map_err(storage)?;
+            create_table(&tx, &shadow(name), &state.indexed)?;
         }
         tx.commit().map_err(storage)?;
         for name in tables {
@@ -581,7 +582,7 @@ impl Generations for SqliteReadModels {
         &self,
         fence: &Fence,
         tables: &[&str],
-        live: &str,
+        live_consumer: &str,
         shadow_consumer: &str,
     ) -> Result<(), ReadModelError> {
         let mut conn = self.writer();
@@ -589,25 +590,21 @@ impl Generations for SqliteReadModels {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
-        check_fence(&tx, fence, live)?;
+        check_fence(&tx, fence, live_consumer)?;
         for name in tables {
             let state = declared
                 .get(*name)
                 .ok_or_else(|| ReadModelError::Unknown(format!("table {name}")))?;
-            // Without a shadow, the next generation's table does not exist: making it live
-            // would leave the projection without a table.
+            // Without a shadow of this process's rebuild, there is no table to make live (or
+            // only a crashed rebuild's leftover, which is not this rebuild's).
             if !state.shadow {
                 return Err(ReadModelError::Unknown(format!("shadow of table {name}")));
             }
-            tx.execute(
-                "INSERT INTO table_generations (name, generation) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET generation = excluded.generation",
-                rusqlite::params![name, (state.generation + 1) as i64],
-            )
-            .map_err(storage)?;
+            // DDL is transactional in SQLite: readers see the old table or the new one,
+            // and a crash leaves the old one live with its checkpoint.
+            let (old, new) = (live(name), shadow(name));
             tx.execute_batch(&format!(
-                "DROP TABLE IF EXISTS {};",
-                physical(name, state.generation)
+                "DROP TABLE IF EXISTS {old}; ALTER TABLE {new} RENAME TO {old};"
             ))
             .map_err(storage)?;
         }
@@ -617,7 +614,7 @@ impl Generations for SqliteReadModels {
             "INSERT INTO checkpoints (consumer, position)
              VALUES (?1, coalesce((SELECT position FROM checkpoints WHERE consumer = ?2), 0))
              ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
-            [live, shadow_consumer],
+            [live_consumer, shadow_consumer],
         )
         .map_err(storage)?;
         tx.execute("DELETE FROM checkpoints WHERE consumer = ?1", [shadow_consumer])
@@ -625,7 +622,6 @@ impl Generations for SqliteReadModels {
         tx.commit().map_err(storage)?;
         for name in tables {
             if let Some(state) = declared.get_mut(*name) {
-                state.generation += 1;
                 state.shadow = false;
             }
         }
@@ -645,12 +641,9 @@ impl Generations for SqliteReadModels {
             .map_err(storage)?;
         check_fence(&tx, fence, shadow_consumer)?;
         for name in tables {
-            if let Some(state) = declared.get(*name) {
-                tx.execute_batch(&format!(
-                    "DROP TABLE IF EXISTS {};",
-                    physical(name, state.generation + 1)
-                ))
-                .map_err(storage)?;
+            if declared.contains_key(*name) {
+                tx.execute_batch(&format!("DROP TABLE IF EXISTS {};", shadow(name)))
+                    .map_err(storage)?;
             }
         }
         tx.execute("DELETE FROM checkpoints WHERE consumer = ?1", [shadow_consumer])
@@ -689,10 +682,14 @@ impl Generations for SqliteReadModels {
 /// leads every consumer: there is no one to hand a consumer over to. Terms still count
 /// (the `leases` table), so that a write of a term this process gave up is refused.
 impl Leases for SqliteReadModels {
-    fn try_lead(&self, consumer: &str) -> Result<Option<Fence>, ReadModelError> {
+    fn begin_term(
+        &self,
+        consumer: &str,
+        issuer: LeaseIssuer<'_>,
+    ) -> Result<Option<Fence>, ReadModelError> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(epoch) = held.get(consumer) {
-            return Ok(Some(Fence::issued(consumer, *epoch)));
+            return Ok(Some(Fence::issued(consumer, *epoch, issuer)));
         }
         let epoch: i64 = self
             .writer()
@@ -704,7 +701,7 @@ impl Leases for SqliteReadModels {
             )
             .map_err(storage)?;
         held.insert(consumer.to_owned(), epoch as u64);
-        Ok(Some(Fence::issued(consumer, epoch as u64)))
+        Ok(Some(Fence::issued(consumer, epoch as u64, issuer)))
     }
 
     fn leads(&self, _consumer: &str) -> bool {

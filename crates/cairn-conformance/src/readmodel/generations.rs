@@ -3,6 +3,7 @@
 
 use cairn_core::readmodel::{ListQuery, REBUILD_SUFFIX, ReadModelError};
 
+use super::leases::{deposed, eventually};
 use super::{Rm, declare, fence, lead, order, put_all, refused};
 
 const LIVE: &str = "p";
@@ -244,4 +245,167 @@ pub fn another_process_sees_the_swap(rm: &Rm, peer: Rm) {
     rm.swap_shadow(&fence(rm, LIVE), &["orders"], LIVE, &shadow_consumer()).unwrap();
     assert_eq!(keys(&peer, "orders"), ["new"]);
     assert_eq!(peer.checkpoint(LIVE).unwrap(), 2);
+}
+
+/// The keys of `table` whose indexed `field` is `value`, through `list`'s filter.
+fn filtered(rm: &Rm, table: &str, field: &str, value: &str) -> Vec<String> {
+    rm.list(&ListQuery {
+        table: table.to_owned(),
+        filters: vec![(field.to_owned(), value.to_owned())],
+        after: None,
+        limit: 100,
+    })
+    .unwrap()
+    .into_iter()
+    .map(|(k, _)| k)
+    .collect()
+}
+
+/// The keys a shadow transaction of the rebuild reads for `field = value` (`find`).
+fn shadow_found(rm: &Rm, field: &str, value: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    rm.transact_shadow(&fence(rm, &shadow_consumer()), &shadow_consumer(), None, &mut |txn| {
+        found = txn.find("orders", field, value)?.into_iter().map(|(k, _)| k).collect();
+        Ok(())
+    })
+    .unwrap();
+    found
+}
+
+/// The swap is all or nothing: refused for one table (it has no shadow), it makes no
+/// other table live and leaves both checkpoints as they were; the shadow it refused to
+/// swap is still there to swap whole.
+pub fn a_refused_swap_changes_nothing(rm: &Rm) {
+    declare(rm);
+    lead(rm, LIVE);
+    put_all(rm, LIVE, Some(40), "orders", &[("old", &order("open", "ann"))]);
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders"]).unwrap();
+    shadow_put(rm, Some(12), &[("new", &order("paid", "bob"))]);
+    assert!(
+        rm.swap_shadow(&fence(rm, LIVE), &["orders", "lines"], LIVE, &shadow_consumer()).is_err(),
+        "lines has no shadow"
+    );
+    assert_eq!(keys(rm, "orders"), ["old"], "orders was not swapped alone");
+    assert_eq!(rm.checkpoint(LIVE).unwrap(), 40);
+    assert_eq!(rm.checkpoint(&shadow_consumer()).unwrap(), 12);
+    rm.swap_shadow(&fence(rm, LIVE), &["orders"], LIVE, &shadow_consumer()).unwrap();
+    assert_eq!(keys(rm, "orders"), ["new"]);
+    assert_eq!(rm.checkpoint(LIVE).unwrap(), 12);
+    assert_eq!(filtered(rm, "orders", "status", "paid"), ["new"]);
+}
+
+/// After an abort, live is as it was, and the next rebuild's shadow starts empty (none
+/// of the abandoned rebuild's documents nor its checkpoint).
+pub fn a_shadow_after_an_abort_starts_clean(rm: &Rm) {
+    declare(rm);
+    lead(rm, LIVE);
+    put_all(rm, LIVE, Some(8), "orders", &[("live", &order("open", "ann"))]);
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders"]).unwrap();
+    shadow_put(rm, Some(3), &[("abandoned", &order("open", "bob"))]);
+    rm.abort_shadow(&fence(rm, &shadow_consumer()), &["orders"], &shadow_consumer()).unwrap();
+    assert_eq!(keys(rm, "orders"), ["live"]);
+    assert_eq!(filtered(rm, "orders", "status", "open"), ["live"], "live's index is intact");
+    assert_eq!(rm.checkpoint(LIVE).unwrap(), 8);
+
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders"]).unwrap();
+    assert_eq!(rm.checkpoint(&shadow_consumer()).unwrap(), 0);
+    assert!(shadow_found(rm, "status", "open").is_empty(), "the abandoned shadow is gone");
+    shadow_put(rm, Some(5), &[("fresh", &order("open", "cy"))]);
+    assert_eq!(shadow_found(rm, "customer", "cy"), ["fresh"]);
+    rm.swap_shadow(&fence(rm, LIVE), &["orders"], LIVE, &shadow_consumer()).unwrap();
+    assert_eq!(keys(rm, "orders"), ["fresh"]);
+    assert_eq!(rm.checkpoint(LIVE).unwrap(), 5);
+}
+
+/// Two swaps in a row (the table renamed into place twice, each time with the indexes
+/// its shadow was built with), then a third shadow beside it: every index answers, on
+/// the live table and in the shadow, and after the tables are declared again (a
+/// restart).
+pub fn indexes_answer_after_two_swaps(rm: &Rm) {
+    declare(rm);
+    lead(rm, LIVE);
+    for (round, customer) in [(1_u64, "ann"), (2, "bob")] {
+        rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders", "lines"]).unwrap();
+        shadow_put(
+            rm,
+            Some(round),
+            &[
+                (&format!("open{round}"), &order("open", customer)),
+                ("paid", &order("paid", customer)),
+            ],
+        );
+        rm.swap_shadow(&fence(rm, LIVE), &["orders", "lines"], LIVE, &shadow_consumer()).unwrap();
+    }
+    assert_eq!(keys(rm, "orders"), ["open2", "paid"]);
+    assert_eq!(filtered(rm, "orders", "status", "open"), ["open2"]);
+    assert_eq!(filtered(rm, "orders", "customer", "bob"), ["open2", "paid"]);
+    assert!(filtered(rm, "orders", "customer", "ann").is_empty());
+
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders", "lines"]).unwrap();
+    shadow_put(rm, Some(3), &[("third", &order("open", "cy"))]);
+    assert_eq!(shadow_found(rm, "customer", "cy"), ["third"]);
+    assert_eq!(filtered(rm, "orders", "customer", "bob"), ["open2", "paid"], "live unchanged");
+    declare(rm);
+    assert_eq!(filtered(rm, "orders", "status", "paid"), ["paid"]);
+    // Live writes keep the live indexes current.
+    put_all(rm, LIVE, Some(9), "orders", &[("paid", &order("open", "bob"))]);
+    assert_eq!(filtered(rm, "orders", "status", "open"), ["open2", "paid"]);
+    assert!(filtered(rm, "orders", "status", "paid").is_empty());
+}
+
+/// A term that is over cannot touch its successor's rebuild: its `create_shadow` does
+/// not empty it, its shadow writes and its swap and abort are refused, and the
+/// successor's shadow swaps in whole.
+pub fn a_stale_fence_cannot_touch_the_shadow(rm: &Rm) {
+    declare(rm);
+    let old = lead(rm, LIVE);
+    put_all(rm, LIVE, Some(10), "orders", &[("live", &order("open", "ann"))]);
+    rm.resign(LIVE);
+    let new = lead(rm, LIVE);
+    rm.create_shadow(&new, LIVE, &["orders"]).unwrap();
+    rm.transact_shadow(&new, &shadow_consumer(), Some(7), &mut |txn| {
+        txn.put("orders", "rebuilt", &order("paid", "bob"))
+    })
+    .unwrap();
+
+    assert!(deposed(rm.create_shadow(&old, LIVE, &["orders"])));
+    assert!(deposed(rm.transact_shadow(&old, &shadow_consumer(), Some(99), &mut |txn| {
+        txn.put("orders", "stale", &order("open", "ann"))
+    })));
+    assert!(deposed(rm.swap_shadow(&old, &["orders"], LIVE, &shadow_consumer())));
+    assert!(deposed(rm.abort_shadow(&old, &["orders"], &shadow_consumer())));
+    assert_eq!(keys(rm, "orders"), ["live"]);
+    assert_eq!(rm.checkpoint(LIVE).unwrap(), 10);
+    assert_eq!(rm.checkpoint(&shadow_consumer()).unwrap(), 7);
+
+    rm.swap_shadow(&new, &["orders"], LIVE, &shadow_consumer()).unwrap();
+    assert_eq!(keys(rm, "orders"), ["rebuilt"], "the stale term wrote nothing, dropped nothing");
+    assert_eq!(rm.checkpoint(LIVE).unwrap(), 7);
+}
+
+/// A process that dies in the middle of a rebuild (shadow created and half filled, never
+/// swapped) leaves its shadow behind; the process that takes the consumer over starts a
+/// rebuild from an empty shadow, and its swap makes only its own documents live.
+pub fn a_crashed_rebuilds_shadow_is_discarded(rm: &Rm, peer: Rm) {
+    declare(rm);
+    declare(&peer);
+    let crashed = lead(&peer, LIVE);
+    put_all(&peer, LIVE, Some(20), "orders", &[("live", &order("open", "ann"))]);
+    peer.create_shadow(&crashed, LIVE, &["orders"]).unwrap();
+    peer.transact_shadow(&crashed, &shadow_consumer(), Some(11), &mut |txn| {
+        txn.put("orders", "half", &order("open", "bob"))
+    })
+    .unwrap();
+    drop(peer);
+    eventually("the consumer is free once its leader is gone", || {
+        rm.try_lead(LIVE).unwrap().is_some()
+    });
+
+    rm.create_shadow(&fence(rm, LIVE), LIVE, &["orders"]).unwrap();
+    assert!(shadow_found(rm, "customer", "bob").is_empty(), "the leftover was discarded");
+    shadow_put(rm, Some(20), &[("whole", &order("paid", "cy"))]);
+    rm.swap_shadow(&fence(rm, LIVE), &["orders"], LIVE, &shadow_consumer()).unwrap();
+    assert_eq!(keys(rm, "orders"), ["whole"]);
+    assert_eq!(filtered(rm, "orders", "status", "paid"), ["whole"]);
+    assert_eq!(rm.checkpoint(LIVE).unwrap(), 20);
 }

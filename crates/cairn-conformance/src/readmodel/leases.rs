@@ -9,7 +9,7 @@ use super::{Rm, declare, lead, letter, order, put_all};
 
 /// Polls `condition` for up to ten seconds (a networked backend learns of a closed
 /// session, or of a heartbeat, a little later).
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+pub(super) fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !condition() {
         assert!(Instant::now() < deadline, "never happened: {what}");
@@ -80,7 +80,7 @@ pub fn a_process_that_ends_releases_its_leases(rm: &Rm, peer: Rm) {
 }
 
 /// Whether a write was refused for want of leadership (not leading, or a stale term).
-fn deposed<T: std::fmt::Debug>(r: Result<T, ReadModelError>) -> bool {
+pub(super) fn deposed<T: std::fmt::Debug>(r: Result<T, ReadModelError>) -> bool {
     match r {
         Err(e) => e.is_deposed(),
         Ok(v) => panic!("written without leadership: {v:?}"),

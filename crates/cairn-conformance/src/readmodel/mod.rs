@@ -177,6 +177,10 @@ macro_rules! readmodel_suite {
             generations::swap_without_a_shadow_is_refused,
             generations::shadows_of_an_unknown_table_are_all_refused,
             generations::projection_versions,
+            generations::a_refused_swap_changes_nothing,
+            generations::a_shadow_after_an_abort_starts_clean,
+            generations::indexes_answer_after_two_swaps,
+            generations::a_stale_fence_cannot_touch_the_shadow,
             leases::a_store_leads_what_it_takes,
             leases::live_members_counts_this_process,
             leases::a_stale_fence_writes_nothing,
@@ -193,6 +197,7 @@ macro_rules! readmodel_suite {
             leases::a_follower_cannot_write,
             leases::live_members_counts_every_process,
             generations::another_process_sees_the_swap,
+            generations::a_crashed_rebuilds_shadow_is_discarded,
             schemas::another_process_sees_schemas,
         );
     };

@@ -1,5 +1,6 @@
 //! Proof of leadership that every consumer write carries.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// Proof that this process led `consumer` in term `epoch`: every write a consumer makes
@@ -7,8 +8,22 @@ use std::sync::Arc;
 /// write's own transaction. A deposed leader's fence names a term that is over, so its
 /// writes are refused ([`super::ReadModelError::Fenced`]) and write nothing.
 ///
-/// Obtained only from [`super::Leases::try_lead`]: there is no public way to make one,
-/// so a write without proof of leadership cannot be expressed.
+/// Obtained only from [`super::Leases::try_lead`]: making one takes a [`LeaseIssuer`],
+/// which only `try_lead` creates (and hands to the backend's
+/// [`super::Leases::begin_term`]), so a write without proof of leadership cannot be
+/// expressed. User code cannot mint one:
+///
+/// ```compile_fail,E0624
+/// use cairn_core::readmodel::{Fence, LeaseIssuer};
+/// // `LeaseIssuer::new` is private to cairn-core: only `Leases::try_lead` calls it.
+/// let fence = Fence::issued("orders", 1, LeaseIssuer::new());
+/// ```
+///
+/// ```compile_fail,E0451
+/// use cairn_core::readmodel::{Fence, LeaseIssuer};
+/// // Nor can the token be built from its parts: its fields are private.
+/// let fence = Fence::issued("orders", 1, LeaseIssuer { _call: std::marker::PhantomData });
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Fence {
     consumer: Arc<str>,
@@ -16,11 +31,14 @@ pub struct Fence {
 }
 
 impl Fence {
-    /// For [`super::Leases`] backends only: the fence of the term `epoch` a backend has
-    /// just durably begun for `consumer`. Anything else calling it defeats the fencing.
-    #[doc(hidden)]
+    /// The fence of the term `epoch` a [`super::Leases`] backend has just durably begun
+    /// (or still holds) for `consumer`, inside its [`super::Leases::begin_term`]: the
+    /// `issuer` that call was given is spent on it.
+    // Taken by value on purpose: spending the token is what limits it to one fence.
+    #[allow(clippy::needless_pass_by_value)]
     #[must_use]
-    pub fn issued(consumer: &str, epoch: u64) -> Self {
+    pub fn issued(consumer: &str, epoch: u64, issuer: LeaseIssuer<'_>) -> Self {
+        let LeaseIssuer { _call } = issuer;
         Self { consumer: Arc::from(consumer), epoch }
     }
 
@@ -57,5 +75,31 @@ impl Fence {
                 current: current.unwrap_or(0),
             })
         }
+    }
+}
+
+/// The right to issue one [`Fence`]: created only by [`super::Leases::try_lead`], which
+/// hands it to the backend's [`super::Leases::begin_term`].
+///
+/// Why this shape: a Rust crate cannot make a constructor public to some crates (the
+/// backends, cairn-sqlite and cairn-postgres) and not to others. A cargo feature would
+/// not do: features are additive, and any crate may enable one. So the capability is a
+/// value that cairn-core alone creates (its constructor is private to it) and passes
+/// into the one trait method that starts a term; `try_lead` is a provided method whose
+/// body is cairn-core's, so a backend gets a token only by implementing
+/// [`super::Leases`], and only for the duration of that call (the lifetime keeps it from
+/// being stored, and it is neither `Clone` nor `Copy`: one token, one fence). Code that
+/// does not implement `Leases` has no way to mint a fence. What a fence proves is still
+/// checked by the store, inside each write's transaction, against its recorded term: the
+/// token keeps fences from being made up by mistake, the store keeps stale ones out.
+#[derive(Debug)]
+pub struct LeaseIssuer<'call> {
+    _call: PhantomData<&'call mut ()>,
+}
+
+impl LeaseIssuer<'_> {
+    /// Only [`super::Leases::try_lead`] makes one.
+    pub(super) fn new() -> Self {
+        Self { _call: PhantomData }
     }
 }

@@ -9,6 +9,12 @@ pub const REBUILD_SUFFIX: &str = "#rebuild";
 
 /// Rebuilds without downtime: the next generation of a projection's tables is filled
 /// beside the live one and replaces it in one step.
+///
+/// Every backend follows one scheme: a table has one fixed-name shadow (`rm_<t>__shadow`
+/// on SQLite and PostgreSQL) that a rebuild creates empty, fills, and either swaps in
+/// (one transaction: the live table dropped, the shadow renamed to it, the checkpoint
+/// moved) or drops. Each method is fenced, and the conformance suite
+/// (`cairn-conformance`, `generations`) holds every backend to the same behaviour.
 pub trait Generations: Send + Sync {
     /// Creates empty shadow copies (the next generation) of declared tables, for a rebuild
     /// of `consumer`, under `fence`. A leftover shadow of an interrupted rebuild (this

@@ -13,8 +13,8 @@ use tokio::sync::watch;
 
 use super::write_behind::{TxnStorage, WriteBehind};
 use super::{
-    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, Leases, ListQuery,
-    ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key, validate_identifier,
+    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases,
+    ListQuery, ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key, validate_identifier,
 };
 use crate::timestamp::Timestamp;
 
@@ -503,7 +503,11 @@ impl Generations for MemoryReadModels {
 }
 
 impl Leases for MemoryReadModels {
-    fn try_lead(&self, consumer: &str) -> Result<Option<Fence>, ReadModelError> {
+    fn begin_term(
+        &self,
+        consumer: &str,
+        issuer: LeaseIssuer<'_>,
+    ) -> Result<Option<Fence>, ReadModelError> {
         let mut db = self.db();
         match db.leases.get(consumer) {
             Some(holder) if *holder != self.member => return Ok(None),
@@ -515,7 +519,7 @@ impl Leases for MemoryReadModels {
             }
         }
         let epoch = db.epochs.get(consumer).copied().unwrap_or(0);
-        Ok(Some(Fence::issued(consumer, epoch)))
+        Ok(Some(Fence::issued(consumer, epoch, issuer)))
     }
 
     fn leads(&self, consumer: &str) -> bool {

@@ -30,7 +30,7 @@ pub use checkpoints::Checkpoints;
 pub use dead_letters::{DeadLetter, DeadLetters};
 pub use documents::{DocTxn, DocTxnExt, Documents, ListQuery, TableSpec, TxnFn};
 pub use error::ReadModelError;
-pub use fence::Fence;
+pub use fence::{Fence, LeaseIssuer};
 pub use generations::{Generations, REBUILD_SUFFIX};
 pub use leases::{Leases, leadership_key};
 pub use memory::MemoryReadModels;
