@@ -46,6 +46,18 @@ impl ApiError {
         )
     }
 
+    /// `400 json_too_deep`: the body nests deeper than [`crate::json_depth::JSON_DEPTH_MAX`].
+    #[must_use]
+    pub fn json_too_deep() -> Self {
+        let max = crate::json_depth::JSON_DEPTH_MAX;
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "json_too_deep",
+            format!("the request body nests arrays and objects deeper than {max} levels"),
+        )
+        .with("max_depth", max)
+    }
+
     /// Adds a field next to `error` and `message`.
     #[must_use]
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {

@@ -12,6 +12,7 @@ pub mod domain_schemas;
 pub mod error;
 pub mod extract;
 pub mod generic;
+pub mod json_depth;
 pub mod guard;
 pub mod leaders;
 pub mod metrics;
@@ -19,6 +20,7 @@ pub mod module;
 mod partitions;
 pub mod query;
 mod routes;
+pub mod schema_version;
 pub mod schemas;
 pub mod server;
 
