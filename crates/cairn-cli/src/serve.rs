@@ -377,6 +377,9 @@ impl cairn_server::consumers::Outbox for RelayOutbox {
     fn leading(&self) -> bool {
         self.0.progress().borrow().leading
     }
+    fn dlq_depth(&self) -> u64 {
+        self.0.progress().borrow().dead_letters
+    }
 }
 
 async fn shutdown_signal() {

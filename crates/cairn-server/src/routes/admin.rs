@@ -188,7 +188,7 @@ pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionIn
             head_position,
             lag: head_position.saturating_sub(position),
             status: cairn_cqrs::consumer::ConsumerStatus::Running,
-            dlq_depth: 0,
+            dlq_depth: o.dlq_depth(),
             rebuild: None,
             rebuilds_completed: 0,
             rebuilds_abandoned: 0,
@@ -305,6 +305,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .set(head.saturating_sub(position) as f64);
         metrics::gauge!("cairn_relay_published_total", "relay" => name.clone())
             .set(o.published() as f64);
+        metrics::gauge!("cairn_relay_dlq_depth", "relay" => name.clone())
+            .set(o.dlq_depth() as f64);
         metrics::gauge!("cairn_relay_leading", "relay" => name).set(if o.leading() {
             1.0
         } else {
