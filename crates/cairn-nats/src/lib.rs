@@ -10,6 +10,7 @@
 //! JetStream's duplicate window is a second line of defence.
 
 pub mod consumer;
+pub mod redact;
 pub mod relay;
 pub mod subject;
 
@@ -17,6 +18,7 @@ pub use consumer::{BusConsumer, BusHandler, BusMessage, ConsumerOptions};
 pub use relay::{
     Mapper, Outgoing, Relay, RelayConfig, RelayError, RelayProgress, SequenceMark, Tail, all_events,
 };
+pub use redact::redact_url;
 pub use subject::{encode_token, event_subject};
 
 /// Test support: which NATS server the tests use, and private `nats-server`s for tests
