@@ -946,6 +946,15 @@ pub async fn put_schema(
 ) -> Result<Response, ApiError> {
     cairn_core::id::validate_type_name("event_type", &event_type)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let unsatisfiable = crate::schema_first::check(&state, &event_type, &body.schema).await?;
+    if !unsatisfiable.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "schema_incompatible",
+            "the schema refuses events of this type already stored (or every event)",
+        )
+        .with("reasons", unsatisfiable));
+    }
     let registry = Arc::clone(&state.schemas);
     let (event_type2, schema) = (event_type.clone(), body.schema);
     let version = body.version;
@@ -953,7 +962,7 @@ pub async fn put_schema(
         tokio::task::spawn_blocking(move || registry.register(&event_type2, version, schema))
             .await
             .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                ApiError::internal(e.to_string())
             })?;
     match result {
         Ok(()) => Ok(Json(SchemaRegistered { event_type, version }).into_response()),
