@@ -15,10 +15,10 @@ pub mod relay;
 pub mod subject;
 
 pub use consumer::{BusConsumer, BusHandler, BusMessage, ConsumerOptions};
+pub use redact::redact_url;
 pub use relay::{
     Mapper, Outgoing, Relay, RelayConfig, RelayError, RelayProgress, SequenceMark, Tail, all_events,
 };
-pub use redact::redact_url;
 pub use subject::{encode_token, event_subject};
 
 /// Test support: which NATS server the tests use, and private `nats-server`s for tests

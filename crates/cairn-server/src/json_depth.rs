@@ -1,15 +1,15 @@
 //! A cap on JSON nesting, checked on the raw bytes before any parsing.
 //!
-//! serde_json stops at 128 levels when it builds values, but a `RawValue` (how event
+//! `serde_json` stops at 128 levels when it builds values, but a `RawValue` (how event
 //! `data` and `metadata` are taken, to be stored byte for byte) is skipped over with a
 //! heap-allocated stack and no limit: a body nesting 400,000 arrays was stored, and every
 //! consumer that parses it into a `Value` then failed, at every restart. Refusing it at
 //! the edge keeps such events out of the store.
 
-/// Deepest nesting of arrays and objects a request body may have. serde_json's own
+/// Deepest nesting of arrays and objects a request body may have. `serde_json`'s own
 /// recursion limit parses up to 127 levels; an event's `data` sits at least two levels
 /// inside its request (`{"events":[{"data": ..}]}`), so it is at most 126 deep, and
-/// still parses with serde_json's defaults inside the relay's one-level envelope.
+/// still parses with `serde_json`'s defaults inside the relay's one-level envelope.
 pub const JSON_DEPTH_MAX: usize = 128;
 
 /// Whether `bytes` nest arrays and objects deeper than `max`. Brackets inside strings

@@ -145,9 +145,9 @@ pub(crate) async fn list_documents(
         limit,
     };
     let rm = Arc::clone(rm);
-    let rows = tokio::task::spawn_blocking(move || rm.list(&list)).await.map_err(|e| {
-        ApiError::internal(e.to_string())
-    })??;
+    let rows = tokio::task::spawn_blocking(move || rm.list(&list))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     let next = if rows.len() == limit { rows.last().map(|(k, _)| k.clone()) } else { None };
     Ok((rows.into_iter().map(|(_, doc)| doc).collect(), next))
 }

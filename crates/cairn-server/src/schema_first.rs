@@ -21,12 +21,15 @@ pub async fn check(
     event_type: &str,
     schema: &Value,
 ) -> Result<Vec<String>, ApiError> {
-    if schema == &Value::Bool(false) || schema.get("not").is_some_and(|n| n == &Value::Bool(true) || n == &serde_json::json!({})) {
+    if schema == &Value::Bool(false)
+        || schema.get("not").is_some_and(|n| n == &Value::Bool(true) || n == &serde_json::json!({}))
+    {
         return Ok(vec!["the schema accepts no event at all".to_owned()]);
     }
     // An invalid schema is reported by the registry, with its own error.
     let Ok(validator) = jsonschema::validator_for(schema) else { return Ok(Vec::new()) };
-    let filter = AllFilter { event_types: vec![event_type.to_owned()], aggregate_types: Vec::new() };
+    let filter =
+        AllFilter { event_types: vec![event_type.to_owned()], aggregate_types: Vec::new() };
     let mut reasons = Vec::new();
     let mut from = 0;
     loop {

@@ -19,7 +19,7 @@ pub struct KnownVersions {
 }
 
 /// `400 invalid_schema_version` for the `index`-th event.
-fn refused(index: usize, event_type: &str, message: String) -> ApiError {
+fn refused(index: usize, event_type: &str, message: &str) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "invalid_schema_version",
@@ -46,7 +46,7 @@ pub fn client_version(
         return Err(refused(
             index,
             event_type,
-            format!("must be a positive integer (versions start at 1), got {sent}"),
+            &format!("must be a positive integer (versions start at 1), got {sent}"),
         ));
     };
     if let Some(known) = known
@@ -55,7 +55,7 @@ pub fn client_version(
         return Err(refused(
             index,
             event_type,
-            format!(
+            &format!(
                 "{event_type} has versions 1 to {}, got {version}; leave it out and the server stamps the current one",
                 known.current
             ),
@@ -72,21 +72,36 @@ mod tests {
     use super::{KnownVersions, client_version};
 
     fn meta(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap()
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
     }
 
     #[test]
     fn only_an_existing_version_passes() {
         let known = Some(KnownVersions { current: 2 });
         assert_eq!(client_version(0, "T", &meta(json!({})), known).unwrap(), None);
-        assert_eq!(client_version(0, "T", &meta(json!({"schema_version": 1})), known).unwrap(), Some(1));
-        assert_eq!(client_version(0, "T", &meta(json!({"schema_version": 2})), known).unwrap(), Some(2));
-        for bad in [json!(0), json!(3), json!(-1), json!(1.5), json!("1"), json!(null), json!(u64::MAX)] {
-            let e = client_version(0, "T", &meta(json!({"schema_version": bad})), known).unwrap_err();
+        assert_eq!(
+            client_version(0, "T", &meta(json!({"schema_version": 1})), known).unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            client_version(0, "T", &meta(json!({"schema_version": 2})), known).unwrap(),
+            Some(2)
+        );
+        for bad in
+            [json!(0), json!(3), json!(-1), json!(1.5), json!("1"), json!(null), json!(u64::MAX)]
+        {
+            let e =
+                client_version(0, "T", &meta(json!({"schema_version": bad})), known).unwrap_err();
             assert_eq!(e.status().as_u16(), 400, "{bad}");
         }
         // A free-form type: any positive integer, never 0.
-        assert_eq!(client_version(0, "T", &meta(json!({"schema_version": 9})), None).unwrap(), Some(9));
+        assert_eq!(
+            client_version(0, "T", &meta(json!({"schema_version": 9})), None).unwrap(),
+            Some(9)
+        );
         assert!(client_version(0, "T", &meta(json!({"schema_version": 0})), None).is_err());
     }
 }

@@ -37,7 +37,11 @@ async fn a_schema_version_the_type_does_not_have_is_refused(backend: Backend) {
     for bad in [json!(0), json!(99), json!(-1), json!("1"), json!(1.5)] {
         let (status, err) =
             s.post("/streams/o1", &confirmed(Some(json!({"schema_version": bad})))).await;
-        assert_eq!((status, err["error"].as_str()), (400, Some("invalid_schema_version")), "{bad}: {err}");
+        assert_eq!(
+            (status, err["error"].as_str()),
+            (400, Some("invalid_schema_version")),
+            "{bad}: {err}"
+        );
     }
     let (_, page) = s.get("/streams/o1").await;
     assert_eq!(page["events"].as_array().unwrap().len(), 1, "nothing stored: {page}");
@@ -95,7 +99,8 @@ async fn a_first_schema_version_is_checked_against_stored_events(backend: Backen
     // `false` refuses every event: refused, and the type stays open.
     let (status, err) = put("Blocked", json!({"version": 1, "schema": false})).await;
     assert_eq!((status, err["error"].as_str()), (409, Some("schema_incompatible")), "{err}");
-    let tick = json!({"events": [{"aggregate_type": "L", "event_type": "Blocked", "data": {"n": "one"}}]});
+    let tick =
+        json!({"events": [{"aggregate_type": "L", "event_type": "Blocked", "data": {"n": "one"}}]});
     assert_eq!(s.post("/streams/l-1", &tick).await.0, 200, "the type is not blocked");
     // A first version the stored event breaks is refused, naming it.
     let numeric = json!({"type": "object", "properties": {"n": {"type": "number"}}});

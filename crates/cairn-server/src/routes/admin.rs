@@ -305,8 +305,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .set(head.saturating_sub(position) as f64);
         metrics::gauge!("cairn_relay_published_total", "relay" => name.clone())
             .set(o.published() as f64);
-        metrics::gauge!("cairn_relay_dlq_depth", "relay" => name.clone())
-            .set(o.dlq_depth() as f64);
+        metrics::gauge!("cairn_relay_dlq_depth", "relay" => name.clone()).set(o.dlq_depth() as f64);
         metrics::gauge!("cairn_relay_leading", "relay" => name).set(if o.leading() {
             1.0
         } else {
@@ -961,9 +960,7 @@ pub async fn put_schema(
     let result =
         tokio::task::spawn_blocking(move || registry.register(&event_type2, version, schema))
             .await
-            .map_err(|e| {
-                ApiError::internal(e.to_string())
-            })?;
+            .map_err(|e| ApiError::internal(e.to_string()))?;
     match result {
         Ok(()) => Ok(Json(SchemaRegistered { event_type, version }).into_response()),
         Err(crate::schemas::RegisterError::Invalid(m)) => {

@@ -124,9 +124,8 @@ fn to_append(
         // upcast on read: decoding it as the current version would refuse it.
         let historic = matches!((sent, domain_version), (Some(v), Some(d)) if v < d);
         // Streams of types no module registered are free-form, as the contract allows.
-        let checked = kind
-            .filter(|_| !historic)
-            .map(|kind| kind.check_event(&e.event_type, e.data.get()));
+        let checked =
+            kind.filter(|_| !historic).map(|kind| kind.check_event(&e.event_type, e.data.get()));
         match checked {
             None | Some(Ok(())) => {}
             Some(Err(cairn_cqrs::DecodeError::UnknownType(t))) => {
