@@ -21,6 +21,25 @@ use tower::ServiceExt;
 const SEGMENT: &percent_encoding::AsciiSet =
     &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
+/// Most commands over NATS served at once; past it the subscription is read no further
+/// until one finishes (NATS buffers, then drops for a slow consumer), never spawning
+/// without bound.
+pub const NATS_COMMANDS_IN_FLIGHT_MAX: usize = 64;
+
+/// How commands are taken from NATS.
+#[derive(Debug, Clone)]
+pub struct CommandBusOptions {
+    /// Subjects are `<prefix>.<command>[.<parameter>…]`.
+    pub prefix: String,
+    /// The queue group the servers share; whoever joins it takes commands, so a
+    /// deployment sharing a NATS account names its own.
+    pub queue_group: String,
+    /// Replies go only to subjects starting with it (request/reply inboxes): a caller
+    /// choosing the reply subject could otherwise make the server publish anywhere
+    /// (`public.orders.*`).
+    pub reply_prefix: String,
+}
+
 /// Decodes a subject token escaped with `cairn_nats::encode_token`.
 fn decode_token(token: &str) -> Option<String> {
     let bytes = token.as_bytes();
@@ -75,6 +94,11 @@ fn to_request(
     let mut path = found.path.clone();
     for (name, token) in parameters.iter().zip(&tokens) {
         let value = decode_token(token).ok_or_else(|| not_found(format!("bad token {token}")))?;
+        // The same rules as an id in an HTTP path: what would be refused there (`o1/ship`)
+        // is refused here before it becomes a path.
+        cairn_core::id::validate_aggregate_id(&value).map_err(|e| {
+            (400, serde_json::json!({"error": "bad_request", "message": format!("{name}: {e}")}))
+        })?;
         let segment = percent_encoding::utf8_percent_encode(&value, SEGMENT).to_string();
         path = path.replace(&format!("{{{name}}}"), &segment);
     }
@@ -98,16 +122,18 @@ fn to_request(
 /// Serves `commands` until `shutdown`.
 pub async fn serve_commands(
     url: &str,
-    prefix: String,
+    options: CommandBusOptions,
     commands: Vec<NatsCommand>,
     router: axum::Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let CommandBusOptions { prefix, queue_group, reply_prefix } = options;
     let commands: Arc<[NatsCommand]> = commands.into();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(NATS_COMMANDS_IN_FLIGHT_MAX));
     let servers: Vec<&str> = url.split(',').map(str::trim).collect();
     let client = Arc::new(async_nats::connect(servers).await.context("cannot connect to NATS")?);
     let mut requests = client
-        .queue_subscribe(format!("{prefix}.>"), "cairn".to_owned())
+        .queue_subscribe(format!("{prefix}.>"), queue_group)
         .await
         .context("cannot subscribe to commands")?;
     loop {
@@ -117,9 +143,22 @@ pub async fn serve_commands(
         };
         let Some(message) = message else { return Ok(()) };
         let Some(reply) = message.reply.clone() else { continue };
+        if !reply.starts_with(reply_prefix.as_str()) {
+            tracing::warn!(subject = %message.subject, reply = %reply, allowed = %reply_prefix, "command refused: its reply subject is not an inbox; nothing published");
+            continue;
+        }
+        // Waits for a slot: the loop stops reading while the limit is reached.
+        let permit = tokio::select! {
+            p = Arc::clone(&in_flight).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return Ok(()),
+            },
+            _ = shutdown.changed() => return Ok(()),
+        };
         let (client, router, prefix) = (Arc::clone(&client), router.clone(), prefix.clone());
         let commands = Arc::clone(&commands);
         tokio::spawn(async move {
+            let _permit = permit;
             let (status, body) = match to_request(&prefix, &commands, &message) {
                 Ok(request) => match router.oneshot(request).await {
                     Ok(response) => {

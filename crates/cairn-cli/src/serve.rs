@@ -87,6 +87,14 @@ pub struct ServeArgs {
     /// Subject prefix of commands over NATS (request/reply on `<prefix>.<command>[.<id>]`).
     #[arg(long, env = "CAIRN_NATS_COMMANDS", default_value = "cairn.commands")]
     nats_commands: String,
+    /// Queue group of the servers taking commands over NATS (any client joining it takes
+    /// commands too: give each deployment its own on a shared account).
+    #[arg(long, env = "CAIRN_NATS_QUEUE_GROUP", default_value = "cairn")]
+    nats_queue_group: String,
+    /// Commands over NATS are answered only on reply subjects starting with this (the
+    /// client library's inbox prefix); others are refused and logged.
+    #[arg(long, env = "CAIRN_NATS_REPLY_PREFIX", default_value = "_INBOX.")]
+    nats_reply_prefix: String,
     /// Put in front of every public subject (e.g. `staging.`), to share a NATS server.
     #[arg(long, env = "CAIRN_NATS_PUBLIC_NAMESPACE", default_value = "")]
     nats_public_namespace: String,
@@ -317,11 +325,15 @@ async fn start_bus(
         ));
     }
     // Commands over NATS, served by the same router as HTTP.
-    let (url2, prefix, router, stop) =
-        (url.to_owned(), args.nats_commands.clone(), running.router(), stop_rx.clone());
+    let options = crate::bus::CommandBusOptions {
+        prefix: args.nats_commands.clone(),
+        queue_group: args.nats_queue_group.clone(),
+        reply_prefix: args.nats_reply_prefix.clone(),
+    };
+    let (url2, router, stop) = (url.to_owned(), running.router(), stop_rx.clone());
     let commands = running.nats_commands();
     tokio::spawn(async move {
-        if let Err(e) = crate::bus::serve_commands(&url2, prefix, commands, router, stop).await {
+        if let Err(e) = crate::bus::serve_commands(&url2, options, commands, router, stop).await {
             tracing::error!(error = %e, "commands over NATS stopped");
         }
     });
@@ -336,11 +348,13 @@ async fn start_bus(
                 mapper,
             )
             .await
-            .with_context(|| format!("cannot start the NATS relay on {url}"))?,
+            .with_context(|| {
+                format!("cannot start the NATS relay on {}", cairn_nats::redact_url(url))
+            })?,
         );
         running.consumers().add_outbox(Arc::new(RelayOutbox(Arc::clone(&relay))));
         tokio::spawn(relay.run(stop_rx.clone()));
-        tracing::info!(nats = %url, %stream, "outbox relay started");
+        tracing::info!(nats = %cairn_nats::redact_url(url), %stream, "outbox relay started");
     }
     Ok(())
 }
@@ -376,6 +390,9 @@ impl cairn_server::consumers::Outbox for RelayOutbox {
     }
     fn leading(&self) -> bool {
         self.0.progress().borrow().leading
+    }
+    fn dlq_depth(&self) -> u64 {
+        self.0.progress().borrow().dead_letters
     }
 }
 

@@ -10,10 +10,12 @@
 //! JetStream's duplicate window is a second line of defence.
 
 pub mod consumer;
+pub mod redact;
 pub mod relay;
 pub mod subject;
 
 pub use consumer::{BusConsumer, BusHandler, BusMessage, ConsumerOptions};
+pub use redact::redact_url;
 pub use relay::{
     Mapper, Outgoing, Relay, RelayConfig, RelayError, RelayProgress, SequenceMark, Tail, all_events,
 };

@@ -24,7 +24,8 @@ use async_nats::jetstream::{
     message::PublishMessage,
 };
 use bytes::Bytes;
-use cairn_core::readmodel::{Fence, ReadModelError, ReadModelStore, TableSpec};
+use cairn_core::readmodel::{DeadLetter, Fence, ReadModelError, ReadModelStore, TableSpec};
+use cairn_core::timestamp::Timestamp;
 use cairn_core::{AllFilter, EventStore, RecordedEvent};
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -109,6 +110,8 @@ pub struct RelayProgress {
     /// Events this process found already in the stream when it resumed, and so did not
     /// publish again.
     pub already_published: u64,
+    /// Events parked in the dead-letter queue (as last loaded or parked by this process).
+    pub dead_letters: u64,
 }
 
 /// The read-model table holding each relay's [`SequenceMark`], keyed by relay name.
@@ -459,6 +462,7 @@ impl Relay {
     ) -> Result<(), RelayError> {
         let (mut position, after) = self.load().await?;
         self.progress.send_modify(|p| p.position = position);
+        let mut parked = self.load_parked().await?;
         let mut tail = self.scan_tail(after, position).await?;
         if !tail.published.is_empty() {
             tracing::info!(relay = %self.name(), position, count = tail.published.len(), "events past the checkpoint are already in the stream; not publishing them again");
@@ -477,7 +481,7 @@ impl Relay {
                 .await
                 .map_err(store)?;
             if !slice.events.is_empty() {
-                let acked = self.publish(&slice.events, &tail).await;
+                let acked = self.publish(fence, position, &slice.events, &tail, &mut parked).await;
                 high = high.max(acked.sequence);
                 if let Err(e) = acked.result {
                     if acked.position > position {
@@ -509,7 +513,14 @@ impl Relay {
 
     /// Publishes `events` in order, skipping those `tail` shows already in the stream;
     /// returns the acknowledged prefix and the first failure, if any.
-    async fn publish(&self, events: &[RecordedEvent], tail: &Tail) -> Acked {
+    async fn publish(
+        &self,
+        fence: &Fence,
+        checkpoint: u64,
+        events: &[RecordedEvent],
+        tail: &Tail,
+        parked: &mut Parked,
+    ) -> Acked {
         let mut in_flight: VecDeque<(&str, u64, Sent)> = VecDeque::new();
         let mut busy: HashSet<&str> = HashSet::new();
         let mut acked = Acked { position: 0, sequence: 0, result: Ok(()) };
@@ -528,8 +539,31 @@ impl Relay {
                     let Some(front) = in_flight.pop_front() else { break };
                     settle(front, &mut busy, &mut acked, &mut published).await?;
                 }
-                let Some(out) = (self.mapper)(e, &self.config).map_err(RelayError::Store)? else {
+                if parked.positions.contains(&e.position) {
+                    // Parked before a crash: settled, not parked twice.
+                    in_flight.push_back((e.aggregate_id.as_str(), e.position, Sent::Parked));
                     continue;
+                }
+                let mapped = if parked.aggregates.contains(&e.aggregate_id) {
+                    Err(format!(
+                        "held back: an earlier event of aggregate {} is a dead letter (per-aggregate order)",
+                        e.aggregate_id
+                    ))
+                } else {
+                    map_caught(&self.mapper, e, &self.config)
+                };
+                let out = match mapped {
+                    Ok(Some(out)) => out,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        // What the mapper cannot make a message of now it never will (it
+                        // is pure): parked at once, and the relay goes on.
+                        self.park(fence, checkpoint, e, error).await?;
+                        parked.add(e);
+                        self.progress.send_modify(|p| p.dead_letters += 1);
+                        in_flight.push_back((e.aggregate_id.as_str(), e.position, Sent::Parked));
+                        continue;
+                    }
                 };
                 let message = PublishMessage::build()
                     .payload(out.payload)
@@ -557,12 +591,88 @@ impl Relay {
     }
 }
 
+/// The relay's dead letters: positions parked, and the aggregates held behind them.
+#[derive(Debug, Default)]
+struct Parked {
+    positions: HashSet<u64>,
+    aggregates: HashSet<String>,
+}
+
+impl Parked {
+    fn add(&mut self, e: &RecordedEvent) {
+        self.positions.insert(e.position);
+        self.aggregates.insert(e.aggregate_id.clone());
+    }
+}
+
+/// The mapper's message for `e`; a panic (an upcaster meeting data it never expected) is
+/// an error like any other, parked instead of killing the relay's task.
+fn map_caught(
+    mapper: &Mapper,
+    e: &RecordedEvent,
+    config: &RelayConfig,
+) -> Result<Option<Outgoing>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mapper(e, config))).unwrap_or_else(
+        |panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            Err(format!("the mapper panicked: {message}"))
+        },
+    )
+}
+
+impl Relay {
+    /// The dead letters this relay parked earlier (a new leader term starts from them).
+    async fn load_parked(&self) -> Result<Parked, RelayError> {
+        let (rm, name) = (Arc::clone(&self.readmodels), self.name());
+        let letters = blocking(move || rm.dead_letters(Some(&name))).await?;
+        let mut parked = Parked::default();
+        for l in &letters {
+            parked.positions.insert(l.position);
+            parked.aggregates.insert(l.aggregate_id.clone());
+        }
+        self.progress.send_modify(|p| p.dead_letters = letters.len() as u64);
+        Ok(parked)
+    }
+
+    /// Parks `event` under the relay's name, leaving the checkpoint at `checkpoint` (the
+    /// saved one: events before it in this batch may not be acknowledged yet).
+    async fn park(
+        &self,
+        fence: &Fence,
+        checkpoint: u64,
+        event: &RecordedEvent,
+        error: String,
+    ) -> Result<(), RelayError> {
+        tracing::error!(relay = %self.name(), position = event.position, aggregate_id = %event.aggregate_id, event_type = %event.event_type, %error, "event parked in the dead-letter queue; the relay goes on");
+        let now = Timestamp::now();
+        let letter = DeadLetter {
+            id: 0,
+            projection: self.name(),
+            position: event.position,
+            aggregate_id: event.aggregate_id.clone(),
+            event_type: event.event_type.clone(),
+            error,
+            attempts: 1,
+            first_failed_at: now,
+            last_failed_at: now,
+        };
+        let (rm, fence) = (Arc::clone(&self.readmodels), fence.clone());
+        blocking(move || rm.park(&fence, checkpoint, &letter)).await.map(|_| ())
+    }
+}
+
 /// An event of the in-flight queue.
 enum Sent {
     /// Published; its ack is awaited.
     Awaiting(PublishAckFuture),
     /// Found in the stream on resume, at this sequence: not published again.
     Stored(u64),
+    /// In the dead-letter queue: never published by the relay's loop.
+    Parked,
 }
 
 /// The acknowledged prefix of a batch.
@@ -590,6 +700,7 @@ async fn settle<'a>(
             sequence
         }
         Sent::Stored(sequence) => sequence,
+        Sent::Parked => 0,
     };
     acked.position = at;
     acked.sequence = acked.sequence.max(sequence);

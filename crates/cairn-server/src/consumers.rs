@@ -37,6 +37,10 @@ pub trait Outbox: Send + Sync {
     fn published(&self) -> u64;
     /// Whether this process runs it (another process may).
     fn leading(&self) -> bool;
+    /// Events it parked in the dead-letter queue (it could not make a message of them).
+    fn dlq_depth(&self) -> u64 {
+        0
+    }
 }
 
 /// Why a consumer could not be registered.

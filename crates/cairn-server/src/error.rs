@@ -31,6 +31,17 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// `500 internal`: `detail` goes to the log under the request id, never to the
+    /// client (it may hold storage errors, panic messages, paths).
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(request_id = crate::request_id::current().as_deref().unwrap_or("-"), detail = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the operator finds the detail in the log under request_id",
+        )
+    }
+
     /// `404 not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
@@ -44,6 +55,18 @@ impl ApiError {
             "payload_too_large",
             format!("request body is larger than the limit of {limit} bytes"),
         )
+    }
+
+    /// `400 json_too_deep`: the body nests deeper than [`crate::json_depth::JSON_DEPTH_MAX`].
+    #[must_use]
+    pub fn json_too_deep() -> Self {
+        let max = crate::json_depth::JSON_DEPTH_MAX;
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "json_too_deep",
+            format!("the request body nests arrays and objects deeper than {max} levels"),
+        )
+        .with("max_depth", max)
     }
 
     /// Adds a field next to `error` and `message`.
@@ -66,6 +89,9 @@ impl IntoResponse for ApiError {
         body.insert("error".into(), self.code.into());
         body.insert("message".into(), self.message.into());
         body.extend(self.extra);
+        if let Some(id) = crate::request_id::current() {
+            body.insert("request_id".into(), id.into());
+        }
         (self.status, axum::Json(Value::Object(body))).into_response()
     }
 }
@@ -181,9 +207,7 @@ impl From<CommandError> for ApiError {
             }
             CommandError::Store(s) => s.into(),
             CommandError::Read(r) => r.into(),
-            other => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())
-            }
+            other => ApiError::internal(other),
         }
     }
 }
@@ -235,7 +259,7 @@ impl From<ControlError> for ApiError {
                     "the read model is unavailable",
                 )
             }
-            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+            _ => ApiError::internal(message),
         }
     }
 }

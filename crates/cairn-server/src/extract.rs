@@ -85,6 +85,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 "the request body is empty; a JSON object was expected",
             ));
         }
+        if crate::json_depth::exceeds(&bytes, crate::json_depth::JSON_DEPTH_MAX) {
+            return Err(ApiError::json_too_deep());
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))

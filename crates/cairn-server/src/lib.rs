@@ -13,12 +13,16 @@ pub mod error;
 pub mod extract;
 pub mod generic;
 pub mod guard;
+pub mod json_depth;
 pub mod leaders;
 pub mod metrics;
 pub mod module;
 mod partitions;
 pub mod query;
+pub mod request_id;
 mod routes;
+pub mod schema_first;
+pub mod schema_version;
 pub mod schemas;
 pub mod server;
 

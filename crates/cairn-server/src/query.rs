@@ -93,7 +93,7 @@ async fn projected(
 
 fn unregistered(name: &str) -> Response {
     let message = format!("no projection named {name}");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message).into_response()
+    ApiError::internal(message).into_response()
 }
 
 async fn get_doc(
@@ -104,7 +104,7 @@ async fn get_doc(
     let rm = Arc::clone(rm);
     tokio::task::spawn_blocking(move || rm.get(table, &key))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ApiError::from)
 }
 
@@ -145,9 +145,9 @@ pub(crate) async fn list_documents(
         limit,
     };
     let rm = Arc::clone(rm);
-    let rows = tokio::task::spawn_blocking(move || rm.list(&list)).await.map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    })??;
+    let rows = tokio::task::spawn_blocking(move || rm.list(&list))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     let next = if rows.len() == limit { rows.last().map(|(k, _)| k.clone()) } else { None };
     Ok((rows.into_iter().map(|(_, doc)| doc).collect(), next))
 }

@@ -121,6 +121,13 @@ impl SchemaRegistry {
         schemas.get(event_type)?.last().map(|r| (r.version, Arc::clone(&r.validator)))
     }
 
+    /// The registered versions of a type, ascending (empty: no schema).
+    #[must_use]
+    pub fn versions(&self, event_type: &str) -> Vec<u32> {
+        let schemas = self.schemas.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        schemas.get(event_type).map(|v| v.iter().map(|r| r.version).collect()).unwrap_or_default()
+    }
+
     /// The current version of a type and its schema, if it has one.
     #[must_use]
     pub fn current_schema(&self, event_type: &str) -> Option<(u32, Value)> {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 mod support;
@@ -317,4 +318,90 @@ async fn commands_arrive_over_nats_request_reply_with_http_semantics() {
     let js = async_nats::jetstream::new(client);
     let _ = js.delete_stream(&public).await;
     server.kill().await;
+}
+
+/// Commands over NATS are hardened: replies go only to inboxes (a caller cannot make the
+/// server publish on `public.orders.*`), a decoded id follows the HTTP rules (`o1%2Fship`
+/// is refused), and the queue group is the operator's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reply_only_to_inboxes_check_ids_and_use_the_configured_queue_group() {
+    let Some(nats) = cairn_nats::testing::nats_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (public, namespace, commands, group) = (
+        format!("CAIRN_TP_{}", id.to_uppercase()),
+        format!("t{id}."),
+        format!("t{id}.commands"),
+        format!("g{id}"),
+    );
+    let env = [
+        ("CAIRN_NATS_URL", nats.as_str()),
+        ("CAIRN_NATS_PUBLIC_STREAM", public.as_str()),
+        ("CAIRN_NATS_PUBLIC_NAMESPACE", namespace.as_str()),
+        ("CAIRN_NATS_COMMANDS", commands.as_str()),
+        ("CAIRN_NATS_QUEUE_GROUP", group.as_str()),
+    ];
+    let server = support::Server::start(dir.path(), &env).await;
+    let client = async_nats::connect(&nats).await.unwrap();
+    let order = json!({"order_id": "o1", "customer_id": "c", "items": [{"product_id": "p", "quantity": 1, "price": 5}]});
+    let (status, created) =
+        command_request(client.clone(), format!("{commands}.create_order"), order, None).await;
+    assert_eq!(status, 201, "{created}");
+
+    // A reply subject outside `_INBOX.`: nothing is published there, and nothing done.
+    let target = format!("t{id}.public.orders.hijack");
+    let mut watch = client.subscribe(target.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    client
+        .publish_with_reply(
+            format!("{commands}.create_order"),
+            target,
+            json!({"order_id": "o2", "customer_id": "c", "items": [{"product_id": "p", "quantity": 1, "price": 5}]})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let published = tokio::time::timeout(Duration::from_secs(2), watch.next()).await;
+    assert!(published.is_err(), "the server published on a caller-chosen subject");
+    let http = reqwest::Client::new();
+    let o2 = http.get(format!("{}/streams/o2", server.base)).send().await.unwrap();
+    assert_eq!(o2.status(), 404, "a refused request does nothing");
+
+    // `o1%2Fship` decodes to `o1/ship`: refused like the same id in an HTTP path.
+    let (status, err) = command_request(
+        client.clone(),
+        format!("{commands}.confirm_order.o1%2Fship"),
+        json!({}),
+        None,
+    )
+    .await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("bad_request")), "{err}");
+    let (_, page) = {
+        let r = http.get(format!("{}/streams/o1", server.base)).send().await.unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(page["events"].as_array().unwrap().len(), 1, "nothing ran on o1: {page}");
+
+    // The configured queue group takes the commands: a member of the old fixed group
+    // `cairn` is a separate group and does not steal them.
+    let mut thief = client.queue_subscribe(format!("{commands}.>"), "cairn".into()).await.unwrap();
+    client.flush().await.unwrap();
+    let mut answered = 0;
+    for i in 0..6 {
+        let (status, _) = command_request(
+            client.clone(),
+            format!("{commands}.create_order"),
+            json!({"order_id": format!("q{i}"), "customer_id": "c", "items": [{"product_id": "p", "quantity": 1, "price": 5}]}),
+            None,
+        )
+        .await;
+        answered += usize::from(status == 201);
+    }
+    assert_eq!(answered, 6, "the server's own group served every request");
+    // The thief, in another group, sees copies; in the server's group it would have
+    // taken some. Joining the configured group is what a deployment controls.
+    assert!(tokio::time::timeout(Duration::from_secs(1), thief.next()).await.is_ok());
+    drop(server);
 }

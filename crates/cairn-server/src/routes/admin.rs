@@ -188,7 +188,7 @@ pub async fn projections(State(state): State<AppState>) -> Json<Vec<ProjectionIn
             head_position,
             lag: head_position.saturating_sub(position),
             status: cairn_cqrs::consumer::ConsumerStatus::Running,
-            dlq_depth: 0,
+            dlq_depth: o.dlq_depth(),
             rebuild: None,
             rebuilds_completed: 0,
             rebuilds_abandoned: 0,
@@ -305,6 +305,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .set(head.saturating_sub(position) as f64);
         metrics::gauge!("cairn_relay_published_total", "relay" => name.clone())
             .set(o.published() as f64);
+        metrics::gauge!("cairn_relay_dlq_depth", "relay" => name.clone()).set(o.dlq_depth() as f64);
         metrics::gauge!("cairn_relay_leading", "relay" => name).set(if o.leading() {
             1.0
         } else {
@@ -944,15 +945,22 @@ pub async fn put_schema(
 ) -> Result<Response, ApiError> {
     cairn_core::id::validate_type_name("event_type", &event_type)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let unsatisfiable = crate::schema_first::check(&state, &event_type, &body.schema).await?;
+    if !unsatisfiable.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "schema_incompatible",
+            "the schema refuses events of this type already stored (or every event)",
+        )
+        .with("reasons", unsatisfiable));
+    }
     let registry = Arc::clone(&state.schemas);
     let (event_type2, schema) = (event_type.clone(), body.schema);
     let version = body.version;
     let result =
         tokio::task::spawn_blocking(move || registry.register(&event_type2, version, schema))
             .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
+            .map_err(|e| ApiError::internal(e.to_string()))?;
     match result {
         Ok(()) => Ok(Json(SchemaRegistered { event_type, version }).into_response()),
         Err(crate::schemas::RegisterError::Invalid(m)) => {

@@ -32,7 +32,9 @@ pub async fn live() -> Json<Health> {
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
     if let Err(e) = state.store.check_health().await {
-        return not_ready(&e.to_string(), None);
+        // The store's error (host names, SQL, paths) is for the operator's log only.
+        tracing::warn!(error = %e, "readiness: the event store is unreachable");
+        return not_ready("the event store is unreachable", None);
     }
     let readiness = state.consumers.readiness();
     if !readiness.is_ready() {

@@ -91,6 +91,7 @@ pub(crate) fn router(routes: Vec<Route>, state: AppState) -> Router {
         .with_state(state)
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(crate::request_id::layer))
 }
 
 /// A router without routes.
@@ -128,7 +129,5 @@ fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
         .map(String::as_str)
         .or_else(|| payload.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
-    tracing::error!(panic = detail, "handler panicked");
-    ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
-        .into_response()
+    ApiError::internal(format!("handler panicked: {detail}")).into_response()
 }

@@ -266,11 +266,19 @@ impl Modify for DefaultErrorResponse {
 #[schema(as = Error)]
 pub struct ErrorBody {
     /// Machine-readable code: `bad_request`, `not_found`, `payload_too_large`,
+    /// `json_too_deep`, `invalid_schema_version`,
     /// `wrong_expected_version`, `aggregate_type_mismatch`, `validation_failed`,
     /// `unknown_event_type`, `rule_violation`, `projection_lagging`, ...
     pub error: String,
     /// Human-readable text.
     pub message: String,
+    /// The request's id (also its `X-Request-Id` header): the server's log holds the
+    /// detail of a `5xx` under it.
+    pub request_id: Option<String>,
+    /// `json_too_deep`: the deepest nesting accepted.
+    pub max_depth: Option<u64>,
+    /// `invalid_schema_version`: the type's current schema version.
+    pub current_version: Option<u32>,
     /// `wrong_expected_version`: what the request expected.
     pub expected: Option<ExpectedVersion>,
     /// `wrong_expected_version`: the stream's current version (`0` = it does not exist).

@@ -17,12 +17,14 @@ use cairn_cqrs::AggregateKind;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{AggregateIdPath, JsonBody, QueryMap};
 use crate::routes::openapi::{self, ErrorBody};
+use crate::schema_version::{self, KnownVersions};
 use crate::schemas::SchemaRegistry;
 
 const STREAM_READ_LIMIT_DEFAULT: u64 = 100;
@@ -75,10 +77,6 @@ pub struct AppendResponse<'a> {
     position: u64,
 }
 
-fn is_json_object(raw: &RawValue) -> bool {
-    raw.get().trim_start().starts_with('{')
-}
-
 /// Turns a request body into a store append, checking what the store cannot.
 fn to_append(
     aggregate_id: String,
@@ -104,10 +102,30 @@ fn to_append(
                 e.aggregate_type
             )));
         }
+        let kind = aggregates.get(aggregate_type.as_str());
+        let mut metadata: Map<String, Value> = match &e.metadata {
+            None => Map::new(),
+            Some(m) => match serde_json::from_str::<Value>(m.get()) {
+                Ok(Value::Object(m)) => m,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "events[{i}].metadata must be a JSON object"
+                    )));
+                }
+            },
+        };
+        let domain_version = kind
+            .filter(|k| k.event_types().contains(&e.event_type.as_str()))
+            .map(|k| k.schema_version(&e.event_type));
+        let registered = schemas.versions(&e.event_type).last().copied();
+        let known = registered.or(domain_version).map(|current| KnownVersions { current });
+        let sent = schema_version::client_version(i, &e.event_type, &metadata, known)?;
+        // An older version (an import replaying history) is stored as it was written and
+        // upcast on read: decoding it as the current version would refuse it.
+        let historic = matches!((sent, domain_version), (Some(v), Some(d)) if v < d);
         // Streams of types no module registered are free-form, as the contract allows.
-        let checked = aggregates
-            .get(aggregate_type.as_str())
-            .map(|kind| kind.check_event(&e.event_type, e.data.get()));
+        let checked =
+            kind.filter(|_| !historic).map(|kind| kind.check_event(&e.event_type, e.data.get()));
         match checked {
             None | Some(Ok(())) => {}
             Some(Err(cairn_cqrs::DecodeError::UnknownType(t))) => {
@@ -128,14 +146,15 @@ fn to_append(
                 ));
             }
         }
-        let metadata = match e.metadata {
-            Some(m) if is_json_object(&m) => m,
-            Some(_) => {
-                return Err(ApiError::bad_request(format!(
-                    "events[{i}].metadata must be a JSON object"
-                )));
+        let metadata = match (sent, registered, domain_version) {
+            // A domain type without a registered schema: the registry cannot stamp it, and
+            // read as version 1 it would be upcast from the wrong shape.
+            (None, None, Some(current)) => {
+                metadata.insert("schema_version".into(), Value::from(current));
+                serde_json::value::to_raw_value(&metadata)
+                    .map_err(|e| ApiError::bad_request(format!("events[{i}].metadata: {e}")))?
             }
-            None => cairn_core::envelope::empty_object(),
+            _ => e.metadata.unwrap_or_else(cairn_core::envelope::empty_object),
         };
         events.push(NewEvent {
             event_id: e.event_id.unwrap_or_else(cairn_core::store::new_event_id),
@@ -165,7 +184,7 @@ fn to_append(
     request_body = AppendBody,
     responses(
         (status = 200, description = "Appended (or an idempotent retry)", body = AppendResponse),
-        (status = 400, description = "`bad_request`: malformed body, no events or more than 1000", body = ErrorBody),
+        (status = 400, description = "`bad_request`: malformed body, no events or more than 1000; `json_too_deep`: nested deeper than 128 levels; `invalid_schema_version`: a `metadata.schema_version` the type does not have", body = ErrorBody),
         (status = 409, description = "`wrong_expected_version`, `aggregate_type_mismatch` or `duplicate_event_id`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 422, description = "`validation_failed` (schema or domain decoding) or `unknown_event_type`", body = ErrorBody),

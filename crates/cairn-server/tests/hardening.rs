@@ -1,0 +1,130 @@
+//! Issue #16 items 3, 4, 6: `metadata.schema_version` is the server's, JSON nesting is
+//! capped on every path that takes JSON, a first schema version is checked like later
+//! ones, and error bodies carry a request id and no internals.
+
+mod support;
+
+use cairn_testkit::Backend;
+use serde_json::{Value, json};
+use support::TestServer;
+
+cairn_testkit::backend_tests!(
+    a_schema_version_the_type_does_not_have_is_refused,
+    json_nested_400000_deep_is_refused_everywhere,
+    a_first_schema_version_is_checked_against_stored_events,
+    every_error_carries_a_request_id,
+);
+
+fn confirmed(metadata: Option<Value>) -> Value {
+    let mut e = json!({"aggregate_type": "Order", "event_type": "OrderConfirmed",
+        "data": {"items": [{"product_id": "p", "quantity": 1, "price": "5"}], "total": "5"}});
+    if let Some(m) = metadata {
+        e["metadata"] = m;
+    }
+    json!({"events": [e]})
+}
+
+async fn a_schema_version_the_type_does_not_have_is_refused(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (status, created) = s
+        .post(
+            "/orders",
+            &json!({"order_id": "o1", "customer_id": "c", "items": [{"product_id": "p", "quantity": 1, "price": 5}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    // The observed poison: schema_version 0 has no upcaster.
+    for bad in [json!(0), json!(99), json!(-1), json!("1"), json!(1.5)] {
+        let (status, err) =
+            s.post("/streams/o1", &confirmed(Some(json!({"schema_version": bad})))).await;
+        assert_eq!(
+            (status, err["error"].as_str()),
+            (400, Some("invalid_schema_version")),
+            "{bad}: {err}"
+        );
+    }
+    let (_, page) = s.get("/streams/o1").await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 1, "nothing stored: {page}");
+    // None sent: the server stamps the current version.
+    let (status, ok) = s.post("/streams/o1", &confirmed(None)).await;
+    assert_eq!(status, 200, "{ok}");
+    let (_, page) = s.get("/streams/o1").await;
+    let stamped = &page["events"][1]["metadata"]["schema_version"];
+    assert!(stamped.as_u64().is_some_and(|v| v >= 1), "{page}");
+    // The current version, sent explicitly (an import), is kept.
+    let (status, ok) =
+        s.post("/streams/o1", &confirmed(Some(json!({"schema_version": stamped.clone()})))).await;
+    assert_eq!(status, 200, "{ok}");
+}
+
+async fn json_nested_400000_deep_is_refused_everywhere(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let deep = format!("{}{}", "[".repeat(400_000), "]".repeat(400_000));
+    let append = format!(
+        r#"{{"events":[{{"aggregate_type":"Ledger","event_type":"Tick","data":{{"x":{deep}}}}}]}}"#
+    );
+    let schema = format!(r#"{{"version":1,"schema":{{"default":{deep}}}}}"#);
+    let command = format!(r#"{{"customer_id":"c","items":{deep}}}"#);
+    for (path, body, put) in [
+        ("/streams/deep-1", append, false),
+        ("/admin/schemas/Deep", schema, true),
+        ("/orders", command, false),
+    ] {
+        let request = if put { s.client.put(s.url(path)) } else { s.client.post(s.url(path)) };
+        let r = request.header("content-type", "application/json").body(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let err: Value = r.json().await.unwrap();
+        assert_eq!((status, err["error"].as_str()), (400, Some("json_too_deep")), "{path}: {err}");
+        assert_eq!(err["max_depth"], 128, "{err}");
+    }
+    assert_eq!(s.get("/streams/deep-1").await.0, 404, "nothing stored");
+    // At the cap's edge an event still goes in.
+    let ok = format!(
+        r#"{{"events":[{{"aggregate_type":"Ledger","event_type":"Tick","data":{{"x":{}{}}}}}]}}"#,
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    assert_eq!(s.post_raw("/streams/deep-2", ok).await.0, 200);
+}
+
+async fn a_first_schema_version_is_checked_against_stored_events(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let put = |t: &str, body: Value| {
+        let (client, url) = (s.client.clone(), s.url(&format!("/admin/schemas/{t}")));
+        async move {
+            let r = client.put(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // `false` refuses every event: refused, and the type stays open.
+    let (status, err) = put("Blocked", json!({"version": 1, "schema": false})).await;
+    assert_eq!((status, err["error"].as_str()), (409, Some("schema_incompatible")), "{err}");
+    let tick =
+        json!({"events": [{"aggregate_type": "L", "event_type": "Blocked", "data": {"n": "one"}}]});
+    assert_eq!(s.post("/streams/l-1", &tick).await.0, 200, "the type is not blocked");
+    // A first version the stored event breaks is refused, naming it.
+    let numeric = json!({"type": "object", "properties": {"n": {"type": "number"}}});
+    let (status, err) = put("Blocked", json!({"version": 1, "schema": numeric})).await;
+    assert_eq!((status, err["error"].as_str()), (409, Some("schema_incompatible")), "{err}");
+    assert!(err["reasons"][0].as_str().unwrap().contains("l-1"), "{err}");
+    let any = json!({"type": "object"});
+    assert_eq!(put("Blocked", json!({"version": 1, "schema": any})).await.0, 200);
+}
+
+async fn every_error_carries_a_request_id(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let r = s.client.get(s.url("/streams/nope")).send().await.unwrap();
+    let header = r.headers().get("x-request-id").unwrap().to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["request_id"], header.as_str(), "{body}");
+    assert!(uuid::Uuid::parse_str(&header).is_ok(), "a fresh UUID: {header}");
+    // A sane incoming id is kept; a malformed one replaced.
+    let r = s.client.get(s.url("/nowhere")).header("x-request-id", "gw-42").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "gw-42");
+    assert_eq!(r.json::<Value>().await.unwrap()["request_id"], "gw-42");
+    let r = s.client.get(s.url("/nowhere")).header("x-request-id", "a b").send().await.unwrap();
+    assert_ne!(r.headers()["x-request-id"], "a b");
+    // Success answers carry the header too.
+    let r = s.client.get(s.url("/health/live")).send().await.unwrap();
+    assert!(r.headers().contains_key("x-request-id"));
+}
