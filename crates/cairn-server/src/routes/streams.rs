@@ -149,7 +149,7 @@ fn to_append(
         aggregate_type,
         expected: body.expected_version,
         events,
-        idempotency_key: None,
+        idempotency: None,
     })
 }
 
