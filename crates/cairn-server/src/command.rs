@@ -71,7 +71,9 @@ pub async fn execute<A: Aggregate>(
         Existence::MustNotExist => None,
         _ => Some(id),
     };
-    let route = headers.route.as_deref().unwrap_or(name);
+    // The route is named by its command name (`ship_order`): one per route, and stable
+    // when a path is renamed.
+    let route = name;
     let command_id = uuid::Uuid::now_v7().to_string();
     let metadata = CommandMetadata {
         correlation_id: Some(headers.correlation_id.unwrap_or_else(|| command_id.clone())),

@@ -155,8 +155,6 @@ pub struct CommandHeaders {
     pub user_id: Option<String>,
     /// The request's method.
     pub method: axum::http::Method,
-    /// The matched route's template (`/orders/{aggregate_id}/ship`), when routed.
-    pub route: Option<String>,
     /// SHA-256 (hex) of the body as canonical JSON, when the request carries an
     /// `Idempotency-Key` (set by [`crate::command::digest_body`]).
     pub body_digest: Option<String>,
@@ -203,10 +201,6 @@ impl FromRequestParts<AppState> for CommandHeaders {
             correlation_id: header_text(parts, "x-correlation-id")?,
             user_id: header_text(parts, "x-user-id")?,
             method: parts.method.clone(),
-            route: parts
-                .extensions
-                .get::<axum::extract::MatchedPath>()
-                .map(|p| p.as_str().to_owned()),
             body_digest: parts
                 .extensions
                 .get::<crate::command::BodyDigest>()
