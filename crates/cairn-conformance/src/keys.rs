@@ -35,14 +35,14 @@ async fn events_stored(store: &Arc<dyn EventStore>) -> usize {
 /// A recorded refusal is what a later keyed append gets: it stores nothing.
 pub async fn recorded_refusal_answers_a_later_append(store: Arc<dyn EventStore>) {
     let key = IdempotencyKey::new("pm:e1:reserve");
-    let first = store
-        .record_refusal(key.clone(), "stock-1".into(), refusal("out of stock"))
-        .await
-        .unwrap();
-    let expected = KeyOutcome::Refused { aggregate_id: "stock-1".into(), refusal: refusal("out of stock") };
+    let first =
+        store.record_refusal(key.clone(), "stock-1".into(), refusal("out of stock")).await.unwrap();
+    let expected =
+        KeyOutcome::Refused { aggregate_id: "stock-1".into(), refusal: refusal("out of stock") };
     assert_eq!(first.outcome, expected);
     // Recording again returns the first record, not a second one.
-    let again = store.record_refusal(key.clone(), "stock-1".into(), refusal("other")).await.unwrap();
+    let again =
+        store.record_refusal(key.clone(), "stock-1".into(), refusal("other")).await.unwrap();
     assert_eq!(again.outcome, expected);
     match store.append(keyed("stock-1", key.clone())).await.unwrap_err() {
         AppendError::IdempotencyKeyUsed { record } => assert_eq!(record.outcome, expected),
@@ -56,7 +56,8 @@ pub async fn recorded_refusal_answers_a_later_append(store: Arc<dyn EventStore>)
 pub async fn refusal_after_an_append_returns_the_appended_record(store: Arc<dyn EventStore>) {
     let key = IdempotencyKey::new("pm:e2:reserve");
     let stored = store.append(keyed("stock-2", key.clone())).await.unwrap();
-    let record = store.record_refusal(key.clone(), "stock-2".into(), refusal("late")).await.unwrap();
+    let record =
+        store.record_refusal(key.clone(), "stock-2".into(), refusal("late")).await.unwrap();
     match record.outcome {
         KeyOutcome::Appended { aggregate_id, outcome } => {
             assert_eq!(aggregate_id, "stock-2");
@@ -102,7 +103,10 @@ pub async fn refusals_and_appends_racing_on_one_key_agree(store: Arc<dyn EventSt
         }
         let recorded: IdempotencyRecord = store.idempotent_result(&key.key).await.unwrap().unwrap();
         for outcome in &seen {
-            assert_eq!(outcome, &recorded.outcome, "round {round}: every writer sees the first outcome");
+            assert_eq!(
+                outcome, &recorded.outcome,
+                "round {round}: every writer sees the first outcome"
+            );
         }
         let added = events_stored(&store).await - before;
         match recorded.outcome {
@@ -146,7 +150,8 @@ pub async fn another_fingerprint_under_a_key_is_refused(store: Arc<dyn EventStor
 pub async fn an_expired_record_counts_as_absent(store: Arc<dyn EventStore>) {
     let past = Timestamp::from_micros(Timestamp::now().as_micros() - 1_000_000);
     let future = Timestamp::from_micros(Timestamp::now().as_micros() + 3_600_000_000);
-    let key = |at| IdempotencyKey { key: "http:ttl".into(), fingerprint: None, expires_at: Some(at) };
+    let key =
+        |at| IdempotencyKey { key: "http:ttl".into(), fingerprint: None, expires_at: Some(at) };
     store.record_refusal(key(past), "ttl-1".into(), refusal("old")).await.unwrap();
     assert_eq!(store.idempotent_result("http:ttl").await.unwrap(), None);
     // A keyed append is not answered by the expired refusal: it stores.
@@ -155,7 +160,9 @@ pub async fn an_expired_record_counts_as_absent(store: Arc<dyn EventStore>) {
     assert_eq!(store.idempotent_result("http:ttl").await.unwrap(), None);
     // A refusal after an expired append is recorded afresh.
     let record = store.record_refusal(key(future), "ttl-1".into(), refusal("new")).await.unwrap();
-    assert!(matches!(record.outcome, KeyOutcome::Refused { ref refusal, .. } if refusal.message == "new"));
+    assert!(
+        matches!(record.outcome, KeyOutcome::Refused { ref refusal, .. } if refusal.message == "new")
+    );
     assert_eq!(store.idempotent_result("http:ttl").await.unwrap(), Some(record));
     // A live record holds.
     assert!(matches!(

@@ -255,7 +255,8 @@ impl EventStore for MemoryEventStore {
                 r => Err(r.clash(&key)),
             };
         }
-        let record = IdempotencyRecord { outcome: KeyOutcome::Refused { aggregate_id, refusal }, key };
+        let record =
+            IdempotencyRecord { outcome: KeyOutcome::Refused { aggregate_id, refusal }, key };
         inner.idempotency.insert(record.key.key.clone(), record.clone());
         Ok(record)
     }

@@ -163,7 +163,12 @@ impl IdempotencyRecord {
         let outcome = match refusal {
             None => KeyOutcome::Appended {
                 aggregate_id,
-                outcome: AppendOutcome { first_version, last_version, position, deduplicated: true },
+                outcome: AppendOutcome {
+                    first_version,
+                    last_version,
+                    position,
+                    deduplicated: true,
+                },
             },
             Some(json) => KeyOutcome::Refused {
                 aggregate_id,

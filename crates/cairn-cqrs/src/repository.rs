@@ -5,8 +5,8 @@ use std::sync::Arc;
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
 use cairn_core::{
-    Append, AppendError, Direction, EventStore, ExpectedVersion, IdempotencyKey,
-    IdempotencyRecord, KeyOutcome, NewEvent, ReadError, RecordedEvent, Refusal, StreamRead,
+    Append, AppendError, Direction, EventStore, ExpectedVersion, IdempotencyKey, IdempotencyRecord,
+    KeyOutcome, NewEvent, ReadError, RecordedEvent, Refusal, StreamRead,
 };
 use serde::Serialize;
 use thiserror::Error;

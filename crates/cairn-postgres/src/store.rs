@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use cairn_core::store::READ_LIMIT_MAX;
 use cairn_core::{
-    AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore,
-    IdempotencyKey, IdempotencyRecord, ReadError, Refusal, StreamRead, StreamSlice, StreamStats,
+    AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, IdempotencyKey,
+    IdempotencyRecord, ReadError, Refusal, StreamRead, StreamSlice, StreamStats,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
@@ -219,10 +219,7 @@ impl EventStore for PgEventStore {
 
     async fn idempotent_result(&self, key: &str) -> Result<Option<IdempotencyRecord>, ReadError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(RECORD_SQL, &[&key])
-            .await
-            .map_err(|e| read_failed(&e))?;
+        let row = client.query_opt(RECORD_SQL, &[&key]).await.map_err(|e| read_failed(&e))?;
         // A reader does not delete: the next write meeting an expired record replaces it.
         Ok(row
             .map(|r| writer::record_from_row(&r))
@@ -255,7 +252,9 @@ impl EventStore for PgEventStore {
             .map_err(unavailable)?;
         let now = cairn_core::timestamp::Timestamp::now();
         let found = tx.query_opt(RECORD_SQL, &[&key.key]).await.map_err(unavailable)?;
-        if let Some(record) = found.map(|r| writer::record_from_row(&r)).filter(|r| !r.is_expired(now)) {
+        if let Some(record) =
+            found.map(|r| writer::record_from_row(&r)).filter(|r| !r.is_expired(now))
+        {
             tx.commit().await.map_err(unavailable)?;
             return if record.key.fingerprint == key.fingerprint {
                 Ok(record)

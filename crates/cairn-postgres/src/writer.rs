@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_core::store::{StoredLocation, recognise_retry};
 use cairn_core::timestamp::Timestamp;
-use cairn_core::{Append, AppendError, AppendOutcome, IdempotencyKey, IdempotencyRecord, KeyOutcome};
+use cairn_core::{
+    Append, AppendError, AppendOutcome, IdempotencyKey, IdempotencyRecord, KeyOutcome,
+};
 use deadpool_postgres::Object;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;

@@ -220,8 +220,14 @@ mod tests {
     #[test]
     fn canonical_json_ignores_key_order_and_whitespace() {
         let (mut a, mut b) = (String::new(), String::new());
-        canonical_json(&serde_json::from_str(r#"{"b": [1, {"y":1,"x":2}], "a": "q"}"#).unwrap(), &mut a);
-        canonical_json(&serde_json::from_str(r#"{"a":"q","b":[1,{"x":2,"y":1}]}"#).unwrap(), &mut b);
+        canonical_json(
+            &serde_json::from_str(r#"{"b": [1, {"y":1,"x":2}], "a": "q"}"#).unwrap(),
+            &mut a,
+        );
+        canonical_json(
+            &serde_json::from_str(r#"{"a":"q","b":[1,{"x":2,"y":1}]}"#).unwrap(),
+            &mut b,
+        );
         assert_eq!(a, b);
         assert_eq!(a, r#"{"a":"q","b":[1,{"x":2,"y":1}]}"#);
     }

@@ -201,10 +201,7 @@ impl FromRequestParts<AppState> for CommandHeaders {
             correlation_id: header_text(parts, "x-correlation-id")?,
             user_id: header_text(parts, "x-user-id")?,
             method: parts.method.clone(),
-            body_digest: parts
-                .extensions
-                .get::<crate::command::BodyDigest>()
-                .map(|d| d.0.clone()),
+            body_digest: parts.extensions.get::<crate::command::BodyDigest>().map(|d| d.0.clone()),
         })
     }
 }

@@ -182,7 +182,11 @@ async fn an_idempotency_key_is_scoped_fingerprinted_and_replays_refusals(backend
     assert_eq!((status, &again), (200, &first));
     // Same key, another body: refused, nothing appended.
     let (status, _, reused) = send(keyed("/counters/c-key/add", "k", "ada", json!({"n": 6}))).await;
-    assert_eq!((status, reused["error"].as_str()), (422, Some("idempotency_key_reused")), "{reused}");
+    assert_eq!(
+        (status, reused["error"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "{reused}"
+    );
     // Another caller, another route, another aggregate: each a new command.
     let (status, _, other) = send(keyed("/counters/c-key/add", "k", "bob", json!({"n": 5}))).await;
     assert_eq!((status, other["version"].as_u64()), (200, Some(3)), "{other}");
@@ -199,7 +203,8 @@ async fn an_idempotency_key_is_scoped_fingerprinted_and_replays_refusals(backend
     let (status, _, _) = send(keyed("/counters/c-ref/add", "k0", "ada", json!({"n": 10}))).await;
     assert_eq!(status, 200);
     let big = json!({ "n": i64::MAX - 5 });
-    let (status, _, refused) = send(keyed("/counters/c-ref/add", "k-big", "ada", big.clone())).await;
+    let (status, _, refused) =
+        send(keyed("/counters/c-ref/add", "k-big", "ada", big.clone())).await;
     assert_eq!((status, refused["error"].as_str()), (422, Some("rule_violation")), "{refused}");
     let (status, _, _) = send(keyed("/counters/c-ref/reset", "k-reset", "ada", json!({}))).await;
     assert_eq!(status, 200);

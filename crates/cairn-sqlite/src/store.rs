@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use cairn_core::store::READ_LIMIT_MAX;
 use cairn_core::{
-    AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore,
-    IdempotencyKey, IdempotencyRecord, ReadError, Refusal, StreamRead, StreamSlice, StreamStats,
+    AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, IdempotencyKey,
+    IdempotencyRecord, ReadError, Refusal, StreamRead, StreamSlice, StreamStats,
 };
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use tokio::sync::{mpsc, oneshot, watch};

@@ -398,7 +398,11 @@ pub fn recorded_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<Ide
 
 /// The live record under `key` for a write: an expired one is deleted (in the write's
 /// transaction) and counts as absent.
-fn live_key(conn: &Connection, key: &str, now_us: i64) -> rusqlite::Result<Option<IdempotencyRecord>> {
+fn live_key(
+    conn: &Connection,
+    key: &str,
+    now_us: i64,
+) -> rusqlite::Result<Option<IdempotencyRecord>> {
     let Some(record) = recorded_key(conn, key)? else { return Ok(None) };
     if record.is_expired(Timestamp::from_micros(now_us)) {
         conn.prepare_cached("DELETE FROM idempotency_keys WHERE key = ?1")?.execute([key])?;
