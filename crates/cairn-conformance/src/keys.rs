@@ -63,7 +63,7 @@ pub async fn refusal_after_an_append_returns_the_appended_record(store: Arc<dyn 
             assert_eq!(aggregate_id, "stock-2");
             assert_eq!(outcome.position, stored.position);
         }
-        other => panic!("expected the appended record, got {other:?}"),
+        other @ KeyOutcome::Refused { .. } => panic!("expected the appended record, got {other:?}"),
     }
     assert!(matches!(
         store.idempotent_result(&key.key).await.unwrap().unwrap().outcome,

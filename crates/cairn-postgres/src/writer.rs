@@ -239,8 +239,8 @@ const INSERT_KEYS_SQL: &str = "INSERT INTO idempotency_keys
         position = excluded.position, created_us = excluded.created_us,
         fingerprint = excluded.fingerprint, expires_us = excluded.expires_us, refusal = NULL";
 
-/// A record read back from `idempotency_keys` (columns from `at`: key, aggregate_id,
-/// first_version, last_version, position, fingerprint, expires_us, refusal).
+/// A record read back from `idempotency_keys` (columns in order: `key`, `aggregate_id`,
+/// `first_version`, `last_version`, `position`, `fingerprint`, `expires_us`, `refusal`).
 pub(crate) fn record_from_row(r: &tokio_postgres::Row) -> IdempotencyRecord {
     let refusal: Option<String> = r.get(7);
     IdempotencyRecord::from_columns(

@@ -181,11 +181,12 @@ async fn an_idempotency_key_is_scoped_fingerprinted_and_replays_refusals(backend
     let (status, _, again) = send(keyed("/counters/c-key/add", "k", "ada", json!({"n": 5}))).await;
     assert_eq!((status, &again), (200, &first));
     // Same key, another body: refused, nothing appended.
-    let (status, _, reused) = send(keyed("/counters/c-key/add", "k", "ada", json!({"n": 6}))).await;
+    let (status, _, key_clash) =
+        send(keyed("/counters/c-key/add", "k", "ada", json!({"n": 6}))).await;
     assert_eq!(
-        (status, reused["error"].as_str()),
+        (status, key_clash["error"].as_str()),
         (422, Some("idempotency_key_reused")),
-        "{reused}"
+        "{key_clash}"
     );
     // Another caller, another route, another aggregate: each a new command.
     let (status, _, other) = send(keyed("/counters/c-key/add", "k", "bob", json!({"n": 5}))).await;
