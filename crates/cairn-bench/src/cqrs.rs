@@ -259,7 +259,7 @@ async fn long_aggregate(table: &mut Table, dir: &Path, snapshots: bool) -> anyho
             aggregate_type: "Order".into(),
             expected: ExpectedVersion::Exact(version),
             events,
-            idempotency_key: None,
+            idempotency: None,
         };
         version = server.store.append(append).await?.last_version;
     }
@@ -432,7 +432,7 @@ pub async fn fill_orders(store: &Arc<dyn EventStore>, events: u64) -> anyhow::Re
                     aggregate_type: "Order".into(),
                     expected: ExpectedVersion::NoStream,
                     events,
-                    idempotency_key: None,
+                    idempotency: None,
                 };
                 store.append(append).await?;
                 o += 32;

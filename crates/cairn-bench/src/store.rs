@@ -30,7 +30,7 @@ pub(crate) fn append(stream: String, n: usize) -> Append {
         aggregate_type: "Order".into(),
         expected: ExpectedVersion::Any,
         events: (0..n).map(|_| event()).collect(),
-        idempotency_key: None,
+        idempotency: None,
     }
 }
 

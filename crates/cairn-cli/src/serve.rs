@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CAIRN_BODY_LIMIT_BYTES", default_value_t = cairn_server::BODY_LIMIT_BYTES_DEFAULT)]
     body_limit_bytes: usize,
+    /// How long an HTTP `Idempotency-Key` is remembered, in seconds; a repeat after that
+    /// is a new command. Process managers' keys never expire.
+    #[arg(long, env = "CAIRN_IDEMPOTENCY_TTL_SECS", default_value_t = cairn_server::IDEMPOTENCY_TTL_SECS_DEFAULT)]
+    idempotency_ttl_secs: u64,
     /// Commit durability: `full` fsyncs every commit (an acknowledged append survives power
     /// loss); `normal` survives a process crash only.
     #[arg(long, env = "CAIRN_SYNC", value_enum, default_value_t = SyncMode::Full)]
@@ -218,6 +222,7 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
     let server = Server::builder(stores)
         .http(HttpConfig {
             body_limit_bytes: args.body_limit_bytes,
+            idempotency_ttl_secs: args.idempotency_ttl_secs,
             advertise_url: advertise_url(&args)?,
             ..HttpConfig::default()
         })

@@ -15,7 +15,7 @@ pub async fn stream_type_is_fixed_for_life(store: Arc<dyn EventStore>) {
         aggregate_type: "Other".into(),
         expected: Any,
         events: vec![event("Tick", 1)],
-        idempotency_key: None,
+        idempotency: None,
     };
     assert_eq!(
         store.append(other).await.unwrap_err(),

@@ -32,7 +32,7 @@ pub fn append_of(stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>)
         aggregate_type: "Thing".to_owned(),
         expected,
         events,
-        idempotency_key: None,
+        idempotency: None,
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cairn_core::ExpectedVersion::{Any, Exact};
-use cairn_core::{AllFilter, AppendError, EventStore, NewEvent};
+use cairn_core::{AllFilter, AppendError, EventStore, IdempotencyKey, KeyOutcome, NewEvent};
 use uuid::Uuid;
 
 use crate::fixtures::{append_n, append_of, event_with_id, raw};
@@ -114,27 +114,35 @@ pub async fn partial_overlap_is_refused_and_stores_nothing(store: Arc<dyn EventS
 pub async fn idempotency_key_is_recorded_with_the_append(store: Arc<dyn EventStore>) {
     assert_eq!(store.idempotent_result("cmd-1").await.unwrap(), None);
     let mut first = append_of("k-1", Any, vec![crate::fixtures::event("Tick", 1)]);
-    first.idempotency_key = Some("cmd-1".into());
+    first.idempotency = Some(IdempotencyKey::new("cmd-1"));
     let outcome = store.append(first).await.unwrap();
     let mut again = append_of("k-2", Any, vec![crate::fixtures::event("Tick", 2)]);
-    again.idempotency_key = Some("cmd-1".into());
+    again.idempotency = Some(IdempotencyKey::new("cmd-1"));
     match store.append(again).await.unwrap_err() {
-        AppendError::IdempotencyKeyUsed { aggregate_id, outcome: o } => {
-            assert_eq!(aggregate_id, "k-1");
-            assert_eq!((o.first_version, o.last_version, o.position), (1, 1, outcome.position));
-        }
+        AppendError::IdempotencyKeyUsed { record } => match record.outcome {
+            KeyOutcome::Appended { aggregate_id, outcome: o } => {
+                assert_eq!(aggregate_id, "k-1");
+                assert_eq!((o.first_version, o.last_version, o.position), (1, 1, outcome.position));
+            }
+            other @ KeyOutcome::Refused { .. } => {
+                panic!("expected an appended record, got {other:?}")
+            }
+        },
         other => panic!("expected IdempotencyKeyUsed, got {other:?}"),
     }
     assert_eq!(store.stream_version("k-2").await.unwrap(), 0);
-    let (stream, recorded) = store.idempotent_result("cmd-1").await.unwrap().unwrap();
-    assert_eq!((stream.as_str(), recorded.position), ("k-1", outcome.position));
+    let recorded = store.idempotent_result("cmd-1").await.unwrap().unwrap();
+    assert!(matches!(
+        recorded.outcome,
+        KeyOutcome::Appended { ref aggregate_id, outcome: o } if aggregate_id == "k-1" && o.position == outcome.position
+    ));
     // A rejected append records nothing under its key.
     let mut rejected = append_of(
         "k-1",
         cairn_core::ExpectedVersion::Exact(9),
         vec![crate::fixtures::event("Tick", 3)],
     );
-    rejected.idempotency_key = Some("cmd-2".into());
+    rejected.idempotency = Some(IdempotencyKey::new("cmd-2"));
     assert!(matches!(store.append(rejected).await, Err(AppendError::WrongExpectedVersion { .. })));
     assert_eq!(store.idempotent_result("cmd-2").await.unwrap(), None);
 }

@@ -15,6 +15,7 @@ pub mod atomicity;
 pub mod concurrency;
 pub mod fixtures;
 pub mod idempotency;
+pub mod keys;
 pub mod model;
 pub mod readmodel;
 pub mod reads;
@@ -76,6 +77,11 @@ macro_rules! conformance_suite {
             idempotency::changed_content_under_stored_ids_is_refused,
             idempotency::partial_overlap_is_refused_and_stores_nothing,
             idempotency::idempotency_key_is_recorded_with_the_append,
+            keys::recorded_refusal_answers_a_later_append,
+            keys::refusal_after_an_append_returns_the_appended_record,
+            keys::refusals_and_appends_racing_on_one_key_agree,
+            keys::another_fingerprint_under_a_key_is_refused,
+            keys::an_expired_record_counts_as_absent,
             atomicity::failed_append_stores_none_of_its_events,
             atomicity::batch_gets_consecutive_versions_and_positions,
             reads::backward_reads_and_paging,

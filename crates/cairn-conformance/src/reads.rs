@@ -57,7 +57,7 @@ pub async fn read_all_filters_by_event_and_aggregate_type(store: Arc<dyn EventSt
         aggregate_type: aggregate_type.into(),
         expected: Any,
         events: types.iter().map(|t| event(t, 0)).collect(),
-        idempotency_key: None,
+        idempotency: None,
     };
     store.append(mk("o-1", "Order", &["OrderCreated", "ItemAdded"])).await.unwrap();
     store.append(mk("c-1", "Customer", &["CustomerRegistered"])).await.unwrap();

@@ -44,14 +44,19 @@ pub enum AppendError {
         /// Its version there.
         version: u64,
     },
-    /// The idempotency key was used before: nothing was stored, here is what the first
-    /// append with that key stored.
-    #[error("idempotency key already used for stream {aggregate_id}")]
+    /// The idempotency key was used before: nothing was stored, here is the first outcome
+    /// under that key (its events, or its refusal).
+    #[error("idempotency key already used")]
     IdempotencyKeyUsed {
-        /// The stream the first append went to.
-        aggregate_id: String,
-        /// What it stored.
-        outcome: crate::store::AppendOutcome,
+        /// What the key holds.
+        record: Box<crate::store::IdempotencyRecord>,
+    },
+    /// The idempotency key was used before for a different request (another fingerprint):
+    /// nothing was stored; the client must pick a new key.
+    #[error("idempotency key {key:?} was already used for a different request")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
     },
     /// An event's data breaks its type's registered schema.
     #[error("event {index} ({event_type}) does not match schema version {schema_version}")]

@@ -20,7 +20,7 @@ pub use error::{AppendError, ReadError};
 pub use expected_version::ExpectedVersion;
 pub use memory::MemoryEventStore;
 pub use store::{
-    AllFilter, AllSlice, Append, AppendOutcome, Direction, EventStore, StreamRead, StreamSlice,
-    StreamStats,
+    AllFilter, AllSlice, Append, AppendOutcome, Direction, EventStore, IdempotencyKey,
+    IdempotencyRecord, KeyOutcome, Refusal, StreamRead, StreamSlice, StreamStats,
 };
 pub use subscription::subscribe_all;

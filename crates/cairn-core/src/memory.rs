@@ -12,8 +12,9 @@ use uuid::Uuid;
 use crate::envelope::RecordedEvent;
 use crate::error::{AppendError, ReadError};
 use crate::store::{
-    AllFilter, AllSlice, Append, AppendOutcome, Direction, EventStore, READ_LIMIT_MAX,
-    StoredLocation, StreamRead, StreamSlice, StreamStats, recognise_retry,
+    AllFilter, AllSlice, Append, AppendOutcome, Direction, EventStore, IdempotencyKey,
+    IdempotencyRecord, KeyOutcome, READ_LIMIT_MAX, Refusal, StoredLocation, StreamRead,
+    StreamSlice, StreamStats, recognise_retry,
 };
 use crate::timestamp::Timestamp;
 
@@ -23,7 +24,7 @@ struct Inner {
     /// aggregate id -> (aggregate type, indexes into `log` in version order)
     streams: HashMap<String, (String, Vec<usize>)>,
     ids: HashMap<Uuid, usize>,
-    idempotency: HashMap<String, (String, AppendOutcome)>,
+    idempotency: HashMap<String, IdempotencyRecord>,
     last_timestamp: i64,
 }
 
@@ -46,6 +47,14 @@ impl MemoryEventStore {
         Self { inner: Mutex::new(Inner::default()), head: watch::Sender::new(0) }
     }
 
+    /// The live record under `key`; an expired one is deleted on the way.
+    fn live_record<'a>(inner: &'a mut Inner, key: &str) -> Option<&'a IdempotencyRecord> {
+        if inner.idempotency.get(key).is_some_and(|r| r.is_expired(Timestamp::now())) {
+            inner.idempotency.remove(key);
+        }
+        inner.idempotency.get(key)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-applied append: appends mutate
         // only after every check passed, so the data behind a poisoned lock is consistent.
@@ -58,13 +67,10 @@ impl EventStore for MemoryEventStore {
     async fn append(&self, append: Append) -> Result<AppendOutcome, AppendError> {
         append.validate()?;
         let mut inner = self.lock();
-        if let Some((aggregate_id, outcome)) =
-            append.idempotency_key.as_ref().and_then(|k| inner.idempotency.get(k))
+        if let Some(key) = &append.idempotency
+            && let Some(record) = Self::live_record(&mut inner, &key.key)
         {
-            return Err(AppendError::IdempotencyKeyUsed {
-                aggregate_id: aggregate_id.clone(),
-                outcome: *outcome,
-            });
+            return Err(record.clone().clash(key));
         }
         if inner.ids.contains_key(&append.events[0].event_id) {
             let found: Vec<_> = append
@@ -106,7 +112,7 @@ impl EventStore for MemoryEventStore {
         let ts = Timestamp::now().as_micros().max(inner.last_timestamp);
         inner.last_timestamp = ts;
         let n = append.events.len() as u64;
-        let Append { aggregate_id, aggregate_type, events, idempotency_key, .. } = append;
+        let Append { aggregate_id, aggregate_type, events, idempotency, .. } = append;
         for (i, e) in events.into_iter().enumerate() {
             let index = inner.log.len();
             inner.ids.insert(e.event_id, index);
@@ -135,10 +141,15 @@ impl EventStore for MemoryEventStore {
             position,
             deduplicated: false,
         };
-        if let Some(key) = idempotency_key {
-            inner
-                .idempotency
-                .insert(key, (aggregate_id, AppendOutcome { deduplicated: true, ..outcome }));
+        if let Some(key) = idempotency {
+            let record = IdempotencyRecord {
+                outcome: KeyOutcome::Appended {
+                    aggregate_id,
+                    outcome: AppendOutcome { deduplicated: true, ..outcome },
+                },
+                key,
+            };
+            inner.idempotency.insert(record.key.key.clone(), record);
         }
         drop(inner);
         self.head.send_replace(position);
@@ -226,11 +237,28 @@ impl EventStore for MemoryEventStore {
         Ok(stats)
     }
 
-    async fn idempotent_result(
+    async fn idempotent_result(&self, key: &str) -> Result<Option<IdempotencyRecord>, ReadError> {
+        Ok(Self::live_record(&mut self.lock(), key).cloned())
+    }
+
+    async fn record_refusal(
         &self,
-        key: &str,
-    ) -> Result<Option<(String, AppendOutcome)>, ReadError> {
-        Ok(self.lock().idempotency.get(key).cloned())
+        key: IdempotencyKey,
+        aggregate_id: String,
+        refusal: Refusal,
+    ) -> Result<IdempotencyRecord, AppendError> {
+        key.validate_key()?;
+        let mut inner = self.lock();
+        if let Some(record) = Self::live_record(&mut inner, &key.key) {
+            return match record.clone() {
+                r if r.key.fingerprint == key.fingerprint => Ok(r),
+                r => Err(r.clash(&key)),
+            };
+        }
+        let record =
+            IdempotencyRecord { outcome: KeyOutcome::Refused { aggregate_id, refusal }, key };
+        inner.idempotency.insert(record.key.key.clone(), record.clone());
+        Ok(record)
     }
 
     fn head(&self) -> watch::Receiver<u64> {

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -11,6 +11,7 @@ use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{AppendError, ReadError};
 use crate::expected_version::ExpectedVersion;
 use crate::id::{validate_aggregate_id, validate_type_name};
+use crate::timestamp::Timestamp;
 
 /// Most events one append may carry.
 pub const APPEND_EVENTS_MAX: usize = 1000;
@@ -29,9 +30,157 @@ pub struct Append {
     /// 1 to [`APPEND_EVENTS_MAX`] events.
     pub events: Vec<NewEvent>,
     /// A command's idempotency key, recorded with the events in the same transaction.
-    /// An append whose key is already recorded stores nothing and fails with
-    /// [`AppendError::IdempotencyKeyUsed`] carrying the first outcome.
-    pub idempotency_key: Option<String>,
+    /// An append whose key is already recorded (and not expired) stores nothing and fails
+    /// with [`AppendError::IdempotencyKeyUsed`] carrying the first outcome, or with
+    /// [`AppendError::IdempotencyKeyReused`] when the recorded fingerprint differs.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// A command's idempotency key as the store records it: the (already scoped) key, what
+/// the request looked like, and until when the record counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The scoped key (1 to [`IDEMPOTENCY_KEY_MAX_LEN`] bytes).
+    pub key: String,
+    /// A digest of the request; the same key with another fingerprint is a different
+    /// request, refused with [`AppendError::IdempotencyKeyReused`]. `None` for keys that
+    /// name their command by construction (process managers').
+    pub fingerprint: Option<String>,
+    /// When the record stops counting: an expired record is treated as absent (and
+    /// deleted by the next write that meets it). `None`: never.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl IdempotencyKey {
+    /// A key without fingerprint that never expires.
+    #[must_use]
+    pub fn new(key: impl Into<String>) -> Self {
+        Self { key: key.into(), fingerprint: None, expires_at: None }
+    }
+
+    /// Checks the key's and fingerprint's lengths.
+    pub fn validate_key(&self) -> Result<(), AppendError> {
+        if self.key.is_empty() || self.key.len() > IDEMPOTENCY_KEY_MAX_LEN {
+            return Err(AppendError::Invalid(format!(
+                "an idempotency key has 1 to {IDEMPOTENCY_KEY_MAX_LEN} bytes"
+            )));
+        }
+        if self.fingerprint.as_ref().is_some_and(|f| f.len() > IDEMPOTENCY_KEY_MAX_LEN) {
+            return Err(AppendError::Invalid(format!(
+                "an idempotency fingerprint has at most {IDEMPOTENCY_KEY_MAX_LEN} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why a keyed command was refused, as recorded: what every repeat of it is answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// A stable code (`rule_violation`, `not_found`, `already_exists`,
+    /// `wrong_expected_version`).
+    pub code: String,
+    /// The human message the first refusal carried.
+    pub message: String,
+    /// Whatever else the refusal carried (e.g. `{"expected": 3, "actual": 4}`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+/// The first outcome of a keyed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOutcome {
+    /// Its events were appended.
+    Appended {
+        /// The stream they went to.
+        aggregate_id: String,
+        /// What was stored.
+        outcome: AppendOutcome,
+    },
+    /// It was refused; nothing was appended.
+    Refused {
+        /// The aggregate it was refused on.
+        aggregate_id: String,
+        /// Why.
+        refusal: Refusal,
+    },
+}
+
+/// What the store keeps under an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The key, its fingerprint and expiry as first recorded.
+    pub key: IdempotencyKey,
+    /// The first outcome.
+    pub outcome: KeyOutcome,
+}
+
+impl IdempotencyRecord {
+    /// Whether the record no longer counts at `now`.
+    #[must_use]
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.key.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The error a keyed write meeting this record gets: the first outcome, or
+    /// [`AppendError::IdempotencyKeyReused`] when the request's fingerprint differs.
+    #[must_use]
+    pub fn clash(self, with: &IdempotencyKey) -> AppendError {
+        if self.key.fingerprint == with.fingerprint {
+            AppendError::IdempotencyKeyUsed { record: Box::new(self) }
+        } else {
+            AppendError::IdempotencyKeyReused { key: self.key.key }
+        }
+    }
+
+    /// A column-friendly form of the outcome: `(aggregate_id, first_version, last_version,
+    /// position, refusal as JSON text)`; versions and position are 0 for a refusal.
+    #[must_use]
+    pub fn columns(&self) -> (&str, u64, u64, u64, Option<String>) {
+        match &self.outcome {
+            KeyOutcome::Appended { aggregate_id, outcome } => {
+                (aggregate_id, outcome.first_version, outcome.last_version, outcome.position, None)
+            }
+            KeyOutcome::Refused { aggregate_id, refusal } => (
+                aggregate_id,
+                0,
+                0,
+                0,
+                Some(serde_json::to_string(refusal).unwrap_or_else(|_| "{}".to_owned())),
+            ),
+        }
+    }
+
+    /// Rebuilds a record from its columns (the inverse of [`Self::columns`]). A refusal
+    /// whose JSON cannot be read (never written by Cairn) is kept as an opaque refusal.
+    #[must_use]
+    pub fn from_columns(
+        key: IdempotencyKey,
+        aggregate_id: String,
+        (first_version, last_version, position): (u64, u64, u64),
+        refusal: Option<&str>,
+    ) -> Self {
+        let outcome = match refusal {
+            None => KeyOutcome::Appended {
+                aggregate_id,
+                outcome: AppendOutcome {
+                    first_version,
+                    last_version,
+                    position,
+                    deduplicated: true,
+                },
+            },
+            Some(json) => KeyOutcome::Refused {
+                aggregate_id,
+                refusal: serde_json::from_str(json).unwrap_or_else(|_| Refusal {
+                    code: "refused".to_owned(),
+                    message: json.to_owned(),
+                    details: serde_json::Value::Null,
+                }),
+            },
+        };
+        Self { key, outcome }
+    }
 }
 
 /// Longest idempotency key accepted.
@@ -53,10 +202,8 @@ impl Append {
                 self.events.len()
             ));
         }
-        if let Some(key) = &self.idempotency_key
-            && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_LEN)
-        {
-            return invalid(format!("an idempotency key has 1 to {IDEMPOTENCY_KEY_MAX_LEN} bytes"));
+        if let Some(key) = &self.idempotency {
+            key.validate_key()?;
         }
         let mut seen = HashSet::with_capacity(self.events.len());
         for e in &self.events {
@@ -120,8 +267,9 @@ impl StoredLocation {
 
 /// Decides what an append whose first event id is already stored means.
 ///
-/// The order of checks every backend follows: (0) idempotency key recorded →
-/// [`AppendError::IdempotencyKeyUsed`]; (1) first id stored → this rule;
+/// The order of checks every backend follows: (0) idempotency key recorded and not
+/// expired → [`AppendError::IdempotencyKeyUsed`] (or [`AppendError::IdempotencyKeyReused`]
+/// when its fingerprint differs); (1) first id stored → this rule;
 /// (2) expected version; (3) aggregate type; (4) any other id stored →
 /// [`AppendError::DuplicateEventId`].
 ///
@@ -300,11 +448,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// The largest streams by event count.
     async fn stream_stats(&self, top: usize) -> Result<Vec<StreamStats>, ReadError>;
 
-    /// The first outcome recorded under an idempotency key: the stream and what was stored.
-    async fn idempotent_result(
+    /// The record under an idempotency key, unless there is none or it expired.
+    async fn idempotent_result(&self, key: &str) -> Result<Option<IdempotencyRecord>, ReadError>;
+
+    /// Records that the keyed command `key` was refused on `aggregate_id`, unless the key
+    /// already holds a (live) record: insert-if-absent, serialised with keyed appends.
+    /// Returns the record that is first — this refusal, or whatever was there before
+    /// (maybe an `Appended` one). A record with another fingerprint is
+    /// [`AppendError::IdempotencyKeyReused`].
+    async fn record_refusal(
         &self,
-        key: &str,
-    ) -> Result<Option<(String, AppendOutcome)>, ReadError>;
+        key: IdempotencyKey,
+        aggregate_id: String,
+        refusal: Refusal,
+    ) -> Result<IdempotencyRecord, AppendError>;
 
     /// Watches the last position visible in `$all`; changes after every commit.
     fn head(&self) -> watch::Receiver<u64>;

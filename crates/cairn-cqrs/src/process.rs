@@ -179,7 +179,12 @@ impl ProcessContext {
         let parent = CommandMetadata::of_event(event.metadata.get());
         CommandOptions {
             expected_version: None,
-            idempotency_key: Some(format!("{}:{}:{step}", self.name, event.event_id)),
+            // Unscoped, unfingerprinted and never expiring: the key names the command by
+            // construction, and a re-handled event must meet its first outcome however late.
+            idempotency: Some(cairn_core::IdempotencyKey::new(format!(
+                "{}:{}:{step}",
+                self.name, event.event_id
+            ))),
             metadata: CommandMetadata::caused_by(&parent, &event.event_id.to_string()),
         }
     }

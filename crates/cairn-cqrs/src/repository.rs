@@ -5,8 +5,8 @@ use std::sync::Arc;
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
 use cairn_core::{
-    Append, AppendError, Direction, EventStore, ExpectedVersion, NewEvent, ReadError,
-    RecordedEvent, StreamRead,
+    Append, AppendError, Direction, EventStore, ExpectedVersion, IdempotencyKey, IdempotencyRecord,
+    KeyOutcome, NewEvent, ReadError, RecordedEvent, Refusal, StreamRead,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -24,8 +24,9 @@ const LOAD_PAGE_EVENTS: usize = 10_000;
 pub struct CommandOptions {
     /// `If-Match`: the version the caller saw; a different version is a conflict, never retried.
     pub expected_version: Option<u64>,
-    /// `Idempotency-Key`: a repeated command returns the first outcome and appends nothing.
-    pub idempotency_key: Option<String>,
+    /// `Idempotency-Key` (already scoped): a repeated command gets the first outcome —
+    /// its events' position, or its refusal — and appends nothing.
+    pub idempotency: Option<IdempotencyKey>,
     /// Metadata stamped on every event.
     pub metadata: CommandMetadata,
 }
@@ -281,14 +282,10 @@ impl Repository {
             // Checked on every attempt, not only the first: when the writer that beat us
             // was this very command (the same key, sent twice at once), deciding again on
             // the state it produced would refuse or repeat it (e.g. reserve stock twice).
-            if let Some(key) = &options.idempotency_key
-                && let Some((aggregate_id, outcome)) = self.store.idempotent_result(key).await?
+            if let Some(key) = &options.idempotency
+                && let Some(record) = self.store.idempotent_result(&key.key).await?
             {
-                return Ok(CommandOutcome {
-                    aggregate_id,
-                    version: outcome.last_version,
-                    position: outcome.position,
-                });
+                return replay(record, key);
             }
             // A creating command expects no stream at all: no snapshot to look for.
             let use_snapshot = A::existence(command) != Existence::MustNotExist;
@@ -312,7 +309,7 @@ impl Repository {
             };
             let events = match decided {
                 Ok(events) => events,
-                Err(refused) => return self.unless_already_done(options, refused).await,
+                Err(refused) => return self.refuse(id, options, refused).await,
             };
             if events.is_empty() {
                 return Ok(CommandOutcome {
@@ -344,7 +341,7 @@ impl Repository {
                         ..NewEvent::new(e.event_type(), e.to_json())
                     })
                     .collect(),
-                idempotency_key: options.idempotency_key.clone(),
+                idempotency: options.idempotency.clone(),
             };
             match self.store.append(append).await {
                 Ok(o) => {
@@ -356,19 +353,17 @@ impl Repository {
                 }
                 Err(AppendError::WrongExpectedVersion { actual, .. }) => {
                     if options.expected_version.is_some() {
-                        return Err(CommandError::WrongExpectedVersion {
-                            expected: loaded.version,
-                            actual,
-                        });
+                        let refused =
+                            CommandError::WrongExpectedVersion { expected: loaded.version, actual };
+                        return self.refuse(id, options, refused).await;
                     }
                     // Someone else wrote first: decide again on what they wrote.
                 }
-                Err(AppendError::IdempotencyKeyUsed { aggregate_id, outcome }) => {
-                    return Ok(CommandOutcome {
-                        aggregate_id,
-                        version: outcome.last_version,
-                        position: outcome.position,
-                    });
+                Err(AppendError::IdempotencyKeyUsed { record }) => {
+                    return match &options.idempotency {
+                        Some(key) => replay(*record, key),
+                        None => Err(AppendError::IdempotencyKeyUsed { record }.into()),
+                    };
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -378,24 +373,93 @@ impl Repository {
 }
 
 impl Repository {
-    /// A refusal of a keyed command may only mean that this very command (the same key,
-    /// sent twice at once: a retried request, or two process managers during a leadership
-    /// change) committed between the key check and the load; then the state refuses what
-    /// it already holds ("stock is already reserved for this order"). The first outcome is
-    /// the answer in that case, not the refusal.
-    async fn unless_already_done(
+    /// Ends a keyed command with a deterministic refusal: the refusal is recorded under its
+    /// key (insert-if-absent) and the record that is first is the answer. That is this
+    /// refusal, unless the same key already holds an outcome — e.g. this very command
+    /// committed between the key check and the load (a retried request, or two runners of
+    /// a process manager), and the state now refuses what it already holds ("stock is
+    /// already reserved for this order"); then the first outcome is the answer, not the
+    /// refusal. Either way every later execution of the key gets the same outcome, so two
+    /// runners re-handling one event take the same branch.
+    ///
+    /// Transient failures (contention, storage, reads, leadership) are never recorded:
+    /// they say nothing about the command, and a retry may succeed.
+    async fn refuse(
         &self,
+        id: &str,
         options: &CommandOptions,
         refused: CommandError,
     ) -> Result<CommandOutcome, CommandError> {
-        let Some(key) = &options.idempotency_key else { return Err(refused) };
-        match self.store.idempotent_result(key).await? {
-            Some((aggregate_id, outcome)) => Ok(CommandOutcome {
-                aggregate_id,
-                version: outcome.last_version,
-                position: outcome.position,
-            }),
-            None => Err(refused),
+        let Some(key) = &options.idempotency else { return Err(refused) };
+        let Some(refusal) = refused.as_refusal() else { return Err(refused) };
+        let record = self.store.record_refusal(key.clone(), id.to_owned(), refusal).await?;
+        replay(record, key)
+    }
+}
+
+/// The answer a repeat of a keyed command gets from its record: the first outcome, or
+/// `IdempotencyKeyReused` when the record was made by a different request.
+fn replay(record: IdempotencyRecord, key: &IdempotencyKey) -> Result<CommandOutcome, CommandError> {
+    if record.key.fingerprint != key.fingerprint {
+        return Err(CommandError::Store(record.clash(key)));
+    }
+    match record.outcome {
+        KeyOutcome::Appended { aggregate_id, outcome } => Ok(CommandOutcome {
+            aggregate_id,
+            version: outcome.last_version,
+            position: outcome.position,
+        }),
+        KeyOutcome::Refused { refusal, .. } => Err(CommandError::from_refusal(refusal)),
+    }
+}
+
+/// Codes of the refusals a keyed command records.
+mod refusal_code {
+    pub const RULE: &str = "rule_violation";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const ALREADY_EXISTS: &str = "already_exists";
+    pub const WRONG_EXPECTED_VERSION: &str = "wrong_expected_version";
+}
+
+impl CommandError {
+    /// The recordable form of a deterministic refusal — one the same command on the same
+    /// history would get again; `None` for transient failures, which are never recorded.
+    #[must_use]
+    pub fn as_refusal(&self) -> Option<Refusal> {
+        let (code, details) = match self {
+            Self::Rule(_) => (refusal_code::RULE, serde_json::Value::Null),
+            Self::NotFound => (refusal_code::NOT_FOUND, serde_json::Value::Null),
+            Self::AlreadyExists { actual } => {
+                (refusal_code::ALREADY_EXISTS, serde_json::json!({ "actual": actual }))
+            }
+            Self::WrongExpectedVersion { expected, actual } => (
+                refusal_code::WRONG_EXPECTED_VERSION,
+                serde_json::json!({ "expected": expected, "actual": actual }),
+            ),
+            _ => return None,
+        };
+        let message = match self {
+            Self::Rule(rule) => rule.message.clone(),
+            other => other.to_string(),
+        };
+        Some(Refusal { code: code.to_owned(), message, details })
+    }
+
+    /// The refusal a recorded [`Refusal`] stands for, as the first execution returned it.
+    #[must_use]
+    pub fn from_refusal(refusal: Refusal) -> Self {
+        let number = |field: &str| refusal.details.get(field).and_then(serde_json::Value::as_u64);
+        match refusal.code.as_str() {
+            refusal_code::NOT_FOUND => Self::NotFound,
+            refusal_code::ALREADY_EXISTS => {
+                Self::AlreadyExists { actual: number("actual").unwrap_or_default() }
+            }
+            refusal_code::WRONG_EXPECTED_VERSION => Self::WrongExpectedVersion {
+                expected: number("expected").unwrap_or_default(),
+                actual: number("actual").unwrap_or_default(),
+            },
+            // A rule, or a code this build does not know: its message is the answer.
+            _ => Self::Rule(DomainError::rule(refusal.message)),
         }
     }
 }

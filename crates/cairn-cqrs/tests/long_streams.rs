@@ -82,7 +82,7 @@ async fn fill(store: &Arc<dyn EventStore>, id: &str, count: u64, pad_bytes: usiz
             aggregate_type: Pad::TYPE.to_owned(),
             expected: ExpectedVersion::Exact(n),
             events,
-            idempotency_key: None,
+            idempotency: None,
         };
         store.append(append).await.expect("append a batch");
         n += len;

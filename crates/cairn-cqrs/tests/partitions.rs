@@ -54,7 +54,7 @@ async fn write_ticks(
             aggregate_type: "Thing".into(),
             expected: ExpectedVersion::Any,
             events: vec![NewEvent::new("Tick", RawValue::from_string("{}".into()).unwrap())],
-            idempotency_key: None,
+            idempotency: None,
         };
         let position = store.append(append).await.unwrap().position;
         by_aggregate.entry(id).or_default().push(position);

@@ -58,7 +58,7 @@ async fn tick(store: &Arc<dyn EventStore>, stream: &str) -> u64 {
         aggregate_type: "Thing".into(),
         expected: ExpectedVersion::Any,
         events: vec![NewEvent::new("Tick", RawValue::from_string("{}".into()).unwrap())],
-        idempotency_key: None,
+        idempotency: None,
     };
     store.append(append).await.unwrap().position
 }

@@ -53,7 +53,7 @@ async fn ticks(store: &Arc<dyn EventStore>, n: usize) -> u64 {
             aggregate_type: "Thing".into(),
             expected: ExpectedVersion::Any,
             events: vec![NewEvent::new("Tick", RawValue::from_string("{}".into()).unwrap())],
-            idempotency_key: None,
+            idempotency: None,
         };
         last = store.append(append).await.unwrap().position;
     }

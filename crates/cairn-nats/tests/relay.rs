@@ -55,7 +55,7 @@ async fn fill(store: &Arc<dyn EventStore>, streams: usize, n: usize) -> u64 {
             aggregate_type: "Account".into(),
             expected: ExpectedVersion::Any,
             events: vec![NewEvent::new("Credited", data)],
-            idempotency_key: None,
+            idempotency: None,
         };
         head = store.append(append).await.unwrap().position;
     }

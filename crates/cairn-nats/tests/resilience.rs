@@ -32,7 +32,7 @@ async fn stores(dir: &std::path::Path) -> (Arc<dyn EventStore>, Arc<dyn ReadMode
                 aggregate_type: "Account".into(),
                 expected: ExpectedVersion::Any,
                 events,
-                idempotency_key: None,
+                idempotency: None,
             };
             store.append(append).await.unwrap();
         }

@@ -541,7 +541,7 @@ async fn a_stream_longer_than_one_page_of_bytes_is_loaded_to_its_end(backend: Ba
             aggregate_type: "Order".into(),
             expected: cairn_core::ExpectedVersion::Exact(version),
             events: (0..n).map(|_| cairn_core::NewEvent::new("ItemAdded", data.clone())).collect(),
-            idempotency_key: None,
+            idempotency: None,
         };
         s.store.append(append).await.unwrap();
         version += n;

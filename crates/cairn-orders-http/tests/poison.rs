@@ -56,7 +56,7 @@ async fn an_unpriceable_event_in_the_log_is_dead_lettered_and_nothing_stalls(bac
                 metadata: RawValue::from_string(r#"{"schema_version":2}"#.into()).unwrap(),
                 ..NewEvent::new("OrderCreated", RawValue::from_string(POISON.into()).unwrap())
             }],
-            idempotency_key: None,
+            idempotency: None,
         })
         .await
         .unwrap();

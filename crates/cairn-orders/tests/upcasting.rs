@@ -33,7 +33,7 @@ async fn v1_order(store: &Arc<dyn EventStore>, id: &str) {
                 ),
             )
         }],
-        idempotency_key: None,
+        idempotency: None,
     };
     store.append(append).await.unwrap();
 }

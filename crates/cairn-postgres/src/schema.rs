@@ -3,7 +3,7 @@
 use tokio_postgres::Client;
 
 /// Each migration runs once, in order, in its own transaction.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
 
 /// Version 1: the event log, idempotency keys, and everything consumers keep.
 ///
@@ -84,6 +84,17 @@ CREATE TABLE leases (
     consumer text   PRIMARY KEY,
     epoch    bigint NOT NULL
 );
+";
+
+/// Version 4: an idempotency record also holds the request's fingerprint, its expiry and,
+/// for a refused command, the refusal (JSON; the version columns are then 0). Rows of
+/// version 3 become appended records that never expire.
+const V4: &str = "
+ALTER TABLE idempotency_keys
+    ADD COLUMN fingerprint text,
+    ADD COLUMN expires_us  bigint,
+    ADD COLUMN refusal     text;
+CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_us) WHERE expires_us IS NOT NULL;
 ";
 
 /// The advisory-lock key of `name` in the current schema (two Cairn schemas in one database

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use cairn_core::store::READ_LIMIT_MAX;
 use cairn_core::{
-    AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, ReadError,
-    StreamRead, StreamSlice, StreamStats,
+    AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, IdempotencyKey,
+    IdempotencyRecord, ReadError, Refusal, StreamRead, StreamSlice, StreamStats,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
@@ -24,6 +24,10 @@ pub struct PgEventStore {
     stats: Arc<WriterStats>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+const RECORD_SQL: &str = "SELECT key, aggregate_id, first_version, last_version, position,
+        fingerprint, expires_us, refusal
+     FROM idempotency_keys WHERE key = $1";
 
 /// A page larger than this ends early (its `scanned_to` says where).
 pub const PAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -213,29 +217,77 @@ impl EventStore for PgEventStore {
             .collect())
     }
 
-    async fn idempotent_result(
-        &self,
-        key: &str,
-    ) -> Result<Option<(String, AppendOutcome)>, ReadError> {
+    async fn idempotent_result(&self, key: &str) -> Result<Option<IdempotencyRecord>, ReadError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT aggregate_id, first_version, last_version, position FROM idempotency_keys WHERE key = $1",
-                &[&key],
-            )
+        let row = client.query_opt(RECORD_SQL, &[&key]).await.map_err(|e| read_failed(&e))?;
+        // A reader does not delete: the next write meeting an expired record replaces it.
+        Ok(row
+            .map(|r| writer::record_from_row(&r))
+            .filter(|r| !r.is_expired(cairn_core::timestamp::Timestamp::now())))
+    }
+
+    async fn record_refusal(
+        &self,
+        key: IdempotencyKey,
+        aggregate_id: String,
+        refusal: Refusal,
+    ) -> Result<IdempotencyRecord, AppendError> {
+        key.validate_key()?;
+        let unavailable = |e: tokio_postgres::Error| {
+            AppendError::Unavailable(format!("the refusal was not recorded: {}", db_error(&e)))
+        };
+        let mut client =
+            self.shared.pool.get().await.map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        // Under the append lock, like every keyed append: the writer reads the keys and
+        // inserts its own under the lock, so no append can slip its key in between this
+        // look-up and this insert (nor collide with it and fail its whole group).
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
             .await
-            .map_err(|e| read_failed(&e))?;
-        Ok(row.map(|r| {
-            (
-                r.get(0),
-                AppendOutcome {
-                    first_version: r.get::<_, i64>(1) as u64,
-                    last_version: r.get::<_, i64>(2) as u64,
-                    position: r.get::<_, i64>(3) as u64,
-                    deduplicated: true,
-                },
-            )
-        }))
+            .map_err(unavailable)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.shared.append_lock])
+            .await
+            .map_err(unavailable)?;
+        let now = cairn_core::timestamp::Timestamp::now();
+        let found = tx.query_opt(RECORD_SQL, &[&key.key]).await.map_err(unavailable)?;
+        if let Some(record) =
+            found.map(|r| writer::record_from_row(&r)).filter(|r| !r.is_expired(now))
+        {
+            tx.commit().await.map_err(unavailable)?;
+            return if record.key.fingerprint == key.fingerprint {
+                Ok(record)
+            } else {
+                Err(record.clash(&key))
+            };
+        }
+        let record = IdempotencyRecord {
+            key,
+            outcome: cairn_core::KeyOutcome::Refused { aggregate_id, refusal },
+        };
+        let (aggregate_id, _, _, _, refusal_json) = record.columns();
+        tx.execute(
+            "INSERT INTO idempotency_keys
+                 (key, aggregate_id, first_version, last_version, position, created_us, fingerprint, expires_us, refusal)
+             VALUES ($1, $2, 0, 0, 0, $3, $4, $5, $6)
+             ON CONFLICT (key) DO UPDATE SET aggregate_id = excluded.aggregate_id,
+                first_version = 0, last_version = 0, position = 0, created_us = excluded.created_us,
+                fingerprint = excluded.fingerprint, expires_us = excluded.expires_us,
+                refusal = excluded.refusal",
+            &[
+                &record.key.key,
+                &aggregate_id,
+                &now.as_micros(),
+                &record.key.fingerprint,
+                &record.key.expires_at.map(cairn_core::timestamp::Timestamp::as_micros),
+                &refusal_json,
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(record)
     }
 
     fn head(&self) -> watch::Receiver<u64> {

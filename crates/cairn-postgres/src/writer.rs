@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_core::store::{StoredLocation, recognise_retry};
 use cairn_core::timestamp::Timestamp;
-use cairn_core::{Append, AppendError, AppendOutcome};
+use cairn_core::{
+    Append, AppendError, AppendOutcome, IdempotencyKey, IdempotencyRecord, KeyOutcome,
+};
 use deadpool_postgres::Object;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -207,6 +209,8 @@ struct Keys {
     first_version: Vec<i64>,
     last_version: Vec<i64>,
     position: Vec<i64>,
+    fingerprint: Vec<Option<String>>,
+    expires_us: Vec<Option<i64>>,
 }
 
 const HEAD_SQL: &str = "SELECT position, timestamp_us FROM events ORDER BY position DESC LIMIT 1";
@@ -215,7 +219,8 @@ const STREAM_HEADS_SQL: &str = "SELECT h.aggregate_id, h.aggregate_type, h.versi
           LATERAL (SELECT aggregate_id, aggregate_type, version FROM events
                    WHERE aggregate_id = s.id ORDER BY version DESC LIMIT 1) h";
 const EVENT_IDS_SQL: &str = "SELECT event_id, aggregate_id, version, position, event_type, data FROM events WHERE event_id = ANY($1)";
-const KEYS_SQL: &str = "SELECT key, aggregate_id, first_version, last_version, position
+const KEYS_SQL: &str = "SELECT key, aggregate_id, first_version, last_version, position,
+            fingerprint, expires_us, refusal
      FROM idempotency_keys WHERE key = ANY($1)";
 const INSERT_SQL: &str = "WITH inserted AS (INSERT INTO events
      (position, event_id, aggregate_id, aggregate_type, event_type, version, timestamp_us, data, metadata)
@@ -223,10 +228,32 @@ const INSERT_SQL: &str = "WITH inserted AS (INSERT INTO events
         $5::text[], $6::bigint[], $8::text[], $9::text[]) AS r(p, i, a, t, e, v, d, m)
      RETURNING position)
      SELECT pg_notify($10, (SELECT max(position) FROM inserted)::text)";
+/// Under the append lock only an expired record can be in the way (a live one refused
+/// the append): it is replaced.
 const INSERT_KEYS_SQL: &str = "INSERT INTO idempotency_keys
-     (key, aggregate_id, first_version, last_version, position, created_us)
-     SELECT k, a, f, l, p, $6 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
-        AS r(k, a, f, l, p)";
+     (key, aggregate_id, first_version, last_version, position, created_us, fingerprint, expires_us, refusal)
+     SELECT k, a, f, l, p, $6, fp, x, NULL FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[],
+        $5::bigint[], $7::text[], $8::bigint[]) AS r(k, a, f, l, p, fp, x)
+     ON CONFLICT (key) DO UPDATE SET aggregate_id = excluded.aggregate_id,
+        first_version = excluded.first_version, last_version = excluded.last_version,
+        position = excluded.position, created_us = excluded.created_us,
+        fingerprint = excluded.fingerprint, expires_us = excluded.expires_us, refusal = NULL";
+
+/// A record read back from `idempotency_keys` (columns in order: `key`, `aggregate_id`,
+/// `first_version`, `last_version`, `position`, `fingerprint`, `expires_us`, `refusal`).
+pub(crate) fn record_from_row(r: &tokio_postgres::Row) -> IdempotencyRecord {
+    let refusal: Option<String> = r.get(7);
+    IdempotencyRecord::from_columns(
+        IdempotencyKey {
+            key: r.get(0),
+            fingerprint: r.get(5),
+            expires_at: r.get::<_, Option<i64>>(6).map(Timestamp::from_micros),
+        },
+        r.get(1),
+        (r.get::<_, i64>(2) as u64, r.get::<_, i64>(3) as u64, r.get::<_, i64>(4) as u64),
+        refusal.as_deref(),
+    )
+}
 
 type Results = Vec<Result<AppendOutcome, AppendError>>;
 
@@ -249,7 +276,8 @@ async fn try_commit(
         .collect();
     let event_ids: Vec<Uuid> =
         group.iter().flat_map(|(a, _)| a.events.iter().map(|e| e.event_id)).collect();
-    let keys: Vec<&str> = group.iter().filter_map(|(a, _)| a.idempotency_key.as_deref()).collect();
+    let keys: Vec<&str> =
+        group.iter().filter_map(|(a, _)| a.idempotency.as_ref().map(|k| k.key.as_str())).collect();
 
     // Statements are prepared once per session (no round trip after the first group).
     let (last_stmt, streams_stmt, ids_stmt, keys_stmt) = tokio::try_join!(
@@ -313,22 +341,13 @@ async fn try_commit(
             )
         })
         .collect();
-    let mut used_keys: HashMap<String, (String, AppendOutcome)> = found_keys
+    // An expired record counts as absent; the key's next record replaces it.
+    let now = Timestamp::now();
+    let mut used_keys: HashMap<String, IdempotencyRecord> = found_keys
         .iter()
-        .map(|r| {
-            (
-                r.get::<_, String>(0),
-                (
-                    r.get(1),
-                    AppendOutcome {
-                        first_version: r.get::<_, i64>(2) as u64,
-                        last_version: r.get::<_, i64>(3) as u64,
-                        position: r.get::<_, i64>(4) as u64,
-                        deduplicated: true,
-                    },
-                ),
-            )
-        })
+        .map(record_from_row)
+        .filter(|r| !r.is_expired(now))
+        .map(|r| (r.key.key.clone(), r))
         .collect();
 
     let timestamp_us = Timestamp::now().as_micros().max(last_ts);
@@ -378,15 +397,23 @@ async fn try_commit(
             append.aggregate_id.clone(),
             Stream { aggregate_type: append.aggregate_type.clone(), version: outcome.last_version },
         );
-        if let Some(key) = &append.idempotency_key {
-            new_keys.key.push(key.clone());
+        if let Some(key) = &append.idempotency {
+            new_keys.key.push(key.key.clone());
             new_keys.aggregate_id.push(append.aggregate_id.clone());
             new_keys.first_version.push(outcome.first_version as i64);
             new_keys.last_version.push(outcome.last_version as i64);
             new_keys.position.push(outcome.position as i64);
+            new_keys.fingerprint.push(key.fingerprint.clone());
+            new_keys.expires_us.push(key.expires_at.map(Timestamp::as_micros));
             used_keys.insert(
-                key.clone(),
-                (append.aggregate_id.clone(), AppendOutcome { deduplicated: true, ..outcome }),
+                key.key.clone(),
+                IdempotencyRecord {
+                    key: key.clone(),
+                    outcome: KeyOutcome::Appended {
+                        aggregate_id: append.aggregate_id.clone(),
+                        outcome: AppendOutcome { deduplicated: true, ..outcome },
+                    },
+                },
             );
         }
         results.push(Ok(outcome));
@@ -408,13 +435,15 @@ async fn try_commit(
         &rows.metadata,
         &shared.events_channel,
     ];
-    let keys_args: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+    let keys_args: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
         &new_keys.key,
         &new_keys.aggregate_id,
         &new_keys.first_version,
         &new_keys.last_version,
         &new_keys.position,
         &timestamp_us,
+        &new_keys.fingerprint,
+        &new_keys.expires_us,
     ];
     let insert_events =
         async { if stored == 0 { Ok(Vec::new()) } else { tx.query(&insert, &events_args).await } };
@@ -452,15 +481,12 @@ fn decide(
     append: &Append,
     streams: &HashMap<String, Stream>,
     locations: &HashMap<Uuid, StoredLocation>,
-    keys: &HashMap<String, (String, AppendOutcome)>,
+    keys: &HashMap<String, IdempotencyRecord>,
 ) -> Result<Decision, AppendError> {
-    if let Some(key) = &append.idempotency_key
-        && let Some((aggregate_id, outcome)) = keys.get(key)
+    if let Some(key) = &append.idempotency
+        && let Some(record) = keys.get(&key.key)
     {
-        return Err(AppendError::IdempotencyKeyUsed {
-            aggregate_id: aggregate_id.clone(),
-            outcome: *outcome,
-        });
+        return Err(record.clone().clash(key));
     }
     let retry = || {
         locations.contains_key(&append.events[0].event_id).then(|| {

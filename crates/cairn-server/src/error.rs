@@ -122,11 +122,19 @@ impl From<AppendError> for ApiError {
                     .with("stored_in", aggregate_id)
                     .with("stored_version", version)
             }
-            AppendError::IdempotencyKeyUsed { aggregate_id, outcome } => {
-                Self::new(StatusCode::CONFLICT, "idempotency_key_used", message)
-                    .with("aggregate_id", aggregate_id)
-                    .with("last_version", outcome.last_version)
-                    .with("position", outcome.position)
+            AppendError::IdempotencyKeyUsed { record } => match record.outcome {
+                cairn_core::KeyOutcome::Appended { aggregate_id, outcome } => {
+                    Self::new(StatusCode::CONFLICT, "idempotency_key_used", message)
+                        .with("aggregate_id", aggregate_id)
+                        .with("last_version", outcome.last_version)
+                        .with("position", outcome.position)
+                }
+                cairn_core::KeyOutcome::Refused { refusal, .. } => {
+                    CommandError::from_refusal(refusal).into()
+                }
+            },
+            AppendError::IdempotencyKeyReused { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", message)
             }
             AppendError::SchemaViolation { index, event_type, schema_version, errors } => {
                 let errors: Vec<serde_json::Value> = errors

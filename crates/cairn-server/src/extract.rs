@@ -156,6 +156,11 @@ pub struct CommandHeaders {
     pub correlation_id: Option<String>,
     /// `X-User-Id`.
     pub user_id: Option<String>,
+    /// The request's method.
+    pub method: axum::http::Method,
+    /// SHA-256 (hex) of the body as canonical JSON, when the request carries an
+    /// `Idempotency-Key` (set by [`crate::command::digest_body`]).
+    pub body_digest: Option<String>,
 }
 
 /// Longest accepted header value for ids and keys.
@@ -198,6 +203,8 @@ impl FromRequestParts<AppState> for CommandHeaders {
             idempotency_key: header_text(parts, "idempotency-key")?,
             correlation_id: header_text(parts, "x-correlation-id")?,
             user_id: header_text(parts, "x-user-id")?,
+            method: parts.method.clone(),
+            body_digest: parts.extensions.get::<crate::command::BodyDigest>().map(|d| d.0.clone()),
         })
     }
 }

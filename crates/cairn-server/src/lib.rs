@@ -48,6 +48,10 @@ pub use server::{BuildError, RunningServer, Server, ServerBuilder};
 /// Default request body limit (contract §7).
 pub const BODY_LIMIT_BYTES_DEFAULT: usize = 1024 * 1024;
 
+/// Default lifetime of an HTTP idempotency record (a day: long enough for any client's
+/// retries, short enough that the table does not grow without end).
+pub const IDEMPOTENCY_TTL_SECS_DEFAULT: u64 = 86_400;
+
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -61,6 +65,9 @@ pub struct HttpConfig {
     /// here. `None`: admin requests for the consumers it leads are not forwarded to it
     /// (the other processes answer `409 not_leader`).
     pub advertise_url: Option<String>,
+    /// How long an HTTP `Idempotency-Key` is remembered (`cairn serve
+    /// --idempotency-ttl-secs`); after that, the key is free again.
+    pub idempotency_ttl_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -69,6 +76,7 @@ impl Default for HttpConfig {
             body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT,
             sse_keep_alive_secs: 15,
             advertise_url: None,
+            idempotency_ttl_secs: IDEMPOTENCY_TTL_SECS_DEFAULT,
         }
     }
 }

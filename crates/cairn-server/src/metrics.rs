@@ -59,6 +59,7 @@ fn outcome_of(result: &Result<AppendOutcome, AppendError>) -> &'static str {
         Ok(_) => "ok",
         Err(AppendError::WrongExpectedVersion { .. }) => "wrong_expected_version",
         Err(AppendError::IdempotencyKeyUsed { .. }) => "idempotent_replay",
+        Err(AppendError::IdempotencyKeyReused { .. }) => "idempotency_key_reused",
         Err(
             AppendError::Invalid(_)
             | AppendError::AggregateTypeMismatch { .. }
@@ -112,8 +113,17 @@ impl EventStore for ServerStore {
     async fn idempotent_result(
         &self,
         key: &str,
-    ) -> Result<Option<(String, AppendOutcome)>, ReadError> {
+    ) -> Result<Option<cairn_core::IdempotencyRecord>, ReadError> {
         self.inner.idempotent_result(key).await
+    }
+
+    async fn record_refusal(
+        &self,
+        key: cairn_core::IdempotencyKey,
+        aggregate_id: String,
+        refusal: cairn_core::Refusal,
+    ) -> Result<cairn_core::IdempotencyRecord, AppendError> {
+        self.inner.record_refusal(key, aggregate_id, refusal).await
     }
 
     async fn stream_stats(&self, top: usize) -> Result<Vec<StreamStats>, ReadError> {

@@ -22,6 +22,7 @@ cairn_testkit::backend_tests!(
     commands_answer_201_200_404_409_422_and_400,
     if_match_runs_a_command_only_at_that_version,
     an_idempotency_key_replays_the_first_answer_and_appends_once,
+    an_idempotency_key_is_scoped_fingerprinted_and_replays_refusals,
     the_correlation_and_user_ids_land_in_the_events_metadata,
     an_oversized_body_is_413,
     a_document_waits_for_min_position_and_answers_504_when_the_projection_lags,
@@ -162,6 +163,56 @@ async fn an_idempotency_key_replays_the_first_answer_and_appends_once(backend: B
     assert_eq!(types, ["CounterCreated", "CounterAdded"]);
     let (_, state) = s.get(&format!("/counters/{id}/state")).await;
     assert_eq!(state["state"]["value"], 5, "{state}");
+}
+
+async fn an_idempotency_key_is_scoped_fingerprinted_and_replays_refusals(backend: Backend) {
+    let s = start(backend).await;
+    create(&s, "c-key", "x").await;
+    let keyed = |path: &str, key: &str, user: &str, body: Value| {
+        s.client
+            .post(s.url(path))
+            .header("idempotency-key", key)
+            .header("x-user-id", user)
+            .json(&body)
+    };
+    let (status, _, first) = send(keyed("/counters/c-key/add", "k", "ada", json!({"n": 5}))).await;
+    assert_eq!(status, 200, "{first}");
+    // Same key, same body, key order and spacing aside: the replay.
+    let (status, _, again) = send(keyed("/counters/c-key/add", "k", "ada", json!({"n": 5}))).await;
+    assert_eq!((status, &again), (200, &first));
+    // Same key, another body: refused, nothing appended.
+    let (status, _, key_clash) =
+        send(keyed("/counters/c-key/add", "k", "ada", json!({"n": 6}))).await;
+    assert_eq!(
+        (status, key_clash["error"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "{key_clash}"
+    );
+    // Another caller, another route, another aggregate: each a new command.
+    let (status, _, other) = send(keyed("/counters/c-key/add", "k", "bob", json!({"n": 5}))).await;
+    assert_eq!((status, other["version"].as_u64()), (200, Some(3)), "{other}");
+    let (status, _, reset) = send(keyed("/counters/c-key/reset", "k", "ada", json!({}))).await;
+    assert_eq!((status, reset["version"].as_u64()), (200, Some(4)), "{reset}");
+    create(&s, "c-key-2", "y").await;
+    let (status, _, elsewhere) =
+        send(keyed("/counters/c-key-2/add", "k", "ada", json!({"n": 5}))).await;
+    assert_eq!((status, elsewhere["version"].as_u64()), (200, Some(2)), "{elsewhere}");
+
+    // A refusal is the key's first outcome: the same request after the state changed
+    // (so that it would now be accepted) gets the same 422 again, and appends nothing.
+    create(&s, "c-ref", "z").await;
+    let (status, _, _) = send(keyed("/counters/c-ref/add", "k0", "ada", json!({"n": 10}))).await;
+    assert_eq!(status, 200);
+    let big = json!({ "n": i64::MAX - 5 });
+    let (status, _, refused) =
+        send(keyed("/counters/c-ref/add", "k-big", "ada", big.clone())).await;
+    assert_eq!((status, refused["error"].as_str()), (422, Some("rule_violation")), "{refused}");
+    let (status, _, _) = send(keyed("/counters/c-ref/reset", "k-reset", "ada", json!({}))).await;
+    assert_eq!(status, 200);
+    let (status, _, replayed) = send(keyed("/counters/c-ref/add", "k-big", "ada", big)).await;
+    assert_eq!((status, &replayed), (422, &refused));
+    let (_, state) = s.get("/counters/c-ref/state").await;
+    assert_eq!(state["state"]["value"], 0, "{state}");
 }
 
 async fn the_correlation_and_user_ids_land_in_the_events_metadata(backend: Backend) {

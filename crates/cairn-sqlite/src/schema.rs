@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1: the event log, and nothing else.
 ///
@@ -40,6 +40,16 @@ CREATE TABLE idempotency_keys (
 ) WITHOUT ROWID;
 ";
 
+/// Version 3: an idempotency record also holds the request's fingerprint, its expiry and,
+/// for a refused command, the refusal (JSON; the version columns are then 0). Rows of
+/// version 2 become appended records that never expire.
+const V3: &str = "
+ALTER TABLE idempotency_keys ADD COLUMN fingerprint TEXT;
+ALTER TABLE idempotency_keys ADD COLUMN expires_us INTEGER;
+ALTER TABLE idempotency_keys ADD COLUMN refusal TEXT;
+CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_us) WHERE expires_us IS NOT NULL;
+";
+
 /// A stream's type and version: one seek to its last event.
 pub const STREAM_HEAD_SQL: &str = "SELECT aggregate_type, version FROM events WHERE aggregate_id = ?1 ORDER BY version DESC LIMIT 1";
 
@@ -52,7 +62,7 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
             "the database has schema version {current}, this build knows up to {SCHEMA_VERSION}: use a newer cairn"
         ));
     }
-    for (version, ddl) in [(1, V1), (2, V2)] {
+    for (version, ddl) in [(1, V1), (2, V2), (3, V3)] {
         if current < version {
             conn.execute_batch(&format!(
                 "BEGIN IMMEDIATE; {ddl} PRAGMA user_version = {version}; COMMIT;"

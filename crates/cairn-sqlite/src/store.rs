@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use cairn_core::store::READ_LIMIT_MAX;
 use cairn_core::{
-    AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, ReadError,
-    StreamRead, StreamSlice, StreamStats,
+    AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, IdempotencyKey,
+    IdempotencyRecord, ReadError, Refusal, StreamRead, StreamSlice, StreamStats,
 };
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -389,14 +389,31 @@ impl EventStore for SqliteEventStore {
             .await
     }
 
-    async fn idempotent_result(
-        &self,
-        key: &str,
-    ) -> Result<Option<(String, AppendOutcome)>, ReadError> {
+    async fn idempotent_result(&self, key: &str) -> Result<Option<IdempotencyRecord>, ReadError> {
         let key = key.to_owned();
-        self.readers
+        // Readers cannot delete: an expired record is skipped here and deleted by the
+        // writer when a write meets it.
+        let record = self
+            .readers
             .run(move |conn| crate::writer::recorded_key(conn, &key).map_err(read_failed))
-            .await
+            .await?;
+        Ok(record.filter(|r| !r.is_expired(cairn_core::timestamp::Timestamp::now())))
+    }
+
+    async fn record_refusal(
+        &self,
+        key: IdempotencyKey,
+        aggregate_id: String,
+        refusal: Refusal,
+    ) -> Result<IdempotencyRecord, AppendError> {
+        key.validate_key()?;
+        if self.is_poisoned() {
+            return Err(AppendError::Poisoned);
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = writer::RefusalJob { key, aggregate_id, refusal, reply };
+        self.jobs.send(Job::RecordRefusal(job)).await.map_err(|_| AppendError::ShuttingDown)?;
+        answer.await.map_err(|_| AppendError::ShuttingDown)?
     }
 
     fn head(&self) -> watch::Receiver<u64> {

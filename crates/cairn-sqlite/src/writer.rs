@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cairn_core::store::{StoredLocation, recognise_retry};
 use cairn_core::timestamp::Timestamp;
-use cairn_core::{Append, AppendError, AppendOutcome};
+use cairn_core::{
+    Append, AppendError, AppendOutcome, IdempotencyKey, IdempotencyRecord, KeyOutcome, Refusal,
+};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -27,8 +29,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub enum Job {
     /// Append and answer.
     Append(Append, oneshot::Sender<Result<AppendOutcome, AppendError>>),
+    /// Record a refused keyed command unless its key holds a record; answer the first one.
+    RecordRefusal(RefusalJob),
     /// Stop after everything queued before this; answer when done.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A refusal to record, and where to send the record that is first.
+pub struct RefusalJob {
+    pub key: IdempotencyKey,
+    pub aggregate_id: String,
+    pub refusal: Refusal,
+    pub reply: oneshot::Sender<Result<IdempotencyRecord, AppendError>>,
 }
 
 /// Limits and hooks of the writer loop.
@@ -99,6 +111,7 @@ pub fn run(
     };
     let mut group: Vec<(Append, oneshot::Sender<Result<AppendOutcome, AppendError>>)> = Vec::new();
     let mut shutdown: Option<oneshot::Sender<()>> = None;
+    let mut refusals: Vec<RefusalJob> = Vec::new();
     // Size of the last group, and how many appends were already queued when it was answered.
     let mut prev_group = 0;
     let mut queued_at_reply = 0;
@@ -111,6 +124,7 @@ pub fn run(
                     events += a.events.len();
                     group.push((a, reply));
                 }
+                Job::RecordRefusal(r) => refusals.push(r),
                 Job::Shutdown(done) => {
                     shutdown = Some(done);
                     break;
@@ -122,19 +136,30 @@ pub fn run(
         }
         if shutdown.is_none() && prev_group > 1 && !w.config.gather_wait.is_zero() {
             let target = (queued_at_reply + prev_group).min(w.config.batch_appends_max);
-            shutdown = gather(&mut rx, &mut group, target, &w.config);
+            shutdown = gather(&mut rx, &mut group, &mut refusals, target, &w.config);
         }
         prev_group = group.len();
         if !group.is_empty() {
             w.commit_group(&mut group);
+        }
+        // After the group: a refusal queued behind a keyed append of the same key finds
+        // that append's record, as it would had they come one at a time.
+        if !refusals.is_empty() {
+            w.record_refusals(&mut refusals);
         }
         queued_at_reply = rx.len();
         if let Some(done) = shutdown.take() {
             rx.close();
             // Appends that raced the shutdown are refused, not dropped silently.
             while let Ok(job) = rx.try_recv() {
-                if let Job::Append(_, reply) = job {
-                    let _ = reply.send(Err(AppendError::ShuttingDown));
+                match job {
+                    Job::Append(_, reply) => {
+                        let _ = reply.send(Err(AppendError::ShuttingDown));
+                    }
+                    Job::RecordRefusal(r) => {
+                        let _ = r.reply.send(Err(AppendError::ShuttingDown));
+                    }
+                    Job::Shutdown(_) => {}
                 }
             }
             let _ = done.send(());
@@ -156,6 +181,7 @@ pub fn run(
 fn gather(
     rx: &mut mpsc::Receiver<Job>,
     group: &mut Vec<Pending>,
+    refusals: &mut Vec<RefusalJob>,
     target: usize,
     config: &WriterConfig,
 ) -> Option<oneshot::Sender<()>> {
@@ -170,6 +196,7 @@ fn gather(
                 events += a.events.len();
                 group.push((a, reply));
             }
+            Ok(Job::RecordRefusal(r)) => refusals.push(r),
             Ok(Job::Shutdown(done)) => return Some(done),
             Err(_) => std::thread::yield_now(),
         }
@@ -211,6 +238,62 @@ impl Writer {
                 for (_, reply) in group.drain(..) {
                     let _ = reply.send(Err(AppendError::Unavailable(format!(
                         "write failed, outcome unknown (the events may or may not be stored): retry with the same event ids after a restart; {message}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// Records each refusal unless its key holds a live record, in one transaction.
+    fn record_refusals(&mut self, refusals: &mut Vec<RefusalJob>) {
+        if self.config.poisoned.load(Ordering::Acquire) {
+            for r in refusals.drain(..) {
+                let _ = r.reply.send(Err(AppendError::Poisoned));
+            }
+            return;
+        }
+        let decided = (|| -> Result<Vec<Result<IdempotencyRecord, AppendError>>, Fatal> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = Timestamp::now().as_micros();
+            let mut results = Vec::with_capacity(refusals.len());
+            for r in refusals.iter() {
+                if let Some(record) = live_key(&tx, &r.key.key, now)? {
+                    results.push(if record.key.fingerprint == r.key.fingerprint {
+                        Ok(record)
+                    } else {
+                        Err(record.clash(&r.key))
+                    });
+                    continue;
+                }
+                let record = IdempotencyRecord {
+                    key: r.key.clone(),
+                    outcome: KeyOutcome::Refused {
+                        aggregate_id: r.aggregate_id.clone(),
+                        refusal: r.refusal.clone(),
+                    },
+                };
+                insert_key(&tx, &record, now)?;
+                results.push(Ok(record));
+            }
+            if self.config.fail_next_commit.swap(false, Ordering::AcqRel) {
+                return Err(Fatal("injected commit failure".into()));
+            }
+            tx.commit()?;
+            Ok(results)
+        })();
+        match decided {
+            Ok(results) => {
+                for (r, result) in refusals.drain(..).zip(results) {
+                    let _ = r.reply.send(result);
+                }
+            }
+            Err(Fatal(message)) => {
+                self.config.poisoned.store(true, Ordering::Release);
+                self.streams.clear();
+                tracing::error!(error = %message, "recording a refusal failed; the store is poisoned and refuses all further writes until restarted");
+                for r in refusals.drain(..) {
+                    let _ = r.reply.send(Err(AppendError::Unavailable(format!(
+                        "write failed, outcome unknown: {message}"
                     ))));
                 }
             }
@@ -291,26 +374,62 @@ enum Applied {
     Rejected(AppendError),
 }
 
-/// The first outcome recorded under an idempotency key, if any.
-pub fn recorded_key(
-    conn: &Connection,
-    key: &str,
-) -> rusqlite::Result<Option<(String, AppendOutcome)>> {
+/// The record under an idempotency key, expired or not.
+pub fn recorded_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<IdempotencyRecord>> {
     conn.prepare_cached(
-        "SELECT aggregate_id, first_version, last_version, position FROM idempotency_keys WHERE key = ?1",
+        "SELECT aggregate_id, first_version, last_version, position, fingerprint, expires_us, refusal
+         FROM idempotency_keys WHERE key = ?1",
     )?
     .query_row([key], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            AppendOutcome {
-                first_version: r.get::<_, i64>(1)? as u64,
-                last_version: r.get::<_, i64>(2)? as u64,
-                position: r.get::<_, i64>(3)? as u64,
-                deduplicated: true,
+        let refusal: Option<String> = r.get(6)?;
+        Ok(IdempotencyRecord::from_columns(
+            IdempotencyKey {
+                key: key.to_owned(),
+                fingerprint: r.get(4)?,
+                expires_at: r.get::<_, Option<i64>>(5)?.map(Timestamp::from_micros),
             },
+            r.get(0)?,
+            (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64),
+            refusal.as_deref(),
         ))
     })
     .optional()
+}
+
+/// The live record under `key` for a write: an expired one is deleted (in the write's
+/// transaction) and counts as absent.
+fn live_key(
+    conn: &Connection,
+    key: &str,
+    now_us: i64,
+) -> rusqlite::Result<Option<IdempotencyRecord>> {
+    let Some(record) = recorded_key(conn, key)? else { return Ok(None) };
+    if record.is_expired(Timestamp::from_micros(now_us)) {
+        conn.prepare_cached("DELETE FROM idempotency_keys WHERE key = ?1")?.execute([key])?;
+        return Ok(None);
+    }
+    Ok(Some(record))
+}
+
+fn insert_key(conn: &Connection, record: &IdempotencyRecord, now_us: i64) -> rusqlite::Result<()> {
+    let (aggregate_id, first, last, position, refusal) = record.columns();
+    conn.prepare_cached(
+        "INSERT INTO idempotency_keys
+            (key, aggregate_id, first_version, last_version, position, created_us, fingerprint, expires_us, refusal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        record.key.key,
+        aggregate_id,
+        first as i64,
+        last as i64,
+        position as i64,
+        now_us,
+        record.key.fingerprint,
+        record.key.expires_at.map(Timestamp::as_micros),
+        refusal,
+    ])?;
+    Ok(())
 }
 
 /// When the append's first event id is already stored: the retry's answer (its original
@@ -358,10 +477,10 @@ fn apply(
     first_position: u64,
     timestamp_us: i64,
 ) -> rusqlite::Result<Applied> {
-    if let Some(key) = &append.idempotency_key
-        && let Some((aggregate_id, outcome)) = recorded_key(conn, key)?
+    if let Some(key) = &append.idempotency
+        && let Some(record) = live_key(conn, &key.key, timestamp_us)?
     {
-        return Ok(Applied::Rejected(AppendError::IdempotencyKeyUsed { aggregate_id, outcome }));
+        return Ok(Applied::Rejected(record.clash(key)));
     }
     // Later appends of this group see earlier ones through `touched`, then the cache, then disk.
     let known = touched
@@ -435,19 +554,15 @@ fn apply(
         position: first_position + n - 1,
         deduplicated: false,
     };
-    if let Some(key) = &append.idempotency_key {
-        conn.prepare_cached(
-            "INSERT INTO idempotency_keys (key, aggregate_id, first_version, last_version, position, created_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            key,
-            append.aggregate_id,
-            outcome.first_version as i64,
-            outcome.last_version as i64,
-            outcome.position as i64,
-            timestamp_us
-        ])?;
+    if let Some(key) = &append.idempotency {
+        let record = IdempotencyRecord {
+            key: key.clone(),
+            outcome: KeyOutcome::Appended {
+                aggregate_id: append.aggregate_id.clone(),
+                outcome: AppendOutcome { deduplicated: true, ..outcome },
+            },
+        };
+        insert_key(conn, &record, timestamp_us)?;
     }
     Ok(Applied::Stored(outcome))
 }

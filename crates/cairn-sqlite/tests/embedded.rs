@@ -12,7 +12,7 @@ fn append(stream: &str) -> cairn_core::Append {
         aggregate_type: "Thing".into(),
         expected: ExpectedVersion::Any,
         events: vec![NewEvent::new("Tick", RawValue::from_string("{}".into()).unwrap())],
-        idempotency_key: None,
+        idempotency: None,
     }
 }
 

@@ -79,7 +79,10 @@ fn plan() -> Vec<Planned> {
 }
 
 fn keyed(key: String) -> CommandOptions {
-    CommandOptions { idempotency_key: Some(key), ..CommandOptions::default() }
+    CommandOptions {
+        idempotency: Some(cairn_core::IdempotencyKey::new(key)),
+        ..CommandOptions::default()
+    }
 }
 
 /// Waits until every transfer has ended and both consumers have scanned the head.

@@ -83,7 +83,9 @@ pub(crate) fn router(routes: Vec<Route>, state: AppState) -> Router {
         // The permission travels with the request; #16 checks it here.
         // Build refuses a route without a handler (a method axum cannot route).
         let Some(handler) = route.handler else { continue };
-        let handler = handler.layer(Extension(route.permission));
+        let handler = handler.layer(Extension(route.permission)).layer(
+            axum::middleware::from_fn_with_state(state.clone(), crate::command::digest_body),
+        );
         app = add(app, route.path, handler);
     }
     app.fallback(unknown_route)

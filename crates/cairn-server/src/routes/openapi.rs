@@ -347,7 +347,10 @@ pub struct CommandHeaders {
     /// Runs the command only if the aggregate is at this version (`409` otherwise).
     #[param(rename = "If-Match")]
     pub if_match: Option<u64>,
-    /// A repeated command with the same key gets the first response and appends nothing.
+    /// A repeated command with the same key gets the first response — accepted or refused —
+    /// and appends nothing. Scoped to the caller, the route and the aggregate; the same key
+    /// with another body is refused `422 idempotency_key_reused`; remembered for
+    /// `--idempotency-ttl-secs` (a day by default).
     #[param(rename = "Idempotency-Key")]
     #[param(pattern = "^[!-~]([ -~]{0,198}[!-~])?$")]
     pub idempotency_key: Option<String>,

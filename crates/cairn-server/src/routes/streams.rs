@@ -168,7 +168,7 @@ fn to_append(
         aggregate_type,
         expected: body.expected_version,
         events,
-        idempotency_key: None,
+        idempotency: None,
     })
 }
 
