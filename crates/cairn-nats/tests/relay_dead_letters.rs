@@ -19,7 +19,7 @@ async fn append(store: &Arc<dyn EventStore>, id: &str, data: &str) -> u64 {
         aggregate_type: "Order".into(),
         expected: ExpectedVersion::Any,
         events: vec![NewEvent::new("OrderConfirmed", RawValue::from_string(data.into()).unwrap())],
-        idempotency_key: None,
+        idempotency: None,
     };
     store.append(append).await.unwrap().position
 }
