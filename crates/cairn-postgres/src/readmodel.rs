@@ -894,3 +894,5 @@ impl SnapshotStore for PgReadModels {
             .collect())
     }
 }
+
+mod tokens;

@@ -3,7 +3,7 @@
 use tokio_postgres::Client;
 
 /// Each migration runs once, in order, in its own transaction.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
 
 /// Version 1: the event log, idempotency keys, and everything consumers keep.
 ///
@@ -83,6 +83,20 @@ const V3: &str = "
 CREATE TABLE leases (
     consumer text   PRIMARY KEY,
     epoch    bigint NOT NULL
+);
+";
+
+/// Version 4: API tokens (#16), shared by every process on the database. Only a token's
+/// hash is kept; lookups go by it.
+const V4: &str = "
+CREATE TABLE api_tokens (
+    id         text   PRIMARY KEY,
+    name       text   NOT NULL,
+    role       text   NOT NULL,
+    prefixes   text   NOT NULL,
+    hash       text   NOT NULL UNIQUE,
+    created_us bigint NOT NULL,
+    revoked_us bigint
 );
 ";
 

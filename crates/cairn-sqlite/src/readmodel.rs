@@ -112,6 +112,15 @@ impl SqliteReadModels {
                  consumer TEXT PRIMARY KEY,
                  epoch    INTEGER NOT NULL
              ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS api_tokens (
+                 id         TEXT PRIMARY KEY,
+                 name       TEXT NOT NULL,
+                 role       TEXT NOT NULL,
+                 prefixes   TEXT NOT NULL,
+                 hash       TEXT NOT NULL UNIQUE,
+                 created_us INTEGER NOT NULL,
+                 revoked_us INTEGER
+             ) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS event_schemas (
                  event_type TEXT NOT NULL,
                  version    INTEGER NOT NULL,
@@ -842,3 +851,5 @@ impl SnapshotStore for SqliteReadModels {
         rows.collect::<Result<_, _>>().map_err(storage)
     }
 }
+
+mod tokens;

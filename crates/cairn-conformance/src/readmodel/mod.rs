@@ -19,6 +19,7 @@ pub mod documents;
 pub mod generations;
 pub mod leases;
 pub mod schemas;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -182,6 +183,8 @@ macro_rules! readmodel_suite {
             leases::a_stale_fence_writes_nothing,
             leases::a_deposed_rebuild_cannot_swap,
             schemas::put_schema_registers_each_version_once,
+            tokens::tokens_are_created_once_and_found_by_hash,
+            tokens::revoking_a_token_keeps_its_first_time,
         );
     };
     ($factory:expr, peers) => {
@@ -194,6 +197,7 @@ macro_rules! readmodel_suite {
             leases::live_members_counts_every_process,
             generations::another_process_sees_the_swap,
             schemas::another_process_sees_schemas,
+            tokens::another_process_sees_tokens,
         );
     };
     (@one $factory:expr; $($module:ident :: $test:ident),* $(,)?) => {
