@@ -5,6 +5,7 @@
 //! core traits and map every error to the contract's JSON shape in one place
 //! ([`error::ApiError`]).
 
+pub mod auth;
 pub mod bus;
 pub mod command;
 pub mod consumers;
@@ -57,6 +58,8 @@ pub struct HttpConfig {
     /// here. `None`: admin requests for the consumers it leads are not forwarded to it
     /// (the other processes answer `409 not_leader`).
     pub advertise_url: Option<String>,
+    /// Who may call what (#16): off by default (every route open, as on loopback).
+    pub auth: auth::AuthConfig,
 }
 
 impl Default for HttpConfig {
@@ -65,6 +68,7 @@ impl Default for HttpConfig {
             body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT,
             sse_keep_alive_secs: 15,
             advertise_url: None,
+            auth: auth::AuthConfig::default(),
         }
     }
 }
