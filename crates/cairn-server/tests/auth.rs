@@ -199,8 +199,8 @@ async fn appenders_keep_to_their_prefixes_and_off_module_streams() {
     let server = server(Backend::Sqlite).await;
     let appender = token(&server, "importer", Role::Appender, &["legacy-"]).await;
     let event = |aggregate_type: &str| {
-        json!({"aggregate_type": aggregate_type, "expected_version": "any",
-               "events": [{"event_type": "Imported", "data": {}}]})
+        json!({"expected_version": "any",
+               "events": [{"aggregate_type": aggregate_type, "event_type": "Imported", "data": {}}]})
     };
     let (status, _, answer) =
         call(&server, "POST", "/streams/legacy-1", Some(&appender), &[], Some(&event("Legacy")))
