@@ -162,10 +162,7 @@ async fn revoked_and_unknown_tokens_are_refused() {
     assert_eq!((status, answer["error"].as_str()), (401, Some("unauthorized")));
     let forged = format!("{reader}x");
     assert_eq!(call(&server, "GET", "/all", Some(&forged), &[], None).await.0, 401);
-    assert_eq!(
-        call(&server, "DELETE", "/admin/tokens/nope", Some(ADMIN), &[], None).await.0,
-        404
-    );
+    assert_eq!(call(&server, "DELETE", "/admin/tokens/nope", Some(ADMIN), &[], None).await.0, 404);
     // The probes never need a token.
     assert_eq!(call(&server, "GET", "/health/live", None, &[], None).await.0, 200);
 }
@@ -177,7 +174,8 @@ async fn the_token_name_is_the_user_id_unless_a_gateway_says_otherwise() {
     let gateway = token(&server, "edge", Role::Gateway, &[]).await;
     let place = json!({"customer_id": "c-1"});
     let mut ids = Vec::new();
-    for (token, claimed) in [(&writer, Some("mallory")), (&gateway, Some("carol")), (&gateway, None)]
+    for (token, claimed) in
+        [(&writer, Some("mallory")), (&gateway, Some("carol")), (&gateway, None)]
     {
         let headers: Vec<(&str, &str)> = claimed.iter().map(|c| ("X-User-Id", *c)).collect();
         let (status, _, answer) =

@@ -34,8 +34,9 @@ pub const TOKEN_PREFIX_MAX_LEN: usize = 128;
 pub const BOOTSTRAP_ID: &str = "bootstrap";
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Read routes.
@@ -53,7 +54,8 @@ pub enum Role {
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 5] = [Role::Reader, Role::Writer, Role::Appender, Role::Admin, Role::Gateway];
+    pub const ALL: [Role; 5] =
+        [Role::Reader, Role::Writer, Role::Appender, Role::Admin, Role::Gateway];
 
     /// Whether this role may call a route that needs `permission`.
     #[must_use]
