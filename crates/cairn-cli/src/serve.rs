@@ -15,6 +15,8 @@ use tokio::sync::watch;
 
 /// Flags of `cairn serve`; each can also come from the environment.
 #[derive(Args, Debug)]
+// Each bool is one independent on/off flag of the command line.
+#[allow(clippy::struct_excessive_bools)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7070")]
