@@ -32,7 +32,7 @@ enum TokensAction {
         /// `reader`, `writer`, `appender`, `admin` or `gateway`.
         #[arg(long)]
         role: String,
-        /// `appender` only: a stream-id prefix it may append to (repeatable; none: any).
+        /// A stream-id prefix its raw appends are limited to (repeatable; none: any).
         #[arg(long = "prefix", value_name = "PREFIX")]
         prefixes: Vec<String>,
     },

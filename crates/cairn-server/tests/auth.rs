@@ -212,7 +212,13 @@ async fn appenders_keep_to_their_prefixes_and_off_module_streams() {
         call(&server, "POST", "/streams/legacy-2", Some(&appender), &[], Some(&event("Order")))
             .await;
     assert_eq!((status, answer["error"].as_str()), (403, Some("forbidden")), "a module's stream");
-    // Prefixes are the appender's only.
-    let body = json!({"name": "r", "role": "reader", "prefixes": ["x"]});
+    let body = json!({"name": "", "role": "reader"});
     assert_eq!(call(&server, "POST", "/admin/tokens", Some(ADMIN), &[], Some(&body)).await.0, 400);
+    // A malformed X-User-Id stays a 400, whoever sends it.
+    let writer = token(&server, "w", Role::Writer, &[]).await;
+    let place = json!({"customer_id": "c-1"});
+    let headers = [("X-User-Id", " ")];
+    let (status, _, answer) =
+        call(&server, "POST", "/orders", Some(&writer), &headers, Some(&place)).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("bad_request")));
 }

@@ -58,7 +58,12 @@ async fn the_cli_manages_tokens_and_sends_them() {
     let file = dir.path().join("admin.token");
     std::fs::write(&file, format!("{admin}\n")).unwrap();
     let data = dir.path().join("data");
-    let flags = ["--data-dir".into(), data.clone().into_os_string(), "--admin-token-file".into(), file.clone().into_os_string()];
+    let flags = [
+        "--data-dir".into(),
+        data.clone().into_os_string(),
+        "--admin-token-file".into(),
+        file.clone().into_os_string(),
+    ];
     let server = support::ServeProcess::start_at(CAIRN, free_port(), &flags, &[]).await;
     let url = server.base.as_str();
     let (ok, _, err) = cairn_as(url, None, &["projections"]).await;

@@ -16,6 +16,8 @@ use crate::module::Permission;
 
 /// The header whose value a gateway may set (and nobody else).
 const USER_ID_HEADER: &str = "x-user-id";
+/// Longest `X-User-Id` (that of every id header, `extract.rs`).
+const USER_ID_MAX_LEN: usize = 200;
 
 /// `401 unauthorized`, with the challenge RFC 6750 asks for.
 fn unauthorized(message: &str) -> Response {
@@ -90,6 +92,19 @@ pub(crate) async fn require(
         .into_response();
     }
     let (mut parts, body) = request.into_parts();
+    if permission == Permission::Write
+        && let Some(claimed) = parts.headers.get(USER_ID_HEADER)
+    {
+        // Replaced below unless a gateway sent it, but malformed it is a 400 for anyone,
+        // as it was before tokens (contract §3).
+        let text = claimed.to_str().map(str::trim).unwrap_or("");
+        if text.is_empty() || text.len() > USER_ID_MAX_LEN {
+            return ApiError::bad_request(format!(
+                "header X-User-Id must have 1 to {USER_ID_MAX_LEN} visible characters"
+            ))
+            .into_response();
+        }
+    }
     if permission == Permission::Append {
         let params = RawPathParams::from_request_parts(&mut parts, &()).await.ok();
         let stream = params.as_ref().and_then(|p| p.iter().find(|(k, _)| *k == "aggregate_id"));

@@ -28,8 +28,6 @@ pub const TOKEN_BYTES: usize = 32;
 pub const TOKEN_NAME_MAX_LEN: usize = 64;
 /// Most stream-id prefixes on one token.
 pub const TOKEN_PREFIXES_MAX: usize = 32;
-/// Longest stream-id prefix (a stream id has at most 128 characters).
-pub const TOKEN_PREFIX_MAX_LEN: usize = 128;
 /// The id and name of the caller holding the bootstrap admin token.
 pub const BOOTSTRAP_ID: &str = "bootstrap";
 
@@ -43,8 +41,8 @@ pub enum Role {
     Reader,
     /// Read routes and commands.
     Writer,
-    /// Read routes and raw appends (limited to the token's stream-id prefixes, if any),
-    /// never to the streams of a registered module's aggregates.
+    /// Read routes and raw appends, never to the streams of a registered module's
+    /// aggregates.
     Appender,
     /// Everything.
     Admin,
@@ -166,11 +164,11 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Whether it may append to stream `aggregate_id` (its prefixes, if any).
+    /// Whether it may append to stream `aggregate_id`: its token's prefixes, if any, limit
+    /// its raw appends whatever its role.
     #[must_use]
     pub fn may_append_to(&self, aggregate_id: &str) -> bool {
-        self.role == Role::Admin
-            || self.prefixes.is_empty()
+        self.prefixes.is_empty()
             || self.prefixes.iter().any(|p| aggregate_id.starts_with(p.as_str()))
     }
 }

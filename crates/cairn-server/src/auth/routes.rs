@@ -10,7 +10,7 @@ use cairn_core::readmodel::{ReadModelError, StoredToken};
 use cairn_core::timestamp::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{Role, TOKEN_PREFIX_MAX_LEN, TOKEN_PREFIXES_MAX, TokenHash, new_token, valid_name};
+use super::{Role, TOKEN_PREFIXES_MAX, TokenHash, new_token, valid_name};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -20,12 +20,15 @@ use crate::routes::openapi::ErrorBody;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
-    /// Who holds it (`[A-Za-z0-9._:@-]{1,64}`); becomes `metadata.user_id` of its commands.
+    /// Who holds it; becomes `metadata.user_id` of its commands.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,64}$", min_length = 1, max_length = 64)]
     name: String,
     /// What it may do.
     role: Role,
-    /// `appender` only: the stream-id prefixes it may append to (absent or empty: any).
+    /// The stream-id prefixes its raw appends are limited to (absent or empty: any); only
+    /// `appender` and `admin` tokens append at all.
     #[serde(default)]
+    #[schema(max_items = 32)]
     prefixes: Vec<String>,
 }
 
@@ -92,17 +95,9 @@ fn check(body: &NewToken) -> Result<(), ApiError> {
             "name must be 1 to 64 of the characters A-Z a-z 0-9 . _ : @ -",
         ));
     }
-    if !body.prefixes.is_empty() && body.role != Role::Appender {
-        return Err(ApiError::bad_request("prefixes limit appender tokens only"));
-    }
     if body.prefixes.len() > TOKEN_PREFIXES_MAX {
         return Err(ApiError::bad_request(format!(
             "at most {TOKEN_PREFIXES_MAX} prefixes per token"
-        )));
-    }
-    if body.prefixes.iter().any(|p| p.is_empty() || p.len() > TOKEN_PREFIX_MAX_LEN) {
-        return Err(ApiError::bad_request(format!(
-            "a prefix has 1 to {TOKEN_PREFIX_MAX_LEN} characters"
         )));
     }
     Ok(())
