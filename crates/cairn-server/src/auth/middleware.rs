@@ -97,7 +97,7 @@ pub(crate) async fn require(
     {
         // Replaced below unless a gateway sent it, but malformed it is a 400 for anyone,
         // as it was before tokens (contract §3).
-        let text = claimed.to_str().map(str::trim).unwrap_or("");
+        let text = claimed.to_str().map_or("", str::trim);
         if text.is_empty() || text.len() > USER_ID_MAX_LEN {
             return ApiError::bad_request(format!(
                 "header X-User-Id must have 1 to {USER_ID_MAX_LEN} visible characters"
