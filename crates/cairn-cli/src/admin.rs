@@ -508,12 +508,12 @@ fn report_done(json: bool, body: &Value, line: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn array(body: &Value) -> anyhow::Result<&Vec<Value>> {
+pub(crate) fn array(body: &Value) -> anyhow::Result<&Vec<Value>> {
     body.as_array().context("the server's answer is not a JSON array")
 }
 
 /// A JSON value as table text: strings without quotes, `null` as `-`.
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
@@ -522,7 +522,7 @@ fn text(value: &Value) -> String {
 }
 
 /// Prints left-aligned columns (or a note when there are no rows).
-fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
+pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
     if rows.is_empty() {
         return outln!("(none)");
     }

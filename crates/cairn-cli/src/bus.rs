@@ -108,7 +108,9 @@ fn to_request(
         .uri(path)
         .header("content-type", "application/json");
     if let Some(headers) = &message.headers {
-        for name in ["Idempotency-Key", "If-Match", "X-Correlation-Id", "X-User-Id"] {
+        for name in
+            ["Authorization", "Idempotency-Key", "If-Match", "X-Correlation-Id", "X-User-Id"]
+        {
             if let Some(v) = headers.get(name) {
                 request = request.header(name, v.as_str());
             }

@@ -14,6 +14,24 @@ pub struct Conn {
     /// Print raw JSON (for scripts) instead of readable text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// A file holding the API token sent as `Authorization: Bearer <token>` (the token
+    /// itself can be given in `CAIRN_TOKEN` instead; this file wins).
+    #[arg(long, env = "CAIRN_TOKEN_FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// The environment variable holding the API token itself.
+pub const TOKEN_ENV: &str = "CAIRN_TOKEN";
+
+impl Conn {
+    /// The token to send: `--token-file`'s content, else `CAIRN_TOKEN`, else none (a
+    /// server without auth).
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(path) = &self.token_file {
+            return crate::tokens::read_token_file(path).map(Some);
+        }
+        Ok(std::env::var(TOKEN_ENV).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()))
+    }
 }
 
 /// A client of one server.
@@ -31,7 +49,18 @@ impl Client {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        Ok(Self { http: reqwest::Client::new(), base })
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = conn.token()? {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the API token is not a valid header value")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self { http, base })
     }
 
     /// The URL of `segments` (each percent-encoded as one path segment) under the base.

@@ -23,6 +23,7 @@ mod client;
 mod progress;
 mod serve;
 mod tail;
+mod tokens;
 mod transfer;
 
 use std::ffi::OsString;
@@ -66,6 +67,8 @@ enum Command {
     Export(transfer::ExportArgs),
     /// Append the events of an export to a server, keeping ids, versions and metadata.
     Import(transfer::ImportArgs),
+    /// Create, list and revoke API tokens; generate the bootstrap admin token.
+    Tokens(tokens::TokensArgs),
 }
 
 /// Runs the command line of the process (`std::env::args_os`); `serve` serves `modules`.
@@ -133,6 +136,7 @@ fn operator(command: Command) -> anyhow::Result<()> {
             Command::Schemas(args) => admin::schemas(args).await,
             Command::Export(args) => transfer::export(args).await,
             Command::Import(args) => transfer::import(args).await,
+            Command::Tokens(args) => tokens::run(args).await,
         }
     })
 }

@@ -15,6 +15,8 @@ use tokio::sync::watch;
 
 /// Flags of `cairn serve`; each can also come from the environment.
 #[derive(Args, Debug)]
+// Each bool is one independent on/off flag of the command line.
+#[allow(clippy::struct_excessive_bools)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7070")]
@@ -102,6 +104,15 @@ pub struct ServeArgs {
     /// Put in front of every public subject (e.g. `staging.`), to share a NATS server.
     #[arg(long, env = "CAIRN_NATS_PUBLIC_NAMESPACE", default_value = "")]
     nats_public_namespace: String,
+    /// A file holding the bootstrap admin token (`cairn_…`, e.g. from
+    /// `cairn tokens generate`): with it every route but the probes and `/openapi.json`
+    /// needs `Authorization: Bearer <token>`. Only the token's hash is kept in memory.
+    #[arg(long, env = "CAIRN_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
+    /// Serve without authentication on a non-loopback address (anyone who reaches the
+    /// port can read, write and administer everything).
+    #[arg(long, env = "CAIRN_INSECURE")]
+    insecure: bool,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `cairn=debug`.
     #[arg(long, env = "CAIRN_LOG", default_value = "info")]
     log: String,
@@ -216,6 +227,9 @@ fn advertise_url(args: &ServeArgs) -> anyhow::Result<Option<String>> {
 }
 
 async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
+    // Before any storage is opened: a server that must not start touches nothing.
+    let auth =
+        crate::tokens::auth_config(args.listen, args.admin_token_file.as_deref(), args.insecure)?;
     let stores = open_stores(&args).await?;
     let store = Arc::clone(&stores.events);
     let (raw_events, readmodels) = (Arc::clone(&stores.events), Arc::clone(&stores.readmodels));
@@ -224,6 +238,7 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
             body_limit_bytes: args.body_limit_bytes,
             idempotency_ttl_secs: args.idempotency_ttl_secs,
             advertise_url: advertise_url(&args)?,
+            auth,
             ..HttpConfig::default()
         })
         .domain(DomainConfig {

@@ -898,3 +898,5 @@ impl SnapshotStore for PgReadModels {
             .collect())
     }
 }
+
+mod tokens;

@@ -3,7 +3,7 @@
 use tokio_postgres::Client;
 
 /// Each migration runs once, in order, in its own transaction.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)];
 
 /// Version 1: the event log, idempotency keys, and everything consumers keep.
 ///
@@ -95,6 +95,20 @@ ALTER TABLE idempotency_keys
     ADD COLUMN expires_us  bigint,
     ADD COLUMN refusal     text;
 CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_us) WHERE expires_us IS NOT NULL;
+";
+
+/// Version 5: API tokens (#16), shared by every process on the database. Only a token's
+/// hash is kept; lookups go by it.
+const V5: &str = "
+CREATE TABLE api_tokens (
+    id         text   PRIMARY KEY,
+    name       text   NOT NULL,
+    role       text   NOT NULL,
+    prefixes   text   NOT NULL,
+    hash       text   NOT NULL UNIQUE,
+    created_us bigint NOT NULL,
+    revoked_us bigint
+);
 ";
 
 /// The advisory-lock key of `name` in the current schema (two Cairn schemas in one database

@@ -5,6 +5,7 @@
 //! core traits and map every error to the contract's JSON shape in one place
 //! ([`error::ApiError`]).
 
+pub mod auth;
 pub mod bus;
 pub mod command;
 pub mod consumers;
@@ -68,6 +69,8 @@ pub struct HttpConfig {
     /// How long an HTTP `Idempotency-Key` is remembered (`cairn serve
     /// --idempotency-ttl-secs`); after that, the key is free again.
     pub idempotency_ttl_secs: u64,
+    /// Who may call what (#16): off by default (every route open, as on loopback).
+    pub auth: auth::AuthConfig,
 }
 
 impl Default for HttpConfig {
@@ -77,6 +80,7 @@ impl Default for HttpConfig {
             sse_keep_alive_secs: 15,
             advertise_url: None,
             idempotency_ttl_secs: IDEMPOTENCY_TTL_SECS_DEFAULT,
+            auth: auth::AuthConfig::default(),
         }
     }
 }

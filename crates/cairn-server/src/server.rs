@@ -474,7 +474,7 @@ impl Server {
             consumers,
             schemas: registry,
             aggregates: Arc::new(aggregates),
-            openapi: crate::routes::openapi::assemble(documents)
+            openapi: crate::routes::openapi::assemble(documents, &infos)
                 .map_err(StartError::OpenApi)?
                 .into(),
             leaders,

@@ -839,3 +839,5 @@ impl SnapshotStore for SqliteReadModels {
         rows.collect::<Result<_, _>>().map_err(storage)
     }
 }
+
+mod tokens;

@@ -74,7 +74,7 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
 }
 
 /// The read-model file's (`readmodels.db`) schema version this build writes.
-pub const READ_MODEL_SCHEMA_VERSION: i64 = 2;
+pub const READ_MODEL_SCHEMA_VERSION: i64 = 3;
 
 /// Read models, version 1: what every `readmodels.db` had before it was versioned (its
 /// `user_version` was 0), so each statement is `IF NOT EXISTS`. It includes
@@ -122,6 +122,19 @@ CREATE TABLE IF NOT EXISTS snapshots (
     position         INTEGER NOT NULL,
     timestamp_us     INTEGER NOT NULL,
     state            TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Read models, version 3: API tokens (#16). Only a token's hash is kept; lookups go by it.
+const RM_V3: &str = "
+CREATE TABLE api_tokens (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    prefixes   TEXT NOT NULL,
+    hash       TEXT NOT NULL UNIQUE,
+    created_us INTEGER NOT NULL,
+    revoked_us INTEGER
 ) WITHOUT ROWID;
 ";
 
@@ -187,7 +200,8 @@ pub fn migrate_read_models(conn: &mut Connection) -> Result<(), String> {
             "the read-model file has schema version {current}, this build knows up to {READ_MODEL_SCHEMA_VERSION}: use a newer cairn"
         ));
     }
-    let steps: [(i64, MigrationStep); 2] = [(1, |c| c.execute_batch(RM_V1)), (2, rm_v2)];
+    let steps: [(i64, MigrationStep); 3] =
+        [(1, |c| c.execute_batch(RM_V1)), (2, rm_v2), (3, |c| c.execute_batch(RM_V3))];
     for (version, step) in steps {
         if current < version {
             let tx = conn

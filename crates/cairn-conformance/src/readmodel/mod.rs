@@ -19,6 +19,7 @@ pub mod documents;
 pub mod generations;
 pub mod leases;
 pub mod schemas;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -186,6 +187,8 @@ macro_rules! readmodel_suite {
             leases::a_stale_fence_writes_nothing,
             leases::a_deposed_rebuild_cannot_swap,
             schemas::put_schema_registers_each_version_once,
+            tokens::tokens_are_created_once_and_found_by_hash,
+            tokens::revoking_a_token_keeps_its_first_time,
         );
     };
     ($factory:expr, peers) => {
@@ -199,6 +202,7 @@ macro_rules! readmodel_suite {
             generations::another_process_sees_the_swap,
             generations::a_crashed_rebuilds_shadow_is_discarded,
             schemas::another_process_sees_schemas,
+            tokens::another_process_sees_tokens,
         );
     };
     (@one $factory:expr; $($module:ident :: $test:ident),* $(,)?) => {

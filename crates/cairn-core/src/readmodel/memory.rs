@@ -18,6 +18,8 @@ use super::{
 };
 use crate::timestamp::Timestamp;
 
+mod tokens;
+
 /// One logical table: its live generation and, during a rebuild, the next one.
 #[derive(Debug, Clone, Default)]
 struct Table {
@@ -40,6 +42,8 @@ struct Db {
     epochs: HashMap<String, u64>,
     members: BTreeSet<u64>,
     last_member: u64,
+    /// API tokens, in creation order.
+    tokens: Vec<super::StoredToken>,
 }
 
 struct Shared {

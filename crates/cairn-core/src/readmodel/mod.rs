@@ -7,7 +7,8 @@
 //! digits.
 //!
 //! The store is a handful of small traits, one per thing it keeps ([`Documents`],
-//! [`Checkpoints`], [`DeadLetters`], [`Generations`], [`Leases`], [`SchemaStore`]), so that
+//! [`Checkpoints`], [`DeadLetters`], [`Generations`], [`Leases`], [`SchemaStore`],
+//! [`Tokens`]), so that
 //! a backend is checked one concern at a time (`cairn-conformance`) and a caller can see
 //! which concern it depends on. [`ReadModelStore`] is all of them at once: what the engine
 //! holds as `Arc<dyn ReadModelStore>`. Calling a method through it needs its small trait
@@ -24,6 +25,7 @@ mod generations;
 mod leases;
 pub mod memory;
 mod schemas;
+mod tokens;
 pub mod write_behind;
 
 pub use checkpoints::Checkpoints;
@@ -35,6 +37,7 @@ pub use generations::{Generations, REBUILD_SUFFIX};
 pub use leases::{Leases, leadership_key};
 pub use memory::MemoryReadModels;
 pub use schemas::SchemaStore;
+pub use tokens::{StoredToken, Tokens};
 
 /// Where read models, checkpoints, dead letters and process-manager state live: every
 /// small trait at once.
@@ -42,7 +45,16 @@ pub use schemas::SchemaStore;
 /// Implemented for anything that implements them all; a backend never implements it by
 /// hand.
 pub trait ReadModelStore:
-    Documents + Checkpoints + DeadLetters + Generations + Leases + SchemaStore + Send + Sync + 'static
+    Documents
+    + Checkpoints
+    + DeadLetters
+    + Generations
+    + Leases
+    + SchemaStore
+    + Tokens
+    + Send
+    + Sync
+    + 'static
 {
 }
 
@@ -53,6 +65,7 @@ impl<T> ReadModelStore for T where
         + Generations
         + Leases
         + SchemaStore
+        + Tokens
         + Send
         + Sync
         + 'static

@@ -17,6 +17,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
+use crate::auth::routes as tokens;
 use crate::error::ApiError;
 use crate::module::{Permission, Route};
 
@@ -70,6 +71,9 @@ route_table! {
     get "/admin/process-managers/{name}" => admin::process_manager_instances, Admin;
     get "/admin/process-managers/{name}/state" => admin::process_state, Admin;
     post "/admin/process-managers/{name}/state" => admin::import_process_state, Admin;
+    post "/admin/tokens" => tokens::create_token, Admin;
+    get "/admin/tokens" => tokens::list_tokens, Admin;
+    delete "/admin/tokens/{id}" => tokens::revoke_token, Admin;
     get "/health/live" => health::live, Public;
     get "/health/ready" => health::ready, Public;
     get "/openapi.json" => openapi::serve, Public;
@@ -80,12 +84,19 @@ route_table! {
 pub(crate) fn router(routes: Vec<Route>, state: AppState) -> Router {
     let mut app = empty();
     for route in routes {
-        // The permission travels with the request; #16 checks it here.
+        // The permission travels with the request, and is checked against the caller's
+        // token (#16) before the handler runs.
         // Build refuses a route without a handler (a method axum cannot route).
         let Some(handler) = route.handler else { continue };
-        let handler = handler.layer(Extension(route.permission)).layer(
-            axum::middleware::from_fn_with_state(state.clone(), crate::command::digest_body),
+        let check = axum::middleware::from_fn_with_state(
+            (state.clone(), route.permission),
+            crate::auth::middleware::require,
         );
+        // The caller is checked before the body is read for the idempotency fingerprint.
+        let handler = handler
+            .layer(axum::middleware::from_fn_with_state(state.clone(), crate::command::digest_body))
+            .route_layer(check)
+            .layer(Extension(route.permission));
         app = add(app, route.path, handler);
     }
     app.fallback(unknown_route)

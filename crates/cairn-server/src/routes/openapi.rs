@@ -57,6 +57,7 @@ impl Modify for CorePaths {
 /// Built once at start, so `GET /openapi.json` only copies a string.
 pub(crate) fn assemble(
     documents: impl IntoIterator<Item = utoipa::openapi::OpenApi>,
+    routes: &[crate::module::RouteInfo],
 ) -> Result<String, serde_json::Error> {
     let mut doc = ApiDoc::openapi();
     store_links(&mut doc);
@@ -68,6 +69,7 @@ pub(crate) fn assemble(
     let mut json = serde_json::to_value(&doc)?;
     spell_links(&mut json);
     parameter_schemas(&mut json);
+    crate::auth::openapi::secure(&mut json, routes);
     serde_json::to_string(&json)
 }
 

@@ -194,8 +194,14 @@ fn to_append(
 pub async fn append(
     State(state): State<AppState>,
     AggregateIdPath(aggregate_id): AggregateIdPath,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Response, ApiError> {
+    if let Some(first) = body.events.first() {
+        // One append is one type (checked below): the first event's type is the stream's.
+        let caller = caller.as_ref().map(|c| &c.0);
+        crate::auth::middleware::check_raw_append(caller, &state, &first.aggregate_type)?;
+    }
     let request = to_append(aggregate_id, body, &state.schemas, &state.aggregates)?;
     let aggregate_id = request.aggregate_id.clone();
     let outcome = state.store.append(request).await?;
