@@ -53,10 +53,9 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Option<Caller>, A
     let readmodels = Arc::clone(&state.readmodels);
     let hex = hash.hex();
     // Looked up by hash: the database compares hashes, never the secret itself.
-    let stored =
-        tokio::task::spawn_blocking(move || readmodels.token_by_hash(&hex)).await.map_err(
-            |e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-        )??;
+    let stored = tokio::task::spawn_blocking(move || readmodels.token_by_hash(&hex))
+        .await
+        .map_err(ApiError::internal)??;
     Ok(stored.filter(|t| t.revoked_at.is_none()).and_then(|t| {
         Some(Caller { role: Role::parse(&t.role)?, id: t.id, name: t.name, prefixes: t.prefixes })
     }))

@@ -83,10 +83,7 @@ pub struct TokenList {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ReadModelError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(ApiError::from)
+    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?.map_err(ApiError::from)
 }
 
 fn check(body: &NewToken) -> Result<(), ApiError> {
@@ -123,9 +120,7 @@ pub async fn create_token(
     JsonBody(body): JsonBody<NewToken>,
 ) -> Result<Response, ApiError> {
     check(&body)?;
-    let token = new_token().map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("no randomness: {e}"))
-    })?;
+    let token = new_token().map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
     let stored = StoredToken {
         id: uuid::Uuid::now_v7().to_string(),
         name: body.name,
@@ -139,7 +134,7 @@ pub async fn create_token(
     let copy = stored.clone();
     // A fresh v7 id and 256 random bits: a clash is not a thing to retry.
     if !blocking(move || rm.create_token(&copy)).await? {
-        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "token clash"));
+        return Err(ApiError::internal("token clash"));
     }
     Ok((StatusCode::CREATED, Json(CreatedToken { token, info: stored.into() })).into_response())
 }
