@@ -89,6 +89,18 @@ impl ServeProcess {
     /// `kill -9`, then the same binary with the same arguments on the same port, ready.
     pub async fn restart(&mut self) {
         self.kill_9().await;
+        self.relaunch().await;
+    }
+
+    /// `kill -9` and wait for the process to be gone, keeping this handle for
+    /// [`ServeProcess::relaunch`]: what a test sends in between finds nobody listening.
+    pub async fn kill_in_place(&mut self) {
+        self.kill_9().await;
+    }
+
+    /// The same binary with the same arguments on the same port, ready (after
+    /// [`ServeProcess::kill_in_place`]).
+    pub async fn relaunch(&mut self) {
         self.child = launch(&self.binary, self.port, &self.args, &self.env).await;
     }
 

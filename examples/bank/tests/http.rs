@@ -44,6 +44,8 @@ const QUIET_WITHIN: Duration = Duration::from_secs(120);
 const KILL_AFTER: usize = 16;
 /// In the crash test, the delay between two requests going out.
 const SEND_SPACING: Duration = Duration::from_millis(10);
+/// In the crash test, how many requests are first sent while the server is down.
+const SENT_WHILE_DOWN: usize = 4;
 
 /// One request of the load: a transfer or a direct withdrawal, with its key.
 #[derive(Clone)]
@@ -164,8 +166,13 @@ async fn fire(
     // For the crash, requests go out one every few milliseconds rather than all at once, so
     // that however fast the server answers, the kill lands with requests still to come.
     let spacing = if kill_after.is_some() { SEND_SPACING } else { Duration::ZERO };
+    // In the crash run the last few requests go out only while the server is down, so the
+    // kill cuts the load however the answers before it were batched (a group commit can
+    // answer everything sent so far at once, leaving nothing in flight to cut).
+    let late = if kill_after.is_some() { SENT_WHILE_DOWN } else { 0 };
+    let (early, sent_while_down) = load.split_at(load.len() - late);
     let tasks: Vec<_> = (0u32..)
-        .zip(load.iter().cloned())
+        .zip(early.iter().cloned())
         .map(|(i, p)| {
             let (client, answered) = (Arc::clone(&client), Arc::clone(&answered));
             tokio::spawn(async move {
@@ -181,9 +188,13 @@ async fn fire(
         while answered.load(Ordering::SeqCst) < n {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        server.restart().await;
+        server.kill_in_place().await;
+        for p in sent_while_down {
+            assert!(send(&client, p).await.is_err(), "nobody answers while the server is down");
+        }
+        server.relaunch().await;
     }
-    for (p, task) in load.iter().zip(tasks) {
+    for (p, task) in early.iter().zip(tasks) {
         if let Some(answer) = task.await.unwrap() {
             first.insert(key_of(p).to_owned(), answer);
         }
