@@ -90,7 +90,9 @@ async fn the_walk_through_answers_as_the_guide_says(backend: Backend) {
         .unwrap();
     assert_eq!(assign.status().as_u16(), 200);
     assert_eq!(call(&c, "POST", format!("{base}/tickets/{t}/close"), None).await.0, 200);
-    let (status, refused) = call(&c, "POST", format!("{base}/tickets/{t}/close"), None).await;
+    let (status, mut refused) = call(&c, "POST", format!("{base}/tickets/{t}/close"), None).await;
+    // Every error body carries its own request id (contract §7).
+    assert!(refused.as_object_mut().and_then(|o| o.remove("request_id")).is_some(), "{refused}");
     assert_eq!(
         (status, refused),
         (422, json!({"error": "rule_violation", "message": "the ticket is closed"}))
