@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CAIRN_BODY_LIMIT_BYTES", default_value_t = cairn_server::BODY_LIMIT_BYTES_DEFAULT)]
     body_limit_bytes: usize,
+    /// Most `/all/subscribe` streams open at once (each may replay the whole log); one
+    /// more is refused with `429 too_many_subscribers`.
+    #[arg(long, env = "CAIRN_MAX_SUBSCRIBERS", default_value_t = cairn_server::SSE_SUBSCRIBERS_MAX_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    max_subscribers: u64,
     /// How long an HTTP `Idempotency-Key` is remembered, in seconds; a repeat after that
     /// is a new command. Process managers' keys never expire.
     #[arg(long, env = "CAIRN_IDEMPOTENCY_TTL_SECS", default_value_t = cairn_server::IDEMPOTENCY_TTL_SECS_DEFAULT)]
@@ -239,6 +243,7 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
             idempotency_ttl_secs: args.idempotency_ttl_secs,
             advertise_url: advertise_url(&args)?,
             auth,
+            sse_subscribers_max: usize::try_from(args.max_subscribers).unwrap_or(usize::MAX),
             ..HttpConfig::default()
         })
         .domain(DomainConfig {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases,
+    Checkpoints, DeadLetter, DeadLetterCursor, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases,
     ListQuery, ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
@@ -515,6 +515,39 @@ impl DeadLetters for PgReadModels {
             "SELECT id, consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us
              FROM dead_letters WHERE $1::text IS NULL OR consumer = $1 ORDER BY consumer, position",
             &[&consumer],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetter {
+                id: r.get(0),
+                projection: r.get(1),
+                position: r.get::<_, i64>(2) as u64,
+                aggregate_id: r.get(3),
+                event_type: r.get(4),
+                error: r.get(5),
+                attempts: r.get::<_, i32>(6) as u32,
+                first_failed_at: Timestamp::from_micros(r.get(7)),
+                last_failed_at: Timestamp::from_micros(r.get(8)),
+            })
+            .collect())
+    }
+
+    fn dead_letters_page(
+        &self,
+        consumer: Option<&str>,
+        after: Option<&DeadLetterCursor>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        // No cursor is the cursor before everything ("" and -1 sort first).
+        let (after_consumer, after_position, after_id) = after
+            .map_or((String::new(), -1, -1), |c| (c.consumer.clone(), c.position as i64, c.id));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.query_rows(
+            "SELECT id, consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us
+             FROM dead_letters WHERE ($1::text IS NULL OR consumer = $1)
+               AND (consumer COLLATE \"C\", position, id) > ($2::text COLLATE \"C\", $3::bigint, $4::bigint)
+             ORDER BY consumer COLLATE \"C\", position, id LIMIT $5",
+            &[&consumer, &after_consumer, &after_position, &after_id, &limit],
         )?;
         Ok(rows
             .iter()

@@ -53,6 +53,10 @@ pub const BODY_LIMIT_BYTES_DEFAULT: usize = 1024 * 1024;
 /// retries, short enough that the table does not grow without end).
 pub const IDEMPOTENCY_TTL_SECS_DEFAULT: u64 = 86_400;
 
+/// Default cap on concurrent `/all/subscribe` streams: each can replay the whole log, a
+/// page (up to the read byte cap) at a time, so the cap bounds what subscribers hold.
+pub const SSE_SUBSCRIBERS_MAX_DEFAULT: usize = 256;
+
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -71,6 +75,8 @@ pub struct HttpConfig {
     pub idempotency_ttl_secs: u64,
     /// Who may call what (#16): off by default (every route open, as on loopback).
     pub auth: auth::AuthConfig,
+    /// Most `/all/subscribe` streams open at once; one more is `429 too_many_subscribers`.
+    pub sse_subscribers_max: usize,
 }
 
 impl Default for HttpConfig {
@@ -81,6 +87,7 @@ impl Default for HttpConfig {
             advertise_url: None,
             idempotency_ttl_secs: IDEMPOTENCY_TTL_SECS_DEFAULT,
             auth: auth::AuthConfig::default(),
+            sse_subscribers_max: SSE_SUBSCRIBERS_MAX_DEFAULT,
         }
     }
 }
@@ -109,6 +116,8 @@ pub struct AppState {
     pub(crate) openapi: Arc<str>,
     /// Where each consumer's leader is reached (admin requests are forwarded there).
     pub leaders: Arc<leaders::LeaderRegistry>,
+    /// One permit per open `/all/subscribe` stream ([`HttpConfig::sse_subscribers_max`]).
+    pub(crate) subscribers: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

@@ -11,8 +11,7 @@ use crate::error::ApiError;
 
 /// Events read from `$all` per page while checking the stored events of a type.
 const CHECK_PAGE_EVENTS: usize = 1000;
-/// Most faults reported (the first ones, in `$all` order).
-const REASONS_MAX: usize = 20;
+use crate::schemas::{REASONS_MAX, bounded};
 
 /// Why `schema` cannot be registered for `event_type`: it refuses everything, or some
 /// stored event of the type. Empty: fine.
@@ -37,13 +36,14 @@ pub async fn check(
         for e in &page.events {
             let Ok(data) = serde_json::from_str::<Value>(e.data.get()) else { continue };
             if let Some(error) = validator.iter_errors(&data).next() {
-                reasons.push(format!(
+                // The error quotes the event's value, which may be large.
+                reasons.push(bounded(&format!(
                     "stored event at position {} ({}): {} at {}",
                     e.position,
                     e.aggregate_id,
                     error,
                     error.instance_path()
-                ));
+                )));
                 if reasons.len() >= REASONS_MAX {
                     return Ok(reasons);
                 }

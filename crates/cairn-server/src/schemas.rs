@@ -22,20 +22,71 @@ struct Registered {
     validator: Arc<jsonschema::Validator>,
 }
 
+/// Largest schema accepted, as JSON text (`413 schema_too_large`): a schema is compiled
+/// and compared with its predecessor and every stored event on registration.
+pub const SCHEMA_BYTES_MAX: usize = 64 * 1024;
+/// Most versions of one event type's schema (`422 too_many_schemas`).
+pub const SCHEMA_VERSIONS_MAX: u32 = 100;
+/// Most event types with a schema (`422 too_many_schemas`); every registered version is
+/// held in memory, compiled.
+pub const SCHEMA_TYPES_MAX: usize = 1000;
+/// Most reasons an answer lists; the last one says how many more there were.
+pub const REASONS_MAX: usize = 20;
+/// Longest reason, in characters: a reason may quote input (property names, enum values,
+/// a stored event's value), and an answer must stay small whatever the input.
+pub const REASON_CHARS_MAX: usize = 300;
+
 /// Why a schema was not registered.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     /// Not a usable JSON Schema.
+    #[error("not a valid JSON Schema: {0}")]
     Invalid(String),
     /// The version is not the next one.
+    #[error("the next version is {expected}")]
     Version {
         /// The version that would be accepted.
         expected: u32,
     },
     /// Not BACKWARD compatible with the previous version.
+    #[error("not BACKWARD compatible")]
     Incompatible(Vec<String>),
+    /// The type has [`SCHEMA_VERSIONS_MAX`] versions already.
+    #[error("the type has {max} schema versions, the most kept")]
+    TooManyVersions {
+        /// [`SCHEMA_VERSIONS_MAX`].
+        max: u32,
+    },
+    /// [`SCHEMA_TYPES_MAX`] types have a schema already.
+    #[error("{max} event types have a schema, the most kept")]
+    TooManyTypes {
+        /// [`SCHEMA_TYPES_MAX`].
+        max: usize,
+    },
     /// Storage failed.
+    #[error(transparent)]
     Storage(ReadModelError),
+}
+
+/// `text`, cut to [`REASON_CHARS_MAX`] characters (marked with `…`).
+#[must_use]
+pub fn bounded(text: &str) -> String {
+    match text.char_indices().nth(REASON_CHARS_MAX) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+    }
+}
+
+/// `reasons`, at most [`REASONS_MAX`] of them, each [`bounded`].
+#[must_use]
+pub fn bounded_reasons(reasons: Vec<String>) -> Vec<String> {
+    let total = reasons.len();
+    let mut out: Vec<String> =
+        reasons.iter().take(REASONS_MAX).map(|r| bounded(r)).collect();
+    if total > REASONS_MAX {
+        out.push(format!("… and {} more", total - REASONS_MAX));
+    }
+    out
 }
 
 /// Registered schemas, cached in memory and stored in the read-model file.
@@ -90,8 +141,11 @@ impl SchemaRegistry {
         version: u32,
         schema: Value,
     ) -> Result<(), RegisterError> {
-        let validator = compile(&schema).map_err(RegisterError::Invalid)?;
+        let validator = compile(&schema).map_err(|e| RegisterError::Invalid(bounded(&e)))?;
         let mut schemas = self.schemas.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !schemas.contains_key(event_type) && schemas.len() >= SCHEMA_TYPES_MAX {
+            return Err(RegisterError::TooManyTypes { max: SCHEMA_TYPES_MAX });
+        }
         let versions = schemas.entry(event_type.to_owned()).or_default();
         if let Some(same) = versions.iter().find(|r| r.version == version)
             && same.schema == schema
@@ -102,10 +156,13 @@ impl SchemaRegistry {
         if version != expected {
             return Err(RegisterError::Version { expected });
         }
+        if expected > SCHEMA_VERSIONS_MAX {
+            return Err(RegisterError::TooManyVersions { max: SCHEMA_VERSIONS_MAX });
+        }
         if let Some(previous) = versions.last() {
             let reasons = backward_incompatibilities(&previous.schema, &schema, "");
             if !reasons.is_empty() {
-                return Err(RegisterError::Incompatible(reasons));
+                return Err(RegisterError::Incompatible(bounded_reasons(reasons)));
             }
         }
         self.store

@@ -465,8 +465,10 @@ impl Server {
             Arc::clone(&readmodels),
             shutdown.clone(),
         );
+        let subscribers = Arc::new(tokio::sync::Semaphore::new(http.sse_subscribers_max));
         let state = AppState {
             store,
+            subscribers,
             config: Arc::new(http),
             shutdown,
             repository,

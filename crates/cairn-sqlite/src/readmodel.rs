@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    Checkpoints, DeadLetter, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases,
+    Checkpoints, DeadLetter, DeadLetterCursor, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases,
     ListQuery, ReadModelError, SchemaStore, TableSpec, TxnFn, validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
@@ -474,6 +474,38 @@ impl DeadLetters for SqliteReadModels {
                      FROM dead_letters WHERE ?1 IS NULL OR consumer = ?1 ORDER BY consumer, position",
                 )
                 .and_then(|mut s| s.query_map([&consumer], dead_letter_from_row)?.collect())
+                .map_err(storage)
+            },
+            ReadModelError::Storage,
+        )
+    }
+
+    fn dead_letters_page(
+        &self,
+        consumer: Option<&str>,
+        after: Option<&DeadLetterCursor>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let consumer = consumer.map(str::to_owned);
+        // A consumer name sorts after "" and every position and id after -1: no cursor is
+        // the cursor before everything.
+        let (after_consumer, after_position, after_id) = after
+            .map_or((String::new(), -1, -1), |c| (c.consumer.clone(), c.position as i64, c.id));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.readers.run_here(
+            move |conn| {
+                conn.prepare_cached(
+                    "SELECT id, consumer, position, aggregate_id, event_type, error, attempts, first_failed_us, last_failed_us
+                     FROM dead_letters WHERE (?1 IS NULL OR consumer = ?1) AND (consumer, position, id) > (?2, ?3, ?4)
+                     ORDER BY consumer, position, id LIMIT ?5",
+                )
+                .and_then(|mut s| {
+                    s.query_map(
+                        rusqlite::params![consumer, after_consumer, after_position, after_id, limit],
+                        dead_letter_from_row,
+                    )?
+                    .collect()
+                })
                 .map_err(storage)
             },
             ReadModelError::Storage,

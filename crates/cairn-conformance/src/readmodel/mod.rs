@@ -169,6 +169,7 @@ macro_rules! readmodel_suite {
             dead_letters::resolve_runs_the_change_and_removes_the_letter,
             dead_letters::resolving_a_gone_letter_rolls_back,
             dead_letters::failed_retry_is_counted,
+            dead_letters::pages_walk_every_letter_once,
             generations::swap_replaces_live_tables_and_hands_over_the_checkpoint,
             generations::failed_shadow_transaction_writes_nothing,
             generations::abort_drops_the_shadow,

@@ -29,7 +29,7 @@ mod tokens;
 pub mod write_behind;
 
 pub use checkpoints::Checkpoints;
-pub use dead_letters::{DeadLetter, DeadLetters};
+pub use dead_letters::{DeadLetter, DeadLetterCursor, DeadLetters};
 pub use documents::{DocTxn, DocTxnExt, Documents, ListQuery, TableSpec, TxnFn};
 pub use error::ReadModelError;
 pub use fence::{Fence, LeaseIssuer};

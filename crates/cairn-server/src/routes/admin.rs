@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cairn_core::readmodel::DeadLetterCursor;
 use cairn_core::timestamp::Timestamp;
 use cairn_cqrs::consumer::{ConsumerHandle, ConsumerStatus, ControlError, LeaderInfo};
 use serde::Serialize;
@@ -244,6 +245,8 @@ pub async fn process_manager_instances(
 /// Default and largest `top` of `GET /admin/streams/stats`.
 const STATS_TOP_DEFAULT: u64 = 20;
 const STATS_TOP_MAX: u64 = 1000;
+/// Most dead letters in one `/admin/dlq` page (and the default page).
+const DLQ_PAGE_MAX: usize = 1000;
 
 /// Lists the largest streams.
 #[utoipa::path(
@@ -375,9 +378,15 @@ async fn process_manager_gauges(state: &AppState, pm: &ConsumerHandle, instances
     get,
     path = "/admin/dlq",
     tag = "operations",
-    params(("projection" = Option<String>, Query, description = "Only this projection's or process manager's")),
+    params(
+        ("projection" = Option<String>, Query, description = "Only this projection's or process manager's"),
+        ("limit" = Option<u64>, Query, minimum = 1, description = "Most letters in the page (default and most: 1000)"),
+        ("after" = Option<String>, Query, description = "The cursor of the next page, from the previous page's `Link: <…>; rel=\"next\"` header"),
+    ),
     responses(
-        (status = 200, description = "The dead letters", body = Vec<cairn_core::readmodel::DeadLetter>),
+        (status = 200, description = "A page of dead letters in (consumer, position) order; when more follow, a `Link` header with `rel=\"next\"` gives the next page's URL", body = Vec<cairn_core::readmodel::DeadLetter>,
+            headers(("Link" = String, description = "`</admin/dlq?…&after=…>; rel=\"next\"` when more letters follow"))),
+        (status = 400, description = "`bad_request`: a malformed `limit` or `after`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such projection or process manager", body = ErrorBody),
         (status = 503, description = "`read_model_unavailable`", body = ErrorBody),
     )
@@ -386,19 +395,54 @@ pub async fn dead_letters(
     State(state): State<AppState>,
     query: QueryMap,
 ) -> Result<Response, ApiError> {
-    let letters = if let Some(name) = query.str("projection") {
-        let (_, consumer) = state.consumers.get(name).ok_or_else(|| {
-            ApiError::not_found(format!("no projection or process manager named {name}"))
-        })?;
-        consumer.dead_letters().await?
-    } else {
-        let rm = Arc::clone(&state.readmodels);
-        tokio::task::spawn_blocking(move || rm.dead_letters(None))
-            .await
-            .map_err(|e| ControlError::Storage(e.to_string()))?
-            .map_err(|e| ControlError::Storage(e.to_string()))?
+    let consumer = match query.str("projection") {
+        Some(name) => {
+            let (_, consumer) = state.consumers.get(name).ok_or_else(|| {
+                ApiError::not_found(format!("no projection or process manager named {name}"))
+            })?;
+            Some(consumer.name().to_owned())
+        }
+        None => None,
     };
-    Ok(Json(letters).into_response())
+    let limit = match query.u64("limit")? {
+        Some(0) => return Err(ApiError::bad_request("limit must be at least 1")),
+        Some(n) => n.min(DLQ_PAGE_MAX as u64) as usize,
+        None => DLQ_PAGE_MAX,
+    };
+    let after = query
+        .str("after")
+        .map(|text| {
+            DeadLetterCursor::decode(text).ok_or_else(|| {
+                ApiError::bad_request(
+                    "after must be the cursor of the previous page's Link: rel=\"next\"",
+                )
+            })
+        })
+        .transpose()?;
+    let rm = Arc::clone(&state.readmodels);
+    // One more than asked tells whether a next page exists.
+    let mut letters = tokio::task::spawn_blocking(move || {
+        rm.dead_letters_page(consumer.as_deref(), after.as_ref(), limit + 1)
+    })
+    .await
+    .map_err(|e| ControlError::Storage(e.to_string()))?
+    .map_err(|e| ControlError::Storage(e.to_string()))?;
+    let more = letters.len() > limit;
+    letters.truncate(limit);
+    let mut response = Json(&letters).into_response();
+    if more && let Some(last) = letters.last() {
+        let mut next = form_urlencoded::Serializer::new(String::new());
+        if let Some(name) = query.str("projection") {
+            next.append_pair("projection", name);
+        }
+        next.append_pair("limit", &limit.to_string());
+        next.append_pair("after", &DeadLetterCursor::after(last).encode());
+        let link = format!("</admin/dlq?{}>; rel=\"next\"", next.finish());
+        if let Ok(value) = header::HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
 }
 
 fn letter_id(raw: &str) -> Result<i64, ApiError> {
@@ -935,7 +979,9 @@ pub struct PutSchema {
     responses(
         (status = 200, description = "Registered (or already registered)", body = SchemaRegistered),
         (status = 400, description = "`bad_request`: not a valid JSON Schema, or a malformed body", body = ErrorBody),
-        (status = 409, description = "`version_conflict` (not the next version) or `schema_incompatible` (with `reasons`)", body = ErrorBody),
+        (status = 409, description = "`version_conflict` (not the next version) or `schema_incompatible` (with `reasons`: at most 20, each at most 300 characters)", body = ErrorBody),
+        (status = 413, description = "`schema_too_large`: the schema is over 64 KiB as JSON", body = ErrorBody),
+        (status = 422, description = "`too_many_schemas`: the type has 100 versions, or 1000 types have a schema", body = ErrorBody),
     )
 )]
 pub async fn put_schema(
@@ -945,6 +991,16 @@ pub async fn put_schema(
 ) -> Result<Response, ApiError> {
     cairn_core::id::validate_type_name("event_type", &event_type)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let size = body.schema.to_string().len();
+    if size > crate::schemas::SCHEMA_BYTES_MAX {
+        let max = crate::schemas::SCHEMA_BYTES_MAX;
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "schema_too_large",
+            format!("the schema is {size} bytes as JSON; the most accepted is {max}"),
+        )
+        .with("max_bytes", max));
+    }
     let unsatisfiable = crate::schema_first::check(&state, &event_type, &body.schema).await?;
     if !unsatisfiable.is_empty() {
         return Err(ApiError::new(
@@ -966,6 +1022,10 @@ pub async fn put_schema(
         Err(crate::schemas::RegisterError::Invalid(m)) => {
             Err(ApiError::bad_request(format!("not a valid JSON Schema: {m}")))
         }
+        Err(
+            e @ (crate::schemas::RegisterError::TooManyVersions { .. }
+            | crate::schemas::RegisterError::TooManyTypes { .. }),
+        ) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_schemas", e.to_string())),
         Err(crate::schemas::RegisterError::Version { expected }) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "version_conflict",

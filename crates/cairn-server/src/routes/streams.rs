@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use cairn_core::store::{APPEND_EVENTS_MAX, READ_LIMIT_MAX};
@@ -356,6 +357,7 @@ pub async fn read_all(
     responses(
         (status = 200, description = "A stream of events", content_type = "text/event-stream", body = String),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
+        (status = 429, description = "`too_many_subscribers`: the server's cap on open subscriptions (`cairn serve --max-subscribers`) is reached; try again later", body = ErrorBody),
     )
 )]
 pub async fn subscribe(
@@ -373,13 +375,26 @@ pub async fn subscribe(
         Some(p) => p,
         None => query.u64("from_position")?.unwrap_or(0),
     };
+    // Held by the stream and released when the client goes: the cap counts open streams.
+    let permit = Arc::clone(&state.subscribers).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_subscribers",
+            format!(
+                "{} subscriptions are open, the most this server serves at once; try again later",
+                state.config.sse_subscribers_max
+            ),
+        )
+        .with("max_subscribers", state.config.sse_subscribers_max)
+    })?;
     let mut shutdown = state.shutdown.clone();
     let stopped = async move {
         // Ends the stream when shutdown starts, so graceful shutdown is not held open by SSE.
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
     let events = cairn_core::subscribe_all(state.store.clone(), from_position, all_filter(&query))
-        .map(|item| {
+        .map(move |item| {
+            let _held = &permit;
             Ok(match item {
                 Ok(e) => match serde_json::to_string(&e) {
                     Ok(json) => SseEvent::default()
