@@ -107,6 +107,59 @@ async fn an_unpriceable_event_in_the_log_is_dead_lettered_and_nothing_stalls(bac
     assert!(started.elapsed() < Duration::from_secs(10), "answered in {:?}", started.elapsed());
     let (_, left) = server.get("/admin/dlq?projection=order_summary").await;
     assert_eq!(left, json!([]));
+
+    // #17: the listing is paged. Three more letters, walked one per page by the Link
+    // header, are the whole listing in order.
+    for i in 1..=3 {
+        append_poison(&server, &format!("o-poison-{i}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let whole = loop {
+        let (_, body) = server.get("/admin/dlq?projection=order_summary").await;
+        let letters = body.as_array().cloned().unwrap_or_default();
+        if letters.len() == 3 || Instant::now() > deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(whole.len(), 3, "{whole:?}");
+    let mut walked = Vec::new();
+    let mut next = Some("/admin/dlq?projection=order_summary&limit=1".to_owned());
+    while let Some(path) = next.take() {
+        let r = server.client.get(server.url(&path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        next = r.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            assert!(l.ends_with(">; rel=\"next\""), "{l}");
+            l[1..l.find('>').unwrap()].to_owned()
+        });
+        let page: Vec<Value> = r.json().await.unwrap();
+        assert_eq!(page.len(), 1);
+        walked.extend(page);
+        assert!(walked.len() <= 3, "the last page has no next link");
+    }
+    assert_eq!(walked, whole);
+    let (status, body) = server.get("/admin/dlq?after=nonsense").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
+    let (status, body) = server.get("/admin/dlq?limit=0").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
+}
+
+async fn append_poison(server: &TestServer, id: &str) {
+    server
+        .store
+        .append(Append {
+            aggregate_id: id.into(),
+            aggregate_type: "Order".into(),
+            expected: ExpectedVersion::NoStream,
+            events: vec![NewEvent {
+                metadata: RawValue::from_string(r#"{"schema_version":2}"#.into()).unwrap(),
+                ..NewEvent::new("OrderCreated", RawValue::from_string(POISON.into()).unwrap())
+            }],
+            idempotency: None,
+        })
+        .await
+        .unwrap();
 }
 
 async fn dead_letters(server: &TestServer, projection: &str) -> Vec<Value> {

@@ -1,6 +1,7 @@
 //! Issue #16 items 3, 4, 6: `metadata.schema_version` is the server's, JSON nesting is
 //! capped on every path that takes JSON, a first schema version is checked like later
-//! ones, and error bodies carry a request id and no internals.
+//! ones, and error bodies carry a request id and no internals. Issue #17: subscriptions and
+//! schemas are capped.
 
 mod support;
 
@@ -127,4 +128,94 @@ async fn every_error_carries_a_request_id(backend: Backend) {
     // Success answers carry the header too.
     let r = s.client.get(s.url("/health/live")).send().await.unwrap();
     assert!(r.headers().contains_key("x-request-id"));
+}
+
+/// Issue #17: open subscriptions are capped; the one over the cap is `429
+/// too_many_subscribers`, and a closed one frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_over_the_cap_are_refused_until_one_closes() {
+    let config = cairn_server::HttpConfig {
+        sse_subscribers_max: 2,
+        sse_keep_alive_secs: 1,
+        ..cairn_server::HttpConfig::default()
+    };
+    let s = TestServer::with_config(Backend::Sqlite, config).await;
+    let open = || s.client.get(s.url("/all/subscribe")).send();
+    let first = open().await.unwrap();
+    let second = open().await.unwrap();
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let third = open().await.unwrap();
+    assert_eq!(third.status().as_u16(), 429);
+    let body: Value = third.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_subscribers", "{body}");
+    assert_eq!(body["max_subscribers"], 2, "{body}");
+    // Other routes are not held by the cap.
+    let (status, _) = s.get("/streams/none").await;
+    assert_eq!(status, 404);
+    drop(first);
+    // The server notices the closed connection at its next keep-alive write.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let again = open().await.unwrap();
+        if again.status().as_u16() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the closed subscription's place came back");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(second);
+}
+
+/// Issue #17: schemas are capped in size and number, and a refusal's reasons stay small
+/// whatever the input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_are_capped_and_their_refusals_bounded() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let put = |t: String, body: Value| {
+        let client = s.client.clone();
+        let url = s.url(&format!("/admin/schemas/{t}"));
+        async move {
+            let r = client.put(url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            (status, text)
+        }
+    };
+    // Over 64 KiB as JSON.
+    let big: serde_json::Map<String, Value> = (0..4000)
+        .map(|i| (format!("field_{i:05}"), json!({"type": "string"})))
+        .collect();
+    let (status, text) =
+        put("Big".into(), json!({"version": 1, "schema": {"type": "object", "properties": big}}))
+            .await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("schema_too_large"), "{text}");
+    // A change that breaks two hundred fields at once: at most 20 reasons (and a count of
+    // the rest), each short, however long the field names.
+    let long = "x".repeat(250);
+    let props = |t: &str| -> serde_json::Map<String, Value> {
+        (0..200).map(|i| (format!("{long}{i}"), json!({"type": t}))).collect()
+    };
+    let v1 = json!({"version": 1, "schema": {"type": "object", "properties": props("string")}});
+    let (status, text) = put("Wide".into(), v1).await;
+    assert_eq!(status, 200, "{text}");
+    let v2 = json!({"version": 2, "schema": {"type": "object", "properties": props("integer")}});
+    let (status, text) = put("Wide".into(), v2).await;
+    assert_eq!(status, 409, "{}", &text[..text.len().min(500)]);
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let reasons = body["reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), 21, "20 reasons and the count of the rest");
+    assert!(reasons.iter().all(|r| r.as_str().unwrap().chars().count() <= 301));
+    assert!(reasons[20].as_str().unwrap().contains("180 more"), "{}", reasons[20]);
+    assert!(text.len() < 10_000, "the refusal is small: {} bytes", text.len());
+    // Versions per type are capped at 100.
+    for v in 1..=100 {
+        let (status, text) =
+            put("Many".into(), json!({"version": v, "schema": {"type": "object"}})).await;
+        assert_eq!(status, 200, "version {v}: {text}");
+    }
+    let (status, text) =
+        put("Many".into(), json!({"version": 101, "schema": {"type": "object"}})).await;
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("too_many_schemas"), "{text}");
 }
