@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use cairn_core::store::READ_LIMIT_MAX;
 use cairn_core::{
     AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, IdempotencyKey,
@@ -67,26 +68,39 @@ impl PgEventStore {
     }
 }
 
-/// Collects events until the page's byte budget is spent; `true` when it was.
-fn collect(
-    rows: &[tokio_postgres::Row],
-    at: usize,
-) -> Result<(Vec<cairn_core::RecordedEvent>, bool), ReadError> {
-    let mut events = Vec::with_capacity(rows.len());
+/// What a page read streamed in: the first row (the head columns are read from it), the
+/// events, and whether the byte budget ran out.
+struct Streamed {
+    first: Option<tokio_postgres::Row>,
+    events: Vec<cairn_core::RecordedEvent>,
+    truncated: bool,
+}
+
+/// Reads rows as they arrive and stops once the page's byte budget is spent: a page of
+/// large events never sits in memory whole (the rows after the cut are dropped unread by
+/// the connection, not decoded).
+async fn collect(rows: tokio_postgres::RowStream, at: usize) -> Result<Streamed, ReadError> {
+    let mut rows = std::pin::pin!(rows);
+    let mut streamed = Streamed { first: None, events: Vec::new(), truncated: false };
     let mut bytes = 0;
-    for row in rows {
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(|e| read_failed(&e))?;
         // A row of the outer join without an event (empty page).
-        if row.try_get::<_, Option<i64>>(at).ok().flatten().is_none() {
-            continue;
+        let has_event = row.try_get::<_, Option<i64>>(at).ok().flatten().is_some();
+        if has_event {
+            let event = event_from_row(&row, at).map_err(ReadError::Unavailable)?;
+            bytes += event.data.get().len() + event.metadata.get().len();
+            streamed.events.push(event);
         }
-        let event = event_from_row(row, at).map_err(ReadError::Unavailable)?;
-        bytes += event.data.get().len() + event.metadata.get().len();
-        events.push(event);
+        if streamed.first.is_none() {
+            streamed.first = Some(row);
+        }
         if bytes > PAGE_BYTES_MAX {
-            return Ok((events, true));
+            streamed.truncated = true;
+            break;
         }
     }
-    Ok((events, false))
+    Ok(streamed)
 }
 
 #[async_trait]
@@ -128,17 +142,15 @@ impl EventStore for PgEventStore {
         };
         let client = self.client().await?;
         let stmt = client.prepare_cached(&sql).await.map_err(|e| read_failed(&e))?;
-        let rows = client
-            .query(&stmt, &[&aggregate_id, &from, &limit])
-            .await
-            .map_err(|e| read_failed(&e))?;
-        let Some(first) = rows.first() else {
+        let args: [&(dyn ToSql + Sync); 3] = [&aggregate_id, &from, &limit];
+        let rows = client.query_raw(&stmt, args).await.map_err(|e| read_failed(&e))?;
+        let streamed = collect(rows, 2).await?;
+        let Some(first) = &streamed.first else {
             return Err(ReadError::StreamNotFound);
         };
         let aggregate_type: String = first.get(0);
         let version: i64 = first.get(1);
-        let (events, _) = collect(&rows, 2)?;
-        Ok(StreamSlice { aggregate_type, stream_version: version as u64, events })
+        Ok(StreamSlice { aggregate_type, stream_version: version as u64, events: streamed.events })
     }
 
     async fn read_all(
@@ -169,9 +181,9 @@ impl EventStore for PgEventStore {
         );
         let client = self.client().await?;
         let stmt = client.prepare_cached(&sql).await.map_err(|e| read_failed(&e))?;
-        let rows = client.query(&stmt, &args).await.map_err(|e| read_failed(&e))?;
-        let head: i64 = rows.first().map_or(0, |r| r.get(0));
-        let (events, truncated) = collect(&rows, 1)?;
+        let rows = client.query_raw(&stmt, args).await.map_err(|e| read_failed(&e))?;
+        let Streamed { first, events, truncated } = collect(rows, 1).await?;
+        let head: i64 = first.as_ref().map_or(0, |r| r.get(0));
         let scanned_to = if truncated || (events.len() == limit && limit > 0) {
             events.last().map_or(from_position, |e| e.position)
         } else {

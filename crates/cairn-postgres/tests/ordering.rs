@@ -149,3 +149,30 @@ async fn a_session_holding_the_append_lock_is_reported_and_appends_resume_after_
     assert!(store.stall().is_none(), "the stall clears");
     store.close().await;
 }
+
+/// Issue #17: a page of large events stops at the byte cap while the rows stream in (it
+/// is never loaded whole), says where it stopped, and the next page goes on from there;
+/// the same for a stream read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_events_stops_at_the_byte_cap_and_the_next_goes_on() {
+    use cairn_conformance::fixtures::raw;
+    use cairn_core::{NewEvent, StreamRead};
+    let Some(db) = TestDatabase::create().await else { return };
+    let (store, _) = open(&db.url, &PgOptions::default()).await.expect("open");
+    // 24 events of 1 MiB: 24 MiB, over the 16 MiB page cap.
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(1024 * 1024));
+    for _ in 0..4 {
+        let events = (0..6).map(|_| NewEvent::new("Big", raw(&big))).collect();
+        store.append(append_of("big-1", ExpectedVersion::Any, events)).await.unwrap();
+    }
+    let first = store.read_all(0, 1000, &AllFilter::default()).await.unwrap();
+    let n = first.events.len();
+    assert!((16..24).contains(&n), "the page stopped at the cap: {n} events");
+    assert_eq!(first.scanned_to, first.events.last().unwrap().position, "it says where");
+    let rest = store.read_all(first.scanned_to, 1000, &AllFilter::default()).await.unwrap();
+    assert_eq!(n + rest.events.len(), 24, "the next page goes on");
+    assert_eq!(rest.events[0].position, first.scanned_to + 1);
+    let stream = store.read_stream("big-1", StreamRead::forward_from(1, 1000)).await.unwrap();
+    assert!((16..24).contains(&stream.events.len()), "{}", stream.events.len());
+    assert_eq!(stream.stream_version, 24);
+}
