@@ -43,7 +43,7 @@ pub struct ServeArgs {
     body_limit_bytes: usize,
     /// Most `/all/subscribe` streams open at once (each may replay the whole log); one
     /// more is refused with `429 too_many_subscribers`.
-    #[arg(long, env = "CAIRN_MAX_SUBSCRIBERS", default_value_t = cairn_server::SSE_SUBSCRIBERS_MAX_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "CAIRN_MAX_SUBSCRIBERS", default_value_t = cairn_server::SSE_SUBSCRIBERS_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_subscribers: u64,
     /// How long an HTTP `Idempotency-Key` is remembered, in seconds; a repeat after that
     /// is a new command. Process managers' keys never expire.

@@ -3,6 +3,7 @@
 //! Backends (`cairn-sqlite`, later `cairn-postgres`) implement [`EventStore`]; the server,
 //! the domain and the projection engine only ever see this crate's types.
 
+pub mod append_budget;
 pub mod envelope;
 pub mod error;
 pub mod expected_version;

@@ -17,6 +17,8 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// Appends queued for the writer before callers wait.
     pub queue_appends_max: usize,
+    /// Bytes of events queued for (or being committed by) the writer before callers wait.
+    pub queue_bytes_max: usize,
     /// Most appends in one group commit.
     pub batch_appends_max: usize,
     /// Most events in one group commit.
@@ -52,6 +54,7 @@ impl Default for PgOptions {
         Self {
             pool_size: 16,
             queue_appends_max: 4096,
+            queue_bytes_max: cairn_core::append_budget::QUEUED_APPEND_BYTES_MAX,
             batch_appends_max: 1024,
             batch_events_max: 20_000,
             stall_threshold: Duration::from_secs(5),

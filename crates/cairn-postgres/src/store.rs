@@ -22,6 +22,7 @@ use crate::writer::{self, Job, WriterStats};
 pub struct PgEventStore {
     shared: Arc<Shared>,
     jobs: mpsc::Sender<Job>,
+    budget: cairn_core::append_budget::AppendBudget,
     stats: Arc<WriterStats>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -44,7 +45,9 @@ impl PgEventStore {
         let writer = tokio::spawn(writer::run(Arc::clone(&shared), rx, Arc::clone(&stats)));
         let notify = tokio::spawn(crate::notify::listen(Arc::clone(&shared)));
         let monitor = tokio::spawn(crate::notify::monitor(Arc::clone(&shared)));
-        Self { shared, jobs, stats, tasks: Mutex::new(vec![writer, notify, monitor]) }
+        let budget =
+            cairn_core::append_budget::AppendBudget::new(shared.options.queue_bytes_max);
+        Self { shared, jobs, budget, stats, tasks: Mutex::new(vec![writer, notify, monitor]) }
     }
 
     /// The current stall diagnostic: who holds the append lock too long, if anyone.
@@ -107,6 +110,8 @@ async fn collect(rows: tokio_postgres::RowStream, at: usize) -> Result<Streamed,
 impl EventStore for PgEventStore {
     async fn append(&self, append: Append) -> Result<AppendOutcome, AppendError> {
         append.validate()?;
+        // Held until the writer answers: queued bytes are bounded, not only queued appends.
+        let _reserved = self.budget.reserve(&append).await?;
         let (reply, answer) = oneshot::channel();
         self.jobs.send(Job::Append(append, reply)).await.map_err(|_| AppendError::ShuttingDown)?;
         answer.await.map_err(|_| AppendError::ShuttingDown)?
@@ -331,6 +336,7 @@ impl EventStore for PgEventStore {
             ("cairn_store_stall_blocking_pid", stall.as_ref().map_or(0.0, |s| f64::from(s.pid))),
             ("cairn_store_stall_waiting_appends", stall.as_ref().map_or(0.0, |s| s.waiting as f64)),
             ("cairn_store_size_bytes", self.shared.size_bytes() as f64),
+            ("cairn_store_queued_append_bytes", self.budget.reserved_bytes() as f64),
         ]
     }
 

@@ -48,6 +48,9 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
     /// Appends waiting for the writer before callers are made to wait (back-pressure).
     pub queue_appends_max: usize,
+    /// Bytes of events waiting for (or being committed by) the writer before callers are
+    /// made to wait.
+    pub queue_bytes_max: usize,
     /// Most appends committed in one group.
     pub batch_appends_max: usize,
     /// Most events committed in one group (a group stops growing past this).
@@ -64,6 +67,7 @@ impl Default for SqliteOptions {
         Self {
             synchronous: Synchronous::Full,
             queue_appends_max: 4096,
+            queue_bytes_max: cairn_core::append_budget::QUEUED_APPEND_BYTES_MAX,
             batch_appends_max: 1024,
             batch_events_max: 20_000,
             read_connections_idle_max: 16,
@@ -101,6 +105,7 @@ pub enum OpenError {
 /// The embedded event store. Cheap to share behind an `Arc`.
 pub struct SqliteEventStore {
     jobs: mpsc::Sender<Job>,
+    budget: cairn_core::append_budget::AppendBudget,
     readers: Arc<ReadPool>,
     head: Arc<watch::Sender<u64>>,
     poisoned: Arc<AtomicBool>,
@@ -169,6 +174,7 @@ impl SqliteEventStore {
             })
             .map_err(|e| OpenError::Io(dir.to_owned(), e.to_string()))?;
         Ok(Self {
+            budget: cairn_core::append_budget::AppendBudget::new(options.queue_bytes_max),
             jobs,
             readers: Arc::new(ReadPool::new(path.clone(), options.read_connections_idle_max)),
             head,
@@ -245,6 +251,8 @@ impl EventStore for SqliteEventStore {
         if self.is_poisoned() {
             return Err(AppendError::Poisoned);
         }
+        // Held until the writer answers: queued bytes are bounded, not only queued appends.
+        let _reserved = self.budget.reserve(&append).await?;
         let (reply, answer) = oneshot::channel();
         self.jobs.send(Job::Append(append, reply)).await.map_err(|_| AppendError::ShuttingDown)?;
         answer.await.map_err(|_| AppendError::ShuttingDown)?
@@ -445,6 +453,7 @@ impl EventStore for SqliteEventStore {
             ("cairn_store_group_commit_appends_total", stats.appends as f64),
             ("cairn_store_group_commit_events_total", stats.events as f64),
             ("cairn_store_size_bytes", file_bytes as f64),
+            ("cairn_store_queued_append_bytes", self.budget.reserved_bytes() as f64),
         ]
     }
 
