@@ -95,7 +95,7 @@ mod tests {
         let waiting = tokio::time::timeout(Duration::from_millis(100), budget.reserve(&second));
         assert!(waiting.await.is_err(), "over the budget: waits");
         drop(first);
-        let _second = tokio::time::timeout(Duration::from_secs(1), budget.reserve(&second))
+        let second = tokio::time::timeout(Duration::from_secs(1), budget.reserve(&second))
             .await
             .expect("room again once the first was answered")
             .unwrap();
@@ -103,7 +103,7 @@ mod tests {
         let huge = append_of_bytes(3 * 1024 * 1024);
         let waiting = tokio::time::timeout(Duration::from_millis(100), budget.reserve(&huge));
         assert!(waiting.await.is_err());
-        drop(_second);
+        drop(second);
         let alone = budget.reserve(&huge).await.unwrap();
         assert_eq!(budget.reserved_bytes(), 1024 * 1024);
         drop(alone);

@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 pub mod consumer;
+pub mod instance_counts;
 pub mod integration;
 pub mod kind;
 pub mod metadata;

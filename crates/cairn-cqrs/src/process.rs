@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use cairn_core::readmodel::{DocTxnExt, Fence, ReadModelError, ReadModelStore, TableSpec};
+use cairn_core::readmodel::{Fence, ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{EventStore, RecordedEvent};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -92,6 +92,8 @@ pub struct ProcessContext {
     /// Set when a write was refused for want of leadership: the runner stops instead of
     /// retrying or dead-lettering.
     deposed: Arc<AtomicBool>,
+    /// Where the manager's instances live: a save there also moves the status counts.
+    instances: Instances,
 }
 
 impl ProcessContext {
@@ -131,8 +133,12 @@ impl ProcessContext {
         let Some(fence) = self.fence.clone() else {
             return Err(self.note(&ReadModelError::NotLeader(name.to_owned())));
         };
+        let json = serde_json::to_string(&state).map_err(|e| e.to_string())?;
+        let instances = self.instances;
         tokio::task::spawn_blocking(move || {
-            rm.transact(&fence, name, None, &mut |txn| txn.save(table, &key, &state))
+            rm.transact(&fence, name, None, &mut |txn| {
+                crate::instance_counts::put_instance(txn, name, &instances, table, &key, &json)
+            })
         })
         .await
         .map_err(|e| e.to_string())?
@@ -318,11 +324,14 @@ pub fn spawn_process_manager_with(
     shutdown: watch::Receiver<bool>,
     start_paused: bool,
 ) -> Result<ConsumerHandle, ReadModelError> {
-    readmodels.ensure_tables(&manager.tables())?;
+    let mut tables = manager.tables();
+    tables.push(crate::instance_counts::COUNTS_SPEC);
+    readmodels.ensure_tables(&tables)?;
     let store: Arc<dyn EventStore> = Arc::clone(repository.store());
     let ctx = ProcessContext {
         repository,
         readmodels,
+        instances: manager.instances(),
         name: manager.name(),
         storage_failed: Arc::new(AtomicBool::new(false)),
         fence: None,

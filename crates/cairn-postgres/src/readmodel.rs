@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    Checkpoints, DeadLetter, DeadLetterCursor, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases,
-    ListQuery, ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key, validate_identifier,
+    Checkpoints, DeadLetter, DeadLetterCursor, DeadLetters, Documents, Fence, Generations,
+    LeaseIssuer, Leases, ListQuery, ReadModelError, SchemaStore, TableSpec, TxnFn, leadership_key,
+    validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;

@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use cairn_core::store::READ_LIMIT_MAX;
 use cairn_core::{
     AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, IdempotencyKey,
     IdempotencyRecord, ReadError, Refusal, StreamRead, StreamSlice, StreamStats,
 };
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
 
@@ -45,8 +45,7 @@ impl PgEventStore {
         let writer = tokio::spawn(writer::run(Arc::clone(&shared), rx, Arc::clone(&stats)));
         let notify = tokio::spawn(crate::notify::listen(Arc::clone(&shared)));
         let monitor = tokio::spawn(crate::notify::monitor(Arc::clone(&shared)));
-        let budget =
-            cairn_core::append_budget::AppendBudget::new(shared.options.queue_bytes_max);
+        let budget = cairn_core::append_budget::AppendBudget::new(shared.options.queue_bytes_max);
         Self { shared, jobs, budget, stats, tasks: Mutex::new(vec![writer, notify, monitor]) }
     }
 

@@ -79,10 +79,9 @@ pub fn bounded(text: &str) -> String {
 
 /// `reasons`, at most [`REASONS_MAX`] of them, each [`bounded`].
 #[must_use]
-pub fn bounded_reasons(reasons: Vec<String>) -> Vec<String> {
+pub fn bounded_reasons(reasons: &[String]) -> Vec<String> {
     let total = reasons.len();
-    let mut out: Vec<String> =
-        reasons.iter().take(REASONS_MAX).map(|r| bounded(r)).collect();
+    let mut out: Vec<String> = reasons.iter().take(REASONS_MAX).map(|r| bounded(r)).collect();
     if total > REASONS_MAX {
         out.push(format!("… and {} more", total - REASONS_MAX));
     }
@@ -162,7 +161,7 @@ impl SchemaRegistry {
         if let Some(previous) = versions.last() {
             let reasons = backward_incompatibilities(&previous.schema, &schema, "");
             if !reasons.is_empty() {
-                return Err(RegisterError::Incompatible(bounded_reasons(reasons)));
+                return Err(RegisterError::Incompatible(bounded_reasons(&reasons)));
             }
         }
         self.store

@@ -182,9 +182,8 @@ async fn schemas_are_capped_and_their_refusals_bounded() {
         }
     };
     // Over 64 KiB as JSON.
-    let big: serde_json::Map<String, Value> = (0..4000)
-        .map(|i| (format!("field_{i:05}"), json!({"type": "string"})))
-        .collect();
+    let big: serde_json::Map<String, Value> =
+        (0..4000).map(|i| (format!("field_{i:05}"), json!({"type": "string"}))).collect();
     let (status, text) =
         put("Big".into(), json!({"version": 1, "schema": {"type": "object", "properties": big}}))
             .await;

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cairn_core::readmodel::write_behind::{TxnStorage, WriteBehind};
 use cairn_core::readmodel::{
-    Checkpoints, DeadLetter, DeadLetterCursor, DeadLetters, Documents, Fence, Generations, LeaseIssuer, Leases,
-    ListQuery, ReadModelError, SchemaStore, TableSpec, TxnFn, validate_identifier,
+    Checkpoints, DeadLetter, DeadLetterCursor, DeadLetters, Documents, Fence, Generations,
+    LeaseIssuer, Leases, ListQuery, ReadModelError, SchemaStore, TableSpec, TxnFn,
+    validate_identifier,
 };
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;

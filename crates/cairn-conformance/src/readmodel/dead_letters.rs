@@ -155,8 +155,12 @@ pub fn pages_walk_every_letter_once(rm: &Rm) {
     let cursor = DeadLetterCursor::after(&page[1]);
     rm.resolve_dead_letter(&fence(rm, "a"), "a", page[1].id, &mut |_| Ok(())).unwrap();
     let next = rm.dead_letters_page(Some("a"), Some(&cursor), 100).unwrap();
-    let expected: Vec<_> =
-        rm.dead_letters(Some("a")).unwrap().into_iter().filter(|l| key(l) > key(&page[1])).collect();
+    let expected: Vec<_> = rm
+        .dead_letters(Some("a"))
+        .unwrap()
+        .into_iter()
+        .filter(|l| key(l) > key(&page[1]))
+        .collect();
     assert_eq!(next, expected);
     assert_eq!(next.len(), 3);
 }

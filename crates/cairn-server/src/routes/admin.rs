@@ -340,12 +340,8 @@ fn leader_gauges(c: &ConsumerHandle) {
     metrics::gauge!("cairn_consumer_fence", "consumer" => name).set(leader.fence as f64);
 }
 
-/// Most instances of one status that `/metrics` counts (a listing, until the read-model
-/// store can count; docs/design/modules.md §6 item 9).
-const INSTANCE_COUNT_MAX: usize = 1_000_000;
-
 /// A process manager's gauges: position, lag, dead letters, and its instances by status
-/// (one indexed count per status, only when scraped).
+/// (from the counters kept with the instances: one document read per scrape).
 async fn process_manager_gauges(state: &AppState, pm: &ConsumerHandle, instances: &Instances) {
     let name = pm.name().to_owned();
     metrics::gauge!("cairn_process_manager_position", "process_manager" => name.clone())
@@ -354,19 +350,31 @@ async fn process_manager_gauges(state: &AppState, pm: &ConsumerHandle, instances
         .set(pm.head_position().saturating_sub(pm.position()) as f64);
     metrics::gauge!("cairn_process_manager_dlq_depth", "process_manager" => name.clone())
         .set(pm.dlq_depth() as f64);
+    if instances.statuses().is_empty() {
+        return;
+    }
+    let (rm, manager, table) =
+        (Arc::clone(&state.readmodels), name.clone(), instances.table_name().to_owned());
+    let counts = tokio::task::spawn_blocking(move || {
+        if let Some(counts) = cairn_cqrs::instance_counts::read(&*rm, &manager)? {
+            return Ok(Some(counts));
+        }
+        // No counters yet: right when there is no instance at all (one row looked at);
+        // otherwise (a store from before the counters) nothing is reported until the
+        // next save counts the table, rather than zeros that would be wrong.
+        let query =
+            cairn_core::readmodel::ListQuery { table, filters: Vec::new(), after: None, limit: 1 };
+        Ok::<_, cairn_core::readmodel::ReadModelError>(
+            rm.list(&query)?.is_empty().then(cairn_cqrs::instance_counts::Counts::new),
+        )
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .flatten();
+    let Some(counts) = counts else { return };
     for &status in instances.statuses() {
-        let rm = Arc::clone(&state.readmodels);
-        let query = cairn_core::readmodel::ListQuery {
-            table: instances.table_name().to_owned(),
-            filters: vec![("status".to_owned(), status.to_owned())],
-            after: None,
-            limit: INSTANCE_COUNT_MAX,
-        };
-        let count = tokio::task::spawn_blocking(move || rm.list(&query).map(|rows| rows.len()))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(0);
+        let count = counts.get(status).copied().unwrap_or(0);
         metrics::gauge!("cairn_process_manager_instances", "process_manager" => name.clone(), "status" => status)
             .set(count as f64);
     }
@@ -926,6 +934,7 @@ pub async fn import_process_state(
         .with("checkpoint", current));
     }
     let (checkpoint, saved) = (body.checkpoint, body.instances.len());
+    let spec = *instances;
     let instances = body.instances;
     tokio::task::spawn_blocking(move || {
         // Under the fence of the term that holds the manager paused: refused if this
@@ -933,6 +942,10 @@ pub async fn import_process_state(
         rm.transact(&fence, &consumer, Some(checkpoint), &mut |txn| {
             for i in &instances {
                 txn.put(&i.table, &i.key, i.state.get())?;
+            }
+            // The status counts of `/metrics` start again from what is there now.
+            if !spec.statuses().is_empty() {
+                cairn_cqrs::instance_counts::recount(txn, &consumer, &spec)?;
             }
             Ok(())
         })
@@ -1025,7 +1038,9 @@ pub async fn put_schema(
         Err(
             e @ (crate::schemas::RegisterError::TooManyVersions { .. }
             | crate::schemas::RegisterError::TooManyTypes { .. }),
-        ) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_schemas", e.to_string())),
+        ) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_schemas", e.to_string()))
+        }
         Err(crate::schemas::RegisterError::Version { expected }) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "version_conflict",
