@@ -1,0 +1,289 @@
+//! The connection-level limits of `cairn serve` and HTTPS, against the real binary over
+//! real TCP (#17): slow headers are cut off, the connection cap refuses new connections
+//! without touching open ones, a trickled body gets `408 request_timeout` while a live
+//! subscription outlives the deadline, and `--tls-cert`/`--tls-key` serve HTTPS only, to
+//! reqwest and to the `cairn` CLI with `--ca-file`.
+
+mod support;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{CAIRN, ServeProcess, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How much later than its deadline the server may act (a loaded CI machine).
+const MARGIN: Duration = Duration::from_secs(5);
+
+/// `cairn serve` on a fresh embedded store with extra flags.
+async fn serve(dir: &Path, flags: &[&str]) -> ServeProcess {
+    let mut args: Vec<OsString> = vec!["--data-dir".into(), dir.into()];
+    args.extend(flags.iter().map(OsString::from));
+    ServeProcess::start_at(CAIRN, free_port(), &args, &[]).await
+}
+
+/// One HTTP/1.1 answer read off a raw socket: status and body (by `Content-Length`).
+/// `None` when the connection ends (or breaks) before a whole answer.
+async fn read_answer(socket: &mut TcpStream) -> Option<(u16, String)> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buffer.len() < head_end + length {
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some((status, String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned()))
+}
+
+/// `GET /health/live` on an open keep-alive connection.
+async fn live(socket: &mut TcpStream) -> Option<(u16, String)> {
+    socket.write_all(b"GET /health/live HTTP/1.1\r\nHost: cairn\r\n\r\n").await.ok()?;
+    tokio::time::timeout(MARGIN, read_answer(socket)).await.ok().flatten()
+}
+
+/// Whether the server has closed `socket` (end of file or reset), waiting until `by`.
+async fn closed_by(socket: &mut TcpStream, by: Instant) -> bool {
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = by.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, socket.read(&mut chunk)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // Whatever the server says before closing (a 408, say) is not the point.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_stalling_in_their_headers_are_closed_and_others_are_served() {
+    const STALLED: usize = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &["--header-read-timeout-secs", "1"]).await;
+    let port = server.port();
+    let started = Instant::now();
+    let mut stalled = Vec::with_capacity(STALLED);
+    for i in 0..STALLED {
+        let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        // Half a request: the line, one header, never the blank line that ends the head.
+        let half = format!("GET /health/live HTTP/1.1\r\nHost: cairn\r\nX-N: {i}");
+        socket.write_all(half.as_bytes()).await.unwrap();
+        stalled.push(socket);
+    }
+    // Meanwhile a well-behaved client is served.
+    let answer = reqwest::get(format!("{}/health/live", server.base)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let by = started + Duration::from_secs(1) + MARGIN;
+    let mut open = 0;
+    for socket in &mut stalled {
+        if !closed_by(socket, by).await {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 0, "{open} of {STALLED} stalled connections still open after {:?}", started.elapsed());
+    let answer = reqwest::get(format!("{}/health/live", server.base)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_new_connections_are_closed_and_open_ones_kept() {
+    const CAP: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &["--max-connections", &CAP.to_string()]).await;
+    let port = server.port();
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        // Served once: the server has accepted it and counts it.
+        assert_eq!(live(&mut socket).await.map(|a| a.0), Some(200));
+        held.push(socket);
+    }
+    // The sixth: the kernel completes the TCP handshake, the server closes it unserved.
+    let mut sixth = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = sixth.write_all(b"GET /health/live HTTP/1.1\r\nHost: cairn\r\n\r\n").await;
+    let answer = tokio::time::timeout(MARGIN, read_answer(&mut sixth)).await;
+    assert!(matches!(answer, Ok(None)), "a connection past the cap was served: {answer:?}");
+    // The open ones were not dropped to make room.
+    for socket in &mut held {
+        assert_eq!(live(socket).await.map(|a| a.0), Some(200), "an open connection was dropped");
+    }
+    // One released: a new connection is served again.
+    drop(held.pop());
+    let deadline = Instant::now() + MARGIN;
+    loop {
+        let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        if live(&mut socket).await.map(|a| a.0) == Some(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new connection served after one was released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickling_past_the_request_timeout_gets_408_and_a_subscription_outlives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &["--request-timeout-secs", "1"]).await;
+    let port = server.port();
+
+    // A live subscription: its headers are out before the deadline, its stream goes on.
+    let mut subscription = reqwest::get(format!("{}/all/subscribe?from_position=0", server.base))
+        .await
+        .unwrap();
+    assert_eq!(subscription.status(), 200);
+
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let started = Instant::now();
+    socket
+        .write_all(
+            b"POST /streams/slow-1 HTTP/1.1\r\nHost: cairn\r\nContent-Type: application/json\r\nContent-Length: 200\r\nX-Request-Id: slow-body-1\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // A few bytes at a time, then nothing: the body never completes.
+    for piece in [&b"{\"expected_"[..], b"version\": ", b"\"any\", "] {
+        socket.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(1) + MARGIN, read_answer(&mut socket))
+        .await
+        .expect("no answer within the request timeout and the margin")
+        .expect("the connection ended without an answer");
+    let elapsed = started.elapsed();
+    assert_eq!(answer.0, 408, "{}", answer.1);
+    let body: Value = serde_json::from_str(&answer.1).unwrap();
+    assert_eq!(body["error"], "request_timeout", "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert_eq!(body["request_id"], "slow-body-1", "{body}");
+    assert!(elapsed >= Duration::from_millis(900), "answered before the deadline: {elapsed:?}");
+
+    // Past the deadline, the subscription still delivers a new event.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let append = json!({"expected_version": "any", "events": [{
+        "aggregate_type": "Account", "event_type": "Deposited", "data": {"amount": 1}}]});
+    let answer = reqwest::Client::new()
+        .post(format!("{}/streams/after-deadline", server.base))
+        .json(&append)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut seen = String::new();
+    let found = tokio::time::timeout(MARGIN, async {
+        while let Ok(Some(chunk)) = subscription.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("after-deadline") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "the subscription did not deliver the event: {seen}");
+}
+
+/// A CA, and a certificate it signed for `localhost` and `127.0.0.1`, as PEM files in `dir`:
+/// `(ca.pem, cert.pem, key.pem)`.
+fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "cairn test CA");
+    ca_params.key_usages =
+        vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let server_params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, server_cert.pem()).unwrap();
+    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_the_server_speaks_https_only_to_clients_that_trust_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let port = free_port();
+    // Started here, not through `ServeProcess`: its readiness probe speaks plain HTTP.
+    let mut child = tokio::process::Command::new(CAIRN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log", "warn"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let https = format!("https://127.0.0.1:{port}");
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(answer) = trusting.get(format!("{https}/health/ready")).send().await
+            && answer.status() == 200
+        {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "cairn serve exited");
+        assert!(Instant::now() < deadline, "cairn serve never answered over HTTPS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = trusting.get(format!("{https}/health/live")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // Plain HTTP on the same port gets no answer.
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/health/live")).await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    // Nor does a client that does not trust the CA.
+    let untrusting = reqwest::get(format!("{https}/health/live")).await;
+    assert!(untrusting.is_err(), "a client without the CA was answered: {untrusting:?}");
+
+    // The CLI, with and without the CA.
+    let ca_arg = ca.to_str().unwrap();
+    let run = support::cairn(&https, &["streams", "stats", "--json", "--ca-file", ca_arg]).await;
+    assert!(run.ok, "cairn streams stats over HTTPS failed: {}", run.stderr);
+    let stats: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(stats.is_array(), "{stats}");
+    let run = support::cairn(&https, &["streams", "stats", "--json"]).await;
+    assert!(!run.ok, "cairn without --ca-file trusted the private CA: {}", run.stdout);
+    assert!(run.stderr.contains("cannot reach"), "{}", run.stderr);
+
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
