@@ -27,17 +27,15 @@ pub async fn layer(
     next: Next,
 ) -> Response {
     let Some(deadline) = deadline else { return next.run(request).await };
-    match tokio::time::timeout(deadline, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::info!(
-                request_id = crate::request_id::current().as_deref().unwrap_or("-"),
-                deadline_secs = deadline.as_secs(),
-                "request timed out"
-            );
-            ApiError::request_timeout(deadline).into_response()
-        }
+    if let Ok(response) = tokio::time::timeout(deadline, next.run(request)).await {
+        return response;
     }
+    tracing::info!(
+        request_id = crate::request_id::current().as_deref().unwrap_or("-"),
+        deadline_secs = deadline.as_secs(),
+        "request timed out"
+    );
+    ApiError::request_timeout(deadline).into_response()
 }
 
 /// The deadline of `secs` seconds; `0` turns it off.

@@ -103,7 +103,12 @@ async fn connections_stalling_in_their_headers_are_closed_and_others_are_served(
             open += 1;
         }
     }
-    assert_eq!(open, 0, "{open} of {STALLED} stalled connections still open after {:?}", started.elapsed());
+    assert_eq!(
+        open,
+        0,
+        "{open} of {STALLED} stalled connections still open after {:?}",
+        started.elapsed()
+    );
     let answer = reqwest::get(format!("{}/health/live", server.base)).await.unwrap();
     assert_eq!(answer.status(), 200);
 }
@@ -150,9 +155,8 @@ async fn a_body_trickling_past_the_request_timeout_gets_408_and_a_subscription_o
     let port = server.port();
 
     // A live subscription: its headers are out before the deadline, its stream goes on.
-    let mut subscription = reqwest::get(format!("{}/all/subscribe?from_position=0", server.base))
-        .await
-        .unwrap();
+    let mut subscription =
+        reqwest::get(format!("{}/all/subscribe?from_position=0", server.base)).await.unwrap();
     assert_eq!(subscription.status(), 200);
 
     let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -248,9 +252,7 @@ async fn with_a_certificate_the_server_speaks_https_only_to_clients_that_trust_i
         .unwrap();
     let https = format!("https://127.0.0.1:{port}");
     let trusting = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap(),
-        )
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
         .build()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
