@@ -158,7 +158,11 @@ async fn past_the_connection_cap_new_connections_are_closed_and_open_ones_kept()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_trickling_past_the_request_timeout_gets_408_and_a_subscription_outlives_it() {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(dir.path(), &["--request-timeout-secs", "1"]).await;
+    // The header-read timeout as short: a subscription must outlive it too (the timer
+    // runs only while a request's head is awaited, not while a response streams).
+    let server =
+        serve(dir.path(), &["--request-timeout-secs", "1", "--header-read-timeout-secs", "1"])
+            .await;
     let port = server.port();
 
     // A live subscription: its headers are out before the deadline, its stream goes on.
@@ -191,8 +195,8 @@ async fn a_body_trickling_past_the_request_timeout_gets_408_and_a_subscription_o
     assert_eq!(body["request_id"], "slow-body-1", "{body}");
     assert!(elapsed >= Duration::from_millis(900), "answered before the deadline: {elapsed:?}");
 
-    // Past the deadline, the subscription still delivers a new event.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past both deadlines, the subscription still delivers a new event.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let append = json!({"expected_version": "any", "events": [{
         "aggregate_type": "Account", "event_type": "Deposited", "data": {"amount": 1}}]});
     let answer = reqwest::Client::new()
@@ -338,25 +342,33 @@ async fn admin_requests_are_forwarded_over_https_to_the_leader() {
     let _b = serve_https(ports[1], &args, &client).await;
     let urls = ports.map(|p| format!("https://127.0.0.1:{p}"));
 
-    // Which one leads the view, as published in the registry.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let leader = loop {
+    // Which one leads the view, once both agree (each reads the registry on its own).
+    let row = async |url: &str| -> Value {
         let rows: Value = client
-            .get(format!("{}/admin/projections", urls[0]))
+            .get(format!("{url}/admin/projections"))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        let row = rows.as_array().unwrap().iter().find(|r| r["name"] == VIEW).unwrap().clone();
-        if let Some(url) = row["leader"]["url"].as_str().filter(|u| urls.iter().any(|x| x == u)) {
-            break url.to_owned();
+        rows.as_array().unwrap().iter().find(|r| r["name"] == VIEW).unwrap().clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (leader, follower) = loop {
+        let rows = [row(&urls[0]).await, row(&urls[1]).await];
+        let leading: Vec<usize> =
+            (0..2).filter(|&i| rows[i]["leader"]["leading"] == true).collect();
+        if let [i] = leading[..]
+            && rows
+                .iter()
+                .all(|r| r["leader"]["url"] == urls[i].as_str() && r["status"] == "running")
+        {
+            break (urls[i].clone(), urls[1 - i].clone());
         }
-        assert!(Instant::now() < deadline, "no leader published: {row}");
+        assert!(Instant::now() < deadline, "no settled leader: {rows:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let follower = urls.iter().find(|u| **u != leader).unwrap();
     for (action, status) in [("pause", "paused"), ("resume", "running")] {
         let answer = client
             .post(format!("{follower}/admin/projections/{VIEW}/{action}"))
