@@ -13,7 +13,9 @@
 //!
 //! Shutdown: the loop stops accepting, each connection finishes its in-flight request
 //! and closes; `serve` returns when every connection is gone (the caller bounds that with
-//! `--drain-timeout-secs`).
+//! `--drain-timeout-secs`). Idle connections close at once; one halfway through sending
+//! its request's head counts as in flight, so it holds the drain until the header-read
+//! timeout at most.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
