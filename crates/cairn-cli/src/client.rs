@@ -18,6 +18,10 @@ pub struct Conn {
     /// itself can be given in `CAIRN_TOKEN` instead; this file wins).
     #[arg(long, env = "CAIRN_TOKEN_FILE", global = true)]
     pub token_file: Option<std::path::PathBuf>,
+    /// A PEM file of root certificates trusted for an `https://` `--url` besides the
+    /// system's (e.g. the private CA that signed the server's certificate).
+    #[arg(long, env = "CAIRN_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The environment variable holding the API token itself.
@@ -56,10 +60,22 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .context("building the HTTP client")?;
+        let mut builder = reqwest::Client::builder().default_headers(headers);
+        if let Some(path) = &conn.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --ca-file {}", path.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-file {}: not PEM certificates", path.display()))?;
+            anyhow::ensure!(
+                !certificates.is_empty(),
+                "--ca-file {}: no certificate in it",
+                path.display()
+            );
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Self { http, base })
     }
 

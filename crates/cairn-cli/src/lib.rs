@@ -20,6 +20,7 @@ macro_rules! outln {
 mod admin;
 mod bus;
 mod client;
+mod listen;
 mod progress;
 mod serve;
 mod tail;
@@ -86,6 +87,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    // Once, before anything speaks TLS: with two providers linked in (a dependency's
+    // features can add one), rustls would panic on first use instead of choosing.
+    // Already installed (an embedding application did): that one stays.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let command = match Cli::parse_from(args).command {
         Command::Serve(args) => {
             return match serve::run(*args, modules) {

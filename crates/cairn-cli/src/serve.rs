@@ -22,10 +22,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
     /// The base URL the other `cairn serve` processes sharing the database reach this one
-    /// at (e.g. `http://10.0.0.7:7070`; plain `http` only): an admin request for a
-    /// consumer this process leads, sent to another process, is forwarded here. Defaults to
-    /// `http://<--listen>` unless that address is unspecified (`0.0.0.0`, `::`); then,
-    /// without it, such requests answer `409 not_leader` on the other processes.
+    /// at (e.g. `http://10.0.0.7:7070`, or `https://` with `--tls-cert`): an admin request
+    /// for a consumer this process leads, sent to another process, is forwarded here.
+    /// Defaults to `http(s)://<--listen>` unless that address is unspecified (`0.0.0.0`,
+    /// `::`); then, without it, such requests answer `409 not_leader` on the other processes.
     #[arg(long, env = "CAIRN_ADVERTISE_URL")]
     advertise_url: Option<String>,
     /// Where events and read models live: `sqlite` (embedded, one directory) or
@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// `cairn projections resume <name>`. For a store about to receive `cairn import`.
     #[arg(long, env = "CAIRN_PAUSE_PROCESS_MANAGERS")]
     pause_process_managers: bool,
+    /// TLS and the connection-level limits of HTTP.
+    #[command(flatten)]
+    http: crate::listen::HttpArgs,
     /// Longest wait for in-flight requests after SIGTERM before closing anyway.
     #[arg(long, env = "CAIRN_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -199,17 +202,24 @@ async fn open_stores(args: &ServeArgs) -> anyhow::Result<Stores> {
     Ok(Stores { events: store, readmodels: readmodels.clone(), snapshots: readmodels })
 }
 
-/// This process's base URL for the others (`--advertise-url`, or `http://<--listen>`
+/// This process's base URL for the others (`--advertise-url`, or `http(s)://<--listen>`
 /// when that names one host and port); `None` when it cannot know it.
 fn advertise_url(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    let tls = args.http.tls();
     if let Some(url) = &args.advertise_url {
         let url = url.trim_end_matches('/');
-        // The forwarding client speaks plain HTTP only (no TLS in this build).
-        let rest = url.strip_prefix("http://").with_context(|| {
-            format!(
-                "--advertise-url {url:?}: an http:// URL is expected (e.g. http://10.0.0.7:7070)"
-            )
-        })?;
+        // `https://` without `--tls-cert` is a proxy terminating TLS in front; `http://`
+        // with it would send the others plain HTTP to a port that speaks only TLS.
+        let rest = match url.split_once("://") {
+            Some(("https", rest)) => rest,
+            Some(("http", rest)) if !tls => rest,
+            Some(("http", _)) => anyhow::bail!(
+                "--advertise-url {url:?}: this server speaks HTTPS only (--tls-cert): an https:// URL is expected"
+            ),
+            _ => anyhow::bail!(
+                "--advertise-url {url:?}: an http:// or https:// URL is expected (e.g. http://10.0.0.7:7070)"
+            ),
+        };
         anyhow::ensure!(
             !rest.is_empty() && !rest.contains(['/', '?', '#', ' ']),
             "--advertise-url {url:?}: a base URL is expected, with no path (e.g. http://10.0.0.7:7070)"
@@ -227,13 +237,17 @@ fn advertise_url(args: &ServeArgs) -> anyhow::Result<Option<String>> {
         }
         return Ok(None);
     }
-    Ok(Some(format!("http://{}", args.listen)))
+    let scheme = if tls { "https" } else { "http" };
+    Ok(Some(format!("{scheme}://{}", args.listen)))
 }
 
 async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
     // Before any storage is opened: a server that must not start touches nothing.
     let auth =
         crate::tokens::auth_config(args.listen, args.admin_token_file.as_deref(), args.insecure)?;
+    let listen_config = args.http.listen_config()?;
+    let forward_client = args.http.forward_client()?;
+    let advertise_url = advertise_url(&args)?;
     let stores = open_stores(&args).await?;
     let store = Arc::clone(&stores.events);
     let (raw_events, readmodels) = (Arc::clone(&stores.events), Arc::clone(&stores.readmodels));
@@ -241,9 +255,11 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
         .http(HttpConfig {
             body_limit_bytes: args.body_limit_bytes,
             idempotency_ttl_secs: args.idempotency_ttl_secs,
-            advertise_url: advertise_url(&args)?,
+            advertise_url,
             auth,
             sse_subscribers_max: usize::try_from(args.max_subscribers).unwrap_or(usize::MAX),
+            request_timeout_secs: args.http.request_timeout_secs,
+            forward_client,
             ..HttpConfig::default()
         })
         .domain(DomainConfig {
@@ -273,16 +289,17 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
     if let Some(url) = &args.nats_url {
         start_bus(&args, url, &running, &raw_events, &readmodels, &stop_rx).await?;
     }
+    let tls = args.http.tls();
     match args.store {
         StoreKind::Sqlite => {
-            tracing::info!(listen = %listener.local_addr()?, data_dir = %args.data_dir.display(), "cairn serving (embedded store)");
+            tracing::info!(listen = %listener.local_addr()?, tls, data_dir = %args.data_dir.display(), "cairn serving (embedded store)");
         }
         StoreKind::Postgres => {
-            tracing::info!(listen = %listener.local_addr()?, "cairn serving (PostgreSQL store)");
+            tracing::info!(listen = %listener.local_addr()?, tls, "cairn serving (PostgreSQL store)");
         }
     }
     let mut stopping = stop_tx.subscribe();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = crate::listen::serve(listener, app, listen_config, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop_tx.send(true);
@@ -294,7 +311,7 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_secs(args.drain_timeout_secs)).await;
     };
     tokio::select! {
-        result = server => result.context("server failed")?,
+        () = server => {}
         () = drain_deadline => tracing::warn!("drain deadline passed; closing with requests still open"),
     }
     store.close().await;

@@ -57,6 +57,21 @@ impl ApiError {
         )
     }
 
+    /// `408 request_timeout`: reading the body and handling the request took longer than
+    /// `deadline`. The request was abandoned where it stood: a command may or may not have
+    /// taken effect, which a retry with the same `Idempotency-Key` settles.
+    #[must_use]
+    pub fn request_timeout(deadline: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request was not read and handled within {} s; a command may or may not have taken effect (retry it with the same Idempotency-Key)",
+                deadline.as_secs()
+            ),
+        )
+    }
+
     /// `400 json_too_deep`: the body nests deeper than [`crate::json_depth::JSON_DEPTH_MAX`].
     #[must_use]
     pub fn json_too_deep() -> Self {

@@ -89,7 +89,14 @@ impl LeaderRegistry {
     /// The registry of a process reached at `advertise_url`.
     #[must_use]
     pub fn new(advertise_url: Option<String>) -> Self {
-        Self { advertise_url, changed: Notify::new(), client: reqwest::Client::new() }
+        Self::with_client(advertise_url, reqwest::Client::new())
+    }
+
+    /// The registry of a process reached at `advertise_url`, forwarding through `client`
+    /// (one that trusts the other processes' certificates when they serve HTTPS).
+    #[must_use]
+    pub fn with_client(advertise_url: Option<String>, client: reqwest::Client) -> Self {
+        Self { advertise_url, changed: Notify::new(), client }
     }
 
     /// The HTTP client that forwards admin requests.

@@ -26,6 +26,7 @@ pub mod schema_first;
 pub mod schema_version;
 pub mod schemas;
 pub mod server;
+pub mod timeout;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub use module::{Module, ModuleBuilder, Permission, Route, RouteInfo, SchemaTabl
 pub use routes::CORE_ROUTES;
 pub use routes::{openapi, streams};
 pub use server::{BuildError, RunningServer, Server, ServerBuilder};
+pub use timeout::REQUEST_TIMEOUT_SECS_DEFAULT;
 
 /// Default request body limit (contract §7).
 pub const BODY_LIMIT_BYTES_DEFAULT: usize = 1024 * 1024;
@@ -77,6 +79,14 @@ pub struct HttpConfig {
     pub auth: auth::AuthConfig,
     /// Most `/all/subscribe` streams open at once; one more is `429 too_many_subscribers`.
     pub sse_subscribers_max: usize,
+    /// Longest time for reading a request's body and handling it (`cairn serve
+    /// --request-timeout-secs`); past it the client gets `408 request_timeout`. A
+    /// streaming response is exempt once its headers are sent. `0`: no deadline.
+    pub request_timeout_secs: u64,
+    /// The client that forwards admin requests to the leading process; `None`: a default
+    /// one (the system's root certificates for an `https://` leader). `cairn serve
+    /// --tls-ca-file` gives one that also trusts a private CA.
+    pub forward_client: Option<reqwest::Client>,
 }
 
 impl Default for HttpConfig {
@@ -88,6 +98,8 @@ impl Default for HttpConfig {
             idempotency_ttl_secs: IDEMPOTENCY_TTL_SECS_DEFAULT,
             auth: auth::AuthConfig::default(),
             sse_subscribers_max: SSE_SUBSCRIBERS_MAX_DEFAULT,
+            request_timeout_secs: REQUEST_TIMEOUT_SECS_DEFAULT,
+            forward_client: None,
         }
     }
 }

@@ -457,7 +457,13 @@ impl Server {
         }
         // Before the publisher writes to it, and on every process (followers list it).
         crate::leaders::ensure_table(readmodels.as_ref())?;
-        let leaders = Arc::new(crate::leaders::LeaderRegistry::new(http.advertise_url.clone()));
+        let leaders = Arc::new(match &http.forward_client {
+            Some(client) => crate::leaders::LeaderRegistry::with_client(
+                http.advertise_url.clone(),
+                client.clone(),
+            ),
+            None => crate::leaders::LeaderRegistry::new(http.advertise_url.clone()),
+        });
         let consumers = Arc::new(consumers);
         crate::leaders::spawn_publisher(
             Arc::clone(&leaders),

@@ -218,3 +218,29 @@ async fn schemas_are_capped_and_their_refusals_bounded() {
     assert_eq!(status, 422, "{text}");
     assert!(text.contains("too_many_schemas"), "{text}");
 }
+
+/// #17: the request deadline is the router's own, so an application serving
+/// `RunningServer::router` itself (here `axum::serve`) gets it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_past_the_request_timeout_gets_408_with_its_request_id() {
+    use futures_util::StreamExt as _;
+    let config = cairn_server::HttpConfig { request_timeout_secs: 1, ..Default::default() };
+    let s = TestServer::with_config(Backend::Sqlite, config).await;
+    // Under the deadline: served as ever.
+    let (status, _) = s.post("/streams/quick-1", &confirmed(None)).await;
+    assert_eq!(status, 200);
+    // The start of a body, then nothing more.
+    let stalled = futures_util::stream::once(async { Ok::<_, std::io::Error>("{\"events\": [") })
+        .chain(futures_util::stream::pending());
+    let started = std::time::Instant::now();
+    let (status, body) = tokio::time::timeout(
+        std::time::Duration::from_secs(6),
+        s.post_raw("/streams/stalled-1", reqwest::Body::wrap_stream(stalled)),
+    )
+    .await
+    .expect("no answer within the request timeout and a margin");
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(body["error"], "request_timeout", "{body}");
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{body}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "{:?}", started.elapsed());
+}

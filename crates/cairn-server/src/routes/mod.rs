@@ -99,11 +99,14 @@ pub(crate) fn router(routes: Vec<Route>, state: AppState) -> Router {
             .layer(Extension(route.permission));
         app = add(app, route.path, handler);
     }
+    let deadline = crate::timeout::deadline(state.config.request_timeout_secs);
     app.fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_response))
+        // Inside the request id's scope: the `408` body carries the id like any error.
+        .layer(axum::middleware::from_fn_with_state(deadline, crate::timeout::layer))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
 }
 

@@ -268,7 +268,7 @@ impl Modify for DefaultErrorResponse {
 #[schema(as = Error)]
 pub struct ErrorBody {
     /// Machine-readable code: `bad_request`, `not_found`, `payload_too_large`,
-    /// `json_too_deep`, `invalid_schema_version`,
+    /// `request_timeout`, `json_too_deep`, `invalid_schema_version`,
     /// `wrong_expected_version`, `aggregate_type_mismatch`, `validation_failed`,
     /// `unknown_event_type`, `rule_violation`, `projection_lagging`, ...
     pub error: String,
