@@ -20,6 +20,7 @@ macro_rules! outln {
 mod admin;
 mod bus;
 mod client;
+mod nats_auth;
 mod progress;
 mod serve;
 mod tail;

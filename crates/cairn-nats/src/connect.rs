@@ -190,8 +190,7 @@ impl NatsConnectOptions {
         if given.len() > 1 {
             return Err(NatsConnectError::AmbiguousAuth(given.join(", ")));
         }
-        let mut options =
-            async_nats::ConnectOptions::new().connection_timeout(CONNECT_TIMEOUT);
+        let mut options = async_nats::ConnectOptions::new().connection_timeout(CONNECT_TIMEOUT);
         if let Some(path) = &self.credentials_file {
             options = options.credentials_file(path).await.map_err(|source| {
                 NatsConnectError::File { what: "credentials", path: path.clone(), source }

@@ -201,11 +201,9 @@ fn pki() -> Pki {
 async fn mutual_tls_needs_the_right_ca_and_a_client_certificate() {
     let pki = pki();
     let Some(server) = PrivateNats::start(|dir| {
-        for (name, pem) in [
-            ("ca.pem", &pki.ca),
-            ("server.pem", &pki.server_cert),
-            ("server.key", &pki.server_key),
-        ] {
+        for (name, pem) in
+            [("ca.pem", &pki.ca), ("server.pem", &pki.server_cert), ("server.key", &pki.server_key)]
+        {
             std::fs::write(dir.join(name), pem).unwrap();
         }
         let d = dir.display();
@@ -232,10 +230,8 @@ async fn mutual_tls_needs_the_right_ca_and_a_client_certificate() {
 
     // A CA that did not sign the server's certificate: we refuse the server.
     let other = self::pki();
-    let wrong_ca = NatsConnectOptions {
-        ca_file: Some(server.file("other-ca.pem", &other.ca)),
-        ..tls.clone()
-    };
+    let wrong_ca =
+        NatsConnectOptions { ca_file: Some(server.file("other-ca.pem", &other.ca)), ..tls.clone() };
     let err = try_connect(&server.url(), &wrong_ca).await.err().expect("the wrong CA is refused");
     assert!(err.contains("invalid peer certificate"), "{err}");
 
@@ -243,4 +239,70 @@ async fn mutual_tls_needs_the_right_ca_and_a_client_certificate() {
     let Some(plain) = PrivateNats::start(|_| String::new()) else { return };
     let err = try_connect(&plain.url(), &tls).await.err().expect("TLS is required");
     assert!(err.contains("cannot connect to NATS"), "{err}");
+}
+
+/// NATS's key encoding (base32 of prefix, key, CRC-16/XMODEM little-endian), written out
+/// here because the `nkeys` crate is not re-exported by async-nats.
+fn nkey_encode(prefix: &[u8], key: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut raw = prefix.to_vec();
+    raw.extend_from_slice(key);
+    let mut crc = 0_u16;
+    for &b in &raw {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    raw.extend_from_slice(&crc.to_le_bytes());
+    let (mut out, mut buffer, mut bits) = (String::new(), 0_u32, 0);
+    for &b in &raw {
+        buffer = (buffer << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(char::from(ALPHABET[((buffer >> bits) & 31) as usize]));
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
+    }
+    out
+}
+
+/// A user nkey pair: (seed `SU…`, public key `U…`), from an Ed25519 key made by rcgen.
+fn user_nkey() -> (String, String) {
+    const USER: u8 = 20 << 3;
+    const SEED: u8 = 18 << 3;
+    // A PKCS#8 document of an Ed25519 key: its length, this header, the 32-byte seed.
+    const PKCS8_HEADER: [u8; 14] =
+        [0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let der = key.serialize_der();
+    assert_eq!(der[2..16], PKCS8_HEADER, "an Ed25519 PKCS#8 document");
+    let seed = nkey_encode(&[SEED | USER >> 5, (USER & 31) << 3], &der[16..48]);
+    (seed, nkey_encode(&[USER], key.public_key_raw()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nkey_seed_file_signs_the_servers_nonce() {
+    let (seed, public) = user_nkey();
+    assert!(seed.starts_with("SU") && public.starts_with('U'), "{seed:.2} {public}");
+    let Some(server) = PrivateNats::start(|_| {
+        format!("authorization {{ users: [ {{ nkey: \"{public}\" }} ] }}\n")
+    }) else {
+        return;
+    };
+    let options = NatsConnectOptions {
+        nkey_file: Some(server.file("user.nk", &format!("{seed}\n"))),
+        ..NatsConnectOptions::default()
+    };
+    publish_one(try_connect(&server.url(), &options).await.expect("the nkey is accepted")).await;
+    let (other, _) = user_nkey();
+    let wrong = NatsConnectOptions {
+        nkey_file: Some(server.file("other.nk", &other)),
+        ..NatsConnectOptions::default()
+    };
+    let err = try_connect(&server.url(), &wrong).await.err().expect("another key is refused");
+    assert!(err.contains("authorization violation"), "{err}");
 }
