@@ -10,6 +10,8 @@ use clap::Args;
 /// it connects anonymously in plain text (unless the URL is `tls://`, or carries
 /// `user:password@` or `token@`).
 #[derive(Args, Debug, Clone, Default)]
+// The field names are the flags' names (`--nats-…`, beside `serve`'s other NATS flags).
+#[allow(clippy::struct_field_names)]
 pub struct NatsAuthArgs {
     /// A NATS `.creds` file (user JWT and nkey seed, as `nsc` writes it).
     #[arg(long, env = "CAIRN_NATS_CREDS_FILE")]

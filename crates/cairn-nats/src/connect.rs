@@ -101,12 +101,13 @@ fn decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -267,7 +268,7 @@ mod tests {
             token_file: Some(PathBuf::from("/nonexistent")),
             ..NatsConnectOptions::default()
         };
-        let err = options.build("nats://u:p@127.0.0.1:1").await.err().expect("ambiguous");
+        let err = options.build("nats://u:p@127.0.0.1:1").await.expect_err("ambiguous");
         assert!(matches!(err, NatsConnectError::AmbiguousAuth(_)), "{err}");
         let half = NatsConnectOptions {
             tls_cert: Some(PathBuf::from("/c.pem")),

@@ -199,10 +199,6 @@ fn nats(e: impl std::fmt::Display) -> RelayError {
     RelayError::Nats(e.to_string())
 }
 
-fn nats_error(e: crate::NatsConnectError) -> RelayError {
-    RelayError::Nats(e.to_string())
-}
-
 fn store(e: impl std::fmt::Display) -> RelayError {
     RelayError::Store(e.to_string())
 }
@@ -264,7 +260,7 @@ impl Relay {
         mapper: Mapper,
     ) -> Result<Self, RelayError> {
         // A cluster is given as a comma-separated list; the client fails over between them.
-        let client = crate::connect(url, auth).await.map_err(nats_error)?;
+        let client = crate::connect(url, auth).await.map_err(nats)?;
         let js = jetstream::new(client);
         let subjects = config.stream_subjects();
         let stream = js

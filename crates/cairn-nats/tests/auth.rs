@@ -78,13 +78,13 @@ async fn try_connect(
     url: &str,
     options: &NatsConnectOptions,
 ) -> Result<async_nats::Client, String> {
-    match tokio::time::timeout(REFUSAL_WITHIN, connect(url, options)).await {
-        Ok(r) => r.map_err(|e| {
+    tokio::time::timeout(REFUSAL_WITHIN, connect(url, options))
+        .await
+        .expect("connect neither succeeded nor failed within REFUSAL_WITHIN")
+        .map_err(|e| {
             eprintln!("refused: {e}");
             e.to_string()
-        }),
-        Err(_) => panic!("connect neither succeeded nor failed within {REFUSAL_WITHIN:?}"),
-    }
+        })
 }
 
 /// Creates a stream and publishes one message to it, waiting for JetStream's ack.
@@ -225,19 +225,19 @@ async fn mutual_tls_needs_the_right_ca_and_a_client_certificate() {
 
     // No client certificate: the server refuses the handshake.
     let no_cert = NatsConnectOptions { ca_file: Some(ca), ..NatsConnectOptions::default() };
-    let err = try_connect(&server.url(), &no_cert).await.err().expect("a client cert is needed");
+    let err = try_connect(&server.url(), &no_cert).await.expect_err("a client cert is needed");
     assert!(err.contains("cannot connect to NATS"), "{err}");
 
     // A CA that did not sign the server's certificate: we refuse the server.
     let other = self::pki();
     let wrong_ca =
         NatsConnectOptions { ca_file: Some(server.file("other-ca.pem", &other.ca)), ..tls.clone() };
-    let err = try_connect(&server.url(), &wrong_ca).await.err().expect("the wrong CA is refused");
+    let err = try_connect(&server.url(), &wrong_ca).await.expect_err("the wrong CA is refused");
     assert!(err.contains("invalid peer certificate"), "{err}");
 
     // TLS asked for, a plain server: refused rather than sent in the clear.
     let Some(plain) = PrivateNats::start(|_| String::new()) else { return };
-    let err = try_connect(&plain.url(), &tls).await.err().expect("TLS is required");
+    let err = try_connect(&plain.url(), &tls).await.expect_err("TLS is required");
     assert!(err.contains("cannot connect to NATS"), "{err}");
 }
 
@@ -303,6 +303,6 @@ async fn an_nkey_seed_file_signs_the_servers_nonce() {
         nkey_file: Some(server.file("other.nk", &other)),
         ..NatsConnectOptions::default()
     };
-    let err = try_connect(&server.url(), &wrong).await.err().expect("another key is refused");
+    let err = try_connect(&server.url(), &wrong).await.expect_err("another key is refused");
     assert!(err.contains("authorization violation"), "{err}");
 }

@@ -53,22 +53,22 @@ async fn require_encrypts_and_disable_does_not() {
 
 /// A CA and a certificate it signed.
 struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
+    ca: String,
+    cert: String,
+    key: String,
 }
 
 fn pki(names: &[&str]) -> Pki {
     let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "cairn test CA");
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "cairn test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|&n| n.to_owned()).collect();
-    let cert_pem = CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap().pem();
-    Pki { ca_pem, cert_pem, key_pem: key.serialize_pem() }
+    let cert = CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap().pem();
+    Pki { ca, cert, key: key.serialize_pem() }
 }
 
 /// The directory holding `initdb` and `pg_ctl`.
@@ -100,8 +100,8 @@ impl TlsCluster {
         let cluster = Self { dir, bindir, port, as_postgres };
         let path = cluster.dir.path();
         std::fs::create_dir(path.join("sock")).unwrap();
-        std::fs::write(path.join("server.crt"), &pki.cert_pem).unwrap();
-        std::fs::write(path.join("server.key"), &pki.key_pem).unwrap();
+        std::fs::write(path.join("server.crt"), &pki.cert).unwrap();
+        std::fs::write(path.join("server.key"), &pki.key).unwrap();
         // The server refuses a key others can read.
         std::fs::set_permissions(
             path.join("server.key"),
@@ -214,8 +214,8 @@ async fn verify_full_checks_the_chain_and_the_host_name_verify_ca_the_chain_only
     let good = pki(&["localhost"]);
     let cluster = TlsCluster::start(&good);
     let files = tempfile::tempdir().unwrap();
-    let ca = write(files.path(), "ca.pem", &good.ca_pem);
-    let other_ca = write(files.path(), "other-ca.pem", &pki(&["localhost"]).ca_pem);
+    let ca = write(files.path(), "ca.pem", &good.ca);
+    let other_ca = write(files.path(), "other-ca.pem", &pki(&["localhost"]).ca);
 
     // verify-full with the right CA: the real store opens, stores and reads an event, and
     // every one of its sessions (pool, LISTEN) is encrypted.

@@ -82,7 +82,7 @@ async fn serve_with_a_token_file_relays_events_and_answers_commands() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let messages = match js.get_stream("CAIRN_EVENTS").await {
-            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Ok(mut s) => s.info().await.map_or(0, |i| i.state.messages),
             Err(_) => 0,
         };
         if messages >= 1 {
