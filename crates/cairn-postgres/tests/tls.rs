@@ -51,11 +51,14 @@ async fn require_encrypts_and_disable_does_not() {
     assert!(matches!(unknown, Err(OpenError::Tls(_))), "{unknown:?}");
 }
 
-/// A CA and a certificate it signed.
+/// A CA, a server certificate it signed, and a client certificate for the role
+/// `certuser`.
 struct Pki {
     ca: String,
     cert: String,
     key: String,
+    client_cert: String,
+    client_key: String,
 }
 
 fn pki(names: &[&str]) -> Pki {
@@ -68,7 +71,12 @@ fn pki(names: &[&str]) -> Pki {
     let key = KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|&n| n.to_owned()).collect();
     let cert = CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap().pem();
-    Pki { ca, cert, key: key.serialize_pem() }
+    let client_key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    // PostgreSQL's `cert` authentication maps the common name to the role.
+    client.distinguished_name.push(DnType::CommonName, "certuser");
+    let client_cert = client.signed_by(&client_key, &issuer).unwrap().pem();
+    Pki { ca, cert, key: key.serialize_pem(), client_cert, client_key: client_key.serialize_pem() }
 }
 
 /// The directory holding `initdb` and `pg_ctl`.
@@ -102,6 +110,7 @@ impl TlsCluster {
         std::fs::create_dir(path.join("sock")).unwrap();
         std::fs::write(path.join("server.crt"), &pki.cert).unwrap();
         std::fs::write(path.join("server.key"), &pki.key).unwrap();
+        std::fs::write(path.join("ca.crt"), &pki.ca).unwrap();
         // The server refuses a key others can read.
         std::fs::set_permissions(
             path.join("server.key"),
@@ -117,9 +126,16 @@ impl TlsCluster {
             "initdb",
             &["-D".as_ref(), data.as_os_str(), "-U postgres -A trust -E UTF8 --no-sync".as_ref()],
         );
+        // `certuser` only over TLS with a client certificate; everyone else trusted.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all certuser 127.0.0.1/32 cert\n\
+             host all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
         let options = format!(
             "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=20 -c fsync=off \
-             -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
+             -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key -c ssl_ca_file={dir}/ca.crt",
             sock = path.join("sock").display(),
             dir = path.display(),
         );
@@ -266,4 +282,22 @@ async fn verify_full_checks_the_chain_and_the_host_name_verify_ca_the_chain_only
     assert!(encrypted(&require).await.is_err(), "require + sslrootcert checks the chain");
     // require alone encrypts without checking anything.
     assert!(encrypted(&cluster.url("127.0.0.1", "sslmode=require")).await.unwrap());
+
+    // A client certificate (sslcert/sslkey) authenticates a role that needs one.
+    let (config, tls) = session(&url, &options).unwrap();
+    let (admin, connection) = config.connect(tls).await.unwrap();
+    tokio::spawn(connection);
+    admin.batch_execute("CREATE ROLE certuser LOGIN").await.unwrap();
+    let cert = write(files.path(), "client.crt", &good.client_cert);
+    let key = write(files.path(), "client.key", &good.client_key);
+    let as_certuser = |params: String| {
+        format!("postgres://certuser@localhost:{}/postgres?{params}", cluster.port)
+    };
+    let with_cert =
+        as_certuser(format!("sslmode=verify-full&sslrootcert={ca}&sslcert={cert}&sslkey={key}"));
+    assert!(encrypted(&with_cert).await.expect("the client certificate is accepted"));
+    let err = encrypted(&as_certuser(format!("sslmode=verify-full&sslrootcert={ca}")))
+        .await
+        .expect_err("no client certificate, no session");
+    assert!(err.to_string().contains("certificate"), "{err}");
 }
