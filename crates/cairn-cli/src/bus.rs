@@ -124,6 +124,7 @@ fn to_request(
 /// Serves `commands` until `shutdown`.
 pub async fn serve_commands(
     url: &str,
+    nats: &cairn_nats::NatsConnectOptions,
     options: CommandBusOptions,
     commands: Vec<NatsCommand>,
     router: axum::Router,
@@ -132,8 +133,7 @@ pub async fn serve_commands(
     let CommandBusOptions { prefix, queue_group, reply_prefix } = options;
     let commands: Arc<[NatsCommand]> = commands.into();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(NATS_COMMANDS_IN_FLIGHT_MAX));
-    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
-    let client = Arc::new(async_nats::connect(servers).await.context("cannot connect to NATS")?);
+    let client = Arc::new(cairn_nats::connect(url, nats).await?);
     let mut requests = client
         .queue_subscribe(format!("{prefix}.>"), queue_group)
         .await

@@ -21,6 +21,7 @@ mod admin;
 mod bus;
 mod client;
 mod listen;
+mod nats_auth;
 mod progress;
 mod serve;
 mod tail;

@@ -111,6 +111,8 @@ pub struct ServeArgs {
     /// Put in front of every public subject (e.g. `staging.`), to share a NATS server.
     #[arg(long, env = "CAIRN_NATS_PUBLIC_NAMESPACE", default_value = "")]
     nats_public_namespace: String,
+    #[command(flatten)]
+    nats_auth: crate::nats_auth::NatsAuthArgs,
     /// A file holding the bootstrap admin token (`cairn_…`, e.g. from
     /// `cairn tokens generate`): with it every route but the probes and `/openapi.json`
     /// needs `Authorization: Bearer <token>`. Only the token's hash is kept in memory.
@@ -372,18 +374,23 @@ async fn start_bus(
         queue_group: args.nats_queue_group.clone(),
         reply_prefix: args.nats_reply_prefix.clone(),
     };
+    let nats = args.nats_auth.options();
     let (url2, router, stop) = (url.to_owned(), running.router(), stop_rx.clone());
     let commands = running.nats_commands();
+    let nats2 = nats.clone();
     tokio::spawn(async move {
-        if let Err(e) = crate::bus::serve_commands(&url2, options, commands, router, stop).await {
+        if let Err(e) =
+            crate::bus::serve_commands(&url2, &nats2, options, commands, router, stop).await
+        {
             tracing::error!(error = %e, "commands over NATS stopped");
         }
     });
     for (config, mapper) in relays {
         let stream = config.stream.clone();
         let relay = Arc::new(
-            cairn_nats::Relay::with_mapper(
+            cairn_nats::Relay::with_options(
                 url,
+                &nats,
                 Arc::clone(raw_events),
                 Arc::clone(readmodels),
                 config,

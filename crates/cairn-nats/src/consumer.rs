@@ -62,6 +62,8 @@ pub struct ConsumerOptions {
     /// How long the bus waits for an acknowledgement before delivering a message again
     /// (also after the consumer died holding it).
     pub ack_wait: Duration,
+    /// Credentials and TLS for the connection.
+    pub nats: crate::NatsConnectOptions,
 }
 
 /// JetStream's own default: a message held by a dead consumer comes again after this.
@@ -69,7 +71,7 @@ pub const ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 
 impl Default for ConsumerOptions {
     fn default() -> Self {
-        Self { ack_wait: ACK_WAIT_DEFAULT }
+        Self { ack_wait: ACK_WAIT_DEFAULT, nats: crate::NatsConnectOptions::default() }
     }
 }
 
@@ -110,8 +112,7 @@ impl BusConsumer {
         filter: &str,
         options: &ConsumerOptions,
     ) -> Result<Self, RelayError> {
-        let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-        let js = jetstream::new(async_nats::connect(servers).await.map_err(nats)?);
+        let js = jetstream::new(crate::connect(url, &options.nats).await.map_err(nats)?);
         let stream = js.get_stream(stream).await.map_err(nats)?;
         let consumer = stream
             .get_or_create_consumer(

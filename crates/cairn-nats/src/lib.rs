@@ -9,11 +9,13 @@
 //! long the relay stays down (`docs/design/relay.md`). `Nats-Msg-Id` = event id, so
 //! JetStream's duplicate window is a second line of defence.
 
+pub mod connect;
 pub mod consumer;
 pub mod redact;
 pub mod relay;
 pub mod subject;
 
+pub use connect::{NatsConnectError, NatsConnectOptions, connect};
 pub use consumer::{BusConsumer, BusHandler, BusMessage, ConsumerOptions};
 pub use redact::redact_url;
 pub use relay::{

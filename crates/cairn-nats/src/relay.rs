@@ -30,6 +30,7 @@ use cairn_core::{AllFilter, EventStore, RecordedEvent};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+use crate::connect::NatsConnectOptions;
 use crate::subject::event_subject;
 
 /// How the relay publishes.
@@ -245,9 +246,21 @@ impl Relay {
         config: RelayConfig,
         mapper: Mapper,
     ) -> Result<Self, RelayError> {
+        let anonymous = NatsConnectOptions::default();
+        Self::with_options(url, &anonymous, store, readmodels, config, mapper).await
+    }
+
+    /// Like [`Relay::with_mapper`], authenticating and using TLS as `auth` says.
+    pub async fn with_options(
+        url: &str,
+        auth: &NatsConnectOptions,
+        store: Arc<dyn EventStore>,
+        readmodels: Arc<dyn ReadModelStore>,
+        config: RelayConfig,
+        mapper: Mapper,
+    ) -> Result<Self, RelayError> {
         // A cluster is given as a comma-separated list; the client fails over between them.
-        let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-        let client = async_nats::connect(servers).await.map_err(nats)?;
+        let client = crate::connect(url, auth).await.map_err(nats)?;
         let js = jetstream::new(client);
         let subjects = config.stream_subjects();
         let stream = js

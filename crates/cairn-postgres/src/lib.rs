@@ -15,11 +15,15 @@ mod readmodel;
 pub mod schema;
 mod store;
 pub mod testing;
+pub mod tls;
 mod writer;
 
-pub use pool::{KEEPALIVE_PROBES, OpenError, PgOptions, server_keepalives, session_config};
+pub use pool::{
+    KEEPALIVE_PROBES, OpenError, PgOptions, server_keepalives, session, session_config,
+};
 pub use readmodel::PgReadModels;
 pub use store::PgEventStore;
+pub use tls::{PgTls, SslMode, TlsError, TlsOptions};
 
 /// Opens the event store and the read-model store on one database, running migrations.
 pub async fn open(

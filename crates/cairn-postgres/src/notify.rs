@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::pool::{Shared, Stall, db_error};
 
@@ -18,7 +18,7 @@ pub(crate) async fn listen(shared: Arc<Shared>) {
         if *stop.borrow() {
             return;
         }
-        match shared.config.connect(NoTls).await {
+        match shared.config.connect(shared.tls.clone()).await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -1,14 +1,12 @@
 //! Connections, options and the state every part of the backend shares.
 
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::schema;
+use crate::tls::{PgTls, TlsError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
-
-use crate::schema;
 
 /// How the backend behaves; the defaults suit production.
 #[derive(Debug, Clone)]
@@ -116,6 +114,9 @@ pub enum OpenError {
     /// The URL does not parse.
     #[error("invalid database URL: {0}")]
     Url(String),
+    /// The URL's TLS options (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`) cannot be used.
+    #[error("database TLS: {0}")]
+    Tls(#[from] TlsError),
     /// The database could not be reached.
     #[error("cannot connect to PostgreSQL: {0}")]
     Connect(String),
@@ -142,6 +143,8 @@ pub struct Stall {
 pub(crate) struct Shared {
     pub pool: Pool,
     pub config: tokio_postgres::Config,
+    /// The TLS connector of every session (pool, leadership, `LISTEN`).
+    pub tls: PgTls,
     pub options: PgOptions,
     /// Advisory-lock key that serialises appends (positions in commit order).
     pub append_lock: i64,
@@ -163,12 +166,21 @@ pub(crate) struct Shared {
 }
 
 /// The configuration every session Cairn opens uses (pooled, leadership, `LISTEN`): the
-/// URL's, plus keepalives on both ends and a connect timeout.
+/// URL's, plus keepalives on both ends and a connect timeout. Connect it with the
+/// [`PgTls`] of [`session`], or with `NoTls` when the URL asks for no TLS.
 pub fn session_config(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, OpenError> {
-    let mut config =
-        tokio_postgres::Config::from_str(url).map_err(|e| OpenError::Url(e.to_string()))?;
+    session(url, options).map(|(config, _)| config)
+}
+
+/// [`session_config`] and the TLS connector for the URL's `sslmode` (libpq's values),
+/// `sslrootcert`, `sslcert` and `sslkey`.
+pub fn session(
+    url: &str,
+    options: &PgOptions,
+) -> Result<(tokio_postgres::Config, PgTls), OpenError> {
+    let (mut config, tls) = crate::tls::parse(url)?;
     session_settings(&mut config, options);
-    Ok(config)
+    Ok((config, tls))
 }
 
 /// Client-side keepalives on every session Cairn opens (it notices a peer that vanished)
@@ -201,16 +213,33 @@ pub async fn server_keepalives(client: &tokio_postgres::Client, options: &PgOpti
 pub(crate) fn db_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => error_chain(e),
     }
+}
+
+/// `e` and its causes, `a: b: c`: tokio-postgres and deadpool print only their own part
+/// ("error performing TLS handshake"), the reason (an unknown issuer, a name mismatch) is
+/// in the sources.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !message.contains(&part) {
+            message.push_str(": ");
+            message.push_str(&part);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 impl Shared {
     pub async fn connect(url: &str, options: &PgOptions) -> Result<Arc<Self>, OpenError> {
-        let config = session_config(url, options)?;
+        let (config, tls) = session(url, options)?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)
@@ -221,7 +250,7 @@ impl Shared {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| OpenError::Connect(e.to_string()))?;
-        let mut client = pool.get().await.map_err(|e| OpenError::Connect(e.to_string()))?;
+        let mut client = pool.get().await.map_err(|e| OpenError::Connect(error_chain(&e)))?;
         let applied =
             schema::migrate(&mut client).await.map_err(|e| OpenError::Migrate(db_error(&e)))?;
         let known = schema::MIGRATIONS.last().map_or(0, |m| m.0);
@@ -242,6 +271,7 @@ impl Shared {
         Ok(Arc::new(Self {
             pool,
             config,
+            tls,
             options: options.clone(),
             append_lock,
             events_channel: format!("cairn_events:{schema_name}"),
@@ -285,7 +315,7 @@ impl Shared {
     pub async fn dedicated(
         &self,
     ) -> Result<deadpool_postgres::ClientWrapper, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "postgres connection closed");

@@ -6,10 +6,8 @@
 //! fails them. `.ci/run` sets the variable, so CI never skips.
 
 use std::io::Write as _;
-use std::str::FromStr;
 use std::sync::Once;
 
-use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 
 /// The variable naming the server tests use (any database on it; they create their own).
@@ -48,8 +46,9 @@ pub struct TestDatabase {
     admin: String,
 }
 
-/// A URL for `config` whose sessions use `schema`.
-fn url_for(config: &tokio_postgres::Config, schema: &str) -> String {
+/// A URL for `config` whose sessions use `schema`, with the admin URL's TLS options
+/// (`tls`, as query parameters).
+fn url_for(config: &tokio_postgres::Config, schema: &str, tls: &str) -> String {
     let db = config.get_dbname().unwrap_or("postgres");
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
@@ -59,10 +58,12 @@ fn url_for(config: &tokio_postgres::Config, schema: &str) -> String {
     let user = config.get_user().unwrap_or("postgres");
     match config.get_password() {
         Some(p) => format!(
-            "postgres://{user}:{}@{host}:{port}/{db}?options=-csearch_path%3D{schema}",
+            "postgres://{user}:{}@{host}:{port}/{db}?options=-csearch_path%3D{schema}{tls}",
             String::from_utf8_lossy(p)
         ),
-        None => format!("postgres://{user}@{host}:{port}/{db}?options=-csearch_path%3D{schema}"),
+        None => {
+            format!("postgres://{user}@{host}:{port}/{db}?options=-csearch_path%3D{schema}{tls}")
+        }
     }
 }
 
@@ -82,10 +83,12 @@ impl TestDatabase {
     /// When the server cannot be reached or the schema cannot be created.
     pub async fn create_at(admin: &str) -> Self {
         let admin = admin.to_owned();
-        let config = tokio_postgres::Config::from_str(&admin)
+        let (config, tls) = crate::tls::parse(&admin)
             .unwrap_or_else(|e| panic!("{URL_VAR} is not a valid URL: {e}"));
+        let tls_query =
+            crate::tls::split_url(&admin).map(|(_, o)| o.to_query()).unwrap_or_default();
         let (client, connection) = config
-            .connect(NoTls)
+            .connect(tls)
             .await
             .unwrap_or_else(|e| panic!("{URL_VAR} is set but PostgreSQL is unreachable: {e}"));
         tokio::spawn(connection);
@@ -94,7 +97,7 @@ impl TestDatabase {
             .batch_execute(&format!("CREATE SCHEMA {name}"))
             .await
             .unwrap_or_else(|e| panic!("cannot create a test schema: {e}"));
-        Self { url: url_for(&config, &name), name, admin }
+        Self { url: url_for(&config, &name, &tls_query), name, admin }
     }
 }
 
@@ -107,7 +110,8 @@ impl Drop for TestDatabase {
                 return;
             };
             rt.block_on(async {
-                if let Ok((client, connection)) = tokio_postgres::connect(&admin, NoTls).await {
+                let Ok((config, tls)) = crate::tls::parse(&admin) else { return };
+                if let Ok((client, connection)) = config.connect(tls).await {
                     tokio::spawn(connection);
                     let _ = client
                         .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
