@@ -612,6 +612,7 @@ async fn admin_projections_report_position_and_lag(backend: Backend) {
     assert_eq!(
         names,
         vec![
+            "cairn_streams",
             "customer_view",
             "inventory_view",
             "order_summary",
@@ -623,7 +624,14 @@ async fn admin_projections_report_position_and_lag(backend: Backend) {
         list.as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        vec!["projection", "projection", "projection", "projection", "process_manager"]
+        vec![
+            "projection",
+            "projection",
+            "projection",
+            "projection",
+            "projection",
+            "process_manager"
+        ]
     );
     let summary = list.as_array().unwrap().iter().find(|p| p["name"] == "order_summary").unwrap();
     assert!(summary["position"].as_u64().unwrap() >= r["position"].as_u64().unwrap());

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod catalog;
 pub mod command;
 pub mod consumers;
 pub mod domain_schemas;

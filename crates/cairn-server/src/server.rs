@@ -162,8 +162,10 @@ impl ServerBuilder {
     /// Checks every module against itself, the others and the server's own routes.
     /// Starts nothing and touches no storage.
     pub fn build(self) -> Result<Server, BuildError> {
-        check(&self.modules)?;
-        let Self { stores, http, domain, modules } = self;
+        let Self { stores, http, domain, mut modules } = self;
+        // The server's own consumers run beside every application's.
+        modules.insert(0, crate::catalog::module());
+        check(&modules)?;
         Ok(Server { stores, http, domain, modules })
     }
 }

@@ -164,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
     let options = ConsumerOptions {
         ack_wait: std::time::Duration::try_from_secs_f64(args.ack_wait_secs)
             .context("--ack-wait-secs is not a duration")?,
+        ..ConsumerOptions::default()
     };
     let consumer = BusConsumer::connect_with(
         &args.nats,

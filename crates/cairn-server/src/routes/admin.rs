@@ -244,7 +244,10 @@ pub async fn process_manager_instances(
 
 /// Default and largest `top` of `GET /admin/streams/stats`.
 const STATS_TOP_DEFAULT: u64 = 20;
-const STATS_TOP_MAX: u64 = 1000;
+const STATS_TOP_MAX: u64 = crate::catalog::TOP_KEPT as u64;
+/// Longest wait for the stream catalog to catch up with the log before stream
+/// statistics are answered anyway.
+const STATS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most dead letters in one `/admin/dlq` page (and the default page).
 const DLQ_PAGE_MAX: usize = 1000;
 
@@ -265,7 +268,38 @@ pub async fn stream_stats(
     query: QueryMap,
 ) -> Result<Json<Vec<cairn_core::StreamStats>>, ApiError> {
     let top = query.u64("top")?.unwrap_or(STATS_TOP_DEFAULT).min(STATS_TOP_MAX) as usize;
-    Ok(Json(state.store.stream_stats(top).await?))
+    // Read-your-writes: the catalog is a projection, so wait (briefly) until it has seen
+    // every event committed before this request.
+    let head = *state.store.head().borrow();
+    if let Some(view) = state.projection(crate::catalog::CATALOG)
+        && view.wait_for(head, STATS_WAIT).await.is_err()
+    {
+        tracing::warn!(head, "stream statistics answered from a catalog behind the log");
+    }
+    let rm = Arc::clone(&state.readmodels);
+    let board = tokio::task::spawn_blocking(move || {
+        rm.get(crate::catalog::TOP_TABLE, crate::catalog::TOP_KEY)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ControlError::Storage(e.to_string()))?;
+    let board: crate::catalog::Top = match board {
+        Some(json) => serde_json::from_str(&json).map_err(|e| ApiError::internal(e.to_string()))?,
+        None => crate::catalog::Top::default(),
+    };
+    Ok(Json(
+        board
+            .streams
+            .into_iter()
+            .take(top)
+            .map(|(count, aggregate_id, aggregate_type)| cairn_core::StreamStats {
+                aggregate_id,
+                aggregate_type,
+                event_count: count,
+                latest_version: count,
+            })
+            .collect(),
+    ))
 }
 
 /// Prometheus metrics: appends, commands, projections and process managers.
@@ -388,7 +422,7 @@ async fn process_manager_gauges(state: &AppState, pm: &ConsumerHandle, instances
     tag = "operations",
     params(
         ("projection" = Option<String>, Query, description = "Only this projection's or process manager's"),
-        ("limit" = Option<u64>, Query, minimum = 1, description = "Most letters in the page (default and most: 1000)"),
+        ("limit" = Option<u64>, Query, description = "Most letters in the page, at least 1 (default and most: 1000)"),
         ("after" = Option<String>, Query, description = "The cursor of the next page, from the previous page's `Link: <…>; rel=\"next\"` header"),
     ),
     responses(
