@@ -433,7 +433,10 @@ async fn the_modules_consumers_are_listed_rebuilt_and_measured(backend: Backend)
         .iter()
         .map(|p| (p["name"].as_str().unwrap(), p["kind"].as_str().unwrap()))
         .collect();
-    assert_eq!(rows, [("counts", "projection"), ("echo", "process_manager")]);
+    assert_eq!(
+        rows,
+        [("cairn_streams", "projection"), ("counts", "projection"), ("echo", "process_manager")]
+    );
 
     let seen = |b: &Value| b.as_array().is_some_and(|a| a.len() == 1 && a[0]["status"] == "seen");
     let instances = eventually(&s, "/admin/process-managers/echo?status=seen", seen).await;

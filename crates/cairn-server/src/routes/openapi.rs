@@ -32,7 +32,7 @@ pub use cairn_core::ExpectedVersion;
 #[openapi(
     info(
         title = "Cairn HTTP API",
-        description = "The generic event store API, operations, and the commands and queries of every module the server runs. Every response that is not a 2xx is JSON `{\"error\", \"message\", ...}`."
+        description = "The generic event store API, operations, and the commands and queries of every module the server runs. Every response that is not a 2xx is JSON `{\"error\", \"message\", ...}`.\n\nLimits (docs/http-api.md, \"Limits\"): request line and headers within 10 s (`--header-read-timeout-secs`, then the connection is closed); body read and handling within 40 s (`--request-timeout-secs`, `408 request_timeout`; a subscription is exempt once its headers are sent); at most 1024 connections (`--max-connections`; past it new connections are closed unserved); bodies up to 1 MiB (`413 payload_too_large`) nested at most 128 deep (`400 json_too_deep`); at most 256 open subscriptions (`429 too_many_subscribers`); read pages cut at 16 MiB; schemas up to 64 KiB, 100 versions per type, 1000 types (`413 schema_too_large`, `422 too_many_schemas`); `/admin/dlq` pages of at most 1000 with a `Link: rel=next` header."
     ),
     components(schemas(ErrorBody)),
     tags(
