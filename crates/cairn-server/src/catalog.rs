@@ -158,6 +158,7 @@ impl Projection for StreamCatalog {
 }
 
 /// The server's own module: the catalog projection.
+#[must_use]
 pub fn module() -> Module {
     Module::builder("cairn").projection(Arc::new(StreamCatalog)).build()
 }
