@@ -422,7 +422,7 @@ async fn process_manager_gauges(state: &AppState, pm: &ConsumerHandle, instances
     tag = "operations",
     params(
         ("projection" = Option<String>, Query, description = "Only this projection's or process manager's"),
-        ("limit" = Option<u64>, Query, description = "Most letters in the page, at least 1 (default and most: 1000)"),
+        ("limit" = Option<u64>, Query, minimum = 1, description = "Most letters in the page (default and most: 1000)"),
         ("after" = Option<String>, Query, description = "The cursor of the next page, from the previous page's `Link: <…>; rel=\"next\"` header"),
     ),
     responses(

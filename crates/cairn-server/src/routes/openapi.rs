@@ -101,7 +101,7 @@ fn parameter_schemas(json: &mut serde_json::Value) {
             }
         }
         let unsigned = schema.get("type").is_some_and(|t| t == "integer")
-            && schema.get("minimum").is_some_and(|m| m == 0);
+            && schema.get("minimum").and_then(Value::as_f64).is_some_and(|m| m >= 0.0);
         if unsigned && (place == "query" || place == "header") {
             schema.remove("format");
             if place == "header" {
