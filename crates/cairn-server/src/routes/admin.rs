@@ -271,7 +271,12 @@ pub async fn stream_stats(
     // Read-your-writes: the catalog is a projection, so wait (briefly) until it has seen
     // every event committed before this request.
     let head = *state.store.head().borrow();
-    if let Some(view) = state.projection(crate::catalog::CATALOG)
+    // Only a catalog that is moving is waited for: a paused or stalled one answers at once.
+    let moving = state.consumers.projection(crate::catalog::CATALOG).is_some_and(|c| {
+        matches!(c.status(), ConsumerStatus::Running | ConsumerStatus::Starting)
+    });
+    if moving
+        && let Some(view) = state.projection(crate::catalog::CATALOG)
         && view.wait_for(head, STATS_WAIT).await.is_err()
     {
         tracing::warn!(head, "stream statistics answered from a catalog behind the log");
