@@ -123,7 +123,7 @@ impl BatchHandler for ProjectionHandler {
             if shadow {
                 rm.transact_shadow(&fence, &name, Some(scanned_to), &mut apply)
             } else {
-                rm.transact(&fence, &name, Some(scanned_to), &mut apply)
+                rm.transact_derived(&fence, &name, scanned_to, &mut apply)
             }
         })
         .await

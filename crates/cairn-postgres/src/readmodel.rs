@@ -226,13 +226,24 @@ impl PgReadModels {
         fence: &Fence,
         consumer: &str,
         checkpoint: Option<u64>,
-        shadow_mode: bool,
+        (shadow_mode, derived): (bool, bool),
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
         let tables = self.declared();
         let conn = self.conn_for(fence, consumer)?;
         self.in_transaction(conn, |this, tx| {
             this.check_fence(tx, fence)?;
+            if derived {
+                // Re-derived from the log if a server crash loses it: its effects and its
+                // checkpoint go together, and the log (committed synchronously) still holds
+                // the events. So it need not wait for its own WAL flush; WAL order keeps it
+                // behind every synchronous commit (leadership terms, dead letters, process
+                // manager state) that follows it. docs/design/consumers.md, "Durability of
+                // projection batches".
+                this.shared
+                    .wait(tx.batch_execute("SET LOCAL synchronous_commit = off"))
+                    .map_err(|e| storage(&e))?;
+            }
             let mut txn = WriteBehind::new(Txn { rm: this, tx, tables: &tables, shadow_mode });
             f(&mut txn)?;
             txn.flush()?;
@@ -415,7 +426,17 @@ impl Documents for PgReadModels {
         checkpoint: Option<u64>,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
-        self.run_transaction(fence, consumer, checkpoint, false, f)
+        self.run_transaction(fence, consumer, checkpoint, (false, false), f)
+    }
+
+    fn transact_derived(
+        &self,
+        fence: &Fence,
+        consumer: &str,
+        checkpoint: u64,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
+        self.run_transaction(fence, consumer, Some(checkpoint), (false, true), f)
     }
 
     fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError> {
@@ -655,7 +676,7 @@ impl Generations for PgReadModels {
         checkpoint: Option<u64>,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError> {
-        self.run_transaction(fence, consumer, checkpoint, true, f)
+        self.run_transaction(fence, consumer, checkpoint, (true, false), f)
     }
 
     fn swap_shadow(

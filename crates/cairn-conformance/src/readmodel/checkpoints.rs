@@ -49,3 +49,28 @@ pub fn changes_tick_on_commit(rm: &Rm) {
         .block_on(async { tokio::time::timeout(Duration::from_secs(10), changes.changed()).await });
     assert!(matches!(ticked, Ok(Ok(()))), "no tick after a committed checkpoint");
 }
+
+/// A derived batch (a projection's, which a backend may commit without waiting for
+/// durability) commits its documents and checkpoint together, is refused under an old
+/// fence, and a failing one writes nothing — as any transaction.
+pub fn derived_batches_commit_with_their_checkpoint(rm: &Rm) {
+    declare(rm);
+    lead(rm, "d");
+    let doc = order("open", "ann");
+    rm.transact_derived(&fence(rm, "d"), "d", 7, &mut |txn| txn.put("orders", "o1", &doc)).unwrap();
+    assert_eq!(rm.checkpoint("d").unwrap(), 7);
+    assert_eq!(rm.get("orders", "o1").unwrap().as_deref(), Some(doc.as_str()));
+    let failed = rm.transact_derived(&fence(rm, "d"), "d", 9, &mut |txn| {
+        txn.put("orders", "o2", &doc)?;
+        Err(cairn_core::readmodel::ReadModelError::Handler("no".into()))
+    });
+    assert!(failed.is_err());
+    assert_eq!(rm.checkpoint("d").unwrap(), 7, "nothing of a failed batch");
+    assert_eq!(rm.get("orders", "o2").unwrap(), None);
+    let old = fence(rm, "d");
+    rm.resign("d");
+    lead(rm, "d");
+    let refused = rm.transact_derived(&old, "d", 11, &mut |txn| txn.put("orders", "o3", &doc));
+    assert!(refused.is_err(), "an old term's batch is refused");
+    assert_eq!(rm.checkpoint("d").unwrap(), 7);
+}

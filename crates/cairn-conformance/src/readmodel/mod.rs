@@ -164,6 +164,7 @@ macro_rules! readmodel_suite {
             checkpoints::checkpoint_moves_with_its_batch,
             checkpoints::checkpoints_lists_every_consumer,
             checkpoints::changes_tick_on_commit,
+            checkpoints::derived_batches_commit_with_their_checkpoint,
             dead_letters::park_lists_and_moves_the_checkpoint_forward_only,
             dead_letters::dead_letters_are_kept_per_consumer,
             dead_letters::resolve_runs_the_change_and_removes_the_letter,

@@ -120,6 +120,20 @@ pub trait Documents: Send + Sync {
         checkpoint: Option<u64>,
         f: TxnFn<'_>,
     ) -> Result<(), ReadModelError>;
+    /// [`Self::transact`] for work that is re-derived from the log: a projection's batch
+    /// together with its checkpoint. A backend may commit it without waiting for it to be
+    /// durable, since a crash that loses it loses the checkpoint with it and the consumer
+    /// handles those events again. Never for state that the log cannot give back (process
+    /// manager instances, imports, leadership). The default is [`Self::transact`].
+    fn transact_derived(
+        &self,
+        fence: &Fence,
+        consumer: &str,
+        checkpoint: u64,
+        f: TxnFn<'_>,
+    ) -> Result<(), ReadModelError> {
+        self.transact(fence, consumer, Some(checkpoint), f)
+    }
     /// One document, outside any transaction (queries).
     fn get(&self, table: &str, key: &str) -> Result<Option<String>, ReadModelError>;
     /// A page of documents ordered by key (queries).

@@ -272,9 +272,10 @@ pub async fn stream_stats(
     // every event committed before this request.
     let head = *state.store.head().borrow();
     // Only a catalog that is moving is waited for: a paused or stalled one answers at once.
-    let moving = state.consumers.projection(crate::catalog::CATALOG).is_some_and(|c| {
-        matches!(c.status(), ConsumerStatus::Running | ConsumerStatus::Starting)
-    });
+    let moving = state
+        .consumers
+        .projection(crate::catalog::CATALOG)
+        .is_some_and(|c| matches!(c.status(), ConsumerStatus::Running | ConsumerStatus::Starting));
     if moving
         && let Some(view) = state.projection(crate::catalog::CATALOG)
         && view.wait_for(head, STATS_WAIT).await.is_err()
