@@ -13,6 +13,7 @@ pub mod readmodel;
 pub mod snapshot;
 pub mod store;
 pub mod subscription;
+pub mod tail_cache;
 pub mod timestamp;
 pub mod whole;
 

@@ -416,8 +416,11 @@ impl Server {
             m.integration.first().map(|events| (m.name, aggregates, events))
         }));
         domain_schemas::register_tables(&registry, &tables)?;
+        // One reader of `$all`'s tail for every consumer and subscription of this process.
+        let shared_reads: Arc<dyn EventStore> =
+            Arc::new(cairn_core::tail_cache::TailCache::new(Arc::clone(&stores.events)));
         let store: Arc<dyn EventStore> =
-            Arc::new(metrics::ServerStore::new(Arc::clone(&stores.events), Arc::clone(&registry)));
+            Arc::new(metrics::ServerStore::new(shared_reads, Arc::clone(&registry)));
         let _ = metrics::handle();
         let readmodels = Arc::clone(&stores.readmodels);
         let repository =
