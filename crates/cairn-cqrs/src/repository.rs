@@ -120,6 +120,9 @@ pub const BACKGROUND_SNAPSHOTS_MAX: usize = 2;
 /// Streams waiting for (or taking) a background snapshot; an append that would add one
 /// more leaves its stream to the next load, which snapshots a long tail itself.
 pub const BACKGROUND_SNAPSHOT_STREAMS_MAX: usize = 1024;
+/// States a background snapshot left for the next load of their aggregate (each taken
+/// by that load); when full, a new one replaces an arbitrary one.
+pub const WARM_STATES_MAX: usize = 64;
 
 /// Takes a snapshot of one aggregate now (its type erased: see [`Repository::snapshot_now`]).
 pub type SnapshotNow = fn(Repository, String) -> BoxFuture<'static, Result<(), CommandError>>;
@@ -131,6 +134,11 @@ struct Background {
     pending: Mutex<HashMap<String, bool>>,
     /// [`BACKGROUND_SNAPSHOTS_MAX`] permits.
     permits: Arc<Semaphore>,
+    /// Per stream, the `Loaded<A>` a background snapshot just saved: the next load starts
+    /// from it instead of reading and decoding the snapshot it equals (a large state costs
+    /// milliseconds to decode). The log only grows, so a state at version v plus the
+    /// events after v is the current state, whichever process appended them.
+    warm: Mutex<HashMap<String, Box<dyn std::any::Any + Send>>>,
 }
 
 impl Background {
@@ -138,6 +146,7 @@ impl Background {
         Self {
             pending: Mutex::default(),
             permits: Arc::new(Semaphore::new(BACKGROUND_SNAPSHOTS_MAX)),
+            warm: Mutex::default(),
         }
     }
 }
@@ -186,6 +195,8 @@ enum TakeSnapshot {
     Inline(u64),
     /// In the background, when the tail was at least the snapshot interval long.
     Background,
+    /// Not at all (the caller saves one itself).
+    Never,
 }
 
 /// Loads aggregates and runs commands against one event store.
@@ -284,7 +295,34 @@ impl Repository {
     /// Loads `id` (latest snapshot + tail) and saves a snapshot of it unless the tail was
     /// empty: what a background snapshot does.
     pub async fn snapshot_now<A: Aggregate>(&self, id: &str) -> Result<(), CommandError> {
-        self.load_from::<A>(id, Until::End, true, TakeSnapshot::Inline(1)).await.map(|_| ())
+        let (loaded, replayed) =
+            self.load_counted::<A>(id, Until::End, true, TakeSnapshot::Never).await?;
+        let snapshot = if replayed > 0 { Self::snapshot_of_loaded(id, &loaded) } else { None };
+        // Left for the next load before the (slower) save: a command arriving meanwhile
+        // already starts from it.
+        self.put_warm(id, loaded);
+        if let Some(snapshot) = snapshot {
+            self.save_snapshot(id, snapshot).await;
+        }
+        Ok(())
+    }
+
+    fn put_warm<A: Aggregate>(&self, id: &str, loaded: Loaded<A>) {
+        let mut warm = self.background.warm.lock().unwrap_or_else(PoisonError::into_inner);
+        if warm.len() >= WARM_STATES_MAX
+            && !warm.contains_key(id)
+            && let Some(evicted) = warm.keys().next().cloned()
+        {
+            warm.remove(&evicted);
+        }
+        warm.insert(id.to_owned(), Box::new(loaded));
+    }
+
+    /// The state a background snapshot left for `id`, if any (and of type `A`).
+    fn take_warm<A: Aggregate>(&self, id: &str) -> Option<Loaded<A>> {
+        let mut warm = self.background.warm.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = warm.remove(id)?;
+        state.downcast::<Loaded<A>>().ok().map(|b| *b)
     }
 
     /// The latest usable snapshot for a load up to `until`: same aggregate type, same
@@ -327,20 +365,29 @@ impl Repository {
         replayed: u64,
         at_least: u64,
     ) {
-        let Some((snapshots, _)) = &self.snapshots else { return };
-        let (Some(timestamp), true) = (loaded.timestamp, replayed >= at_least.max(1)) else {
+        if replayed < at_least.max(1) {
             return;
-        };
-        let Some(state) = loaded.state.to_snapshot() else { return };
-        let snapshot = Snapshot {
+        }
+        if let Some(snapshot) = Self::snapshot_of_loaded(id, loaded) {
+            self.save_snapshot(id, snapshot).await;
+        }
+    }
+
+    /// The snapshot of `loaded`, if it has events and `A` takes snapshots.
+    fn snapshot_of_loaded<A: Aggregate>(id: &str, loaded: &Loaded<A>) -> Option<Snapshot> {
+        Some(Snapshot {
             aggregate_id: id.to_owned(),
             aggregate_type: A::TYPE.to_owned(),
             snapshot_version: A::SNAPSHOT_VERSION,
             version: loaded.version,
             position: loaded.position,
-            timestamp,
-            state,
-        };
+            timestamp: loaded.timestamp?,
+            state: loaded.state.to_snapshot()?,
+        })
+    }
+
+    async fn save_snapshot(&self, id: &str, snapshot: Snapshot) {
+        let Some((snapshots, _)) = &self.snapshots else { return };
         let snapshots = Arc::clone(snapshots);
         match tokio::task::spawn_blocking(move || snapshots.save(&snapshot)).await {
             Ok(Ok(())) => {}
@@ -384,7 +431,25 @@ impl Repository {
         use_snapshot: bool,
         take: TakeSnapshot,
     ) -> Result<Loaded<A>, CommandError> {
-        let snapshot = if use_snapshot { self.usable_snapshot::<A>(id, until).await } else { None };
+        self.load_counted(id, until, use_snapshot, take).await.map(|(loaded, _)| loaded)
+    }
+
+    /// [`Repository::load_from`], with the number of events replayed after the snapshot.
+    async fn load_counted<A: Aggregate>(
+        &self,
+        id: &str,
+        until: Until,
+        use_snapshot: bool,
+        take: TakeSnapshot,
+    ) -> Result<(Loaded<A>, u64), CommandError> {
+        let snapshot = match (use_snapshot, until) {
+            (false, _) => None,
+            (true, Until::End) => match self.take_warm::<A>(id) {
+                Some(warm) => Some(warm),
+                None => self.usable_snapshot::<A>(id, until).await,
+            },
+            (true, _) => self.usable_snapshot::<A>(id, until).await,
+        };
         let mut loaded = snapshot.unwrap_or(Loaded {
             state: A::default(),
             version: 0,
@@ -396,7 +461,7 @@ impl Repository {
             let read = StreamRead::forward_from(loaded.version + 1, LOAD_PAGE_EVENTS);
             let slice = match self.store.read_stream(id, read).await {
                 Ok(slice) => slice,
-                Err(ReadError::StreamNotFound) => return Ok(loaded),
+                Err(ReadError::StreamNotFound) => return Ok((loaded, replayed)),
                 Err(e) => return Err(e.into()),
             };
             if slice.aggregate_type != A::TYPE {
@@ -434,7 +499,7 @@ impl Repository {
             }
             replayed += events.len() as u64;
             if reached_until {
-                return Ok(loaded);
+                return Ok((loaded, replayed));
             }
             if !more {
                 if until == Until::End {
@@ -445,10 +510,10 @@ impl Repository {
                         TakeSnapshot::Background if replayed >= self.snapshot_every() => {
                             self.spawn_snapshot(id, snapshot_of::<A>);
                         }
-                        TakeSnapshot::Background => {}
+                        TakeSnapshot::Background | TakeSnapshot::Never => {}
                     }
                 }
-                return Ok(loaded);
+                return Ok((loaded, replayed));
             }
         }
     }
