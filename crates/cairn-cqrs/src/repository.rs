@@ -729,6 +729,7 @@ impl CommandError {
 }
 
 /// [`Repository::snapshot_now`] of `A`, as a [`SnapshotNow`].
+#[must_use]
 pub fn snapshot_of<A: Aggregate>(
     repo: Repository,
     id: String,

@@ -306,16 +306,15 @@ impl Order {
                 }
                 index
             });
-            match index.get(&e.product_id) {
-                Some(&i) => self.items[i].quantity += e.quantity,
-                None => {
-                    index.insert(e.product_id.clone(), self.items.len());
-                    self.items.push(Line {
-                        product_id: e.product_id.clone(),
-                        quantity: e.quantity,
-                        price: e.price,
-                    });
-                }
+            if let Some(&i) = index.get(&e.product_id) {
+                self.items[i].quantity += e.quantity;
+            } else {
+                index.insert(e.product_id.clone(), self.items.len());
+                self.items.push(Line {
+                    product_id: e.product_id.clone(),
+                    quantity: e.quantity,
+                    price: e.price,
+                });
             }
         }
     }
