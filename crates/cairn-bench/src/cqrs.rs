@@ -17,16 +17,16 @@ use tokio::sync::watch;
 use crate::report::{Table, rate};
 
 /// A running server over a fresh data directory.
-struct Server {
+pub struct Server {
     base: String,
     client: reqwest::Client,
-    consumers: Arc<Consumers>,
+    pub consumers: Arc<Consumers>,
     store: Arc<dyn EventStore>,
     stop: watch::Sender<bool>,
 }
 
 impl Server {
-    async fn start(dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         Self::start_with(dir, &cairn_server::DomainConfig::default()).await
     }
 
@@ -74,7 +74,7 @@ impl Server {
         Ok(Self { base, client, consumers, store, stop })
     }
 
-    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let r = self.client.post(format!("{}{path}", self.base)).json(body).send().await?;
         anyhow::ensure!(
             r.status().is_success(),
@@ -85,7 +85,7 @@ impl Server {
         Ok(r.json().await?)
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         let _ = self.stop.send(true);
         self.store.close().await;
     }

@@ -5,6 +5,7 @@
 
 mod bus;
 mod cqrs;
+mod long;
 mod pg;
 mod raw;
 mod report;
@@ -74,7 +75,13 @@ pub enum Group {
     Cqrs,
     /// The NATS relay (`--nats-url`); only when asked for.
     Bus,
+    /// One long stream: consumers' catch-up and the next command after a bulk append;
+    /// only when asked for.
+    Long,
 }
+
+/// Repetitions of the long-stream scenario (its targets are about the worst of them).
+const LONG_STREAM_REPETITIONS: usize = 5;
 
 /// Workload sizes, scaled down by `--quick`.
 #[derive(Clone, Copy)]
@@ -171,6 +178,9 @@ fn main() -> anyhow::Result<()> {
             if args.only.contains(&Group::Raw) {
                 raw::inserts(&mut table, tmp.path(), sizes)?;
             }
+        }
+        if args.only.contains(&Group::Long) {
+            long::run(&mut table, tmp.path(), LONG_STREAM_REPETITIONS).await?;
         }
         if args.only.contains(&Group::Reads) {
             store::reads(&mut table, tmp.path(), sizes, args.runs).await?;

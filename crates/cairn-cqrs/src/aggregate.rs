@@ -112,6 +112,14 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     type Command: Send + Sync;
     /// Folds one event into the state.
     fn apply(&mut self, event: &Self::Event);
+    /// Folds `events` in order, exactly as [`Aggregate::apply`] one by one would. Loads
+    /// fold a stream a page at a time through it, so an aggregate whose `apply` costs more
+    /// as it grows (a search in a growing list) can fold a long run in one pass.
+    fn apply_all(&mut self, events: &[Self::Event]) {
+        for event in events {
+            self.apply(event);
+        }
+    }
     /// Decides which events a command causes, or refuses it.
     fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, DomainError>;
     /// Whether `command` creates the aggregate, changes it, or either.

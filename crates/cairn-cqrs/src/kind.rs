@@ -6,7 +6,7 @@ use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 
 use crate::aggregate::{Aggregate, DecodeError, DomainEvent};
-use crate::repository::{CommandError, Repository, Until};
+use crate::repository::{self, CommandError, Repository, SnapshotNow, Until};
 
 /// `A::load_until` rendered as a [`StateAt`], behind a plain function pointer.
 type LoadState =
@@ -32,6 +32,7 @@ pub struct AggregateKind {
     schema_version: fn(&str) -> u32,
     check_event: fn(&str, &str) -> Result<(), DecodeError>,
     load_state: LoadState,
+    snapshot_now: SnapshotNow,
 }
 
 impl std::fmt::Debug for AggregateKind {
@@ -56,6 +57,7 @@ impl AggregateKind {
                 <A::Event as DomainEvent>::from_json(event_type, data).map(|_| ())
             },
             load_state: load_state_of::<A>,
+            snapshot_now: repository::snapshot_of::<A>,
         }
     }
 
@@ -92,6 +94,20 @@ impl AggregateKind {
         until: Until,
     ) -> Result<StateAt, CommandError> {
         (self.load_state)(repo, id, until).await
+    }
+}
+
+impl AggregateKind {
+    /// After an append to aggregate `id` of this type from outside the command path (the
+    /// store API): [`Repository::snapshot_after_append`].
+    pub fn snapshot_after_append(
+        &self,
+        repo: &Repository,
+        id: &str,
+        first_version: u64,
+        last_version: u64,
+    ) {
+        repo.snapshot_after_append(id, first_version, last_version, self.snapshot_now);
     }
 }
 

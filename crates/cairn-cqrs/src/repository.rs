@@ -1,6 +1,7 @@
 //! Command handling: load (events of the stream), decide, append with the loaded version.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
@@ -8,8 +9,10 @@ use cairn_core::{
     Append, AppendError, Direction, EventStore, ExpectedVersion, IdempotencyKey, IdempotencyRecord,
     KeyOutcome, NewEvent, ReadError, RecordedEvent, Refusal, StreamRead,
 };
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use thiserror::Error;
+use tokio::sync::Semaphore;
 
 use crate::aggregate::{Aggregate, DecodeError, DomainError, DomainEvent, Existence};
 use crate::metadata::CommandMetadata;
@@ -111,6 +114,90 @@ pub enum Until {
 
 /// Default number of events a load may replay before it takes a snapshot.
 pub const SNAPSHOT_EVERY_DEFAULT: u64 = 100;
+/// Background snapshots taken at once (each loads an aggregate and writes its state):
+/// bulk appends to many long streams must not take every core from the commands.
+pub const BACKGROUND_SNAPSHOTS_MAX: usize = 2;
+/// Streams waiting for (or taking) a background snapshot; an append that would add one
+/// more leaves its stream to the next load, which snapshots a long tail itself.
+pub const BACKGROUND_SNAPSHOT_STREAMS_MAX: usize = 1024;
+/// States a background snapshot left for the next load of their aggregate (each taken
+/// by that load); when full, a new one replaces an arbitrary one.
+pub const WARM_STATES_MAX: usize = 64;
+
+/// Takes a snapshot of one aggregate now (its type erased: see [`Repository::snapshot_now`]).
+pub type SnapshotNow = fn(Repository, String) -> BoxFuture<'static, Result<(), CommandError>>;
+
+/// The snapshots taken in the background after appends.
+struct Background {
+    /// Per stream with a snapshot under way: whether another append asked for one since
+    /// it started (then it runs again: one in flight per stream, none lost).
+    pending: Mutex<HashMap<String, bool>>,
+    /// [`BACKGROUND_SNAPSHOTS_MAX`] permits.
+    permits: Arc<Semaphore>,
+    /// Per stream, the `Loaded<A>` a background snapshot just saved: the next load starts
+    /// from it instead of reading and decoding the snapshot it equals (a large state costs
+    /// milliseconds to decode). The log only grows, so a state at version v plus the
+    /// events after v is the current state, whichever process appended them.
+    warm: Mutex<HashMap<String, Box<dyn std::any::Any + Send>>>,
+}
+
+impl Background {
+    fn new() -> Self {
+        Self {
+            pending: Mutex::default(),
+            permits: Arc::new(Semaphore::new(BACKGROUND_SNAPSHOTS_MAX)),
+            warm: Mutex::default(),
+        }
+    }
+}
+
+/// Removes a stream from [`Background::pending`] should its task end early (a panic).
+struct PendingEntry {
+    background: Arc<Background>,
+    id: String,
+    removed: bool,
+}
+
+impl PendingEntry {
+    /// Whether another append asked for a snapshot since this one started; if not, the
+    /// stream leaves `pending` (under the same lock: an append arriving just after starts
+    /// a new task instead of being lost).
+    fn again(&mut self) -> bool {
+        let mut pending = self.background.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        match pending.get_mut(&self.id) {
+            Some(again) if *again => {
+                *again = false;
+                true
+            }
+            _ => {
+                pending.remove(&self.id);
+                self.removed = true;
+                false
+            }
+        }
+    }
+}
+
+impl Drop for PendingEntry {
+    fn drop(&mut self) {
+        if !self.removed {
+            let mut pending =
+                self.background.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.remove(&self.id);
+        }
+    }
+}
+
+/// When a load that replayed a long tail takes a snapshot.
+#[derive(Debug, Clone, Copy)]
+enum TakeSnapshot {
+    /// Before the load returns, when the tail was at least this long.
+    Inline(u64),
+    /// In the background, when the tail was at least the snapshot interval long.
+    Background,
+    /// Not at all (the caller saves one itself).
+    Never,
+}
 
 /// Loads aggregates and runs commands against one event store.
 #[derive(Clone)]
@@ -118,12 +205,13 @@ pub struct Repository {
     store: Arc<dyn EventStore>,
     /// Where snapshots go, and how long a replayed tail may get before a new one is taken.
     snapshots: Option<(Arc<dyn SnapshotStore>, u64)>,
+    background: Arc<Background>,
 }
 
 impl Repository {
     /// A repository over `store`, without snapshots.
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store, snapshots: None }
+        Self { store, snapshots: None, background: Arc::new(Background::new()) }
     }
 
     /// A repository that loads from the latest snapshot plus the tail, and takes a new
@@ -133,7 +221,108 @@ impl Repository {
         snapshots: Arc<dyn SnapshotStore>,
         every: u64,
     ) -> Self {
-        Self { store, snapshots: Some((snapshots, every.max(1))) }
+        Self {
+            store,
+            snapshots: Some((snapshots, every.max(1))),
+            background: Arc::new(Background::new()),
+        }
+    }
+
+    /// Called after `id`'s stream got versions `first_version..=last_version` (whoever
+    /// appended them): when the append crossed a multiple of the snapshot interval, a
+    /// snapshot is taken in the background, so that the next command loads a snapshot and
+    /// a short tail instead of replaying what a bulk append wrote. Crossing a multiple
+    /// bounds the tail a load replays to about one interval plus one append, without
+    /// reading the last snapshot on every append. At most one per stream is under way
+    /// (an append meanwhile has it run once more), and [`BACKGROUND_SNAPSHOTS_MAX`] in all.
+    pub fn snapshot_after_append(
+        &self,
+        id: &str,
+        first_version: u64,
+        last_version: u64,
+        snapshot: SnapshotNow,
+    ) {
+        let Some((_, every)) = &self.snapshots else { return };
+        if first_version.saturating_sub(1) / every == last_version / every {
+            return;
+        }
+        self.spawn_snapshot(id, snapshot);
+    }
+
+    /// Takes a snapshot of `id` in the background (see [`Repository::snapshot_after_append`]).
+    fn spawn_snapshot(&self, id: &str, snapshot: SnapshotNow) {
+        if self.snapshots.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        {
+            let mut pending =
+                self.background.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(again) = pending.get_mut(id) {
+                *again = true;
+                return;
+            }
+            if pending.len() >= BACKGROUND_SNAPSHOT_STREAMS_MAX {
+                tracing::debug!(
+                    aggregate = id,
+                    "background snapshots full; the next load takes it"
+                );
+                return;
+            }
+            pending.insert(id.to_owned(), false);
+        }
+        let mut entry = PendingEntry {
+            background: Arc::clone(&self.background),
+            id: id.to_owned(),
+            removed: false,
+        };
+        let repo = self.clone();
+        runtime.spawn(async move {
+            let permits = Arc::clone(&repo.background.permits);
+            let Ok(_permit) = permits.acquire_owned().await else { return };
+            loop {
+                if let Err(e) = snapshot(repo.clone(), entry.id.clone()).await {
+                    // A lost snapshot only costs a longer replay next time.
+                    tracing::warn!(aggregate = %entry.id, error = %e, "background snapshot not taken");
+                }
+                if !entry.again() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Loads `id` (latest snapshot + tail) and saves a snapshot of it unless the tail was
+    /// empty: what a background snapshot does.
+    pub async fn snapshot_now<A: Aggregate>(&self, id: &str) -> Result<(), CommandError> {
+        let (loaded, replayed) =
+            self.load_counted::<A>(id, Until::End, true, TakeSnapshot::Never).await?;
+        let snapshot = if replayed > 0 { Self::snapshot_of_loaded(id, &loaded) } else { None };
+        // Left for the next load before the (slower) save: a command arriving meanwhile
+        // already starts from it.
+        self.put_warm(id, loaded);
+        if let Some(snapshot) = snapshot {
+            self.save_snapshot(id, snapshot).await;
+        }
+        Ok(())
+    }
+
+    fn put_warm<A: Aggregate>(&self, id: &str, loaded: Loaded<A>) {
+        let mut warm = self.background.warm.lock().unwrap_or_else(PoisonError::into_inner);
+        if warm.len() >= WARM_STATES_MAX
+            && !warm.contains_key(id)
+            && let Some(evicted) = warm.keys().next().cloned()
+        {
+            warm.remove(&evicted);
+        }
+        warm.insert(id.to_owned(), Box::new(loaded));
+    }
+
+    /// The state a background snapshot left for `id`, if any (and of type `A`).
+    fn take_warm<A: Aggregate>(&self, id: &str) -> Option<Loaded<A>> {
+        let mut warm = self.background.warm.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = warm.remove(id)?;
+        state.downcast::<Loaded<A>>().ok().map(|b| *b)
     }
 
     /// The latest usable snapshot for a load up to `until`: same aggregate type, same
@@ -168,20 +357,37 @@ impl Repository {
         })
     }
 
-    /// Saves a snapshot of `loaded` when the tail replayed to reach it was long enough.
-    async fn maybe_snapshot<A: Aggregate>(&self, id: &str, loaded: &Loaded<A>, replayed: u64) {
-        let Some((snapshots, every)) = &self.snapshots else { return };
-        let (Some(timestamp), true) = (loaded.timestamp, replayed >= *every) else { return };
-        let Some(state) = loaded.state.to_snapshot() else { return };
-        let snapshot = Snapshot {
+    /// Saves a snapshot of `loaded` when the tail replayed to reach it was `at_least` long.
+    async fn maybe_snapshot<A: Aggregate>(
+        &self,
+        id: &str,
+        loaded: &Loaded<A>,
+        replayed: u64,
+        at_least: u64,
+    ) {
+        if replayed < at_least.max(1) {
+            return;
+        }
+        if let Some(snapshot) = Self::snapshot_of_loaded(id, loaded) {
+            self.save_snapshot(id, snapshot).await;
+        }
+    }
+
+    /// The snapshot of `loaded`, if it has events and `A` takes snapshots.
+    fn snapshot_of_loaded<A: Aggregate>(id: &str, loaded: &Loaded<A>) -> Option<Snapshot> {
+        Some(Snapshot {
             aggregate_id: id.to_owned(),
             aggregate_type: A::TYPE.to_owned(),
             snapshot_version: A::SNAPSHOT_VERSION,
             version: loaded.version,
             position: loaded.position,
-            timestamp,
-            state,
-        };
+            timestamp: loaded.timestamp?,
+            state: loaded.state.to_snapshot()?,
+        })
+    }
+
+    async fn save_snapshot(&self, id: &str, snapshot: Snapshot) {
+        let Some((snapshots, _)) = &self.snapshots else { return };
         let snapshots = Arc::clone(snapshots);
         match tokio::task::spawn_blocking(move || snapshots.save(&snapshot)).await {
             Ok(Ok(())) => {}
@@ -208,16 +414,42 @@ impl Repository {
         id: &str,
         until: Until,
     ) -> Result<Loaded<A>, CommandError> {
-        self.load_from::<A>(id, until, true).await
+        self.load_from::<A>(id, until, true, TakeSnapshot::Inline(self.snapshot_every())).await
     }
 
+    /// How long a replayed tail may get before a load takes a snapshot.
+    fn snapshot_every(&self) -> u64 {
+        self.snapshots.as_ref().map_or(u64::MAX, |(_, every)| *every)
+    }
+
+    /// Loads `id` up to `until`; a load to the end that replayed a long tail takes a
+    /// snapshot as `take` says.
     async fn load_from<A: Aggregate>(
         &self,
         id: &str,
         until: Until,
         use_snapshot: bool,
+        take: TakeSnapshot,
     ) -> Result<Loaded<A>, CommandError> {
-        let snapshot = if use_snapshot { self.usable_snapshot::<A>(id, until).await } else { None };
+        self.load_counted(id, until, use_snapshot, take).await.map(|(loaded, _)| loaded)
+    }
+
+    /// [`Repository::load_from`], with the number of events replayed after the snapshot.
+    async fn load_counted<A: Aggregate>(
+        &self,
+        id: &str,
+        until: Until,
+        use_snapshot: bool,
+        take: TakeSnapshot,
+    ) -> Result<(Loaded<A>, u64), CommandError> {
+        let snapshot = match (use_snapshot, until) {
+            (false, _) => None,
+            (true, Until::End) => match self.take_warm::<A>(id) {
+                Some(warm) => Some(warm),
+                None => self.usable_snapshot::<A>(id, until).await,
+            },
+            (true, _) => self.usable_snapshot::<A>(id, until).await,
+        };
         let mut loaded = snapshot.unwrap_or(Loaded {
             state: A::default(),
             version: 0,
@@ -229,7 +461,7 @@ impl Repository {
             let read = StreamRead::forward_from(loaded.version + 1, LOAD_PAGE_EVENTS);
             let slice = match self.store.read_stream(id, read).await {
                 Ok(slice) => slice,
-                Err(ReadError::StreamNotFound) => return Ok(loaded),
+                Err(ReadError::StreamNotFound) => return Ok((loaded, replayed)),
                 Err(e) => return Err(e.into()),
             };
             if slice.aggregate_type != A::TYPE {
@@ -241,6 +473,11 @@ impl Repository {
             // A page may stop short of the limit (the stores cap its bytes), so the end is
             // where the stream's version says, never where a page happens to stop.
             let more = slice.next_version(Direction::Forward).is_some();
+            // A page is folded in one `apply_all`, so that an aggregate can fold a long
+            // run in one pass.
+            let mut events = Vec::with_capacity(slice.events.len());
+            let mut last = None;
+            let mut reached_until = false;
             for e in &slice.events {
                 let past = match until {
                     Until::End => false,
@@ -248,16 +485,35 @@ impl Repository {
                     Until::Time(t) => e.timestamp > t,
                 };
                 if past {
-                    return Ok(loaded);
+                    reached_until = true;
+                    break;
                 }
-                apply_recorded(&mut loaded, e)?;
-                replayed += 1;
+                events.push(A::Event::from_recorded(e)?);
+                last = Some(e);
+            }
+            loaded.state.apply_all(&events);
+            if let Some(e) = last {
+                loaded.version = e.version;
+                loaded.position = e.position;
+                loaded.timestamp = Some(e.timestamp);
+            }
+            replayed += events.len() as u64;
+            if reached_until {
+                return Ok((loaded, replayed));
             }
             if !more {
                 if until == Until::End {
-                    self.maybe_snapshot(id, &loaded, replayed).await;
+                    match take {
+                        TakeSnapshot::Inline(at_least) => {
+                            self.maybe_snapshot(id, &loaded, replayed, at_least).await;
+                        }
+                        TakeSnapshot::Background if replayed >= self.snapshot_every() => {
+                            self.spawn_snapshot(id, snapshot_of::<A>);
+                        }
+                        TakeSnapshot::Background | TakeSnapshot::Never => {}
+                    }
                 }
-                return Ok(loaded);
+                return Ok((loaded, replayed));
             }
         }
     }
@@ -289,7 +545,9 @@ impl Repository {
             }
             // A creating command expects no stream at all: no snapshot to look for.
             let use_snapshot = A::existence(command) != Existence::MustNotExist;
-            let loaded = self.load_from::<A>(id, Until::End, use_snapshot).await?;
+            // The command does not wait for a snapshot of a long tail: it is taken beside it.
+            let loaded =
+                self.load_from::<A>(id, Until::End, use_snapshot, TakeSnapshot::Background).await?;
             let refusal = if let Some(expected) = options.expected_version
                 && expected != loaded.version
             {
@@ -345,6 +603,12 @@ impl Repository {
             };
             match self.store.append(append).await {
                 Ok(o) => {
+                    self.snapshot_after_append(
+                        id,
+                        o.first_version,
+                        o.last_version,
+                        snapshot_of::<A>,
+                    );
                     return Ok(CommandOutcome {
                         aggregate_id: id.to_owned(),
                         version: o.last_version,
@@ -462,6 +726,15 @@ impl CommandError {
             _ => Self::Rule(DomainError::rule(refusal.message)),
         }
     }
+}
+
+/// [`Repository::snapshot_now`] of `A`, as a [`SnapshotNow`].
+#[must_use]
+pub fn snapshot_of<A: Aggregate>(
+    repo: Repository,
+    id: String,
+) -> BoxFuture<'static, Result<(), CommandError>> {
+    Box::pin(async move { repo.snapshot_now::<A>(&id).await })
 }
 
 /// Decodes and applies one stored event.

@@ -283,6 +283,42 @@ impl Order {
             .checked_add(self.corrections)
     }
 
+    /// Folds `events` in order, exactly as [`Aggregate::apply`] one by one would, in time
+    /// linear in the lines and the events: `apply` finds a line by scanning the lines, so
+    /// folding a long run of `ItemAdded` into an order of n lines one by one costs O(n)
+    /// per event; here each run of additions shares one index of the lines.
+    pub fn fold_all<'a>(&mut self, events: impl IntoIterator<Item = &'a OrderEvent>) {
+        // Product -> its first line (the one `apply` would find); built when first needed.
+        let mut index: Option<std::collections::HashMap<String, usize>> = None;
+        for event in events {
+            let OrderEvent::ItemAdded(e) = event else {
+                self.apply(event);
+                // Creating and removing replace or shift the lines: index them afresh.
+                if matches!(event, OrderEvent::OrderCreated(_) | OrderEvent::ItemRemoved(_)) {
+                    index = None;
+                }
+                continue;
+            };
+            let index = index.get_or_insert_with(|| {
+                let mut index = std::collections::HashMap::with_capacity(self.items.len());
+                for (i, l) in self.items.iter().enumerate() {
+                    index.entry(l.product_id.clone()).or_insert(i);
+                }
+                index
+            });
+            if let Some(&i) = index.get(&e.product_id) {
+                self.items[i].quantity += e.quantity;
+            } else {
+                index.insert(e.product_id.clone(), self.items.len());
+                self.items.push(Line {
+                    product_id: e.product_id.clone(),
+                    quantity: e.quantity,
+                    price: e.price,
+                });
+            }
+        }
+    }
+
     fn line(&self, product_id: &str) -> Option<&Line> {
         self.items.iter().find(|l| l.product_id == product_id)
     }
@@ -386,6 +422,10 @@ impl Aggregate for Order {
                 self.corrections = self.corrections + (e.corrected_total - e.previous_total);
             }
         }
+    }
+
+    fn apply_all(&mut self, events: &[OrderEvent]) {
+        self.fold_all(events);
     }
 
     fn handle(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, DomainError> {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use cairn_core::readmodel::{DocTxn, DocTxnExt, ReadModelError, TableSpec};
 use cairn_core::timestamp::Timestamp;
+use cairn_cqrs::DomainEvent;
 use cairn_cqrs::projection::Projection;
-use cairn_cqrs::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::money::Money;
@@ -76,62 +76,72 @@ impl Projection for OrderSummaryProjection {
     }
 
     /// Loads each touched order once, folds all its events of the batch, saves it once.
+    ///
+    /// Nothing per event depends on the order's size: the events are decoded and grouped
+    /// by order, each order's run is folded with [`Order::fold_all`] (linear in the lines
+    /// and the events), and what depends on the lines (count, total) is computed once per
+    /// order and batch. A long run of events on one big order thus costs per event what a
+    /// run spread over many small ones does.
     fn apply_batch(
         &self,
         events: &[RecordedEvent],
         txn: &mut dyn DocTxn,
     ) -> Result<(), ReadModelError> {
-        let mut touched: HashMap<&str, (Order, Option<OrderSummary>)> = HashMap::new();
-        let mut order_of_first_touch = Vec::new();
+        // Per order, in order of first touch: its events of the batch, decoded.
+        let mut runs: Vec<(&str, Vec<(&RecordedEvent, OrderEvent)>)> = Vec::new();
+        let mut run_of: HashMap<&str, usize> = HashMap::new();
         for e in events {
             let event: OrderEvent = decode(e)?;
             let id = e.aggregate_id.as_str();
-            if !touched.contains_key(id) {
-                let order: Order = txn.load(STATE, id)?.unwrap_or_default();
-                let row = txn.load::<OrderSummary>(TABLE, id)?;
-                touched.insert(id, (order, row));
-                order_of_first_touch.push(id);
-            }
-            let (order, row) = touched.get_mut(id).expect("inserted above");
-            // The order's state is the aggregate's own fold: the summary can never disagree
-            // with the write side about totals or lines.
-            order.apply(&event);
-            let row = row.get_or_insert_with(|| OrderSummary {
-                order_id: id.to_owned(),
-                customer_id: order.customer_id.clone(),
-                status: String::new(),
-                item_count: 0,
-                total: Money::ZERO,
-                tracking_number: None,
-                carrier: None,
-                created_at: e.timestamp,
-                confirmed_at: None,
-                shipped_at: None,
-                updated_at: e.timestamp,
-                version: 0,
+            let run = *run_of.entry(id).or_insert_with(|| {
+                runs.push((id, Vec::new()));
+                runs.len() - 1
             });
-            match &event {
-                OrderEvent::OrderConfirmed(_) => row.confirmed_at = Some(e.timestamp),
-                OrderEvent::OrderShipped(s) => {
-                    row.shipped_at = Some(e.timestamp);
-                    row.tracking_number = Some(s.tracking_number.clone());
-                    row.carrier = Some(s.carrier.clone());
-                }
-                _ => {}
-            }
-            order.status.as_str().clone_into(&mut row.status);
-            row.customer_id.clone_from(&order.customer_id);
-            row.item_count = order.items.len();
-            row.total = order.checked_total().ok_or_else(|| {
-                ReadModelError::Handler(format!("the total of {id} cannot be represented"))
-            })?;
-            row.updated_at = e.timestamp;
-            row.version = e.version;
+            runs[run].1.push((e, event));
         }
-        for id in order_of_first_touch {
-            let (order, row) = &touched[id];
-            txn.save(STATE, id, order)?;
-            if let Some(row) = row {
+        for (id, run) in runs {
+            let mut order: Order = txn.load(STATE, id)?.unwrap_or_default();
+            let mut row = txn.load::<OrderSummary>(TABLE, id)?;
+            // The order's state is the aggregate's own fold: the summary can never
+            // disagree with the write side about totals or lines.
+            order.fold_all(run.iter().map(|(_, event)| event));
+            for (e, event) in &run {
+                let row = row.get_or_insert_with(|| OrderSummary {
+                    order_id: id.to_owned(),
+                    customer_id: String::new(),
+                    status: String::new(),
+                    item_count: 0,
+                    total: Money::ZERO,
+                    tracking_number: None,
+                    carrier: None,
+                    created_at: e.timestamp,
+                    confirmed_at: None,
+                    shipped_at: None,
+                    updated_at: e.timestamp,
+                    version: 0,
+                });
+                match event {
+                    OrderEvent::OrderConfirmed(_) => row.confirmed_at = Some(e.timestamp),
+                    OrderEvent::OrderShipped(s) => {
+                        row.shipped_at = Some(e.timestamp);
+                        row.tracking_number = Some(s.tracking_number.clone());
+                        row.carrier = Some(s.carrier.clone());
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(row), Some((last, _))) = (row.as_mut(), run.last()) {
+                order.status.as_str().clone_into(&mut row.status);
+                row.customer_id.clone_from(&order.customer_id);
+                row.item_count = order.items.len();
+                row.total = order.checked_total().ok_or_else(|| {
+                    ReadModelError::Handler(format!("the total of {id} cannot be represented"))
+                })?;
+                row.updated_at = last.timestamp;
+                row.version = last.version;
+            }
+            txn.save(STATE, id, &order)?;
+            if let Some(row) = &row {
                 txn.save(TABLE, id, row)?;
             }
         }

@@ -204,8 +204,19 @@ pub async fn append(
         crate::auth::middleware::check_raw_append(caller, &state, &first.aggregate_type)?;
     }
     let request = to_append(aggregate_id, body, &state.schemas, &state.aggregates)?;
-    let aggregate_id = request.aggregate_id.clone();
+    let (aggregate_id, aggregate_type) =
+        (request.aggregate_id.clone(), request.aggregate_type.clone());
     let outcome = state.store.append(request).await?;
+    // A bulk append to a registered aggregate is snapshotted now, in the background, so
+    // that the next command on it does not replay it.
+    if let Some(kind) = state.aggregate(&aggregate_type) {
+        kind.snapshot_after_append(
+            &state.repository,
+            &aggregate_id,
+            outcome.first_version,
+            outcome.last_version,
+        );
+    }
     Ok(Json(AppendResponse {
         aggregate_id: &aggregate_id,
         first_version: outcome.first_version,

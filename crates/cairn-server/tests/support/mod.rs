@@ -16,6 +16,8 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub store: Arc<dyn EventStore>,
+    /// Where the server keeps aggregate snapshots.
+    pub snapshots: Arc<dyn cairn_core::snapshot::SnapshotStore>,
     /// Every route the router serves, with its permission.
     pub routes: Vec<RouteInfo>,
     stop: watch::Sender<bool>,
@@ -40,6 +42,7 @@ impl TestServer {
     ) -> Self {
         let (opened, place) = backend.open().await;
         let store = Arc::clone(&opened.events);
+        let snapshots = Arc::clone(&opened.snapshots);
         let (stop, stop_rx) = watch::channel(false);
         let stores = cairn_server::Stores {
             events: opened.events,
@@ -77,7 +80,7 @@ impl TestServer {
                 .await
                 .unwrap();
         });
-        Self { base, client: reqwest::Client::new(), store, routes, stop, place }
+        Self { base, client: reqwest::Client::new(), store, snapshots, routes, stop, place }
     }
 
     pub fn url(&self, path: &str) -> String {
