@@ -204,8 +204,13 @@ impl ProcessContext {
         &self,
         commands: &[(String, A::Command, CommandOptions)],
     ) -> Vec<Result<crate::CommandOutcome, crate::CommandError>> {
-        futures_util::stream::iter(commands)
-            .map(|(id, command, options)| self.execute::<A>(id, command, options))
+        // By index: a closure over the slice's items would have to be general over their
+        // lifetime, which `async_trait`'s `Send` check cannot prove.
+        futures_util::stream::iter(0..commands.len())
+            .map(|i| {
+                let (id, command, options) = &commands[i];
+                self.execute::<A>(id, command, options)
+            })
             .buffered(PM_COMMANDS_IN_FLIGHT_MAX)
             .collect()
             .await
