@@ -28,8 +28,8 @@ use crate::metadata::CommandMetadata;
 use crate::repository::{CommandOptions, Repository};
 
 /// Instances of one process manager handled at once within a batch. Bounds the commands
-/// and state saves in flight (each holds a store connection for its duration), so a batch
-/// of many instances cannot empty the pools the HTTP API needs.
+/// and state saves in flight, so that a batch of many instances cannot crowd the HTTP
+/// API's own commands out of the store's connections and writer.
 pub const PM_INSTANCES_IN_FLIGHT_MAX: usize = 32;
 /// Commands of one [`ProcessContext::execute_all`] in flight at once.
 pub const PM_COMMANDS_IN_FLIGHT_MAX: usize = 8;
