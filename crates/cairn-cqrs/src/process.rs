@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use futures_util::StreamExt as _;
 use cairn_core::readmodel::{Fence, ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{EventStore, RecordedEvent};
+use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -374,10 +374,10 @@ impl BatchHandler for ProcessHandler {
             .buffer_unordered(PM_INSTANCES_IN_FLIGHT_MAX);
         let mut failed: Option<HandleError> = None;
         while let Some(result) = runs.next().await {
-            if let Err(e) = result {
-                if failed.as_ref().is_none_or(|f| severity(&e) > severity(f)) {
-                    failed = Some(e);
-                }
+            if let Err(e) = result
+                && failed.as_ref().is_none_or(|f| severity(&e) > severity(f))
+            {
+                failed = Some(e);
             }
         }
         if let Some(e) = failed {

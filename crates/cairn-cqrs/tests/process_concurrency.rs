@@ -58,7 +58,12 @@ impl ProcessManager for Slow {
         if event.aggregate_id == BAD && event.version == 2 {
             return Err("refused: a bad event".into());
         }
-        self.seen.lock().unwrap().entry(event.aggregate_id.clone()).or_default().push(event.version);
+        self.seen
+            .lock()
+            .unwrap()
+            .entry(event.aggregate_id.clone())
+            .or_default()
+            .push(event.version);
         tokio::time::sleep(HANDLE_TIME).await;
         Ok(())
     }
