@@ -33,6 +33,9 @@ use crate::repository::{CommandOptions, Repository};
 pub const PM_INSTANCES_IN_FLIGHT_MAX: usize = 32;
 /// Commands of one [`ProcessContext::execute_all`] in flight at once.
 pub const PM_COMMANDS_IN_FLIGHT_MAX: usize = 8;
+/// Locks a manager's commands queue on, by target aggregate (hashed). A fixed number, so
+/// memory stays bounded whatever the number of aggregates.
+const COMMAND_LANES: usize = 64;
 
 /// A process manager.
 #[async_trait]
@@ -111,6 +114,11 @@ pub struct ProcessContext {
     deposed: Arc<AtomicBool>,
     /// Where the manager's instances live: a save there also moves the status counts.
     instances: Instances,
+    /// One command at a time per target aggregate (by lane), shared by every run of the
+    /// manager. Concurrent instances often command one hot aggregate (many orders, one
+    /// product): unqueued, every writer but one loses each optimistic round and reloads,
+    /// so k writers cost k² attempts; queued, k.
+    lanes: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 impl ProcessContext {
@@ -179,7 +187,19 @@ impl ProcessContext {
             self.deposed.store(true, Ordering::SeqCst);
             return Err(crate::CommandError::NotLeader(self.name.to_owned()));
         }
-        let result = self.repository.execute::<A>(id, command, options).await;
+        let lane = {
+            use std::hash::{BuildHasher as _, Hasher as _};
+            // Fixed keys: lanes only need to spread aggregates, not resist an adversary.
+            let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .build_hasher();
+            h.write(A::TYPE.as_bytes());
+            h.write(id.as_bytes());
+            usize::try_from(h.finish() % COMMAND_LANES as u64).unwrap_or(0)
+        };
+        let result = {
+            let _queued = self.lanes[lane].lock().await;
+            self.repository.execute::<A>(id, command, options).await
+        };
         if let Err(
             crate::CommandError::Contention
             | crate::CommandError::Read(_)
@@ -442,6 +462,7 @@ pub fn spawn_process_manager_with(
         storage_failed: Arc::new(AtomicBool::new(false)),
         fence: None,
         deposed: Arc::new(AtomicBool::new(false)),
+        lanes: (0..COMMAND_LANES).map(|_| tokio::sync::Mutex::new(())).collect(),
     };
     Ok(consumer::spawn_with(
         store,
