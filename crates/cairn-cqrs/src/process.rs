@@ -5,13 +5,20 @@
 //! event again, the manager re-issues the same commands with the same keys, and the store
 //! answers each with its first outcome. A manager persists a decision that must not be
 //! re-made (e.g. "compensating") before acting on it.
+//!
+//! A batch's instances are handled concurrently (each instance's events one after another,
+//! in `$all` order), and the checkpoint is committed once per batch: a crash redelivers the
+//! whole batch, which is the same redelivery as above, for every event of it (see
+//! docs/design/consumers.md, section 9).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use cairn_core::readmodel::{Fence, ReadModelError, ReadModelStore, TableSpec};
 use cairn_core::{EventStore, RecordedEvent};
+use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -19,6 +26,16 @@ use tokio::sync::watch;
 use crate::consumer::{self, BatchHandler, ConsumerHandle, HandleError};
 use crate::metadata::CommandMetadata;
 use crate::repository::{CommandOptions, Repository};
+
+/// Instances of one process manager handled at once within a batch. Bounds the commands
+/// and state saves in flight, so that a batch of many instances cannot crowd the HTTP
+/// API's own commands out of the store's connections and writer.
+pub const PM_INSTANCES_IN_FLIGHT_MAX: usize = 32;
+/// Commands of one [`ProcessContext::execute_all`] in flight at once.
+pub const PM_COMMANDS_IN_FLIGHT_MAX: usize = 8;
+/// Locks a manager's commands queue on, by target aggregate (hashed). A fixed number, so
+/// memory stays bounded whatever the number of aggregates.
+const COMMAND_LANES: usize = 64;
 
 /// A process manager.
 #[async_trait]
@@ -31,9 +48,10 @@ pub trait ProcessManager: Send + Sync + 'static {
     fn event_types(&self) -> Vec<&'static str>;
     /// The instance an event belongs to (the key its state is saved under); `None`: not
     /// this manager's, so the runner skips it (the checkpoint moves on) and
-    /// [`handle`](Self::handle) never sees it. One instance's events are handled in `$all`
-    /// order; a later runner may handle different instances concurrently, which is why
-    /// every manager names its key now.
+    /// [`handle`](Self::handle) never sees it. One instance's events are handled one after
+    /// another in `$all` order; different instances' events are handled concurrently (up
+    /// to [`PM_INSTANCES_IN_FLIGHT_MAX`]), so whatever `handle` reads or writes for one
+    /// instance must be keyed by this key and nothing else.
     fn instance_key(&self, event: &RecordedEvent) -> Option<String>;
     /// Where its instances live: admin listing, export/import, metrics by status.
     fn instances(&self) -> Instances;
@@ -84,7 +102,9 @@ pub struct ProcessContext {
     readmodels: Arc<dyn ReadModelStore>,
     name: &'static str,
     /// Set when storage (not the event) made the handler fail, so that the failure is
-    /// retried as a stall instead of dead-lettering a good event.
+    /// retried as a stall instead of dead-lettering a good event. Each handled event gets
+    /// its own flags (shared only by that run's clones): runs of other instances go on
+    /// concurrently, and their failures must not classify this one's.
     storage_failed: Arc<AtomicBool>,
     /// The leadership term the event is handled in: instance state is saved under it,
     /// and refused once that term is over. `None` only outside a handled event.
@@ -94,6 +114,11 @@ pub struct ProcessContext {
     deposed: Arc<AtomicBool>,
     /// Where the manager's instances live: a save there also moves the status counts.
     instances: Instances,
+    /// One command at a time per target aggregate (by lane), shared by every run of the
+    /// manager. Concurrent instances often command one hot aggregate (many orders, one
+    /// product): unqueued, every writer but one loses each optimistic round and reloads,
+    /// so k writers cost k² attempts; queued, k.
+    lanes: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 impl ProcessContext {
@@ -162,7 +187,19 @@ impl ProcessContext {
             self.deposed.store(true, Ordering::SeqCst);
             return Err(crate::CommandError::NotLeader(self.name.to_owned()));
         }
-        let result = self.repository.execute::<A>(id, command, options).await;
+        let lane = {
+            use std::hash::{BuildHasher as _, Hasher as _};
+            // Fixed keys: lanes only need to spread aggregates, not resist an adversary.
+            let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .build_hasher();
+            h.write(A::TYPE.as_bytes());
+            h.write(id.as_bytes());
+            usize::try_from(h.finish() % COMMAND_LANES as u64).unwrap_or(0)
+        };
+        let result = {
+            let _queued = self.lanes[lane].lock().await;
+            self.repository.execute::<A>(id, command, options).await
+        };
         if let Err(
             crate::CommandError::Contention
             | crate::CommandError::Read(_)
@@ -176,6 +213,27 @@ impl ProcessContext {
             self.storage_failed.store(true, Ordering::SeqCst);
         }
         result
+    }
+
+    /// Runs independent commands concurrently (at most [`PM_COMMANDS_IN_FLIGHT_MAX`] at
+    /// once) and answers every outcome in the order given. Each command is
+    /// [`execute`](Self::execute)d, so each is answered with its key's first outcome: a
+    /// manager that decides on the whole list of outcomes decides the same way on a
+    /// redelivery, whatever order the commands reached the store in.
+    pub async fn execute_all<A: crate::Aggregate>(
+        &self,
+        commands: &[(String, A::Command, CommandOptions)],
+    ) -> Vec<Result<crate::CommandOutcome, crate::CommandError>> {
+        // By index: a closure over the slice's items would have to be general over their
+        // lifetime, which `async_trait`'s `Send` check cannot prove.
+        futures_util::stream::iter(0..commands.len())
+            .map(|i| {
+                let (id, command, options) = &commands[i];
+                self.execute::<A>(id, command, options)
+            })
+            .buffered(PM_COMMANDS_IN_FLIGHT_MAX)
+            .collect()
+            .await
     }
 
     /// Options for a command caused by `event`: a key unique to (this manager, the event,
@@ -217,19 +275,64 @@ impl ProcessHandler {
     /// Runs the manager on one event; a failure caused by storage is transient (retried),
     /// any other is the event's (dead-lettered after a few tries).
     async fn run(&self, fence: &Fence, event: &RecordedEvent) -> Result<(), HandleError> {
-        let ctx = ProcessContext { fence: Some(fence.clone()), ..self.ctx.clone() };
-        ctx.storage_failed.store(false, Ordering::SeqCst);
-        ctx.deposed.store(false, Ordering::SeqCst);
+        let ctx = ProcessContext {
+            fence: Some(fence.clone()),
+            storage_failed: Arc::new(AtomicBool::new(false)),
+            deposed: Arc::new(AtomicBool::new(false)),
+            ..self.ctx.clone()
+        };
         self.manager.handle(event, &ctx).await.map_err(|e| {
-            if ctx.deposed.swap(false, Ordering::SeqCst) {
-                ctx.storage_failed.store(false, Ordering::SeqCst);
+            if ctx.deposed.load(Ordering::SeqCst) {
                 HandleError::Deposed(e)
-            } else if ctx.storage_failed.swap(false, Ordering::SeqCst) {
+            } else if ctx.storage_failed.load(Ordering::SeqCst) {
                 HandleError::Transient(e)
             } else {
                 HandleError::Event(e)
             }
         })
+    }
+
+    /// Runs one instance's events in order; stops at its first failure (a later event of
+    /// the instance must not run before an earlier one has).
+    async fn run_instance(
+        &self,
+        fence: &Fence,
+        events: &[RecordedEvent],
+        instance: Vec<usize>,
+    ) -> Result<(), HandleError> {
+        for i in instance {
+            self.run(fence, &events[i]).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The batch's claimed events (their indexes) by instance: instances in order of their
+/// first event, each instance's events in `$all` order. Events the manager disowns are
+/// left out.
+fn by_instance(manager: &dyn ProcessManager, events: &[RecordedEvent]) -> Vec<Vec<usize>> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        // Not one of this manager's instances: skipped like an event of another type,
+        // and the batch's checkpoint moves over it.
+        let Some(key) = manager.instance_key(event) else { continue };
+        let slot = *index.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[slot].push(i);
+    }
+    groups
+}
+
+/// How bad a failure is for the runner: a deposed term must stop the runner whatever else
+/// failed, a storage failure must be retried rather than blamed on an event.
+const fn severity(e: &HandleError) -> u8 {
+    match e {
+        HandleError::Event(_) => 0,
+        HandleError::Transient(_) => 1,
+        HandleError::Deposed(_) => 2,
     }
 }
 
@@ -268,17 +371,40 @@ impl BatchHandler for ProcessHandler {
         events: Vec<RecordedEvent>,
         scanned_to: u64,
     ) -> Result<(), HandleError> {
-        for event in &events {
-            if self.manager.instance_key(event).is_none() {
-                // Not one of this manager's instances: skipped like an event of another
-                // type, and the checkpoint below moves over it.
-                continue;
+        let groups = by_instance(self.manager.as_ref(), &events);
+        // Instances concurrently, each instance's events in order. Once one instance has
+        // failed no other is started (the batch is retried as a whole anyway), but those
+        // in flight run to their end: none is cut between a command and its state save,
+        // and the runner learns the worst of every failure, not only the first one.
+        let halted = AtomicBool::new(false);
+        let mut runs = futures_util::stream::iter(groups)
+            .map(|instance| {
+                let (halted, events) = (&halted, &events);
+                async move {
+                    if halted.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    let result = self.run_instance(fence, events, instance).await;
+                    if result.is_err() {
+                        halted.store(true, Ordering::SeqCst);
+                    }
+                    result
+                }
+            })
+            .buffer_unordered(PM_INSTANCES_IN_FLIGHT_MAX);
+        let mut failed: Option<HandleError> = None;
+        while let Some(result) = runs.next().await {
+            if let Err(e) = result
+                && failed.as_ref().is_none_or(|f| severity(&e) > severity(f))
+            {
+                failed = Some(e);
             }
-            self.run(fence, event).await?;
-            // One event at a time: a crash redelivers at most the event in progress.
-            commit_checkpoint(&self.ctx.readmodels, fence, self.manager.name(), event.position)
-                .await?;
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // Once per batch: a crash before it redelivers the batch (at most
+        // `BATCH_EVENTS_MAX` events), every event of which is safe to handle again.
         commit_checkpoint(&self.ctx.readmodels, fence, self.manager.name(), scanned_to).await
     }
 
@@ -336,6 +462,7 @@ pub fn spawn_process_manager_with(
         storage_failed: Arc::new(AtomicBool::new(false)),
         fence: None,
         deposed: Arc::new(AtomicBool::new(false)),
+        lanes: (0..COMMAND_LANES).map(|_| tokio::sync::Mutex::new(())).collect(),
     };
     Ok(consumer::spawn_with(
         store,

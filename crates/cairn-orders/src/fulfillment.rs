@@ -1,6 +1,7 @@
 //! `OrderFulfillment`, the process manager of contract §5.
 //!
-//! On `OrderConfirmed` it reserves every line's stock, then marks the order ready to ship;
+//! On `OrderConfirmed` it reserves every line's stock (the lines' reservations at once), then
+//! marks the order ready to ship;
 //! if a reservation is refused it releases what it reserved and cancels the order
 //! (`out_of_stock`). On `OrderCancelled` it releases what it holds; on `OrderShipped` it
 //! ships the reserved stock. Every command's idempotency key is derived from the causing
@@ -84,25 +85,32 @@ impl OrderFulfillment {
         Ok(instance)
     }
 
+    /// Releases every reservation at once (they are independent: one per product).
     async fn release_all(
         &self,
         ctx: &ProcessContext,
         event: &RecordedEvent,
         instance: &mut FulfillmentInstance,
     ) -> Result<(), String> {
-        for product_id in std::mem::take(&mut instance.reserved) {
-            let command = InventoryCommand::Release { order_id: instance.order_id.clone() };
-            let options = ctx.options_for(event, &format!("release:{product_id}"));
-            match ctx.execute::<Inventory>(&product_id, &command, &options).await {
+        let commands: Vec<_> = instance
+            .reserved
+            .iter()
+            .map(|product_id| {
+                let command = InventoryCommand::Release { order_id: instance.order_id.clone() };
+                let options = ctx.options_for(event, &format!("release:{product_id}"));
+                (product_id.clone(), command, options)
+            })
+            .collect();
+        for outcome in ctx.execute_all::<Inventory>(&commands).await {
+            match outcome {
                 // Nothing reserved any more is what we wanted.
                 Ok(_) => {}
                 Err(e) if refused(&e) => {}
-                Err(e) => {
-                    instance.reserved.push(product_id);
-                    return Err(e.to_string());
-                }
+                // Unsaved: the redelivery releases again, answered by first outcomes.
+                Err(e) => return Err(e.to_string()),
             }
         }
+        instance.reserved.clear();
         Ok(())
     }
 
@@ -138,22 +146,33 @@ impl OrderFulfillment {
             }
         };
         if instance.status == FulfillmentStatus::Reserving {
-            let mut refusal = None;
-            for line in instance.items.clone() {
+            // Every line's reservation at once: each is its own keyed command, so the
+            // branch below is a function of their first outcomes (the first refusal in
+            // line order names the reason), whatever order they reached the store in.
+            // One command per product, as its key is per product.
+            let mut commands: Vec<(String, InventoryCommand, _)> = Vec::new();
+            for line in &instance.items {
+                if commands.iter().any(|(product, _, _)| *product == line.product_id) {
+                    continue;
+                }
                 let command = InventoryCommand::Reserve {
                     order_id: order_id.clone(),
                     quantity: line.quantity,
                 };
                 let options = ctx.options_for(event, &format!("reserve:{}", line.product_id));
-                match ctx.execute::<Inventory>(&line.product_id, &command, &options).await {
+                commands.push((line.product_id.clone(), command, options));
+            }
+            let outcomes = ctx.execute_all::<Inventory>(&commands).await;
+            let mut refusal = None;
+            for ((product_id, _, _), outcome) in commands.iter().zip(outcomes) {
+                match outcome {
                     Ok(_) => {
-                        if !instance.reserved.contains(&line.product_id) {
-                            instance.reserved.push(line.product_id.clone());
+                        if !instance.reserved.contains(product_id) {
+                            instance.reserved.push(product_id.clone());
                         }
                     }
                     Err(e) if refused(&e) => {
-                        refusal = Some(format!("{}: {e}", line.product_id));
-                        break;
+                        refusal.get_or_insert_with(|| format!("{product_id}: {e}"));
                     }
                     Err(e) => return Err(e.to_string()),
                 }
@@ -229,10 +248,18 @@ impl OrderFulfillment {
         if instance.status != FulfillmentStatus::ReadyToShip {
             return Ok(());
         }
-        for product_id in instance.reserved.clone() {
-            let command = InventoryCommand::Ship { order_id: instance.order_id.clone() };
-            let options = ctx.options_for(event, &format!("ship:{product_id}"));
-            match ctx.execute::<Inventory>(&product_id, &command, &options).await {
+        let commands: Vec<_> = instance
+            .reserved
+            .iter()
+            .map(|product_id| {
+                let command = InventoryCommand::Ship { order_id: instance.order_id.clone() };
+                let options = ctx.options_for(event, &format!("ship:{product_id}"));
+                (product_id.clone(), command, options)
+            })
+            .collect();
+        let outcomes = ctx.execute_all::<Inventory>(&commands).await;
+        for ((product_id, _, _), outcome) in commands.iter().zip(outcomes) {
+            match outcome {
                 Ok(_) => {}
                 Err(e) if refused(&e) => {
                     tracing::warn!(order = %instance.order_id, product = %product_id, error = %e, "no reservation to ship");
