@@ -141,6 +141,8 @@ async fn an_unpriceable_event_in_the_log_is_dead_lettered_and_nothing_stalls(bac
     assert_eq!(walked, whole);
     let (status, body) = server.get("/admin/dlq?after=nonsense").await;
     assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
+    let (status, body) = server.get("/admin/dlq?after=").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
     let (status, body) = server.get("/admin/dlq?limit=0").await;
     assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
 }

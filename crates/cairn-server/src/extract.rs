@@ -127,6 +127,12 @@ impl QueryMap {
     pub fn str(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
+
+    /// An optional parameter as sent, empty included (for values that must not be empty,
+    /// such as a page cursor: `after=` is malformed, not absent).
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
 }
 
 /// The `{aggregate_id}` path segment, checked against the id rules.

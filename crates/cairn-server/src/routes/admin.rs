@@ -429,7 +429,7 @@ async fn process_manager_gauges(state: &AppState, pm: &ConsumerHandle, instances
     params(
         ("projection" = Option<String>, Query, description = "Only this projection's or process manager's"),
         ("limit" = Option<u64>, Query, minimum = 1, description = "Most letters in the page (default and most: 1000)"),
-        ("after" = Option<String>, Query, description = "The cursor of the next page, from the previous page's `Link: <…>; rel=\"next\"` header"),
+        ("after" = Option<String>, Query, pattern = "^[0-9]{1,18}-[0-9]{1,18}-", description = "The cursor of the next page, from the previous page's `Link: <…>; rel=\"next\"` header (`<position>-<id>-<consumer>`)"),
     ),
     responses(
         (status = 200, description = "A page of dead letters in (consumer, position) order; when more follow, a `Link` header with `rel=\"next\"` gives the next page's URL", body = Vec<cairn_core::readmodel::DeadLetter>,
@@ -458,7 +458,7 @@ pub async fn dead_letters(
         None => DLQ_PAGE_MAX,
     };
     let after = query
-        .str("after")
+        .raw("after")
         .map(|text| {
             DeadLetterCursor::decode(text).ok_or_else(|| {
                 ApiError::bad_request(
