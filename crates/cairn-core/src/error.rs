@@ -98,3 +98,21 @@ pub enum ReadError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }
+
+/// `e` and its causes, `a: b: c`, each cause once: client libraries (tokio-postgres,
+/// deadpool, async-nats) print only their own part ("error performing TLS handshake") and
+/// keep the reason (an unknown issuer, a name mismatch) in the sources.
+#[must_use]
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !message.contains(&part) {
+            message.push_str(": ");
+            message.push_str(&part);
+        }
+        source = cause.source();
+    }
+    message
+}

@@ -5,6 +5,7 @@
 //! (`nats://user:pass@host`, `nats://token@host`, as the NATS clients read it; async-nats
 //! itself ignores it). Nothing here logs a secret; log URLs through [`crate::redact_url`].
 
+use cairn_core::error::error_chain;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -118,21 +119,6 @@ fn readable(what: &'static str, path: &Path) -> Result<(), NatsConnectError> {
         path: path.to_owned(),
         source,
     })
-}
-
-/// `e` and its causes: async-nats prints its kind ("TLS error"), the reason is the source.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !message.contains(&part) {
-            message.push_str(": ");
-            message.push_str(&part);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 impl NatsConnectOptions {

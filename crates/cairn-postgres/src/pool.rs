@@ -1,5 +1,6 @@
 //! Connections, options and the state every part of the backend shares.
 
+use cairn_core::error::error_chain;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -215,23 +216,6 @@ pub(crate) fn db_error(e: &tokio_postgres::Error) -> String {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => error_chain(e),
     }
-}
-
-/// `e` and its causes, `a: b: c`: tokio-postgres and deadpool print only their own part
-/// ("error performing TLS handshake"), the reason (an unknown issuer, a name mismatch) is
-/// in the sources.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !message.contains(&part) {
-            message.push_str(": ");
-            message.push_str(&part);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 impl Shared {
