@@ -167,6 +167,16 @@ pub async fn run(table: &mut Table, dir: &Path, quick: bool) -> anyhow::Result<(
             server.stop().await;
         }
     }
+    lifecycles(table, dir, scale).await?;
+    long_aggregate(table, &dir.join("long"), false).await?;
+    long_aggregate(table, &dir.join("long-snap"), true).await?;
+    visibility(table, &dir.join("visibility"), if quick { 1 } else { 3 }).await?;
+    raw_inserts_16(table, dir)
+}
+
+/// The full order lifecycle (the process manager on its path) at 1, 16 and 64 clients;
+/// also `--only lifecycle`.
+pub async fn lifecycles(table: &mut Table, dir: &Path, scale: u64) -> anyhow::Result<()> {
     for clients in [1u64, 16, 64] {
         let server = Arc::new(Server::start(&dir.join("life")).await?);
         for p in 0..10 {
@@ -192,9 +202,11 @@ pub async fn run(table: &mut Table, dir: &Path, quick: bool) -> anyhow::Result<(
             server.stop().await;
         }
     }
-    long_aggregate(table, &dir.join("long"), false).await?;
-    long_aggregate(table, &dir.join("long-snap"), true).await?;
-    visibility(table, &dir.join("visibility"), if quick { 1 } else { 3 }).await?;
+    Ok(())
+}
+
+/// The raw 16-writer insert ceiling the create-order row is set beside.
+fn raw_inserts_16(table: &mut Table, dir: &Path) -> anyhow::Result<()> {
     table.sample(
         "raw insert, 1 event/txn, 16 writers",
         "events/s",

@@ -78,6 +78,8 @@ pub enum Group {
     /// One long stream: consumers' catch-up and the next command after a bulk append;
     /// only when asked for.
     Long,
+    /// The full order lifecycle alone (also part of `cqrs`); only when asked for.
+    Lifecycle,
 }
 
 /// Repetitions of the long-stream scenario (its targets are about the worst of them).
@@ -181,6 +183,11 @@ fn main() -> anyhow::Result<()> {
         }
         if args.only.contains(&Group::Long) {
             long::run(&mut table, tmp.path(), LONG_STREAM_REPETITIONS).await?;
+        }
+        if args.only.contains(&Group::Lifecycle) {
+            for _ in 0..args.runs {
+                cqrs::lifecycles(&mut table, tmp.path(), if args.quick { 1 } else { 4 }).await?;
+            }
         }
         if args.only.contains(&Group::Reads) {
             store::reads(&mut table, tmp.path(), sizes, args.runs).await?;
