@@ -159,10 +159,9 @@ async fn cairn_sides(args: &Args, server: &Server) -> anyhow::Result<(String, St
             )
         }
     };
-    let projections: Vec<&str> =
-        server.consumers.projections().map(|c| c.name()).collect::<Vec<_>>();
+    let projections: Vec<&str> = server.consumers.projections().map(|c| c.name()).collect();
     let managers: Vec<&str> =
-        server.consumers.process_managers().map(|(c, _)| c.name()).collect::<Vec<_>>();
+        server.consumers.process_managers().map(|(c, _)| c.name()).collect();
     let views = format!(
         "{} asynchronous projections ({}) and {} process manager(s) ({}), off the command path; \
          the lifecycle runs with the process managers paused",
