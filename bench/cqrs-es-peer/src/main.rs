@@ -76,6 +76,10 @@ struct Args {
     /// PostgreSQL server; the peer works in a fresh schema there and drops it at the end.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
+    /// SQLite only: `full` opens the pool as `default_sqlite_pool` does but with
+    /// `synchronous=FULL` (every commit fsynced, Cairn's event-log durability).
+    #[arg(long)]
+    synchronous_full: bool,
 }
 
 /// What a backend's run gives back.
@@ -249,7 +253,21 @@ async fn sqlite(args: &Args) -> anyhow::Result<Outcome> {
     let path = dir.join(format!("cqrs-es-peer-{}.db", std::process::id()));
     remove_database(&path);
     let path_text = path.to_str().context("the --dir path is not UTF-8")?;
-    let pool = sqlite_es::default_sqlite_pool(&format!("sqlite://{path_text}")).await;
+    let url = format!("sqlite://{path_text}");
+    let pool = if args.synchronous_full {
+        // `default_sqlite_pool`'s options, but each commit fsynced.
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+            .foreign_keys(true);
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(POOL_CONNECTIONS)
+            .connect_with(options)
+            .await?
+    } else {
+        sqlite_es::default_sqlite_pool(&url).await
+    };
     sqlx::raw_sql(&schema_sql(Backend::Sqlite)).execute(&pool).await?;
     let row = sqlx::query("PRAGMA journal_mode").fetch_one(&pool).await?;
     let journal: String = row.try_get(0)?;
@@ -261,11 +279,15 @@ async fn sqlite(args: &Args) -> anyhow::Result<Outcome> {
         3 => "EXTRA",
         _ => "unknown",
     };
+    let how = if args.synchronous_full {
+        "default_sqlite_pool's options with synchronous=FULL: every commit fsynced"
+    } else {
+        "sqlite-es default_sqlite_pool; sqlx alone leaves journal_mode as the file has it and \
+         synchronous=FULL: a WAL commit is not fsynced, a power loss can lose the last commits"
+    };
     let durability = format!(
-        "SQLite journal_mode={journal}, synchronous={synchronous} (sqlite-es default_sqlite_pool; \
-         sqlx alone leaves journal_mode as the file has it and synchronous=FULL): a WAL commit is \
-         not fsynced, a power loss can lose the last commits; events and view written in \
-         separate transactions; pool of {POOL_CONNECTIONS} connections"
+        "SQLite journal_mode={journal}, synchronous={synchronous} ({how}); events and view \
+         written in separate transactions; pool of {POOL_CONNECTIONS} connections"
     );
     let (cqrs, errors) = framework(
         SqliteEventRepository::new(pool.clone()),

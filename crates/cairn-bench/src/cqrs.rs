@@ -118,7 +118,11 @@ pub(crate) fn order_body(i: u64) -> Value {
 }
 
 /// `clients` tasks each run `per_client` times `op`, timing each.
-pub(crate) async fn load<F, Fut>(clients: u64, per_client: u64, op: F) -> anyhow::Result<(Duration, Vec<f64>)>
+pub(crate) async fn load<F, Fut>(
+    clients: u64,
+    per_client: u64,
+    op: F,
+) -> anyhow::Result<(Duration, Vec<f64>)>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,

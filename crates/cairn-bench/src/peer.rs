@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_core::{Append, ExpectedVersion, NewEvent};
+use cairn_cqrs::consumer::ConsumerHandle;
 use cairn_server::DomainConfig;
 use serde_json::{Value, json};
 
@@ -84,6 +85,7 @@ async fn peer(
     workload: &str,
     clients: u64,
     ops: u64,
+    extra: &[&str],
 ) -> anyhow::Result<PeerRun> {
     let backend = match args.store {
         Backend::Sqlite => "sqlite",
@@ -95,7 +97,8 @@ async fn peer(
         .args(["--clients", &clients.to_string(), "--ops", &ops.to_string()])
         .arg("--dir")
         .arg(dir)
-        .args(["--database-url", &args.database_url]);
+        .args(["--database-url", &args.database_url])
+        .args(extra);
     let output = tokio::task::spawn_blocking(move || command.output()).await??;
     anyhow::ensure!(
         output.status.success(),
@@ -159,9 +162,8 @@ async fn cairn_sides(args: &Args, server: &Server) -> anyhow::Result<(String, St
             )
         }
     };
-    let projections: Vec<&str> = server.consumers.projections().map(|c| c.name()).collect();
-    let managers: Vec<&str> =
-        server.consumers.process_managers().map(|(c, _)| c.name()).collect();
+    let projections: Vec<&str> = server.consumers.projections().map(ConsumerHandle::name).collect();
+    let managers: Vec<&str> = server.consumers.process_managers().map(|(c, _)| c.name()).collect();
     let views = format!(
         "{} asynchronous projections ({}) and {} process manager(s) ({}), off the command path; \
          the lifecycle runs with the process managers paused",
@@ -304,21 +306,28 @@ async fn run_once(
     let mut peer_sides = (String::new(), String::new());
     for (clients, ops) in [(1, CREATE_1_OPS / divisor), (CALLERS, CREATE_16_OPS / divisor)] {
         let (cairn_name, peer_name) = names.create(clients);
-        cairn_sides = cairn_create(table, args, &dir.join("cairn"), &cairn_name, clients, ops).await?;
-        let r = peer(binary, args, dir, "create", clients, ops).await?;
+        cairn_sides =
+            cairn_create(table, args, &dir.join("cairn"), &cairn_name, clients, ops).await?;
+        let r = peer(binary, args, dir, "create", clients, ops, &[]).await?;
         record_peer(table, &peer_name, &r);
         peer_sides = (r.durability, r.views);
     }
+    if args.store == Backend::Sqlite {
+        // The peer at Cairn's durability too: only the fsync per commit differs.
+        let ops = CREATE_16_OPS / divisor;
+        let r = peer(binary, args, dir, "create", CALLERS, ops, &["--synchronous-full"]).await?;
+        record_peer(table, &names.peer_create_full, &r);
+    }
     let ops = LIFECYCLE_OPS / divisor;
     cairn_lifecycle(table, args, &dir.join("cairn"), &names.cairn_lifecycle, ops).await?;
-    let r = peer(binary, args, dir, "lifecycle", CALLERS, ops).await?;
+    let r = peer(binary, args, dir, "lifecycle", CALLERS, ops, &[]).await?;
     record_peer(table, &names.peer_lifecycle, &r);
     for (snapshots, name) in [(true, &names.cairn_long_snapshots), (false, &names.cairn_long)] {
         let (median, worst) = cairn_long(args, &dir.join("cairn"), snapshots).await?;
         table.sample(&format!("{name}, median"), "ms", median);
         table.sample(&format!("{name}, worst of {LONG_COMMANDS}"), "ms", worst);
     }
-    let r = peer(binary, args, dir, "long", 1, LONG_COMMANDS as u64).await?;
+    let r = peer(binary, args, dir, "long", 1, LONG_COMMANDS as u64, &[]).await?;
     table.sample(&format!("{}, median", names.peer_long), "ms", r.p50_ms);
     table.sample(&format!("{}, worst of {LONG_COMMANDS}", names.peer_long), "ms", r.max_ms);
     Ok([cairn_sides, peer_sides])
@@ -327,6 +336,7 @@ async fn run_once(
 /// The rows' names, prefixed `pg: ` on PostgreSQL as the harness's other rows are.
 struct Names {
     prefix: &'static str,
+    peer_create_full: String,
     cairn_lifecycle: String,
     peer_lifecycle: String,
     cairn_long: String,
@@ -339,6 +349,9 @@ impl Names {
         let prefix = if backend == Backend::Postgres { "pg: " } else { "" };
         Self {
             prefix,
+            peer_create_full: format!(
+                "{prefix}peer cqrs-es create order, {CALLERS} callers, synchronous=FULL"
+            ),
             cairn_lifecycle: format!(
                 "{prefix}Cairn lifecycle create→add→confirm (HTTP, no PM), {CALLERS} callers"
             ),
@@ -358,7 +371,8 @@ impl Names {
 
     /// (Cairn's row, the peer's row) of create-order by `clients` callers.
     fn create(&self, clients: u64) -> (String, String) {
-        let callers = if clients == 1 { "1 caller".to_owned() } else { format!("{clients} callers") };
+        let callers =
+            if clients == 1 { "1 caller".to_owned() } else { format!("{clients} callers") };
         (
             format!("{}Cairn create order (HTTP), {callers}", self.prefix),
             format!("{}peer cqrs-es create order, {callers}", self.prefix),
@@ -386,6 +400,8 @@ pub fn only(
         let target = if clients == CALLERS { "target >= 2x" } else { "" };
         table.ratio(&cairn_row, &peer_row, target);
     }
+    let (cairn_create_16, _) = names.create(CALLERS);
+    table.ratio(&cairn_create_16, &names.peer_create_full, "same durability");
     table.ratio(&names.cairn_lifecycle, &names.peer_lifecycle, "");
     // Latencies: the peer's over Cairn's, so that above 1 means Cairn is faster.
     let worst = format!(", worst of {LONG_COMMANDS}");
