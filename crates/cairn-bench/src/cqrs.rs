@@ -21,7 +21,7 @@ pub struct Server {
     base: String,
     client: reqwest::Client,
     pub consumers: Arc<Consumers>,
-    store: Arc<dyn EventStore>,
+    pub(crate) store: Arc<dyn EventStore>,
     stop: watch::Sender<bool>,
 }
 
@@ -30,7 +30,7 @@ impl Server {
         Self::start_with(dir, &cairn_server::DomainConfig::default()).await
     }
 
-    async fn start_with(
+    pub(crate) async fn start_with(
         dir: &Path,
         snapshots: &cairn_server::DomainConfig,
     ) -> anyhow::Result<Self> {
@@ -47,7 +47,7 @@ impl Server {
     }
 
     /// Serves the router over `stores` on a loopback port.
-    async fn serve(
+    pub(crate) async fn serve(
         stores: cairn_server::Stores,
         snapshots: &cairn_server::DomainConfig,
     ) -> anyhow::Result<Self> {
@@ -100,7 +100,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Records throughput and p50/p99 of a set of latencies (ms).
-fn record(
+pub(crate) fn record(
     table: &mut Table,
     name: &str,
     count: u64,
@@ -113,12 +113,16 @@ fn record(
     table.sample(&format!("{name} p99"), "ms", percentile(&latencies_ms, 0.99));
 }
 
-fn order_body(i: u64) -> Value {
+pub(crate) fn order_body(i: u64) -> Value {
     json!({"customer_id": format!("cust-{}", i % 100), "items": [{"product_id": format!("prod-{}", i % 10), "quantity": 2, "price": 29.99}]})
 }
 
 /// `clients` tasks each run `per_client` times `op`, timing each.
-async fn load<F, Fut>(clients: u64, per_client: u64, op: F) -> anyhow::Result<(Duration, Vec<f64>)>
+pub(crate) async fn load<F, Fut>(
+    clients: u64,
+    per_client: u64,
+    op: F,
+) -> anyhow::Result<(Duration, Vec<f64>)>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,

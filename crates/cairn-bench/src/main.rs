@@ -6,6 +6,7 @@
 mod bus;
 mod cqrs;
 mod long;
+mod peer;
 mod pg;
 mod raw;
 mod report;
@@ -80,6 +81,9 @@ pub enum Group {
     Long,
     /// The full order lifecycle alone (also part of `cqrs`); only when asked for.
     Lifecycle,
+    /// The cqrs-es peer (`bench/cqrs-es-peer`) beside Cairn, on `--store`'s backend; only
+    /// when asked for, since it builds a separate Cargo project (sqlx) first.
+    Peer,
 }
 
 /// Repetitions of the long-stream scenario (its targets are about the worst of them).
@@ -161,6 +165,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut table = Table::default();
     eprintln!("cairn-bench: {} runs per scenario, data in {}", args.runs, tmp.path().display());
+    if args.only.contains(&Group::Peer) {
+        return peer::only(&runtime, &mut table, tmp.path(), &args);
+    }
     if args.store == Backend::Postgres {
         runtime.block_on(pg::run(&mut table, &args.database_url, sizes, args.runs, &args.only))?;
         pg::ratios(&mut table, sizes);

@@ -21,7 +21,9 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-async fn stores(db: &TestDatabase) -> anyhow::Result<(Arc<dyn EventStore>, Arc<PgReadModels>)> {
+pub(crate) async fn stores(
+    db: &TestDatabase,
+) -> anyhow::Result<(Arc<dyn EventStore>, Arc<PgReadModels>)> {
     let (events, readmodels) = open(&db.url, &PgOptions::from_env()).await?;
     Ok((Arc::new(events), Arc::new(readmodels)))
 }
