@@ -5,11 +5,15 @@
 
 mod bus;
 mod cqrs;
+mod external;
 mod long;
+mod memory;
 mod pg;
 mod raw;
 mod report;
+mod soak;
 mod store;
+mod wrk;
 
 use clap::Parser;
 
@@ -51,6 +55,16 @@ pub struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/test"
     )]
     database_url: String,
+    /// The `cairn` binary for `--only wrk,memory,soak` (default:
+    /// `<workspace>/target/release/cairn`; build it with `cargo build --release -p cairn`).
+    #[arg(long)]
+    cairn_bin: Option<std::path::PathBuf>,
+    /// Events in the store of `--only memory` (built once, cached under target/bench-cache).
+    #[arg(long, default_value_t = 10_000_000)]
+    memory_events: u64,
+    /// Length of `--only soak`, in seconds.
+    #[arg(long, default_value_t = 600)]
+    soak_secs: u64,
 }
 
 /// The backend `--store` selects.
@@ -78,6 +92,13 @@ pub enum Group {
     /// One long stream: consumers' catch-up and the next command after a bulk append;
     /// only when asked for.
     Long,
+    /// Create-order commands by `wrk` against the `cairn` binary, beside the append rate;
+    /// only when asked for.
+    Wrk,
+    /// The `cairn` binary's memory serving a large cached store; only when asked for.
+    Memory,
+    /// Mixed load with SSE subscribers for `--soak-secs`, memory sampled; only when asked for.
+    Soak,
 }
 
 /// Repetitions of the long-stream scenario (its targets are about the worst of them).
@@ -159,6 +180,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut table = Table::default();
     eprintln!("cairn-bench: {} runs per scenario, data in {}", args.runs, tmp.path().display());
+    if args.only.iter().any(|g| matches!(g, Group::Wrk | Group::Memory | Group::Soak)) {
+        return external::run_outside(&runtime, &mut table, tmp.path(), &args);
+    }
     if args.store == Backend::Postgres {
         runtime.block_on(pg::run(&mut table, &args.database_url, sizes, args.runs, &args.only))?;
         pg::ratios(&mut table, sizes);
