@@ -176,7 +176,7 @@ async fn postgres_store(admin: &str, events: u64) -> anyhow::Result<(String, Opt
     let (client, connection) = tokio_postgres::connect(admin, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     let count = client
-        .query_one(&format!("SELECT count(*) FROM {schema}.events"), &[])
+        .query_one(format!("SELECT count(*) FROM {schema}.events").as_str(), &[])
         .await
         .map(|r| r.get::<_, i64>(0))
         .unwrap_or(0);

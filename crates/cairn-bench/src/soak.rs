@@ -166,7 +166,7 @@ async fn subscriber(
                 continue;
             }
         };
-        let mut body = response.bytes_stream();
+        let mut body = std::pin::pin!(response.bytes_stream());
         // Bytes of an unfinished line (a chunk may end anywhere).
         let mut pending: Vec<u8> = Vec::new();
         loop {

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::Context;
+use cairn_core::EventStore;
 use cairn_postgres::testing::TestDatabase;
 use cairn_sqlite::{SqliteEventStore, SqliteOptions};
 
