@@ -300,6 +300,8 @@ pub async fn run(
     table.sample(&format!("{name}: anonymous RSS"), "MiB", mem.anon_mib);
     table.sample(&format!("{name}: file-backed RSS"), "MiB", mem.file_mib);
     table.sample(&format!("{name}: peak RSS (VmHWM)"), "MiB", mem.hwm_mib);
+    table.sample(&format!("{name}: anonymous RSS before the load"), "MiB", before.anon_mib);
+    table.sample(&format!("{name}: file-backed RSS before the load"), "MiB", before.file_mib);
     table.sample(
         &format!("{prefix}memory: consumers' catch-up at start"),
         "s",
