@@ -239,15 +239,15 @@ impl Drop for CairnProcess {
     }
 }
 
-/// Memory of a process from `/proc/<pid>/status`, in MiB (the kernel's `kB` are KiB).
+/// Memory of a process from `/proc/<pid>/status`, each in MiB (the kernel's `kB` are KiB).
 #[derive(Clone, Copy, Debug)]
 pub struct Memory {
     /// `RssAnon`: heap, stacks; what a leak grows.
-    pub anon_mib: f64,
+    pub anon: f64,
     /// `RssFile`: mapped files (the binary, SQLite's memory-mapped pages).
-    pub file_mib: f64,
+    pub file: f64,
     /// `VmHWM`: the peak resident set since the process started.
-    pub hwm_mib: f64,
+    pub hwm: f64,
 }
 
 /// Reads `/proc/<pid>/status`.
@@ -268,11 +268,7 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
             .with_context(|| format!("unreadable {line:?}"))?;
         Ok(kib / 1024.0)
     };
-    Ok(Memory {
-        anon_mib: field("RssAnon:")?,
-        file_mib: field("RssFile:")?,
-        hwm_mib: field("VmHWM:")?,
-    })
+    Ok(Memory { anon: field("RssAnon:")?, file: field("RssFile:")?, hwm: field("VmHWM:")? })
 }
 
 /// `--only wrk,memory,soak`: the scenarios against the `cairn` binary, on `--store`; the

@@ -178,8 +178,7 @@ async fn postgres_store(admin: &str, events: u64) -> anyhow::Result<(String, Opt
     let count = client
         .query_one(format!("SELECT count(*) FROM {schema}.events").as_str(), &[])
         .await
-        .map(|r| r.get::<_, i64>(0))
-        .unwrap_or(0);
+        .map_or(0, |r| r.get::<_, i64>(0));
     let url = schema_url(admin, &schema, "");
     if u64::try_from(count).unwrap_or(0) >= events {
         eprintln!("  reusing the schema {schema} ({count} events)");
@@ -286,7 +285,7 @@ pub async fn run(
     let before = crate::external::memory(server.pid())?;
     eprintln!(
         "  after catch-up: anon {:.1} MiB, file {:.1} MiB, peak {:.1} MiB",
-        before.anon_mib, before.file_mib, before.hwm_mib
+        before.anon, before.file, before.hwm
     );
     let token = server.create_token("bench-memory", "writer").await?;
     let server = Arc::new(server);
@@ -297,11 +296,11 @@ pub async fn run(
     let mem = mem?;
     eprintln!("  light load: {made} requests in {} s", LOAD_DURATION.as_secs());
     let name = format!("{prefix}memory, serving a {label}-event store");
-    table.sample(&format!("{name}: anonymous RSS"), "MiB", mem.anon_mib);
-    table.sample(&format!("{name}: file-backed RSS"), "MiB", mem.file_mib);
-    table.sample(&format!("{name}: peak RSS (VmHWM)"), "MiB", mem.hwm_mib);
-    table.sample(&format!("{name}: anonymous RSS before the load"), "MiB", before.anon_mib);
-    table.sample(&format!("{name}: file-backed RSS before the load"), "MiB", before.file_mib);
+    table.sample(&format!("{name}: anonymous RSS"), "MiB", mem.anon);
+    table.sample(&format!("{name}: file-backed RSS"), "MiB", mem.file);
+    table.sample(&format!("{name}: peak RSS (VmHWM)"), "MiB", mem.hwm);
+    table.sample(&format!("{name}: anonymous RSS before the load"), "MiB", before.anon);
+    table.sample(&format!("{name}: file-backed RSS before the load"), "MiB", before.file);
     table.sample(
         &format!("{prefix}memory: consumers' catch-up at start"),
         "s",

@@ -262,34 +262,7 @@ pub async fn run(
         warm_up.as_secs_f64()
     );
     let start = Instant::now();
-    let mut samples: Vec<(Duration, f64)> = Vec::new();
-    let mut at_warm_up: Option<f64> = None;
-    let mut outcome = Ok(());
-    while start.elapsed() < duration {
-        tokio::time::sleep(SAMPLE_EVERY.min(duration.saturating_sub(start.elapsed()))).await;
-        let mem = match crate::external::memory(pid) {
-            Ok(m) => m,
-            Err(e) => {
-                outcome = Err(e.context("cairn serve gone?"));
-                break;
-            }
-        };
-        let t = start.elapsed();
-        samples.push((t, mem.anon_mib));
-        if at_warm_up.is_none() && t >= warm_up {
-            at_warm_up = Some(mem.anon_mib);
-        }
-        let received: u64 = counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-        eprintln!(
-            "    {:>4.0} s: anon {:.1} MiB, file {:.1} MiB; {} commands, {} queries, {received} SSE events, {} failures",
-            t.as_secs_f64(),
-            mem.anon_mib,
-            mem.file_mib,
-            shared.commands.load(Ordering::Relaxed),
-            shared.queries.load(Ordering::Relaxed),
-            shared.failures.load(Ordering::Relaxed)
-        );
-    }
+    let (samples, at_warm_up, outcome) = sample(pid, duration, warm_up, &shared, &counts).await;
     let elapsed = start.elapsed();
     let _ = stop.send(true);
     for t in tasks {
@@ -311,14 +284,79 @@ pub async fn run(
     };
     let growth = (end - warm) / warm * 100.0;
     let per_subscriber: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let made = (shared.commands.load(Ordering::Relaxed), shared.queries.load(Ordering::Relaxed));
+    report(table, backend, made, elapsed, (warm, end, growth), &per_subscriber, head);
+    let _ = std::fs::remove_dir_all(&data);
+    let failures = shared.failures.load(Ordering::Relaxed);
+    if failures > 0 {
+        let first =
+            shared.first_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        anyhow::bail!(
+            "{failures} failed requests; the first: {}\nserver log:\n{log}",
+            first.unwrap_or_default()
+        );
+    }
+    anyhow::ensure!(per_subscriber.iter().all(|n| *n > 0), "a subscriber received no event");
+    Ok(())
+}
+
+/// The server's anonymous RSS every `SAMPLE_EVERY` until `duration` has passed, with
+/// progress: (samples, the first at or after the warm-up, an error if the server went).
+async fn sample(
+    pid: u32,
+    duration: Duration,
+    warm_up: Duration,
+    shared: &Shared,
+    counts: &[Arc<AtomicU64>],
+) -> (Vec<(Duration, f64)>, Option<f64>, anyhow::Result<()>) {
+    let start = Instant::now();
+    let mut samples: Vec<(Duration, f64)> = Vec::new();
+    let mut at_warm_up: Option<f64> = None;
+    let mut outcome = Ok(());
+    while start.elapsed() < duration {
+        tokio::time::sleep(SAMPLE_EVERY.min(duration.saturating_sub(start.elapsed()))).await;
+        let mem = match crate::external::memory(pid) {
+            Ok(m) => m,
+            Err(e) => {
+                outcome = Err(e.context("cairn serve gone?"));
+                break;
+            }
+        };
+        let t = start.elapsed();
+        samples.push((t, mem.anon));
+        if at_warm_up.is_none() && t >= warm_up {
+            at_warm_up = Some(mem.anon);
+        }
+        let received: u64 = counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        eprintln!(
+            "    {:>4.0} s: anon {:.1} MiB, file {:.1} MiB; {} commands, {} queries, {received} SSE events, {} failures",
+            t.as_secs_f64(),
+            mem.anon,
+            mem.file,
+            shared.commands.load(Ordering::Relaxed),
+            shared.queries.load(Ordering::Relaxed),
+            shared.failures.load(Ordering::Relaxed)
+        );
+    }
+    (samples, at_warm_up, outcome)
+}
+
+/// The soak's rows.
+fn report(
+    table: &mut Table,
+    backend: Backend,
+    (commands, queries): (u64, u64),
+    elapsed: Duration,
+    (warm, end, growth): (f64, f64, f64),
+    per_subscriber: &[u64],
+    head: Option<u64>,
+) {
     let received: u64 = per_subscriber.iter().sum();
     let least = per_subscriber.iter().copied().min().unwrap_or(0);
     let prefix = if backend == Backend::Postgres { "pg: " } else { "" };
     table.sample(&format!("{prefix}soak: anonymous RSS at end of warm-up"), "MiB", warm);
     table.sample(&format!("{prefix}soak: anonymous RSS at end"), "MiB", end);
     table.sample(&format!("{prefix}soak: anonymous RSS growth after warm-up"), "%", growth);
-    let commands = shared.commands.load(Ordering::Relaxed);
-    let queries = shared.queries.load(Ordering::Relaxed);
     table.sample(
         &format!("{prefix}soak: commands"),
         "ops/s",
@@ -350,16 +388,4 @@ pub async fn run(
     eprintln!(
         "  soak: {commands} commands, {queries} queries, {received} SSE events ({least} for the least served subscriber)"
     );
-    let _ = std::fs::remove_dir_all(&data);
-    let failures = shared.failures.load(Ordering::Relaxed);
-    if failures > 0 {
-        let first =
-            shared.first_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        anyhow::bail!(
-            "{failures} failed requests; the first: {}\nserver log:\n{log}",
-            first.unwrap_or_default()
-        );
-    }
-    anyhow::ensure!(least > 0, "a subscriber received no event");
-    Ok(())
 }
