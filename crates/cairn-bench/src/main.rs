@@ -180,6 +180,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut table = Table::default();
     eprintln!("cairn-bench: {} runs per scenario, data in {}", args.runs, tmp.path().display());
+    // Against the `cairn` binary: when one of these is asked for, only these run.
     if args.only.iter().any(|g| matches!(g, Group::Wrk | Group::Memory | Group::Soak)) {
         return external::run_outside(&runtime, &mut table, tmp.path(), &args);
     }
