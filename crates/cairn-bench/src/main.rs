@@ -5,12 +5,16 @@
 
 mod bus;
 mod cqrs;
+mod external;
 mod long;
+mod memory;
 mod peer;
 mod pg;
 mod raw;
 mod report;
+mod soak;
 mod store;
+mod wrk;
 
 use clap::Parser;
 
@@ -52,6 +56,16 @@ pub struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/test"
     )]
     database_url: String,
+    /// The `cairn` binary for `--only wrk,memory,soak` (default:
+    /// `<workspace>/target/release/cairn`; build it with `cargo build --release -p cairn`).
+    #[arg(long)]
+    cairn_bin: Option<std::path::PathBuf>,
+    /// Events in the store of `--only memory` (built once, cached under target/bench-cache).
+    #[arg(long, default_value_t = 10_000_000)]
+    memory_events: u64,
+    /// Length of `--only soak`, in seconds.
+    #[arg(long, default_value_t = 600)]
+    soak_secs: u64,
 }
 
 /// The backend `--store` selects.
@@ -84,6 +98,13 @@ pub enum Group {
     /// The cqrs-es peer (`bench/cqrs-es-peer`) beside Cairn, on `--store`'s backend; only
     /// when asked for, since it builds a separate Cargo project (sqlx) first.
     Peer,
+    /// Create-order commands by `wrk` against the `cairn` binary, beside the append rate;
+    /// only when asked for.
+    Wrk,
+    /// The `cairn` binary's memory serving a large cached store; only when asked for.
+    Memory,
+    /// Mixed load with SSE subscribers for `--soak-secs`, memory sampled; only when asked for.
+    Soak,
 }
 
 /// Repetitions of the long-stream scenario (its targets are about the worst of them).
@@ -167,6 +188,10 @@ fn main() -> anyhow::Result<()> {
     eprintln!("cairn-bench: {} runs per scenario, data in {}", args.runs, tmp.path().display());
     if args.only.contains(&Group::Peer) {
         return peer::only(&runtime, &mut table, tmp.path(), &args);
+    }
+    // Against the `cairn` binary: when one of these is asked for, only these run.
+    if args.only.iter().any(|g| matches!(g, Group::Wrk | Group::Memory | Group::Soak)) {
+        return external::run_outside(&runtime, &mut table, tmp.path(), &args);
     }
     if args.store == Backend::Postgres {
         runtime.block_on(pg::run(&mut table, &args.database_url, sizes, args.runs, &args.only))?;
