@@ -35,6 +35,15 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies one event inside the batch's transaction.
     fn apply(&self, event: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError>;
 
+    /// How long it waits after a batch before looking for the next, when it has caught
+    /// up: commits that arrive meanwhile are handled as one batch. Zero (the default)
+    /// handles each commit as soon as it is visible, which read-your-writes queries need;
+    /// a read model nobody waits on by position (the stream catalog) trades a little lag
+    /// for far fewer transactions under load.
+    fn coalesce(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Applies a batch (in `$all` order) inside one transaction. The default applies each
     /// event; a projection may override it to load and save each document once per batch.
     fn apply_batch(
@@ -93,6 +102,10 @@ impl BatchHandler for ProjectionHandler {
 
     fn readmodels(&self) -> &Arc<dyn ReadModelStore> {
         &self.readmodels
+    }
+
+    fn coalesce(&self) -> std::time::Duration {
+        self.projection.coalesce()
     }
 
     async fn handle(

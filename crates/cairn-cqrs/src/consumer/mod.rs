@@ -96,6 +96,11 @@ pub trait BatchHandler: Send + Sync + 'static {
     }
     /// Called once a rebuild has been swapped in.
     async fn rebuilt(&self) {}
+    /// How long to wait after a batch once caught up, so that commits coalesce into the
+    /// next batch (see [`crate::projection::Projection::coalesce`]).
+    fn coalesce(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// Blocking read-model calls from async code; a write refused for want of leadership is

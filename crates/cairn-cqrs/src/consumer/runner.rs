@@ -230,6 +230,16 @@ impl Runner {
             }
             position = position.max(slice.scanned_to);
             self.position_tx.send_replace(position);
+            let coalesce = self.shared.handler.coalesce();
+            if !more && !skipped && !coalesce.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(coalesce) => {}
+                    _ = shutdown.changed() => {}
+                    _ = control.changed() => {}
+                    _ = handover.changed() => {}
+                }
+                continue;
+            }
             if !more {
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return Stop::Shutdown },
