@@ -219,8 +219,8 @@ fn raw_inserts_16(table: &mut Table, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// create (1 item) → add item → confirm → (fulfillment reserves) → ship.
-async fn lifecycle(s: &Server, i: u64) -> anyhow::Result<()> {
+/// create (1 item) → add item → confirm: the order's id and the confirmation's position.
+pub(crate) async fn create_add_confirm(s: &Server, i: u64) -> anyhow::Result<(String, u64)> {
     let created = s.post("/orders", &order_body(i)).await?;
     let id = created["aggregate_id"].as_str().unwrap_or_default().to_owned();
     s.post(
@@ -229,7 +229,12 @@ async fn lifecycle(s: &Server, i: u64) -> anyhow::Result<()> {
     )
     .await?;
     let confirmed = s.post(&format!("/orders/{id}/confirm"), &json!({})).await?;
-    let position = confirmed["position"].as_u64().unwrap_or_default();
+    Ok((id, confirmed["position"].as_u64().unwrap_or_default()))
+}
+
+/// create (1 item) → add item → confirm → (fulfillment reserves) → ship.
+async fn lifecycle(s: &Server, i: u64) -> anyhow::Result<()> {
+    let (id, position) = create_add_confirm(s, i).await?;
     // The process manager has handled everything up to the confirmation.
     s.consumers
         .process_manager("order-fulfillment")

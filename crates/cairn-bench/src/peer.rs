@@ -224,17 +224,7 @@ async fn cairn_lifecycle(
     let s = Arc::clone(&server);
     let (elapsed, latencies) = load(CALLERS, ops / CALLERS, move |i| {
         let s = Arc::clone(&s);
-        async move {
-            let created = s.post("/orders", &order_body(i)).await?;
-            let id = created["aggregate_id"].as_str().unwrap_or_default().to_owned();
-            s.post(
-                &format!("/orders/{id}/items"),
-                &json!({"product_id": format!("prod-{}", (i + 1) % 10), "quantity": 1, "price": "5.00"}),
-            )
-            .await?;
-            s.post(&format!("/orders/{id}/confirm"), &json!({})).await?;
-            Ok(())
-        }
+        async move { crate::cqrs::create_add_confirm(&s, i).await.map(|_| ()) }
     })
     .await?;
     crate::cqrs::record(table, name, ops / CALLERS * CALLERS, elapsed, latencies);
