@@ -152,30 +152,42 @@ where
 pub async fn run(table: &mut Table, dir: &Path, quick: bool) -> anyhow::Result<()> {
     let scale = if quick { 1 } else { 4 };
     for clients in [1u64, 16, 64] {
-        let server = Arc::new(Server::start(&dir.join("http")).await?);
-        let per_client = (if clients == 1 { 150 } else { 1200 / clients }) * scale;
-        let s = Arc::clone(&server);
-        let (elapsed, latencies) = load(clients, per_client, move |i| {
-            let s = Arc::clone(&s);
-            async move { s.post("/orders", &order_body(i)).await.map(|_| ()) }
-        })
-        .await?;
-        record(
-            table,
-            &format!("HTTP create order, {clients} clients"),
-            clients * per_client,
-            elapsed,
-            latencies,
-        );
-        if let Ok(server) = Arc::try_unwrap(server) {
-            server.stop().await;
-        }
+        create_orders_at(table, dir, clients, scale).await?;
     }
     lifecycles(table, dir, scale).await?;
     long_aggregate(table, &dir.join("long"), false).await?;
     long_aggregate(table, &dir.join("long-snap"), true).await?;
     visibility(table, &dir.join("visibility"), if quick { 1 } else { 3 }).await?;
     raw_inserts_16(table, dir)
+}
+
+/// Create-order commands from `clients` concurrent clients on a fresh server; also
+/// `--only create` (16 clients).
+pub async fn create_orders_at(
+    table: &mut Table,
+    dir: &Path,
+    clients: u64,
+    scale: u64,
+) -> anyhow::Result<()> {
+    let server = Arc::new(Server::start(&dir.join("http")).await?);
+    let per_client = (if clients == 1 { 150 } else { 1200 / clients }) * scale;
+    let s = Arc::clone(&server);
+    let (elapsed, latencies) = load(clients, per_client, move |i| {
+        let s = Arc::clone(&s);
+        async move { s.post("/orders", &order_body(i)).await.map(|_| ()) }
+    })
+    .await?;
+    record(
+        table,
+        &format!("HTTP create order, {clients} clients"),
+        clients * per_client,
+        elapsed,
+        latencies,
+    );
+    if let Ok(server) = Arc::try_unwrap(server) {
+        server.stop().await;
+    }
+    Ok(())
 }
 
 /// The full order lifecycle (the process manager on its path) at 1, 16 and 64 clients;

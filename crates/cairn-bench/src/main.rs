@@ -95,6 +95,12 @@ pub enum Group {
     Long,
     /// The full order lifecycle alone (also part of `cqrs`); only when asked for.
     Lifecycle,
+    /// Create-order commands at 16 clients alone (also part of `cqrs`), for a profile; only
+    /// when asked for.
+    Create,
+    /// The projection catch-up and rebuild over the order log beside the raw batched upsert
+    /// (also part of `cqrs`); only when asked for.
+    Catchup,
     /// The cqrs-es peer (`bench/cqrs-es-peer`) beside Cairn, on `--store`'s backend; only
     /// when asked for, since it builds a separate Cargo project (sqlx) first.
     Peer,
@@ -224,49 +230,61 @@ fn main() -> anyhow::Result<()> {
         if args.only.contains(&Group::Reads) {
             store::reads(&mut table, tmp.path(), sizes, args.runs).await?;
         }
+        if args.only.contains(&Group::Create) {
+            for _ in 0..args.runs {
+                cqrs::create_orders_at(&mut table, tmp.path(), 16, if args.quick { 1 } else { 4 })
+                    .await?;
+            }
+        }
         if args.only.contains(&Group::Cqrs) {
             for _ in 0..args.runs {
                 cqrs::run(&mut table, tmp.path(), args.quick).await?;
             }
-            // Catch-up: one log, replayed into a fresh read model each run, beside the raw
-            // batched upsert into a table of the same shape.
-            let log = tmp.path().join("catchup-log");
-            eprintln!(
-                "  building a log of {} order events for the catch-up scenario",
-                sizes.all_events
-            );
-            cqrs::build_order_log(&log, sizes.all_events).await?;
-            let events_name = if sizes.all_events == 1_000_000 {
-                "1M".to_owned()
-            } else {
-                sizes.all_events.to_string()
-            };
-            for _ in 0..args.runs {
-                let r = cqrs::catch_up(&log, &tmp.path().join("catchup-rm")).await?;
-                table.sample(
-                    &format!("projection catch-up, order_summary over {events_name} events"),
-                    "events/s",
-                    r,
-                );
-                // The same read-model file, now rebuilt beside itself and swapped in.
-                let r = cqrs::rebuild(&log, &tmp.path().join("catchup-rm")).await?;
-                table.sample(
-                    &format!("projection rebuild, order_summary over {events_name} events"),
-                    "events/s",
-                    r,
-                );
-                let raw = raw::upsert_batched(
-                    &tmp.path().join("upsert.db"),
-                    sizes.all_events / 4,
-                    500,
-                    sizes.all_events / 4 / 4,
-                )?;
-                table.sample("raw batched upsert, read-model-shaped table", "rows/s", raw);
-            }
+        }
+        if args.only.iter().any(|g| matches!(g, Group::Cqrs | Group::Catchup)) {
+            catch_up(&mut table, tmp.path(), sizes, args.runs).await?;
         }
         anyhow::Ok(())
     })?;
     sqlite_ratios(&mut table, sizes);
     table.print();
+    Ok(())
+}
+
+/// Catch-up: one log, replayed into a fresh read model each run, beside the raw batched
+/// upsert into a table of the same shape.
+async fn catch_up(
+    table: &mut Table,
+    dir: &std::path::Path,
+    sizes: Sizes,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let log = dir.join("catchup-log");
+    eprintln!("  building a log of {} order events for the catch-up scenario", sizes.all_events);
+    cqrs::build_order_log(&log, sizes.all_events).await?;
+    let events_name =
+        if sizes.all_events == 1_000_000 { "1M".to_owned() } else { sizes.all_events.to_string() };
+    for _ in 0..runs {
+        let r = cqrs::catch_up(&log, &dir.join("catchup-rm")).await?;
+        table.sample(
+            &format!("projection catch-up, order_summary over {events_name} events"),
+            "events/s",
+            r,
+        );
+        // The same read-model file, now rebuilt beside itself and swapped in.
+        let r = cqrs::rebuild(&log, &dir.join("catchup-rm")).await?;
+        table.sample(
+            &format!("projection rebuild, order_summary over {events_name} events"),
+            "events/s",
+            r,
+        );
+        let raw = raw::upsert_batched(
+            &dir.join("upsert.db"),
+            sizes.all_events / 4,
+            500,
+            sizes.all_events / 4 / 4,
+        )?;
+        table.sample("raw batched upsert, read-model-shaped table", "rows/s", raw);
+    }
     Ok(())
 }
