@@ -3,7 +3,7 @@
 //! the interrupted rebuild and starts it over; the result equals a fresh replay.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use cairn_core::readmodel::{
@@ -15,12 +15,23 @@ use cairn_cqrs::projection::{Projection, spawn_projection};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
-/// Microseconds each event takes to apply: raised so that a rebuild is still running
-/// when its leader is deposed.
-static APPLY_DELAY_US: AtomicU64 = AtomicU64::new(0);
+/// How fast [`Counter`] applies. One per test: the tests of this file run at the same
+/// time, and a shared one let a test end another's slow rebuild early.
+#[derive(Default)]
+struct Pace {
+    /// Microseconds each event takes to apply: raised so that a rebuild is still running
+    /// when its leader is deposed.
+    delay_us: AtomicU64,
+    /// While set, every apply waits: holds A's rebuild in the middle of a batch until B has
+    /// taken the lead, however long a loaded machine takes to get there (A finishing and
+    /// swapping while nobody else leads would be correct, but not what is tested here).
+    hold: AtomicBool,
+}
 
 /// Counts events per stream.
-struct Counter;
+struct Counter {
+    pace: Arc<Pace>,
+}
 
 impl Projection for Counter {
     fn name(&self) -> &'static str {
@@ -36,7 +47,10 @@ impl Projection for Counter {
     }
 
     fn apply(&self, e: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError> {
-        let delay = APPLY_DELAY_US.load(Ordering::SeqCst);
+        while self.pace.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let delay = self.pace.delay_us.load(Ordering::SeqCst);
         if delay > 0 {
             std::thread::sleep(Duration::from_micros(delay));
         }
@@ -84,9 +98,11 @@ fn recorded(rm: &Arc<dyn ReadModelStore>) -> bool {
 fn spawn(
     store: &Arc<dyn EventStore>,
     rm: &Arc<dyn ReadModelStore>,
+    pace: &Arc<Pace>,
     stop: watch::Receiver<bool>,
 ) -> ConsumerHandle {
-    spawn_projection(Arc::clone(store), Arc::clone(rm), Arc::new(Counter), stop).unwrap()
+    let counter = Counter { pace: Arc::clone(pace) };
+    spawn_projection(Arc::clone(store), Arc::clone(rm), Arc::new(counter), stop).unwrap()
 }
 
 /// How process A loses the projection in the middle of its rebuild.
@@ -141,30 +157,34 @@ async fn deposed_mid_rebuild(
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
     let head = ticks(&store, 3000).await;
     let (_stop, stop_rx) = watch::channel(false);
-    let a = spawn(&store, &a_rm, stop_rx.clone());
+    let pace = Arc::new(Pace::default());
+    let a = spawn(&store, &a_rm, &pace, stop_rx.clone());
     a.wait_for(head, Duration::from_secs(10)).await.unwrap();
     assert!(a.is_leader());
-    let b = spawn(&store, &b_rm, stop_rx);
+    let b = spawn(&store, &b_rm, &pace, stop_rx);
     assert_eq!(counts(&a_rm), vec![300; 10]);
 
     // A rebuild on A, slow enough (about a second per 2000-event batch) to be deposed
     // in the middle of it.
-    APPLY_DELAY_US.store(500, Ordering::SeqCst);
+    pace.delay_us.store(500, Ordering::SeqCst);
     a.start_rebuild().unwrap();
     until("A's rebuild is recorded", Duration::from_secs(5), || recorded(&a_rm)).await;
     match deposal {
         Deposal::HandOver => a.hand_over(Duration::from_secs(30)),
         Deposal::Terminate(url) => {
+            // A hand-over waits for A's batch, so only a killed session can be held.
+            pace.hold.store(true, Ordering::SeqCst);
             assert_eq!(terminate_leader(&url).await, 1, "A's leadership session");
         }
     }
     until("B leads", Duration::from_secs(15), || b.is_leader()).await;
+    pace.hold.store(false, Ordering::SeqCst);
     until("A's rebuild is cancelled", Duration::from_secs(15), || a.rebuilds_cancelled() == 1)
         .await;
     assert!(a.rebuild_progress().is_none(), "A runs no rebuild any more");
 
     // B finds the interrupted rebuild and starts it over, from an emptied shadow.
-    APPLY_DELAY_US.store(0, Ordering::SeqCst);
+    pace.delay_us.store(0, Ordering::SeqCst);
     let more = ticks(&store, 500).await;
     until("B's rebuild is swapped in", Duration::from_secs(20), || b.rebuilds_completed() == 1)
         .await;

@@ -14,4 +14,6 @@ mod store;
 mod writer;
 
 pub use readmodel::SqliteReadModels;
-pub use store::{CommitStats, OpenError, SqliteEventStore, SqliteOptions, Synchronous};
+pub use store::{
+    CommitStats, HEAP_SOFT_LIMIT_BYTES, OpenError, SqliteEventStore, SqliteOptions, Synchronous,
+};

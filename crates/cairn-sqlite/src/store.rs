@@ -60,7 +60,16 @@ pub struct SqliteOptions {
     /// How long a group commit may wait for more appends when writers are concurrent
     /// (zero disables; a lone writer never waits).
     pub gather_wait_us: u64,
+    /// SQLite's soft heap limit, process-wide (`PRAGMA soft_heap_limit`; 0 = none): past
+    /// it every connection's page cache recycles its pages instead of growing.
+    pub heap_soft_limit_bytes: u64,
 }
+
+/// The default [`SqliteOptions::heap_soft_limit_bytes`]. Each connection may cache up to
+/// its `cache_size` (the log's writer 64 MiB, the read models' writer and every pooled
+/// reader 32 MiB): two dozen connections could hold most of a gigabyte between them, which a long-running server reached little by little (#18's soak). One bound for
+/// all of them keeps the hot pages and nothing more.
+pub const HEAP_SOFT_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for SqliteOptions {
     fn default() -> Self {
@@ -72,6 +81,7 @@ impl Default for SqliteOptions {
             batch_events_max: 20_000,
             read_connections_idle_max: 16,
             gather_wait_us: 300,
+            heap_soft_limit_bytes: HEAP_SOFT_LIMIT_BYTES,
         }
     }
 }
@@ -134,6 +144,13 @@ impl SqliteEventStore {
             options.synchronous.pragma()
         ))
         .map_err(|e| db_err(&e))?;
+        if options.heap_soft_limit_bytes > 0 {
+            conn.execute_batch(&format!(
+                "PRAGMA soft_heap_limit = {};",
+                options.heap_soft_limit_bytes
+            ))
+            .map_err(|e| db_err(&e))?;
+        }
         schema::migrate(&conn).map_err(|e| db_err(&e))?;
         // Read here, where a failure stops the open, not in the writer thread.
         let (head_position, last_timestamp_us): (i64, i64) = conn
