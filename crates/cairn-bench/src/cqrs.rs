@@ -507,19 +507,25 @@ pub async fn order_summary_over(
 async fn order_summary_caught_up(
     log_dir: &Path,
     rm_dir: &Path,
+    options: &SqliteOptions,
 ) -> anyhow::Result<(Arc<dyn EventStore>, ConsumerHandle, watch::Sender<bool>, u64, Duration)> {
-    let store: Arc<dyn EventStore> =
-        Arc::new(SqliteEventStore::open(log_dir, &SqliteOptions::default())?);
+    let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(log_dir, options)?);
     let readmodels: Arc<dyn ReadModelStore> =
         Arc::new(SqliteReadModels::open(rm_dir).map_err(anyhow::Error::msg)?);
     let (handle, stop, head, elapsed) = order_summary_over(&store, readmodels).await?;
     Ok((store, handle, stop, head, elapsed))
 }
 
-/// Replays `order_summary` from position 0 into an empty read model; events/s.
-pub async fn catch_up(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
+/// Replays `order_summary` from position 0 into an empty read model; events/s. `options`
+/// are the log's (its heap limit is SQLite's, process-wide, so the read models' too).
+pub async fn catch_up(
+    log_dir: &Path,
+    rm_dir: &Path,
+    options: &SqliteOptions,
+) -> anyhow::Result<f64> {
     let _ = std::fs::remove_dir_all(rm_dir);
-    let (store, _handle, stop, head, elapsed) = order_summary_caught_up(log_dir, rm_dir).await?;
+    let (store, _handle, stop, head, elapsed) =
+        order_summary_caught_up(log_dir, rm_dir, options).await?;
     let _ = stop.send(true);
     store.close().await;
     Ok(rate(head, elapsed))
@@ -527,7 +533,8 @@ pub async fn catch_up(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
 
 /// Rebuilds a caught-up `order_summary` (shadow tables, then swap); events/s of the rebuild.
 pub async fn rebuild(log_dir: &Path, rm_dir: &Path) -> anyhow::Result<f64> {
-    let (store, handle, stop, head, _) = order_summary_caught_up(log_dir, rm_dir).await?;
+    let (store, handle, stop, head, _) =
+        order_summary_caught_up(log_dir, rm_dir, &SqliteOptions::default()).await?;
     let start = Instant::now();
     handle.start_rebuild()?;
     while handle.rebuild_progress().is_some() {

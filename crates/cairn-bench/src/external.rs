@@ -22,9 +22,20 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
 }
 
-/// `--cairn-bin`, or `<workspace>/target/release/cairn`; an error telling how to build it
-/// when it is missing.
+/// `--cairn-bin`, or `<workspace>/target/release/cairn`, built first (`cargo build
+/// --release -p cairn`, a no-op when it is up to date) so that a plain run measures this
+/// tree.
 pub fn cairn_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if given.is_none() {
+        eprintln!("  building the cairn binary: cargo build --release -p cairn");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--release", "-p", "cairn", "--manifest-path"])
+            .arg(workspace_root().join("Cargo.toml"))
+            .status()
+            .context("cannot run cargo")?;
+        anyhow::ensure!(status.success(), "cargo build --release -p cairn failed");
+    }
     let bin = given.map_or_else(
         || workspace_root().join("target").join("release").join("cairn"),
         Path::to_path_buf,
@@ -36,6 +47,10 @@ pub fn cairn_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     );
     Ok(bin)
 }
+
+/// `--serve-arg`s, set once by [`run_outside`]: every server a scenario starts gets them,
+/// without threading them through each scenario.
+static SERVE_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
 /// Where `cairn serve` keeps its data.
 pub enum Storage {
@@ -75,6 +90,7 @@ impl CairnProcess {
         let mut command = Command::new(bin);
         command.arg("serve").arg("--listen").arg(format!("127.0.0.1:{port}"));
         command.arg("--admin-token-file").arg(&token_file);
+        command.args(SERVE_ARGS.get().into_iter().flatten());
         match storage {
             Storage::Sqlite(data) => {
                 command.arg("--data-dir").arg(data);
@@ -281,20 +297,20 @@ pub fn run_outside(
 ) -> anyhow::Result<()> {
     use crate::Group;
     let bin = cairn_bin(args.cairn_bin.as_deref())?;
-    let result = runtime.block_on(async {
+    let _ = SERVE_ARGS.set(args.serve_arg.clone());
+    runtime.block_on(async {
         if args.only.contains(&Group::Wrk) {
             crate::wrk::run(table, args.store, &bin, dir, &args.database_url, args.runs).await?;
         }
         if args.only.contains(&Group::Memory) {
-            crate::memory::run(table, args.store, &bin, &args.database_url, args.memory_events)
-                .await?;
+            let events =
+                args.memory_events.unwrap_or(if args.quick { 100_000 } else { 10_000_000 });
+            crate::memory::run(table, args.store, &bin, &args.database_url, events).await?;
         }
         if args.only.contains(&Group::Soak) {
             crate::soak::run(table, args.store, &bin, dir, &args.database_url, args.soak_secs)
                 .await?;
         }
         anyhow::Ok(())
-    });
-    table.print();
-    result
+    })
 }

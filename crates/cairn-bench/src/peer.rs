@@ -370,14 +370,18 @@ impl Names {
     }
 }
 
+/// Each side's (durability, views), as the harness prints them.
+pub type Sides = [(String, String); 2];
+
 /// `--only peer`: builds the peer, runs both sides `--runs` times on `--store`'s backend,
-/// prints the table, the ratios and each side's durability and views.
-pub fn only(
+/// adds the rows and ratios; returns each side's durability and views ([`print_sides`]).
+pub fn run(
     runtime: &tokio::runtime::Runtime,
     table: &mut Table,
     dir: &Path,
     args: &Args,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Sides> {
+    anyhow::ensure!(args.runs > 0, "--runs 0: nothing to measure");
     let binary = build()?;
     let names = Names::new(args.store);
     let mut sides = None;
@@ -405,13 +409,15 @@ pub fn only(
         &format!("{}{worst}", names.cairn_long),
         "peer ms / Cairn ms",
     );
-    table.print();
-    if let Some([(cairn_durability, cairn_views), (peer_durability, peer_views)]) = sides {
-        println!();
-        println!("| side | durability | views |");
-        println!("|---|---|---|");
-        println!("| Cairn (HTTP) | {cairn_durability} | {cairn_views} |");
-        println!("| cqrs-es 0.5 peer (in-process) | {peer_durability} | {peer_views} |");
-    }
-    Ok(())
+    sides.ok_or_else(|| anyhow::anyhow!("no peer run"))
+}
+
+/// Prints each side's durability and views after the table.
+pub fn print_sides(sides: &Sides) {
+    let [(cairn_durability, cairn_views), (peer_durability, peer_views)] = sides;
+    println!();
+    println!("| side | durability | views |");
+    println!("|---|---|---|");
+    println!("| Cairn (HTTP) | {cairn_durability} | {cairn_views} |");
+    println!("| cqrs-es 0.5 peer (in-process) | {peer_durability} | {peer_views} |");
 }

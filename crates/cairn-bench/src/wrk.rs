@@ -35,8 +35,22 @@ fn script() -> PathBuf {
     crate::external::workspace_root().join("bench").join("wrk").join("create-order.lua")
 }
 
+/// Installs wrk with `bench/wrk/install.sh` when it is not on the PATH (the Debian
+/// package; the script says what to do elsewhere).
+fn ensure_wrk() -> anyhow::Result<()> {
+    if Command::new("wrk").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    let install = crate::external::workspace_root().join("bench").join("wrk").join("install.sh");
+    eprintln!("  wrk is missing: running {}", install.display());
+    let status = Command::new("sh").arg(&install).status().context("cannot run sh")?;
+    anyhow::ensure!(status.success(), "{} failed: install wrk yourself", install.display());
+    Ok(())
+}
+
 /// Runs wrk against `base` with `token`; an error on any non-2xx answer or socket error.
 fn run_wrk(base: &str, token: &str) -> anyhow::Result<WrkResult> {
+    ensure_wrk()?;
     let script = script();
     anyhow::ensure!(script.is_file(), "no wrk script at {}", script.display());
     let output = Command::new("wrk")

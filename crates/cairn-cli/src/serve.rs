@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// loss); `normal` survives a process crash only.
     #[arg(long, env = "CAIRN_SYNC", value_enum, default_value_t = SyncMode::Full)]
     sync: SyncMode,
+    /// The embedded store's page caches, all connections together, in MiB (SQLite's soft
+    /// heap limit; 0 = no limit): more keeps more of a large store's pages in memory.
+    #[arg(long, env = "CAIRN_SQLITE_CACHE_MIB", default_value_t = cairn_sqlite::HEAP_SOFT_LIMIT_BYTES / (1024 * 1024))]
+    sqlite_cache_mib: u64,
     /// A load that replays this many events or more takes a snapshot of the aggregate.
     #[arg(long, env = "CAIRN_SNAPSHOT_EVERY", default_value_t = cairn_cqrs::repository::SNAPSHOT_EVERY_DEFAULT)]
     snapshot_every: u64,
@@ -190,6 +194,7 @@ async fn open_stores(args: &ServeArgs) -> anyhow::Result<Stores> {
             SyncMode::Full => Synchronous::Full,
             SyncMode::Normal => Synchronous::Normal,
         },
+        heap_soft_limit_bytes: args.sqlite_cache_mib.saturating_mul(1024 * 1024),
         ..SqliteOptions::default()
     };
     let store: Arc<dyn EventStore> =

@@ -60,8 +60,9 @@ pub struct SqliteOptions {
     /// How long a group commit may wait for more appends when writers are concurrent
     /// (zero disables; a lone writer never waits).
     pub gather_wait_us: u64,
-    /// SQLite's soft heap limit, process-wide (`PRAGMA soft_heap_limit`; 0 = none): past
-    /// it every connection's page cache recycles its pages instead of growing.
+    /// SQLite's soft heap limit (`PRAGMA soft_heap_limit`), set when the store opens: past
+    /// it every connection's page cache recycles its pages instead of growing. It is
+    /// process-wide, so the store opened last sets it; 0 lifts it.
     pub heap_soft_limit_bytes: u64,
 }
 
@@ -144,13 +145,9 @@ impl SqliteEventStore {
             options.synchronous.pragma()
         ))
         .map_err(|e| db_err(&e))?;
-        if options.heap_soft_limit_bytes > 0 {
-            conn.execute_batch(&format!(
-                "PRAGMA soft_heap_limit = {};",
-                options.heap_soft_limit_bytes
-            ))
+        // Process-wide: the store opened last sets it (0 lifts it).
+        conn.execute_batch(&format!("PRAGMA soft_heap_limit = {};", options.heap_soft_limit_bytes))
             .map_err(|e| db_err(&e))?;
-        }
         schema::migrate(&conn).map_err(|e| db_err(&e))?;
         // Read here, where a failure stops the open, not in the writer thread.
         let (head_position, last_timestamp_us): (i64, i64) = conn
