@@ -171,19 +171,30 @@ pub async fn create_orders_at(
 ) -> anyhow::Result<()> {
     let server = Arc::new(Server::start(&dir.join("http")).await?);
     let per_client = (if clients == 1 { 150 } else { 1200 / clients }) * scale;
-    let s = Arc::clone(&server);
-    let (elapsed, latencies) = load(clients, per_client, move |i| {
-        let s = Arc::clone(&s);
-        async move { s.post("/orders", &order_body(i)).await.map(|_| ()) }
+    let name = format!("HTTP create order, {clients} clients");
+    load_on(table, server, &name, clients, per_client, |s, i| async move {
+        s.post("/orders", &order_body(i)).await.map(|_| ())
     })
-    .await?;
-    record(
-        table,
-        &format!("HTTP create order, {clients} clients"),
-        clients * per_client,
-        elapsed,
-        latencies,
-    );
+    .await
+}
+
+/// `op` from `clients` clients, `per_client` times each, against `server`: the row `name`;
+/// then stops the server.
+async fn load_on<F, Fut>(
+    table: &mut Table,
+    server: Arc<Server>,
+    name: &str,
+    clients: u64,
+    per_client: u64,
+    op: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Arc<Server>, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let s = Arc::clone(&server);
+    let (elapsed, latencies) = load(clients, per_client, move |i| op(Arc::clone(&s), i)).await?;
+    record(table, name, clients * per_client, elapsed, latencies);
     if let Ok(server) = Arc::try_unwrap(server) {
         server.stop().await;
     }
@@ -201,22 +212,16 @@ pub async fn lifecycles(table: &mut Table, dir: &Path, scale: u64) -> anyhow::Re
                 .await?;
         }
         let per_client = (if clients == 1 { 30 } else { 320 / clients }.max(2)) * scale;
-        let s = Arc::clone(&server);
-        let (elapsed, latencies) = load(clients, per_client, move |i| {
-            let s = Arc::clone(&s);
-            async move { lifecycle(&s, i).await }
-        })
-        .await?;
-        record(
+        let name = format!("HTTP full order lifecycle, {clients} clients");
+        load_on(
             table,
-            &format!("HTTP full order lifecycle, {clients} clients"),
-            clients * per_client,
-            elapsed,
-            latencies,
-        );
-        if let Ok(server) = Arc::try_unwrap(server) {
-            server.stop().await;
-        }
+            server,
+            &name,
+            clients,
+            per_client,
+            |s, i| async move { lifecycle(&s, i).await },
+        )
+        .await?;
     }
     Ok(())
 }

@@ -32,13 +32,26 @@ pub mod testing {
     use std::sync::Once;
     use std::time::Duration;
 
-    /// A free loopback port (closed before the server binds it).
+    /// Ports [`free_port`] handed out in this process (as `cairn_testkit`'s: a just-closed
+    /// port may be given to the next caller, and two servers must not share one).
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+    /// A free loopback port, never one this process was given before (closed before the
+    /// server binds it).
     ///
     /// # Panics
     /// When no port can be bound.
     #[must_use]
     pub fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        let mut given = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            let port =
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if !given.contains(&port) {
+                given.push(port);
+                return port;
+            }
+        }
     }
 
     /// A `nats-server -js` child process on loopback ports.

@@ -13,10 +13,24 @@ use tokio::process::{Child, Command};
 
 use crate::Place;
 
-/// A free loopback port (the listener is closed before the child binds it).
+/// Ports [`free_port`] handed out in this process. The kernel may give a just-closed port
+/// to the next caller, so without this two tests starting servers at once, or one test
+/// restarting its server on its port while another asks, could share a port, and one
+/// test's readiness check answer for another test's server (seen in CI).
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A free loopback port, never one this process was given before (the listener is
+/// closed before the child binds it).
 #[must_use]
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The `serve` flags that put a server's storage on `place`: `--data-dir <dir>`, or
