@@ -170,17 +170,30 @@ async fn deposed_mid_rebuild(
     a.start_rebuild().unwrap();
     until("A's rebuild is recorded", Duration::from_secs(5), || recorded(&a_rm)).await;
     match deposal {
-        Deposal::HandOver => a.hand_over(Duration::from_secs(30)),
+        Deposal::HandOver => {
+            // A hand-over is taken between batches, so A's batch cannot be held (B would
+            // never lead): it is made slow instead, several seconds a batch, far longer
+            // than a loaded machine takes to hand over.
+            pace.delay_us.store(2000, Ordering::SeqCst);
+            a.hand_over(Duration::from_secs(30));
+        }
         Deposal::Terminate(url) => {
-            // A hand-over waits for A's batch, so only a killed session can be held.
+            // A's rebuild waits in the middle of a batch until B leads, however slowly a
+            // loaded machine gets there (finishing and swapping while nobody else leads
+            // would be correct, but not what is tested here).
             pace.hold.store(true, Ordering::SeqCst);
             assert_eq!(terminate_leader(&url).await, 1, "A's leadership session");
         }
     }
     until("B leads", Duration::from_secs(15), || b.is_leader()).await;
     pace.hold.store(false, Ordering::SeqCst);
-    until("A's rebuild is cancelled", Duration::from_secs(15), || a.rebuilds_cancelled() == 1)
-        .await;
+    let cancelled = format!(
+        "A's rebuild is cancelled (A: completed {}, abandoned {}, leader {})",
+        a.rebuilds_completed(),
+        a.rebuilds_abandoned(),
+        a.is_leader()
+    );
+    until(&cancelled, Duration::from_secs(15), || a.rebuilds_cancelled() == 1).await;
     assert!(a.rebuild_progress().is_none(), "A runs no rebuild any more");
 
     // B finds the interrupted rebuild and starts it over, from an emptied shadow.
