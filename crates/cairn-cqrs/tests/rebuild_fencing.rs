@@ -187,13 +187,18 @@ async fn deposed_mid_rebuild(
     }
     until("B leads", Duration::from_secs(15), || b.is_leader()).await;
     pace.hold.store(false, Ordering::SeqCst);
-    let cancelled = format!(
-        "A's rebuild is cancelled (A: completed {}, abandoned {}, leader {})",
-        a.rebuilds_completed(),
-        a.rebuilds_abandoned(),
-        a.is_leader()
-    );
-    until(&cancelled, Duration::from_secs(15), || a.rebuilds_cancelled() == 1).await;
+    // What A did instead, read when the wait fails.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while a.rebuilds_cancelled() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: A's rebuild is cancelled (A: completed {}, abandoned {}, leader {})",
+            a.rebuilds_completed(),
+            a.rebuilds_abandoned(),
+            a.is_leader()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(a.rebuild_progress().is_none(), "A runs no rebuild any more");
 
     // B finds the interrupted rebuild and starts it over, from an emptied shadow.
