@@ -192,7 +192,8 @@ async fn deposed_mid_rebuild(
     while a.rebuilds_cancelled() != 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "never happened: A's rebuild is cancelled (A: completed {}, abandoned {}, leader {})",
+            "never happened: A's rebuild is cancelled once (A: cancelled {}, completed {}, abandoned {}, leader {})",
+            a.rebuilds_cancelled(),
             a.rebuilds_completed(),
             a.rebuilds_abandoned(),
             a.is_leader()

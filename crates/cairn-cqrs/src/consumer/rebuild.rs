@@ -80,7 +80,7 @@ pub(super) struct Rebuilds {
     /// next leader starts them over).
     cancelled: AtomicU64,
     /// The running rebuild's task, cancelled when the term it belongs to ends.
-    task: Mutex<Option<tokio::task::AbortHandle>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ConsumerHandle {
@@ -177,20 +177,56 @@ fn start_awaiting(shared: &Arc<Shared>) {
     }
 }
 
-/// Ends the term's rebuild, if one runs: its task is aborted (a write it has in flight
-/// is refused by the store once the term is over), nothing is swapped in, and the shadow
-/// and its checkpoint stay for the next leader to start over.
-pub(super) fn cancel(shared: &Arc<Shared>) {
+/// Ends the term's rebuild, if one runs, and returns once it has ended: its task is
+/// aborted (a write it has in flight is refused by the store once the term is over),
+/// nothing is swapped in, and the shadow and its checkpoint stay for the next leader to
+/// start over. Awaited before the lease is given back, so that a new term of this process
+/// never sees the old rebuild still running.
+pub(super) async fn cancel(shared: &Arc<Shared>) {
     let task = shared.rebuilds.task.lock().unwrap_or_else(PoisonError::into_inner).take();
     let Some(task) = task else { return };
-    if task.is_finished() {
-        return;
-    }
     task.abort();
-    shared.rebuilds.cancelled.fetch_add(1, Ordering::SeqCst);
-    *shared.rebuilds.progress.lock().unwrap_or_else(PoisonError::into_inner) = None;
-    shared.apply(Transition::RebuildEnded);
-    tracing::warn!(consumer = shared.name(), "rebuild cancelled: the leadership term ended");
+    // Quick: the task is dropped at its next await point. What it counts, [`Run`] says.
+    let _ = task.await;
+}
+
+/// How one rebuild ended, counted exactly once: when its task's future is dropped,
+/// whether it returned or was aborted at an await point by [`cancel`].
+struct Run {
+    shared: Arc<Shared>,
+    /// `None` until the rebuild returns: dropped without it = aborted with the term.
+    ended: Option<Ended>,
+}
+
+#[derive(Clone, Copy)]
+enum Ended {
+    /// Swapped in (counted by the swap itself, before the handler is told).
+    Swapped,
+    /// Its term ended under it: the next leader starts it over.
+    Deposed,
+    /// Given up: its shadow tables dropped.
+    Abandoned,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let counter = match self.ended {
+            Some(Ended::Swapped) => None,
+            None | Some(Ended::Deposed) => Some(&self.shared.rebuilds.cancelled),
+            Some(Ended::Abandoned) => Some(&self.shared.rebuilds.abandoned),
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.ended.is_none() {
+            tracing::warn!(
+                consumer = self.shared.name(),
+                "rebuild cancelled: the leadership term ended"
+            );
+        }
+        *self.shared.rebuilds.progress.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.shared.apply(Transition::RebuildEnded);
+    }
 }
 
 /// Starts a rebuild (see [`ConsumerHandle::start_rebuild`]); the caller leads the consumer.
@@ -236,29 +272,29 @@ fn start(shared: &Arc<Shared>, queued: bool) -> Result<bool, ControlError> {
     // The slot is held while spawning, so `cancel` never misses the task it must end.
     let mut slot = shared.rebuilds.task.lock().unwrap_or_else(PoisonError::into_inner);
     let task = tokio::spawn(async move {
-        let shared = task_shared;
+        let mut run = Run { shared: task_shared, ended: None };
+        let shared = Arc::clone(&run.shared);
         match rebuild(&shared, shadow, &fence).await {
-            Ok(()) => {}
+            Ok(()) => run.ended = Some(Ended::Swapped),
             Err(Abandoned::Deposed(e)) => {
                 // Not given up: the next leader starts it over from the record it left.
                 tracing::warn!(consumer = shared.name(), error = %e, "rebuild ended with the term");
-                shared.rebuilds.cancelled.fetch_add(1, Ordering::SeqCst);
+                run.ended = Some(Ended::Deposed);
             }
             Err(e) => {
                 tracing::error!(consumer = shared.name(), error = %e, "rebuild abandoned");
+                // Counted as given up even if the term ends during the clean-up below.
+                run.ended = Some(Ended::Abandoned);
                 let (rm, tables, name) = (
                     Arc::clone(shared.handler.readmodels()),
                     shared.handler.tables(),
                     format!("{}{REBUILD_SUFFIX}", shared.name()),
                 );
                 let _ = blocking(move || rm.abort_shadow(&fence, &tables, &name)).await;
-                shared.rebuilds.abandoned.fetch_add(1, Ordering::SeqCst);
             }
         }
-        *shared.rebuilds.progress.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        shared.apply(Transition::RebuildEnded);
     });
-    *slot = Some(task.abort_handle());
+    *slot = Some(task);
     Ok(true)
 }
 

@@ -62,7 +62,7 @@ impl Runner {
                 // The rebuild belongs to the term: it ends with it, before the lease is
                 // given back (its shadow stays, recorded by its checkpoint, for the next
                 // leader to start over).
-                rebuild::cancel(&runner.shared);
+                rebuild::cancel(&runner.shared).await;
                 let (rm, name) = (
                     Arc::clone(runner.shared.handler.readmodels()),
                     runner.shared.name().to_owned(),
