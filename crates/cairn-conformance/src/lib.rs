@@ -16,6 +16,7 @@ pub mod concurrency;
 pub mod fixtures;
 pub mod idempotency;
 pub mod keys;
+pub mod lifecycle;
 pub mod model;
 pub mod readmodel;
 pub mod reads;
@@ -95,6 +96,16 @@ macro_rules! conformance_suite {
             subscription::catch_up_then_live_without_gap_or_duplicate,
             subscription::filtered_subscription_moves_past_unwanted_events,
             aggregate_type::stream_type_is_fixed_for_life,
+            lifecycle::soft_delete_hides_the_stream_until_its_next_append,
+            lifecycle::delete_and_append_against_expected_versions,
+            lifecycle::tombstone_refuses_every_later_write,
+            lifecycle::retry_of_an_append_from_before_a_delete_is_recognised,
+            lifecycle::truncate_hides_versions_below_it,
+            lifecycle::max_count_keeps_the_last_versions,
+            lifecycle::max_age_hides_old_events,
+            lifecycle::metadata_has_its_own_optimistic_concurrency,
+            lifecycle::delete_and_append_racing_at_one_version_one_wins,
+            lifecycle::scavenge_redacts_only_hidden_events_in_place,
         );
 
         #[test]

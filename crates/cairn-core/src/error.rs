@@ -58,6 +58,12 @@ pub enum AppendError {
         /// The key.
         key: String,
     },
+    /// The stream is tombstoned: deleted for good, it takes no append ever again.
+    #[error("stream {aggregate_id} is tombstoned: deleted for good")]
+    StreamTombstoned {
+        /// The stream.
+        aggregate_id: String,
+    },
     /// An event's data breaks its type's registered schema.
     #[error("event {index} ({event_type}) does not match schema version {schema_version}")]
     SchemaViolation {
@@ -91,6 +97,9 @@ pub enum ReadError {
     /// The stream has no events.
     #[error("stream not found")]
     StreamNotFound,
+    /// The stream is tombstoned: deleted for good.
+    #[error("stream tombstoned")]
+    StreamTombstoned,
     /// The request is malformed (e.g. a version of 0).
     #[error("invalid read: {0}")]
     Invalid(String),

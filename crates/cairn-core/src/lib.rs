@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod error;
 pub mod expected_version;
 pub mod id;
+pub mod lifecycle;
 pub mod memory;
 pub mod readmodel;
 pub mod snapshot;

@@ -11,6 +11,9 @@ use uuid::Uuid;
 
 use crate::envelope::RecordedEvent;
 use crate::error::{AppendError, ReadError};
+use crate::lifecycle::{
+    SCAVENGED_EVENT, STREAM_DELETED, STREAM_TOMBSTONED, StreamState, meta_stream,
+};
 use crate::store::{
     AllFilter, AllSlice, Append, AppendOutcome, Direction, EventStore, IdempotencyKey,
     IdempotencyRecord, KeyOutcome, READ_LIMIT_MAX, Refusal, StoredLocation, StreamRead,
@@ -91,12 +94,24 @@ impl EventStore for MemoryEventStore {
                 .collect();
             return recognise_retry(&append, &found);
         }
-        let (actual, stream_type) = match inner.streams.get(&append.aggregate_id) {
-            Some((t, idx)) => (idx.len() as u64, Some(t.clone())),
-            None => (0, None),
+        let (actual, stream_type, last_type) = match inner.streams.get(&append.aggregate_id) {
+            Some((t, idx)) => (
+                idx.len() as u64,
+                Some(t.clone()),
+                idx.last().map(|&i| inner.log[i].event_type.clone()),
+            ),
+            None => (0, None, None),
         };
-        if !append.expected.is_satisfied_by(actual) {
-            return Err(AppendError::WrongExpectedVersion { expected: append.expected, actual });
+        let effective = crate::lifecycle::effective_version(
+            &append.aggregate_id,
+            actual,
+            last_type.as_deref().unwrap_or(""),
+        )?;
+        if !append.expected.is_satisfied_by(effective) {
+            return Err(AppendError::WrongExpectedVersion {
+                expected: append.expected,
+                actual: effective,
+            });
         }
         if let Some(t) = stream_type
             && t != append.aggregate_type
@@ -156,7 +171,7 @@ impl EventStore for MemoryEventStore {
         Ok(outcome)
     }
 
-    async fn read_stream(
+    async fn read_stream_raw(
         &self,
         aggregate_id: &str,
         read: StreamRead,
@@ -183,7 +198,56 @@ impl EventStore for MemoryEventStore {
                     .collect()
             }
         };
-        Ok(StreamSlice { aggregate_type: aggregate_type.clone(), stream_version: version, events })
+        Ok(StreamSlice {
+            aggregate_type: aggregate_type.clone(),
+            stream_version: version,
+            first_visible: 1,
+            moving: false,
+            scanned_version: None,
+            events,
+        })
+    }
+
+    async fn stream_state(&self, aggregate_id: &str) -> Result<Option<StreamState>, ReadError> {
+        let inner = self.lock();
+        let Some((aggregate_type, idx)) = inner.streams.get(aggregate_id) else {
+            return Ok(None);
+        };
+        let events = idx.iter().map(|&i| &inner.log[i]);
+        let marker = events
+            .clone()
+            .rev()
+            .find(|e| matches!(e.event_type.as_str(), STREAM_DELETED | STREAM_TOMBSTONED))
+            .map(|e| e.version);
+        let meta = inner.streams.get(&meta_stream(aggregate_id)).and_then(|(_, m)| {
+            m.last().map(|&i| (m.len() as u64, inner.log[i].data.get().to_owned()))
+        });
+        Ok(Some(StreamState {
+            aggregate_type: aggregate_type.clone(),
+            version: idx.len() as u64,
+            last_event_type: events.last().map(|e| e.event_type.clone()).unwrap_or_default(),
+            marker,
+            meta,
+        }))
+    }
+
+    async fn redact(&self, positions: &[u64]) -> Result<u64, AppendError> {
+        let mut inner = self.lock();
+        let mut changed = 0;
+        for &p in positions {
+            let Some(e) =
+                usize::try_from(p).ok().and_then(|p| inner.log.get_mut(p.wrapping_sub(1)))
+            else {
+                continue;
+            };
+            if e.event_type != SCAVENGED_EVENT {
+                e.event_type = SCAVENGED_EVENT.to_owned();
+                e.data = crate::envelope::empty_object();
+                e.metadata = crate::envelope::empty_object();
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     async fn read_all(

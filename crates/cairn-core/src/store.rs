@@ -11,6 +11,10 @@ use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::{AppendError, ReadError};
 use crate::expected_version::ExpectedVersion;
 use crate::id::{validate_aggregate_id, validate_type_name};
+use crate::lifecycle::{
+    self, DeleteError, MetaError, ScavengeError, ScavengeReport, StreamLifecycle, StreamMeta,
+    StreamState,
+};
 use crate::timestamp::Timestamp;
 
 /// Most events one append may carry.
@@ -190,9 +194,19 @@ impl Append {
     /// Checks what can be checked without the store: names, size, distinct ids.
     pub fn validate(&self) -> Result<(), AppendError> {
         let invalid = |m: String| Err(AppendError::Invalid(m));
-        validate_aggregate_id(&self.aggregate_id).or_else(|e| invalid(e.to_string()))?;
-        validate_type_name("aggregate_type", &self.aggregate_type)
+        let meta_stream = self.aggregate_id.strip_prefix("$$");
+        validate_aggregate_id(meta_stream.unwrap_or(&self.aggregate_id))
             .or_else(|e| invalid(e.to_string()))?;
+        if meta_stream.is_some() != (self.aggregate_type == lifecycle::META_STREAM_TYPE) {
+            return invalid(format!(
+                "the aggregate type {:?} is for metadata streams ($$<id>) and only for them",
+                lifecycle::META_STREAM_TYPE
+            ));
+        }
+        if meta_stream.is_none() {
+            validate_type_name("aggregate_type", &self.aggregate_type)
+                .or_else(|e| invalid(e.to_string()))?;
+        }
         if self.events.is_empty() {
             return invalid("an append needs at least one event".into());
         }
@@ -206,11 +220,48 @@ impl Append {
             key.validate_key()?;
         }
         let mut seen = HashSet::with_capacity(self.events.len());
-        for e in &self.events {
+        let system = self.events.iter().filter(|e| lifecycle::is_system_type(&e.event_type));
+        match (system.count(), meta_stream.is_some()) {
+            (0, false) => {}
+            (1, false)
+                if self.events.len() == 1
+                    && matches!(
+                        self.events[0].event_type.as_str(),
+                        lifecycle::STREAM_DELETED | lifecycle::STREAM_TOMBSTONED
+                    ) => {}
+            (n, true)
+                if n == self.events.len()
+                    && self.events.iter().all(|e| e.event_type == lifecycle::METADATA_EVENT) => {}
+            _ => {
+                return invalid(
+                    "event types starting with $ are Cairn's own: a delete or tombstone marker alone in its append, $metadata only in a metadata stream".into(),
+                );
+            }
+        }
+        for e in self.events.iter().filter(|e| !lifecycle::is_system_type(&e.event_type)) {
             validate_type_name("event_type", &e.event_type).or_else(|e| invalid(e.to_string()))?;
+        }
+        for e in &self.events {
             if !seen.insert(e.event_id) {
                 return invalid(format!("event id {} appears twice in one append", e.event_id));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Append {
+    /// [`Append::validate`], and none of Cairn's own names: what a client's append must
+    /// pass (a stream is deleted through `delete_stream`, its metadata set through
+    /// `set_stream_meta`, never by appending their events directly).
+    pub fn validate_client(&self) -> Result<(), AppendError> {
+        self.validate()?;
+        let system = self.aggregate_id.starts_with('$')
+            || self.events.iter().any(|e| lifecycle::is_system_type(&e.event_type));
+        if system {
+            return Err(AppendError::Invalid(
+                "names starting with $ are Cairn's own: delete a stream with DELETE /streams/{id}, set its metadata with PUT /streams/{id}/metadata".into(),
+            ));
         }
         Ok(())
     }
@@ -250,6 +301,10 @@ impl StoredLocation {
     /// and whitespace aside). A retry resends what it sent; the same id with other
     /// content is a different event, and taking it for a retry would hide the change.
     fn holds(&self, event: &NewEvent) -> bool {
+        // A scavenge erased what it held: the id is all that is left to recognise it by.
+        if self.event_type == lifecycle::SCAVENGED_EVENT {
+            return true;
+        }
         if self.event_type != event.event_type {
             return false;
         }
@@ -349,6 +404,15 @@ pub struct StreamSlice {
     pub aggregate_type: String,
     /// The stream's version at the time of the read.
     pub stream_version: u64,
+    /// The first version a read can return (1 unless truncation, retention or a soft
+    /// delete hides the versions before it).
+    pub first_visible: u64,
+    /// Whether the visible window moves with appends or time (retention by count or age).
+    pub moving: bool,
+    /// The last version this page examined, when hidden events (deleted, truncated,
+    /// expired, scavenged) were left out after the last one returned; `None`: the last
+    /// event's version. The next page starts after it.
+    pub scanned_version: Option<u64>,
     /// The events, in the requested direction.
     pub events: Vec<RecordedEvent>,
 }
@@ -357,10 +421,10 @@ impl StreamSlice {
     /// The version the next page starts at, or `None` when this page reached the end.
     #[must_use]
     pub fn next_version(&self, direction: Direction) -> Option<u64> {
-        let last = self.events.last()?;
+        let last = self.scanned_version.or_else(|| self.events.last().map(|e| e.version))?;
         match direction {
-            Direction::Forward => (last.version < self.stream_version).then_some(last.version + 1),
-            Direction::Backward => (last.version > 1).then_some(last.version - 1),
+            Direction::Forward => (last < self.stream_version).then_some(last + 1),
+            Direction::Backward => (last > self.first_visible.max(1)).then_some(last - 1),
         }
     }
 }
@@ -418,7 +482,9 @@ pub struct StreamStats {
 /// An append-only, per-stream versioned, globally ordered event store.
 ///
 /// **Invariants** every implementation keeps (the conformance suite checks them):
-/// events are never updated or deleted; versions count from 1 with no holes; an append
+/// events are never updated or deleted, except that a scavenge redacts events the
+/// lifecycle rules hide (their position, id, stream and version stay); versions count
+/// from 1 with no holes; an append
 /// is atomic; positions increase in the order readers can see events, so a catch-up
 /// reader never skips a committed event; event ids are unique, and a retried append is
 /// answered with its original outcome, durably.
@@ -427,12 +493,71 @@ pub trait EventStore: Send + Sync + 'static {
     /// Appends a batch to one stream under an expected-version condition.
     async fn append(&self, append: Append) -> Result<AppendOutcome, AppendError>;
 
-    /// Reads a page of one stream; [`ReadError::StreamNotFound`] when it has no events.
+    /// Reads a page of one stream's visible events; [`ReadError::StreamNotFound`] when it
+    /// has no events or is soft-deleted, [`ReadError::StreamTombstoned`] when tombstoned.
+    /// Pages start at the first visible version ([`crate::lifecycle`]).
     async fn read_stream(
         &self,
         aggregate_id: &str,
         read: StreamRead,
+    ) -> Result<StreamSlice, ReadError> {
+        lifecycle::read_visible(self, aggregate_id, read).await
+    }
+
+    /// Reads a page of one stream as stored, hidden events and markers included (what
+    /// [`EventStore::read_stream`] filters); [`ReadError::StreamNotFound`] when it has no
+    /// events. The backend's part of a read.
+    async fn read_stream_raw(
+        &self,
+        aggregate_id: &str,
+        read: StreamRead,
     ) -> Result<StreamSlice, ReadError>;
+
+    /// The stream's head, last marker and metadata, read in one snapshot; `None` when it
+    /// has no events.
+    async fn stream_state(&self, aggregate_id: &str) -> Result<Option<StreamState>, ReadError>;
+
+    /// Rewrites the events at `positions` as [`lifecycle::SCAVENGED_EVENT`] with `{}` data
+    /// and metadata, in one transaction; returns how many changed (an event already
+    /// redacted is not counted). Only [`EventStore::scavenge`] calls it.
+    async fn redact(&self, positions: &[u64]) -> Result<u64, AppendError>;
+
+    /// The stream's metadata, its version, its life and its visible window.
+    async fn stream_lifecycle(&self, aggregate_id: &str) -> Result<StreamLifecycle, ReadError> {
+        lifecycle::lifecycle(self, aggregate_id).await
+    }
+
+    /// Soft-deletes (`tombstone` false) or tombstones the stream under `expected`: appends
+    /// its marker, which hides every earlier version.
+    async fn delete_stream(
+        &self,
+        aggregate_id: &str,
+        expected: ExpectedVersion,
+        tombstone: bool,
+    ) -> Result<AppendOutcome, DeleteError> {
+        lifecycle::delete(self, aggregate_id, expected, tombstone).await
+    }
+
+    /// Replaces the stream's metadata if it is at `expected_meta_version` (`None`: any);
+    /// returns the new metadata version.
+    async fn set_stream_meta(
+        &self,
+        aggregate_id: &str,
+        expected_meta_version: Option<u64>,
+        meta: StreamMeta,
+    ) -> Result<u64, MetaError> {
+        lifecycle::set_meta(self, aggregate_id, expected_meta_version, meta).await
+    }
+
+    /// Hides the stream's versions below `before`; returns the new metadata version.
+    async fn truncate_stream(&self, aggregate_id: &str, before: u64) -> Result<u64, MetaError> {
+        lifecycle::truncate(self, aggregate_id, before).await
+    }
+
+    /// Redacts every event the lifecycle rules hide now.
+    async fn scavenge(&self) -> Result<ScavengeReport, ScavengeError> {
+        lifecycle::scavenge(self).await
+    }
 
     /// Reads up to `limit` events of `$all` with position > `from_position`.
     async fn read_all(

@@ -53,6 +53,20 @@ fn size(e: &RecordedEvent) -> usize {
 }
 
 impl Window {
+    /// Erases the events at `positions`, as [`EventStore::redact`] did in the store.
+    fn redact(&mut self, positions: &[u64]) {
+        for &p in positions {
+            if let Ok(i) = self.events.binary_search_by_key(&p, |e| e.position) {
+                let e = &mut self.events[i];
+                self.bytes -= size(e);
+                e.event_type = crate::lifecycle::SCAVENGED_EVENT.to_owned();
+                e.data = crate::envelope::empty_object();
+                e.metadata = crate::envelope::empty_object();
+                self.bytes += size(e);
+            }
+        }
+    }
+
     fn push(&mut self, events: Vec<RecordedEvent>, scanned_to: u64) {
         for e in events {
             self.bytes += size(&e);
@@ -163,12 +177,27 @@ impl EventStore for TailCache {
         self.inner.append(append).await
     }
 
-    async fn read_stream(
+    async fn read_stream_raw(
         &self,
         aggregate_id: &str,
         read: StreamRead,
     ) -> Result<StreamSlice, ReadError> {
-        self.inner.read_stream(aggregate_id, read).await
+        self.inner.read_stream_raw(aggregate_id, read).await
+    }
+
+    async fn stream_state(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<crate::lifecycle::StreamState>, ReadError> {
+        self.inner.stream_state(aggregate_id).await
+    }
+
+    async fn redact(&self, positions: &[u64]) -> Result<u64, AppendError> {
+        let changed = self.inner.redact(positions).await?;
+        // The window holds copies of the log: they are erased too, or a `$all` reader
+        // served from it would still see what the scavenge removed.
+        self.lock().redact(positions);
+        Ok(changed)
     }
 
     async fn read_all(

@@ -450,6 +450,7 @@ impl Repository {
             },
             (true, _) => self.usable_snapshot::<A>(id, until).await,
         };
+        let from_snapshot = snapshot.is_some();
         let mut loaded = snapshot.unwrap_or(Loaded {
             state: A::default(),
             version: 0,
@@ -457,13 +458,37 @@ impl Repository {
             timestamp: None,
         });
         let mut replayed = 0u64;
+        let mut first_page = true;
+        let mut from = loaded.version + 1;
         loop {
-            let read = StreamRead::forward_from(loaded.version + 1, LOAD_PAGE_EVENTS);
+            let read = StreamRead::forward_from(from, LOAD_PAGE_EVENTS);
             let slice = match self.store.read_stream(id, read).await {
                 Ok(slice) => slice,
-                Err(ReadError::StreamNotFound) => return Ok((loaded, replayed)),
+                // Never written, or soft-deleted: a new aggregate (its first append is
+                // checked against "no stream").
+                Err(ReadError::StreamNotFound) if !from_snapshot || !first_page => {
+                    return Ok((loaded, replayed));
+                }
+                Err(ReadError::StreamNotFound) => {
+                    return Box::pin(self.load_counted(id, until, false, take)).await;
+                }
+                Err(ReadError::StreamTombstoned) => {
+                    return Err(CommandError::Store(AppendError::StreamTombstoned {
+                        aggregate_id: id.to_owned(),
+                    }));
+                }
                 Err(e) => return Err(e.into()),
             };
+            // A snapshot folds every event up to its version, hidden ones too: it is no
+            // use once truncation or a delete hides versions it holds, nor while the
+            // visible window moves (retention by count or age).
+            if first_page
+                && from_snapshot
+                && (slice.moving || slice.first_visible > loaded.version + 1)
+            {
+                return Box::pin(self.load_counted(id, until, false, take)).await;
+            }
+            first_page = false;
             if slice.aggregate_type != A::TYPE {
                 return Err(CommandError::Store(AppendError::AggregateTypeMismatch {
                     actual: slice.aggregate_type,
@@ -472,7 +497,10 @@ impl Repository {
             }
             // A page may stop short of the limit (the stores cap its bytes), so the end is
             // where the stream's version says, never where a page happens to stop.
-            let more = slice.next_version(Direction::Forward).is_some();
+            // Pages go on after what a page examined, hidden events included.
+            let next = slice.next_version(Direction::Forward);
+            let more = next.is_some();
+            from = next.unwrap_or(from);
             // A page is folded in one `apply_all`, so that an aggregate can fold a long
             // run in one pass.
             let mut events = Vec::with_capacity(slice.events.len());
@@ -503,6 +531,9 @@ impl Repository {
             }
             if !more {
                 if until == Until::End {
+                    // The stream's version even when its last events are hidden
+                    // (truncated, expired): the next append is checked against it.
+                    loaded.version = loaded.version.max(slice.stream_version);
                     match take {
                         TakeSnapshot::Inline(at_least) => {
                             self.maybe_snapshot(id, &loaded, replayed, at_least).await;

@@ -205,8 +205,21 @@ async fn deposed_mid_rebuild(
     // B finds the interrupted rebuild and starts it over, from an emptied shadow.
     pace.delay_us.store(0, Ordering::SeqCst);
     let more = ticks(&store, 500).await;
-    until("B's rebuild is swapped in", Duration::from_secs(20), || b.rebuilds_completed() == 1)
-        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while b.rebuilds_completed() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: B's rebuild is swapped in (B: completed {}, cancelled {}, abandoned {}, progress {:?}, status {:?}, leader {}; recorded {})",
+            b.rebuilds_completed(),
+            b.rebuilds_cancelled(),
+            b.rebuilds_abandoned(),
+            b.rebuild_progress(),
+            b.status(),
+            b.is_leader(),
+            recorded(&b_rm),
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     b.wait_for(more, Duration::from_secs(10)).await.unwrap();
     // A killed session is noticed at the next write at the latest (refused: its fence
     // is stale); A's rebuild noticed it at its own next write.

@@ -3,7 +3,7 @@
 use tokio_postgres::Client;
 
 /// Each migration runs once, in order, in its own transaction.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6)];
 
 /// Version 1: the event log, idempotency keys, and everything consumers keep.
 ///
@@ -97,6 +97,13 @@ ALTER TABLE idempotency_keys
 CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_us) WHERE expires_us IS NOT NULL;
 ";
 
+/// Version 6: the stream lifecycle (`cairn_core::lifecycle`). A soft delete or tombstone
+/// is a marker event in the stream; this partial index finds a stream's last marker in
+/// one seek and holds nothing else. Metadata streams (`$$<id>`) are ordinary streams.
+const V6: &str = "
+CREATE INDEX events_markers ON events (aggregate_id, version)
+    WHERE event_type IN ('$streamDeleted', '$streamTombstoned');
+";
 /// Version 5: API tokens (#16), shared by every process on the database. Only a token's
 /// hash is kept; lookups go by it.
 const V5: &str = "

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use cairn_core::lifecycle::{REDACTED_JSON, SCAVENGED_EVENT, StreamState, meta_stream};
 use cairn_core::store::READ_LIMIT_MAX;
 use cairn_core::{
     AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, IdempotencyKey,
@@ -116,7 +117,7 @@ impl EventStore for PgEventStore {
         answer.await.map_err(|_| AppendError::ShuttingDown)?
     }
 
-    async fn read_stream(
+    async fn read_stream_raw(
         &self,
         aggregate_id: &str,
         read: StreamRead,
@@ -154,7 +155,56 @@ impl EventStore for PgEventStore {
         };
         let aggregate_type: String = first.get(0);
         let version: i64 = first.get(1);
-        Ok(StreamSlice { aggregate_type, stream_version: version as u64, events: streamed.events })
+        Ok(StreamSlice {
+            aggregate_type,
+            stream_version: version as u64,
+            first_visible: 1,
+            moving: false,
+            scanned_version: None,
+            events: streamed.events,
+        })
+    }
+
+    async fn stream_state(&self, aggregate_id: &str) -> Result<Option<StreamState>, ReadError> {
+        // One statement, one snapshot: the head, the last marker (through the partial index
+        // `events_markers`) and the metadata stream's last event.
+        const SQL: &str = "SELECT h.aggregate_type, h.version, h.event_type,
+               (SELECT max(version) FROM events WHERE aggregate_id = $1
+                  AND event_type IN ('$streamDeleted', '$streamTombstoned')),
+               m.version, m.data
+             FROM (SELECT aggregate_type, version, event_type FROM events
+                   WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1) h
+             LEFT JOIN LATERAL (SELECT version, data FROM events WHERE aggregate_id = $2
+                   ORDER BY version DESC LIMIT 1) m ON true";
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SQL).await.map_err(|e| read_failed(&e))?;
+        let meta_id = meta_stream(aggregate_id);
+        let row = client
+            .query_opt(&stmt, &[&aggregate_id, &meta_id])
+            .await
+            .map_err(|e| read_failed(&e))?;
+        Ok(row.map(|r| StreamState {
+            aggregate_type: r.get(0),
+            version: r.get::<_, i64>(1) as u64,
+            last_event_type: r.get(2),
+            marker: r.get::<_, Option<i64>>(3).map(|m| m as u64),
+            meta: r
+                .get::<_, Option<i64>>(4)
+                .map(|v| (v as u64, r.get::<_, Option<String>>(5).unwrap_or_default())),
+        }))
+    }
+
+    async fn redact(&self, positions: &[u64]) -> Result<u64, AppendError> {
+        const SQL: &str = "UPDATE events SET event_type = $2, data = $3, metadata = $3
+                           WHERE position = ANY($1) AND event_type <> $2";
+        let positions: Vec<i64> =
+            positions.iter().map(|&p| i64::try_from(p).unwrap_or(i64::MAX)).collect();
+        let client = self.client().await.map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        let changed = client
+            .execute(SQL, &[&positions, &SCAVENGED_EVENT, &REDACTED_JSON])
+            .await
+            .map_err(|e| AppendError::Unavailable(db_error(&e)))?;
+        Ok(changed)
     }
 
     async fn read_all(

@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use cairn_core::lifecycle::effective_version;
 use cairn_core::store::{StoredLocation, recognise_retry};
 use cairn_core::timestamp::Timestamp;
 use cairn_core::{
@@ -187,6 +188,8 @@ enum Failure {
 struct Stream {
     aggregate_type: String,
     version: u64,
+    /// Its last event's type: a delete or tombstone marker there decides appends.
+    last_event_type: String,
 }
 
 /// The group's rows, column by column, for `unnest`.
@@ -214,9 +217,9 @@ struct Keys {
 }
 
 const HEAD_SQL: &str = "SELECT position, timestamp_us FROM events ORDER BY position DESC LIMIT 1";
-const STREAM_HEADS_SQL: &str = "SELECT h.aggregate_id, h.aggregate_type, h.version
+const STREAM_HEADS_SQL: &str = "SELECT h.aggregate_id, h.aggregate_type, h.version, h.event_type
      FROM unnest($1::text[]) AS s(id),
-          LATERAL (SELECT aggregate_id, aggregate_type, version FROM events
+          LATERAL (SELECT aggregate_id, aggregate_type, version, event_type FROM events
                    WHERE aggregate_id = s.id ORDER BY version DESC LIMIT 1) h";
 const EVENT_IDS_SQL: &str = "SELECT event_id, aggregate_id, version, position, event_type, data FROM events WHERE event_id = ANY($1)";
 const KEYS_SQL: &str = "SELECT key, aggregate_id, first_version, last_version, position,
@@ -322,7 +325,11 @@ async fn try_commit(
         .map(|r| {
             (
                 r.get::<_, String>(0),
-                Stream { aggregate_type: r.get(1), version: r.get::<_, i64>(2) as u64 },
+                Stream {
+                    aggregate_type: r.get(1),
+                    version: r.get::<_, i64>(2) as u64,
+                    last_event_type: r.get(3),
+                },
             )
         })
         .collect();
@@ -395,7 +402,15 @@ async fn try_commit(
         next_position += n;
         streams.insert(
             append.aggregate_id.clone(),
-            Stream { aggregate_type: append.aggregate_type.clone(), version: outcome.last_version },
+            Stream {
+                aggregate_type: append.aggregate_type.clone(),
+                version: outcome.last_version,
+                last_event_type: append
+                    .events
+                    .last()
+                    .map(|e| e.event_type.clone())
+                    .unwrap_or_default(),
+            },
         );
         if let Some(key) = &append.idempotency {
             new_keys.key.push(key.key.clone());
@@ -497,10 +512,18 @@ fn decide(
     };
     let stream = streams.get(&append.aggregate_id);
     let actual = stream.map_or(0, |s| s.version);
-    if !append.expected.is_satisfied_by(actual) {
+    // A soft-deleted stream counts as absent; a tombstoned one takes nothing.
+    let effective = match stream {
+        Some(s) => match effective_version(&append.aggregate_id, s.version, &s.last_event_type) {
+            Ok(v) => v,
+            Err(e) => return retry().unwrap_or(Err(e)),
+        },
+        None => 0,
+    };
+    if !append.expected.is_satisfied_by(effective) {
         return retry().unwrap_or(Err(AppendError::WrongExpectedVersion {
             expected: append.expected,
-            actual,
+            actual: effective,
         }));
     }
     if let Some(s) = stream

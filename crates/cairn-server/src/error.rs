@@ -163,6 +163,7 @@ impl From<AppendError> for ApiError {
                     .with("errors", errors)
             }
             AppendError::Invalid(m) => Self::bad_request(m),
+            AppendError::StreamTombstoned { aggregate_id } => tombstoned(&aggregate_id),
             AppendError::Poisoned => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_poisoned", message)
             }
@@ -185,9 +186,67 @@ impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> Self {
         match e {
             ReadError::StreamNotFound => Self::not_found("stream not found"),
+            ReadError::StreamTombstoned => {
+                Self::new(StatusCode::GONE, "stream_tombstoned", "the stream is deleted for good")
+            }
             ReadError::Invalid(m) => Self::bad_request(m),
             other => {
                 tracing::error!(error = %other, "read failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the event store is unavailable",
+                )
+            }
+        }
+    }
+}
+
+/// `410 stream_tombstoned` (contract §2, "Stream lifecycle").
+fn tombstoned(aggregate_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "stream_tombstoned",
+        format!("stream {aggregate_id} is deleted for good (tombstoned): it takes no more writes"),
+    )
+}
+
+impl From<cairn_core::lifecycle::DeleteError> for ApiError {
+    fn from(e: cairn_core::lifecycle::DeleteError) -> Self {
+        use cairn_core::lifecycle::DeleteError;
+        match e {
+            DeleteError::StreamNotFound => Self::not_found("stream not found"),
+            DeleteError::StreamTombstoned { aggregate_id } => tombstoned(&aggregate_id),
+            DeleteError::WrongExpectedVersion { expected, actual } => {
+                AppendError::WrongExpectedVersion { expected, actual }.into()
+            }
+            other => {
+                tracing::error!(error = %other, "delete failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the event store is unavailable",
+                )
+            }
+        }
+    }
+}
+
+impl From<cairn_core::lifecycle::MetaError> for ApiError {
+    fn from(e: cairn_core::lifecycle::MetaError) -> Self {
+        use cairn_core::lifecycle::MetaError;
+        let message = e.to_string();
+        match e {
+            MetaError::StreamNotFound => Self::not_found("stream not found"),
+            MetaError::StreamTombstoned { aggregate_id } => tombstoned(&aggregate_id),
+            MetaError::WrongExpectedVersion { expected, actual } => {
+                Self::new(StatusCode::CONFLICT, "wrong_expected_version", message)
+                    .with("expected", expected)
+                    .with("actual", actual)
+            }
+            MetaError::Invalid(m) => Self::bad_request(m),
+            other => {
+                tracing::error!(error = %other, "metadata change failed");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",

@@ -89,12 +89,23 @@ impl EventStore for ServerStore {
         result
     }
 
-    async fn read_stream(
+    async fn read_stream_raw(
         &self,
         aggregate_id: &str,
         read: StreamRead,
     ) -> Result<StreamSlice, ReadError> {
-        self.inner.read_stream(aggregate_id, read).await
+        self.inner.read_stream_raw(aggregate_id, read).await
+    }
+
+    async fn stream_state(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<cairn_core::lifecycle::StreamState>, ReadError> {
+        self.inner.stream_state(aggregate_id).await
+    }
+
+    async fn redact(&self, positions: &[u64]) -> Result<u64, AppendError> {
+        self.inner.redact(positions).await
     }
 
     async fn read_all(

@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Version 1: the event log, and nothing else.
 ///
@@ -50,8 +50,24 @@ ALTER TABLE idempotency_keys ADD COLUMN refusal TEXT;
 CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_us) WHERE expires_us IS NOT NULL;
 ";
 
-/// A stream's type and version: one seek to its last event.
-pub const STREAM_HEAD_SQL: &str = "SELECT aggregate_type, version FROM events WHERE aggregate_id = ?1 ORDER BY version DESC LIMIT 1";
+/// Version 4: the stream lifecycle (`cairn_core::lifecycle`). A soft delete or tombstone
+/// is a marker event in the stream; this partial index finds a stream's last marker in
+/// one seek (it holds only markers, so it costs nothing on ordinary appends). Metadata
+/// streams (`$$<id>`) are ordinary streams: nothing else is needed.
+const V4: &str = "
+CREATE INDEX events_markers ON events (aggregate_id, version)
+    WHERE event_type IN ('$streamDeleted', '$streamTombstoned');
+";
+
+/// A stream's type, version and last event type: one seek to its last event.
+pub const STREAM_HEAD_SQL: &str = "SELECT aggregate_type, version, event_type FROM events WHERE aggregate_id = ?1 ORDER BY version DESC LIMIT 1";
+
+/// A stream's last delete or tombstone marker (through `events_markers`).
+pub const STREAM_MARKER_SQL: &str = "SELECT max(version) FROM events WHERE aggregate_id = ?1 AND event_type IN ('$streamDeleted', '$streamTombstoned')";
+
+/// The last event of a stream: its version and data (a metadata stream's metadata).
+pub const STREAM_LAST_DATA_SQL: &str =
+    "SELECT version, data FROM events WHERE aggregate_id = ?1 ORDER BY version DESC LIMIT 1";
 
 /// Creates or upgrades the schema; refuses a file written by a newer Cairn.
 pub fn migrate(conn: &Connection) -> Result<(), String> {
@@ -62,7 +78,7 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
             "the database has schema version {current}, this build knows up to {SCHEMA_VERSION}: use a newer cairn"
         ));
     }
-    for (version, ddl) in [(1, V1), (2, V2), (3, V3)] {
+    for (version, ddl) in [(1, V1), (2, V2), (3, V3), (4, V4)] {
         if current < version {
             conn.execute_batch(&format!(
                 "BEGIN IMMEDIATE; {ddl} PRAGMA user_version = {version}; COMMIT;"

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use cairn_core::lifecycle::{StreamState, meta_stream};
 use cairn_core::store::READ_LIMIT_MAX;
 use cairn_core::{
     AllFilter, AllSlice, Append, AppendError, AppendOutcome, Direction, EventStore, IdempotencyKey,
@@ -285,7 +286,7 @@ impl EventStore for SqliteEventStore {
         answer.await.map_err(|_| AppendError::ShuttingDown)?
     }
 
-    async fn read_stream(
+    async fn read_stream_raw(
         &self,
         aggregate_id: &str,
         read: StreamRead,
@@ -323,9 +324,63 @@ impl EventStore for SqliteEventStore {
                             .map(|(events, _)| events)
                     })
                     .map_err(read_failed)?;
-                Ok(StreamSlice { aggregate_type, stream_version: version as u64, events })
+                Ok(StreamSlice {
+                    aggregate_type,
+                    stream_version: version as u64,
+                    first_visible: 1,
+                    moving: false,
+                    scanned_version: None,
+                    events,
+                })
             })
             .await
+    }
+
+    async fn stream_state(&self, aggregate_id: &str) -> Result<Option<StreamState>, ReadError> {
+        let id = aggregate_id.to_owned();
+        self.readers
+            .run(move |conn| {
+                let tx = conn.unchecked_transaction().map_err(read_failed)?;
+                let head: Option<(String, i64, String)> = tx
+                    .prepare_cached(crate::schema::STREAM_HEAD_SQL)
+                    .and_then(|mut s| {
+                        s.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()
+                    })
+                    .map_err(read_failed)?;
+                let Some((aggregate_type, version, last_event_type)) = head else {
+                    return Ok(None);
+                };
+                let marker: Option<i64> = tx
+                    .prepare_cached(crate::schema::STREAM_MARKER_SQL)
+                    .and_then(|mut s| s.query_row([&id], |r| r.get(0)))
+                    .map_err(read_failed)?;
+                let meta: Option<(i64, String)> = tx
+                    .prepare_cached(crate::schema::STREAM_LAST_DATA_SQL)
+                    .and_then(|mut s| {
+                        s.query_row([meta_stream(&id)], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+                    })
+                    .map_err(read_failed)?;
+                Ok(Some(StreamState {
+                    aggregate_type,
+                    version: version as u64,
+                    last_event_type,
+                    marker: marker.map(|m| m as u64),
+                    meta: meta.map(|(v, d)| (v as u64, d)),
+                }))
+            })
+            .await
+    }
+
+    async fn redact(&self, positions: &[u64]) -> Result<u64, AppendError> {
+        if self.is_poisoned() {
+            return Err(AppendError::Poisoned);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Redact(positions.to_vec(), reply))
+            .await
+            .map_err(|_| AppendError::ShuttingDown)?;
+        answer.await.map_err(|_| AppendError::ShuttingDown)?
     }
 
     async fn read_all(

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use cairn_core::lifecycle::{REDACTED_JSON, SCAVENGED_EVENT, effective_version};
 use cairn_core::store::{StoredLocation, recognise_retry};
 use cairn_core::timestamp::Timestamp;
 use cairn_core::{
@@ -31,6 +32,8 @@ pub enum Job {
     Append(Append, oneshot::Sender<Result<AppendOutcome, AppendError>>),
     /// Record a refused keyed command unless its key holds a record; answer the first one.
     RecordRefusal(RefusalJob),
+    /// Redact the events at these positions (a scavenge batch); answer how many changed.
+    Redact(Vec<u64>, oneshot::Sender<Result<u64, AppendError>>),
     /// Stop after everything queued before this; answer when done.
     Shutdown(oneshot::Sender<()>),
 }
@@ -73,6 +76,8 @@ const STREAM_CACHE_MAX: usize = 100_000;
 struct StreamState {
     aggregate_type: String,
     version: u64,
+    /// Its last event's type: a delete or tombstone marker there decides appends.
+    last_event_type: String,
 }
 
 struct Writer {
@@ -112,6 +117,7 @@ pub fn run(
     let mut group: Vec<(Append, oneshot::Sender<Result<AppendOutcome, AppendError>>)> = Vec::new();
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     let mut refusals: Vec<RefusalJob> = Vec::new();
+    let mut redactions: Vec<Redaction> = Vec::new();
     // Size of the last group, and how many appends were already queued when it was answered.
     let mut prev_group = 0;
     let mut queued_at_reply = 0;
@@ -125,6 +131,7 @@ pub fn run(
                     group.push((a, reply));
                 }
                 Job::RecordRefusal(r) => refusals.push(r),
+                Job::Redact(positions, reply) => redactions.push((positions, reply)),
                 Job::Shutdown(done) => {
                     shutdown = Some(done);
                     break;
@@ -136,7 +143,8 @@ pub fn run(
         }
         if shutdown.is_none() && prev_group > 1 && !w.config.gather_wait.is_zero() {
             let target = (queued_at_reply + prev_group).min(w.config.batch_appends_max);
-            shutdown = gather(&mut rx, &mut group, &mut refusals, target, &w.config);
+            shutdown =
+                gather(&mut rx, &mut group, &mut refusals, &mut redactions, target, &w.config);
         }
         prev_group = group.len();
         if !group.is_empty() {
@@ -146,6 +154,9 @@ pub fn run(
         // that append's record, as it would had they come one at a time.
         if !refusals.is_empty() {
             w.record_refusals(&mut refusals);
+        }
+        for (positions, reply) in redactions.drain(..) {
+            let _ = reply.send(w.redact(&positions));
         }
         queued_at_reply = rx.len();
         if let Some(done) = shutdown.take() {
@@ -158,6 +169,9 @@ pub fn run(
                     }
                     Job::RecordRefusal(r) => {
                         let _ = r.reply.send(Err(AppendError::ShuttingDown));
+                    }
+                    Job::Redact(_, reply) => {
+                        let _ = reply.send(Err(AppendError::ShuttingDown));
                     }
                     Job::Shutdown(_) => {}
                 }
@@ -182,6 +196,7 @@ fn gather(
     rx: &mut mpsc::Receiver<Job>,
     group: &mut Vec<Pending>,
     refusals: &mut Vec<RefusalJob>,
+    redactions: &mut Vec<Redaction>,
     target: usize,
     config: &WriterConfig,
 ) -> Option<oneshot::Sender<()>> {
@@ -197,6 +212,7 @@ fn gather(
                 group.push((a, reply));
             }
             Ok(Job::RecordRefusal(r)) => refusals.push(r),
+            Ok(Job::Redact(positions, reply)) => redactions.push((positions, reply)),
             Ok(Job::Shutdown(done)) => return Some(done),
             Err(_) => std::thread::yield_now(),
         }
@@ -205,8 +221,38 @@ fn gather(
 }
 
 type Pending = (Append, oneshot::Sender<Result<AppendOutcome, AppendError>>);
+type Redaction = (Vec<u64>, oneshot::Sender<Result<u64, AppendError>>);
 
 impl Writer {
+    /// Redacts the events at `positions` in one transaction (a scavenge batch).
+    fn redact(&mut self, positions: &[u64]) -> Result<u64, AppendError> {
+        if self.config.poisoned.load(Ordering::Acquire) {
+            return Err(AppendError::Poisoned);
+        }
+        let unavailable = |e: rusqlite::Error| AppendError::Unavailable(e.to_string());
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let mut changed = 0;
+        {
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE events SET event_type = ?2, data = ?3, metadata = ?3
+                     WHERE position = ?1 AND event_type <> ?2",
+                )
+                .map_err(unavailable)?;
+            for &p in positions {
+                let p = i64::try_from(p).unwrap_or(i64::MAX);
+                changed += update
+                    .execute(params![p, SCAVENGED_EVENT, REDACTED_JSON])
+                    .map_err(unavailable)? as u64;
+            }
+        }
+        tx.commit().map_err(unavailable)?;
+        Ok(changed)
+    }
+
     fn commit_group(
         &mut self,
         group: &mut Vec<(Append, oneshot::Sender<Result<AppendOutcome, AppendError>>)>,
@@ -329,6 +375,11 @@ impl Writer {
                         StreamState {
                             aggregate_type: append.aggregate_type.clone(),
                             version: outcome.last_version,
+                            last_event_type: append
+                                .events
+                                .last()
+                                .map(|e| e.event_type.clone())
+                                .unwrap_or_default(),
                         },
                     );
                     results.push(Ok(outcome));
@@ -486,22 +537,27 @@ fn apply(
     let known = touched
         .get(&append.aggregate_id)
         .or_else(|| cache.get(&append.aggregate_id))
-        .map(|s| (s.aggregate_type.clone(), s.version));
-    let (stream_type, actual) = match known {
-        Some((t, v)) => (Some(t), v),
+        .map(|s| (s.aggregate_type.clone(), s.version, s.last_event_type.clone()));
+    let (stream_type, actual, last_type) = match known {
+        Some((t, v, l)) => (Some(t), v, l),
         None => conn
             .prepare_cached(crate::schema::STREAM_HEAD_SQL)?
             .query_row([&append.aggregate_id], |r| {
-                Ok((Some(r.get::<_, String>(0)?), r.get::<_, i64>(1)? as u64))
+                Ok((Some(r.get::<_, String>(0)?), r.get::<_, i64>(1)? as u64, r.get(2)?))
             })
             .optional()?
-            .unwrap_or((None, 0)),
+            .unwrap_or((None, 0, String::new())),
     };
-    if !append.expected.is_satisfied_by(actual) {
+    // A soft-deleted stream counts as absent; a tombstoned one takes nothing.
+    let effective = match effective_version(&append.aggregate_id, actual, &last_type) {
+        Ok(v) => v,
+        Err(e) => return Ok(retry_of_stored(conn, append)?.unwrap_or(Applied::Rejected(e))),
+    };
+    if !append.expected.is_satisfied_by(effective) {
         // A retry of an append that did succeed must be answered as such, even though the
         // stream has moved on since: look for it only now, off the fast path.
         return Ok(retry_of_stored(conn, append)?.unwrap_or(Applied::Rejected(
-            AppendError::WrongExpectedVersion { expected: append.expected, actual },
+            AppendError::WrongExpectedVersion { expected: append.expected, actual: effective },
         )));
     }
     if let Some(t) = stream_type

@@ -4,6 +4,7 @@
 mod admin;
 mod forward;
 mod health;
+mod lifecycle;
 pub mod openapi;
 pub mod streams;
 
@@ -55,6 +56,11 @@ macro_rules! route_table {
 route_table! {
     post "/streams/{aggregate_id}" => streams::append, Append;
     get "/streams/{aggregate_id}" => streams::read_stream, Read;
+    delete "/streams/{aggregate_id}" => lifecycle::delete_stream, Append;
+    get "/streams/{aggregate_id}/metadata" => lifecycle::get_metadata, Read;
+    put "/streams/{aggregate_id}/metadata" => lifecycle::put_metadata, Append;
+    post "/streams/{aggregate_id}/truncate" => lifecycle::truncate, Append;
+    post "/admin/scavenge" => lifecycle::scavenge, Admin;
     get "/all" => streams::read_all, Read;
     get "/all/subscribe" => streams::subscribe, Read;
     get "/admin/projections" => admin::projections, Admin;

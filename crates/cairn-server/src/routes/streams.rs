@@ -204,6 +204,8 @@ pub async fn append(
         crate::auth::middleware::check_raw_append(caller, &state, &first.aggregate_type)?;
     }
     let request = to_append(aggregate_id, body, &state.schemas, &state.aggregates)?;
+    // Deletes and metadata have their own routes; their events cannot be appended.
+    request.validate_client()?;
     let (aggregate_id, aggregate_type) =
         (request.aggregate_id.clone(), request.aggregate_type.clone());
     let outcome = state.store.append(request).await?;
