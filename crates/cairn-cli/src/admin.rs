@@ -1,5 +1,6 @@
 //! Operator commands over HTTP (contract §2 reads, §6 operations): `health`,
-//! `projections`, `dlq`, `streams`, `read` and `schemas`. Each prints a readable table or
+//! `projections`, `dlq`, `streams` (statistics; the lifecycle is in [`crate::lifecycle`]),
+//! `read` and `schemas`. Each prints a readable table or
 //! lines by default, and the server's JSON with `--json`.
 
 use std::path::PathBuf;
@@ -101,6 +102,8 @@ enum StreamsAction {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
         top: u64,
     },
+    #[command(flatten)]
+    Lifecycle(crate::lifecycle::LifecycleAction),
 }
 
 /// `cairn read`.
@@ -351,7 +354,12 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
 /// `cairn streams stats`.
 pub async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
-    let StreamsAction::Stats { top } = args.action;
+    let top = match args.action {
+        StreamsAction::Stats { top } => top,
+        StreamsAction::Lifecycle(action) => {
+            return crate::lifecycle::run(&client, action, args.conn.json).await;
+        }
+    };
     let body = client.get_json(&["admin", "streams", "stats"], &[("top", top.to_string())]).await?;
     if args.conn.json {
         outln!("{body}")?;

@@ -20,6 +20,7 @@ macro_rules! outln {
 mod admin;
 mod bus;
 mod client;
+mod lifecycle;
 mod listen;
 mod nats_auth;
 mod progress;
@@ -57,8 +58,10 @@ enum Command {
     Projections(admin::ProjectionsArgs),
     /// List, retry or discard dead letters.
     Dlq(admin::DlqArgs),
-    /// Statistics of the streams.
+    /// Statistics of the streams; delete, tombstone or truncate one, or set its metadata.
     Streams(admin::StreamsArgs),
+    /// Erase for real every event that deletes, truncation and retention hide (admin).
+    Scavenge(lifecycle::ScavengeArgs),
     /// Read one stream's events, forward or backward.
     Read(admin::ReadArgs),
     /// Follow `$all` live (Server-Sent Events), reconnecting where it stopped.
@@ -137,6 +140,7 @@ fn operator(command: Command) -> anyhow::Result<()> {
             Command::Projections(args) => admin::projections(args).await,
             Command::Dlq(args) => admin::dlq(args).await,
             Command::Streams(args) => admin::streams(args).await,
+            Command::Scavenge(args) => lifecycle::scavenge(args).await,
             Command::Read(args) => admin::read(args).await,
             Command::Tail(args) => tail::run(args).await,
             Command::Schemas(args) => admin::schemas(args).await,

@@ -557,6 +557,11 @@ impl Relay {
                     in_flight.push_back((e.aggregate_id.as_str(), e.position, Sent::Parked));
                     continue;
                 }
+                // Cairn's own events (lifecycle markers, metadata, scavenged events) are
+                // not the outside world's business: never published.
+                if cairn_core::lifecycle::is_system_type(&e.event_type) {
+                    continue;
+                }
                 let mapped = if parked.aggregates.contains(&e.aggregate_id) {
                     Err(format!(
                         "held back: an earlier event of aggregate {} is a dead letter (per-aggregate order)",

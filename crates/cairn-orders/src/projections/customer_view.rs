@@ -5,6 +5,7 @@
 //! order included.
 
 use cairn_core::RecordedEvent;
+use cairn_core::lifecycle::{STREAM_DELETED, STREAM_TOMBSTONED};
 use cairn_core::readmodel::{DocTxn, DocTxnExt, ReadModelError, TableSpec};
 use cairn_cqrs::DomainEvent;
 use cairn_cqrs::projection::Projection;
@@ -67,11 +68,21 @@ impl Projection for CustomerViewProjection {
     fn event_types(&self) -> Vec<&'static str> {
         let mut types = CustomerEvent::EVENT_TYPES.to_vec();
         types.extend(["OrderCreated", "OrderShipped", "OrderTotalCorrected"]);
+        // A deleted customer's row goes with it (contract §2, "Stream lifecycle").
+        types.extend([STREAM_DELETED, STREAM_TOMBSTONED]);
         types
     }
 
     fn apply(&self, e: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError> {
         let id = e.aggregate_id.as_str();
+        if matches!(e.event_type.as_str(), STREAM_DELETED | STREAM_TOMBSTONED) {
+            // An order's deletion leaves its customer's counts as they were: they count
+            // what the customer did, not what the log still shows.
+            if e.aggregate_type == <crate::customer::Customer as cairn_cqrs::Aggregate>::TYPE {
+                txn.delete(TABLE, id)?;
+            }
+            return Ok(());
+        }
         if e.aggregate_type == <crate::customer::Customer as cairn_cqrs::Aggregate>::TYPE {
             let mut row = row_of(txn, id)?;
             match decode::<CustomerEvent>(e)? {

@@ -3,6 +3,7 @@
 use cairn_core::RecordedEvent;
 use std::collections::HashMap;
 
+use cairn_core::lifecycle::{STREAM_DELETED, STREAM_TOMBSTONED};
 use cairn_core::readmodel::{DocTxn, DocTxnExt, ReadModelError, TableSpec};
 use cairn_core::timestamp::Timestamp;
 use cairn_cqrs::DomainEvent;
@@ -68,7 +69,10 @@ impl Projection for OrderSummaryProjection {
     }
 
     fn event_types(&self) -> Vec<&'static str> {
-        OrderEvent::EVENT_TYPES.to_vec()
+        // A deleted order's summary goes with it (contract §2, "Stream lifecycle").
+        let mut types = OrderEvent::EVENT_TYPES.to_vec();
+        types.extend([STREAM_DELETED, STREAM_TOMBSTONED]);
+        types
     }
 
     fn apply(&self, e: &RecordedEvent, txn: &mut dyn DocTxn) -> Result<(), ReadModelError> {
@@ -87,21 +91,36 @@ impl Projection for OrderSummaryProjection {
         events: &[RecordedEvent],
         txn: &mut dyn DocTxn,
     ) -> Result<(), ReadModelError> {
-        // Per order, in order of first touch: its events of the batch, decoded.
-        let mut runs: Vec<(&str, Vec<(&RecordedEvent, OrderEvent)>)> = Vec::new();
+        // Per order, in order of first touch: its events of the batch, decoded, and
+        // whether the order was deleted before them (they start it again).
+        let mut runs: Vec<(&str, Vec<(&RecordedEvent, OrderEvent)>, bool)> = Vec::new();
         let mut run_of: HashMap<&str, usize> = HashMap::new();
         for e in events {
-            let event: OrderEvent = decode(e)?;
             let id = e.aggregate_id.as_str();
             let run = *run_of.entry(id).or_insert_with(|| {
-                runs.push((id, Vec::new()));
+                runs.push((id, Vec::new(), false));
                 runs.len() - 1
             });
+            if matches!(e.event_type.as_str(), STREAM_DELETED | STREAM_TOMBSTONED) {
+                runs[run].1.clear();
+                runs[run].2 = true;
+                continue;
+            }
+            let event: OrderEvent = decode(e)?;
             runs[run].1.push((e, event));
         }
-        for (id, run) in runs {
-            let mut order: Order = txn.load(STATE, id)?.unwrap_or_default();
-            let mut row = txn.load::<OrderSummary>(TABLE, id)?;
+        for (id, run, deleted) in runs {
+            if deleted {
+                txn.delete(STATE, id)?;
+                txn.delete(TABLE, id)?;
+                if run.is_empty() {
+                    continue;
+                }
+            }
+            let mut order: Order =
+                if deleted { Order::default() } else { txn.load(STATE, id)?.unwrap_or_default() };
+            let mut row =
+                if deleted { None } else { txn.load::<OrderSummary>(TABLE, id)? };
             // The order's state is the aggregate's own fold: the summary can never
             // disagree with the write side about totals or lines.
             order.fold_all(run.iter().map(|(_, event)| event));
