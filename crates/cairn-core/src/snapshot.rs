@@ -38,6 +38,9 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// Deletes every snapshot taken at a position past `head` (of events the log no longer
     /// holds) and returns their aggregate ids.
     fn drop_past(&self, head: u64) -> Result<Vec<String>, ReadModelError>;
+    /// Deletes the stream's snapshot, if any (its subject was erased: the snapshot holds
+    /// what its events said).
+    fn forget(&self, aggregate_id: &str) -> Result<(), ReadModelError>;
 }
 
 /// Snapshots in memory (tests).
@@ -76,5 +79,13 @@ impl SnapshotStore for MemorySnapshotStore {
             snapshots.remove(id);
         }
         Ok(past)
+    }
+
+    fn forget(&self, aggregate_id: &str) -> Result<(), ReadModelError> {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(aggregate_id);
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cairn_core::readmodel::ReadModelError;
 use cairn_core::snapshot::{Snapshot, SnapshotStore};
 use cairn_core::timestamp::Timestamp;
 use cairn_core::{
@@ -303,6 +304,19 @@ impl Repository {
         self.put_warm(id, loaded);
         if let Some(snapshot) = snapshot {
             self.save_snapshot(id, snapshot).await;
+        }
+        Ok(())
+    }
+
+    /// Forgets what this repository keeps of aggregate `id` besides its events: its warm
+    /// state and its snapshot (its subject was erased, and both hold what the events said).
+    pub async fn forget(&self, id: &str) -> Result<(), ReadModelError> {
+        self.background.warm.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+        if let Some((snapshots, _)) = &self.snapshots {
+            let (snapshots, id) = (Arc::clone(snapshots), id.to_owned());
+            tokio::task::spawn_blocking(move || snapshots.forget(&id))
+                .await
+                .map_err(|e| ReadModelError::Storage(e.to_string()))??;
         }
         Ok(())
     }

@@ -926,8 +926,14 @@ impl SnapshotStore for PgReadModels {
             .map(|r| r.get(0))
             .collect())
     }
+
+    fn forget(&self, aggregate_id: &str) -> Result<(), ReadModelError> {
+        self.query_rows("DELETE FROM snapshots WHERE aggregate_id = $1", &[&aggregate_id])?;
+        Ok(())
+    }
 }
 
+mod subject_keys;
 mod tokens;
 
 /// A `dead_letters` row, in the column order every query of it selects.

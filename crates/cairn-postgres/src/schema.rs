@@ -3,7 +3,8 @@
 use tokio_postgres::Client;
 
 /// Each migration runs once, in order, in its own transaction.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6)];
+pub const MIGRATIONS: &[(i32, &str)] =
+    &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6), (7, V7)];
 
 /// Version 1: the event log, idempotency keys, and everything consumers keep.
 ///
@@ -97,6 +98,14 @@ ALTER TABLE idempotency_keys
 CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_us) WHERE expires_us IS NOT NULL;
 ";
 
+/// Version 7: per-subject encryption keys (crypto-shredding, #19). Deleting a row erases
+/// that subject's personal fields for every process at once.
+const V7: &str = "
+CREATE TABLE subject_keys (
+    subject text  PRIMARY KEY,
+    key     bytea NOT NULL
+);
+";
 /// Version 6: the stream lifecycle (`cairn_core::lifecycle`). A soft delete or tombstone
 /// is a marker event in the stream; this partial index finds a stream's last marker in
 /// one seek and holds nothing else. Metadata streams (`$$<id>`) are ordinary streams.

@@ -28,6 +28,7 @@ pub mod schema_version;
 pub mod schemas;
 pub mod server;
 pub mod timeout;
+pub mod vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,6 +123,8 @@ pub struct AppState {
     pub consumers: Arc<Consumers>,
     /// Event schemas.
     pub schemas: Arc<schemas::SchemaRegistry>,
+    /// Subjects' keys: erasing one erases its personal fields (#19).
+    pub vault: Arc<vault::Vault>,
     /// Every registered aggregate type, by type name: the store API checks appends to
     /// their streams against them.
     pub aggregates: Arc<BTreeMap<&'static str, AggregateKind>>,

@@ -44,12 +44,29 @@ pub fn handle() -> PrometheusHandle {
 pub struct ServerStore {
     inner: Arc<dyn EventStore>,
     schemas: Arc<SchemaRegistry>,
+    /// Seals personal fields on append, opens them on every read (#19).
+    vault: Arc<crate::vault::Vault>,
 }
 
 impl ServerStore {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn EventStore>, schemas: Arc<SchemaRegistry>) -> Self {
-        Self { inner, schemas }
+    pub fn new(
+        inner: Arc<dyn EventStore>,
+        schemas: Arc<SchemaRegistry>,
+        vault: Arc<crate::vault::Vault>,
+    ) -> Self {
+        Self { inner, schemas, vault }
+    }
+
+    /// Validates, then seals the personal fields its schemas mark.
+    async fn prepare(&self, append: &mut Append) -> Result<(), AppendError> {
+        self.schemas.check(append)?;
+        for event in &mut append.events {
+            if let Some(personal) = self.schemas.personal(&event.event_type) {
+                self.vault.seal(&append.aggregate_id, event, &personal).await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -75,7 +92,7 @@ impl EventStore for ServerStore {
     async fn append(&self, mut append: Append) -> Result<AppendOutcome, AppendError> {
         let events = append.events.len() as u64;
         let started = Instant::now();
-        let result = match self.schemas.check(&mut append) {
+        let result = match self.prepare(&mut append).await {
             Ok(()) => self.inner.append(append).await,
             Err(e) => Err(e),
         };
@@ -94,7 +111,9 @@ impl EventStore for ServerStore {
         aggregate_id: &str,
         read: StreamRead,
     ) -> Result<StreamSlice, ReadError> {
-        self.inner.read_stream_raw(aggregate_id, read).await
+        let mut slice = self.inner.read_stream_raw(aggregate_id, read).await?;
+        self.vault.open(&mut slice.events).await;
+        Ok(slice)
     }
 
     async fn stream_state(
@@ -114,7 +133,9 @@ impl EventStore for ServerStore {
         limit: usize,
         filter: &AllFilter,
     ) -> Result<AllSlice, ReadError> {
-        self.inner.read_all(from_position, limit, filter).await
+        let mut slice = self.inner.read_all(from_position, limit, filter).await?;
+        self.vault.open(&mut slice.events).await;
+        Ok(slice)
     }
 
     async fn stream_version(&self, aggregate_id: &str) -> Result<u64, ReadError> {

@@ -20,6 +20,12 @@ struct Registered {
     version: u32,
     schema: Value,
     validator: Arc<jsonschema::Validator>,
+    /// The fields it marks personal (sealed on append, see [`crate::vault`]).
+    personal: Option<Arc<crate::vault::Personal>>,
+}
+
+fn personal_of(schema: &Value) -> Option<Arc<crate::vault::Personal>> {
+    crate::vault::Personal::of_schema(schema).map(Arc::new)
 }
 
 /// Largest schema accepted, as JSON text (`413 schema_too_large`): a schema is compiled
@@ -106,7 +112,12 @@ impl SchemaRegistry {
             let schema: Value =
                 serde_json::from_str(&text).map_err(|e| ReadModelError::Decode(e.to_string()))?;
             let validator = compile(&schema).map_err(ReadModelError::Decode)?;
-            schemas.entry(event_type).or_default().push(Registered { version, schema, validator });
+            schemas.entry(event_type).or_default().push(Registered {
+                personal: personal_of(&schema),
+                version,
+                schema,
+                validator,
+            });
         }
         Ok(Self { store, schemas: RwLock::new(schemas) })
     }
@@ -167,11 +178,18 @@ impl SchemaRegistry {
         self.store
             .put_schema(event_type, version, &schema.to_string())
             .map_err(RegisterError::Storage)?;
-        versions.push(Registered { version, schema, validator });
+        versions.push(Registered { personal: personal_of(&schema), version, schema, validator });
         Ok(())
     }
 
     /// The current version and validator of a type, if it has a schema.
+    /// The personal fields the current schema of `event_type` marks, if any.
+    #[must_use]
+    pub fn personal(&self, event_type: &str) -> Option<Arc<crate::vault::Personal>> {
+        let schemas = self.schemas.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        schemas.get(event_type)?.last()?.personal.clone()
+    }
+
     fn current(&self, event_type: &str) -> Option<(u32, Arc<jsonschema::Validator>)> {
         let schemas = self.schemas.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         schemas.get(event_type)?.last().map(|r| (r.version, Arc::clone(&r.validator)))
@@ -206,6 +224,9 @@ const COMPARED: &[&str] = &[
     "$id",
     "default",
     "examples",
+    // Crypto-shredding marks (#19): they say how a field is stored, not what is valid.
+    "x-cairn-personal",
+    "x-cairn-subject",
 ];
 
 fn types_of(schema: &Value) -> Option<Vec<String>> {

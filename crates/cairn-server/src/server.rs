@@ -419,8 +419,12 @@ impl Server {
         // One reader of `$all`'s tail for every consumer and subscription of this process.
         let shared_reads: Arc<dyn EventStore> =
             Arc::new(cairn_core::tail_cache::TailCache::new(Arc::clone(&stores.events)));
-        let store: Arc<dyn EventStore> =
-            Arc::new(metrics::ServerStore::new(shared_reads, Arc::clone(&registry)));
+        let vault = Arc::new(crate::vault::Vault::new(Arc::clone(&stores.readmodels)));
+        let store: Arc<dyn EventStore> = Arc::new(metrics::ServerStore::new(
+            shared_reads,
+            Arc::clone(&registry),
+            Arc::clone(&vault),
+        ));
         let _ = metrics::handle();
         let readmodels = Arc::clone(&stores.readmodels);
         let repository =
@@ -486,6 +490,7 @@ impl Server {
             readmodels,
             consumers,
             schemas: registry,
+            vault,
             aggregates: Arc::new(aggregates),
             openapi: crate::routes::openapi::assemble(documents, &infos)
                 .map_err(StartError::OpenApi)?

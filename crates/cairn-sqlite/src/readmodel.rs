@@ -861,6 +861,13 @@ impl SnapshotStore for SqliteReadModels {
         .map_err(storage)
     }
 
+    fn forget(&self, aggregate_id: &str) -> Result<(), ReadModelError> {
+        self.writer()
+            .execute("DELETE FROM snapshots WHERE aggregate_id = ?1", [aggregate_id])
+            .map(|_| ())
+            .map_err(storage)
+    }
+
     fn drop_past(&self, head: u64) -> Result<Vec<String>, ReadModelError> {
         let conn = self.writer();
         let mut statement = conn
@@ -873,4 +880,5 @@ impl SnapshotStore for SqliteReadModels {
     }
 }
 
+mod subject_keys;
 mod tokens;

@@ -90,7 +90,7 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
 }
 
 /// The read-model file's (`readmodels.db`) schema version this build writes.
-pub const READ_MODEL_SCHEMA_VERSION: i64 = 3;
+pub const READ_MODEL_SCHEMA_VERSION: i64 = 4;
 
 /// Read models, version 1: what every `readmodels.db` had before it was versioned (its
 /// `user_version` was 0), so each statement is `IF NOT EXISTS`. It includes
@@ -151,6 +151,14 @@ CREATE TABLE api_tokens (
     hash       TEXT NOT NULL UNIQUE,
     created_us INTEGER NOT NULL,
     revoked_us INTEGER
+) WITHOUT ROWID;
+";
+
+/// Read models, version 4: per-subject encryption keys (crypto-shredding, #19).
+const RM_V4: &str = "
+CREATE TABLE subject_keys (
+    subject TEXT PRIMARY KEY,
+    key     BLOB NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -216,8 +224,12 @@ pub fn migrate_read_models(conn: &mut Connection) -> Result<(), String> {
             "the read-model file has schema version {current}, this build knows up to {READ_MODEL_SCHEMA_VERSION}: use a newer cairn"
         ));
     }
-    let steps: [(i64, MigrationStep); 3] =
-        [(1, |c| c.execute_batch(RM_V1)), (2, rm_v2), (3, |c| c.execute_batch(RM_V3))];
+    let steps: [(i64, MigrationStep); 4] = [
+        (1, |c| c.execute_batch(RM_V1)),
+        (2, rm_v2),
+        (3, |c| c.execute_batch(RM_V3)),
+        (4, |c| c.execute_batch(RM_V4)),
+    ];
     for (version, step) in steps {
         if current < version {
             let tx = conn

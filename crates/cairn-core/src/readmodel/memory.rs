@@ -18,6 +18,7 @@ use super::{
 };
 use crate::timestamp::Timestamp;
 
+mod subject_keys;
 mod tokens;
 
 /// One logical table: its live generation and, during a rebuild, the next one.
@@ -44,6 +45,8 @@ struct Db {
     last_member: u64,
     /// API tokens, in creation order.
     tokens: Vec<super::StoredToken>,
+    /// Subject keys (crypto-shredding).
+    subject_keys: HashMap<String, Vec<u8>>,
 }
 
 struct Shared {

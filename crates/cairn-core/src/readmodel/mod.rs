@@ -25,6 +25,7 @@ mod generations;
 mod leases;
 pub mod memory;
 mod schemas;
+mod subject_keys;
 mod tokens;
 pub mod write_behind;
 
@@ -37,6 +38,7 @@ pub use generations::{Generations, REBUILD_SUFFIX};
 pub use leases::{Leases, leadership_key};
 pub use memory::MemoryReadModels;
 pub use schemas::SchemaStore;
+pub use subject_keys::{SUBJECT_KEY_LEN, SubjectKeys};
 pub use tokens::{StoredToken, Tokens};
 
 /// Where read models, checkpoints, dead letters and process-manager state live: every
@@ -52,6 +54,7 @@ pub trait ReadModelStore:
     + Leases
     + SchemaStore
     + Tokens
+    + SubjectKeys
     + Send
     + Sync
     + 'static
@@ -66,6 +69,7 @@ impl<T> ReadModelStore for T where
         + Leases
         + SchemaStore
         + Tokens
+        + SubjectKeys
         + Send
         + Sync
         + 'static

@@ -119,8 +119,7 @@ impl Projection for OrderSummaryProjection {
             }
             let mut order: Order =
                 if deleted { Order::default() } else { txn.load(STATE, id)?.unwrap_or_default() };
-            let mut row =
-                if deleted { None } else { txn.load::<OrderSummary>(TABLE, id)? };
+            let mut row = if deleted { None } else { txn.load::<OrderSummary>(TABLE, id)? };
             // The order's state is the aggregate's own fold: the summary can never
             // disagree with the write side about totals or lines.
             order.fold_all(run.iter().map(|(_, event)| event));

@@ -238,3 +238,46 @@ pub async fn scavenge(State(state): State<AppState>) -> Result<Json<ScavengeRepo
         )
     })
 }
+
+/// What erasing a subject did.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErasedSubject {
+    /// The subject.
+    subject: String,
+    /// Always `true`: its personal fields read as erased from now on.
+    erased: bool,
+}
+
+/// Erases a subject's personal data (crypto-shredding): deletes its key, so every field
+/// its events' schemas mark personal reads as erased (`"[erased]"` for a string) on every
+/// read path — stream reads, `$all`, subscriptions, exports, aggregates, projections
+/// (rebuilt or fed from then on), the relay's later messages — and in every copy of the
+/// log, backups included. Processes sharing the store stop opening them within 5 s.
+/// Cannot be undone.
+#[utoipa::path(
+    delete,
+    path = "/admin/subjects/{subject}",
+    tag = "admin",
+    params(("subject" = String, Path, description = "The subject (by default the aggregate id its events belong to)")),
+    responses(
+        (status = 200, description = "Erased", body = ErasedSubject),
+        (status = 404, description = "`not_found`: no key for this subject (never had personal data, or already erased)", body = ErrorBody),
+    )
+)]
+pub async fn erase_subject(
+    State(state): State<AppState>,
+    axum::extract::Path(subject): axum::extract::Path<String>,
+) -> Result<Json<ErasedSubject>, ApiError> {
+    if subject.is_empty() || subject.len() > 256 {
+        return Err(ApiError::bad_request("a subject has 1 to 256 bytes"));
+    }
+    // The aggregate named by the subject (the default subject) keeps its state in a
+    // snapshot and in memory: both go, and the next load folds the erased events.
+    state.repository.forget(&subject).await?;
+    if state.vault.erase(&subject).await? {
+        tracing::warn!(subject = %subject, "subject erased: its key is deleted");
+        Ok(Json(ErasedSubject { subject, erased: true }))
+    } else {
+        Err(ApiError::not_found(format!("no key for subject {subject:?}")))
+    }
+}

@@ -61,6 +61,7 @@ route_table! {
     put "/streams/{aggregate_id}/metadata" => lifecycle::put_metadata, Append;
     post "/streams/{aggregate_id}/truncate" => lifecycle::truncate, Append;
     post "/admin/scavenge" => lifecycle::scavenge, Admin;
+    delete "/admin/subjects/{subject}" => lifecycle::erase_subject, Admin;
     get "/all" => streams::read_all, Read;
     get "/all/subscribe" => streams::subscribe, Read;
     get "/admin/projections" => admin::projections, Admin;
