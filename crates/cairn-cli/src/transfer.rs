@@ -341,6 +341,9 @@ struct Manager {
     instances: Vec<Instance>,
     /// The last event of the file at or before the source checkpoint: (stream, version).
     last_handled: Option<(String, u64)>,
+    /// That event's position on the target, as its append answered (a deleted or
+    /// scavenged stream cannot be read back to find it).
+    target_checkpoint: Option<u64>,
     /// Whether this import paused it (and so resumes it).
     paused_here: bool,
 }
@@ -373,6 +376,7 @@ fn read_managers(args: &ImportArgs) -> anyhow::Result<Vec<Manager>> {
                 checkpoint: 0,
                 instances: Vec::new(),
                 last_handled: None,
+                target_checkpoint: None,
                 paused_here: false,
             });
             managers.len() - 1
@@ -421,9 +425,10 @@ struct StateRequest<'a> {
 /// `Ok(Err(position))` when the target's manager has already handled events past that
 /// checkpoint (a re-run after it was resumed): its state is newer, and is kept.
 async fn import_manager(client: &Client, manager: &Manager) -> anyhow::Result<Result<u64, u64>> {
-    let checkpoint = match &manager.last_handled {
-        None => 0,
-        Some((stream, version)) => {
+    let checkpoint = match (&manager.last_handled, manager.target_checkpoint) {
+        (_, Some(position)) => position,
+        (None, None) => 0,
+        (Some((stream, version)), None) => {
             let page = client
                 .get_json(
                     &["streams", stream],
@@ -514,7 +519,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         });
         if !follows && !batch.is_empty() {
             let n = batch.len() as u64;
-            append_batch(&client, &batch, &mut tally).await?;
+            let targets = append_batch(&client, &batch, &mut tally).await?;
+            map_checkpoints(&mut managers, &batch, &targets);
             progress.inc(n);
             batch.clear();
             batch_bytes = 0;
@@ -524,7 +530,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     }
     if !batch.is_empty() {
         let n = batch.len() as u64;
-        append_batch(&client, &batch, &mut tally).await?;
+        let targets = append_batch(&client, &batch, &mut tally).await?;
+        map_checkpoints(&mut managers, &batch, &targets);
         progress.inc(n);
     }
     let mut summary =
@@ -570,23 +577,47 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Notes, for each process manager, the target position of the last event it had handled
+/// on the source (`targets[i]` is where `batch[i]` is on the target).
+fn map_checkpoints(managers: &mut [Manager], batch: &[Line], targets: &[u64]) {
+    for (event, &target) in batch.iter().zip(targets) {
+        for manager in managers.iter_mut() {
+            if event.position.is_some_and(|p| p <= manager.checkpoint) {
+                manager.target_checkpoint = Some(target);
+            }
+        }
+    }
+}
+
 /// Appends consecutive events of one stream; when some (not all) are already stored, goes
-/// event by event so each is either recognised as a retry or appended.
-async fn append_batch(client: &Client, batch: &[Line], tally: &mut Tally) -> anyhow::Result<()> {
+/// event by event so each is either recognised as a retry or appended. Returns each event's
+/// position on the target.
+async fn append_batch(
+    client: &Client,
+    batch: &[Line],
+    tally: &mut Tally,
+) -> anyhow::Result<Vec<u64>> {
+    // An append answers its last event's position; the others precede it, one apart.
+    let positions =
+        |last: u64, n: usize| (0..n as u64).map(|i| last + 1 + i - n as u64).collect::<Vec<_>>();
     match append(client, batch).await? {
         Ok(answer) => {
             count(batch, &answer, tally);
-            Ok(())
+            Ok(positions(answer.position, batch.len()))
         }
         Err(_) if batch.len() > 1 => {
+            let mut targets = Vec::with_capacity(batch.len());
             for event in batch {
                 let one = std::slice::from_ref(event);
                 match append(client, one).await? {
-                    Ok(answer) => count(one, &answer, tally),
+                    Ok(answer) => {
+                        count(one, &answer, tally);
+                        targets.push(answer.position);
+                    }
                     Err(why) => bail!("{}", refusal(event, &why)),
                 }
             }
-            Ok(())
+            Ok(targets)
         }
         Err(why) => bail!("{}", refusal(&batch[0], &why)),
     }

@@ -10,7 +10,7 @@
 //!   same transaction, on every backend, without a second table;
 //! - truncation and retention are the stream's metadata, the JSON of the last `$metadata`
 //!   event of its metadata stream `$$<id>` (whose version is the metadata's version, for
-//!   optimistic concurrency on it, as KurrentDB's metastreams);
+//!   optimistic concurrency on it, as `KurrentDB`'s metastreams);
 //! - which versions are visible is computed on read from both ([`Window`]).
 
 use serde::{Deserialize, Serialize};
@@ -58,7 +58,7 @@ pub fn is_system_type(event_type: &str) -> bool {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StreamMeta {
-    /// Versions below it are hidden (KurrentDB's `$tb`).
+    /// Versions below it are hidden (`KurrentDB`'s `$tb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncate_before: Option<u64>,
     /// Only the last this many versions are visible (`$maxCount`).
@@ -308,6 +308,10 @@ pub(crate) async fn read_visible<S: EventStore + ?Sized>(
     aggregate_id: &str,
     read: StreamRead,
 ) -> Result<StreamSlice, ReadError> {
+    if aggregate_id.starts_with("$$") {
+        // A metadata stream is read as it is: its `$metadata` events are its history.
+        return store.read_stream_raw(aggregate_id, read).await;
+    }
     let state = store.stream_state(aggregate_id).await?.ok_or(ReadError::StreamNotFound)?;
     match state.life() {
         Life::Live => {}
@@ -367,16 +371,13 @@ pub(crate) async fn lifecycle<S: EventStore + ?Sized>(
     aggregate_id: &str,
 ) -> Result<StreamLifecycle, ReadError> {
     let state = store.stream_state(aggregate_id).await?;
-    let (metadata, meta_version, version, marker, life) = match &state {
-        Some(s) => {
-            let (meta, mv) = s.metadata();
-            (meta, mv, s.version, s.marker, s.life())
-        }
-        None => {
-            // Metadata may be set before the stream's first event.
-            let meta = read_meta(store, aggregate_id).await?;
-            (meta.0, meta.1, 0, None, Life::Live)
-        }
+    let (metadata, meta_version, version, marker, life) = if let Some(s) = &state {
+        let (meta, mv) = s.metadata();
+        (meta, mv, s.version, s.marker, s.life())
+    } else {
+        // Metadata may be set before the stream's first event.
+        let meta = read_meta(store, aggregate_id).await?;
+        (meta.0, meta.1, 0, None, Life::Live)
     };
     let first_visible = Window::of(version, marker, &metadata, Timestamp::now()).first_visible;
     Ok(StreamLifecycle { metadata, meta_version, state: life, version, first_visible })
@@ -600,3 +601,84 @@ fn empty_object() -> Box<RawValue> {
 
 /// The JSON a redacted event's data and metadata become.
 pub const REDACTED_JSON: &str = "{}";
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::MemoryEventStore;
+
+    /// One step of a stream's life.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(u64),
+        Delete,
+        Truncate(u64),
+        MaxCount(Option<u64>),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (1u64..4).prop_map(Op::Append),
+            1 => Just(Op::Delete),
+            1 => (1u64..20).prop_map(Op::Truncate),
+            1 => proptest::option::of(1u64..5).prop_map(Op::MaxCount),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever the sequence of appends, deletes, truncations and retention changes, a
+        /// stream read shows exactly the versions the rule names: after the last delete,
+        /// at or above `truncate_before`, among the last `max_count`, never a marker.
+        #[test]
+        fn a_read_shows_exactly_the_visible_versions(ops in proptest::collection::vec(op(), 1..25)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let store = MemoryEventStore::new();
+                // The model: every version's kind, the last marker, the metadata.
+                let (mut versions, mut marker, mut meta) = (Vec::<bool>::new(), 0u64, StreamMeta::default());
+                for op in ops {
+                    match op {
+                        Op::Append(n) => {
+                            let events = (0..n).map(|_| NewEvent::new("Tick", crate::envelope::empty_object())).collect();
+                            let append = Append { aggregate_id: "s".into(), aggregate_type: "T".into(), expected: ExpectedVersion::Any, events, idempotency: None };
+                            store.append(append).await.unwrap();
+                            versions.extend((0..n).map(|_| true));
+                        }
+                        Op::Delete => match store.delete_stream("s", ExpectedVersion::Any, false).await {
+                            Ok(o) => { versions.push(false); marker = o.last_version; }
+                            Err(DeleteError::StreamNotFound) => {
+                                prop_assert!(versions.is_empty() || versions.last() == Some(&false));
+                            }
+                            Err(e) => panic!("{e}"),
+                        },
+                        Op::Truncate(t) => {
+                            if store.truncate_stream("s", t).await.is_ok() { meta.truncate_before = Some(t); }
+                        }
+                        Op::MaxCount(c) => {
+                            let next = StreamMeta { max_count: c, ..meta };
+                            store.set_stream_meta("s", None, next).await.unwrap();
+                            meta = next;
+                        }
+                    }
+                }
+                let version = versions.len() as u64;
+                let expected: Vec<u64> = (1..=version)
+                    .filter(|&v| versions[v as usize - 1] && v > marker)
+                    .filter(|&v| v >= meta.truncate_before.unwrap_or(1))
+                    .filter(|&v| meta.max_count.is_none_or(|c| v + c > version))
+                    .collect();
+                let shown = match store.read_stream("s", StreamRead::forward_from(1, 1000)).await {
+                    Ok(slice) => slice.events.iter().map(|e| e.version).collect(),
+                    Err(ReadError::StreamNotFound) => Vec::new(),
+                    Err(e) => panic!("{e}"),
+                };
+                prop_assert_eq!(shown, expected);
+                Ok(())
+            })?;
+        }
+    }
+}

@@ -58,6 +58,16 @@ impl MemoryEventStore {
         inner.idempotency.get(key)
     }
 
+    /// A stream's version, type, and the version its expected version is checked against
+    /// (a soft-deleted stream's is 0; a tombstoned one takes no append).
+    fn head(inner: &Inner, id: &str) -> Result<(u64, Option<String>, u64), AppendError> {
+        let Some((t, idx)) = inner.streams.get(id) else { return Ok((0, None, 0)) };
+        let version = idx.len() as u64;
+        let last = idx.last().map_or("", |&i| inner.log[i].event_type.as_str());
+        let effective = crate::lifecycle::effective_version(id, version, last)?;
+        Ok((version, Some(t.clone()), effective))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-applied append: appends mutate
         // only after every check passed, so the data behind a poisoned lock is consistent.
@@ -94,19 +104,7 @@ impl EventStore for MemoryEventStore {
                 .collect();
             return recognise_retry(&append, &found);
         }
-        let (actual, stream_type, last_type) = match inner.streams.get(&append.aggregate_id) {
-            Some((t, idx)) => (
-                idx.len() as u64,
-                Some(t.clone()),
-                idx.last().map(|&i| inner.log[i].event_type.clone()),
-            ),
-            None => (0, None, None),
-        };
-        let effective = crate::lifecycle::effective_version(
-            &append.aggregate_id,
-            actual,
-            last_type.as_deref().unwrap_or(""),
-        )?;
+        let (actual, stream_type, effective) = Self::head(&inner, &append.aggregate_id)?;
         if !append.expected.is_satisfied_by(effective) {
             return Err(AppendError::WrongExpectedVersion {
                 expected: append.expected,
@@ -213,7 +211,7 @@ impl EventStore for MemoryEventStore {
         let Some((aggregate_type, idx)) = inner.streams.get(aggregate_id) else {
             return Ok(None);
         };
-        let events = idx.iter().map(|&i| &inner.log[i]);
+        let mut events = idx.iter().map(|&i| &inner.log[i]);
         let marker = events
             .clone()
             .rev()
@@ -225,7 +223,7 @@ impl EventStore for MemoryEventStore {
         Ok(Some(StreamState {
             aggregate_type: aggregate_type.clone(),
             version: idx.len() as u64,
-            last_event_type: events.last().map(|e| e.event_type.clone()).unwrap_or_default(),
+            last_event_type: events.next_back().map(|e| e.event_type.clone()).unwrap_or_default(),
             marker,
             meta,
         }))
@@ -241,7 +239,7 @@ impl EventStore for MemoryEventStore {
                 continue;
             };
             if e.event_type != SCAVENGED_EVENT {
-                e.event_type = SCAVENGED_EVENT.to_owned();
+                SCAVENGED_EVENT.clone_into(&mut e.event_type);
                 e.data = crate::envelope::empty_object();
                 e.metadata = crate::envelope::empty_object();
                 changed += 1;

@@ -220,22 +220,24 @@ impl Append {
             key.validate_key()?;
         }
         let mut seen = HashSet::with_capacity(self.events.len());
-        let system = self.events.iter().filter(|e| lifecycle::is_system_type(&e.event_type));
-        match (system.count(), meta_stream.is_some()) {
-            (0, false) => {}
-            (1, false)
-                if self.events.len() == 1
-                    && matches!(
-                        self.events[0].event_type.as_str(),
-                        lifecycle::STREAM_DELETED | lifecycle::STREAM_TOMBSTONED
-                    ) => {}
-            (n, true)
-                if n == self.events.len()
-                    && self.events.iter().all(|e| e.event_type == lifecycle::METADATA_EVENT) => {}
-            _ => {
-                return invalid(
-                    "event types starting with $ are Cairn's own: a delete or tombstone marker alone in its append, $metadata only in a metadata stream".into(),
-                );
+        // Cairn's own event types: markers and erased events in a stream, `$metadata` alone
+        // in a metadata stream (an import replays them as they were exported).
+        for e in &self.events {
+            let allowed = match (meta_stream.is_some(), e.event_type.as_str()) {
+                (true, t) => t == lifecycle::METADATA_EVENT,
+                (
+                    false,
+                    lifecycle::STREAM_DELETED
+                    | lifecycle::STREAM_TOMBSTONED
+                    | lifecycle::SCAVENGED_EVENT,
+                ) => true,
+                (false, t) => !lifecycle::is_system_type(t),
+            };
+            if !allowed {
+                return invalid(format!(
+                    "event type {:?} cannot be appended here: names starting with $ are Cairn's own ($streamDeleted, $streamTombstoned and $scavenged in a stream, $metadata only in a metadata stream $$<id>)",
+                    e.event_type
+                ));
             }
         }
         for e in self.events.iter().filter(|e| !lifecycle::is_system_type(&e.event_type)) {
@@ -251,17 +253,16 @@ impl Append {
 }
 
 impl Append {
-    /// [`Append::validate`], and none of Cairn's own names: what a client's append must
-    /// pass (a stream is deleted through `delete_stream`, its metadata set through
-    /// `set_stream_meta`, never by appending their events directly).
+    /// [`Append::validate`], and, for a metadata stream, metadata that Cairn can read: what a
+    /// client's append must pass. (A client may append Cairn's own events: an import
+    /// replays an export's markers, metadata and erased events as they were.)
     pub fn validate_client(&self) -> Result<(), AppendError> {
         self.validate()?;
-        let system = self.aggregate_id.starts_with('$')
-            || self.events.iter().any(|e| lifecycle::is_system_type(&e.event_type));
-        if system {
-            return Err(AppendError::Invalid(
-                "names starting with $ are Cairn's own: delete a stream with DELETE /streams/{id}, set its metadata with PUT /streams/{id}/metadata".into(),
-            ));
+        for e in self.events.iter().filter(|e| e.event_type == lifecycle::METADATA_EVENT) {
+            let meta: StreamMeta = serde_json::from_str(e.data.get()).map_err(|err| {
+                AppendError::Invalid(format!("$metadata must be stream metadata: {err}"))
+            })?;
+            meta.validate().map_err(|err| AppendError::Invalid(err.to_string()))?;
         }
         Ok(())
     }

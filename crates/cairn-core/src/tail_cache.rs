@@ -59,7 +59,7 @@ impl Window {
             if let Ok(i) = self.events.binary_search_by_key(&p, |e| e.position) {
                 let e = &mut self.events[i];
                 self.bytes -= size(e);
-                e.event_type = crate::lifecycle::SCAVENGED_EVENT.to_owned();
+                crate::lifecycle::SCAVENGED_EVENT.clone_into(&mut e.event_type);
                 e.data = crate::envelope::empty_object();
                 e.metadata = crate::envelope::empty_object();
                 self.bytes += size(e);

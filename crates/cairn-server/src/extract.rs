@@ -152,6 +152,25 @@ impl FromRequestParts<AppState> for AggregateIdPath {
     }
 }
 
+/// The `{aggregate_id}` of the store API's append and read: a stream id, or a metadata
+/// stream's `$$<id>` (contract §2, "Stream lifecycle": an import replays its `$metadata`
+/// events, and a reader may page its history).
+pub struct StreamIdPath(pub String);
+
+impl FromRequestParts<AppState> for StreamIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let axum::extract::Path(id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_request(format!("invalid path: {e}")))?;
+        cairn_core::id::validate_aggregate_id(id.strip_prefix("$$").unwrap_or(&id))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(StreamIdPath(id))
+    }
+}
+
 /// The headers that shape a command (contract §3).
 pub struct CommandHeaders {
     /// `If-Match: <version>` (quotes and a weak `W/` prefix are tolerated).

@@ -255,7 +255,11 @@ pub async fn events<A: cairn_cqrs::Aggregate>(
     if foreign {
         return Err(ApiError::not_found(format!("no such {}", A::TYPE.to_lowercase())));
     }
-    let page =
-        crate::routes::streams::read_stream(axum::extract::State(state.clone()), id, query).await?;
+    let page = crate::routes::streams::read_stream(
+        axum::extract::State(state.clone()),
+        crate::extract::StreamIdPath(id.0),
+        query,
+    )
+    .await?;
     Ok(page.into_response())
 }

@@ -65,8 +65,23 @@ impl Personal {
     }
 }
 
+/// What a process knows of a subject's key.
+#[derive(Clone)]
+enum Known {
+    /// The key.
+    Key(Arc<LessSafeKey>),
+    /// The subject has no key: never had one, or erased.
+    Absent,
+}
+
+impl Known {
+    fn of(key: Option<Arc<LessSafeKey>>) -> Self {
+        key.map_or(Self::Absent, Self::Key)
+    }
+}
+
 /// Keys looked up, and when.
-type KeyCache = HashMap<String, (Option<Arc<LessSafeKey>>, Instant)>;
+type KeyCache = HashMap<String, (Known, Instant)>;
 
 /// Seals and opens personal fields; keeps subjects' keys in the read-model store.
 pub struct Vault {
@@ -122,12 +137,12 @@ impl Vault {
         Self { keys, cache: Mutex::new(HashMap::new()) }
     }
 
-    fn cached(&self, subject: &str) -> Option<Option<Arc<LessSafeKey>>> {
+    fn cached(&self, subject: &str) -> Option<Known> {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache.get(subject).filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL).map(|(k, _)| k.clone())
     }
 
-    fn remember(&self, subject: &str, key: Option<Arc<LessSafeKey>>) {
+    fn remember(&self, subject: &str, key: Known) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= KEY_CACHE_MAX {
             cache.clear();
@@ -137,7 +152,7 @@ impl Vault {
 
     /// The subject's key, created when it has none.
     async fn key_for_sealing(&self, subject: &str) -> Result<Arc<LessSafeKey>, AppendError> {
-        if let Some(Some(key)) = self.cached(subject) {
+        if let Some(Known::Key(key)) = self.cached(subject) {
             return Ok(key);
         }
         let mut candidate = [0u8; SUBJECT_KEY_LEN];
@@ -148,7 +163,7 @@ impl Vault {
             .map_err(unavailable)?
             .map_err(unavailable)?;
         let key = key_of(&bytes).ok_or_else(|| unavailable("a stored key is not 32 bytes"))?;
-        self.remember(subject, Some(Arc::clone(&key)));
+        self.remember(subject, Known::Key(Arc::clone(&key)));
         Ok(key)
     }
 
@@ -176,13 +191,12 @@ impl Vault {
             if value.get(SEALED).is_some() {
                 continue;
             }
-            let key = match &key {
-                Some(k) => Arc::clone(k),
-                None => {
-                    let k = self.key_for_sealing(&subject).await?;
-                    key = Some(Arc::clone(&k));
-                    k
-                }
+            let key = if let Some(k) = &key {
+                Arc::clone(k)
+            } else {
+                let k = self.key_for_sealing(&subject).await?;
+                key = Some(Arc::clone(&k));
+                k
             };
             let mut buf = serde_json::to_vec(value).map_err(unavailable)?;
             let kind = json_type(value);
@@ -239,12 +253,12 @@ impl Vault {
             match found {
                 Ok(Ok(found)) => {
                     for (subject, key) in found {
-                        self.remember(&subject, key.as_deref().and_then(key_of));
+                        self.remember(&subject, Known::of(key.as_deref().and_then(key_of)));
                     }
                 }
                 // Unknown is not erased: the fields stay sealed this time.
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "subject keys unavailable; fields stay sealed")
+                    tracing::warn!(error = %e, "subject keys unavailable; fields stay sealed");
                 }
                 Err(e) => tracing::warn!(error = %e, "subject key lookup failed"),
             }
@@ -256,7 +270,11 @@ impl Vault {
                 let Some(envelope) = v.get(SEALED) else { continue };
                 let subject = envelope.get("s").and_then(Value::as_str).unwrap_or_default();
                 let kind = envelope.get("t").and_then(Value::as_str).unwrap_or("null").to_owned();
-                let Some(key) = self.cached(subject) else { continue };
+                let Some(known) = self.cached(subject) else { continue };
+                let key = match known {
+                    Known::Key(key) => Some(key),
+                    Known::Absent => None,
+                };
                 let opened = key.and_then(|key| {
                     let mut buf = URL_SAFE_NO_PAD
                         .decode(envelope.get("c").and_then(Value::as_str).unwrap_or_default())
@@ -287,7 +305,7 @@ impl Vault {
         let deleted = tokio::task::spawn_blocking(move || keys.delete_subject_key(&owned))
             .await
             .map_err(|e| ReadModelError::Storage(e.to_string()))??;
-        self.remember(subject, None);
+        self.remember(subject, Known::Absent);
         Ok(deleted)
     }
 }

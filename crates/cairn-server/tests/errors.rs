@@ -86,7 +86,7 @@ async fn bad_requests_get_json_errors_and_lose_nothing(backend: Backend) {
     let too_many = ticks(json!("any"), 1001);
     expect_error(400, "bad_request", s.post("/streams/keep", &too_many).await);
     expect_error(404, "not_found", s.get("/no/such/route").await);
-    let r = s.client.delete(s.url("/streams/keep")).send().await.unwrap();
+    let r = s.client.patch(s.url("/streams/keep")).send().await.unwrap();
     let status = r.status().as_u16();
     expect_error(405, "method_not_allowed", (status, r.json().await.unwrap()));
 

@@ -96,10 +96,21 @@ async fn delete_tombstone_truncate_and_metadata_follow_the_contract(backend: Bac
     assert_eq!(send(&s, reqwest::Method::POST, "/streams/led-1/truncate", truncate).await.0, 410);
     assert_eq!(s.get("/streams/led-1/metadata").await.1["state"], "tombstoned");
 
-    // Cairn's own names cannot be appended; bad parameters are 400.
-    let forged = json!({"events": [{"aggregate_type": "Ledger", "event_type": "$streamDeleted", "data": {}}]});
+    // Cairn's own names: only its own events where they belong (an import replays them);
+    // bad parameters are 400.
+    let forged =
+        json!({"events": [{"aggregate_type": "Ledger", "event_type": "$streamGone", "data": {}}]});
     assert_eq!(s.post("/streams/led-2", &forged).await.0, 400);
     assert_eq!(s.post("/streams/$$led-2", &ticks(json!("any"), 1)).await.0, 400);
+    let bad_meta = json!({"events": [{"aggregate_type": "$stream", "event_type": "$metadata", "data": {"max_count": 0}}]});
+    assert_eq!(s.post("/streams/$$led-2", &bad_meta).await.0, 400);
+    let meta = json!({"events": [{"aggregate_type": "$stream", "event_type": "$metadata", "data": {"max_count": 1}}]});
+    assert_eq!(s.post("/streams/$$led-2", &meta).await.0, 200);
+    assert_eq!(s.get("/streams/led-2/metadata").await.1["metadata"], json!({"max_count": 1}));
+    let marker = json!({"events": [{"aggregate_type": "Ledger", "event_type": "$streamDeleted", "data": {}}]});
+    assert_eq!(s.post("/streams/led-3", &ticks(json!("no_stream"), 1)).await.0, 200);
+    assert_eq!(s.post("/streams/led-3", &marker).await.0, 200, "a replayed delete");
+    assert_eq!(s.get("/streams/led-3").await.0, 404);
     assert_eq!(send(&s, del.clone(), "/streams/led-2?tombstone=yes", None).await.0, 400);
     assert_eq!(send(&s, del.clone(), "/streams/led-2?expected_version=-1", None).await.0, 400);
     assert_eq!(send(&s, del, "/streams/never", None).await.0, 404);
@@ -111,7 +122,7 @@ async fn delete_tombstone_truncate_and_metadata_follow_the_contract(backend: Bac
         .iter()
         .map(|e| e["event_type"].as_str().unwrap())
         .collect();
-    assert_eq!(types.iter().filter(|t| **t == "Tick").count(), 5);
+    assert_eq!(types.iter().filter(|t| **t == "Tick").count(), 6);
     assert!(
         types.contains(&"$streamDeleted")
             && types.contains(&"$streamTombstoned")

@@ -188,7 +188,8 @@ fn core_permission(method: &Method, path: &str) -> Permission {
         Permission::Admin
     } else if path.starts_with("/health/") || path == "/openapi.json" {
         Permission::Public
-    } else if method == Method::POST && path.starts_with("/streams/") {
+    } else if method != Method::GET && path.starts_with("/streams/") {
+        // Raw appends and the stream lifecycle's writes (delete, metadata, truncate).
         Permission::Append
     } else {
         Permission::Read // store reads, $all, /metrics

@@ -14,6 +14,10 @@ use crate::money::Money;
 use crate::order::{Order, OrderEvent};
 use cairn_cqrs::projection::decode;
 
+/// One order's events of a batch, decoded, and whether the order was deleted before them
+/// (they start it again).
+type Run<'a> = (&'a str, Vec<(&'a RecordedEvent, OrderEvent)>, bool);
+
 /// The query table.
 pub const TABLE: &str = "order_summary";
 /// The projection's private copy of each order's state (lines and corrections).
@@ -93,7 +97,7 @@ impl Projection for OrderSummaryProjection {
     ) -> Result<(), ReadModelError> {
         // Per order, in order of first touch: its events of the batch, decoded, and
         // whether the order was deleted before them (they start it again).
-        let mut runs: Vec<(&str, Vec<(&RecordedEvent, OrderEvent)>, bool)> = Vec::new();
+        let mut runs: Vec<Run<'_>> = Vec::new();
         let mut run_of: HashMap<&str, usize> = HashMap::new();
         for e in events {
             let id = e.aggregate_id.as_str();

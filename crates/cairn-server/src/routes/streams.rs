@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{AggregateIdPath, JsonBody, QueryMap};
+use crate::extract::{JsonBody, QueryMap, StreamIdPath};
 use crate::routes::openapi::{self, ErrorBody};
 use crate::schema_version::{self, KnownVersions};
 use crate::schemas::SchemaRegistry;
@@ -125,8 +125,11 @@ fn to_append(
         // upcast on read: decoding it as the current version would refuse it.
         let historic = matches!((sent, domain_version), (Some(v), Some(d)) if v < d);
         // Streams of types no module registered are free-form, as the contract allows.
-        let checked =
-            kind.filter(|_| !historic).map(|kind| kind.check_event(&e.event_type, e.data.get()));
+        // Cairn's own events (markers, erased events) are no aggregate's to decode.
+        let system = cairn_core::lifecycle::is_system_type(&e.event_type);
+        let checked = kind
+            .filter(|_| !historic && !system)
+            .map(|kind| kind.check_event(&e.event_type, e.data.get()));
         match checked {
             None | Some(Ok(())) => {}
             Some(Err(cairn_cqrs::DecodeError::UnknownType(t))) => {
@@ -194,7 +197,7 @@ fn to_append(
 )]
 pub async fn append(
     State(state): State<AppState>,
-    AggregateIdPath(aggregate_id): AggregateIdPath,
+    StreamIdPath(aggregate_id): StreamIdPath,
     caller: Option<axum::Extension<crate::auth::Caller>>,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Response, ApiError> {
@@ -204,7 +207,6 @@ pub async fn append(
         crate::auth::middleware::check_raw_append(caller, &state, &first.aggregate_type)?;
     }
     let request = to_append(aggregate_id, body, &state.schemas, &state.aggregates)?;
-    // Deletes and metadata have their own routes; their events cannot be appended.
     request.validate_client()?;
     let (aggregate_id, aggregate_type) =
         (request.aggregate_id.clone(), request.aggregate_type.clone());
@@ -261,7 +263,7 @@ fn limit_param(query: &QueryMap, default: u64) -> Result<usize, ApiError> {
 )]
 pub async fn read_stream(
     State(state): State<AppState>,
-    AggregateIdPath(aggregate_id): AggregateIdPath,
+    StreamIdPath(aggregate_id): StreamIdPath,
     query: QueryMap,
 ) -> Result<Json<StreamPage>, ApiError> {
     let direction = match query.str("direction") {
