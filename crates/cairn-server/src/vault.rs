@@ -12,7 +12,8 @@
 //! and the field (a retried append seals to the same bytes, so the store still recognises
 //! the retry; each (event, field) is sealed once under its subject's key); the associated
 //! data binds the ciphertext to its stream, event type and field. Every read through the
-//! server's store opens them again; once the key is gone the field reads as a placeholder
+//! server's store opens them again (the NATS relay reads the backend's log, so the bus
+//! carries them sealed, as every other copy of the log); once the key is gone the field reads as a placeholder
 //! of its JSON type (`"[erased]"`, `0`, `false`, `[]`, `{}`, `null`) so that every reader
 //! — aggregates, projections, process managers — keeps decoding the event.
 
