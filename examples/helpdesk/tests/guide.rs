@@ -113,10 +113,20 @@ async fn the_walk_through_answers_as_the_guide_says(backend: Backend) {
         (&json!("Ticket"), &json!(4))
     );
 
-    let (_, instances) =
-        call(&c, "GET", format!("{base}/admin/process-managers/triage?status=assigned"), None)
-            .await;
-    assert_eq!(instances, json!([{"ticket_id": t, "status": "assigned"}]));
+    // The manager saves its instance after its command's event is visible, so the board
+    // can show the assignment a moment before the manager's listing does: wait for it.
+    let listed = json!([{"ticket_id": t, "status": "assigned"}]);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, instances) =
+            call(&c, "GET", format!("{base}/admin/process-managers/triage?status=assigned"), None)
+                .await;
+        if instances == listed {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never listed: {instances}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let (_, rows) = call(&c, "GET", format!("{base}/admin/projections"), None).await;
     let names: Vec<&str> =
         rows.as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
