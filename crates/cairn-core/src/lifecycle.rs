@@ -33,6 +33,9 @@ pub const META_STREAM_TYPE: &str = "$stream";
 /// What a scavenge leaves of an event it erased: its type becomes this, its data and
 /// metadata `{}`; its id, stream, version, position and timestamp stay.
 pub const SCAVENGED_EVENT: &str = "$scavenged";
+/// Largest value of a metadata field (versions and counts are 64-bit signed in the
+/// databases).
+pub const META_VALUE_MAX: u64 = i64::MAX as u64;
 /// Most positions one scavenge batch redacts (one transaction each).
 pub const SCAVENGE_BATCH_EVENTS: usize = 1000;
 /// Most pages a read skips when retention by age hides whole pages (each page holds at
@@ -70,15 +73,17 @@ pub struct StreamMeta {
 }
 
 impl StreamMeta {
-    /// Checks the values: every one set is at least 1.
+    /// Checks the values: every one set is from 1 to [`META_VALUE_MAX`].
     pub fn validate(&self) -> Result<(), MetaError> {
         for (name, value) in [
             ("truncate_before", self.truncate_before),
             ("max_count", self.max_count),
             ("max_age_s", self.max_age_s),
         ] {
-            if value == Some(0) {
-                return Err(MetaError::Invalid(format!("{name} must be at least 1")));
+            if value.is_some_and(|v| v == 0 || v > META_VALUE_MAX) {
+                return Err(MetaError::Invalid(format!(
+                    "{name} must be from 1 to {META_VALUE_MAX}"
+                )));
             }
         }
         Ok(())

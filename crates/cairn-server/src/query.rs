@@ -246,6 +246,8 @@ pub async fn events<A: cairn_cqrs::Aggregate>(
     id: crate::extract::AggregateIdPath,
     query: QueryMap,
 ) -> Result<Response, ApiError> {
+    // A malformed page request is a 400 whatever the stream is.
+    crate::routes::streams::page_params(&query)?;
     let first = state.store.read_stream(&id.0, cairn_core::StreamRead::forward_from(1, 1)).await;
     let foreign = match first {
         Ok(slice) => slice.aggregate_type != A::TYPE,

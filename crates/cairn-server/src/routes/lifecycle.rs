@@ -39,21 +39,50 @@ async fn check_writer(
     Ok(())
 }
 
+/// The query of `DELETE /streams/{aggregate_id}` (read by [`QueryMap`]; this documents it).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documentation only
+pub struct DeleteParams {
+    /// An integer, `any` (default; so is an empty value, as for every query parameter),
+    /// `no_stream` or `exists`.
+    #[param(pattern = "^([0-9]{1,18}|any|no_stream|exists)?$")]
+    expected_version: Option<String>,
+    /// `true`: delete for good (default `false`).
+    tombstone: Option<bool>,
+}
+
+/// A whole number (`3` or `3.0`, contract §7) of at most [`META_VALUE_MAX`], or nothing.
+fn whole_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "cairn_core::whole::deserialize")] u64);
+    Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
+}
+
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    cairn_core::whole::deserialize(d)
+}
+
+/// A body that must be a JSON object (serde would also take an array for a struct).
+fn object_body<T: serde::de::DeserializeOwned>(
+    body: serde_json::Map<String, serde_json::Value>,
+) -> Result<T, ApiError> {
+    serde_json::from_value(serde_json::Value::Object(body))
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
 fn expected_param(query: &QueryMap) -> Result<ExpectedVersion, ApiError> {
+    // As the document's pattern says: 1 to 18 digits, or one of the three words.
     match query.str("expected_version") {
-        None => Ok(ExpectedVersion::Any),
-        Some(text) => {
-            let json = if text.bytes().all(|b| b.is_ascii_digit()) {
-                text.to_owned()
-            } else {
-                format!("{text:?}")
-            };
-            serde_json::from_str(&json).map_err(|_| {
-                ApiError::bad_request(format!(
-                    "expected_version must be a non-negative integer, any, no_stream or exists; got {text:?}"
-                ))
-            })
+        None | Some("any") => Ok(ExpectedVersion::Any),
+        Some("no_stream") => Ok(ExpectedVersion::NoStream),
+        Some("exists") => Ok(ExpectedVersion::StreamExists),
+        Some(n) if (1..=18).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()) => {
+            n.parse().map(ExpectedVersion::Exact).map_err(|_| ApiError::bad_request("bad number"))
         }
+        Some(other) => Err(ApiError::bad_request(format!(
+            "expected_version must be 1 to 18 digits, any, no_stream or exists; got {other:?}"
+        ))),
     }
 }
 
@@ -67,11 +96,7 @@ fn expected_param(query: &QueryMap) -> Result<ExpectedVersion, ApiError> {
     delete,
     path = "/streams/{aggregate_id}",
     tag = "store",
-    params(
-        ("aggregate_id" = String, Path, description = "The stream"),
-        ("expected_version" = Option<String>, Query, description = "An integer, `any` (default), `no_stream` or `exists`"),
-        ("tombstone" = Option<bool>, Query, description = "`true`: delete for good (default `false`)"),
-    ),
+    params(("aggregate_id" = String, Path, description = "The stream"), DeleteParams),
     responses(
         (status = 200, description = "Deleted", body = DeleteResponse),
         (status = 400, description = "`bad_request`: a malformed parameter", body = ErrorBody),
@@ -132,16 +157,21 @@ pub async fn get_metadata(
 #[serde(deny_unknown_fields)]
 pub struct MetadataBody {
     /// Versions below it are hidden.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(default, deserialize_with = "whole_opt")]
     truncate_before: Option<u64>,
     /// Only the last this many versions are visible.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(default, deserialize_with = "whole_opt")]
     max_count: Option<u64>,
     /// Events older than this many seconds are hidden.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(default, deserialize_with = "whole_opt")]
     max_age_s: Option<u64>,
     /// The metadata version this change expects (`meta_version` of the GET; 0 = never
     /// set); absent: no check.
+    #[schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(default, deserialize_with = "whole_opt")]
     expected_meta_version: Option<u64>,
 }
 
@@ -166,8 +196,9 @@ pub async fn put_metadata(
     State(state): State<AppState>,
     AggregateIdPath(aggregate_id): AggregateIdPath,
     caller: Option<axum::Extension<crate::auth::Caller>>,
-    JsonBody(body): JsonBody<MetadataBody>,
+    JsonBody(body): JsonBody<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<StreamLifecycle>, ApiError> {
+    let body: MetadataBody = object_body(body)?;
     check_writer(&state, caller.as_ref(), &aggregate_id).await?;
     let meta = StreamMeta {
         truncate_before: body.truncate_before,
@@ -183,7 +214,8 @@ pub async fn put_metadata(
 #[serde(deny_unknown_fields)]
 pub struct TruncateBody {
     /// Versions below it are hidden (the stream's version does not change).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(deserialize_with = "whole")]
     before: u64,
 }
 
@@ -205,10 +237,14 @@ pub async fn truncate(
     State(state): State<AppState>,
     AggregateIdPath(aggregate_id): AggregateIdPath,
     caller: Option<axum::Extension<crate::auth::Caller>>,
-    JsonBody(body): JsonBody<TruncateBody>,
+    JsonBody(body): JsonBody<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<StreamLifecycle>, ApiError> {
-    if body.before == 0 {
-        return Err(ApiError::bad_request("before must be at least 1"));
+    let body: TruncateBody = object_body(body)?;
+    if body.before == 0 || body.before > cairn_core::lifecycle::META_VALUE_MAX {
+        return Err(ApiError::bad_request(format!(
+            "before must be from 1 to {}",
+            cairn_core::lifecycle::META_VALUE_MAX
+        )));
     }
     check_writer(&state, caller.as_ref(), &aggregate_id).await?;
     state.store.truncate_stream(&aggregate_id, body.before).await?;

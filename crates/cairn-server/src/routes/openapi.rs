@@ -64,6 +64,7 @@ pub(crate) fn assemble(
     for module_doc in documents {
         utoipa::openapi::OpenApi::merge(&mut doc, module_doc);
     }
+    TombstonedResponse.modify(&mut doc);
     DefaultErrorResponse.modify(&mut doc);
     IdPathParameters.modify(&mut doc);
     let mut json = serde_json::to_value(&doc)?;
@@ -223,6 +224,54 @@ impl Modify for IdPathParameters {
                         parameter.schema = Some(id_schema());
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Adds `410 stream_tombstoned` to every operation that writes or reads a stream (contract
+/// §2, "Stream lifecycle"): the store API's, and every module's command and aggregate
+/// route, whose stream a client may have tombstoned.
+struct TombstonedResponse;
+
+impl TombstonedResponse {
+    fn applies(path: &str, method: &str) -> bool {
+        let server_own = ["/admin", "/health", "/metrics", "/openapi.json", "/all"]
+            .iter()
+            .any(|prefix| path.starts_with(prefix));
+        if server_own || path.ends_with("/metadata") && method == "get" {
+            return false;
+        }
+        method != "get" || path.contains("{aggregate_id}")
+    }
+}
+
+impl Modify for TombstonedResponse {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in &mut openapi.paths.paths {
+            let operations = [
+                ("get", &mut item.get),
+                ("put", &mut item.put),
+                ("post", &mut item.post),
+                ("delete", &mut item.delete),
+                ("patch", &mut item.patch),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                if !Self::applies(path, method) {
+                    continue;
+                }
+                operation.responses.responses.entry("410".to_owned()).or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description("`stream_tombstoned`: the stream is deleted for good")
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name(ErrorBody::name())))
+                                .build(),
+                        )
+                        .into()
+                });
             }
         }
     }

@@ -244,6 +244,22 @@ fn limit_param(query: &QueryMap, default: u64) -> Result<usize, ApiError> {
     Ok(limit.min(READ_LIMIT_MAX as u64) as usize)
 }
 
+/// The paging parameters of a stream read (`direction`, `limit`, `from_version`), checked
+/// before anything is read.
+pub(crate) fn page_params(query: &QueryMap) -> Result<(Direction, usize, Option<u64>), ApiError> {
+    let direction = match query.str("direction") {
+        None | Some("forward") => Direction::Forward,
+        Some("backward") => Direction::Backward,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "direction must be \"forward\" or \"backward\", got {other:?}"
+            )));
+        }
+    };
+    let limit = limit_param(query, STREAM_READ_LIMIT_DEFAULT)?;
+    Ok((direction, limit, query.u64("from_version")?))
+}
+
 /// Reads a stream's events in version order.
 #[utoipa::path(
     get,
@@ -266,17 +282,7 @@ pub async fn read_stream(
     StreamIdPath(aggregate_id): StreamIdPath,
     query: QueryMap,
 ) -> Result<Json<StreamPage>, ApiError> {
-    let direction = match query.str("direction") {
-        None | Some("forward") => Direction::Forward,
-        Some("backward") => Direction::Backward,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "direction must be \"forward\" or \"backward\", got {other:?}"
-            )));
-        }
-    };
-    let limit = limit_param(&query, STREAM_READ_LIMIT_DEFAULT)?;
-    let mut from_version = query.u64("from_version")?;
+    let (direction, limit, mut from_version) = page_params(&query)?;
     if direction == Direction::Forward {
         // Versions start at 1; from_version=0 reads from the start.
         from_version = Some(from_version.unwrap_or(1).max(1));
