@@ -1,5 +1,6 @@
-//! The accept loop of `cairn serve`: TCP, optionally TLS, then HTTP/1.1 through hyper with
-//! a timer, so that a client can hold a connection only as long as the limits allow.
+//! The accept loop of `cairn serve`: TCP, optionally TLS, then HTTP/1.1 (the HTTP API) or
+//! HTTP/2 (gRPC, `--grpc-listen`) through hyper with a timer, so that a client can hold a
+//! connection only as long as the limits allow. Both listeners take the same limits.
 //!
 //! - `--max-connections`: beyond it a new connection is accepted and closed at once (the
 //!   client sees the connection end before any answer); an existing connection is never
@@ -7,6 +8,8 @@
 //!   backlog, tells the client at once instead of letting it wait for a timeout.
 //! - `--header-read-timeout-secs`: a request's head (line and headers) must arrive within
 //!   it, and an idle keep-alive connection waiting for its next request is closed after it.
+//!   Over HTTP/2 (gRPC) it bounds the wait for a plain connection's first bytes; an open
+//!   connection is then watched by HTTP/2 keep-alive pings instead.
 //! - `--tls-handshake-timeout-secs`: the TLS handshake has its own deadline.
 //! - The request deadline (body read plus handling, `408 request_timeout`) is the
 //!   router's own ([`cairn_server::timeout`]), so embedded users get it too.
@@ -24,8 +27,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
@@ -44,6 +47,12 @@ pub const TLS_HANDSHAKE_TIMEOUT_SECS_DEFAULT: u64 = 10;
 /// Pause after a failed `accept` (e.g. out of file descriptors): retrying at once would
 /// spin on the same error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// HTTP/2 streams (gRPC calls) open at once on one connection.
+pub const HTTP2_STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Interval of the HTTP/2 keep-alive pings that find dead gRPC connections.
+const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a keep-alive ping may wait for its answer before the connection is closed.
+const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// At most one warning per this interval about connections refused at the cap: a flood
 /// of connections must not become a flood of log lines.
 const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
@@ -89,13 +98,23 @@ impl HttpArgs {
 
     /// The accept loop's settings, certificate and key read and checked.
     pub fn listen_config(&self) -> anyhow::Result<ListenConfig> {
+        self.config(Protocol::Http1)
+    }
+
+    /// The same for the gRPC listener: HTTP/2, the same certificate (offered as `h2`).
+    pub fn grpc_listen_config(&self) -> anyhow::Result<ListenConfig> {
+        self.config(Protocol::Http2)
+    }
+
+    fn config(&self, protocol: Protocol) -> anyhow::Result<ListenConfig> {
         let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, protocol)?),
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
         Ok(ListenConfig {
             tls,
+            protocol,
             max_connections: self.max_connections,
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
             tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_secs),
@@ -118,10 +137,21 @@ impl HttpArgs {
     }
 }
 
+/// Which HTTP a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1: the HTTP API.
+    Http1,
+    /// HTTP/2 only: gRPC.
+    Http2,
+}
+
 /// How connections are accepted and served.
 pub struct ListenConfig {
     /// `Some`: HTTPS only.
     pub tls: Option<TlsAcceptor>,
+    /// HTTP/1.1 or HTTP/2.
+    pub protocol: Protocol,
     /// Most connections open at once.
     pub max_connections: usize,
     /// Deadline of a request's head (and of an idle keep-alive connection).
@@ -131,7 +161,7 @@ pub struct ListenConfig {
 }
 
 /// A TLS acceptor serving the chain in `cert` with the key in `key` (both PEM).
-fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+fn tls_acceptor(cert: &Path, key: &Path, protocol: Protocol) -> anyhow::Result<TlsAcceptor> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .with_context(|| {
@@ -149,7 +179,10 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .context("--tls-cert and --tls-key do not make a usable certificate")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = match protocol {
+        Protocol::Http1 => vec![b"http/1.1".to_vec()],
+        Protocol::Http2 => vec![b"h2".to_vec()],
+    };
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -163,10 +196,24 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.max_connections));
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+    let http = match config.protocol {
+        Protocol::Http1 => {
+            let mut http = http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+            Http::One(http)
+        }
+        Protocol::Http2 => {
+            let mut http = http2::Builder::new(TokioExecutor::new());
+            http.timer(TokioTimer::new())
+                .max_concurrent_streams(HTTP2_STREAMS_PER_CONNECTION_MAX)
+                .keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT);
+            Http::Two(http)
+        }
+    };
     let connection = Arc::new(Connection {
         http,
+        first_bytes_timeout: config.header_read_timeout,
         app,
         tls: config.tls,
         tls_handshake_timeout: config.tls_handshake_timeout,
@@ -210,9 +257,17 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
+/// The connection builder of a listener's protocol.
+enum Http {
+    One(http1::Builder),
+    Two(http2::Builder<TokioExecutor>),
+}
+
 /// What every connection is served with.
 struct Connection {
-    http: http1::Builder,
+    http: Http,
+    /// HTTP/2 over plain TCP: how long a new connection may stay silent.
+    first_bytes_timeout: Duration,
     app: Router,
     tls: Option<TlsAcceptor>,
     tls_handshake_timeout: Duration,
@@ -221,6 +276,15 @@ struct Connection {
 impl Connection {
     async fn run(&self, stream: tokio::net::TcpStream, watcher: Watcher) {
         let Some(tls) = &self.tls else {
+            if matches!(self.http, Http::Two(_)) {
+                // HTTP/2 has no header-read deadline: a connection that never sends its
+                // preface would hold a connection slot forever.
+                let mut byte = [0u8; 1];
+                match tokio::time::timeout(self.first_bytes_timeout, stream.peek(&mut byte)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+            }
             return self.http(stream, watcher).await;
         };
         match tokio::time::timeout(self.tls_handshake_timeout, tls.accept(stream)).await {
@@ -237,8 +301,15 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let service = TowerToHyperService::new(self.app.clone());
-        let connection = self.http.serve_connection(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(connection).await {
+        let result = match &self.http {
+            Http::One(http) => {
+                watcher.watch(http.serve_connection(TokioIo::new(io), service)).await
+            }
+            Http::Two(http) => {
+                watcher.watch(http.serve_connection(TokioIo::new(io), service)).await
+            }
+        };
+        if let Err(e) = result {
             // Timeouts and clients that went away end here; nothing the operator can act on.
             tracing::debug!(error = %e, "connection ended with an error");
         }

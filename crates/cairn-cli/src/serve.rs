@@ -21,6 +21,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Address of the gRPC listener speaking the `KurrentDB` (`EventStoreDB`) client
+    /// protocol (e.g. `127.0.0.1:2113`; docs/grpc.md). Off when not set. It takes the same
+    /// TLS certificate, token rules, connection cap and timeouts as HTTP.
+    #[arg(long, env = "CAIRN_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
     /// The base URL the other `cairn serve` processes sharing the database reach this one
     /// at (e.g. `http://10.0.0.7:7070`, or `https://` with `--tls-cert`): an admin request
     /// for a consumer this process leads, sent to another process, is forwarded here.
@@ -252,7 +257,12 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
     // Before any storage is opened: a server that must not start touches nothing.
     let auth =
         crate::tokens::auth_config(args.listen, args.admin_token_file.as_deref(), args.insecure)?;
+    // The gRPC listener follows the same rule: no open non-loopback address.
+    if let Some(grpc) = args.grpc_listen {
+        crate::tokens::auth_config(grpc, args.admin_token_file.as_deref(), args.insecure)?;
+    }
     let listen_config = args.http.listen_config()?;
+    let grpc_listen_config = args.http.grpc_listen_config()?;
     let forward_client = args.http.forward_client()?;
     let advertise_url = advertise_url(&args)?;
     let stores = open_stores(&args).await?;
@@ -290,6 +300,14 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let grpc_listener = match args.grpc_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for gRPC on {addr}"))?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = server.start(stop_rx.clone()).context("cannot start the projections")?;
     let app = running.router();
@@ -305,12 +323,34 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
             tracing::info!(listen = %listener.local_addr()?, tls, "cairn serving (PostgreSQL store)");
         }
     }
+    let grpc = grpc_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(listen = %addr, tls, "gRPC (KurrentDB client protocol) serving");
+        }
+        let config = cairn_grpc::GrpcConfig {
+            append_bytes_max: args.body_limit_bytes,
+            call_timeout: std::time::Duration::from_secs(args.http.request_timeout_secs),
+        };
+        let app = cairn_grpc::router(running.state().clone(), config);
+        let mut stop = stop_rx.clone();
+        crate::listen::serve(listener, app, grpc_listen_config, async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+    });
     let mut stopping = stop_tx.subscribe();
-    let server = crate::listen::serve(listener, app, listen_config, async move {
+    let http = crate::listen::serve(listener, app, listen_config, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop_tx.send(true);
     });
+    let server = async move {
+        match grpc {
+            Some(grpc) => {
+                tokio::join!(http, grpc);
+            }
+            None => http.await,
+        }
+    };
     // A client that never finishes its request must not hold the shutdown (and the data
     // directory's lock) forever: in-flight requests get a bounded drain.
     let drain_deadline = async move {

@@ -155,6 +155,13 @@ impl AppState {
     pub fn openapi_json(&self) -> &str {
         &self.openapi
     }
+
+    /// A place among the open subscriptions (`/all/subscribe` and gRPC's alike), held
+    /// until dropped; `None` when [`HttpConfig::sse_subscribers_max`] are open.
+    #[must_use]
+    pub fn subscriber_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.subscribers).try_acquire_owned().ok()
+    }
 }
 
 /// The storage a server runs on.

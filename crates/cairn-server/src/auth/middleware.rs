@@ -39,8 +39,9 @@ fn bearer(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
-/// The caller holding `token`; `None` for an unknown or revoked token.
-async fn authenticate(state: &AppState, token: &str) -> Result<Option<Caller>, ApiError> {
+/// The caller holding `token`; `None` for an unknown or revoked token. Every protocol
+/// authenticates through it (HTTP's middleware, gRPC's interceptor).
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Option<Caller>, ApiError> {
     let hash = TokenHash::of(token);
     if state.config.auth.bootstrap_admin.as_ref().is_some_and(|b| b.matches(&hash)) {
         return Ok(Some(Caller {

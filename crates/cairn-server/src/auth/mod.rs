@@ -12,6 +12,8 @@ pub(crate) mod middleware;
 pub(crate) mod openapi;
 pub(crate) mod routes;
 
+pub use middleware::{authenticate, check_raw_append};
+
 use std::fmt;
 
 use base64::Engine as _;

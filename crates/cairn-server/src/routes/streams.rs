@@ -50,19 +50,19 @@ pub struct AppendBody {
 pub struct EventBody {
     /// Minted when absent; re-sending the same ids makes a retry idempotent.
     #[schema(value_type = Option<String>, format = "uuid")]
-    event_id: Option<Uuid>,
+    pub event_id: Option<Uuid>,
     /// The stream's aggregate type (the same for every event of the append).
     #[schema(pattern = "^[A-Za-z0-9._:@-]{1,100}$", min_length = 1, max_length = 100)]
-    aggregate_type: String,
+    pub aggregate_type: String,
     /// Past-tense name of what happened.
     #[schema(pattern = "^[A-Za-z0-9._:@-]{1,100}$", min_length = 1, max_length = 100)]
-    event_type: String,
+    pub event_type: String,
     /// The payload, stored byte for byte.
     #[schema(value_type = Object)]
-    data: Box<RawValue>,
+    pub data: Box<RawValue>,
     /// A JSON object (`correlation_id`, `causation_id`, `user_id`, ...).
     #[schema(value_type = Option<Object>)]
-    metadata: Option<Box<RawValue>>,
+    pub metadata: Option<Box<RawValue>>,
 }
 
 /// The answer to an append.
@@ -76,6 +76,45 @@ pub struct AppendResponse<'a> {
     last_version: u64,
     /// Position of the last event appended.
     position: u64,
+}
+
+/// A raw append as every protocol sends it (HTTP's `POST /streams/{id}`, gRPC's `Append`),
+/// turned into a store append: the caller's right to write the stream's type, schema
+/// versions stamped, a registered aggregate's events decoded by its rules, the client
+/// limits checked. The events must share one aggregate type.
+pub fn prepare_append(
+    state: &AppState,
+    caller: Option<&crate::auth::Caller>,
+    aggregate_id: String,
+    expected_version: ExpectedVersion,
+    events: Vec<EventBody>,
+) -> Result<Append, ApiError> {
+    if let Some(first) = events.first() {
+        // One append is one type (checked below): the first event's type is the stream's.
+        crate::auth::middleware::check_raw_append(caller, state, &first.aggregate_type)?;
+    }
+    let body = AppendBody { expected_version, events };
+    let request = to_append(aggregate_id, body, &state.schemas, &state.aggregates)?;
+    request.validate_client()?;
+    Ok(request)
+}
+
+/// After a raw append to a registered aggregate's stream: its snapshot is taken now, in
+/// the background, so that the next command on it does not replay the bulk.
+pub fn after_append(
+    state: &AppState,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    outcome: &cairn_core::AppendOutcome,
+) {
+    if let Some(kind) = state.aggregate(aggregate_type) {
+        kind.snapshot_after_append(
+            &state.repository,
+            aggregate_id,
+            outcome.first_version,
+            outcome.last_version,
+        );
+    }
 }
 
 /// Turns a request body into a store append, checking what the store cannot.
@@ -201,26 +240,12 @@ pub async fn append(
     caller: Option<axum::Extension<crate::auth::Caller>>,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Response, ApiError> {
-    if let Some(first) = body.events.first() {
-        // One append is one type (checked below): the first event's type is the stream's.
-        let caller = caller.as_ref().map(|c| &c.0);
-        crate::auth::middleware::check_raw_append(caller, &state, &first.aggregate_type)?;
-    }
-    let request = to_append(aggregate_id, body, &state.schemas, &state.aggregates)?;
-    request.validate_client()?;
+    let caller = caller.as_ref().map(|c| &c.0);
+    let request = prepare_append(&state, caller, aggregate_id, body.expected_version, body.events)?;
     let (aggregate_id, aggregate_type) =
         (request.aggregate_id.clone(), request.aggregate_type.clone());
     let outcome = state.store.append(request).await?;
-    // A bulk append to a registered aggregate is snapshotted now, in the background, so
-    // that the next command on it does not replay it.
-    if let Some(kind) = state.aggregate(&aggregate_type) {
-        kind.snapshot_after_append(
-            &state.repository,
-            &aggregate_id,
-            outcome.first_version,
-            outcome.last_version,
-        );
-    }
+    after_append(&state, &aggregate_type, &aggregate_id, &outcome);
     Ok(Json(AppendResponse {
         aggregate_id: &aggregate_id,
         first_version: outcome.first_version,

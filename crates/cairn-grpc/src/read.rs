@@ -1,0 +1,471 @@
+//! `Read`: a stream or `$all`, forwards or backwards, a count of events or a
+//! subscription (catch-up, then live). Every read runs in its own task and sends through
+//! a bounded channel: a slow client holds only its own task, never a writer or another
+//! reader.
+
+use std::sync::Arc;
+
+use cairn_core::store::READ_LIMIT_MAX;
+use cairn_core::subscription::SUBSCRIPTION_BATCH_EVENTS;
+use cairn_core::{AllFilter, Direction, EventStore, ReadError, RecordedEvent, StreamRead};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tonic::Status;
+
+use crate::convert::{self, StreamName};
+use crate::filter::EventFilter;
+use crate::proto::event_store::client::Empty;
+use crate::proto::event_store::client::streams::ReadResp;
+use crate::proto::event_store::client::streams::read_req::options::{
+    self as opts, AllOptions, StreamOptions, all_options::AllOption, stream_options::RevisionOption,
+};
+use crate::proto::event_store::client::streams::read_resp::{self, Content};
+use crate::status;
+
+/// Responses buffered per read before its task waits for the client.
+pub const READ_CHANNEL_MESSAGES: usize = 64;
+/// Largest window a backwards `$all` read scans forward at once.
+const BACKWARD_WINDOW_MAX: u64 = READ_LIMIT_MAX as u64;
+/// First window of a backwards `$all` read.
+const BACKWARD_WINDOW_MIN: u64 = 64;
+
+/// The sending half of a read's response stream.
+pub type Sender = mpsc::Sender<Result<ReadResp, Status>>;
+
+/// What every read needs.
+#[derive(Clone)]
+pub struct Reader {
+    /// The store (the server's: personal data opened, lifecycle rules applied).
+    pub store: Arc<dyn EventStore>,
+    /// Ends live subscriptions when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Ids as strings (the client asked) or structured.
+    pub uuid_as_string: bool,
+}
+
+/// Where a stream read starts.
+#[derive(Debug, Clone, Copy)]
+pub enum StreamFrom {
+    /// The first (forwards) or only the first event (backwards).
+    Start,
+    /// Nothing forwards; the last event backwards.
+    End,
+    /// This version, inclusive (reads); after it (subscriptions).
+    Version(u64),
+}
+
+impl StreamFrom {
+    /// The start the options name.
+    pub fn of(options: &StreamOptions) -> Self {
+        match options.revision_option {
+            Some(RevisionOption::Revision(r)) => Self::Version(r.saturating_add(1)),
+            Some(RevisionOption::End(_)) => Self::End,
+            Some(RevisionOption::Start(_)) | None => Self::Start,
+        }
+    }
+}
+
+/// Where a `$all` read starts.
+#[derive(Debug, Clone, Copy)]
+pub enum AllFrom {
+    /// The first event.
+    Start,
+    /// The head.
+    End,
+    /// This position: inclusive for reads, exclusive for subscriptions.
+    Position(u64),
+}
+
+impl AllFrom {
+    /// The start the options name.
+    pub fn of(options: &AllOptions) -> Self {
+        match &options.all_option {
+            Some(AllOption::Position(p)) => Self::Position(p.commit_position),
+            Some(AllOption::End(_)) => Self::End,
+            Some(AllOption::Start(_)) | None => Self::Start,
+        }
+    }
+}
+
+fn event(reader: &Reader, e: &RecordedEvent) -> ReadResp {
+    ReadResp { content: Some(Content::Event(convert::read_event(e, reader.uuid_as_string))) }
+}
+
+fn not_found(stream: &str) -> ReadResp {
+    ReadResp {
+        content: Some(Content::StreamNotFound(read_resp::StreamNotFound {
+            stream_identifier: Some(convert::identifier(stream)),
+        })),
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    let micros = cairn_core::timestamp::Timestamp::now().as_micros();
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+fn read_error(stream: &str, error: ReadError) -> Status {
+    match error {
+        ReadError::StreamTombstoned => status::stream_deleted(stream),
+        other => status::from(other),
+    }
+}
+
+/// Sends `message`; `false` when the client has gone (the read then stops).
+async fn send(tx: &Sender, message: ReadResp) -> bool {
+    tx.send(Ok(message)).await.is_ok()
+}
+
+/// Reads up to `count` events of one stream.
+pub async fn stream(
+    reader: Reader,
+    name: StreamName,
+    from: StreamFrom,
+    direction: Direction,
+    mut count: u64,
+    tx: Sender,
+) {
+    let id = name.store_id();
+    let mut from_version = match (from, direction) {
+        (StreamFrom::Start, _) => Some(1),
+        (StreamFrom::End, Direction::Backward) => None,
+        (StreamFrom::End, Direction::Forward) => return,
+        (StreamFrom::Version(v), _) => Some(v.max(1)),
+    };
+    while count > 0 {
+        let limit = count.min(READ_LIMIT_MAX as u64) as usize;
+        let read = StreamRead { from_version, direction, limit };
+        let slice = match reader.store.read_stream(&id, read).await {
+            Ok(slice) => slice,
+            Err(ReadError::StreamNotFound) => {
+                let _ = send(&tx, not_found(&id)).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(read_error(&id, e))).await;
+                return;
+            }
+        };
+        for e in &slice.events {
+            if !send(&tx, event(&reader, e)).await {
+                return;
+            }
+        }
+        count = count.saturating_sub(slice.events.len() as u64);
+        match slice.next_version(direction) {
+            Some(next) if !slice.events.is_empty() || slice.scanned_version.is_some() => {
+                from_version = Some(next);
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Reads up to `count` events of `$all` that pass `filter`.
+pub async fn all(
+    reader: Reader,
+    from: AllFrom,
+    direction: Direction,
+    filter: Option<EventFilter>,
+    count: u64,
+    tx: Sender,
+) {
+    let result = match direction {
+        Direction::Forward => all_forward(&reader, from, filter.as_ref(), count, &tx).await,
+        Direction::Backward => all_backward(&reader, from, filter.as_ref(), count, &tx).await,
+    };
+    if let Err(e) = result {
+        let _ = tx.send(Err(e)).await;
+    }
+}
+
+async fn all_forward(
+    reader: &Reader,
+    from: AllFrom,
+    filter: Option<&EventFilter>,
+    mut count: u64,
+    tx: &Sender,
+) -> Result<(), Status> {
+    let mut after = match from {
+        AllFrom::Start => 0,
+        AllFrom::End => return Ok(()),
+        AllFrom::Position(p) => p.saturating_sub(1),
+    };
+    while count > 0 {
+        let limit = if filter.is_some() {
+            READ_LIMIT_MAX
+        } else {
+            count.min(READ_LIMIT_MAX as u64) as usize
+        };
+        let slice = reader
+            .store
+            .read_all(after, limit, &AllFilter::default())
+            .await
+            .map_err(status::from)?;
+        if slice.events.is_empty() {
+            return Ok(());
+        }
+        for e in &slice.events {
+            after = e.position;
+            if filter.is_none_or(|f| f.matches(e)) {
+                if !send(tx, event(reader, e)).await {
+                    return Ok(());
+                }
+                count -= 1;
+                if count == 0 {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Backwards through `$all`: forward reads of growing windows below the last position
+/// reached, each sent in reverse (the store reads `$all` forward only).
+async fn all_backward(
+    reader: &Reader,
+    from: AllFrom,
+    filter: Option<&EventFilter>,
+    mut count: u64,
+    tx: &Sender,
+) -> Result<(), Status> {
+    // Every event with position ≤ `upper` not yet sent.
+    let mut upper = match from {
+        AllFrom::Start => 0,
+        AllFrom::End => *reader.store.head().borrow(),
+        AllFrom::Position(p) => p,
+    };
+    let mut window = BACKWARD_WINDOW_MIN;
+    while count > 0 && upper > 0 {
+        let lower = upper.saturating_sub(window);
+        let mut found = Vec::new();
+        let mut after = lower;
+        'window: loop {
+            let slice = reader
+                .store
+                .read_all(after, READ_LIMIT_MAX, &AllFilter::default())
+                .await
+                .map_err(status::from)?;
+            if slice.events.is_empty() {
+                break;
+            }
+            for e in slice.events {
+                if e.position > upper {
+                    break 'window;
+                }
+                after = e.position;
+                if filter.is_none_or(|f| f.matches(&e)) {
+                    found.push(e);
+                }
+            }
+        }
+        for e in found.iter().rev() {
+            if !send(tx, event(reader, e)).await {
+                return Ok(());
+            }
+            count -= 1;
+            if count == 0 {
+                return Ok(());
+            }
+        }
+        upper = lower;
+        window = (window * 2).min(BACKWARD_WINDOW_MAX);
+    }
+    Ok(())
+}
+
+fn confirmation() -> ReadResp {
+    ReadResp {
+        content: Some(Content::Confirmation(read_resp::SubscriptionConfirmation {
+            subscription_id: uuid::Uuid::new_v4().to_string(),
+        })),
+    }
+}
+
+/// Waits for the next commit; `false` when the subscription should end (the client
+/// went away, the server is shutting down, the store closed).
+async fn wait_for_commit(
+    head: &mut watch::Receiver<u64>,
+    shutdown: &mut watch::Receiver<bool>,
+    tx: &Sender,
+) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    tokio::select! {
+        changed = head.changed() => changed.is_ok(),
+        _ = shutdown.changed() => false,
+        () = tx.closed() => false,
+    }
+}
+
+/// A subscription to one stream: every event after `from`, then each new one.
+pub async fn subscribe_stream(
+    mut reader: Reader,
+    name: StreamName,
+    from: StreamFrom,
+    tx: Sender,
+    _permit: OwnedSemaphorePermit,
+) {
+    let id = name.store_id();
+    if !send(&tx, confirmation()).await {
+        return;
+    }
+    let mut head = reader.store.head();
+    let mut next = match from {
+        StreamFrom::Start => 1,
+        StreamFrom::Version(v) => v.saturating_add(1),
+        StreamFrom::End => match reader.store.stream_version(&id).await {
+            Ok(v) => v + 1,
+            Err(e) => {
+                let _ = tx.send(Err(read_error(&id, e))).await;
+                return;
+            }
+        },
+    };
+    let mut caught_up = false;
+    loop {
+        head.borrow_and_update();
+        let read = StreamRead::forward_from(next, SUBSCRIPTION_BATCH_EVENTS);
+        let (events, advanced) = match reader.store.read_stream(&id, read).await {
+            Ok(slice) => {
+                let advanced = slice
+                    .next_version(Direction::Forward)
+                    .filter(|_| !slice.events.is_empty() || slice.scanned_version.is_some());
+                (slice.events, advanced)
+            }
+            // Not written yet, or soft-deleted: the next append is what it waits for.
+            Err(ReadError::StreamNotFound) => (Vec::new(), None),
+            Err(e) => {
+                let _ = tx.send(Err(read_error(&id, e))).await;
+                return;
+            }
+        };
+        for e in &events {
+            next = e.version + 1;
+            if !send(&tx, event(&reader, e)).await {
+                return;
+            }
+        }
+        if let Some(advanced) = advanced {
+            next = next.max(advanced);
+            if events.len() == SUBSCRIPTION_BATCH_EVENTS {
+                continue;
+            }
+        }
+        if !caught_up {
+            caught_up = true;
+            let message = Content::CaughtUp(read_resp::CaughtUp {
+                timestamp: Some(now()),
+                stream_revision: Some(next.saturating_sub(2) as i64),
+                position: None,
+            });
+            if !send(&tx, ReadResp { content: Some(message) }).await {
+                return;
+            }
+        }
+        if !wait_for_commit(&mut head, &mut reader.shutdown, &tx).await {
+            return;
+        }
+    }
+}
+
+fn checkpoint(position: u64) -> ReadResp {
+    ReadResp {
+        content: Some(Content::Checkpoint(read_resp::Checkpoint {
+            commit_position: position,
+            prepare_position: position,
+            timestamp: Some(now()),
+        })),
+    }
+}
+
+/// A subscription to `$all`: every event after `from` that passes `filter`, then each
+/// new one; a filtered one sends a checkpoint every `checkpoint_interval` events scanned
+/// and when it catches up, so a client can resume without rescanning what it skipped.
+pub async fn subscribe_all(
+    mut reader: Reader,
+    from: AllFrom,
+    filter: Option<EventFilter>,
+    tx: Sender,
+    _permit: OwnedSemaphorePermit,
+) {
+    if !send(&tx, confirmation()).await {
+        return;
+    }
+    let mut head = reader.store.head();
+    let mut after = match from {
+        AllFrom::Start => 0,
+        AllFrom::End => *head.borrow(),
+        AllFrom::Position(p) => p,
+    };
+    let mut scanned_since_checkpoint = 0u64;
+    let mut checkpointed = after;
+    let mut caught_up = false;
+    loop {
+        head.borrow_and_update();
+        let slice = match reader
+            .store
+            .read_all(after, SUBSCRIPTION_BATCH_EVENTS, &AllFilter::default())
+            .await
+        {
+            Ok(slice) => slice,
+            Err(e) => {
+                let _ = tx.send(Err(status::from(e))).await;
+                return;
+            }
+        };
+        let full = slice.events.len() == SUBSCRIPTION_BATCH_EVENTS;
+        for e in &slice.events {
+            after = e.position;
+            if filter.as_ref().is_none_or(|f| f.matches(e)) && !send(&tx, event(&reader, e)).await {
+                return;
+            }
+            if let Some(f) = &filter {
+                scanned_since_checkpoint += 1;
+                if scanned_since_checkpoint >= f.checkpoint_interval {
+                    scanned_since_checkpoint = 0;
+                    checkpointed = after;
+                    if !send(&tx, checkpoint(after)).await {
+                        return;
+                    }
+                }
+            }
+        }
+        if full {
+            continue;
+        }
+        if filter.is_some() && checkpointed != after {
+            scanned_since_checkpoint = 0;
+            checkpointed = after;
+            if !send(&tx, checkpoint(after)).await {
+                return;
+            }
+        }
+        if !caught_up {
+            caught_up = true;
+            let message = Content::CaughtUp(read_resp::CaughtUp {
+                timestamp: Some(now()),
+                stream_revision: None,
+                position: Some(read_resp::Position {
+                    commit_position: after,
+                    prepare_position: after,
+                }),
+            });
+            if !send(&tx, ReadResp { content: Some(message) }).await {
+                return;
+            }
+        }
+        if !wait_for_commit(&mut head, &mut reader.shutdown, &tx).await {
+            return;
+        }
+    }
+}
+
+/// Whether the options ask for ids as strings.
+pub fn uuid_as_string(options: opts::UuidOption) -> bool {
+    matches!(options.content, Some(opts::uuid_option::Content::String(Empty {})))
+}
