@@ -323,20 +323,8 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
             tracing::info!(listen = %listener.local_addr()?, tls, "cairn serving (PostgreSQL store)");
         }
     }
-    let grpc = grpc_listener.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(listen = %addr, tls, "gRPC (KurrentDB client protocol) serving");
-        }
-        let config = cairn_grpc::GrpcConfig {
-            append_bytes_max: args.body_limit_bytes,
-            call_timeout: std::time::Duration::from_secs(args.http.request_timeout_secs),
-        };
-        let app = cairn_grpc::router(running.state().clone(), config);
-        let mut stop = stop_rx.clone();
-        crate::listen::serve(listener, app, grpc_listen_config, async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })
-    });
+    let grpc = grpc_listener
+        .map(|listener| serve_grpc(&args, listener, grpc_listen_config, &running, &stop_rx));
     let mut stopping = stop_tx.subscribe();
     let http = crate::listen::serve(listener, app, listen_config, async move {
         shutdown_signal().await;
@@ -364,6 +352,29 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The gRPC listener (`--grpc-listen`): the `KurrentDB` client protocol over the same
+/// server state, until the stop signal.
+fn serve_grpc(
+    args: &ServeArgs,
+    listener: tokio::net::TcpListener,
+    config: crate::listen::ListenConfig,
+    running: &RunningServer,
+    stop_rx: &watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listen = %addr, tls = args.http.tls(), "gRPC (KurrentDB client protocol) serving");
+    }
+    let grpc = cairn_grpc::GrpcConfig {
+        append_bytes_max: args.body_limit_bytes,
+        call_timeout: std::time::Duration::from_secs(args.http.request_timeout_secs),
+    };
+    let app = cairn_grpc::router(running.state().clone(), grpc);
+    let mut stop = stop_rx.clone();
+    crate::listen::serve(listener, app, config, async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    })
 }
 
 /// The event bus: commands over NATS (same router as HTTP) and the outbox relays.
