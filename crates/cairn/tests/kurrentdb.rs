@@ -168,12 +168,19 @@ async fn appends_with_every_expected_revision_and_reads_both_ways(backend: cairn
         "{refused:?}"
     );
 
+    reads_both_ways(&c, &http, &server.base).await;
+    across_protocols_retries_and_batches(&c, &http, &server.base).await;
+    refusals_and_module_streams(&c, &http, &server.base).await;
+}
+
+/// Forwards, backwards, from a revision; metadata in both conventions.
+async fn reads_both_ways(c: &Client, http: &reqwest::Client, base: &str) {
     // Forwards, backwards, from a revision.
-    let forwards = read(&c, "acct-1", &ReadStreamOptions::default()).await.unwrap();
+    let forwards = read(c, "acct-1", &ReadStreamOptions::default()).await.unwrap();
     assert_eq!(forwards.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
     assert_eq!(forwards[1], (1, "Credited".to_owned(), json!({"amount": 1})));
     let backwards = read(
-        &c,
+        c,
         "acct-1",
         &ReadStreamOptions::default().backwards().position(StreamPosition::End).max_count(2),
     )
@@ -181,14 +188,14 @@ async fn appends_with_every_expected_revision_and_reads_both_ways(backend: cairn
     .unwrap();
     assert_eq!(backwards.iter().map(|e| e.0).collect::<Vec<_>>(), vec![5, 4]);
     let from_3 = read(
-        &c,
+        c,
         "acct-1",
         &ReadStreamOptions::default().position(StreamPosition::Position(3)).max_count(2),
     )
     .await
     .unwrap();
     assert_eq!(from_3.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 4]);
-    let missing = read(&c, "acct-none", &ReadStreamOptions::default()).await;
+    let missing = read(c, "acct-none", &ReadStreamOptions::default()).await;
     assert!(matches!(missing, Err(kurrentdb::Error::ResourceNotFound)), "{missing:?}");
 
     // Metadata round-trips with the protocol's names, and arrives in Cairn's.
@@ -199,26 +206,23 @@ async fn appends_with_every_expected_revision_and_reads_both_ways(backend: cairn
     assert!(e.is_json);
     let custom: Value = serde_json::from_slice(&e.custom_metadata).unwrap();
     assert_eq!(custom, json!({"$correlationId": "corr-1", "tenant": "t"}));
-    let page: Value = http
-        .get(format!("{}/streams/acct-1", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value =
+        http.get(format!("{base}/streams/acct-1")).send().await.unwrap().json().await.unwrap();
     let stored = &page["events"][0];
     assert_eq!(stored["aggregate_type"], "untyped", "{page}");
     assert_eq!(stored["version"], 1);
     assert_eq!(stored["event_id"], e.id.to_string());
     assert_eq!(stored["metadata"]["correlation_id"], "corr-1");
+}
 
+/// Events cross between the protocols; retries and batch appends.
+async fn across_protocols_retries_and_batches(c: &Client, http: &reqwest::Client, base: &str) {
+    let at = |state| AppendToStreamOptions::default().stream_state(state);
     // An event appended over HTTP is read over gRPC.
     let body = json!({"events": [{"aggregate_type": "Account", "event_type": "Opened", "data": {"by": "http"}}]});
-    let answer =
-        http.post(format!("{}/streams/acct-2", server.base)).json(&body).send().await.unwrap();
+    let answer = http.post(format!("{base}/streams/acct-2")).json(&body).send().await.unwrap();
     assert_eq!(answer.status(), 200);
-    let over_grpc = read(&c, "acct-2", &ReadStreamOptions::default()).await.unwrap();
+    let over_grpc = read(c, "acct-2", &ReadStreamOptions::default()).await.unwrap();
     assert_eq!(over_grpc, vec![(0, "Opened".to_owned(), json!({"by": "http"}))]);
 
     // A retried append (same event id) is recognised, not doubled.
@@ -232,10 +236,10 @@ async fn appends_with_every_expected_revision_and_reads_both_ways(backend: cairn
         .await
         .unwrap();
     }
-    assert_eq!(read(&c, "acct-3", &ReadStreamOptions::default()).await.unwrap().len(), 1);
+    assert_eq!(read(c, "acct-3", &ReadStreamOptions::default()).await.unwrap().len(), 1);
 
     // Batch appends (the client's BatchAppend call).
-    let batch = c.batch_append(&Default::default()).await.unwrap();
+    let batch = c.batch_append(&kurrentdb::BatchAppendOptions::default()).await.unwrap();
     let written = batch
         .append_to_stream(
             "acct-4",
@@ -245,12 +249,16 @@ async fn appends_with_every_expected_revision_and_reads_both_ways(backend: cairn
         .await
         .unwrap();
     assert_eq!(written.stream_name(), "acct-4");
-    assert_eq!(read(&c, "acct-4", &ReadStreamOptions::default()).await.unwrap().len(), 2);
+    assert_eq!(read(c, "acct-4", &ReadStreamOptions::default()).await.unwrap().len(), 2);
     let conflict = batch
         .append_to_stream("acct-4", StreamState::NoStream, vec![json_event("C", &json!({}))])
         .await;
     assert!(conflict.is_err(), "a batch append checks its expected revision");
+}
 
+/// What Cairn cannot store is refused with a reason; a module's types make a module's stream.
+async fn refusals_and_module_streams(c: &Client, http: &reqwest::Client, base: &str) {
+    let at = |state| AppendToStreamOptions::default().stream_state(state);
     // What Cairn cannot store is refused with a reason, and nothing is stored.
     let binary = EventData::binary("Blob", bytes::Bytes::from_static(b"\x00\x01"));
     let refused = c.append_to_stream("acct-5", &at(StreamState::Any), binary).await;
@@ -259,7 +267,7 @@ async fn appends_with_every_expected_revision_and_reads_both_ways(backend: cairn
         c.append_to_stream("bad name", &at(StreamState::Any), json_event("X", &json!({}))).await;
     assert!(refused.is_err());
     assert!(matches!(
-        read(&c, "acct-5", &ReadStreamOptions::default()).await,
+        read(c, "acct-5", &ReadStreamOptions::default()).await,
         Err(kurrentdb::Error::ResourceNotFound)
     ));
 
@@ -283,10 +291,7 @@ async fn appends_with_every_expected_revision_and_reads_both_ways(backend: cairn
         .await
         .unwrap();
     let summary = http
-        .get(format!(
-            "{}/orders/order-g1?min_position={}&wait_ms=10000",
-            server.base, ok.position.commit
-        ))
+        .get(format!("{}/orders/order-g1?min_position={}&wait_ms=10000", base, ok.position.commit))
         .send()
         .await
         .unwrap();
@@ -358,6 +363,13 @@ async fn all_filters_and_subscriptions_that_turn_live_and_resume(backend: cairn_
     .await;
     assert_eq!(regex.len(), 2);
 
+    stream_subscription(&c).await;
+    filtered_all_subscription(&c).await;
+}
+
+/// A stream subscription: catch-up, caught up, then live, and resumed.
+async fn stream_subscription(c: &Client) {
+    let any = AppendToStreamOptions::default();
     // A stream subscription: catch-up, caught up, then live.
     let mut sub = c
         .subscribe_to_stream(
@@ -396,7 +408,12 @@ async fn all_filters_and_subscriptions_that_turn_live_and_resume(backend: cairn_
         }
     }
     assert_eq!(again, vec![2, 3]);
+}
 
+/// A filtered `$all` subscription: only beta events, checkpoints, live, then a resume
+/// from its last checkpoint that repeats nothing before it.
+async fn filtered_all_subscription(c: &Client) {
+    let any = AppendToStreamOptions::default();
     // A filtered $all subscription: only beta events, checkpoints, live, then a resume
     // from its last checkpoint that repeats nothing before it.
     let filter = SubscriptionFilter::on_event_type().add_prefix("Beta").max(2);
@@ -406,7 +423,7 @@ async fn all_filters_and_subscriptions_that_turn_live_and_resume(backend: cairn_
     while !caught_up {
         match next_event(&mut all).await {
             SubscriptionEvent::EventAppeared(e) => {
-                seen.push(e.get_original_event().event_type.clone())
+                seen.push(e.get_original_event().event_type.clone());
             }
             SubscriptionEvent::Checkpoint(p) => checkpoint = Some(p),
             SubscriptionEvent::CaughtUp(_) => caught_up = true,
@@ -562,20 +579,22 @@ async fn tokens_as_basic_password_or_bearer_with_their_roles() {
     let reader = reader["token"].as_str().expect("a token").to_owned();
 
     let anonymous = client(port, None);
-    let denied =
-        anonymous.append_to_stream("s-1", &Default::default(), json_event("X", &json!({}))).await;
+    let denied = anonymous
+        .append_to_stream("s-1", &AppendToStreamOptions::default(), json_event("X", &json!({})))
+        .await;
     assert!(matches!(denied, Err(kurrentdb::Error::AccessDenied)), "{denied:?}");
 
     let as_admin = client(port, Some(&format!("admin:{admin}")));
     as_admin
-        .append_to_stream("s-1", &Default::default(), json_event("X", &json!({})))
+        .append_to_stream("s-1", &AppendToStreamOptions::default(), json_event("X", &json!({})))
         .await
         .unwrap();
 
     let as_reader = client(port, Some(&format!("anyone:{reader}")));
     assert_eq!(read(&as_reader, "s-1", &ReadStreamOptions::default()).await.unwrap().len(), 1);
-    let denied =
-        as_reader.append_to_stream("s-1", &Default::default(), json_event("X", &json!({}))).await;
+    let denied = as_reader
+        .append_to_stream("s-1", &AppendToStreamOptions::default(), json_event("X", &json!({})))
+        .await;
     assert!(
         matches!(denied, Err(kurrentdb::Error::AccessDenied)),
         "a reader cannot append: {denied:?}"
