@@ -80,6 +80,11 @@ fn free_port() -> anyhow::Result<u16> {
 impl CairnProcess {
     /// Starts `cairn serve` on `storage` and waits until it is ready.
     pub async fn start(bin: &Path, storage: &Storage) -> anyhow::Result<Self> {
+        Self::start_with(bin, storage, &[]).await
+    }
+
+    /// The same, with extra `serve` arguments.
+    pub async fn start_with(bin: &Path, storage: &Storage, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("cairn-serve").tempdir()?;
         let admin_token =
             cairn_server::auth::new_token().context("no randomness from the system")?;
@@ -91,6 +96,7 @@ impl CairnProcess {
         command.arg("serve").arg("--listen").arg(format!("127.0.0.1:{port}"));
         command.arg("--admin-token-file").arg(&token_file);
         command.args(SERVE_ARGS.get().into_iter().flatten());
+        command.args(extra);
         match storage {
             Storage::Sqlite(data) => {
                 command.arg("--data-dir").arg(data);
@@ -299,6 +305,18 @@ pub fn run_outside(
     let bin = cairn_bin(args.cairn_bin.as_deref())?;
     let _ = SERVE_ARGS.set(args.serve_arg.clone());
     runtime.block_on(async {
+        if args.only.contains(&Group::Grpc) {
+            crate::grpc::run(
+                table,
+                args.store,
+                &bin,
+                dir,
+                &args.database_url,
+                args.runs,
+                args.quick,
+            )
+            .await?;
+        }
         if args.only.contains(&Group::Wrk) {
             crate::wrk::run(table, args.store, &bin, dir, &args.database_url, args.runs).await?;
         }

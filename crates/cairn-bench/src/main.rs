@@ -6,6 +6,7 @@
 mod bus;
 mod cqrs;
 mod external;
+mod grpc;
 mod long;
 mod memory;
 mod peer;
@@ -118,6 +119,9 @@ pub enum Group {
     Wrk,
     /// The `cairn` binary's memory serving a large cached store; only when asked for.
     Memory,
+    /// Appends and reads over gRPC (the official `KurrentDB` client) beside HTTP, against
+    /// the `cairn` binary; only when asked for.
+    Grpc,
     /// Mixed load with SSE subscribers for `--soak-secs`, memory sampled; only when asked for.
     Soak,
 }
@@ -227,7 +231,11 @@ fn main() -> anyhow::Result<()> {
         if args.only.contains(&Group::Peer) {
             peer_sides = Some(peer::run(&runtime, &mut table, tmp.path(), &args)?);
         }
-        if args.only.iter().any(|g| matches!(g, Group::Wrk | Group::Memory | Group::Soak)) {
+        if args
+            .only
+            .iter()
+            .any(|g| matches!(g, Group::Wrk | Group::Memory | Group::Soak | Group::Grpc))
+        {
             external::run_outside(&runtime, &mut table, tmp.path(), &args)?;
         }
         anyhow::Ok(())

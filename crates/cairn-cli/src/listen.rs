@@ -72,8 +72,9 @@ pub struct HttpArgs {
     /// the system's roots are trusted either way.
     #[arg(long, env = "CAIRN_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
-    /// Most connections open at once; beyond it a new connection is accepted and closed at
-    /// once (an open connection is never dropped to make room).
+    /// Most connections open at once, per listener (HTTP, and gRPC's own); beyond it a new
+    /// connection is accepted and closed at once (an open connection is never dropped to
+    /// make room).
     #[arg(long, env = "CAIRN_MAX_CONNECTIONS", default_value_t = MAX_CONNECTIONS_DEFAULT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
     /// Longest wait, in seconds, for a request's line and headers; also how long an idle

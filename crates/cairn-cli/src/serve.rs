@@ -46,8 +46,9 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "CAIRN_BODY_LIMIT_BYTES", default_value_t = cairn_server::BODY_LIMIT_BYTES_DEFAULT)]
     body_limit_bytes: usize,
-    /// Most `/all/subscribe` streams open at once (each may replay the whole log); one
-    /// more is refused with `429 too_many_subscribers`.
+    /// Most subscriptions open at once, `/all/subscribe` streams and gRPC subscriptions
+    /// together (each may replay the whole log); one more is refused with `429
+    /// too_many_subscribers` (gRPC: `RESOURCE_EXHAUSTED`).
     #[arg(long, env = "CAIRN_MAX_SUBSCRIBERS", default_value_t = cairn_server::SSE_SUBSCRIBERS_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_subscribers: u64,
     /// How long an HTTP `Idempotency-Key` is remembered, in seconds; a repeat after that

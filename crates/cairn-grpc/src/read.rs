@@ -328,6 +328,9 @@ pub async fn subscribe_stream(
     };
     let mut caught_up = false;
     loop {
+        if *reader.shutdown.borrow() {
+            return;
+        }
         head.borrow_and_update();
         let read = StreamRead::forward_from(next, SUBSCRIPTION_BATCH_EVENTS);
         let (events, advanced) = match reader.store.read_stream(&id, read).await {
@@ -358,9 +361,11 @@ pub async fn subscribe_stream(
         }
         if !caught_up {
             caught_up = true;
+            // The last revision delivered or skipped; none for a stream with no event yet.
+            let revision = next.checked_sub(2).map(|r| r as i64);
             let message = Content::CaughtUp(read_resp::CaughtUp {
                 timestamp: Some(now()),
-                stream_revision: Some(next.saturating_sub(2) as i64),
+                stream_revision: revision,
                 position: None,
             });
             if !send(&tx, ReadResp { content: Some(message) }).await {
@@ -406,6 +411,11 @@ pub async fn subscribe_all(
     let mut checkpointed = after;
     let mut caught_up = false;
     loop {
+        // Checked per page too: a subscription replaying a long log ends at shutdown
+        // without waiting to reach the head.
+        if *reader.shutdown.borrow() {
+            return;
+        }
         head.borrow_and_update();
         let slice = match reader
             .store
@@ -450,7 +460,7 @@ pub async fn subscribe_all(
             let message = Content::CaughtUp(read_resp::CaughtUp {
                 timestamp: Some(now()),
                 stream_revision: None,
-                position: Some(read_resp::Position {
+                position: (after > 0).then_some(read_resp::Position {
                     commit_position: after,
                     prepare_position: after,
                 }),
@@ -468,4 +478,96 @@ pub async fn subscribe_all(
 /// Whether the options ask for ids as strings.
 pub fn uuid_as_string(options: opts::UuidOption) -> bool {
     matches!(options.content, Some(opts::uuid_option::Content::String(Empty {})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::event_store::client::streams::read_req::options::filter_options::{
+        Expression, Filter,
+    };
+    use crate::proto::event_store::client::streams::read_req::options::{
+        FilterOption, FilterOptions,
+    };
+    use cairn_core::{Append, ExpectedVersion, MemoryEventStore, NewEvent};
+
+    /// A store of `n` events over three streams (`s-0`, `s-1`, `s-2`, round robin).
+    async fn store(n: u64) -> Arc<dyn EventStore> {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+        for i in 0..n {
+            let data = serde_json::value::to_raw_value(&serde_json::json!({"i": i})).unwrap();
+            store
+                .append(Append {
+                    aggregate_id: format!("s-{}", i % 3),
+                    aggregate_type: "t".into(),
+                    expected: ExpectedVersion::Any,
+                    events: vec![NewEvent::new("E", data)],
+                    idempotency: None,
+                })
+                .await
+                .unwrap();
+        }
+        store
+    }
+
+    /// The positions a read sends, in order.
+    async fn positions(
+        store: Arc<dyn EventStore>,
+        from: AllFrom,
+        direction: Direction,
+        filter: Option<EventFilter>,
+        count: u64,
+    ) -> Vec<u64> {
+        let (_stop, shutdown) = watch::channel(false);
+        let reader = Reader { store, shutdown, uuid_as_string: true };
+        let (tx, mut rx) = mpsc::channel(READ_CHANNEL_MESSAGES);
+        tokio::spawn(all(reader, from, direction, filter, count, tx));
+        let mut out = Vec::new();
+        while let Some(message) = rx.recv().await {
+            match message.unwrap().content {
+                Some(Content::Event(e)) => out.push(e.event.unwrap().commit_position),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        out
+    }
+
+    fn on_stream(prefix: &str) -> Option<EventFilter> {
+        let options = FilterOption::Filter(FilterOptions {
+            filter: Some(Filter::StreamIdentifier(Expression {
+                regex: String::new(),
+                prefix: vec![prefix.into()],
+            })),
+            window: None,
+            checkpoint_interval_multiplier: 1,
+        });
+        EventFilter::from_options(Some(&options)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn backwards_reads_cross_their_growing_windows_without_gaps() {
+        let store = store(700).await;
+        let all: Vec<u64> = (1..=700).rev().collect();
+        let got = positions(store.clone(), AllFrom::End, Direction::Backward, None, 650).await;
+        assert_eq!(got, all[..650].to_vec());
+        let s1: Vec<u64> = all.iter().copied().filter(|p| (p - 1) % 3 == 1).collect();
+        let got =
+            positions(store.clone(), AllFrom::End, Direction::Backward, on_stream("s-1"), 1000)
+                .await;
+        assert_eq!(got, s1, "every s-1 event, newest first, none twice");
+        let got = positions(store, AllFrom::Position(100), Direction::Backward, None, 3).await;
+        assert_eq!(got, vec![100, 99, 98], "a backwards read includes its position");
+    }
+
+    #[tokio::test]
+    async fn forward_reads_start_at_their_position_and_stop_at_their_count() {
+        let store = store(50).await;
+        let got =
+            positions(store.clone(), AllFrom::Position(10), Direction::Forward, None, 3).await;
+        assert_eq!(got, vec![10, 11, 12]);
+        let got = positions(store.clone(), AllFrom::End, Direction::Forward, None, 3).await;
+        assert!(got.is_empty(), "forwards from the end reads nothing");
+        let got = positions(store, AllFrom::Start, Direction::Forward, on_stream("s-2"), 4).await;
+        assert_eq!(got, vec![3, 6, 9, 12]);
+    }
 }

@@ -35,8 +35,10 @@ use crate::{auth, status};
 /// The server version `ServerFeatures` reports. Clients enable calls by the version they
 /// see; this is the `KurrentDB` release whose protocol Cairn speaks (docs/grpc.md).
 pub const PROTOCOL_SERVER_VERSION: &str = "24.10.0";
-/// Most batch appends one `BatchAppend` call may have open (sent, not yet final).
-pub const BATCHES_OPEN_MAX: usize = 64;
+/// Most batch appends one `BatchAppend` call may have open (sent, not yet final): each
+/// holds up to the append byte limit in memory. The official clients send every batch
+/// whole, in one final message, so one is open at a time.
+pub const BATCHES_OPEN_MAX: usize = 8;
 /// Slack over the append byte limit for one message's framing (ids, keys, field tags).
 const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
 
@@ -412,6 +414,9 @@ impl Streams for StreamsService {
 struct Pending {
     options: batch_append_req::Options,
     batch: Batch,
+    /// Already answered with an error (a part was refused): its remaining parts are
+    /// dropped unanswered until its final one closes it.
+    refused: bool,
 }
 
 /// One message of a `BatchAppend` call: its answer once the batch it belongs to is final.
@@ -437,9 +442,15 @@ async fn batch_step(
         let options = message.options.clone().ok_or_else(|| {
             Status::invalid_argument("the first part of a batch append carries its options")
         })?;
-        open.insert(correlation, Pending { options, batch: Batch::new(bytes_max) });
+        open.insert(correlation, Pending { options, batch: Batch::new(bytes_max), refused: false });
     }
     let pending = open.get_mut(&correlation).expect("inserted above");
+    if pending.refused {
+        if message.is_final {
+            open.remove(&correlation);
+        }
+        return Ok(None);
+    }
     let mut refused = None;
     for m in message.proposed_messages {
         let index = pending.batch.len();
@@ -453,7 +464,14 @@ async fn batch_step(
     if refused.is_none() && !message.is_final {
         return Ok(None);
     }
-    let Pending { options, batch } = open.remove(&correlation).expect("present");
+    let (options, batch) = if message.is_final {
+        let Pending { options, batch, .. } = open.remove(&correlation).expect("present");
+        (options, batch)
+    } else {
+        // Refused before its final part: answered now, its later parts dropped.
+        pending.refused = true;
+        (pending.options.clone(), std::mem::replace(&mut pending.batch, Batch::new(0)))
+    };
     let (expected, echo) = match options.expected_stream_position {
         Some(Sent::StreamPosition(r)) => {
             (convert::expected_from_revision(r), Echo::StreamPosition(r))

@@ -1,6 +1,7 @@
 //! Cairn's errors as the protocol's statuses. The clients recognise some by their
 //! `exception` metadata (`stream-deleted`, `wrong-expected-version`), the rest by code;
-//! every status also carries Cairn's own error code in `x-cairn-error`.
+//! a status made from one of Cairn's API errors also carries its contract code in
+//! `x-cairn-error`.
 
 use axum::http::StatusCode;
 use cairn_core::ExpectedVersion;
