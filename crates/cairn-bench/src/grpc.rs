@@ -62,7 +62,10 @@ pub async fn run(
             format!("esdb://admin:{}@{grpc_listen}?tls=false", server.admin_token)
                 .parse()
                 .context("connection string")?;
-        let client = Arc::new(kurrentdb::Client::new(settings)?);
+        let client = Arc::new(
+            kurrentdb::Client::new(settings)
+                .map_err(|e| anyhow::anyhow!("kurrentdb client: {e}"))?,
+        );
         appends(table, &server, &client, work, run).await?;
         reads(table, &server, &client, run).await?;
         server.stop().await?;

@@ -24,6 +24,7 @@ mod lifecycle;
 mod listen;
 mod nats_auth;
 mod progress;
+mod quickack;
 mod serve;
 mod tail;
 mod tokens;

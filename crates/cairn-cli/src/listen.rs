@@ -276,16 +276,27 @@ struct Connection {
 
 impl Connection {
     async fn run(&self, stream: tokio::net::TcpStream, watcher: Watcher) {
-        let Some(tls) = &self.tls else {
-            if matches!(self.http, Http::Two(_)) {
-                // HTTP/2 has no header-read deadline: a connection that never sends its
-                // preface would hold a connection slot forever.
-                let mut byte = [0u8; 1];
-                match tokio::time::timeout(self.first_bytes_timeout, stream.peek(&mut byte)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return,
-                }
+        if matches!(self.http, Http::One(_)) {
+            return self.secure(stream, watcher).await;
+        }
+        if self.tls.is_none() {
+            // HTTP/2 has no header-read deadline: a connection that never sends its
+            // preface would hold a connection slot forever.
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(self.first_bytes_timeout, stream.peek(&mut byte)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
             }
+        }
+        self.secure(crate::quickack::QuickAck(stream), watcher).await;
+    }
+
+    /// TLS first when configured, then HTTP.
+    async fn secure<S>(&self, stream: S, watcher: Watcher)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(tls) = &self.tls else {
             return self.http(stream, watcher).await;
         };
         match tokio::time::timeout(self.tls_handshake_timeout, tls.accept(stream)).await {

@@ -155,28 +155,51 @@ async fn append_events(
     batch: Batch,
 ) -> Result<Appended, Status> {
     auth::check_stream(state, caller, id, None)?;
-    let current = state.store.stream_state(id).await.map_err(status::from)?;
     if batch.is_empty() {
+        let current = state.store.stream_state(id).await.map_err(status::from)?;
         return empty_append(id, expected, current.as_ref());
     }
-    let aggregate_type = match &current {
-        Some(s) => s.aggregate_type.clone(),
-        None => module_type(state, &batch)?,
-    };
+    // The type is guessed from the events (a module's, or untyped) rather than read
+    // first: the store refuses a wrong guess atomically, naming the stream's type, and
+    // the append is prepared again with it — one read less on every append.
+    let guess = module_type(state, &batch)?;
+    let request = cairn_server::streams::prepare_append(
+        state,
+        caller,
+        id.to_owned(),
+        expected,
+        bodies(&batch, &guess)?,
+    )
+    .map_err(|e| status::from_api(&e))?;
+    match store(state, request).await {
+        Err(Stored::TypeMismatch(actual)) => {
+            let request = cairn_server::streams::prepare_append(
+                state,
+                caller,
+                id.to_owned(),
+                expected,
+                bodies(&batch, &actual)?,
+            )
+            .map_err(|e| status::from_api(&e))?;
+            store(state, request).await.map_err(Stored::into_status)
+        }
+        other => other.map_err(Stored::into_status),
+    }
+}
+
+/// The batch as HTTP's append events of `aggregate_type`.
+fn bodies(batch: &Batch, aggregate_type: &str) -> Result<Vec<EventBody>, Status> {
     let mut events = Vec::with_capacity(batch.len());
-    for (index, event) in batch.events.into_iter().enumerate() {
+    for (index, event) in batch.events.iter().enumerate() {
         events.push(EventBody {
             event_id: event.id,
-            aggregate_type: aggregate_type.clone(),
+            aggregate_type: aggregate_type.to_owned(),
             data: event.data(index)?,
             metadata: convert::metadata_in(index, &event.custom_metadata)?,
-            event_type: event.event_type,
+            event_type: event.event_type.clone(),
         });
     }
-    let request =
-        cairn_server::streams::prepare_append(state, caller, id.to_owned(), expected, events)
-            .map_err(|e| status::from_api(&e))?;
-    store(state, request).await
+    Ok(events)
 }
 
 /// The aggregate type of a new stream: that of the module whose aggregate declares the
@@ -264,10 +287,29 @@ async fn write_metadata(
         }],
         idempotency: None,
     };
-    store(state, request).await
+    store(state, request).await.map_err(Stored::into_status)
 }
 
-async fn store(state: &AppState, request: Append) -> Result<Appended, Status> {
+/// Why a store append did not answer.
+enum Stored {
+    /// The stream has this other aggregate type.
+    TypeMismatch(String),
+    /// Any other refusal, as the client gets it.
+    Refused(Status),
+}
+
+impl Stored {
+    fn into_status(self) -> Status {
+        match self {
+            Self::TypeMismatch(actual) => Status::failed_precondition(format!(
+                "the stream has aggregate type {actual:?}, which changed during the append"
+            )),
+            Self::Refused(status) => status,
+        }
+    }
+}
+
+async fn store(state: &AppState, request: Append) -> Result<Appended, Stored> {
     let (id, aggregate_type) = (request.aggregate_id.clone(), request.aggregate_type.clone());
     match state.store.append(request).await {
         Ok(outcome) => {
@@ -277,7 +319,10 @@ async fn store(state: &AppState, request: Append) -> Result<Appended, Status> {
         Err(AppendError::WrongExpectedVersion { expected, actual }) => {
             Ok(Appended::WrongVersion { expected, actual })
         }
-        Err(AppendError::StreamTombstoned { .. }) => Err(status::stream_deleted(&id)),
-        Err(e) => Err(status::from(e)),
+        Err(AppendError::AggregateTypeMismatch { actual, .. }) => Err(Stored::TypeMismatch(actual)),
+        Err(AppendError::StreamTombstoned { .. }) => {
+            Err(Stored::Refused(status::stream_deleted(&id)))
+        }
+        Err(e) => Err(Stored::Refused(status::from(e))),
     }
 }
