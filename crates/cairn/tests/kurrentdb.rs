@@ -224,6 +224,13 @@ async fn across_protocols_retries_and_batches(c: &Client, http: &reqwest::Client
     assert_eq!(answer.status(), 200);
     let over_grpc = read(c, "acct-2", &ReadStreamOptions::default()).await.unwrap();
     assert_eq!(over_grpc, vec![(0, "Opened".to_owned(), json!({"by": "http"}))]);
+    // A gRPC append to it keeps the type HTTP gave the stream.
+    let more = json_event("Renamed", &json!({"by": "grpc"}));
+    c.append_to_stream("acct-2", &at(StreamState::StreamRevision(0)), more).await.unwrap();
+    let page: Value =
+        http.get(format!("{base}/streams/acct-2")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(page["events"][1]["aggregate_type"], "Account", "{page}");
+    assert_eq!(page["events"][1]["event_type"], "Renamed");
 
     // A retried append (same event id) is recognised, not doubled.
     let id = uuid::Uuid::new_v4();
