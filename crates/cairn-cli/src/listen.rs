@@ -8,8 +8,8 @@
 //!   backlog, tells the client at once instead of letting it wait for a timeout.
 //! - `--header-read-timeout-secs`: a request's head (line and headers) must arrive within
 //!   it, and an idle keep-alive connection waiting for its next request is closed after it.
-//!   Over HTTP/2 (gRPC) it bounds the wait for a plain connection's first bytes; an open
-//!   connection is then watched by HTTP/2 keep-alive pings instead.
+//!   Over HTTP/2 (gRPC) it bounds the wait for a connection's first request (TLS or not);
+//!   an open connection is then watched by HTTP/2 keep-alive pings instead.
 //! - `--tls-handshake-timeout-secs`: the TLS handshake has its own deadline.
 //! - The request deadline (body read plus handling, `408 request_timeout`) is the
 //!   router's own ([`cairn_server::timeout`]), so embedded users get it too.
@@ -267,7 +267,7 @@ enum Http {
 /// What every connection is served with.
 struct Connection {
     http: Http,
-    /// HTTP/2 over plain TCP: how long a new connection may stay silent.
+    /// HTTP/2: how long a new connection may go without sending a request.
     first_bytes_timeout: Duration,
     app: Router,
     tls: Option<TlsAcceptor>,
@@ -278,15 +278,6 @@ impl Connection {
     async fn run(&self, stream: tokio::net::TcpStream, watcher: Watcher) {
         if matches!(self.http, Http::One(_)) {
             return self.secure(stream, watcher).await;
-        }
-        if self.tls.is_none() {
-            // HTTP/2 has no header-read deadline: a connection that never sends its
-            // preface would hold a connection slot forever.
-            let mut byte = [0u8; 1];
-            match tokio::time::timeout(self.first_bytes_timeout, stream.peek(&mut byte)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
-            }
         }
         self.secure(crate::quickack::QuickAck(stream), watcher).await;
     }
@@ -318,7 +309,29 @@ impl Connection {
                 watcher.watch(http.serve_connection(TokioIo::new(io), service)).await
             }
             Http::Two(http) => {
-                watcher.watch(http.serve_connection(TokioIo::new(io), service)).await
+                // HTTP/2 has no header-read deadline, and its keep-alive pings start only
+                // after the client's preface: a connection (plain or TLS) that sends no
+                // request within the deadline is closed, so that silent ones cannot fill
+                // the connection cap.
+                let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let seen = Arc::clone(&requested);
+                let app = tower::ServiceExt::map_request(self.app.clone(), move |request| {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    request
+                });
+                let service = TowerToHyperService::new(app);
+                let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service));
+                tokio::pin!(connection);
+                tokio::select! {
+                    result = &mut connection => result,
+                    () = tokio::time::sleep(self.first_bytes_timeout) => {
+                        if !requested.load(std::sync::atomic::Ordering::Relaxed) {
+                            tracing::debug!("HTTP/2 connection closed: no request within the deadline");
+                            return;
+                        }
+                        connection.await
+                    }
+                }
             }
         };
         if let Err(e) = result {

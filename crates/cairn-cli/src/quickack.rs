@@ -26,10 +26,13 @@ impl AsyncRead for QuickAck {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.0).poll_read(cx, buf);
+        #[cfg(target_os = "linux")]
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             // Best effort: a socket that refuses it is only slower, never wrong.
             let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
         }
+        #[cfg(not(target_os = "linux"))]
+        let _ = before;
         result
     }
 }

@@ -113,6 +113,11 @@ fn read_error(stream: &str, error: ReadError) -> Status {
     }
 }
 
+/// Whether a scan should stop: its client has gone, or the server is shutting down.
+fn stopped(reader: &Reader, tx: &Sender) -> bool {
+    tx.is_closed() || *reader.shutdown.borrow()
+}
+
 /// Sends `message`; `false` when the client has gone (the read then stops).
 async fn send(tx: &Sender, message: ReadResp) -> bool {
     tx.send(Ok(message)).await.is_ok()
@@ -131,9 +136,26 @@ pub async fn stream(
     let mut from_version = match (from, direction) {
         (StreamFrom::Start, _) => Some(1),
         (StreamFrom::End, Direction::Backward) => None,
-        (StreamFrom::End, Direction::Forward) => return,
+        // Nothing comes after the end, but a missing stream still says so.
+        (StreamFrom::End, Direction::Forward) => {
+            count = 0;
+            None
+        }
         (StreamFrom::Version(v), _) => Some(v.max(1)),
     };
+    if count == 0 {
+        let probe = StreamRead { from_version: None, direction: Direction::Backward, limit: 1 };
+        match reader.store.read_stream(&id, probe).await {
+            Ok(_) => {}
+            Err(ReadError::StreamNotFound) => {
+                let _ = send(&tx, not_found(&id)).await;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(read_error(&id, e))).await;
+            }
+        }
+        return;
+    }
     while count > 0 {
         let limit = count.min(READ_LIMIT_MAX as u64) as usize;
         let read = StreamRead { from_version, direction, limit };
@@ -233,13 +255,19 @@ async fn all_backward(
     tx: &Sender,
 ) -> Result<(), Status> {
     // Every event with position ≤ `upper` not yet sent.
+    // Nothing lies past the head: a far position starts there, not 10⁴ empty windows
+    // away from it.
+    let head = *reader.store.head().borrow();
     let mut upper = match from {
         AllFrom::Start => 0,
-        AllFrom::End => *reader.store.head().borrow(),
-        AllFrom::Position(p) => p,
+        AllFrom::End => head,
+        AllFrom::Position(p) => p.min(head),
     };
     let mut window = BACKWARD_WINDOW_MIN;
     while count > 0 && upper > 0 {
+        if stopped(reader, tx) {
+            return Ok(());
+        }
         let lower = upper.saturating_sub(window);
         let mut found = Vec::new();
         let mut after = lower;
@@ -286,20 +314,31 @@ fn confirmation() -> ReadResp {
 }
 
 /// Waits for the next commit; `false` when the subscription should end (the client
-/// went away, the server is shutting down, the store closed).
+/// went away, the server is shutting down, the store closed). A subscription the server
+/// ends gets `Unavailable`: ended without an error, the official clients would read
+/// from the finished call forever.
 async fn wait_for_commit(
     head: &mut watch::Receiver<u64>,
     shutdown: &mut watch::Receiver<bool>,
     tx: &Sender,
 ) -> bool {
     if *shutdown.borrow() {
+        end_unavailable(tx).await;
         return false;
     }
-    tokio::select! {
-        changed = head.changed() => changed.is_ok(),
-        _ = shutdown.changed() => false,
-        () = tx.closed() => false,
+    let ended = tokio::select! {
+        changed = head.changed() => changed.is_err(),
+        _ = shutdown.changed() => true,
+        () = tx.closed() => return false,
+    };
+    if ended {
+        end_unavailable(tx).await;
     }
+    !ended
+}
+
+async fn end_unavailable(tx: &Sender) {
+    let _ = tx.send(Err(Status::unavailable("the server is shutting down; resubscribe"))).await;
 }
 
 /// A subscription to one stream: every event after `from`, then each new one.
@@ -329,6 +368,7 @@ pub async fn subscribe_stream(
     let mut caught_up = false;
     loop {
         if *reader.shutdown.borrow() {
+            end_unavailable(&tx).await;
             return;
         }
         head.borrow_and_update();
@@ -353,11 +393,11 @@ pub async fn subscribe_stream(
                 return;
             }
         }
+        // A page can end short of the head (the byte cap, events hidden by age): only a
+        // read that reaches the head means caught up.
         if let Some(advanced) = advanced {
             next = next.max(advanced);
-            if events.len() == SUBSCRIPTION_BATCH_EVENTS {
-                continue;
-            }
+            continue;
         }
         if !caught_up {
             caught_up = true;
@@ -414,6 +454,7 @@ pub async fn subscribe_all(
         // Checked per page too: a subscription replaying a long log ends at shutdown
         // without waiting to reach the head.
         if *reader.shutdown.borrow() {
+            end_unavailable(&tx).await;
             return;
         }
         head.borrow_and_update();
@@ -428,7 +469,9 @@ pub async fn subscribe_all(
                 return;
             }
         };
-        let full = slice.events.len() == SUBSCRIPTION_BATCH_EVENTS;
+        // Only an empty read means caught up: a page can end short of the head (the byte
+        // cap).
+        let more = !slice.events.is_empty();
         for e in &slice.events {
             after = e.position;
             if filter.as_ref().is_none_or(|f| f.matches(e)) && !send(&tx, event(&reader, e)).await {
@@ -445,7 +488,7 @@ pub async fn subscribe_all(
                 }
             }
         }
-        if full {
+        if more {
             continue;
         }
         if filter.is_some() && checkpointed != after {
@@ -569,5 +612,65 @@ mod tests {
         assert!(got.is_empty(), "forwards from the end reads nothing");
         let got = positions(store, AllFrom::Start, Direction::Forward, on_stream("s-2"), 4).await;
         assert_eq!(got, vec![3, 6, 9, 12]);
+    }
+
+    fn permit() -> OwnedSemaphorePermit {
+        Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap()
+    }
+
+    /// What a subscription sends until it is caught up: event positions, then `true`
+    /// if it said so.
+    async fn until_caught_up(rx: &mut mpsc::Receiver<Result<ReadResp, Status>>) -> Vec<u64> {
+        let mut out = Vec::new();
+        loop {
+            match rx.recv().await.expect("open").unwrap().content {
+                Some(Content::Event(e)) => out.push(e.event.unwrap().commit_position),
+                Some(Content::CaughtUp(_)) => return out,
+                Some(Content::Confirmation(_) | Content::Checkpoint(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn subscriptions_cross_pages_then_turn_live_then_end_at_shutdown() {
+        let store = store(1_200).await;
+        let (stop, shutdown) = watch::channel(false);
+        let reader = Reader { store: store.clone(), shutdown, uuid_as_string: true };
+
+        let (tx, mut all_rx) = mpsc::channel(READ_CHANNEL_MESSAGES);
+        tokio::spawn(subscribe_all(reader.clone(), AllFrom::Start, None, tx, permit()));
+        let caught_up = until_caught_up(&mut all_rx).await;
+        assert_eq!(caught_up, (1..=1_200).collect::<Vec<u64>>(), "three pages, no gap");
+
+        let (tx, mut stream_rx) = mpsc::channel(READ_CHANNEL_MESSAGES);
+        let name = StreamName::Stream("s-0".into());
+        tokio::spawn(subscribe_stream(reader, name, StreamFrom::Version(1), tx, permit()));
+        let caught_up = until_caught_up(&mut stream_rx).await;
+        let expected: Vec<u64> = (1..=1_200).filter(|p| (p - 1) % 3 == 0).skip(1).collect();
+        assert_eq!(caught_up, expected, "after revision 0: every later s-0 event");
+
+        let data = serde_json::value::to_raw_value(&serde_json::json!({})).unwrap();
+        let append = Append {
+            aggregate_id: "s-0".into(),
+            aggregate_type: "t".into(),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent::new("E", data)],
+            idempotency: None,
+        };
+        store.append(append).await.unwrap();
+        for rx in [&mut all_rx, &mut stream_rx] {
+            match rx.recv().await.unwrap().unwrap().content {
+                Some(Content::Event(e)) => assert_eq!(e.event.unwrap().commit_position, 1_201),
+                other => panic!("live event expected, got {other:?}"),
+            }
+        }
+
+        stop.send(true).unwrap();
+        for rx in [&mut all_rx, &mut stream_rx] {
+            let end = rx.recv().await.expect("an answer at shutdown");
+            assert_eq!(end.unwrap_err().code(), tonic::Code::Unavailable);
+            assert!(rx.recv().await.is_none(), "then the call ends");
+        }
     }
 }

@@ -371,15 +371,26 @@ impl Streams for StreamsService {
         &self,
         request: Request<Streaming<BatchAppendReq>>,
     ) -> Result<Response<BatchStream>, Status> {
-        let caller = auth::authorize(&self.state, request.metadata(), Permission::Append).await?;
+        auth::authorize(&self.state, request.metadata(), Permission::Append).await?;
+        // The official clients keep one call open for their lifetime: the token is checked
+        // again for every batch, so that a revoked one stops at its next batch.
+        let metadata = request.metadata().clone();
         let mut messages = request.into_inner();
         let (tx, rx) = mpsc::channel(read::READ_CHANNEL_MESSAGES);
         let state = self.state.clone();
         let bytes_max = self.config.append_bytes_max;
         tokio::spawn(async move {
             let mut open: HashMap<Uuid, Pending> = HashMap::new();
+            let mut shutdown = state.shutdown.clone();
             loop {
-                let message = match messages.message().await {
+                let next = tokio::select! {
+                    next = messages.message() => next,
+                    () = async { drop(shutdown.wait_for(|stop| *stop).await) } => {
+                        let _ = tx.send(Err(Status::unavailable("the server is shutting down"))).await;
+                        return;
+                    }
+                };
+                let message = match next {
                     Ok(Some(message)) => message,
                     Ok(None) => return,
                     Err(e) => {
@@ -387,15 +398,13 @@ impl Streams for StreamsService {
                         return;
                     }
                 };
-                let response = match batch_step(
-                    &state,
-                    caller.as_ref(),
-                    &mut open,
-                    bytes_max,
-                    message,
-                )
-                .await
-                {
+                let response = match auth::authorize(&state, &metadata, Permission::Append).await {
+                    Ok(caller) => {
+                        batch_step(&state, caller.as_ref(), &mut open, bytes_max, message).await
+                    }
+                    Err(e) => Err(e),
+                };
+                let response = match response {
                     Ok(None) => continue,
                     Ok(Some(response)) => Ok(response),
                     Err(e) => Err(e),

@@ -208,6 +208,11 @@ pub async fn connect(
     url: &str,
     options: &NatsConnectOptions,
 ) -> Result<async_nats::Client, NatsConnectError> {
+    // async-nats builds its TLS configuration from rustls' process-wide provider; in a
+    // process whose dependencies enable two (ring and aws-lc-rs, e.g. beside the official
+    // KurrentDB client) rustls cannot pick one and panics. Cairn's is ring; a provider the
+    // embedding process installed first stays.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let (nats_options, servers) = options.build(url).await?;
     let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
     nats_options.connect(servers).await.map_err(|e| NatsConnectError::Connect(error_chain(&e)))
