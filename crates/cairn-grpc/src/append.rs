@@ -162,27 +162,15 @@ async fn append_events(
     // The type is guessed from the events (a module's, or untyped) rather than read
     // first: the store refuses a wrong guess atomically, naming the stream's type, and
     // the append is prepared again with it — one read less on every append.
-    let guess = module_type(state, &batch)?;
-    let request = cairn_server::streams::prepare_append(
-        state,
-        caller,
-        id.to_owned(),
-        expected,
-        bodies(&batch, &guess)?,
-    )
-    .map_err(|e| status::from_api(&e))?;
-    match store(state, request).await {
-        Err(Stored::TypeMismatch(actual)) => {
-            let request = cairn_server::streams::prepare_append(
-                state,
-                caller,
-                id.to_owned(),
-                expected,
-                bodies(&batch, &actual)?,
-            )
-            .map_err(|e| status::from_api(&e))?;
-            store(state, request).await.map_err(Stored::into_status)
-        }
+    let attempt = async |aggregate_type: &str| {
+        let events = bodies(&batch, aggregate_type)?;
+        let request =
+            cairn_server::streams::prepare_append(state, caller, id.to_owned(), expected, events)
+                .map_err(|e| status::from_api(&e))?;
+        Ok::<_, Status>(store(state, request).await)
+    };
+    match attempt(&module_type(state, &batch)?).await? {
+        Err(Stored::TypeMismatch(actual)) => attempt(&actual).await?.map_err(Stored::into_status),
         other => other.map_err(Stored::into_status),
     }
 }

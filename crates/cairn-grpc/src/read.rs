@@ -350,9 +350,8 @@ pub async fn subscribe_stream(
     _permit: OwnedSemaphorePermit,
 ) {
     let id = name.store_id();
-    if !send(&tx, confirmation()).await {
-        return;
-    }
+    // Where it starts is fixed before it is confirmed: an event committed after the
+    // client saw the confirmation is never taken for "before the end".
     let mut head = reader.store.head();
     let mut next = match from {
         StreamFrom::Start => 1,
@@ -365,6 +364,9 @@ pub async fn subscribe_stream(
             }
         },
     };
+    if !send(&tx, confirmation()).await {
+        return;
+    }
     let mut caught_up = false;
     loop {
         if *reader.shutdown.borrow() {
@@ -399,22 +401,28 @@ pub async fn subscribe_stream(
             next = next.max(advanced);
             continue;
         }
-        if !caught_up {
-            caught_up = true;
-            // The last revision delivered or skipped; none for a stream with no event yet.
-            let revision = next.checked_sub(2).map(|r| r as i64);
-            let message = Content::CaughtUp(read_resp::CaughtUp {
-                timestamp: Some(now()),
-                stream_revision: revision,
-                position: None,
-            });
-            if !send(&tx, ReadResp { content: Some(message) }).await {
-                return;
-            }
+        // The last revision delivered or skipped; none for a stream with no event yet.
+        let revision = next.checked_sub(2).map(|r| r as i64);
+        if !caught_up && !send(&tx, caught_up_message(revision, None)).await {
+            return;
         }
+        caught_up = true;
         if !wait_for_commit(&mut head, &mut reader.shutdown, &tx).await {
             return;
         }
+    }
+}
+
+/// `CaughtUp`, with the last revision or position reached when there is one.
+fn caught_up_message(stream_revision: Option<i64>, position: Option<u64>) -> ReadResp {
+    let position =
+        position.map(|p| read_resp::Position { commit_position: p, prepare_position: p });
+    ReadResp {
+        content: Some(Content::CaughtUp(read_resp::CaughtUp {
+            timestamp: Some(now()),
+            stream_revision,
+            position,
+        })),
     }
 }
 
@@ -438,15 +446,16 @@ pub async fn subscribe_all(
     tx: Sender,
     _permit: OwnedSemaphorePermit,
 ) {
-    if !send(&tx, confirmation()).await {
-        return;
-    }
+    // Where it starts is fixed before it is confirmed (see `subscribe_stream`).
     let mut head = reader.store.head();
     let mut after = match from {
         AllFrom::Start => 0,
         AllFrom::End => *head.borrow(),
         AllFrom::Position(p) => p,
     };
+    if !send(&tx, confirmation()).await {
+        return;
+    }
     let mut scanned_since_checkpoint = 0u64;
     let mut checkpointed = after;
     let mut caught_up = false;
@@ -498,20 +507,10 @@ pub async fn subscribe_all(
                 return;
             }
         }
-        if !caught_up {
-            caught_up = true;
-            let message = Content::CaughtUp(read_resp::CaughtUp {
-                timestamp: Some(now()),
-                stream_revision: None,
-                position: (after > 0).then_some(read_resp::Position {
-                    commit_position: after,
-                    prepare_position: after,
-                }),
-            });
-            if !send(&tx, ReadResp { content: Some(message) }).await {
-                return;
-            }
+        if !caught_up && !send(&tx, caught_up_message(None, (after > 0).then_some(after))).await {
+            return;
         }
+        caught_up = true;
         if !wait_for_commit(&mut head, &mut reader.shutdown, &tx).await {
             return;
         }

@@ -220,28 +220,6 @@ async fn a_body_trickling_past_the_request_timeout_gets_408_and_a_subscription_o
     assert_eq!(found, Ok(true), "the subscription did not deliver the event: {seen}");
 }
 
-/// A CA, and a certificate it signed for `localhost` and `127.0.0.1`, as PEM files in `dir`:
-/// `(ca.pem, cert.pem, key.pem)`.
-fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "cairn test CA");
-    ca_params.key_usages =
-        vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let server_params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, server_cert.pem()).unwrap();
-    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
-    paths
-}
-
 /// A client trusting the CA in `ca` (PEM), besides the system's roots.
 fn trusting(ca: &Path) -> reqwest::Client {
     reqwest::Client::builder()
@@ -288,7 +266,7 @@ fn tls_args(cert: &Path, key: &Path) -> Vec<OsString> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_certificate_the_server_speaks_https_only_to_clients_that_trust_its_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let (ca, cert, key) = support::certificates(dir.path());
     let port = free_port();
     let trusting = trusting(&ca);
     let mut args: Vec<OsString> = vec!["--data-dir".into(), dir.path().join("data").into()];
@@ -332,7 +310,7 @@ async fn admin_requests_are_forwarded_over_https_to_the_leader() {
     }
     let place = backend.place().await;
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let (ca, cert, key) = support::certificates(dir.path());
     let client = trusting(&ca);
     let mut args = cairn_testkit::serve::place_args(&place);
     args.extend(tls_args(&cert, &key));

@@ -82,6 +82,7 @@ cairn_testkit::backend_tests!(
     appends_with_every_expected_revision_and_reads_both_ways,
     all_filters_and_subscriptions_that_turn_live_and_resume,
     delete_tombstone_and_metadata_as_the_client_reports_them,
+    tokens_as_basic_password_or_bearer_with_their_roles,
 );
 
 async fn appends_with_every_expected_revision_and_reads_both_ways(backend: cairn_testkit::Backend) {
@@ -305,6 +306,29 @@ async fn refusals_and_module_streams(c: &Client, http: &reqwest::Client, base: &
     assert_eq!(summary.status(), 200);
     let summary: Value = summary.json().await.unwrap();
     assert_eq!(summary["customer_id"], "cust-g", "{summary}");
+
+    // The other way round: a command over HTTP, its events read and subscribed to over gRPC.
+    let mut live = c
+        .subscribe_to_all(
+            &SubscribeToAllOptions::default()
+                .position(StreamPosition::End)
+                .filter(SubscriptionFilter::on_stream_name().add_prefix("order-h1")),
+        )
+        .await;
+    assert!(matches!(next_event(&mut live).await, SubscriptionEvent::Confirmed(_)));
+    let order = json!({"order_id": "order-h1", "customer_id": "cust-h",
+        "items": [{"product_id": "p-1", "quantity": 1, "price": 2.50}]});
+    let created = http.post(format!("{base}/orders")).json(&order).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let over_grpc = read(c, "order-h1", &ReadStreamOptions::default()).await.unwrap();
+    assert_eq!(over_grpc[0].1, "OrderCreated");
+    assert_eq!(over_grpc[0].2["customer_id"], "cust-h");
+    loop {
+        if let SubscriptionEvent::EventAppeared(e) = next_event(&mut live).await {
+            assert_eq!(e.get_original_event().event_type, "OrderCreated");
+            break;
+        }
+    }
 }
 
 async fn all_filters_and_subscriptions_that_turn_live_and_resume(backend: cairn_testkit::Backend) {
@@ -563,13 +587,12 @@ async fn delete_tombstone_and_metadata_as_the_client_reports_them(backend: cairn
     assert_eq!(page.status(), 410);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_as_basic_password_or_bearer_with_their_roles() {
+async fn tokens_as_basic_password_or_bearer_with_their_roles(backend: cairn_testkit::Backend) {
     let dir = tempfile::tempdir().unwrap();
     let admin = "cairn_grpc-test-admin-token-0123456789abcdefghijkl";
     let token_file = dir.path().join("admin.token");
     std::fs::write(&token_file, admin).unwrap();
-    let place = cairn_testkit::Backend::Sqlite.place().await;
+    let place = backend.place().await;
     let token_flag = token_file.to_str().unwrap();
     let (server, port) = serve(&place, &["--admin-token-file", token_flag], &[]).await;
     let http = reqwest::Client::new();
@@ -686,34 +709,10 @@ async fn events_over_grpc_reach_the_relay() {
     let _ = js.delete_stream(&public).await;
 }
 
-/// A CA, and a certificate it signed for `localhost` and `127.0.0.1`, as PEM files in `dir`:
-/// `(ca.pem, cert.pem, key.pem)`.
-fn certificates(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "cairn test CA");
-    ca_params.key_usages =
-        vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-        .unwrap();
-    let server_params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, server_cert.pem()).unwrap();
-    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
-    paths
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_takes_the_https_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let (ca, cert, key) = support::certificates(dir.path());
     let grpc = free_port();
     let _child = tokio::process::Command::new(CAIRN)
         .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--log", "warn"])
