@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// TLS certificate, token rules, connection cap and timeouts as HTTP.
     #[arg(long, env = "CAIRN_GRPC_LISTEN")]
     grpc_listen: Option<SocketAddr>,
+    /// Do not serve the operator's console at `/ui` (nor keep its index of correlation
+    /// chains and process-manager histories, `cairn_console_index`).
+    #[arg(long, env = "CAIRN_NO_CONSOLE")]
+    no_console: bool,
     /// The base URL the other `cairn serve` processes sharing the database reach this one
     /// at (e.g. `http://10.0.0.7:7070`, or `https://` with `--tls-cert`): an admin request
     /// for a consumer this process leads, sent to another process, is forwarded here.
@@ -254,7 +258,7 @@ fn advertise_url(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     Ok(Some(format!("{scheme}://{}", args.listen)))
 }
 
-async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, mut modules: Vec<Module>) -> anyhow::Result<()> {
     // Before any storage is opened: a server that must not start touches nothing.
     let auth =
         crate::tokens::auth_config(args.listen, args.admin_token_file.as_deref(), args.insecure)?;
@@ -266,6 +270,11 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
     let grpc_listen_config = args.http.grpc_listen_config()?;
     let forward_client = args.http.forward_client()?;
     let advertise_url = advertise_url(&args)?;
+    if !args.no_console {
+        // The console's index follows every process manager the modules run.
+        let managers = modules.iter().flat_map(|m| m.process_managers().iter().cloned()).collect();
+        modules.push(cairn_console::module(managers));
+    }
     let stores = open_stores(&args).await?;
     let store = Arc::clone(&stores.events);
     let (raw_events, readmodels) = (Arc::clone(&stores.events), Arc::clone(&stores.readmodels));
@@ -311,7 +320,13 @@ async fn serve(args: ServeArgs, modules: Vec<Module>) -> anyhow::Result<()> {
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = server.start(stop_rx.clone()).context("cannot start the projections")?;
-    let app = running.router();
+    let app = if args.no_console {
+        running.router()
+    } else {
+        let config = cairn_console::ConsoleConfig { secure_cookies: args.http.tls() };
+        let console = cairn_console::router(running.router(), running.state().clone(), config);
+        running.router().merge(console)
+    };
     if let Some(url) = &args.nats_url {
         start_bus(&args, url, &running, &raw_events, &readmodels, &stop_rx).await?;
     }

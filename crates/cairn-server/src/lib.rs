@@ -164,6 +164,13 @@ impl AppState {
     }
 }
 
+/// Every projection, process manager and relay as `GET /admin/projections` lists them
+/// (contract §6), for other faces of the server (the console shows them to every role:
+/// `/metrics` already tells readers their positions, lag and dead-letter depth).
+pub async fn consumer_rows(state: &AppState) -> Vec<serde_json::Value> {
+    routes::admin_rows(state).await
+}
+
 /// The storage a server runs on.
 #[derive(Clone)]
 pub struct Stores {

@@ -179,8 +179,19 @@ impl EventStore for ServerStore {
     }
 }
 
+/// Commands finished since the process started, whatever their outcome: the console's
+/// commands/s (reading it back from the Prometheus recorder would render every metric).
+static COMMANDS_DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Commands finished since the process started (every outcome).
+#[must_use]
+pub fn commands_done() -> u64 {
+    COMMANDS_DONE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Records one command's outcome and latency.
 pub fn command_done(command: &'static str, outcome: &'static str, started: Instant) {
+    COMMANDS_DONE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     metrics::counter!("cairn_commands_total", "command" => command, "outcome" => outcome)
         .increment(1);
     metrics::histogram!("cairn_command_duration_seconds", "command" => command)

@@ -206,6 +206,12 @@ impl Module {
         self.name
     }
 
+    /// Its process managers (the console indexes the events each one handles).
+    #[must_use]
+    pub fn process_managers(&self) -> &[Arc<dyn ProcessManager>] {
+        &self.process_managers
+    }
+
     /// Its projections (the start-up guard needs them before anything starts).
     #[must_use]
     pub fn projections(&self) -> &[Arc<dyn Projection>] {

@@ -202,6 +202,31 @@ impl SchemaRegistry {
         schemas.get(event_type).map(|v| v.iter().map(|r| r.version).collect()).unwrap_or_default()
     }
 
+    /// Every registered version of a type with its schema, oldest first.
+    #[must_use]
+    pub fn history(&self, event_type: &str) -> Vec<(u32, Value)> {
+        let schemas = self.schemas.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        schemas
+            .get(event_type)
+            .map(|v| v.iter().map(|r| (r.version, r.schema.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// What registering `draft` as the next version of `event_type` would meet, without
+    /// registering it: the reasons it does not compile or is not BACKWARD compatible with
+    /// the current version (empty: it would be accepted on those grounds; `PUT
+    /// /admin/schemas` also checks it against the events already stored).
+    #[must_use]
+    pub fn check_draft(&self, event_type: &str, draft: &Value) -> Vec<String> {
+        if let Err(e) = compile(draft) {
+            return vec![format!("the draft does not compile: {}", bounded(&e))];
+        }
+        match self.current_schema(event_type) {
+            Some((_, current)) => bounded_reasons(&backward_incompatibilities(&current, draft, "")),
+            None => Vec::new(),
+        }
+    }
+
     /// The current version of a type and its schema, if it has one.
     #[must_use]
     pub fn current_schema(&self, event_type: &str) -> Option<(u32, Value)> {

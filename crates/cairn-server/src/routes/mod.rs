@@ -117,6 +117,12 @@ pub(crate) fn router(routes: Vec<Route>, state: AppState) -> Router {
         .layer(axum::middleware::from_fn(crate::request_id::layer))
 }
 
+/// The rows of `GET /admin/projections`, as JSON values.
+pub(crate) async fn admin_rows(state: &AppState) -> Vec<serde_json::Value> {
+    let axum::Json(rows) = admin::projections(axum::extract::State(state.clone())).await;
+    rows.iter().filter_map(|row| serde_json::to_value(row).ok()).collect()
+}
+
 /// A router without routes.
 pub(crate) fn empty<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()

@@ -1,0 +1,103 @@
+//! `/ui/`: rates, head, each consumer's lag, dead letters, process-manager instances by
+//! status and the store's health; refreshed every two seconds.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::Extension;
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::Value;
+
+use super::{Params, blocking, respond};
+use crate::render::{Page, View};
+use crate::session::Viewer;
+use crate::{Shared, svg};
+
+/// How often the dashboard refreshes, in milliseconds.
+pub const REFRESH_MS: u32 = 2000;
+
+struct ManagerRow {
+    name: String,
+    counts: Vec<(String, u64)>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/dashboard.html")]
+struct Dashboard {
+    head: u64,
+    events_now: String,
+    commands_now: String,
+    dlq: u64,
+    health: String,
+    healthy: bool,
+    readiness: String,
+    rates_svg: String,
+    lag_svg: String,
+    managers: Vec<ManagerRow>,
+}
+
+/// `GET /ui/`.
+pub async fn page(
+    State(console): State<Shared>,
+    Extension(viewer): Extension<Viewer>,
+    params: Params,
+) -> Response {
+    let state = &console.state;
+    let head = *state.store.head().borrow();
+    let rows = cairn_server::consumer_rows(state).await;
+    let lags: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                r.get("lag").and_then(Value::as_u64).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let dlq = rows.iter().filter_map(|r| r.get("dlq_depth").and_then(Value::as_u64)).sum();
+    let mut managers = Vec::new();
+    for (handle, instances) in state.consumers.process_managers() {
+        let name = handle.name().to_owned();
+        let key = name.clone();
+        let counts =
+            blocking(&state.readmodels, move |rm| cairn_cqrs::instance_counts::read(rm, &key))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+        let mut shown: Vec<(String, u64)> = instances
+            .statuses()
+            .iter()
+            .map(|s| ((*s).to_owned(), counts.get(*s).copied().unwrap_or(0)))
+            .collect();
+        shown.extend(
+            counts
+                .iter()
+                .filter(|(s, _)| !instances.statuses().contains(&s.as_str()))
+                .map(|(s, n)| (s.clone(), *n)),
+        );
+        managers.push(ManagerRow { name, counts: shown });
+    }
+    let (health, healthy) = match state.store.check_health().await {
+        Ok(()) => ("ok".to_owned(), true),
+        Err(e) => (format!("unreachable: {e}"), false),
+    };
+    let readiness = state.consumers.readiness();
+    let series = console.rates.series();
+    let last = series.last().copied();
+    let body = Dashboard {
+        head,
+        events_now: format!("{:.1}", last.map_or(0.0, |r| r.events)),
+        commands_now: format!("{:.1}", last.map_or(0.0, |r| r.commands)),
+        dlq,
+        health,
+        healthy: healthy && readiness.is_ready(),
+        readiness: readiness.message(),
+        rates_svg: svg::rates(&series),
+        lag_svg: svg::lag(&lags),
+        managers,
+    };
+    let _ = Arc::clone(&console);
+    respond(&viewer, Page::Dashboard, "Dashboard", &body, &View::of(&params).live(REFRESH_MS))
+}
