@@ -325,6 +325,9 @@ pub fn run_outside(
                 args.memory_events.unwrap_or(if args.quick { 100_000 } else { 10_000_000 });
             crate::memory::run(table, args.store, &bin, &args.database_url, events).await?;
         }
+        if args.only.contains(&Group::Console) {
+            crate::console::run(table, &bin, dir, args.runs, args.quick).await?;
+        }
         if args.only.contains(&Group::Soak) {
             crate::soak::run(table, args.store, &bin, dir, &args.database_url, args.soak_secs)
                 .await?;

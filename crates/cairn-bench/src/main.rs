@@ -4,6 +4,7 @@
 //! Run: `cargo run --release -p cairn-bench` (add `--quick` for a smoke run).
 
 mod bus;
+mod console;
 mod cqrs;
 mod external;
 mod grpc;
@@ -124,6 +125,9 @@ pub enum Group {
     Grpc,
     /// Mixed load with SSE subscribers for `--soak-secs`, memory sampled; only when asked for.
     Soak,
+    /// The console: its index's cost on appends, and each page's first-byte time on a
+    /// 1M-event store; only when asked for.
+    Console,
 }
 
 /// Repetitions of the long-stream scenario (its targets are about the worst of them).
@@ -231,11 +235,9 @@ fn main() -> anyhow::Result<()> {
         if args.only.contains(&Group::Peer) {
             peer_sides = Some(peer::run(&runtime, &mut table, tmp.path(), &args)?);
         }
-        if args
-            .only
-            .iter()
-            .any(|g| matches!(g, Group::Wrk | Group::Memory | Group::Soak | Group::Grpc))
-        {
+        if args.only.iter().any(|g| {
+            matches!(g, Group::Wrk | Group::Memory | Group::Soak | Group::Grpc | Group::Console)
+        }) {
             external::run_outside(&runtime, &mut table, tmp.path(), &args)?;
         }
         anyhow::Ok(())

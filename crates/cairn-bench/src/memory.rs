@@ -135,7 +135,7 @@ async fn fill(store: &Arc<dyn EventStore>, events: u64) -> anyhow::Result<()> {
 
 /// The cached SQLite store of `events` events: `(data dir, seconds the build took, or
 /// `None` when it was cached)`.
-async fn sqlite_store(events: u64) -> anyhow::Result<(PathBuf, Option<Duration>)> {
+pub(crate) async fn sqlite_store(events: u64) -> anyhow::Result<(PathBuf, Option<Duration>)> {
     let cache = crate::external::workspace_root()
         .join("target")
         .join("bench-cache")

@@ -271,9 +271,7 @@ async fn serve(args: ServeArgs, mut modules: Vec<Module>) -> anyhow::Result<()> 
     let forward_client = args.http.forward_client()?;
     let advertise_url = advertise_url(&args)?;
     if !args.no_console {
-        // The console's index follows every process manager the modules run.
-        let managers = modules.iter().flat_map(|m| m.process_managers().iter().cloned()).collect();
-        modules.push(cairn_console::module(managers));
+        add_console_index(&mut modules);
     }
     let stores = open_stores(&args).await?;
     let store = Arc::clone(&stores.events);
@@ -320,13 +318,7 @@ async fn serve(args: ServeArgs, mut modules: Vec<Module>) -> anyhow::Result<()> 
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = server.start(stop_rx.clone()).context("cannot start the projections")?;
-    let app = if args.no_console {
-        running.router()
-    } else {
-        let config = cairn_console::ConsoleConfig { secure_cookies: args.http.tls() };
-        let console = cairn_console::router(running.router(), running.state().clone(), config);
-        running.router().merge(console)
-    };
+    let app = app(&args, &running);
     if let Some(url) = &args.nats_url {
         start_bus(&args, url, &running, &raw_events, &readmodels, &stop_rx).await?;
     }
@@ -368,6 +360,23 @@ async fn serve(args: ServeArgs, mut modules: Vec<Module>) -> anyhow::Result<()> 
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The console's index, following every process manager the modules run.
+fn add_console_index(modules: &mut Vec<Module>) {
+    let managers = modules.iter().flat_map(|m| m.process_managers().iter().cloned()).collect();
+    modules.push(cairn_console::module(managers));
+}
+
+/// What the HTTP listener serves: the API, and beside it the console at `/ui` (unless
+/// `--no-console`), whose actions call the API's router.
+fn app(args: &ServeArgs, running: &cairn_server::RunningServer) -> axum::Router {
+    if args.no_console {
+        return running.router();
+    }
+    let config = cairn_console::ConsoleConfig { secure_cookies: args.http.tls() };
+    let console = cairn_console::router(running.router(), running.state().clone(), config);
+    running.router().merge(console)
 }
 
 /// The gRPC listener (`--grpc-listen`): the `KurrentDB` client protocol over the same

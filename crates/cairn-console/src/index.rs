@@ -76,11 +76,13 @@ pub struct Handled {
 }
 
 /// The key of an event's document: its position, zero-padded so keys sort as positions.
+#[must_use]
 pub fn position_key(position: u64) -> String {
     format!("{position:020}")
 }
 
 /// The `instance` field of a handled event's document.
+#[must_use]
 pub fn instance_field(manager: &str, key: &str) -> String {
     format!("{manager}/{key}")
 }

@@ -89,6 +89,8 @@ pub fn router(api: Router, state: AppState, config: ConsoleConfig) -> Router {
         .merge(open)
         .fallback(render::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        // A handler panic is a bug; the operator still gets a page and the server goes on.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(render::panicked))
         .layer(axum::middleware::from_fn(render::security_headers))
         .with_state(console);
     // `/ui` is the dashboard; `/ui/` (how people type it) leads there.

@@ -252,6 +252,18 @@ pub async fn to_index() -> Redirect {
     Redirect::permanent("/ui")
 }
 
+/// The page of a handler that panicked (a bug, logged; the server keeps serving).
+#[allow(clippy::needless_pass_by_value)] // the signature is what `CatchPanicLayer` calls
+pub fn panicked(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(detail, "a console handler panicked");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "this page failed (a bug, logged on the server)")
+}
+
 /// An unknown console path.
 pub async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such console page")

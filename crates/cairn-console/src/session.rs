@@ -174,7 +174,7 @@ pub async fn layer(State(console): State<Shared>, request: Request, next: Next) 
                             return to_login(&request);
                         }
                         Err(e) => {
-                            return render::error(StatusCode::SERVICE_UNAVAILABLE, &e.message());
+                            return render::error(StatusCode::SERVICE_UNAVAILABLE, e.message());
                         }
                     }
                 }
@@ -305,7 +305,7 @@ pub async fn login(
                     Some("unknown or revoked token"),
                 );
             }
-            Err(e) => return render::error(StatusCode::SERVICE_UNAVAILABLE, &e.message()),
+            Err(e) => return render::error(StatusCode::SERVICE_UNAVAILABLE, e.message()),
         }
     } else {
         local()

@@ -1,8 +1,6 @@
 //! `/ui/`: rates, head, each consumer's lag, dead letters, process-manager instances by
 //! status and the store's health; refreshed every two seconds.
 
-use std::sync::Arc;
-
 use askama::Template;
 use axum::Extension;
 use axum::extract::State;
@@ -98,6 +96,5 @@ pub async fn page(
         lag_svg: svg::lag(&lags),
         managers,
     };
-    let _ = Arc::clone(&console);
     respond(&viewer, Page::Dashboard, "Dashboard", &body, &View::of(&params).live(REFRESH_MS))
 }

@@ -3,6 +3,7 @@
 //! events the commands it issued for that event caused.
 
 use std::collections::{BTreeSet, HashSet};
+use std::fmt::Write as _;
 
 use askama::Template;
 use axum::Extension;
@@ -167,7 +168,7 @@ pub async fn instances(
     let next = instances_shown.last().filter(|_| full).map(|last| {
         let mut href = format!("{base}?after={}", render::encode(&last.key));
         if let Some(s) = &status {
-            href.push_str(&format!("&status={}", render::encode(s)));
+            let _ = write!(href, "&status={}", render::encode(s));
         }
         href
     });

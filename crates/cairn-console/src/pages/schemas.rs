@@ -102,8 +102,7 @@ fn detail(
             .unwrap_or(default)
     };
     let (a, b) = (pick("a", latest.saturating_sub(1).max(1)), pick("b", latest));
-    let find =
-        |v: u32| history.iter().find(|h| h.0 == v).map(|h| h.1.clone()).unwrap_or(Value::Null);
+    let find = |v: u32| history.iter().find(|h| h.0 == v).map_or(Value::Null, |h| h.1.clone());
     let diff = changes(&find(a), &find(b));
     let (draft, reasons, checked) = match check {
         Some((draft, reasons)) => (draft, reasons, true),
@@ -125,7 +124,7 @@ fn detail(
 }
 
 /// `GET /ui/schemas/{event_type}?a=&b=`.
-async fn detail_page(
+fn detail_page(
     console: &Shared,
     viewer: &Viewer,
     event_type: String,
@@ -144,7 +143,7 @@ pub async fn detail_route(
     Path(event_type): Path<String>,
     params: Params,
 ) -> Response {
-    detail_page(&console, &viewer, event_type, &params).await
+    detail_page(&console, &viewer, event_type, &params)
 }
 
 /// The check form's fields.

@@ -1,6 +1,8 @@
 //! `/ui/streams`: search the stream catalog by id, prefix or aggregate type; a stream's
 //! events, paged, with their correlation and causation as links.
 
+use std::fmt::Write as _;
+
 use askama::Template;
 use axum::Extension;
 use axum::extract::{Path, State};
@@ -123,10 +125,10 @@ pub async fn search(
     let next = last.filter(|_| full).map(|last| {
         let mut href = format!("/ui/streams?after={}", render::encode(&last));
         if let Some(q) = &q {
-            href.push_str(&format!("&q={}", render::encode(q)));
+            let _ = write!(href, "&q={}", render::encode(q));
         }
         if let Some(t) = &ty {
-            href.push_str(&format!("&type={}", render::encode(t)));
+            let _ = write!(href, "&type={}", render::encode(t));
         }
         href
     });

@@ -1,6 +1,8 @@
 //! `/ui/tail`: the newest events of `$all`, filtered by event and aggregate type, and
 //! with JavaScript the live tail (the API's own subscription, `/all/subscribe`), pausable.
 
+use std::fmt::Write as _;
+
 use askama::Template;
 use axum::Extension;
 use axum::body::Bytes;
@@ -31,10 +33,10 @@ struct Tail {
 fn filters(event_type: Option<&str>, aggregate_type: Option<&str>) -> String {
     let mut q = String::new();
     if let Some(t) = event_type {
-        q.push_str(&format!("&event_type={}", render::encode(t)));
+        let _ = write!(q, "&event_type={}", render::encode(t));
     }
     if let Some(t) = aggregate_type {
-        q.push_str(&format!("&aggregate_type={}", render::encode(t)));
+        let _ = write!(q, "&aggregate_type={}", render::encode(t));
     }
     q
 }
