@@ -81,7 +81,9 @@ fn item<'a>(
         aggregate_type = escape(&link.aggregate_type),
         position = link.position,
     );
-    if let Some(caused) = children.get(link.event_id.as_str()) {
+    if let Some(caused) = children.get(link.event_id.as_str())
+        && caused.iter().any(|c| !seen.contains(c.event_id.as_str()))
+    {
         html.push_str("<ol class=\"caused\">");
         for child in caused {
             item(child, children, seen, html);
@@ -167,7 +169,8 @@ mod tests {
         let b = html.find("event-b").unwrap();
         let c = html.find("event-c").unwrap();
         assert!(a < b && b < c);
-        assert_eq!(html.matches("class=\"caused\"").count(), 2);
+        // a, b, and x (whose y was not shown yet); y's x is not shown again.
+        assert_eq!(html.matches("class=\"caused\"").count(), 3);
         // A cycle has no root: its events are shown once each, and nothing loops.
         assert_eq!(html.matches("id=\"event-x\"").count(), 1);
         assert_eq!(html.matches("id=\"event-y\"").count(), 1);
