@@ -45,10 +45,22 @@ impl Rates {
         }
     }
 
-    /// The rates between consecutive samples, oldest first.
-    pub fn series(&self) -> Vec<Rate> {
-        let samples = self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// The rates between consecutive samples, oldest first, and from the last sample to
+    /// `current` (the head and commands done now) when a second has passed since it.
+    pub fn series(&self, current: Option<(u64, u64)>) -> Vec<Rate> {
+        let mut samples: Vec<Sample> = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
         let now = Instant::now();
+        if let (Some((head, commands)), Some(last)) = (current, samples.last())
+            && now.duration_since(last.at) >= Duration::from_secs(1)
+        {
+            samples.push(Sample { at: now, head, commands });
+        }
         samples
             .iter()
             .zip(samples.iter().skip(1))
@@ -100,7 +112,7 @@ mod tests {
                 commands: i,
             });
         }
-        let series = rates.series();
+        let series = rates.series(None);
         assert_eq!(series.len(), SAMPLES_KEPT - 1);
         assert!(series.iter().all(|r| (r.events - 5.0).abs() < 1e-9));
         assert!(series.iter().all(|r| (r.commands - 0.5).abs() < 1e-9));

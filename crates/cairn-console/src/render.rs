@@ -206,7 +206,7 @@ pub fn error(status: StatusCode, message: &str) -> Response {
     let body = ErrorBody { message }.render().unwrap_or_else(|_| escape(message));
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Error · Cairn</title>\
-         <link rel=\"stylesheet\" href=\"/ui/static/console.css\"></head><body>\
+         <link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/ui/static/console.css\"></head><body>\
          <main id=\"main\"><h1>{}</h1>{body}<p><a href=\"/ui\">Back to the console</a></p></main></body></html>",
         status.as_u16()
     );

@@ -73,6 +73,18 @@ pub fn rates(series: &[Rate]) -> String {
         WIDTH - 8.0,
         HEIGHT - 6.0,
     );
+    if let Some(last) = last {
+        // The newest point is marked: a line needs two, and the first minute has few.
+        let _ = write!(
+            svg,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{EVENTS_COLOUR}\"/>\
+             <circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{COMMANDS_COLOUR}\"/>",
+            x(last.seconds_ago),
+            y(last.events),
+            x(last.seconds_ago),
+            y(last.commands),
+        );
+    }
     if series.len() > 1 {
         let _ = write!(
             svg,
@@ -81,7 +93,7 @@ pub fn rates(series: &[Rate]) -> String {
             line(|r| r.events),
             line(|r| r.commands),
         );
-    } else {
+    } else if series.is_empty() {
         let _ = write!(
             svg,
             "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"12\" fill=\"#6b7280\">collecting samples…</text>",

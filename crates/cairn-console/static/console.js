@@ -19,7 +19,11 @@
       url.searchParams.set("fragment", "1");
       url.searchParams.delete("notice");
       fetch(url.toString(), { credentials: "same-origin", headers: { "Accept": "text/html" } })
-        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (r) {
+          // A session that ended leads to the login page: show it whole, not in <main>.
+          if (r.redirected) { window.location.reload(); return null; }
+          return r.ok ? r.text() : null;
+        })
         .then(function (html) { if (html !== null) { main.innerHTML = html; } })
         .catch(function () {})
         .then(function () { busy = false; });

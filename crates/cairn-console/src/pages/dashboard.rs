@@ -82,7 +82,7 @@ pub async fn page(
         Err(e) => (format!("unreachable: {e}"), false),
     };
     let readiness = state.consumers.readiness();
-    let series = console.rates.series();
+    let series = console.rates.series(Some((head, cairn_server::metrics::commands_done())));
     let last = series.last().copied();
     let body = Dashboard {
         head,
