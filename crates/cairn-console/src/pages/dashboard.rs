@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::Response;
 use serde_json::Value;
 
-use super::{Params, blocking, respond};
+use super::{Params, respond};
 use crate::render::{Page, View};
 use crate::session::Viewer;
 use crate::{Shared, svg};
@@ -54,29 +54,11 @@ pub async fn page(
         })
         .collect();
     let dlq = rows.iter().filter_map(|r| r.get("dlq_depth").and_then(Value::as_u64)).sum();
-    let mut managers = Vec::new();
-    for (handle, instances) in state.consumers.process_managers() {
-        let name = handle.name().to_owned();
-        let key = name.clone();
-        let counts =
-            blocking(&state.readmodels, move |rm| cairn_cqrs::instance_counts::read(rm, &key))
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-        let mut shown: Vec<(String, u64)> = instances
-            .statuses()
-            .iter()
-            .map(|s| ((*s).to_owned(), counts.get(*s).copied().unwrap_or(0)))
-            .collect();
-        shown.extend(
-            counts
-                .iter()
-                .filter(|(s, _)| !instances.statuses().contains(&s.as_str()))
-                .map(|(s, n)| (s.clone(), *n)),
-        );
-        managers.push(ManagerRow { name, counts: shown });
-    }
+    let managers = super::process_managers::status_counts(&console)
+        .await
+        .into_iter()
+        .map(|(name, counts)| ManagerRow { name, counts })
+        .collect();
     let (health, healthy) = match state.store.check_health().await {
         Ok(()) => ("ok".to_owned(), true),
         Err(e) => (format!("unreachable: {e}"), false),

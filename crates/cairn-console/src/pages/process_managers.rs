@@ -36,6 +36,52 @@ struct List {
     managers: Vec<Manager>,
 }
 
+/// Each process manager's instances by status: its declared statuses first (zeros
+/// included), then any other status its counts hold.
+pub async fn status_counts(console: &Shared) -> Vec<(String, Vec<(String, u64)>)> {
+    let mut out = Vec::new();
+    for (handle, instances) in console.state.consumers.process_managers() {
+        let name = handle.name().to_owned();
+        let key = name.clone();
+        let counts = blocking(&console.state.readmodels, move |rm| {
+            cairn_cqrs::instance_counts::read(rm, &key)
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let declared = instances.statuses();
+        let mut shown: Vec<(String, u64)> = declared
+            .iter()
+            .map(|s| ((*s).to_owned(), counts.get(*s).copied().unwrap_or(0)))
+            .collect();
+        shown.extend(
+            counts
+                .iter()
+                .filter(|(s, _)| !declared.contains(&s.as_str()))
+                .map(|(s, n)| (s.clone(), *n)),
+        );
+        out.push((name, shown));
+    }
+    out
+}
+
+/// The process manager `name`, or the page saying there is none.
+fn manager_or_404<'a>(
+    console: &'a Shared,
+    viewer: &Viewer,
+    name: &str,
+) -> Result<(&'a str, Instances), Box<Response>> {
+    manager(console, name).ok_or_else(|| {
+        Box::new(render::error_for(
+            viewer,
+            Page::ProcessManagers,
+            StatusCode::NOT_FOUND,
+            &format!("no process manager {name:?}"),
+        ))
+    })
+}
+
 fn manager<'a>(console: &'a Shared, name: &str) -> Option<(&'a str, Instances)> {
     console
         .state
@@ -55,25 +101,11 @@ pub async fn list(
         return refused;
     }
     let mut managers = Vec::new();
-    for (handle, instances) in console.state.consumers.process_managers() {
-        let name = handle.name().to_owned();
-        let key = name.clone();
-        let counts = blocking(&console.state.readmodels, move |rm| {
-            cairn_cqrs::instance_counts::read(rm, &key)
-        })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    for (name, counts) in status_counts(&console).await {
         let href = format!("/ui/process-managers/{}", render::encode(&name));
-        let mut statuses: Vec<String> =
-            instances.statuses().iter().map(|s| (*s).to_owned()).collect();
-        statuses
-            .extend(counts.keys().filter(|s| !statuses.contains(s)).cloned().collect::<Vec<_>>());
-        let counts = statuses
+        let counts = counts
             .into_iter()
-            .map(|s| {
-                let n = counts.get(&s).copied().unwrap_or(0);
+            .map(|(s, n)| {
                 let link = format!("{href}?status={}", render::encode(&s));
                 (s, n, link)
             })
@@ -116,13 +148,9 @@ pub async fn instances(
     if let Some(refused) = admin_only(&viewer, Page::ProcessManagers) {
         return refused;
     }
-    let Some((name, instances)) = manager(&console, &name) else {
-        return render::error_for(
-            &viewer,
-            Page::ProcessManagers,
-            StatusCode::NOT_FOUND,
-            &format!("no process manager {name:?}"),
-        );
+    let (name, instances) = match manager_or_404(&console, &viewer, &name) {
+        Ok(found) => found,
+        Err(page) => return *page,
     };
     let status = text(&params, "status").map(str::to_owned);
     let query = ListQuery {
@@ -208,13 +236,9 @@ pub async fn instance(
     if let Some(refused) = admin_only(&viewer, Page::ProcessManagers) {
         return refused;
     }
-    let Some((name, instances)) = manager(&console, &name) else {
-        return render::error_for(
-            &viewer,
-            Page::ProcessManagers,
-            StatusCode::NOT_FOUND,
-            &format!("no process manager {name:?}"),
-        );
+    let (name, instances) = match manager_or_404(&console, &viewer, &name) {
+        Ok(found) => found,
+        Err(page) => return *page,
     };
     let (table, k) = (instances.table_name(), key.clone());
     let field = instance_field(name, &key);
