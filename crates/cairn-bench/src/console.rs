@@ -127,7 +127,9 @@ async fn create_orders(server: &CairnProcess, orders: u64) -> anyhow::Result<f64
 
 /// Logs in through the console's form as the admin; the session cookie.
 async fn login(server: &CairnProcess) -> anyhow::Result<String> {
-    let page = server.client.get(format!("{}/ui/login", server.base)).send().await?;
+    // The login answers `303` with the session cookie: not followed, or the cookie is lost.
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let page = client.get(format!("{}/ui/login", server.base)).send().await?;
     let nonce = page
         .headers()
         .get_all(SET_COOKIE)
@@ -135,8 +137,7 @@ async fn login(server: &CairnProcess) -> anyhow::Result<String> {
         .filter_map(|v| v.to_str().ok())
         .find_map(|v| v.strip_prefix("cairn_login=")?.split(';').next().map(str::to_owned))
         .context("the login page set no cairn_login cookie")?;
-    let r = server
-        .client
+    let r = client
         .post(format!("{}/ui/login", server.base))
         .header(COOKIE, format!("cairn_login={nonce}"))
         .form(&[("token", server.admin_token.as_str()), ("csrf", nonce.as_str())])

@@ -57,7 +57,7 @@ pub async fn call(
     let Ok(request) = request.body(body) else {
         return Answer {
             status: StatusCode::BAD_REQUEST,
-            body: serde_json::json!({"message": format!("not a valid path: {path_and_query}")}),
+            body: serde_json::json!({"message": format!("not a valid request: {path_and_query}")}),
         };
     };
     let Ok(response) = console.api.clone().oneshot(request).await;

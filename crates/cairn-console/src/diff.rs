@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// Most leaves a document is flattened into; a larger one is cut (the rest is one row).
+/// Most leaves a document is flattened into; past it the comparison stops and says so (a
+/// last row whose path is [`CUT_PATH`]).
 pub const LEAVES_MAX: usize = 5_000;
+/// The path of the row saying the comparison was cut at [`LEAVES_MAX`] leaves.
+pub const CUT_PATH: &str = "(not compared)";
 
 /// One difference: the path, and the value before and after (`None`: absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +57,19 @@ pub fn changes(before: &Value, after: &Value) -> Vec<Change> {
     let mut paths: Vec<&String> = a.keys().chain(b.keys()).collect();
     paths.sort();
     paths.dedup();
-    paths
+    let cut = a.len() >= LEAVES_MAX || b.len() >= LEAVES_MAX;
+    let mut out: Vec<Change> = paths
         .into_iter()
+        // A path past the cut may be missing from one side only because it was cut.
+        .filter(|p| !cut || (a.contains_key(*p) && b.contains_key(*p)))
         .filter(|p| a.get(*p) != b.get(*p))
         .map(|p| Change { path: p.clone(), before: a.get(p).cloned(), after: b.get(p).cloned() })
-        .collect()
+        .collect();
+    if cut {
+        let note = Some(format!("only the first {LEAVES_MAX} values were compared"));
+        out.push(Change { path: CUT_PATH.to_owned(), before: note.clone(), after: note });
+    }
+    out
 }
 
 #[cfg(test)]
@@ -78,6 +89,18 @@ mod tests {
         assert_eq!(paths, ["/gone", "/items/0/qty", "/items/1/qty", "/items/1/sku", "/status"]);
         assert_eq!(c[0].after, None);
         assert_eq!(c[4].before.as_deref(), Some("\"placed\""));
+    }
+
+    #[test]
+    fn a_cut_comparison_says_so_and_is_never_called_equal() {
+        let big = |last: u64| {
+            let mut items: Vec<u64> = vec![0; LEAVES_MAX + 1];
+            items[LEAVES_MAX] = last;
+            json!({"items": items, "b": 1})
+        };
+        let c = changes(&big(1), &big(2));
+        assert_eq!(c.last().unwrap().path, CUT_PATH);
+        assert!(c.iter().all(|c| c.path != "/b"), "a leaf past the cut is not 'removed'");
     }
 
     #[test]

@@ -236,7 +236,13 @@ pub fn escape(text: &str) -> String {
 
 /// Percent-encodes a path segment or query value.
 pub fn encode(text: &str) -> String {
-    form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>().replace('+', "%20")
+    let encoded =
+        form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>().replace('+', "%20");
+    // `.` and `..` are path steps to a browser, not names: `/ui/streams/..` is `/ui/`.
+    if !encoded.is_empty() && encoded.bytes().all(|b| b == b'.') {
+        return encoded.replace('.', "%2E");
+    }
+    encoded
 }
 
 /// `303` back to `to` with a notice.
@@ -301,6 +307,8 @@ mod tests {
     fn escape_and_encode() {
         assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
         assert_eq!(encode("a b/c?d"), "a%20b%2Fc%3Fd");
+        assert_eq!(encode(".."), "%2E%2E");
+        assert_eq!(encode("a.b"), "a.b");
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub const LOGIN_COOKIE: &str = "cairn_login";
 pub const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
 /// Most sessions kept at once; past it the least recently used is forgotten.
 pub const SESSIONS_MAX: usize = 10_000;
+/// Most sessions of one token; past it its own least recently used is forgotten (so one
+/// token logging in again and again cannot push everyone else's sessions out).
+pub const SESSIONS_PER_TOKEN_MAX: usize = 32;
 /// The form field and the header an action's CSRF token travels in.
 pub const CSRF_FIELD: &str = "csrf";
 const CSRF_HEADER: &str = "x-csrf-token";
@@ -57,6 +60,8 @@ impl Viewer {
 }
 
 struct Session {
+    /// The token's id (`Caller::id`).
+    caller: String,
     token: Option<String>,
     csrf: String,
     name: String,
@@ -83,13 +88,28 @@ impl Sessions {
         let mut open = self.lock();
         let now = Instant::now();
         open.retain(|_, s| now.duration_since(s.last_seen) < SESSION_IDLE);
+        loop {
+            let own = open.iter().filter(|(_, s)| s.caller == caller.id);
+            if own.clone().count() < SESSIONS_PER_TOKEN_MAX {
+                break;
+            }
+            let oldest = own.min_by_key(|(_, s)| s.last_seen).map(|(k, _)| k.clone())?;
+            open.remove(&oldest);
+        }
         while open.len() >= SESSIONS_MAX {
             let oldest = open.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| k.clone())?;
             open.remove(&oldest);
         }
         open.insert(
             id.clone(),
-            Session { token, csrf, name: caller.name.clone(), role: caller.role, last_seen: now },
+            Session {
+                caller: caller.id.clone(),
+                token,
+                csrf,
+                name: caller.name.clone(),
+                role: caller.role,
+                last_seen: now,
+            },
         );
         Some(id)
     }
@@ -373,6 +393,22 @@ mod tests {
         sessions.close(&id);
         assert!(sessions.touch(&id).is_none());
         assert!(sessions.touch("made-up").is_none());
+    }
+
+    #[test]
+    fn one_token_cannot_push_out_the_others_sessions() {
+        let sessions = Sessions::default();
+        let admin = sessions.open(None, &caller(Role::Admin)).unwrap();
+        let mut flood = Caller { id: "flood".to_owned(), ..caller(Role::Reader) };
+        let mut last = String::new();
+        for _ in 0..(SESSIONS_PER_TOKEN_MAX * 3) {
+            flood.name = "flood".to_owned();
+            last = sessions.open(None, &flood).unwrap();
+        }
+        assert!(sessions.touch(&admin).is_some(), "the admin's session survives");
+        assert!(sessions.touch(&last).is_some());
+        let kept = sessions.lock().values().filter(|s| s.caller == "flood").count();
+        assert_eq!(kept, SESSIONS_PER_TOKEN_MAX);
     }
 
     #[test]

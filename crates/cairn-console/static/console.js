@@ -50,6 +50,7 @@
     function add(event) {
       var e;
       try { e = JSON.parse(event.data); } catch (err) { return; }
+      if (typeof e.position !== "number") { return; }
       last = String(e.position);
       var row = document.createElement("tr");
       row.className = "tail-row live";
@@ -83,6 +84,11 @@
       source.onmessage = add;
       source.onopen = function () { status.textContent = "live"; };
       source.onerror = function () { status.textContent = "reconnecting…"; };
+      source.addEventListener("$error", function (ev) {
+        var why = "";
+        try { why = JSON.parse(ev.data).message || ""; } catch (err) { why = ""; }
+        status.textContent = "the stream failed: " + why + " (reconnecting)";
+      });
     }
     button.hidden = false;
     button.addEventListener("click", function () {

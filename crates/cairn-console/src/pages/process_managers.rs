@@ -276,8 +276,12 @@ pub async fn instance(
     }
     // What the handled events caused: events of their correlations whose cause is one of them.
     let ids: HashSet<&str> = handled.iter().map(|h| h.event_id.as_str()).collect();
-    let correlations: BTreeSet<&str> =
-        handled.iter().filter_map(|h| h.correlation_id.as_deref()).collect();
+    // A command caused by an event without a correlation id correlates by that event's id
+    // (`CommandMetadata::caused_by`).
+    let correlations: BTreeSet<&str> = handled
+        .iter()
+        .map(|h| h.correlation_id.as_deref().unwrap_or(h.event_id.as_str()))
+        .collect();
     let mut caused: Vec<Link> = Vec::new();
     for c in correlations {
         if let Ok(links) = super::chain::links(&console, c).await {

@@ -40,15 +40,17 @@ struct Projections {
     csrf: String,
 }
 
-fn row(r: &Value) -> Row {
+fn row(r: &Value, admin: bool) -> Row {
     let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
     let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or_default();
     let leader = r.get("leader").cloned().unwrap_or(Value::Null);
     let leading = leader.get("leading").and_then(Value::as_bool).unwrap_or(false);
     let url = leader.get("url").and_then(Value::as_str);
+    // Other processes' addresses are for admins (`/metrics` does not give them readers).
     let leader = match (leading, url) {
         (true, _) => "this process".to_owned(),
-        (false, Some(url)) => url.to_owned(),
+        (false, Some(url)) if admin => url.to_owned(),
+        (false, Some(_)) => "another process".to_owned(),
         (false, None) => "unknown".to_owned(),
     };
     let head = n("head_position");
@@ -83,7 +85,9 @@ pub async fn page(
     Extension(viewer): Extension<Viewer>,
     params: Params,
 ) -> Response {
-    let rows = cairn_server::consumer_rows(&console.state).await.iter().map(row).collect();
+    let admin = viewer.is_admin();
+    let rows =
+        cairn_server::consumer_rows(&console.state).await.iter().map(|r| row(r, admin)).collect();
     let body = Projections { rows, admin: viewer.is_admin(), csrf: viewer.csrf.clone() };
     respond(&viewer, Page::Projections, "Projections", &body, &View::of(&params).live(REFRESH_MS))
 }

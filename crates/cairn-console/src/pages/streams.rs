@@ -108,10 +108,12 @@ pub async fn search(
             return render::error_for(&viewer, Page::Streams, StatusCode::SERVICE_UNAVAILABLE, &e);
         }
     };
-    let full = page.len() > SEARCH_PAGE;
+    let in_prefix = |key: &str| q.as_ref().is_none_or(|q| key.starts_with(q.as_str()));
+    // More follow only when the row after this page is still in the prefix.
+    let full = page.get(SEARCH_PAGE).is_some_and(|(key, _)| in_prefix(key));
     let mut last = None;
     for (key, json) in page.into_iter().take(SEARCH_PAGE) {
-        if q.as_ref().is_some_and(|q| !key.starts_with(q.as_str())) {
+        if !in_prefix(&key) {
             break;
         }
         last = Some(key.clone());

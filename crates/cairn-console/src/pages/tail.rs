@@ -59,6 +59,9 @@ pub async fn page(
     if !answer.ok() {
         return failed(&viewer, Page::Tail, &answer);
     }
+    // A filtered read may answer events past the head read above: the live stream starts
+    // after the last position this page shows.
+    let from = answer.body.get("next_position").and_then(Value::as_u64).unwrap_or(0).max(head);
     let mut events: Vec<EventView> = answer
         .body
         .get("events")
@@ -69,7 +72,7 @@ pub async fn page(
     let body = Tail {
         event_type: event_type.unwrap_or_default().to_owned(),
         aggregate_type: aggregate_type.unwrap_or_default().to_owned(),
-        from: head,
+        from,
         events,
     };
     respond(&viewer, Page::Tail, "$all tail", &body, &View::of(&params))
@@ -80,9 +83,18 @@ pub async fn page(
 pub async fn events(
     State(console): State<Shared>,
     Extension(viewer): Extension<Viewer>,
+    headers: axum::http::HeaderMap,
     params: Params,
 ) -> Response {
-    let from = number(&params, "from").unwrap_or_else(|| *console.state.store.head().borrow());
+    // A reconnecting `EventSource` repeats its URL and says where it got to: resume there,
+    // not from where the page first opened the stream.
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let from = resumed
+        .or_else(|| number(&params, "from"))
+        .unwrap_or_else(|| *console.state.store.head().borrow());
     let path = format!(
         "/all/subscribe?from_position={from}{}",
         filters(text(&params, "event_type"), text(&params, "aggregate_type"))
@@ -95,8 +107,9 @@ pub async fn events(
     Response::from_parts(parts, axum::body::Body::from_stream(unnamed(body.into_data_stream())))
 }
 
-/// The API's event stream with its `event:` lines dropped: every event arrives as an
-/// unnamed message (a page's `EventSource` cannot listen to every event type by name).
+/// The API's event stream with the event types' `event:` lines dropped: every event
+/// arrives as an unnamed message (a page's `EventSource` cannot listen to every event
+/// type by name). The stream's own events (`$error`) keep their names.
 fn unnamed<S>(body: S) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>>
 where
     S: futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send + 'static,
@@ -111,7 +124,7 @@ where
             let complete: Vec<u8> = pending.drain(..=end).collect();
             let kept: Vec<&[u8]> = complete
                 .split_inclusive(|b| *b == b'\n')
-                .filter(|line| !line.starts_with(b"event:"))
+                .filter(|line| !line.starts_with(b"event:") || line.starts_with(b"event: $"))
                 .collect();
             Bytes::from(kept.concat())
         });
@@ -127,10 +140,17 @@ mod tests {
 
     #[tokio::test]
     async fn event_names_are_dropped_across_chunk_boundaries() {
-        let chunks = ["id: 1\nevent: Order", "Placed\ndata: {\"a\":1}\n\n", ": keep-alive\n\n"];
+        let chunks = [
+            "id: 1\nevent: Order",
+            "Placed\ndata: {\"a\":1}\n\n",
+            ": keep-alive\n\nevent: $error\ndata: {}\n\n",
+        ];
         let body = futures_util::stream::iter(chunks.map(|c| Ok(Bytes::from(c))));
         let out: Vec<u8> =
             unnamed(body).map(|b| b.unwrap().to_vec()).collect::<Vec<_>>().await.concat();
-        assert_eq!(String::from_utf8(out).unwrap(), "id: 1\ndata: {\"a\":1}\n\n: keep-alive\n\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id: 1\ndata: {\"a\":1}\n\n: keep-alive\n\nevent: $error\ndata: {}\n\n"
+        );
     }
 }
