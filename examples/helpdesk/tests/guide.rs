@@ -130,7 +130,7 @@ async fn the_walk_through_answers_as_the_guide_says(backend: Backend) {
     let (_, rows) = call(&c, "GET", format!("{base}/admin/projections"), None).await;
     let names: Vec<&str> =
         rows.as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
-    assert_eq!(names, ["cairn_streams", "ticket_board", "triage"]);
+    assert_eq!(names, ["cairn_console_index", "cairn_streams", "ticket_board", "triage"]);
     let (_, doc) = call(&c, "GET", format!("{base}/openapi.json"), None).await;
     for path in [
         "/tickets",
